@@ -1,0 +1,23 @@
+//! Tollgate's policy model.
+//!
+//! This crate owns everything an operator writes: the TOML file structs (`file`), their
+//! validation into one immutable [`Snapshot`] (`load`), request-path normalization
+//! (`path`), route patterns and matching (`pattern`, `snapshot`) and the text of
+//! `tollgate explain` (`explain`). It does no networking: the proxy crate enforces what
+//! this crate describes, and a snapshot is only ever built whole or not at all.
+
+#![forbid(unsafe_code)]
+
+pub mod cidr;
+pub mod diagnostic;
+pub mod duration;
+pub mod explain;
+mod file;
+mod load;
+pub mod path;
+pub mod pattern;
+pub mod snapshot;
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use load::{load, LoadError};
+pub use snapshot::{Route, RouteAction, RouteMatch, Snapshot};

@@ -1,0 +1,511 @@
+//! Loading: `gateway.toml` plus the policy directory into one validated [`Snapshot`].
+//!
+//! Every problem is collected, not just the first: TOML syntax errors, unknown or
+//! mistyped fields (each section and each route is read on its own, so one bad route does
+//! not hide the next), and semantic errors (bad addresses, patterns, duplicate names).
+//! Each carries the file, line and column it is about.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::uri::{Authority, Uri};
+use http::Method;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::cidr::Cidr;
+use crate::diagnostic::{Diagnostic, Severity, SourceFile};
+use crate::file::{
+    ActionFile, AdminFile, LogFile, LogFormatFile, ReloadFile, RouteFile, RoutingFile,
+    ServerFile, UnmatchedFile, UpstreamFile,
+};
+use crate::pattern::PathPattern;
+use crate::snapshot::{
+    Admin, Log, LogFormat, Origin, Reload, Route, RouteAction, Server, Snapshot, Unmatched,
+    Upstream,
+};
+
+/// The configuration could not be turned into a snapshot; every diagnostic is listed
+/// (warnings included).
+#[derive(Debug, Error)]
+#[error("{} error(s) in the configuration", .0.iter().filter(|d| d.severity == Severity::Error).count())]
+pub struct LoadError(pub Vec<Diagnostic>);
+
+const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "secret",
+    "password",
+    "signature",
+    "sig",
+];
+
+/// Reads `gateway.toml` at `config` and the policy files it names, and validates them.
+pub fn load(config: &Path) -> Result<Snapshot, LoadError> {
+    let mut diags = Vec::new();
+    let snapshot = build(config, &mut diags);
+    match snapshot {
+        Some(snapshot) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok(Snapshot {
+            warnings: diags,
+            ..snapshot
+        }),
+        _ => Err(LoadError(diags)),
+    }
+}
+
+fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
+    let text = read(config, diags)?;
+    let src = SourceFile {
+        path: config,
+        text: &text,
+    };
+    let mut sections = parse_sections(&src, diags)?;
+    let mut take = |name: &str| sections.remove(name);
+
+    let server = section::<ServerFile>(&src, take("server"), "server", true, diags)
+        .and_then(|f| server(&src, f, diags));
+    let upstream = section::<UpstreamFile>(&src, take("upstream"), "upstream", true, diags)
+        .and_then(|f| upstream(&src, f, diags));
+    let routing = section::<RoutingFile>(&src, take("routing"), "routing", true, diags);
+    let admin = section::<AdminFile>(&src, take("admin"), "admin", false, diags)
+        .map(|f| address(&src, &f.listen, diags).map(|listen| Admin { listen }));
+    let log = section::<LogFile>(&src, take("log"), "log", false, diags);
+    let reload = section::<ReloadFile>(&src, take("reload"), "reload", false, diags)
+        .map_or(Some(default_reload()), |f| reload(&src, f, diags));
+    for (name, (key_span, _)) in sections {
+        diags.push(src.error(
+            Some(key_span),
+            format!(
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload"
+            ),
+        ));
+    }
+
+    let (routes, mut sources) = match &routing {
+        Some(r) => {
+            let dir = config
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(r.policies.get_ref());
+            load_policies(&dir, &src, r.policies.span(), diags)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    sources.insert(0, config.to_path_buf());
+
+    Some(Snapshot {
+        server: server?,
+        upstream: upstream?,
+        routes,
+        unmatched: match routing?.unmatched {
+            UnmatchedFile::Deny => Unmatched::Deny,
+            UnmatchedFile::Forward => Unmatched::Forward,
+        },
+        // An invalid `[admin]` is already an error in `diags`, which stops the snapshot.
+        admin: admin.flatten(),
+        log: log_settings(&src, log, diags)?,
+        reload: reload?,
+        sources,
+        warnings: Vec::new(),
+    })
+}
+
+fn read(path: &Path, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            diags.push(Diagnostic {
+                file: path.to_path_buf(),
+                line: 1,
+                column: 1,
+                severity: Severity::Error,
+                message: format!("cannot read file: {e}"),
+            });
+            None
+        }
+    }
+}
+
+type Sections<'i> = HashMap<String, (Range<usize>, Spanned<DeValue<'i>>)>;
+
+/// Parses a document and splits it into its top-level keys; syntax errors are all reported.
+fn parse_sections<'i>(src: &SourceFile<'i>, diags: &mut Vec<Diagnostic>) -> Option<Sections<'i>> {
+    let (root, errors) = DeTable::parse_recoverable(src.text);
+    if !errors.is_empty() {
+        for e in errors {
+            diags.push(src.error(e.span(), format!("TOML syntax: {}", e.message().trim())));
+        }
+        return None;
+    }
+    Some(
+        root.into_inner()
+            .into_iter()
+            .map(|(k, v)| (k.get_ref().to_string(), (k.span(), v)))
+            .collect(),
+    )
+}
+
+/// Deserializes one section; a missing required section is reported at the top of the file.
+fn section<T: DeserializeOwned>(
+    src: &SourceFile,
+    value: Option<(Range<usize>, Spanned<DeValue>)>,
+    name: &str,
+    required: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    match value {
+        Some((_, value)) => deserialize(src, value, &format!("[{name}]"), diags),
+        None => {
+            if required {
+                diags.push(src.error(None, format!("missing required section `[{name}]`")));
+            }
+            None
+        }
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(
+    src: &SourceFile,
+    value: Spanned<DeValue>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    let whole = value.span();
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            diags.push(src.error(
+                e.span().or(Some(whole)),
+                format!("{what}: {}", e.message().trim()),
+            ));
+            None
+        }
+    }
+}
+
+fn server(src: &SourceFile, f: ServerFile, diags: &mut Vec<Diagnostic>) -> Option<Server> {
+    let before = diags.len();
+    if f.listen.is_empty() {
+        diags.push(src.error(None, "[server] listen: give at least one address"));
+    }
+    let listen: Vec<SocketAddr> = f
+        .listen
+        .iter()
+        .filter_map(|a| address(src, a, diags))
+        .collect();
+    let trusted_proxies = f
+        .trusted_proxies
+        .iter()
+        .filter_map(|c| match c.get_ref().parse::<Cidr>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                diags.push(src.error(Some(c.span()), format!("[server] trusted_proxies: {e}")));
+                None
+            }
+        })
+        .collect();
+    let server = Server {
+        listen,
+        header_read_timeout: duration(src, &f.header_read_timeout, 10_000, diags),
+        max_header_bytes: size(src, &f.max_header_bytes, 32 * 1024, 1024..=1024 * 1024, diags),
+        max_uri_bytes: size(src, &f.max_uri_bytes, 8 * 1024, 256..=64 * 1024, diags),
+        shutdown_grace: duration(src, &f.shutdown_grace, 30_000, diags),
+        trusted_proxies,
+    };
+    (diags.len() == before).then_some(server)
+}
+
+fn upstream(src: &SourceFile, f: UpstreamFile, diags: &mut Vec<Diagnostic>) -> Option<Upstream> {
+    let before = diags.len();
+    let url_error = |message: &str| src.error(Some(f.url.span()), format!("[upstream] url: {message}"));
+    let (authority, base_path) = match f.url.get_ref().parse::<Uri>() {
+        Ok(uri) => match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(authority)) if uri.query().is_none() => {
+                let base = uri.path().trim_end_matches('/').to_owned();
+                (Some(authority.clone()), base)
+            }
+            (Some("https"), _) => {
+                diags.push(url_error("https upstreams are not supported yet; use http:// on a private network"));
+                (None, String::new())
+            }
+            _ => {
+                diags.push(url_error("expected `http://host:port[/base/path]` without a query"));
+                (None, String::new())
+            }
+        },
+        Err(e) => {
+            diags.push(url_error(&e.to_string()));
+            (None, String::new())
+        }
+    };
+    let upstream = Upstream {
+        authority: authority.unwrap_or_else(|| Authority::from_static("invalid")),
+        base_path,
+        connect_timeout: duration(src, &f.connect_timeout, 2_000, diags),
+        response_timeout: duration(src, &f.response_timeout, 30_000, diags),
+        pool_idle_timeout: duration(src, &f.pool_idle_timeout, 90_000, diags),
+        pool_max_idle: size(src, &f.pool_max_idle, 256, 0..=65_536, diags),
+    };
+    (diags.len() == before).then_some(upstream)
+}
+
+fn log_settings(src: &SourceFile, f: Option<LogFile>, diags: &mut Vec<Diagnostic>) -> Option<Log> {
+    let Some(f) = f else {
+        return Some(Log {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access_log: true,
+            redact_query_params: DEFAULT_REDACTED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect(),
+        });
+    };
+    let level = match &f.level {
+        Some(level) if level.get_ref().trim().is_empty() => {
+            diags.push(src.error(Some(level.span()), "[log] level: must not be empty"));
+            return None;
+        }
+        Some(level) => level.get_ref().clone(),
+        None => "info".into(),
+    };
+    Some(Log {
+        level,
+        format: match f.format {
+            LogFormatFile::Json => LogFormat::Json,
+            LogFormatFile::Text => LogFormat::Text,
+        },
+        access_log: f.access_log.unwrap_or(true),
+        redact_query_params: f
+            .redact_query_params
+            .unwrap_or_else(|| DEFAULT_REDACTED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect())
+            .into_iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect(),
+    })
+}
+
+fn default_reload() -> Reload {
+    Reload {
+        watch: true,
+        poll_interval: Duration::from_secs(1),
+    }
+}
+
+fn reload(src: &SourceFile, f: ReloadFile, diags: &mut Vec<Diagnostic>) -> Option<Reload> {
+    let before = diags.len();
+    let poll_interval = duration(src, &f.poll_interval, 1_000, diags);
+    if poll_interval < Duration::from_millis(50) {
+        diags.push(src.error(
+            f.poll_interval.as_ref().map(|p| p.span()),
+            "[reload] poll_interval: must be at least 50ms",
+        ));
+    }
+    (diags.len() == before).then_some(Reload {
+        watch: f.watch.unwrap_or(true),
+        poll_interval,
+    })
+}
+
+fn address(src: &SourceFile, value: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<SocketAddr> {
+    match value.get_ref().parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            diags.push(src.error(
+                Some(value.span()),
+                format!("`{}` is not a socket address such as `127.0.0.1:8080`", value.get_ref()),
+            ));
+            None
+        }
+    }
+}
+
+fn duration(
+    src: &SourceFile,
+    value: &Option<Spanned<String>>,
+    default_ms: u64,
+    diags: &mut Vec<Diagnostic>,
+) -> Duration {
+    let Some(value) = value else {
+        return Duration::from_millis(default_ms);
+    };
+    match crate::duration::parse(value.get_ref()) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            diags.push(src.error(Some(value.span()), "a duration must be greater than zero"));
+            Duration::from_millis(default_ms)
+        }
+        Err(e) => {
+            diags.push(src.error(Some(value.span()), e));
+            Duration::from_millis(default_ms)
+        }
+    }
+}
+
+fn size(
+    src: &SourceFile,
+    value: &Option<Spanned<i64>>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+    diags: &mut Vec<Diagnostic>,
+) -> usize {
+    let Some(value) = value else {
+        return default;
+    };
+    match usize::try_from(*value.get_ref()) {
+        Ok(v) if range.contains(&v) => v,
+        _ => {
+            diags.push(src.error(
+                Some(value.span()),
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+            default
+        }
+    }
+}
+
+/// Loads every `*.toml` in `dir`, in file-name order; returns the routes in evaluation
+/// order and the files read (the directory first, so new files are noticed).
+fn load_policies(
+    dir: &Path,
+    gateway: &SourceFile,
+    dir_span: Range<usize>,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<Route>, Vec<PathBuf>) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect(),
+        Err(e) => {
+            diags.push(gateway.error(
+                Some(dir_span),
+                format!("[routing] policies: cannot read directory {}: {e}", dir.display()),
+            ));
+            return (Vec::new(), Vec::new());
+        }
+    };
+    files.sort();
+    let mut routes: Vec<Route> = Vec::new();
+    let mut names: HashMap<String, Origin> = HashMap::new();
+    for file in &files {
+        let Some(text) = read(file, diags) else { continue };
+        let src = SourceFile { path: file, text: &text };
+        let Some(sections) = parse_sections(&src, diags) else { continue };
+        for (key, (key_span, value)) in sections {
+            if key != "route" {
+                diags.push(src.error(
+                    Some(key_span),
+                    format!("unknown key `{key}`; a policy file holds `[[route]]` tables"),
+                ));
+                continue;
+            }
+            let span = value.span();
+            let DeValue::Array(items) = value.into_inner() else {
+                diags.push(src.error(Some(span), "`route` must be an array of tables: write `[[route]]`"));
+                continue;
+            };
+            for item in items.iter().cloned() {
+                let start = item.span();
+                let Some(f) = deserialize::<RouteFile>(&src, item, "[[route]]", diags) else {
+                    continue;
+                };
+                if let Some(route) = route(&src, f, start, &mut names, diags) {
+                    routes.push(route);
+                }
+            }
+        }
+    }
+    let mut sources = vec![dir.to_path_buf()];
+    sources.extend(files);
+    (routes, sources)
+}
+
+fn route(
+    src: &SourceFile,
+    f: RouteFile,
+    span: Range<usize>,
+    names: &mut HashMap<String, Origin>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Route> {
+    let before = diags.len();
+    let name = f.name.get_ref().clone();
+    let origin = {
+        let d = src.error(Some(span.clone()), "");
+        Origin {
+            file: d.file,
+            line: d.line,
+            column: d.column,
+        }
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        diags.push(src.error(
+            Some(f.name.span()),
+            format!("route name `{name}`: use letters, digits, `-`, `_` and `.` only"),
+        ));
+    } else if let Some(first) = names.get(&name) {
+        diags.push(src.error(
+            Some(f.name.span()),
+            format!(
+                "route name `{name}` is already used at {}:{}:{}",
+                first.file.display(),
+                first.line,
+                first.column
+            ),
+        ));
+    } else {
+        names.insert(name.clone(), origin.clone());
+    }
+    let path = match PathPattern::parse(f.path.get_ref()) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            diags.push(src.error(Some(f.path.span()), format!("route `{name}`: {e}")));
+            None
+        }
+    };
+    let methods = match &f.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            diags.push(src.error(Some(span.clone()), format!("route `{name}`: `methods` is empty; omit it to allow every method")));
+            None
+        }
+        Some(list) => Some(
+            list.iter()
+                .filter_map(|m| {
+                    let text = m.get_ref();
+                    let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase());
+                    match Method::from_bytes(text.as_bytes()) {
+                        Ok(method) if valid => Some(method),
+                        _ => {
+                            diags.push(src.error(
+                                Some(m.span()),
+                                format!("route `{name}`: `{text}` is not an HTTP method (write it in upper case, e.g. `GET`)"),
+                            ));
+                            None
+                        }
+                    }
+                })
+                .collect(),
+        ),
+    };
+    if diags.len() != before {
+        return None;
+    }
+    Some(Route {
+        name,
+        methods,
+        path: path?,
+        action: match f.action {
+            ActionFile::Forward => RouteAction::Forward,
+            ActionFile::Deny => RouteAction::Deny,
+        },
+        origin,
+    })
+}

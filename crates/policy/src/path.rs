@@ -1,0 +1,208 @@
+//! Request-path normalization, done once per request before routing.
+//!
+//! The normalized path is both what route matching sees and exactly what is forwarded
+//! upstream, so a backend can never be shown a path that policy did not judge. The rules:
+//!
+//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every
+//!   other escape is kept, with upper-case hex, so `%2e%2e` becomes `..` while `%20` stays;
+//! - duplicate slashes are merged and `.`/`..` segments resolved (RFC 3986 §5.2.4; `..`
+//!   never climbs above `/`);
+//! - an encoded `/` or `\`, any `\`, NUL or other control character, a broken escape,
+//!   bytes that do not decode to UTF-8 and a `..;`/`.;` segment (read as `..` by some
+//!   servlet containers) are refused outright.
+//!
+//! Case is significant: `/ADMIN` and `/admin` are different paths, as RFC 3986 says.
+
+use thiserror::Error;
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum PathError {
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    #[error("the path contains an encoded '/' (%2F)")]
+    EncodedSlash,
+    #[error("the path contains a backslash")]
+    Backslash,
+    #[error("the path contains a NUL byte")]
+    Nul,
+    #[error("the path contains a control character")]
+    ControlCharacter,
+    #[error("the path contains an invalid percent-escape")]
+    BadEscape,
+    #[error("the path does not decode to valid UTF-8")]
+    InvalidUtf8,
+    #[error("the path contains a dot segment with parameters (`..;`)")]
+    DotSegmentParameter,
+}
+
+/// Normalizes an origin-form path (without the query). See the module docs for the rules.
+pub fn normalize(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // `decoded` holds every escape decoded, only to check that the path is UTF-8.
+    let mut partly_decoded = String::with_capacity(raw.len());
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut needs_utf8_check = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        match byte {
+            b'%' => {
+                let value = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|hex| Some(hex_value(hex[0])? << 4 | hex_value(hex[1])?))
+                    .ok_or(PathError::BadEscape)?;
+                match value {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::Backslash),
+                    0 => return Err(PathError::Nul),
+                    v if v < 0x20 || v == 0x7f => return Err(PathError::ControlCharacter),
+                    v if is_unreserved(v) => partly_decoded.push(char::from(v)),
+                    v => {
+                        needs_utf8_check |= v >= 0x80;
+                        partly_decoded.push('%');
+                        partly_decoded.push(char::from(HEX[usize::from(v >> 4)]));
+                        partly_decoded.push(char::from(HEX[usize::from(v & 0xf)]));
+                    }
+                }
+                decoded.push(value);
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            0 => return Err(PathError::Nul),
+            b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
+            _ => {
+                // `raw` is a str, so a multi-byte character is copied whole.
+                let len = utf8_len(byte);
+                partly_decoded.push_str(&raw[i..i + len]);
+                decoded.extend_from_slice(&bytes[i..i + len]);
+                i += len;
+            }
+        }
+    }
+    if needs_utf8_check && std::str::from_utf8(&decoded).is_err() {
+        return Err(PathError::InvalidUtf8);
+    }
+    remove_dot_segments(&partly_decoded)
+}
+
+/// Merges duplicate slashes and resolves `.` and `..`; keeps a trailing slash.
+fn remove_dot_segments(path: &str) -> Result<String, PathError> {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').skip(1) {
+        trailing_slash = false;
+        match segment {
+            "" => trailing_slash = true,
+            "." => trailing_slash = true,
+            ".." => {
+                segments.pop();
+                trailing_slash = true;
+            }
+            s if s.starts_with("..;") || s.starts_with(".;") => {
+                return Err(PathError::DotSegmentParameter)
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_what_should_land_on_the_same_route() {
+        let cases = [
+            ("/", "/"),
+            ("/admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/admin/./", "/admin/"),
+            ("/admin/.", "/admin/"),
+            ("/pub/../admin", "/admin"),
+            ("/pub/%2e%2e/admin", "/admin"),
+            ("/pub/%2E%2E/admin", "/admin"),
+            ("/pub/.%2e/admin", "/admin"),
+            ("/../../admin", "/admin"),
+            ("/a/b/..", "/a/"),
+            ("/%61dmin", "/admin"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3ab", "/a%3Ab"),
+            ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/ADMIN", "/ADMIN"),
+            ("/%252e%252e/admin", "/%252e%252e/admin"),
+            ("/a;b/c", "/a;b/c"),
+            ("/a///b//", "/a/b/"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn refuses_ambiguous_paths() {
+        let cases = [
+            ("admin", PathError::NotAbsolute),
+            ("/a%2fb", PathError::EncodedSlash),
+            ("/a%2Fb", PathError::EncodedSlash),
+            ("/a%5cb", PathError::Backslash),
+            ("/a\\b", PathError::Backslash),
+            ("/a%00b", PathError::Nul),
+            ("/a%0ab", PathError::ControlCharacter),
+            ("/a%zz", PathError::BadEscape),
+            ("/a%4", PathError::BadEscape),
+            ("/a%", PathError::BadEscape),
+            ("/a%ff", PathError::InvalidUtf8),
+            ("/a%C3", PathError::InvalidUtf8),
+            ("/pub/..;/admin", PathError::DotSegmentParameter),
+            ("/pub/%2e%2e;x/admin", PathError::DotSegmentParameter),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn normalizing_twice_changes_nothing() {
+        for raw in ["/pub/%2e%2e/admin", "//a/./b/../c/", "/x%20y/%7e", "/caf%c3%a9"] {
+            let once = normalize(raw).unwrap();
+            assert_eq!(normalize(&once).unwrap(), once);
+        }
+    }
+}

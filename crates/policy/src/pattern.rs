@@ -1,0 +1,183 @@
+//! Route path patterns: literal segments, `{param}` segments and a trailing `*`.
+//!
+//! Patterns are matched against *normalized* paths (see [`crate::path`]), segment by
+//! segment and case-sensitively. `{name}` matches exactly one non-empty segment; a final
+//! `*` matches zero or more segments, so `/api/*` matches `/api`, `/api/` and `/api/a/b`.
+//! A single trailing slash on the request path is ignored when matching (`/admin/` is
+//! judged like `/admin`), because backends commonly serve both alike and a policy that
+//! guards one must guard the other.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A compiled route path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    source: String,
+    segments: Vec<Segment>,
+    rest: bool,
+}
+
+impl PathPattern {
+    /// Compiles a pattern; the error says what is wrong with it.
+    pub fn parse(source: &str) -> Result<Self, String> {
+        if !source.starts_with('/') {
+            return Err(format!("path pattern `{source}` must start with '/'"));
+        }
+        let body = &source[1..];
+        let mut parts: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
+        let rest = parts.last() == Some(&"*");
+        if rest {
+            parts.pop();
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        for part in parts {
+            segments.push(parse_segment(source, part)?);
+        }
+        let mut names: Vec<&str> = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(n) => Some(n.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("path pattern `{source}` names `{{{}}}` twice", w[0]));
+        }
+        Ok(PathPattern {
+            source: source.to_owned(),
+            segments,
+            rest,
+        })
+    }
+
+    /// Whether a normalized path matches.
+    pub fn matches(&self, path: &str) -> bool {
+        self.captures(path, |_, _| {})
+    }
+
+    /// The `{param}` values of a matching path, in pattern order; `None` if it does not match.
+    pub fn params<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let mut params = Vec::new();
+        self.captures(path, |name, value| params.push((name, value)))
+            .then_some(params)
+    }
+
+    fn captures<'s, 'p>(&'s self, path: &'p str, mut on_param: impl FnMut(&'s str, &'p str)) -> bool {
+        let trimmed = path.strip_prefix('/').unwrap_or(path);
+        let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+        let mut request = trimmed.split('/').filter(|_| !trimmed.is_empty());
+        for segment in &self.segments {
+            let Some(actual) = request.next() else {
+                return false;
+            };
+            match segment {
+                Segment::Literal(lit) if lit == actual => {}
+                Segment::Param(name) if !actual.is_empty() => on_param(name, actual),
+                _ => return false,
+            }
+        }
+        self.rest || request.next().is_none()
+    }
+}
+
+fn parse_segment(source: &str, part: &str) -> Result<Segment, String> {
+    if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        return if valid {
+            Ok(Segment::Param(name.to_owned()))
+        } else {
+            Err(format!("path pattern `{source}`: `{{{name}}}` is not a valid parameter name"))
+        };
+    }
+    if part.is_empty() {
+        return Err(format!(
+            "path pattern `{source}` has an empty segment (`//` or a trailing `/`)"
+        ));
+    }
+    if part.contains(['{', '}', '*']) {
+        return Err(format!(
+            "path pattern `{source}`: segment `{part}` mixes `{{`, `}}` or `*` with text; \
+             `{{param}}` must be a whole segment and `*` only the last one"
+        ));
+    }
+    if part == "." || part == ".." {
+        return Err(format!("path pattern `{source}` contains a dot segment"));
+    }
+    // Literals are compared with normalized request paths, so they must be normalized too.
+    match crate::path::normalize(&format!("/{part}")) {
+        Ok(n) if n[1..] == *part => Ok(Segment::Literal(part.to_owned())),
+        Ok(n) => Err(format!(
+            "path pattern `{source}`: segment `{part}` is not in normalized form; write `{}`",
+            &n[1..]
+        )),
+        Err(e) => Err(format!("path pattern `{source}`: {e}")),
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathPattern {
+        PathPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn literal_patterns_ignore_one_trailing_slash() {
+        assert!(p("/admin").matches("/admin"));
+        assert!(p("/admin").matches("/admin/"));
+        assert!(!p("/admin").matches("/admin/x"));
+        assert!(!p("/admin").matches("/ADMIN"));
+        assert!(!p("/admin").matches("/administrator"));
+        assert!(p("/").matches("/"));
+        assert!(!p("/").matches("/a"));
+    }
+
+    #[test]
+    fn params_match_one_segment() {
+        let pat = p("/campaigns/{id}/contacts");
+        assert_eq!(pat.params("/campaigns/42/contacts"), Some(vec![("id", "42")]));
+        assert!(!pat.matches("/campaigns/contacts"));
+        assert!(!pat.matches("/campaigns/42/x/contacts"));
+    }
+
+    #[test]
+    fn star_matches_zero_or_more_segments() {
+        let pat = p("/api/*");
+        for path in ["/api", "/api/", "/api/a", "/api/a/b/c"] {
+            assert!(pat.matches(path), "{path}");
+        }
+        assert!(!pat.matches("/apix"));
+        assert!(p("/*").matches("/"));
+        assert!(p("/*").matches("/anything/at/all"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in [
+            "admin", "/a//b", "/a/", "/{}", "/{1x}", "/a*", "/*/a", "/{id}/{id}", "/a/../b",
+            "/%61", "/a%2Fb", "/x{id}",
+        ] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

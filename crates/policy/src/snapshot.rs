@@ -1,0 +1,164 @@
+//! The validated, immutable runtime model built from the configuration files.
+//!
+//! A [`Snapshot`] is built whole by [`crate::load`] and never changed afterwards; a
+//! reload builds a new one. A request is judged against exactly one snapshot.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::Method;
+
+use crate::cidr::Cidr;
+use crate::diagnostic::Diagnostic;
+use crate::pattern::PathPattern;
+
+/// Everything the gateway needs to serve, validated.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub server: Server,
+    pub upstream: Upstream,
+    /// Routes in evaluation order: policy files by file name, then routes in file order.
+    pub routes: Vec<Route>,
+    pub unmatched: Unmatched,
+    pub admin: Option<Admin>,
+    pub log: Log,
+    pub reload: Reload,
+    /// The files this snapshot was built from (and the policy directory), for the watcher.
+    pub sources: Vec<PathBuf>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Bound at start-up; changing it needs a restart.
+    pub listen: Vec<SocketAddr>,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    /// Prefix put before every forwarded path: empty, or starts with `/` and has no trailing `/`.
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// 404 `ROUTE_NOT_FOUND` (405 when the path matches but the method does not).
+    Deny,
+    /// Forwarded to the upstream as if matched by a plain forward route.
+    Forward,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// A `tracing` filter directive such as `info` or `tollgate=debug`.
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: bool,
+    /// Query parameters whose values are replaced by `[redacted]` in logs (lower case).
+    pub redact_query_params: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub watch: bool,
+    pub poll_interval: Duration,
+}
+
+/// Where a route was written, for diagnostics and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// `None` means every method.
+    pub methods: Option<Vec<Method>>,
+    pub path: PathPattern,
+    pub action: RouteAction,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Stream the request to the upstream.
+    Forward,
+    /// Refuse with 403 `FORBIDDEN`.
+    Deny,
+}
+
+impl Route {
+    pub fn allows(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteMatch<'s> {
+    Route(&'s Route),
+    /// Some routes match the path but none the method (see [`Snapshot::allowed_methods`]).
+    MethodNotAllowed,
+    Unmatched,
+}
+
+impl Snapshot {
+    /// The first route, in order, whose path pattern and methods match. `path` must be
+    /// normalized (see [`crate::path::normalize`]).
+    pub fn route(&self, method: &Method, path: &str) -> RouteMatch<'_> {
+        let mut path_matched = false;
+        for route in &self.routes {
+            if route.path.matches(path) {
+                if route.allows(method) {
+                    return RouteMatch::Route(route);
+                }
+                path_matched = true;
+            }
+        }
+        if path_matched {
+            RouteMatch::MethodNotAllowed
+        } else {
+            RouteMatch::Unmatched
+        }
+    }
+
+    /// The methods allowed on `path` by any route, for an `Allow` header.
+    pub fn allowed_methods(&self, path: &str) -> Vec<Method> {
+        let mut methods: Vec<Method> = Vec::new();
+        for route in self.routes.iter().filter(|r| r.path.matches(path)) {
+            for m in route.methods.iter().flatten() {
+                if !methods.contains(m) {
+                    methods.push(m.clone());
+                }
+            }
+        }
+        methods
+    }
+}
