@@ -17,7 +17,10 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
         Ok(n) => n,
         Err(e) => {
             let _ = writeln!(out, "normalized: refused: {e}");
-            let _ = writeln!(out, "outcome:    400 PATH_INVALID (the request never reaches routing)");
+            let _ = writeln!(
+                out,
+                "outcome:    400 PATH_INVALID (the request never reaches routing)"
+            );
             return out;
         }
     };
@@ -76,7 +79,10 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
             let _ = writeln!(out, "route:      none matches");
             match snapshot.unmatched {
                 Unmatched::Deny => {
-                    let _ = writeln!(out, "outcome:    404 ROUTE_NOT_FOUND (routing.unmatched = \"deny\")");
+                    let _ = writeln!(
+                        out,
+                        "outcome:    404 ROUTE_NOT_FOUND (routing.unmatched = \"deny\")"
+                    );
                 }
                 Unmatched::Forward => {
                     let _ = writeln!(

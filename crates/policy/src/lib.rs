@@ -13,6 +13,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod explain;
 mod file;
+pub mod fingerprint;
 mod load;
 pub mod path;
 pub mod pattern;

@@ -21,9 +21,10 @@ use toml::Spanned;
 use crate::cidr::Cidr;
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::file::{
-    ActionFile, AdminFile, LogFile, LogFormatFile, ReloadFile, RouteFile, RoutingFile,
-    ServerFile, UnmatchedFile, UpstreamFile,
+    ActionFile, AdminFile, LogFile, LogFormatFile, ReloadFile, RouteFile, RoutingFile, ServerFile,
+    UnmatchedFile, UpstreamFile,
 };
+use crate::fingerprint::Fingerprint;
 use crate::pattern::PathPattern;
 use crate::snapshot::{
     Admin, Log, LogFormat, Origin, Reload, Route, RouteAction, Server, Snapshot, Unmatched,
@@ -54,6 +55,7 @@ const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
 pub fn load(config: &Path) -> Result<Snapshot, LoadError> {
     let mut diags = Vec::new();
     let snapshot = build(config, &mut diags);
+    sort_by_place(&mut diags);
     match snapshot {
         Some(snapshot) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok(Snapshot {
             warnings: diags,
@@ -63,8 +65,22 @@ pub fn load(config: &Path) -> Result<Snapshot, LoadError> {
     }
 }
 
+/// Orders diagnostics by file (in the order files were read), then line and column.
+fn sort_by_place(diags: &mut [Diagnostic]) {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for d in diags.iter() {
+        if !files.contains(&d.file) {
+            files.push(d.file.clone());
+        }
+    }
+    diags.sort_by_key(|d| (files.iter().position(|f| *f == d.file), d.line, d.column));
+}
+
 fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
-    let text = read(config, diags)?;
+    let mut fingerprint = Fingerprint::new();
+    let text = read(config, diags);
+    fingerprint.file(config, text.as_deref().map(str::as_bytes));
+    let text = text?;
     let src = SourceFile {
         path: config,
         text: &text,
@@ -91,17 +107,18 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         ));
     }
 
-    let (routes, mut sources) = match &routing {
-        Some(r) => {
-            let dir = config
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(r.policies.get_ref());
-            load_policies(&dir, &src, r.policies.span(), diags)
+    let policy_dir = routing.as_ref().map(|r| {
+        config
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(r.policies.get_ref())
+    });
+    let (routes, policy_files) = match (&routing, &policy_dir) {
+        (Some(r), Some(dir)) => {
+            load_policies(dir, &src, r.policies.span(), &mut fingerprint, diags)
         }
-        None => (Vec::new(), Vec::new()),
+        _ => (Vec::new(), Vec::new()),
     };
-    sources.insert(0, config.to_path_buf());
 
     Some(Snapshot {
         server: server?,
@@ -115,7 +132,9 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         admin: admin.flatten(),
         log: log_settings(&src, log, diags)?,
         reload: reload?,
-        sources,
+        policy_dir: policy_dir?,
+        policy_files,
+        fingerprint: fingerprint.finish(),
         warnings: Vec::new(),
     })
 }
@@ -217,7 +236,13 @@ fn server(src: &SourceFile, f: ServerFile, diags: &mut Vec<Diagnostic>) -> Optio
     let server = Server {
         listen,
         header_read_timeout: duration(src, &f.header_read_timeout, 10_000, diags),
-        max_header_bytes: size(src, &f.max_header_bytes, 32 * 1024, 1024..=1024 * 1024, diags),
+        max_header_bytes: size(
+            src,
+            &f.max_header_bytes,
+            32 * 1024,
+            1024..=1024 * 1024,
+            diags,
+        ),
         max_uri_bytes: size(src, &f.max_uri_bytes, 8 * 1024, 256..=64 * 1024, diags),
         shutdown_grace: duration(src, &f.shutdown_grace, 30_000, diags),
         trusted_proxies,
@@ -227,7 +252,8 @@ fn server(src: &SourceFile, f: ServerFile, diags: &mut Vec<Diagnostic>) -> Optio
 
 fn upstream(src: &SourceFile, f: UpstreamFile, diags: &mut Vec<Diagnostic>) -> Option<Upstream> {
     let before = diags.len();
-    let url_error = |message: &str| src.error(Some(f.url.span()), format!("[upstream] url: {message}"));
+    let url_error =
+        |message: &str| src.error(Some(f.url.span()), format!("[upstream] url: {message}"));
     let (authority, base_path) = match f.url.get_ref().parse::<Uri>() {
         Ok(uri) => match (uri.scheme_str(), uri.authority()) {
             (Some("http"), Some(authority)) if uri.query().is_none() => {
@@ -235,11 +261,15 @@ fn upstream(src: &SourceFile, f: UpstreamFile, diags: &mut Vec<Diagnostic>) -> O
                 (Some(authority.clone()), base)
             }
             (Some("https"), _) => {
-                diags.push(url_error("https upstreams are not supported yet; use http:// on a private network"));
+                diags.push(url_error(
+                    "https upstreams are not supported yet; use http:// on a private network",
+                ));
                 (None, String::new())
             }
             _ => {
-                diags.push(url_error("expected `http://host:port[/base/path]` without a query"));
+                diags.push(url_error(
+                    "expected `http://host:port[/base/path]` without a query",
+                ));
                 (None, String::new())
             }
         },
@@ -265,7 +295,10 @@ fn log_settings(src: &SourceFile, f: Option<LogFile>, diags: &mut Vec<Diagnostic
             level: "info".into(),
             format: LogFormat::Json,
             access_log: true,
-            redact_query_params: DEFAULT_REDACTED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect(),
+            redact_query_params: DEFAULT_REDACTED_QUERY_PARAMS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         });
     };
     let level = match &f.level {
@@ -285,7 +318,12 @@ fn log_settings(src: &SourceFile, f: Option<LogFile>, diags: &mut Vec<Diagnostic
         access_log: f.access_log.unwrap_or(true),
         redact_query_params: f
             .redact_query_params
-            .unwrap_or_else(|| DEFAULT_REDACTED_QUERY_PARAMS.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_else(|| {
+                DEFAULT_REDACTED_QUERY_PARAMS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            })
             .into_iter()
             .map(|p| p.to_ascii_lowercase())
             .collect(),
@@ -314,13 +352,20 @@ fn reload(src: &SourceFile, f: ReloadFile, diags: &mut Vec<Diagnostic>) -> Optio
     })
 }
 
-fn address(src: &SourceFile, value: &Spanned<String>, diags: &mut Vec<Diagnostic>) -> Option<SocketAddr> {
+fn address(
+    src: &SourceFile,
+    value: &Spanned<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SocketAddr> {
     match value.get_ref().parse() {
         Ok(a) => Some(a),
         Err(_) => {
             diags.push(src.error(
                 Some(value.span()),
-                format!("`{}` is not a socket address such as `127.0.0.1:8080`", value.get_ref()),
+                format!(
+                    "`{}` is not a socket address such as `127.0.0.1:8080`",
+                    value.get_ref()
+                ),
             ));
             None
         }
@@ -372,33 +417,42 @@ fn size(
 }
 
 /// Loads every `*.toml` in `dir`, in file-name order; returns the routes in evaluation
-/// order and the files read (the directory first, so new files are noticed).
+/// order and the files read.
 fn load_policies(
     dir: &Path,
     gateway: &SourceFile,
     dir_span: Range<usize>,
+    fingerprint: &mut Fingerprint,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<Route>, Vec<PathBuf>) {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-            .collect(),
+    let files = match crate::fingerprint::policy_files(dir) {
+        Ok(files) => files,
         Err(e) => {
             diags.push(gateway.error(
                 Some(dir_span),
-                format!("[routing] policies: cannot read directory {}: {e}", dir.display()),
+                format!(
+                    "[routing] policies: cannot read directory {}: {e}",
+                    dir.display()
+                ),
             ));
             return (Vec::new(), Vec::new());
         }
     };
-    files.sort();
     let mut routes: Vec<Route> = Vec::new();
     let mut names: HashMap<String, Origin> = HashMap::new();
     for file in &files {
-        let Some(text) = read(file, diags) else { continue };
-        let src = SourceFile { path: file, text: &text };
-        let Some(sections) = parse_sections(&src, diags) else { continue };
+        let text = read(file, diags);
+        fingerprint.file(file, text.as_deref().map(str::as_bytes));
+        let Some(text) = text else {
+            continue;
+        };
+        let src = SourceFile {
+            path: file,
+            text: &text,
+        };
+        let Some(sections) = parse_sections(&src, diags) else {
+            continue;
+        };
         for (key, (key_span, value)) in sections {
             if key != "route" {
                 diags.push(src.error(
@@ -409,7 +463,10 @@ fn load_policies(
             }
             let span = value.span();
             let DeValue::Array(items) = value.into_inner() else {
-                diags.push(src.error(Some(span), "`route` must be an array of tables: write `[[route]]`"));
+                diags.push(src.error(
+                    Some(span),
+                    "`route` must be an array of tables: write `[[route]]`",
+                ));
                 continue;
             };
             for item in items.iter().cloned() {
@@ -423,9 +480,7 @@ fn load_policies(
             }
         }
     }
-    let mut sources = vec![dir.to_path_buf()];
-    sources.extend(files);
-    (routes, sources)
+    (routes, files)
 }
 
 fn route(
@@ -438,14 +493,18 @@ fn route(
     let before = diags.len();
     let name = f.name.get_ref().clone();
     let origin = {
-        let d = src.error(Some(span.clone()), "");
+        let d = src.error(Some(f.name.span()), "");
         Origin {
             file: d.file,
             line: d.line,
             column: d.column,
         }
     };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         diags.push(src.error(
             Some(f.name.span()),
             format!("route name `{name}`: use letters, digits, `-`, `_` and `.` only"),

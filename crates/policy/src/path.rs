@@ -200,7 +200,12 @@ mod tests {
 
     #[test]
     fn normalizing_twice_changes_nothing() {
-        for raw in ["/pub/%2e%2e/admin", "//a/./b/../c/", "/x%20y/%7e", "/caf%c3%a9"] {
+        for raw in [
+            "/pub/%2e%2e/admin",
+            "//a/./b/../c/",
+            "/x%20y/%7e",
+            "/caf%c3%a9",
+        ] {
             let once = normalize(raw).unwrap();
             assert_eq!(normalize(&once).unwrap(), once);
         }

@@ -52,7 +52,10 @@ impl PathPattern {
             .collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("path pattern `{source}` names `{{{}}}` twice", w[0]));
+            return Err(format!(
+                "path pattern `{source}` names `{{{}}}` twice",
+                w[0]
+            ));
         }
         Ok(PathPattern {
             source: source.to_owned(),
@@ -73,7 +76,11 @@ impl PathPattern {
             .then_some(params)
     }
 
-    fn captures<'s, 'p>(&'s self, path: &'p str, mut on_param: impl FnMut(&'s str, &'p str)) -> bool {
+    fn captures<'s, 'p>(
+        &'s self,
+        path: &'p str,
+        mut on_param: impl FnMut(&'s str, &'p str),
+    ) -> bool {
         let trimmed = path.strip_prefix('/').unwrap_or(path);
         let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
         let mut request = trimmed.split('/').filter(|_| !trimmed.is_empty());
@@ -99,7 +106,9 @@ fn parse_segment(source: &str, part: &str) -> Result<Segment, String> {
         return if valid {
             Ok(Segment::Param(name.to_owned()))
         } else {
-            Err(format!("path pattern `{source}`: `{{{name}}}` is not a valid parameter name"))
+            Err(format!(
+                "path pattern `{source}`: `{{{name}}}` is not a valid parameter name"
+            ))
         };
     }
     if part.is_empty() {
@@ -155,7 +164,10 @@ mod tests {
     #[test]
     fn params_match_one_segment() {
         let pat = p("/campaigns/{id}/contacts");
-        assert_eq!(pat.params("/campaigns/42/contacts"), Some(vec![("id", "42")]));
+        assert_eq!(
+            pat.params("/campaigns/42/contacts"),
+            Some(vec![("id", "42")])
+        );
         assert!(!pat.matches("/campaigns/contacts"));
         assert!(!pat.matches("/campaigns/42/x/contacts"));
     }
@@ -174,10 +186,23 @@ mod tests {
     #[test]
     fn bad_patterns_are_refused() {
         for bad in [
-            "admin", "/a//b", "/a/", "/{}", "/{1x}", "/a*", "/*/a", "/{id}/{id}", "/a/../b",
-            "/%61", "/a%2Fb", "/x{id}",
+            "admin",
+            "/a//b",
+            "/a/",
+            "/{}",
+            "/{1x}",
+            "/a*",
+            "/*/a",
+            "/{id}/{id}",
+            "/a/../b",
+            "/%61",
+            "/a%2Fb",
+            "/x{id}",
         ] {
-            assert!(PathPattern::parse(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                PathPattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

@@ -25,8 +25,11 @@ pub struct Snapshot {
     pub admin: Option<Admin>,
     pub log: Log,
     pub reload: Reload,
-    /// The files this snapshot was built from (and the policy directory), for the watcher.
-    pub sources: Vec<PathBuf>,
+    /// Where the policy files live, and the ones this snapshot was built from.
+    pub policy_dir: PathBuf,
+    pub policy_files: Vec<PathBuf>,
+    /// A hash of every byte this snapshot was built from (see [`crate::fingerprint`]).
+    pub fingerprint: u64,
     pub warnings: Vec<Diagnostic>,
 }
 

@@ -1,1 +1,28 @@
+//! Tollgate's data plane.
+//!
+//! [`Gateway`] binds the listeners and serves; every request goes through the stages in
+//! [`pipeline`], in order, against exactly one policy [`Snapshot`](tollgate_policy::Snapshot).
+//! Errors from every stage are typed ([`GatewayError`]) and turned into RFC 9457
+//! problem+json responses by one function, [`problem::respond`].
 
+#![forbid(unsafe_code)]
+
+mod accept;
+mod access_log;
+mod admin;
+mod body;
+mod forward;
+mod forwarded;
+mod headers;
+pub mod metrics;
+mod normalize;
+pub mod pipeline;
+pub mod problem;
+mod request_id;
+mod respond;
+mod rewrite;
+mod route;
+mod server;
+
+pub use problem::GatewayError;
+pub use server::{Gateway, SnapshotHandle};

@@ -1,0 +1,198 @@
+//! Stage 1 — accept: size limits and framing checks, before anything reads the request.
+//!
+//! hyper has already parsed the request head. What it lets through but a careful gateway
+//! must not: oversized header blocks and targets (answered 431/414 with problem+json;
+//! hyper's own hard limits sit above ours), a missing or repeated `Host`, an
+//! absolute-form target that names another host, any `Transfer-Encoding` but a single
+//! `chunked`, `*` outside OPTIONS, and CONNECT. Each of these is a request-smuggling or
+//! routing-confusion shape. (`Transfer-Encoding` beside `Content-Length` is settled by
+//! hyper as RFC 9112 §6.3 says: chunked wins, `Content-Length` is removed before we see
+//! the request, and the connection is closed after the response.)
+
+use http::header::{HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Uri};
+use tollgate_policy::snapshot::Server;
+
+use crate::problem::{FramingError, GatewayError};
+
+/// Refuses requests whose size or framing is not acceptable.
+pub fn check<B>(request: &Request<B>, limits: &Server) -> Result<(), GatewayError> {
+    let uri = request.uri();
+    if target_len(uri) > limits.max_uri_bytes {
+        return Err(GatewayError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(GatewayError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        });
+    }
+    if request.method() == Method::CONNECT {
+        return Err(FramingError::Connect.into());
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    let host = hosts.next().ok_or(FramingError::MissingHost)?;
+    if hosts.next().is_some() {
+        return Err(FramingError::RepeatedHost.into());
+    }
+    if let Some(authority) = uri.authority() {
+        if uri.scheme_str() != Some("http") {
+            return Err(FramingError::UnsupportedScheme.into());
+        }
+        let same = host
+            .to_str()
+            .is_ok_and(|h| same_authority(h, authority.as_str()));
+        if !same {
+            return Err(FramingError::HostMismatch.into());
+        }
+    }
+    if uri.path() == "*" && request.method() != Method::OPTIONS {
+        return Err(FramingError::AsteriskTarget.into());
+    }
+    let mut encodings = request.headers().get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = encodings.next() {
+        let chunked = first
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if !chunked || encodings.next().is_some() {
+            return Err(FramingError::UnsupportedTransferEncoding.into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether this is `OPTIONS *`, a question about the server itself.
+pub fn is_server_options<B>(request: &Request<B>) -> bool {
+    request.method() == Method::OPTIONS && request.uri().path() == "*"
+}
+
+fn target_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path_and_query = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    scheme + authority + path_and_query
+}
+
+/// `Host` and an absolute-form authority name the same origin (case-insensitive; an
+/// explicit `:80` equals none).
+fn same_authority(host: &str, authority: &str) -> bool {
+    let strip = |s: &str| s.strip_suffix(":80").unwrap_or(s).to_ascii_lowercase();
+    strip(host) == strip(authority)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits() -> Server {
+        Server {
+            listen: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 1024,
+            max_uri_bytes: 64,
+            shutdown_grace: Duration::from_secs(1),
+            trusted_proxies: Vec::new(),
+        }
+    }
+
+    fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri(target);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_plain_request() {
+        let r = request("GET", "/a?b=c", &[("host", "gw")]);
+        assert!(check(&r, &limits()).is_ok());
+        let r = request("GET", "http://GW:80/a", &[("host", "gw")]);
+        assert!(check(&r, &limits()).is_ok());
+        let r = request(
+            "POST",
+            "/a",
+            &[("host", "gw"), ("transfer-encoding", "Chunked")],
+        );
+        assert!(check(&r, &limits()).is_ok());
+    }
+
+    #[test]
+    fn refuses_each_framing_shape() {
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], FramingError);
+        let cases: &[Case] = &[
+            ("GET", "/", &[], FramingError::MissingHost),
+            (
+                "GET",
+                "/",
+                &[("host", "a"), ("host", "a")],
+                FramingError::RepeatedHost,
+            ),
+            (
+                "GET",
+                "http://evil/",
+                &[("host", "gw")],
+                FramingError::HostMismatch,
+            ),
+            (
+                "GET",
+                "ftp://gw/",
+                &[("host", "gw")],
+                FramingError::UnsupportedScheme,
+            ),
+            ("GET", "*", &[("host", "gw")], FramingError::AsteriskTarget),
+            (
+                "CONNECT",
+                "gw:443",
+                &[("host", "gw")],
+                FramingError::Connect,
+            ),
+            (
+                "POST",
+                "/",
+                &[("host", "gw"), ("transfer-encoding", "gzip, chunked")],
+                FramingError::UnsupportedTransferEncoding,
+            ),
+            (
+                "POST",
+                "/",
+                &[
+                    ("host", "gw"),
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                FramingError::UnsupportedTransferEncoding,
+            ),
+        ];
+        for (method, target, headers, want) in cases {
+            match check(&request(method, target, headers), &limits()) {
+                Err(GatewayError::Framing(got)) => assert_eq!(got, *want, "{method} {target}"),
+                other => panic!("{method} {target}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn enforces_size_limits() {
+        let long = format!("/{}", "a".repeat(64));
+        assert!(matches!(
+            check(&request("GET", &long, &[("host", "gw")]), &limits()),
+            Err(GatewayError::UriTooLong { limit: 64 })
+        ));
+        let big = "v".repeat(1100);
+        assert!(matches!(
+            check(
+                &request("GET", "/", &[("host", "gw"), ("x-big", &big)]),
+                &limits()
+            ),
+            Err(GatewayError::HeadersTooLarge { limit: 1024 })
+        ));
+    }
+}

@@ -1,0 +1,80 @@
+//! Body types of the data plane, and the wrapper that observes bytes as they pass.
+//!
+//! Bodies are never collected: [`Observed`] counts each frame on its way through and
+//! keeps `size_hint` and end-of-stream exactly as the inner body reports them.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+/// What the gateway answers with: the upstream's body streamed through, or its own.
+pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_log::AccessLog>;
+
+/// What the gateway sends upstream: the client's body streamed through.
+pub type UpstreamBody = Observed<Incoming, Arc<AtomicU64>>;
+
+/// Someone who wants to know how many bytes passed, and when the body is done with.
+pub trait Observer {
+    fn on_data(&mut self, bytes: u64);
+}
+
+impl Observer for Arc<AtomicU64> {
+    fn on_data(&mut self, bytes: u64) {
+        self.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A body that reports every data frame to its observer and is otherwise transparent.
+#[derive(Debug)]
+pub struct Observed<B, O> {
+    inner: B,
+    observer: O,
+}
+
+impl<B, O> Observed<B, O> {
+    pub fn new(inner: B, observer: O) -> Self {
+        Observed { inner, observer }
+    }
+}
+
+impl<B, O> Body for Observed<B, O>
+where
+    B: Body<Data = Bytes> + Unpin,
+    O: Observer + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.observer.on_data(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A complete body the gateway made itself.
+pub fn full(bytes: impl Into<Bytes>) -> Either<Incoming, Full<Bytes>> {
+    Either::Right(Full::new(bytes.into()))
+}

@@ -1,0 +1,106 @@
+//! Stage 9 — forward: send the request to the legacy upstream over pooled connections
+//! and wait (bounded) for its response head. Bodies stream in both directions.
+
+use std::error::Error as _;
+use std::io;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tollgate_policy::snapshot::Upstream;
+
+use crate::body::UpstreamBody;
+use crate::problem::GatewayError;
+
+/// A pooled HTTP/1.1 client for one upstream configuration.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpConnector, UpstreamBody>,
+    pool_key: PoolSettings,
+}
+
+/// The settings baked into a client; when a reload changes none of them, the client
+/// (and its warm connections) is kept.
+#[derive(Clone, PartialEq, Eq)]
+struct PoolSettings {
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+}
+
+impl PoolSettings {
+    fn of(upstream: &Upstream) -> Self {
+        PoolSettings {
+            connect_timeout: upstream.connect_timeout,
+            pool_idle_timeout: upstream.pool_idle_timeout,
+            pool_max_idle: upstream.pool_max_idle,
+        }
+    }
+}
+
+impl UpstreamClient {
+    pub fn new(upstream: &Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(upstream.pool_max_idle)
+            .set_host(false)
+            .build(connector);
+        UpstreamClient {
+            client,
+            pool_key: PoolSettings::of(upstream),
+        }
+    }
+
+    /// This client if it fits `upstream`, else a new one.
+    pub fn reuse_or_new(&self, upstream: &Upstream) -> Self {
+        if self.pool_key == PoolSettings::of(upstream) {
+            self.clone()
+        } else {
+            UpstreamClient::new(upstream)
+        }
+    }
+
+    /// Sends the request; the response head must arrive within `timeout`.
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, source = ?e.source(), "upstream request failed");
+                Err(classify(&e))
+            }
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
+    if !e.is_connect() {
+        return GatewayError::UpstreamFailed;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                return GatewayError::UpstreamTimeout;
+            }
+        }
+        // hyper-util reports its own connect timeout as a plain message.
+        if s.to_string().contains("timed out") || s.to_string().contains("timeout") {
+            return GatewayError::UpstreamTimeout;
+        }
+        source = s.source();
+    }
+    GatewayError::UpstreamUnavailable
+}

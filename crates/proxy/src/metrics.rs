@@ -1,0 +1,112 @@
+//! Process metrics, rendered in the Prometheus text format on the admin listener.
+//!
+//! Plain atomic counters: the set is small and fixed, so a registry would add weight
+//! without adding anything.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use http::StatusCode;
+
+use crate::problem::GatewayError;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Responses by status class, 1xx..5xx.
+    responses: [AtomicU64; 5],
+    upstream_unavailable: AtomicU64,
+    upstream_timeout: AtomicU64,
+    upstream_failed: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    connections_open: AtomicI64,
+}
+
+impl Metrics {
+    pub fn count_response(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_error(&self, error: &GatewayError) {
+        let counter = match error {
+            GatewayError::UpstreamUnavailable => &self.upstream_unavailable,
+            GatewayError::UpstreamTimeout => &self.upstream_timeout,
+            GatewayError::UpstreamFailed => &self.upstream_failed,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reloads_failed(&self) -> u64 {
+        self.reloads_failed.load(Ordering::Relaxed)
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(1024);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str("# HELP tollgate_responses_total Responses sent, by status class.\n");
+        out.push_str("# TYPE tollgate_responses_total counter\n");
+        for (i, c) in self.responses.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tollgate_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                get(c)
+            );
+        }
+        out.push_str(
+            "# HELP tollgate_upstream_errors_total Upstream requests that failed, by kind.\n",
+        );
+        out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
+        for (kind, c) in [
+            ("unavailable", &self.upstream_unavailable),
+            ("timeout", &self.upstream_timeout),
+            ("invalid_response", &self.upstream_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_upstream_errors_total{{kind=\"{kind}\"}} {}",
+                get(c)
+            );
+        }
+        out.push_str("# HELP tollgate_config_reloads_total Configuration reloads, by result.\n");
+        out.push_str("# TYPE tollgate_config_reloads_total counter\n");
+        let _ = writeln!(
+            out,
+            "tollgate_config_reloads_total{{result=\"success\"}} {}",
+            get(&self.reloads_ok)
+        );
+        let _ = writeln!(
+            out,
+            "tollgate_config_reloads_total{{result=\"failure\"}} {}",
+            get(&self.reloads_failed)
+        );
+        out.push_str("# HELP tollgate_connections_open Client connections currently open.\n");
+        out.push_str("# TYPE tollgate_connections_open gauge\n");
+        let _ = writeln!(
+            out,
+            "tollgate_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

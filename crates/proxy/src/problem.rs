@@ -1,0 +1,185 @@
+//! Every error the gateway answers itself, and the one function that turns them into
+//! RFC 9457 `application/problem+json` responses.
+//!
+//! Each variant is one reason a request was refused; [`GatewayError::kind`] gives its
+//! status, stable machine `code` and title, and [`respond`] writes the response. The
+//! catalogue is documented in `docs/errors.md`; the codes never change meaning.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use thiserror::Error;
+use tollgate_policy::path::PathError;
+
+/// Why the request line or headers were refused before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FramingError {
+    #[error("the request has no Host header")]
+    MissingHost,
+    #[error("the request has more than one Host header")]
+    RepeatedHost,
+    #[error("the absolute-form request target names a different host than the Host header")]
+    HostMismatch,
+    #[error("Transfer-Encoding must be exactly `chunked`")]
+    UnsupportedTransferEncoding,
+    #[error("the `*` request target is only allowed with OPTIONS")]
+    AsteriskTarget,
+    #[error("CONNECT and authority-form request targets are not supported")]
+    Connect,
+    #[error("the absolute-form request target has a scheme other than http")]
+    UnsupportedScheme,
+}
+
+/// A request the gateway refused, or could not complete, with the reason.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    #[error("the request header block is larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("no route matches this path")]
+    RouteNotFound,
+    #[error("this path does not accept the method")]
+    MethodNotAllowed { allow: Vec<Method> },
+    #[error("this route is closed by policy")]
+    RouteDenied,
+    #[error("the upstream could not be reached")]
+    UpstreamUnavailable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream sent an invalid response")]
+    UpstreamFailed,
+}
+
+/// The public face of an error: status, stable code and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+}
+
+impl GatewayError {
+    pub fn kind(&self) -> Kind {
+        let (status, code, title) = match self {
+            GatewayError::Framing(_) => (
+                StatusCode::BAD_REQUEST,
+                "REQUEST_INVALID",
+                "Invalid request",
+            ),
+            GatewayError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HEADERS_TOO_LARGE",
+                "Request headers too large",
+            ),
+            GatewayError::UriTooLong { .. } => (
+                StatusCode::URI_TOO_LONG,
+                "URI_TOO_LONG",
+                "Request target too long",
+            ),
+            GatewayError::Path(_) => (
+                StatusCode::BAD_REQUEST,
+                "PATH_INVALID",
+                "Invalid request path",
+            ),
+            GatewayError::RouteNotFound => {
+                (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "Route not found")
+            }
+            GatewayError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "Method not allowed",
+            ),
+            GatewayError::RouteDenied => (StatusCode::FORBIDDEN, "FORBIDDEN", "Forbidden"),
+            GatewayError::UpstreamUnavailable => (
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_UNAVAILABLE",
+                "Upstream unavailable",
+            ),
+            GatewayError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UPSTREAM_TIMEOUT",
+                "Upstream timeout",
+            ),
+            GatewayError::UpstreamFailed => {
+                (StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", "Upstream error")
+            }
+        };
+        Kind {
+            status,
+            code,
+            title,
+        }
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// The one mapping from an error to its HTTP response.
+pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incoming, Full<Bytes>>> {
+    let kind = error.kind();
+    let body = serde_json::json!({
+        "type": format!("urn:tollgate:problem:{}", kind.code.to_ascii_lowercase().replace('_', "-")),
+        "title": kind.title,
+        "status": kind.status.as_u16(),
+        "detail": error.to_string(),
+        "code": kind.code,
+        "requestId": request_id,
+    });
+    let mut response = Response::new(crate::body::full(body.to_string()));
+    *response.status_mut() = kind.status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let GatewayError::MethodNotAllowed { allow } = error {
+        let list: Vec<&str> = allow.iter().map(Method::as_str).collect();
+        if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+            headers.insert(header::ALLOW, value);
+        }
+    }
+    if matches!(
+        error,
+        GatewayError::Framing(_) | GatewayError::HeadersTooLarge { .. }
+    ) {
+        // The connection's framing is suspect: do not reuse it.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_json_has_the_documented_members() {
+        let response = respond(&GatewayError::RouteNotFound, "req-1");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["code"], "ROUTE_NOT_FOUND");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["requestId"], "req-1");
+        assert_eq!(v["type"], "urn:tollgate:problem:route-not-found");
+        assert_eq!(v["title"], "Route not found");
+    }
+
+    #[test]
+    fn method_not_allowed_lists_allow() {
+        let response = respond(
+            &GatewayError::MethodNotAllowed {
+                allow: vec![Method::GET, Method::POST],
+            },
+            "r",
+        );
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+    }
+}

@@ -1,0 +1,7 @@
+//! The `tollgate` command: see `tollgate --help`.
+
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    tollgate::cli::main()
+}

@@ -1,0 +1,73 @@
+//! Hot reload: when `gateway.toml` or any policy file changes (polled), or on SIGHUP, a
+//! new snapshot is built and swapped in whole. An invalid edit is logged with every
+//! diagnostic, counted, and changes nothing: the old snapshot keeps serving.
+//!
+//! The watcher polls file contents rather than using inotify: it then works the same on
+//! every filesystem, with editors that replace files by renaming, and with Kubernetes
+//! ConfigMaps (which swap a symlink), at the cost of reading a few small files a second.
+//! It compares what is on disk with what the serving snapshot was built from, so an edit
+//! made while the gateway was starting is not missed.
+
+use std::path::{Path, PathBuf};
+
+use tokio::signal::unix::Signal;
+use tollgate_policy::fingerprint;
+use tollgate_proxy::SnapshotHandle;
+
+pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) {
+    // The files as last tried: a rejected edit is not retried until it changes again.
+    let mut attempted = handle.current().fingerprint;
+    loop {
+        let current = handle.current();
+        let (poll, watching, dir) = (
+            current.reload.poll_interval,
+            current.reload.watch,
+            current.policy_dir.clone(),
+        );
+        drop(current);
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                attempted = fingerprint::current(&config, &dir);
+                reload(&config, &handle);
+            }
+            _ = tokio::time::sleep(poll), if watching => {
+                let now = fingerprint::current(&config, &dir);
+                if now != attempted {
+                    attempted = now;
+                    tracing::info!("configuration files changed: reloading");
+                    reload(&config, &handle);
+                }
+            }
+        }
+    }
+}
+
+fn reload(config: &Path, handle: &SnapshotHandle) {
+    match tollgate_policy::load(config) {
+        Ok(snapshot) => {
+            let old = handle.current();
+            if old.server.listen != snapshot.server.listen {
+                tracing::warn!(
+                    "server.listen changed: the new addresses take effect after a restart"
+                );
+            }
+            for warning in &snapshot.warnings {
+                tracing::warn!(diagnostic = %warning, "configuration warning");
+            }
+            let routes = snapshot.routes.len();
+            handle.publish(snapshot);
+            tracing::info!(routes, "configuration reloaded");
+        }
+        Err(e) => {
+            handle.reload_failed();
+            for d in &e.0 {
+                tracing::error!(diagnostic = %d, "configuration rejected");
+            }
+            tracing::error!(
+                errors = e.0.len(),
+                "reload refused: the previous configuration keeps serving"
+            );
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The process lifecycle of `tollgate run` and `tollgate demo`: runtime, listeners,
+//! signals (SIGHUP reloads; SIGTERM and SIGINT drain and exit 0), and the ready lines
+//! on stdout that scripts and tests wait for.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tollgate_policy::Snapshot;
+use tollgate_proxy::Gateway;
+
+/// Serves `snapshot` (and, for `demo`, the demo backend on `demo_backend`) until a
+/// terminating signal, then drains.
+pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAddr>) -> ExitCode {
+    crate::logging::init(&snapshot.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        // Signal handlers exist before the ready line, so an early SIGHUP cannot kill us.
+        let (Ok(hangup), Ok(terminate), Ok(interrupt)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        let _backend = match demo_backend {
+            Some(addr) => match tollgate_demo_backend::spawn(addr).await {
+                Ok(backend) => Some(backend),
+                Err(e) => {
+                    eprintln!("cannot start the demo backend on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        let gateway = match Gateway::bind(snapshot).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("cannot bind the listeners: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        announce(&gateway, demo_backend);
+        let reloader = tokio::spawn(crate::reload::watch(config, gateway.handle(), hangup));
+        gateway.serve(terminated(terminate, interrupt)).await;
+        reloader.abort();
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs only the demo backend, until Ctrl-C or SIGTERM.
+pub fn demo_backend_only(addr: SocketAddr) -> ExitCode {
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    runtime.block_on(async move {
+        let (Ok(terminate), Ok(interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return ExitCode::FAILURE;
+        };
+        match tollgate_demo_backend::spawn(addr).await {
+            Ok(backend) => {
+                println!("demo backend listening on http://{}", backend.addr());
+                let _ = std::io::stdout().flush();
+                terminated(terminate, interrupt).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot start the demo backend on {addr}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn terminated(mut terminate: Signal, mut interrupt: Signal) {
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn announce(gateway: &Gateway, demo_backend: Option<SocketAddr>) {
+    let mut out = std::io::stdout().lock();
+    for addr in gateway.local_addrs() {
+        let _ = writeln!(out, "tollgate listening on http://{addr}");
+    }
+    if let Some(addr) = gateway.admin_addr() {
+        let _ = writeln!(out, "tollgate admin on http://{addr}");
+    }
+    if let (Some(backend), Some(gw)) = (demo_backend, gateway.local_addrs().first()) {
+        let _ = writeln!(
+            out,
+            r#"demo backend listening on http://{backend}
+
+Try these (the gateway is on {gw}):
+  curl -i http://{gw}/echo/hello?clientId=1001
+  curl -i http://{gw}/interlogue/get-client -H 'content-type: application/json' \
+       -d '{{"username":"demo@acme.test","password":"demo-password"}}'
+  printf 'name,phone\nAda,+15550100\n' > /tmp/contacts.csv
+  curl -i http://{gw}/upload-csv -F file=@/tmp/contacts.csv -H 'x-api-key: demo-legacy-key-1001'
+  curl -i http://{gw}/admin                  # 403 FORBIDDEN: a route that denies
+  curl -i --path-as-is 'http://{gw}/pub/%2e%2e/admin'   # 403 too: normalized to /admin first
+  curl -i http://{gw}/nowhere                # 404 ROUTE_NOT_FOUND: deny by default
+  tollgate explain GET '/pub/%2e%2e/admin'"#
+        );
+    }
+    let _ = out.flush();
+}

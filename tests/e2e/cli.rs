@@ -1,0 +1,99 @@
+//! `tollgate check` and `tollgate explain`, as an operator runs them.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::TempDir;
+
+fn tollgate(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn repo_file(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_shipped_configuration_passes_check() {
+    let (ok, out) = tollgate(&["check", "--config", &repo_file("gateway.toml")]);
+    assert!(ok, "{out}");
+    assert!(out.contains(": ok ("), "{out}");
+}
+
+#[test]
+fn check_reports_every_error_with_file_line_and_column() {
+    let dir = TempDir::new();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[server]\nlisten = [\"127.0.0.1:notaport\"]\nheader_read_timeout = \"10 seconds\"\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\nconect_timeout = \"1s\"\n\n[routing]\npolicies = \"policies\"\n\n[bogus]\nx = 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("a.toml"),
+        "[[route]]\nname = \"a\"\npath = \"/a/../b\"\n\n[[route]]\nname = \"a\"\npath = \"/ok\"\nmethods = [\"get\"]\n\n[[route]]\nname = \"c\"\npth = \"/c\"\n\n[[route]]\nname = \"d\"\npath = \"/d\"\naction = \"allow\"\n",
+    )
+    .unwrap();
+    std::fs::write(policies.join("b.toml"), "[[route]\nname = 3\n").unwrap();
+    let config = dir.path().join("gateway.toml").display().to_string();
+    let (ok, out) = tollgate(&["check", "--config", &config]);
+    assert!(!ok, "check must fail: {out}");
+    let gw = config.as_str();
+    let a = policies.join("a.toml").display().to_string();
+    let b = policies.join("b.toml").display().to_string();
+    for expected in [
+        format!("{gw}:2:11: error: `127.0.0.1:notaport` is not a socket address"),
+        format!("{gw}:3:23: error: `10 seconds` has no valid unit"),
+        format!("{gw}:7:1: error: [upstream]: unknown field `conect_timeout`"),
+        format!("{gw}:12:2: error: unknown section `bogus`"),
+        format!("{a}:3:8: error: route `a`: path pattern `/a/../b` contains a dot segment"),
+        format!("{a}:6:8: error: route name `a` is already used at {a}:2:8"),
+        format!("{a}:8:12: error: route `a`: `get` is not an HTTP method"),
+        format!("{a}:12:1: error: [[route]]: unknown field `pth`"),
+        format!("{a}:17:10: error: [[route]]: unknown variant `allow`"),
+        format!("{b}:1:9: error: TOML syntax: unclosed array table"),
+    ] {
+        assert!(out.contains(&expected), "missing `{expected}` in:\n{out}");
+    }
+    assert!(out.contains("10 error(s)"), "{out}");
+}
+
+#[test]
+fn explain_shows_normalization_and_the_matching_route() {
+    let config = repo_file("gateway.toml");
+    let (ok, out) = tollgate(&["explain", "GET", "/pub/%2e%2e/admin", "--config", &config]);
+    assert!(ok, "{out}");
+    assert!(out.contains("normalized: /admin"), "{out}");
+    assert!(out.contains("`admin-closed`"), "{out}");
+    assert!(out.contains("403 FORBIDDEN"), "{out}");
+
+    let (_, out) = tollgate(&["explain", "GET", "/campaigns/42?x=1", "--config", &config]);
+    assert!(
+        out.contains("`campaign`") && out.contains("params:   id=42"),
+        "{out}"
+    );
+    assert!(
+        out.contains("forwarded to http://127.0.0.1:8081/campaigns/42"),
+        "{out}"
+    );
+
+    let (_, out) = tollgate(&["explain", "GET", "/ADMIN", "--config", &config]);
+    assert!(out.contains("404 ROUTE_NOT_FOUND"), "{out}");
+
+    let (_, out) = tollgate(&["explain", "GET", "/pub/..%2fadmin", "--config", &config]);
+    assert!(out.contains("400 PATH_INVALID"), "{out}");
+}

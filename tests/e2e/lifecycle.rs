@@ -1,0 +1,216 @@
+//! Hot reload and graceful shutdown of the real process.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{eventually, Harness, Setup};
+
+const DENY_ECHO: &str = r#"
+[[route]]
+name = "admin-closed"
+path = "/admin/*"
+action = "deny"
+
+[[route]]
+name = "echo-closed"
+path = "/echo/*"
+action = "deny"
+"#;
+
+#[tokio::test]
+async fn an_edited_policy_is_picked_up_by_the_watcher() {
+    let h = Harness::start().await;
+    assert_eq!(h.get("/echo/a", &[]).await.status, 200);
+    std::fs::write(h.policy_path("10-closed.toml"), DENY_ECHO).unwrap();
+    let denied = eventually(Duration::from_secs(10), || async {
+        h.get("/echo/a", &[]).await.status == 403
+    })
+    .await;
+    assert!(
+        denied,
+        "the edit was not applied; logs:\n{}",
+        h.gateway.stderr()
+    );
+    assert!(h
+        .metrics()
+        .await
+        .contains("tollgate_config_reloads_total{result=\"success\"} 1"));
+
+    // A new file is noticed too.
+    std::fs::write(
+        h.policy_path("05-open.toml"),
+        "[[route]]\nname = \"echo-open\"\npath = \"/echo/open\"\n",
+    )
+    .unwrap();
+    let open = eventually(Duration::from_secs(10), || async {
+        h.get("/echo/open", &[]).await.status == 200
+    })
+    .await;
+    assert!(open);
+    assert_eq!(h.get("/echo/other", &[]).await.status, 403);
+}
+
+#[tokio::test]
+async fn an_invalid_edit_keeps_the_old_snapshot_serving() {
+    let h = Harness::start().await;
+    std::fs::write(
+        h.policy_path("10-closed.toml"),
+        "[[route]]\nname = \"admin-closed\"\npath = \"/admin/*\"\naction = \"deny\"\n\n[[route]]\nname = \"broken\"\npth = \"/echo/*\"\naction = \"deny\"\n",
+    )
+    .unwrap();
+    let counted = eventually(Duration::from_secs(10), || async {
+        h.metrics()
+            .await
+            .contains("tollgate_config_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
+    assert!(
+        counted,
+        "the failed reload was not counted: {}\n{}",
+        h.metrics().await,
+        h.gateway.stderr()
+    );
+    let logs = h.gateway.stderr();
+    assert!(
+        logs.contains("10-closed.toml:8:1: error: [[route]]: unknown field `pth`"),
+        "the log must say where and why:\n{logs}"
+    );
+    assert_eq!(
+        h.get("/echo/still", &[]).await.status,
+        200,
+        "old snapshot must keep serving"
+    );
+    assert_eq!(h.get("/admin", &[]).await.status, 403);
+
+    std::fs::write(h.policy_path("10-closed.toml"), DENY_ECHO).unwrap();
+    let fixed = eventually(Duration::from_secs(10), || async {
+        h.get("/echo/a", &[]).await.status == 403
+    })
+    .await;
+    assert!(fixed, "a corrected file must be applied");
+}
+
+#[tokio::test]
+async fn sighup_reloads_when_watching_is_off() {
+    let h = Harness::with(Setup {
+        reload: "watch = false".into(),
+        ..Setup::default()
+    })
+    .await;
+    std::fs::write(h.policy_path("10-closed.toml"), DENY_ECHO).unwrap();
+    assert_eq!(
+        h.get("/echo/a", &[]).await.status,
+        200,
+        "nothing reloads without the watcher or a signal"
+    );
+    h.gateway.signal("HUP");
+    let denied = eventually(Duration::from_secs(10), || async {
+        h.get("/echo/a", &[]).await.status == 403
+    })
+    .await;
+    assert!(
+        denied,
+        "SIGHUP did not reload; logs:\n{}",
+        h.gateway.stderr()
+    );
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_under_its_own_snapshot() {
+    let h = Harness::start().await;
+    let addr = h.gateway.addr;
+    let slow = tokio::spawn(async move {
+        crate::support::raw(
+            addr,
+            b"GET /echo/slow?delay_ms=1500 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.backend.requests() == 1
+        })
+        .await
+    );
+    std::fs::write(h.policy_path("10-closed.toml"), DENY_ECHO).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            h.get("/echo/a", &[]).await.status == 403
+        })
+        .await
+    );
+    let response = slow.await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["path"], "/echo/slow");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let mut h = Harness::start().await;
+    let addr = h.gateway.addr;
+    let slow = tokio::spawn(async move {
+        crate::support::raw(
+            addr,
+            b"POST /echo/drain?delay_ms=1000 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.backend.requests() == 1
+        })
+        .await
+    );
+    h.gateway.signal("TERM");
+    let response = slow.await.unwrap();
+    assert_eq!(response.status, 200, "the in-flight request must complete");
+    assert_eq!(response.json()["body"]["bytes"], 5);
+    let status = h
+        .gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn the_drain_is_bounded_by_the_grace_period() {
+    let mut h = Harness::with(Setup {
+        server: "shutdown_grace = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let addr = h.gateway.addr;
+    let _stuck = tokio::spawn(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            b"GET /echo/stuck?delay_ms=20000 HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 64];
+        let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.backend.requests() == 1
+        })
+        .await
+    );
+    let started = Instant::now();
+    h.gateway.signal("TERM");
+    let status = h
+        .gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the grace period");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(h.gateway.stderr().contains("grace period ended"));
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `tollgate` binary in front of the demo backend, over real
+//! sockets on 127.0.0.1, checking what the backend actually received.
+
+// This whole crate is test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod framing;
+mod lifecycle;
+mod proxying;
+mod support;

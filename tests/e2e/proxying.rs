@@ -1,0 +1,257 @@
+//! What the backend receives and what the client gets back: headers stripped and set,
+//! bodies streamed byte for byte, upstream failures mapped, logs kept free of secrets.
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{closed_port, Harness, Setup};
+
+#[tokio::test]
+async fn hop_by_hop_and_connection_named_headers_are_stripped() {
+    let h = Harness::start().await;
+    let response = h
+        .get(
+            "/echo/hop",
+            &[
+                ("connection", "x-internal-auth, keep-alive"),
+                ("x-internal-auth", "let-me-in"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("upgrade", "websocket"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+                ("proxy-connection", "keep-alive"),
+                ("expect", "100-continue"),
+                ("x-kept", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    for gone in [
+        "connection",
+        "x-internal-auth",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "expect",
+    ] {
+        assert!(
+            response.echoed_header(gone).is_empty(),
+            "{gone} reached the backend"
+        );
+    }
+    assert_eq!(response.echoed_header("x-kept"), ["yes"]);
+    assert_eq!(
+        response.echoed_header("host"),
+        [h.backend.addr().to_string()]
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_spoofs_replaced() {
+    let h = Harness::start().await;
+    let response = h
+        .get(
+            "/echo/fwd",
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.test"),
+                ("x-real-ip", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6"),
+            ],
+        )
+        .await;
+    assert_eq!(response.echoed_header("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(response.echoed_header("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(response.echoed_header("x-forwarded-proto"), ["http"]);
+    assert_eq!(response.echoed_header("x-forwarded-host"), ["gw.test"]);
+    assert!(response.echoed_header("forwarded").is_empty());
+}
+
+#[tokio::test]
+async fn trusted_proxies_extend_the_forwarded_chain() {
+    let h = Harness::with(Setup {
+        server: "trusted_proxies = [\"127.0.0.0/8\"]".into(),
+        ..Setup::default()
+    })
+    .await;
+    let response = h
+        .get(
+            "/echo/fwd",
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-proto", "https"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        response.echoed_header("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    assert_eq!(response.echoed_header("x-real-ip"), ["203.0.113.9"]);
+    assert_eq!(response.echoed_header("x-forwarded-proto"), ["https"]);
+}
+
+#[tokio::test]
+async fn request_ids_are_propagated_or_created() {
+    let h = Harness::start().await;
+    let kept = h.get("/echo/id", &[("x-request-id", "trace-42:abc")]).await;
+    assert_eq!(kept.header("x-request-id"), Some("trace-42:abc"));
+    assert_eq!(kept.echoed_header("x-request-id"), ["trace-42:abc"]);
+
+    let made = h
+        .get("/echo/id", &[("x-request-id", "bad id with spaces")])
+        .await;
+    let id = made.header("x-request-id").unwrap().to_owned();
+    assert_ne!(id, "bad id with spaces");
+    assert_eq!(made.echoed_header("x-request-id"), [id]);
+
+    let refused = h.get("/nowhere", &[]).await;
+    refused.assert_problem(404, "ROUTE_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn large_bodies_stream_through_unchanged() {
+    let h = Harness::start().await;
+    let size = 48 * 1024 * 1024;
+    let body: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let want = hex(&Sha256::digest(&body));
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /echo/big HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let response = crate::support::read_response(&mut stream).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.json()["body"]["bytes"], size);
+    assert_eq!(response.json()["body"]["sha256"], want);
+}
+
+#[tokio::test]
+async fn chunked_uploads_stream_through_unchanged() {
+    let h = Harness::start().await;
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /upload-csv HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nx-api-key: demo-legacy-key-1001\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let mut hasher = Sha256::new();
+    let mut total = 0;
+    for i in 0..200 {
+        let chunk = format!("name{i},+1555{i:07}\n").repeat(50);
+        hasher.update(chunk.as_bytes());
+        total += chunk.len();
+        stream
+            .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .await
+            .unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let response = crate::support::read_response(&mut stream).await;
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(response.json()["bytes"], total);
+    assert_eq!(response.json()["sha256"], hex(&hasher.finalize()));
+}
+
+#[tokio::test]
+async fn the_legacy_backend_still_wants_its_key() {
+    // Until authentication lands, the gateway passes the backend's answer through as is.
+    let h = Harness::start().await;
+    let response = h
+        .send(
+            "POST",
+            "/upload-csv",
+            &[("content-type", "text/csv")],
+            b"a,b\n",
+        )
+        .await;
+    assert_eq!(response.status, 401);
+    assert_eq!(
+        response.json(),
+        serde_json::json!({"error": "API key missing"})
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502() {
+    let h = Harness::with(Setup {
+        upstream_addr: Some(closed_port()),
+        ..Setup::default()
+    })
+    .await;
+    let response = h.get("/echo/x", &[]).await;
+    response.assert_problem(502, "UPSTREAM_UNAVAILABLE");
+    assert!(h
+        .metrics()
+        .await
+        .contains("tollgate_upstream_errors_total{kind=\"unavailable\"} 1"));
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_504() {
+    let h = Harness::with(Setup {
+        upstream: "response_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = h.get("/echo/slow?delay_ms=5000", &[]).await;
+    response.assert_problem(504, "UPSTREAM_TIMEOUT");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn access_log_has_one_line_per_request_and_no_secrets() {
+    let h = Harness::start().await;
+    let response = h
+        .get(
+            "/echo/log?api_key=SECRET-QUERY-KEY&page=2",
+            &[
+                ("authorization", "Bearer SECRET-BEARER-TOKEN"),
+                ("cookie", "session=SECRET-COOKIE"),
+                ("x-api-key", "SECRET-HEADER-KEY"),
+                ("x-request-id", "log-test-1"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    assert!(
+        h.gateway
+            .wait_for_log("log-test-1", Duration::from_secs(5))
+            .await
+    );
+    let logs = h.gateway.stderr();
+    assert!(
+        !logs.contains("SECRET"),
+        "a secret reached the logs:\n{logs}"
+    );
+    let line = logs.lines().find(|l| l.contains("log-test-1")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["target"], "tollgate::access");
+    assert_eq!(entry["route"], "echo");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/echo/log");
+    assert_eq!(entry["query"], "api_key=[redacted]&page=2");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["bytes_out"], response.body.len());
+    assert!(entry["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(logs.matches("log-test-1").count(), 1);
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
