@@ -180,10 +180,11 @@ async fn pipelined_requests_are_each_judged() {
     tokio::io::AsyncWriteExt::write_all(&mut stream, both)
         .await
         .unwrap();
-    let first = crate::support::read_response(&mut stream).await;
+    let mut pending = Vec::new();
+    let first = crate::support::read_next(&mut stream, &mut pending).await;
     assert_eq!(first.status, 200);
     assert_eq!(first.json()["path"], "/echo/first");
-    let second = crate::support::read_response(&mut stream).await;
+    let second = crate::support::read_next(&mut stream, &mut pending).await;
     second.assert_problem(403, "FORBIDDEN");
     assert_eq!(h.backend.requests(), 1);
 }

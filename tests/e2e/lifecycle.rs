@@ -69,10 +69,17 @@ async fn an_invalid_edit_keeps_the_old_snapshot_serving() {
         h.metrics().await,
         h.gateway.stderr()
     );
-    let logs = h.gateway.stderr();
+    let said = h
+        .gateway
+        .wait_for_log(
+            "10-closed.toml:8:1: error: [[route]]: unknown field `pth`",
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(
-        logs.contains("10-closed.toml:8:1: error: [[route]]: unknown field `pth`"),
-        "the log must say where and why:\n{logs}"
+        said,
+        "the log must say where and why:\n{}",
+        h.gateway.stderr()
     );
     assert_eq!(
         h.get("/echo/still", &[]).await.status,

@@ -377,6 +377,11 @@ impl RawResponse {
 
 /// Writes `request`, then reads one response (the request should say `Connection: close`
 /// or the response carry a length).
+/// Reads one response from a connection that carries no pipelined responses after it.
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
+    read_next(stream, &mut Vec::new()).await
+}
+
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
@@ -385,8 +390,10 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
         .expect("response within 20s")
 }
 
-pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
-    let mut buf = Vec::new();
+/// Reads one response from `stream`. Bytes read past its end (a pipelined response) are
+/// kept in `pending` for the next call.
+pub async fn read_next(stream: &mut TcpStream, pending: &mut Vec<u8>) -> RawResponse {
+    let mut buf = std::mem::take(pending);
     let mut chunk = [0u8; 16384];
     let head_end = loop {
         if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -422,6 +429,7 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
             .map(|(_, v)| v.clone())
     };
     let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+        *pending = rest;
         Vec::new()
     } else if let Some(len) = get("content-length") {
         let len: usize = len.parse().unwrap();
@@ -430,7 +438,7 @@ pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
             assert!(n > 0, "body cut short");
             rest.extend_from_slice(&chunk[..n]);
         }
-        rest.truncate(len);
+        *pending = rest.split_off(len);
         rest
     } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {

@@ -245,6 +245,13 @@ fn server(src: &SourceFile, f: ServerFile, diags: &mut Vec<Diagnostic>) -> Optio
         ),
         max_uri_bytes: size(src, &f.max_uri_bytes, 8 * 1024, 256..=64 * 1024, diags),
         shutdown_grace: duration(src, &f.shutdown_grace, 30_000, diags),
+        workers: size(
+            src,
+            &f.workers,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            1..=1024,
+            diags,
+        ),
         trusted_proxies,
     };
     (diags.len() == before).then_some(server)

@@ -41,6 +41,9 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Worker threads, each with its own listener socket (SO_REUSEPORT), runtime and
+    /// upstream pool. Fixed at start-up.
+    pub workers: usize,
     pub trusted_proxies: Vec<Cidr>,
 }
 

@@ -98,6 +98,7 @@ mod tests {
             max_header_bytes: 1024,
             max_uri_bytes: 64,
             shutdown_grace: Duration::from_secs(1),
+            workers: 1,
             trusted_proxies: Vec::new(),
         }
     }

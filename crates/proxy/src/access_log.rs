@@ -3,19 +3,29 @@
 //!
 //! Only what is safe to keep is logged: no header values at all, and the query string
 //! with the values of secret-bearing parameters (`log.redact_query_params`) replaced.
+//!
+//! The line is formatted here, directly, in the same shape as the `tracing` JSON (or
+//! text) lines around it, and handed to an [`AccessSink`]. Going through `tracing`'s
+//! generic formatter cost about a quarter of passthrough throughput on 2 cores.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
+use tollgate_policy::snapshot::LogFormat;
 use tollgate_policy::Snapshot;
 
 use crate::body::Observer;
 use crate::metrics::Metrics;
 
+/// Where access-log lines go: one complete line, newline included, at a time.
+pub type AccessSink = Arc<dyn Fn(String) + Send + Sync>;
+
 pub struct AccessLog {
+    sink: AccessSink,
     snapshot: Arc<Snapshot>,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -33,6 +43,7 @@ pub struct AccessLog {
 impl AccessLog {
     #[allow(clippy::too_many_arguments)]
     pub fn start(
+        sink: AccessSink,
         snapshot: Arc<Snapshot>,
         metrics: Arc<Metrics>,
         request_id: &str,
@@ -42,6 +53,7 @@ impl AccessLog {
         client: IpAddr,
     ) -> Self {
         AccessLog {
+            sink,
             snapshot,
             metrics,
             started: Instant::now(),
@@ -84,28 +96,128 @@ impl Observer for AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         self.metrics.count_response(self.status);
-        let log = &self.snapshot.log;
-        if !log.access_log {
-            return;
+        if self.snapshot.log.access_log {
+            (self.sink)(self.line());
         }
+    }
+}
+
+impl AccessLog {
+    fn line(&self) -> String {
+        let log = &self.snapshot.log;
         let query = self
             .query
             .as_deref()
-            .map(|q| redact_query(q, &log.redact_query_params));
-        tracing::info!(
-            target: "tollgate::access",
-            request_id = %self.request_id,
-            route = self.route.as_deref().unwrap_or("-"),
-            method = %self.method,
-            path = %self.path,
-            query = query.as_deref().unwrap_or(""),
-            status = self.status.as_u16(),
-            latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out,
-            client = %self.client,
-        );
+            .map(|q| redact_query(q, &log.redact_query_params))
+            .unwrap_or_default();
+        let fields: [(&str, Value); 10] = [
+            ("request_id", Value::Text(&self.request_id)),
+            ("route", Value::Text(self.route.as_deref().unwrap_or("-"))),
+            ("method", Value::Text(self.method.as_str())),
+            ("path", Value::Text(&self.path)),
+            ("query", Value::Text(&query)),
+            ("status", Value::Int(u64::from(self.status.as_u16()))),
+            (
+                "latency_ms",
+                Value::Millis(self.started.elapsed().as_secs_f64() * 1000.0),
+            ),
+            (
+                "bytes_in",
+                Value::Int(self.bytes_in.load(Ordering::Relaxed)),
+            ),
+            ("bytes_out", Value::Int(self.bytes_out)),
+            ("client", Value::Addr(self.client)),
+        ];
+        let mut line = String::with_capacity(320);
+        let now = rfc3339_now();
+        match log.format {
+            LogFormat::Json => {
+                let _ = write!(line, "{{\"timestamp\":\"{now}\",\"level\":\"INFO\"");
+                for (name, value) in &fields {
+                    let _ = write!(line, ",\"{name}\":");
+                    match value {
+                        Value::Text(t) => json_string(&mut line, t),
+                        Value::Int(n) => {
+                            let _ = write!(line, "{n}");
+                        }
+                        Value::Millis(ms) => {
+                            let _ = write!(line, "{ms:.3}");
+                        }
+                        Value::Addr(a) => {
+                            let _ = write!(line, "\"{a}\"");
+                        }
+                    }
+                }
+                line.push_str(",\"target\":\"tollgate::access\"}\n");
+            }
+            LogFormat::Text => {
+                let _ = write!(line, "{now}  INFO tollgate::access:");
+                for (name, value) in &fields {
+                    let _ = match value {
+                        Value::Text(t) => write!(line, " {name}={t:?}"),
+                        Value::Int(n) => write!(line, " {name}={n}"),
+                        Value::Millis(ms) => write!(line, " {name}={ms:.3}"),
+                        Value::Addr(a) => write!(line, " {name}={a}"),
+                    };
+                }
+                line.push('\n');
+            }
+        }
+        line
     }
+}
+
+enum Value<'a> {
+    Text(&'a str),
+    Int(u64),
+    Millis(f64),
+    Addr(IpAddr),
+}
+
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The current UTC time as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+fn rfc3339_now() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_micros()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// The query with the value of every listed parameter (case-insensitive) replaced.
@@ -127,6 +239,20 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_computed_in_the_gregorian_calendar() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(20_782), (2026, 11, 25));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\n");
+        assert_eq!(out, r#""a\"b\\c\u000a""#);
+    }
 
     #[test]
     fn secret_parameters_are_redacted() {

