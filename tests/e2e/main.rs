@@ -8,4 +8,5 @@ mod cli;
 mod framing;
 mod lifecycle;
 mod proxying;
+mod robustness;
 mod support;

@@ -255,3 +255,53 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn a_broken_chunked_body_is_the_clients_fault() {
+    let h = Harness::start().await;
+    let response = h
+        .raw(b"POST /echo/broken HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n")
+        .await;
+    response.assert_problem(400, "REQUEST_BODY_INVALID");
+    assert_eq!(response.header("connection"), Some("close"));
+}
+
+/// An upstream whose accept queue is full never completes the TCP handshake: the
+/// connect timeout turns that into a prompt 504 instead of a hang.
+#[tokio::test]
+async fn an_upstream_that_never_accepts_is_504_after_the_connect_timeout() {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted), so further SYNs are dropped.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    let h = Harness::with(Setup {
+        upstream_addr: Some(addr),
+        upstream: "connect_timeout = \"300ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = h.get("/echo/x", &[]).await;
+    response.assert_problem(504, "UPSTREAM_TIMEOUT");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(socket);
+}

@@ -10,7 +10,6 @@
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +17,7 @@ use http::{Method, StatusCode};
 use tollgate_policy::snapshot::LogFormat;
 use tollgate_policy::Snapshot;
 
-use crate::body::Observer;
+use crate::body::{BodyStats, Observer};
 use crate::metrics::Metrics;
 
 /// Where access-log lines go: one complete line, newline included, at a time.
@@ -36,7 +35,7 @@ pub struct AccessLog {
     route: Option<String>,
     client: IpAddr,
     status: StatusCode,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Arc<BodyStats>,
     bytes_out: u64,
 }
 
@@ -64,13 +63,13 @@ impl AccessLog {
             route: None,
             client,
             status: StatusCode::OK,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_in: Arc::new(BodyStats::default()),
             bytes_out: 0,
         }
     }
 
-    /// The counter the upstream request body adds to.
-    pub fn bytes_in(&self) -> Arc<AtomicU64> {
+    /// What the upstream request body reports to.
+    pub fn bytes_in(&self) -> Arc<BodyStats> {
         Arc::clone(&self.bytes_in)
     }
 
@@ -121,10 +120,7 @@ impl AccessLog {
                 "latency_ms",
                 Value::Millis(self.started.elapsed().as_secs_f64() * 1000.0),
             ),
-            (
-                "bytes_in",
-                Value::Int(self.bytes_in.load(Ordering::Relaxed)),
-            ),
+            ("bytes_in", Value::Int(self.bytes_in.bytes())),
             ("bytes_out", Value::Int(self.bytes_out)),
             ("client", Value::Addr(self.client)),
         ];

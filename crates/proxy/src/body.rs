@@ -4,7 +4,7 @@
 //! keeps `size_hint` and end-of-stream exactly as the inner body reports them.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,16 +17,40 @@ use hyper::body::Incoming;
 pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_log::AccessLog>;
 
 /// What the gateway sends upstream: the client's body streamed through.
-pub type UpstreamBody = Observed<Incoming, Arc<AtomicU64>>;
+pub type UpstreamBody = Observed<Incoming, Arc<BodyStats>>;
 
-/// Someone who wants to know how many bytes passed, and when the body is done with.
+/// Someone who wants to know how many bytes passed, and whether the body failed.
 pub trait Observer {
     fn on_data(&mut self, bytes: u64);
+    fn on_error(&mut self) {}
 }
 
-impl Observer for Arc<AtomicU64> {
+/// What passed through a request body, shared with the access log and the forward stage.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    bytes: AtomicU64,
+    failed: AtomicBool,
+}
+
+impl BodyStats {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether reading the client's body failed (bad chunked framing, a client gone):
+    /// the client's fault, not the upstream's.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for Arc<BodyStats> {
     fn on_data(&mut self, bytes: u64) {
-        self.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn on_error(&mut self) {
+        self.failed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -57,10 +81,14 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.observer.on_data(data.len() as u64);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observer.on_data(data.len() as u64);
+                }
             }
+            Poll::Ready(Some(Err(_))) => this.observer.on_error(),
+            _ => {}
         }
         polled
     }

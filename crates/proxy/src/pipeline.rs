@@ -102,7 +102,8 @@ async fn run(
         &snapshot.server,
         &snapshot.upstream,
     )?;
-    let upstream_request = Request::from_parts(head, Observed::new(body, log.bytes_in()));
+    let body_stats = log.bytes_in();
+    let upstream_request = Request::from_parts(head, Observed::new(body, Arc::clone(&body_stats)));
 
     // 9. forward
     let upstream = active
@@ -111,7 +112,14 @@ async fn run(
         .ok_or(problem::GatewayError::UpstreamUnavailable)?;
     let response = upstream
         .send(upstream_request, snapshot.upstream.response_timeout)
-        .await?;
+        .await
+        .map_err(|e| {
+            if body_stats.failed() {
+                problem::GatewayError::RequestBodyInvalid
+            } else {
+                e
+            }
+        })?;
 
     // 10. respond
     Ok(respond::from_upstream(response))

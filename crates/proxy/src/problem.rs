@@ -43,6 +43,10 @@ pub enum GatewayError {
     UriTooLong { limit: usize },
     #[error(transparent)]
     Path(#[from] PathError),
+    #[error(
+        "the request body could not be read (malformed chunked encoding, or the client went away)"
+    )]
+    RequestBodyInvalid,
     #[error("no route matches this path")]
     RouteNotFound,
     #[error("this path does not accept the method")]
@@ -87,6 +91,11 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST,
                 "PATH_INVALID",
                 "Invalid request path",
+            ),
+            GatewayError::RequestBodyInvalid => (
+                StatusCode::BAD_REQUEST,
+                "REQUEST_BODY_INVALID",
+                "Invalid request body",
             ),
             GatewayError::RouteNotFound => {
                 (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "Route not found")
@@ -145,7 +154,9 @@ pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incomi
     }
     if matches!(
         error,
-        GatewayError::Framing(_) | GatewayError::HeadersTooLarge { .. }
+        GatewayError::Framing(_)
+            | GatewayError::HeadersTooLarge { .. }
+            | GatewayError::RequestBodyInvalid
     ) {
         // The connection's framing is suspect: do not reuse it.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
