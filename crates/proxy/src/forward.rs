@@ -91,13 +91,10 @@ fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
     }
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            if io.kind() == io::ErrorKind::TimedOut {
-                return GatewayError::UpstreamTimeout;
-            }
-        }
-        // hyper-util reports its own connect timeout as a plain message.
-        if s.to_string().contains("timed out") || s.to_string().contains("timeout") {
+        // hyper-util reports `connect_timeout` as an `io::ErrorKind::TimedOut`.
+        if s.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
             return GatewayError::UpstreamTimeout;
         }
         source = s.source();

@@ -16,7 +16,9 @@ use tollgate_proxy::Gateway;
 pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAddr>) -> ExitCode {
     let log = crate::logging::init(&snapshot.log);
     let access_sink = log.access_sink();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: signals, reload, the admin listener (and the demo backend).
+    // The data plane runs on its own per-core worker runtimes (see tollgate_proxy::Gateway).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
