@@ -1,0 +1,418 @@
+//! Access-token verification.
+//!
+//! Every key is pinned to one algorithm. A token's `kid` is only a lookup into the
+//! configured keys; `jku`, `x5u`, `jwk` and `x5c` are never fetched or trusted. A token
+//! whose `alg` differs from its key's is refused, so an RSA public key can never be used
+//! as an HMAC secret. The signature is checked by `jsonwebtoken`; every claim rule is
+//! checked here against a clock the caller passes in.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::claims::UniqueObject;
+
+/// Why a token was refused. Each maps to one public error code in the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum JwtError {
+    #[error("the token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token header is invalid: {0}")]
+    BadHeader(&'static str),
+    #[error("the token names a critical extension this gateway does not understand")]
+    UnsupportedCritical,
+    #[error("no configured key matches the token's kid")]
+    UnknownKey,
+    #[error("the token's algorithm does not match its key")]
+    AlgorithmMismatch,
+    #[error("the token signature is invalid")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    #[error("the token lacks the required `{0}` claim")]
+    MissingClaim(String),
+    #[error("the `{0}` claim is malformed")]
+    BadClaim(String),
+    #[error("the token was issued by an issuer this gateway does not accept")]
+    IssuerMismatch,
+    #[error("the token is not meant for this audience")]
+    AudienceMismatch,
+}
+
+/// A verification key pinned to one algorithm.
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("VerifyKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a key could not be loaded.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("{0:?} needs a shared secret (secret_env or secret_file), not a public key")]
+    NeedsSecret(Algorithm),
+    #[error("{0:?} needs a PEM public key (public_key_file), not a shared secret")]
+    NeedsPublicKey(Algorithm),
+    #[error("the shared secret is shorter than 32 bytes")]
+    SecretTooShort,
+    #[error("the key is not a valid {expected} key: {reason}")]
+    Invalid {
+        expected: &'static str,
+        reason: String,
+    },
+    #[error("{0:?} is not supported")]
+    Unsupported(Algorithm),
+    #[error("the JWK has no `alg` and none is configured for it")]
+    JwkWithoutAlgorithm,
+}
+
+fn is_hmac(alg: Algorithm) -> bool {
+    matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+}
+
+impl VerifyKey {
+    /// An HMAC key (`HS256`/`HS384`/`HS512`); the secret must be at least 32 bytes.
+    pub fn from_secret(
+        kid: Option<String>,
+        algorithm: Algorithm,
+        secret: &[u8],
+    ) -> Result<Self, KeyError> {
+        if !is_hmac(algorithm) {
+            return Err(KeyError::NeedsPublicKey(algorithm));
+        }
+        if secret.len() < 32 {
+            return Err(KeyError::SecretTooShort);
+        }
+        Ok(VerifyKey {
+            kid,
+            algorithm,
+            key: DecodingKey::from_secret(secret),
+        })
+    }
+
+    /// A public key in PEM for an RSA, ECDSA or EdDSA algorithm.
+    pub fn from_pem(
+        kid: Option<String>,
+        algorithm: Algorithm,
+        pem: &[u8],
+    ) -> Result<Self, KeyError> {
+        let (key, expected) = match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                return Err(KeyError::NeedsSecret(algorithm))
+            }
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => (DecodingKey::from_rsa_pem(pem), "RSA public"),
+            Algorithm::ES256 | Algorithm::ES384 => (DecodingKey::from_ec_pem(pem), "EC public"),
+            Algorithm::EdDSA => (DecodingKey::from_ed_pem(pem), "Ed25519 public"),
+            _ => return Err(KeyError::Unsupported(algorithm)),
+        };
+        let key = key.map_err(|e| KeyError::Invalid {
+            expected,
+            reason: e.to_string(),
+        })?;
+        let verify_key = VerifyKey {
+            kid,
+            algorithm,
+            key,
+        };
+        verify_key.check_curve(pem)?;
+        Ok(verify_key)
+    }
+
+    /// A key from a JWKS entry; `alg` comes from the JWK or else from `default_algorithm`.
+    pub fn from_jwk(jwk: &Jwk, default_algorithm: Option<Algorithm>) -> Result<Self, KeyError> {
+        let algorithm = jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+            .or(default_algorithm)
+            .ok_or(KeyError::JwkWithoutAlgorithm)?;
+        if is_hmac(algorithm) {
+            // Symmetric keys are never accepted from a key set fetched over the network.
+            return Err(KeyError::NeedsSecret(algorithm));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid {
+            expected: "JWK",
+            reason: e.to_string(),
+        })?;
+        Ok(VerifyKey {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        })
+    }
+
+    /// ES256 needs a P-256 key and ES384 a P-384 key; `jsonwebtoken` would otherwise
+    /// only notice at verification time.
+    fn check_curve(&self, pem: &[u8]) -> Result<(), KeyError> {
+        // P-256 SPKI DER is 91 bytes, P-384 is 120; the PEM text grows with them.
+        let text = String::from_utf8_lossy(pem);
+        let body: String = text
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .concat();
+        let der_len = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
+            .map(|d| d.len())
+            .unwrap_or(0);
+        let ok = match self.algorithm {
+            Algorithm::ES256 => der_len == 91,
+            Algorithm::ES384 => der_len == 120,
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(KeyError::Invalid {
+                expected: if self.algorithm == Algorithm::ES256 {
+                    "P-256 public"
+                } else {
+                    "P-384 public"
+                },
+                reason: "the key is on another curve".into(),
+            })
+        }
+    }
+}
+
+/// The claim rules every token must satisfy.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// When set, `iss` is required and must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` is required and must contain it.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+    pub max_token_bytes: usize,
+    /// The claim that carries the caller's client id.
+    pub client_id_claim: String,
+}
+
+/// What a verified token says about its caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub client_id: String,
+    pub subject: Option<String>,
+    /// `exp`, in seconds since the epoch.
+    pub expires_at: u64,
+    pub key_id: Option<String>,
+}
+
+/// The parts of the header that matter, read strictly.
+struct Header {
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+fn read_header(token: &str) -> Result<Header, JwtError> {
+    let encoded = token.split('.').next().ok_or(JwtError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| JwtError::Malformed)?;
+    let UniqueObject(header) = serde_json::from_slice(&bytes)
+        .map_err(|_| JwtError::BadHeader("not a JSON object with unique members"))?;
+    if header.contains_key("crit") {
+        return Err(JwtError::UnsupportedCritical);
+    }
+    if header.get("b64").is_some() {
+        return Err(JwtError::UnsupportedCritical);
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or(JwtError::BadHeader("no alg"))?;
+    let alg: Algorithm = alg
+        .parse()
+        .map_err(|_| JwtError::BadHeader("unsupported alg"))?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) if k.len() <= 256 => Some(k.clone()),
+        Some(_) => return Err(JwtError::BadHeader("kid must be a short string")),
+    };
+    Ok(Header { alg, kid })
+}
+
+/// Which configured keys may have signed a token with this header. With a `kid`, only
+/// the key of that id; without, every key pinned to the token's algorithm.
+fn candidates<'k>(
+    header: &Header,
+    keys: impl Iterator<Item = &'k Arc<VerifyKey>>,
+) -> Result<Vec<&'k Arc<VerifyKey>>, JwtError> {
+    let mut found = Vec::new();
+    for key in keys {
+        match (&header.kid, &key.kid) {
+            (Some(want), Some(have)) if want == have => {
+                if key.algorithm != header.alg {
+                    return Err(JwtError::AlgorithmMismatch);
+                }
+                return Ok(vec![key]);
+            }
+            (None, _) if key.algorithm == header.alg => found.push(key),
+            _ => {}
+        }
+    }
+    if found.is_empty() {
+        return Err(if header.kid.is_some() {
+            JwtError::UnknownKey
+        } else {
+            JwtError::AlgorithmMismatch
+        });
+    }
+    Ok(found)
+}
+
+/// Verifies `token` against `keys` and `rules` at time `now` (seconds since the epoch).
+pub fn verify<'k>(
+    token: &str,
+    keys: impl Iterator<Item = &'k Arc<VerifyKey>>,
+    rules: &Rules,
+    now: u64,
+) -> Result<Claims, JwtError> {
+    if token.len() > rules.max_token_bytes {
+        return Err(JwtError::TooLarge(rules.max_token_bytes));
+    }
+    if token.split('.').count() != 3 {
+        return Err(JwtError::Malformed);
+    }
+    let header = read_header(token)?;
+    let mut last = JwtError::BadSignature;
+    for key in candidates(&header, keys)? {
+        let mut validation = Validation::new(key.algorithm);
+        // Claims are checked below, against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        match jsonwebtoken::decode::<UniqueObject>(token, &key.key, &validation) {
+            Ok(data) => return check_claims(&data.claims.0, key.kid.clone(), rules, now),
+            Err(e) => {
+                last = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
+                    jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                        JwtError::AlgorithmMismatch
+                    }
+                    jsonwebtoken::errors::ErrorKind::Json(_) => {
+                        JwtError::BadClaim("payload".into())
+                    }
+                    _ => JwtError::Malformed,
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+fn numeric_date(
+    claims: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<u64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| *f >= 0.0 && f.is_finite())
+                    .map(|f| f as u64)
+            })
+            .map(Some)
+            .ok_or_else(|| JwtError::BadClaim(name.into())),
+    }
+}
+
+fn check_claims(
+    claims: &serde_json::Map<String, Value>,
+    key_id: Option<String>,
+    rules: &Rules,
+    now: u64,
+) -> Result<Claims, JwtError> {
+    let leeway = rules.leeway_secs;
+    let exp = numeric_date(claims, "exp")?.ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
+    if now >= exp.saturating_add(leeway) {
+        return Err(JwtError::Expired);
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if now.saturating_add(leeway) < nbf {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    if let Some(iat) = numeric_date(claims, "iat")? {
+        if iat > now.saturating_add(leeway) {
+            return Err(JwtError::IssuedInFuture);
+        }
+    }
+    if let Some(issuer) = &rules.issuer {
+        match claims.get("iss") {
+            None => return Err(JwtError::MissingClaim("iss".into())),
+            Some(Value::String(iss)) if iss == issuer => {}
+            Some(_) => return Err(JwtError::IssuerMismatch),
+        }
+    }
+    if let Some(audience) = &rules.audience {
+        let matches = match claims.get("aud") {
+            None => return Err(JwtError::MissingClaim("aud".into())),
+            Some(Value::String(aud)) => aud == audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
+            Some(_) => return Err(JwtError::BadClaim("aud".into())),
+        };
+        if !matches {
+            return Err(JwtError::AudienceMismatch);
+        }
+    }
+    let client_id = match claims.get(&rules.client_id_claim) {
+        None => return Err(JwtError::MissingClaim(rules.client_id_claim.clone())),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(_) => return Err(JwtError::BadClaim(rules.client_id_claim.clone())),
+    };
+    if !is_usable_client_id(&client_id) {
+        return Err(JwtError::BadClaim(rules.client_id_claim.clone()));
+    }
+    let subject = match claims.get("sub") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(JwtError::BadClaim("sub".into())),
+    };
+    Ok(Claims {
+        client_id,
+        subject,
+        expires_at: exp,
+        key_id,
+    })
+}
+
+/// Client ids are injected into headers, query strings and bodies: keep them to 1–128
+/// characters that need no escaping anywhere.
+pub fn is_usable_client_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}

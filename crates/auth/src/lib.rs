@@ -1,0 +1,23 @@
+//! Tollgate's credentials: what proves who a caller is.
+//!
+//! - [`jwt`]: verifying access tokens against pinned keys (static or from a JWKS), with
+//!   every claim rule checked against an injected clock; [`cache`] remembers verified
+//!   tokens until they expire; [`mint`] signs tokens (operators, tests, later login).
+//! - [`api_key`]: legacy API keys, stored as SHA-256 hashes, compared in constant time.
+//! - [`plivo`]: Plivo's V3 callback signatures; [`secret`]: constant-time comparison
+//!   for shared secrets such as Exotel's callback-URL secret.
+//!
+//! No HTTP server code lives here; the proxy crate decides when to call what.
+
+#![forbid(unsafe_code)]
+
+pub mod api_key;
+pub mod cache;
+mod claims;
+pub mod jwt;
+pub mod mint;
+pub mod plivo;
+pub mod secret;
+
+pub use jsonwebtoken::Algorithm;
+pub use jwt::{Claims, JwtError, Rules, VerifyKey};
