@@ -38,7 +38,7 @@ async fn an_edited_policy_is_picked_up_by_the_watcher() {
     // A new file is noticed too.
     std::fs::write(
         h.policy_path("05-open.toml"),
-        "[[route]]\nname = \"echo-open\"\npath = \"/echo/open\"\n",
+        "[[route]]\nname = \"echo-open\"\npath = \"/echo/open\"\nauth = \"none\"\n",
     )
     .unwrap();
     let open = eventually(Duration::from_secs(10), || async {

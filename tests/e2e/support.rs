@@ -33,20 +33,24 @@ action = "deny"
 name = "upload-csv"
 methods = ["POST"]
 path = "/upload-csv"
+auth = "none"
 
 [[route]]
 name = "campaign"
 methods = ["GET", "PUT"]
 path = "/campaigns/{id}"
+auth = "none"
 
 [[route]]
 name = "public"
 methods = ["GET", "HEAD"]
 path = "/pub/*"
+auth = "none"
 
 [[route]]
 name = "echo"
 path = "/echo/*"
+auth = "none"
 "#,
     ),
 ];
@@ -86,6 +90,8 @@ pub struct Setup {
     pub upstream: String,
     pub unmatched: &'static str,
     pub reload: String,
+    /// More of `gateway.toml`: `[jwt]`, `[api_keys]`, `[credentials.*]`, `[webhooks.*]`.
+    pub extra: String,
     /// Upstream address; the demo backend's when `None`.
     pub upstream_addr: Option<SocketAddr>,
 }
@@ -101,6 +107,7 @@ impl Default for Setup {
             upstream: String::new(),
             unmatched: "deny",
             reload: "watch = true\npoll_interval = \"100ms\"".into(),
+            extra: String::new(),
             upstream_addr: None,
         }
     }
@@ -204,11 +211,14 @@ format = "json"
 
 [reload]
 {reload}
+
+{extra}
 "#,
         server = setup.server,
         upstream_extra = setup.upstream,
         unmatched = setup.unmatched,
         reload = setup.reload,
+        extra = setup.extra,
     );
     std::fs::write(dir.join("gateway.toml"), config).unwrap();
 }

@@ -52,6 +52,10 @@ impl SourceFile<'_> {
         self.at(span, Severity::Error, message.into())
     }
 
+    pub fn warning(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
+        self.at(span, Severity::Warning, message.into())
+    }
+
     fn at(&self, span: Option<Range<usize>>, severity: Severity, message: String) -> Diagnostic {
         let (line, column) = span.map_or((1, 1), |s| line_column(self.text, s.start));
         Diagnostic {

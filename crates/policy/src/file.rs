@@ -93,6 +93,137 @@ pub struct RouteFile {
     pub path: Spanned<String>,
     #[serde(default)]
     pub action: ActionFile,
+    /// Omitted means `jwt`: a route is never open by accident.
+    pub auth: Option<Spanned<AuthModeFile>>,
+    /// The `[webhooks.NAME]` that verifies callers, with `auth = "webhook"`.
+    pub webhook: Option<Spanned<String>>,
+    /// The `[credentials.NAME]` to add upstream once the caller is authenticated.
+    pub upstream_credential: Option<Spanned<String>>,
+    /// Forward the caller's own API key headers/parameter (removed by default).
+    #[serde(default)]
+    pub pass_api_key: bool,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthModeFile {
+    None,
+    Jwt,
+    ApiKey,
+    JwtOrApiKey,
+    Webhook,
+}
+
+/// `[jwt]` in `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Option<Spanned<String>>,
+    pub max_token_bytes: Option<Spanned<i64>>,
+    pub client_id_claim: Option<Spanned<String>>,
+    pub cache_entries: Option<Spanned<i64>>,
+    /// Lifetime of tokens this gateway mints.
+    pub access_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key: Vec<JwtKeyFile>,
+    #[serde(default)]
+    pub jwks: Vec<JwksFile>,
+}
+
+/// One `[[jwt.key]]`: a key pinned to one algorithm. Secrets come from the environment
+/// or a file, never from the configuration itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyFile {
+    pub id: Option<Spanned<String>>,
+    pub algorithm: Spanned<String>,
+    pub secret_env: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
+    pub public_key_file: Option<Spanned<String>>,
+    /// Only for `tollgate token mint` (and later the login): the private key.
+    pub private_key_file: Option<Spanned<String>>,
+}
+
+/// One `[[jwt.jwks]]`: a remote key set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksFile {
+    pub url: Spanned<String>,
+    /// For keys in the set that carry no `alg`.
+    pub algorithm: Option<Spanned<String>>,
+    pub refresh: Option<Spanned<String>>,
+    pub min_refetch: Option<Spanned<String>>,
+}
+
+/// `[api_keys]` in `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysFile {
+    pub file: Spanned<String>,
+    pub headers: Option<Vec<Spanned<String>>>,
+    pub query_param: Option<String>,
+    pub deprecation: Option<Spanned<toml::value::Datetime>>,
+    pub sunset: Option<Spanned<toml::value::Datetime>>,
+    /// A page explaining the migration, sent as `Link: <...>; rel="sunset"`.
+    pub sunset_link: Option<Spanned<String>>,
+}
+
+/// The keys file named by `[api_keys] file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFileEntry {
+    pub id: Spanned<String>,
+    pub client_id: Spanned<String>,
+    pub sha256: Spanned<String>,
+}
+
+/// `[credentials.NAME]`: what to add upstream after authentication.
+#[derive(Debug, Deserialize)]
+///
+/// Internally tagged enums cannot carry spans (serde buffers their content), so errors
+/// in these point at the table's name.
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialFile {
+    /// A static header value.
+    Header {
+        header: String,
+        value_env: Option<String>,
+        value_file: Option<String>,
+    },
+    /// HTTP Basic.
+    Basic {
+        username: String,
+        password_env: Option<String>,
+        password_file: Option<String>,
+    },
+    /// The caller's own legacy key, from a file mapping client id to key.
+    ClientMap { header: String, file: String },
+}
+
+/// `[webhooks.NAME]`: how provider callbacks prove where they come from.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WebhookFile {
+    PlivoV3 {
+        /// The scheme and host Plivo calls, e.g. `https://api.example.com`.
+        public_base_url: String,
+        /// Environment variables holding auth tokens (several, for rotation).
+        #[serde(default)]
+        auth_tokens_env: Vec<String>,
+        /// Or a file with one auth token per line.
+        auth_tokens_file: Option<String>,
+        max_body_bytes: Option<i64>,
+    },
+    UrlSecret {
+        param: String,
+        secret_env: Option<String>,
+        secret_file: Option<String>,
+    },
+    IpAllowlist {
+        cidrs: Vec<String>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy)]

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cidr;
 pub mod diagnostic;
 pub mod duration;

@@ -18,18 +18,22 @@ use thiserror::Error;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use crate::auth;
 use crate::cidr::Cidr;
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::file::{
     ActionFile, AdminFile, LogFile, LogFormatFile, ReloadFile, RouteFile, RoutingFile, ServerFile,
     UnmatchedFile, UpstreamFile,
 };
+use crate::file::{ApiKeysFile, AuthModeFile, JwtFile};
 use crate::fingerprint::Fingerprint;
 use crate::pattern::PathPattern;
 use crate::snapshot::{
     Admin, Log, LogFormat, Origin, Reload, Route, RouteAction, Server, Snapshot, Unmatched,
     Upstream,
 };
+use crate::snapshot::{Auth, Credential, RouteAuth, Webhook};
+use std::sync::Arc;
 
 /// The configuration could not be turned into a snapshot; every diagnostic is listed
 /// (warnings included).
@@ -98,11 +102,52 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
     let log = section::<LogFile>(&src, take("log"), "log", false, diags);
     let reload = section::<ReloadFile>(&src, take("reload"), "reload", false, diags)
         .map_or(Some(default_reload()), |f| reload(&src, f, diags));
+    let base = config.parent().unwrap_or(Path::new("."));
+    let jwt_section = take("jwt");
+    let jwt_span = jwt_section.as_ref().map(|(k, _)| k.clone());
+    let jwt = section::<JwtFile>(&src, jwt_section, "jwt", false, diags).and_then(|f| {
+        let mut ctx = auth::Ctx {
+            src: &src,
+            base,
+            diags,
+        };
+        auth::jwt(&mut ctx, f, jwt_span.unwrap_or(0..0))
+    });
+    let api_keys = section::<ApiKeysFile>(&src, take("api_keys"), "api_keys", false, diags)
+        .and_then(|f| {
+            let mut ctx = auth::Ctx {
+                src: &src,
+                base,
+                diags,
+            };
+            auth::api_keys(&mut ctx, f)
+        });
+    let credentials = take("credentials").map_or_else(HashMap::new, |(_, v)| {
+        auth::credentials(
+            &mut auth::Ctx {
+                src: &src,
+                base,
+                diags,
+            },
+            v,
+        )
+    });
+    let webhooks = take("webhooks").map_or_else(HashMap::new, |(_, v)| {
+        auth::webhooks(
+            &mut auth::Ctx {
+                src: &src,
+                base,
+                diags,
+            },
+            v,
+        )
+    });
+    let auth_settings = Auth { jwt, api_keys };
     for (name, (key_span, _)) in sections {
         diags.push(src.error(
             Some(key_span),
             format!(
-                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload"
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks"
             ),
         ));
     }
@@ -115,7 +160,12 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
     });
     let (routes, policy_files) = match (&routing, &policy_dir) {
         (Some(r), Some(dir)) => {
-            load_policies(dir, &src, r.policies.span(), &mut fingerprint, diags)
+            let refs = Refs {
+                auth: &auth_settings,
+                credentials: &credentials,
+                webhooks: &webhooks,
+            };
+            load_policies(dir, &src, r.policies.span(), &refs, &mut fingerprint, diags)
         }
         _ => (Vec::new(), Vec::new()),
     };
@@ -130,8 +180,26 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         },
         // An invalid `[admin]` is already an error in `diags`, which stops the snapshot.
         admin: admin.flatten(),
-        log: log_settings(&src, log, diags)?,
+        log: {
+            let mut log = log_settings(&src, log, diags)?;
+            // Secrets that arrive in the query string are never logged.
+            let secret_params = webhooks
+                .values()
+                .filter_map(|w| match &**w {
+                    Webhook::UrlSecret { param, .. } => Some(param.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .chain(
+                    auth_settings
+                        .api_keys
+                        .iter()
+                        .filter_map(|k| k.query_param.as_ref().map(|p| p.to_ascii_lowercase())),
+                );
+            log.redact_query_params.extend(secret_params);
+            log
+        },
         reload: reload?,
+        auth: auth_settings,
         policy_dir: policy_dir?,
         policy_files,
         fingerprint: fingerprint.finish(),
@@ -425,10 +493,18 @@ fn size(
 
 /// Loads every `*.toml` in `dir`, in file-name order; returns the routes in evaluation
 /// order and the files read.
+/// What routes may refer to by name.
+struct Refs<'a> {
+    auth: &'a Auth,
+    credentials: &'a HashMap<String, Arc<Credential>>,
+    webhooks: &'a HashMap<String, Arc<Webhook>>,
+}
+
 fn load_policies(
     dir: &Path,
     gateway: &SourceFile,
     dir_span: Range<usize>,
+    refs: &Refs,
     fingerprint: &mut Fingerprint,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<Route>, Vec<PathBuf>) {
@@ -481,7 +557,7 @@ fn load_policies(
                 let Some(f) = deserialize::<RouteFile>(&src, item, "[[route]]", diags) else {
                     continue;
                 };
-                if let Some(route) = route(&src, f, start, &mut names, diags) {
+                if let Some(route) = route(&src, f, start, refs, &mut names, diags) {
                     routes.push(route);
                 }
             }
@@ -494,6 +570,7 @@ fn route(
     src: &SourceFile,
     f: RouteFile,
     span: Range<usize>,
+    refs: &Refs,
     names: &mut HashMap<String, Origin>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Route> {
@@ -561,10 +638,34 @@ fn route(
                 .collect(),
         ),
     };
+    // A route that denies never reaches authentication, so it needs no auth settings.
+    let route_auth = match f.action {
+        ActionFile::Deny => Some(RouteAuth::None),
+        ActionFile::Forward => route_auth(src, &f, &name, refs, diags),
+    };
+    let upstream_credential = match &f.upstream_credential {
+        None => None,
+        Some(c) => match refs.credentials.get(c.get_ref()) {
+            Some(cred) => Some((c.get_ref().clone(), Arc::clone(cred))),
+            None => {
+                diags.push(src.error(
+                    Some(c.span()),
+                    format!(
+                        "route `{name}`: no [credentials.{}] in gateway.toml",
+                        c.get_ref()
+                    ),
+                ));
+                None
+            }
+        },
+    };
     if diags.len() != before {
         return None;
     }
     Some(Route {
+        auth: route_auth?,
+        upstream_credential,
+        pass_api_key: f.pass_api_key,
         name,
         methods,
         path: path?,
@@ -573,5 +674,63 @@ fn route(
             ActionFile::Deny => RouteAction::Deny,
         },
         origin,
+    })
+}
+
+/// The route's authentication, checked against what `gateway.toml` configures.
+fn route_auth(
+    src: &SourceFile,
+    f: &RouteFile,
+    name: &str,
+    refs: &Refs,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RouteAuth> {
+    let mode = f.auth.as_ref().map_or(AuthModeFile::Jwt, |a| *a.get_ref());
+    let span = f.auth.as_ref().map_or(f.name.span(), |a| a.span());
+    let mut fail = |message: String| {
+        diags.push(src.error(Some(span.clone()), format!("route `{name}`: {message}")));
+        None
+    };
+    if mode != AuthModeFile::Webhook && f.webhook.is_some() {
+        return fail("`webhook` is only used with auth = \"webhook\"".into());
+    }
+    let needs_jwt = matches!(mode, AuthModeFile::Jwt | AuthModeFile::JwtOrApiKey);
+    let needs_keys = matches!(mode, AuthModeFile::ApiKey | AuthModeFile::JwtOrApiKey);
+    if needs_jwt && refs.auth.jwt.is_none() {
+        let hint = if f.auth.is_none() {
+            " (routes authenticate by JWT unless they say `auth = ...`)"
+        } else {
+            ""
+        };
+        return fail(format!(
+            "needs JWT authentication but gateway.toml has no [jwt]{hint}"
+        ));
+    }
+    if needs_keys && refs.auth.api_keys.is_none() {
+        return fail("accepts API keys but gateway.toml has no [api_keys]".into());
+    }
+    Some(match mode {
+        AuthModeFile::None => RouteAuth::None,
+        AuthModeFile::Jwt => RouteAuth::Jwt,
+        AuthModeFile::ApiKey => RouteAuth::ApiKey,
+        AuthModeFile::JwtOrApiKey => RouteAuth::JwtOrApiKey,
+        AuthModeFile::Webhook => {
+            let Some(hook) = &f.webhook else {
+                return fail("auth = \"webhook\" needs `webhook = \"NAME\"`".into());
+            };
+            match refs.webhooks.get(hook.get_ref()) {
+                Some(w) => RouteAuth::Webhook(Arc::clone(w)),
+                None => {
+                    diags.push(src.error(
+                        Some(hook.span()),
+                        format!(
+                            "route `{name}`: no [webhooks.{}] in gateway.toml",
+                            hook.get_ref()
+                        ),
+                    ));
+                    return None;
+                }
+            }
+        }
     })
 }

@@ -7,8 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http::uri::Authority;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::{Authority, Uri};
 use http::Method;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tollgate_auth::api_key::ApiKeys;
+use tollgate_auth::mint::SigningKey;
+use tollgate_auth::{Algorithm, Rules, VerifyKey};
 
 use crate::cidr::Cidr;
 use crate::diagnostic::Diagnostic;
@@ -25,6 +31,7 @@ pub struct Snapshot {
     pub admin: Option<Admin>,
     pub log: Log,
     pub reload: Reload,
+    pub auth: Auth,
     /// Where the policy files live, and the ones this snapshot was built from.
     pub policy_dir: PathBuf,
     pub policy_files: Vec<PathBuf>,
@@ -93,6 +100,112 @@ pub struct Reload {
     pub poll_interval: Duration,
 }
 
+/// How callers are authenticated: the token rules and keys, and the legacy API keys.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub jwt: Option<Jwt>,
+    pub api_keys: Option<ApiKeySettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Jwt {
+    pub rules: Rules,
+    /// Statically configured keys, each pinned to its algorithm.
+    pub keys: Vec<Arc<VerifyKey>>,
+    /// The key `tollgate token mint` signs with: the first with a secret or private key.
+    pub signing: Option<Arc<SigningKey>>,
+    pub jwks: Vec<JwksSource>,
+    pub cache_entries: usize,
+    pub access_ttl: Duration,
+}
+
+/// A remote key set, fetched and refreshed by the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwksSource {
+    pub url: Uri,
+    pub algorithm: Option<Algorithm>,
+    pub refresh: Duration,
+    /// An unknown `kid` refetches the set at most this often.
+    pub min_refetch: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKeySettings {
+    pub keys: ApiKeys,
+    /// Headers a key may come in, in order.
+    pub headers: Vec<HeaderName>,
+    pub query_param: Option<String>,
+    /// Seconds since the epoch.
+    pub deprecation: Option<u64>,
+    pub sunset: Option<u64>,
+    pub sunset_link: Option<String>,
+}
+
+/// A credential added upstream after the caller is authenticated. Values are marked
+/// sensitive, so `Debug` never prints them.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
+    /// The caller's own legacy key, by client id.
+    ClientMap {
+        name: HeaderName,
+        values: HashMap<String, HeaderValue>,
+    },
+}
+
+/// How a provider callback proves where it comes from.
+#[derive(Clone)]
+pub enum Webhook {
+    PlivoV3 {
+        public_base_url: String,
+        auth_tokens: Vec<Vec<u8>>,
+        max_body_bytes: usize,
+    },
+    UrlSecret {
+        param: String,
+        secret: Vec<u8>,
+    },
+    IpAllowlist {
+        cidrs: Vec<Cidr>,
+    },
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Webhook::PlivoV3 {
+                public_base_url,
+                auth_tokens,
+                ..
+            } => f
+                .debug_struct("PlivoV3")
+                .field("public_base_url", public_base_url)
+                .field("auth_tokens", &auth_tokens.len())
+                .finish(),
+            Webhook::UrlSecret { param, .. } => {
+                f.debug_struct("UrlSecret").field("param", param).finish()
+            }
+            Webhook::IpAllowlist { cidrs } => {
+                f.debug_struct("IpAllowlist").field("cidrs", cidrs).finish()
+            }
+        }
+    }
+}
+
+/// How a route authenticates its callers.
+#[derive(Debug, Clone)]
+pub enum RouteAuth {
+    None,
+    Jwt,
+    ApiKey,
+    /// A key is accepted only when no JWT is presented; a bad JWT never falls back.
+    JwtOrApiKey,
+    Webhook(Arc<Webhook>),
+}
+
 /// Where a route was written, for diagnostics and `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -109,6 +222,9 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     pub path: PathPattern,
     pub action: RouteAction,
+    pub auth: RouteAuth,
+    pub upstream_credential: Option<(String, Arc<Credential>)>,
+    pub pass_api_key: bool,
     pub origin: Origin,
 }
 

@@ -33,6 +33,8 @@ pub struct AccessLog {
     path: String,
     query: Option<String>,
     route: Option<String>,
+    auth: &'static str,
+    client_id: Option<String>,
     client: IpAddr,
     status: StatusCode,
     bytes_in: Arc<BodyStats>,
@@ -61,6 +63,8 @@ impl AccessLog {
             path: raw_path.to_owned(),
             query: query.map(str::to_owned),
             route: None,
+            auth: "-",
+            client_id: None,
             client,
             status: StatusCode::OK,
             bytes_in: Arc::new(BodyStats::default()),
@@ -79,6 +83,11 @@ impl AccessLog {
 
     pub fn set_route(&mut self, route: &str) {
         self.route = Some(route.to_owned());
+    }
+
+    pub fn set_auth(&mut self, method: crate::authenticate::AuthMethod, client_id: Option<&str>) {
+        self.auth = method.as_str();
+        self.client_id = client_id.map(str::to_owned);
     }
 
     pub fn set_status(&mut self, status: StatusCode) {
@@ -109,7 +118,7 @@ impl AccessLog {
             .as_deref()
             .map(|q| redact_query(q, &log.redact_query_params))
             .unwrap_or_default();
-        let fields: [(&str, Value); 10] = [
+        let fields: [(&str, Value); 12] = [
             ("request_id", Value::Text(&self.request_id)),
             ("route", Value::Text(self.route.as_deref().unwrap_or("-"))),
             ("method", Value::Text(self.method.as_str())),
@@ -123,6 +132,11 @@ impl AccessLog {
             ("bytes_in", Value::Int(self.bytes_in.bytes())),
             ("bytes_out", Value::Int(self.bytes_out)),
             ("client", Value::Addr(self.client)),
+            ("auth", Value::Text(self.auth)),
+            (
+                "client_id",
+                Value::Text(self.client_id.as_deref().unwrap_or("-")),
+            ),
         ];
         let mut line = String::with_capacity(320);
         let now = rfc3339_now();

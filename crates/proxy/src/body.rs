@@ -16,8 +16,12 @@ use hyper::body::Incoming;
 /// What the gateway answers with: the upstream's body streamed through, or its own.
 pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_log::AccessLog>;
 
-/// What the gateway sends upstream: the client's body streamed through.
-pub type UpstreamBody = Observed<Incoming, Arc<BodyStats>>;
+/// A request body on its way upstream: the client's stream, or bytes a stage had to read
+/// (a signed callback's form body).
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
+
+/// What the gateway sends upstream, observed for the access log.
+pub type UpstreamBody = Observed<RequestBody, Arc<BodyStats>>;
 
 /// Someone who wants to know how many bytes passed, and whether the body failed.
 pub trait Observer {

@@ -10,7 +10,9 @@
 mod accept;
 mod access_log;
 mod admin;
+mod authenticate;
 mod body;
+mod form;
 mod forward;
 mod forwarded;
 mod headers;

@@ -3,8 +3,12 @@
 //! Plain atomic counters: the set is small and fixed, so a registry would add weight
 //! without adding anything.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::authenticate::AuthMethod;
 
 use http::StatusCode;
 
@@ -20,6 +24,12 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     connections_open: AtomicI64,
+    /// Authenticated requests by method: none, jwt, api_key, webhook.
+    authenticated: [AtomicU64; 4],
+    /// Refused requests by problem code.
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests per API key id: who still has to migrate.
+    api_key_use: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -28,7 +38,38 @@ impl Metrics {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn count_auth(&self, method: AuthMethod, key_id: Option<&str>) {
+        let index = match method {
+            AuthMethod::None => 0,
+            AuthMethod::Jwt => 1,
+            AuthMethod::ApiKey => 2,
+            AuthMethod::Webhook => 3,
+        };
+        self.authenticated[index].fetch_add(1, Ordering::Relaxed);
+        if let Some(id) = key_id {
+            let mut map = self.api_key_use.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get_mut(id) {
+                Some(n) => *n += 1,
+                None => {
+                    map.insert(id.to_owned(), 1);
+                }
+            }
+        }
+    }
+
     pub fn count_error(&self, error: &GatewayError) {
+        if matches!(
+            error,
+            GatewayError::AuthRequired
+                | GatewayError::Token(_)
+                | GatewayError::ApiKeyInvalid
+                | GatewayError::ApiKeySunset
+                | GatewayError::SignatureInvalid
+                | GatewayError::Forbidden(_)
+        ) {
+            let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(error.kind().code).or_insert(0) += 1;
+        }
         let counter = match error {
             GatewayError::UpstreamUnavailable => &self.upstream_unavailable,
             GatewayError::UpstreamTimeout => &self.upstream_timeout,
@@ -100,6 +141,41 @@ impl Metrics {
             "tollgate_config_reloads_total{{result=\"failure\"}} {}",
             get(&self.reloads_failed)
         );
+        out.push_str(
+            "# HELP tollgate_auth_total Requests let through, by authentication method.\n",
+        );
+        out.push_str("# TYPE tollgate_auth_total counter\n");
+        for (method, c) in ["none", "jwt", "api_key", "webhook"]
+            .iter()
+            .zip(&self.authenticated)
+        {
+            let _ = writeln!(out, "tollgate_auth_total{{method=\"{method}\"}} {}", get(c));
+        }
+        out.push_str(
+            "# HELP tollgate_auth_refused_total Requests refused by authentication, by code.\n",
+        );
+        out.push_str("# TYPE tollgate_auth_refused_total counter\n");
+        for (code, n) in self
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "tollgate_auth_refused_total{{code=\"{code}\"}} {n}");
+        }
+        out.push_str("# HELP tollgate_api_key_requests_total Requests authenticated by each legacy API key.\n");
+        out.push_str("# TYPE tollgate_api_key_requests_total counter\n");
+        for (key, n) in self
+            .api_key_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tollgate_api_key_requests_total{{key_id=\"{key}\"}} {n}"
+            );
+        }
         out.push_str("# HELP tollgate_connections_open Client connections currently open.\n");
         out.push_str("# TYPE tollgate_connections_open gauge\n");
         let _ = writeln!(

@@ -4,8 +4,11 @@
 //! 1. **accept** — size limits and framing checks; the request id.
 //! 2. **normalize** — the path, once; what routing sees is what is forwarded.
 //! 3. **route** — the first matching route of the snapshot, or the default (deny).
-//! 4. cors, 5. authenticate, 6. limit, 7. meter — later stages slot in here, each
-//!    taking the request head and the route and returning an error or a decision.
+//! 4. cors — later: preflights answered here.
+//! 5. **authenticate** — by the route's rule: JWT, API key, either, a provider
+//!    callback's signature, or none.
+//! 6. limit, 7. meter — later stages slot in here, each taking the request head, the
+//!    route and the caller, and returning an error or a decision.
 //! 8. **rewrite** — strip hop-by-hop and spoofable headers, then set ours and the target.
 //! 9. **forward** — stream to the upstream; wait (bounded) for its response head.
 //! 10. **respond** — clean the response; every error becomes problem+json in
@@ -22,10 +25,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
+use crate::authenticate::AuthMethod;
 use crate::body::{Observed, ResponseBody};
 use crate::rewrite::Caller;
 use crate::server::{Active, Shared};
-use crate::{accept, forwarded, normalize, problem, request_id, respond, rewrite, route};
+use crate::{
+    accept, authenticate, forwarded, normalize, problem, request_id, respond, rewrite, route,
+};
+use tollgate_policy::snapshot::RouteAuth;
 
 /// Serves one request from a client connected from `peer`, on worker `worker`.
 pub async fn handle(
@@ -57,11 +64,17 @@ pub async fn handle(
         client,
         request_id: &request_id,
     };
-    let response = match run(request, &caller, &active, worker, &mut log).await {
+    let response = match run(request, &caller, &active, worker, shared, &mut log).await {
         Ok(response) => response,
         Err(error) => {
             shared.metrics.count_error(&error);
-            problem::respond(&error, &request_id)
+            let mut response = problem::respond(&error, &request_id);
+            if let (problem::GatewayError::ApiKeySunset, Some(keys)) =
+                (&error, &snapshot.auth.api_keys)
+            {
+                respond::api_key_notice(&mut response, keys);
+            }
+            response
         }
     };
     respond::finish(response, &request_id, log)
@@ -72,6 +85,7 @@ async fn run(
     caller: &Caller<'_>,
     active: &Active,
     worker: usize,
+    shared: &Shared,
     log: &mut AccessLog,
 ) -> Result<Response<Either<Incoming, Full<Bytes>>>, problem::GatewayError> {
     let snapshot = &active.snapshot;
@@ -92,16 +106,30 @@ async fn run(
         log.set_route(&route.name);
     }
     selection.outcome?;
+    let route = selection.route;
+
+    // 5. authenticate
+    let rule = route.map_or(&RouteAuth::None, |r| &r.auth);
+    let context = authenticate::Context {
+        jwt: snapshot.auth.jwt.as_ref(),
+        api_keys: snapshot.auth.api_keys.as_ref(),
+        tokens: &active.tokens,
+        client: caller.client,
+        now: unix_now(),
+    };
+    let (request, auth) = authenticate::authenticate(request, rule, &context).await?;
+    log.set_auth(
+        auth.method,
+        auth.identity.as_ref().map(|i| i.client_id.as_str()),
+    );
+    shared.metrics.count_auth(
+        auth.method,
+        auth.identity.as_ref().and_then(|i| i.key_id.as_deref()),
+    );
 
     // 8. rewrite
     let (mut head, body) = request.into_parts();
-    rewrite::upstream_head(
-        &mut head,
-        &path,
-        caller,
-        &snapshot.server,
-        &snapshot.upstream,
-    )?;
+    rewrite::upstream_head(&mut head, &path, caller, route, &auth, snapshot)?;
     let body_stats = log.bytes_in();
     let upstream_request = Request::from_parts(head, Observed::new(body, Arc::clone(&body_stats)));
 
@@ -122,5 +150,15 @@ async fn run(
         })?;
 
     // 10. respond
-    Ok(respond::from_upstream(response))
+    let mut response = respond::from_upstream(response);
+    if let (AuthMethod::ApiKey, Some(keys)) = (auth.method, &snapshot.auth.api_keys) {
+        respond::api_key_notice(&mut response, keys);
+    }
+    Ok(response)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -11,6 +11,7 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use thiserror::Error;
+use tollgate_auth::JwtError;
 use tollgate_policy::path::PathError;
 
 /// Why the request line or headers were refused before routing.
@@ -47,6 +48,20 @@ pub enum GatewayError {
         "the request body could not be read (malformed chunked encoding, or the client went away)"
     )]
     RequestBodyInvalid,
+    #[error("this route needs a bearer token (or, where allowed, an API key)")]
+    AuthRequired,
+    #[error("{0}")]
+    Token(JwtError),
+    #[error("the API key is not valid")]
+    ApiKeyInvalid,
+    #[error("API keys were retired on this API; use a bearer token")]
+    ApiKeySunset,
+    #[error("the callback signature or secret is missing or invalid")]
+    SignatureInvalid,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
     #[error("no route matches this path")]
     RouteNotFound,
     #[error("this path does not accept the method")]
@@ -97,6 +112,46 @@ impl GatewayError {
                 "REQUEST_BODY_INVALID",
                 "Invalid request body",
             ),
+            GatewayError::AuthRequired => (
+                StatusCode::UNAUTHORIZED,
+                "AUTH_REQUIRED",
+                "Authentication required",
+            ),
+            GatewayError::Token(JwtError::Expired) => {
+                (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED", "Token expired")
+            }
+            GatewayError::Token(JwtError::NotYetValid) => (
+                StatusCode::UNAUTHORIZED,
+                "TOKEN_NOT_YET_VALID",
+                "Token not yet valid",
+            ),
+            GatewayError::Token(JwtError::AudienceMismatch) => (
+                StatusCode::FORBIDDEN,
+                "AUDIENCE_MISMATCH",
+                "Token audience mismatch",
+            ),
+            GatewayError::Token(_) => (StatusCode::UNAUTHORIZED, "TOKEN_INVALID", "Invalid token"),
+            GatewayError::ApiKeyInvalid => (
+                StatusCode::UNAUTHORIZED,
+                "API_KEY_INVALID",
+                "Invalid API key",
+            ),
+            GatewayError::ApiKeySunset => (
+                StatusCode::UNAUTHORIZED,
+                "API_KEY_SUNSET",
+                "API keys retired",
+            ),
+            GatewayError::SignatureInvalid => (
+                StatusCode::UNAUTHORIZED,
+                "SIGNATURE_INVALID",
+                "Invalid signature",
+            ),
+            GatewayError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN", "Forbidden"),
+            GatewayError::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "Payload too large",
+            ),
             GatewayError::RouteNotFound => {
                 (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "Route not found")
             }
@@ -146,6 +201,9 @@ pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incomi
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if kind.status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, www_authenticate(error));
+    }
     if let GatewayError::MethodNotAllowed { allow } = error {
         let list: Vec<&str> = allow.iter().map(Method::as_str).collect();
         if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
@@ -162,6 +220,20 @@ pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incomi
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// RFC 6750 §3: `error="invalid_token"` when a token was presented and refused.
+fn www_authenticate(error: &GatewayError) -> HeaderValue {
+    match error {
+        GatewayError::Token(e) => {
+            let description = e.to_string().replace('"', "'");
+            HeaderValue::from_str(&format!(
+                "Bearer realm=\"tollgate\", error=\"invalid_token\", error_description=\"{description}\""
+            ))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"tollgate\", error=\"invalid_token\""))
+        }
+        _ => HeaderValue::from_static("Bearer realm=\"tollgate\""),
+    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,37 @@ use hyper::body::Incoming;
 use crate::access_log::AccessLog;
 use crate::body::{Observed, ResponseBody};
 use crate::{headers, request_id};
+use tollgate_policy::snapshot::ApiKeySettings;
 
 /// The upstream's response, cleaned for the client.
 pub fn from_upstream(response: Response<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// Tells a caller who used an API key that keys are on their way out: `Deprecation`
+/// (RFC 9745, `@` seconds), `Sunset` (RFC 8594, an HTTP date) and a `Link` to the
+/// migration notes.
+pub fn api_key_notice<B>(response: &mut Response<B>, keys: &ApiKeySettings) {
+    let headers = response.headers_mut();
+    if let Some(at) = keys.deprecation {
+        if let Ok(v) = HeaderValue::from_str(&format!("@{at}")) {
+            headers.insert("deprecation", v);
+        }
+    }
+    if let Some(at) = keys.sunset {
+        let date =
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(at));
+        if let Ok(v) = HeaderValue::from_str(&date) {
+            headers.insert("sunset", v);
+        }
+    }
+    if let Some(link) = &keys.sunset_link {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{link}>; rel=\"sunset\"")) {
+            headers.append(http::header::LINK, v);
+        }
+    }
 }
 
 /// The answer to `OPTIONS *`: the server is here; ask a path for more.

@@ -1,18 +1,23 @@
 //! Stage 8 — rewrite: turn the client's request into the upstream's.
 //!
-//! Strip, then set: hop-by-hop headers (and every header named in `Connection`) go
-//! first, then the gateway sets what it vouches for — forwarding headers, the request
-//! id, `Host`, and the upstream target built from the *normalized* path.
+//! Strip, then set. First go hop-by-hop headers (and every header named in
+//! `Connection`), then the caller's own credentials — the verified bearer token, the API
+//! key (unless the route passes it on), a callback's URL secret. Then the gateway sets
+//! what it vouches for: forwarding headers, the request id, `Host`, the route's backend
+//! credential (replacing any value the client sent), and the upstream target built from
+//! the *normalized* path.
 
 use std::net::IpAddr;
 
-use http::header::{HeaderValue, EXPECT, HOST};
+use http::header::{HeaderValue, AUTHORIZATION, EXPECT, HOST};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme, Uri};
-use tollgate_policy::snapshot::{Server, Upstream};
+use tollgate_policy::snapshot::{Credential, RouteAuth, Upstream, Webhook};
+use tollgate_policy::{Route, Snapshot};
 
+use crate::authenticate::{AuthMethod, Outcome};
 use crate::problem::GatewayError;
-use crate::{forwarded, headers, request_id};
+use crate::{form, forwarded, headers, request_id};
 
 /// Who sent the request, as the rewrite needs it.
 pub struct Caller<'a> {
@@ -26,29 +31,93 @@ pub fn upstream_head(
     parts: &mut Parts,
     path: &str,
     caller: &Caller,
-    server: &Server,
-    upstream: &Upstream,
+    route: Option<&Route>,
+    auth: &Outcome,
+    snapshot: &Snapshot,
 ) -> Result<(), GatewayError> {
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     // `Expect: 100-continue` was answered (or not) by this hop; the body is sent as is.
     h.remove(EXPECT);
-    forwarded::set_headers(h, caller.peer, caller.client, &server.trusted_proxies);
+
+    // The caller's credentials are for the gateway, not the backend.
+    let mut drop_params: Vec<&str> = Vec::new();
+    if auth.method == AuthMethod::Jwt {
+        h.remove(AUTHORIZATION);
+    }
+    if let Some(route) = route {
+        let uses_keys = matches!(route.auth, RouteAuth::ApiKey | RouteAuth::JwtOrApiKey);
+        if let (true, false, Some(keys)) = (uses_keys, route.pass_api_key, &snapshot.auth.api_keys)
+        {
+            for name in &keys.headers {
+                h.remove(name);
+            }
+            drop_params.extend(keys.query_param.as_deref());
+        }
+        if let RouteAuth::Webhook(hook) = &route.auth {
+            if let Webhook::UrlSecret { param, .. } = &**hook {
+                drop_params.push(param);
+            }
+        }
+        if let Some((_, credential)) = &route.upstream_credential {
+            set_credential(h, credential, auth)?;
+        }
+    }
+
+    forwarded::set_headers(
+        h,
+        caller.peer,
+        caller.client,
+        &snapshot.server.trusted_proxies,
+    );
     if let Ok(id) = HeaderValue::from_str(caller.request_id) {
         h.insert(request_id::HEADER, id);
     }
-    if let Ok(host) = HeaderValue::from_str(upstream.authority.as_str()) {
+    if let Ok(host) = HeaderValue::from_str(snapshot.upstream.authority.as_str()) {
         h.insert(HOST, host);
     }
-    parts.uri = upstream_uri(&parts.uri, path, upstream)?;
+    let query = parts.uri.query().map(|q| {
+        if drop_params.is_empty() {
+            q.to_owned()
+        } else {
+            form::without_params(q, &drop_params)
+        }
+    });
+    parts.uri = upstream_uri(query.as_deref(), path, &snapshot.upstream)?;
     Ok(())
 }
 
-fn upstream_uri(original: &Uri, path: &str, upstream: &Upstream) -> Result<Uri, GatewayError> {
+/// Adds the backend credential; `insert` replaces whatever the client sent under that name.
+fn set_credential(
+    headers: &mut http::HeaderMap,
+    credential: &Credential,
+    auth: &Outcome,
+) -> Result<(), GatewayError> {
+    match credential {
+        Credential::Header { name, value } => {
+            headers.insert(name.clone(), value.clone());
+        }
+        Credential::ClientMap { name, values } => {
+            headers.remove(name);
+            let client = auth.identity.as_ref().ok_or(GatewayError::Forbidden(
+                "this route's backend credential needs an authenticated client",
+            ))?;
+            let value = values
+                .get(&client.client_id)
+                .ok_or(GatewayError::Forbidden(
+                    "no backend credential is configured for this client",
+                ))?;
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    Ok(())
+}
+
+fn upstream_uri(query: Option<&str>, path: &str, upstream: &Upstream) -> Result<Uri, GatewayError> {
     let mut target = String::with_capacity(upstream.base_path.len() + path.len() + 64);
     target.push_str(&upstream.base_path);
     target.push_str(path);
-    if let Some(query) = original.query() {
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
         target.push('?');
         target.push_str(query);
     }

@@ -25,6 +25,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
+use tollgate_auth::cache::TokenCache;
 use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
@@ -37,6 +38,8 @@ use crate::{admin, pipeline};
 pub struct Active {
     pub snapshot: Arc<Snapshot>,
     pub upstreams: Vec<UpstreamClient>,
+    /// Tokens verified under this snapshot's keys; a reload starts a fresh cache.
+    pub tokens: TokenCache,
 }
 
 impl Active {
@@ -47,9 +50,11 @@ impl Active {
                 None => UpstreamClient::new(&snapshot.upstream),
             })
             .collect();
+        let tokens = TokenCache::new(snapshot.auth.jwt.as_ref().map_or(0, |j| j.cache_entries));
         Active {
             snapshot: Arc::new(snapshot),
             upstreams,
+            tokens,
         }
     }
 }

@@ -41,6 +41,11 @@ enum Command {
         #[arg(long, default_value = "gateway.toml")]
         config: PathBuf,
     },
+    /// Tokens for operators and tests.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Start the built-in demo backend and the gateway in front of it.
     Demo {
         #[arg(long, default_value = "gateway.toml")]
@@ -48,6 +53,25 @@ enum Command {
         /// Only run the demo backend, on this address (for benchmarks and compose files).
         #[arg(long, value_name = "ADDR")]
         backend_only: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an access token the configured gateway accepts, signed with the first
+    /// `[[jwt.key]]` that has a secret or a private key.
+    Mint {
+        /// The client id to put in the token.
+        #[arg(long)]
+        client: String,
+        /// Lifetime, e.g. 15m, 1h (default: jwt.access_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The `sub` claim.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value = "gateway.toml")]
+        config: PathBuf,
     },
 }
 
@@ -64,6 +88,27 @@ pub fn main() -> ExitCode {
             path,
             config,
         } => explain(&config, &method, &path),
+        Command::Token {
+            command:
+                TokenCommand::Mint {
+                    client,
+                    ttl,
+                    subject,
+                    config,
+                },
+        } => match load(&config) {
+            Some(snapshot) => match mint(&snapshot, &client, ttl.as_deref(), subject.as_deref()) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("token mint: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            None => ExitCode::FAILURE,
+        },
         Command::Demo {
             backend_only: Some(addr),
             ..
@@ -71,11 +116,21 @@ pub fn main() -> ExitCode {
         Command::Demo {
             config,
             backend_only: None,
-        } => match load(&config) {
+        } => match load_quietly(&config) {
             Some(snapshot) => {
                 let backend = snapshot.upstream.authority.as_str().parse::<SocketAddr>();
                 match backend {
-                    Ok(addr) => crate::run::serve(config, snapshot, Some(addr)),
+                    Ok(addr) => {
+                        let token = mint(&snapshot, "1001", None, Some("demo@acme.test")).ok();
+                        crate::run::serve(
+                            config,
+                            snapshot,
+                            Some(crate::run::Demo {
+                                backend: addr,
+                                token,
+                            }),
+                        )
+                    }
                     Err(_) => {
                         eprintln!(
                             "demo: the upstream in {} must be an IP:port for the demo backend to bind, not `{}`",
@@ -93,9 +148,23 @@ pub fn main() -> ExitCode {
 
 /// Loads the configuration, printing every diagnostic; `None` if it has errors.
 fn load(config: &Path) -> Option<Snapshot> {
+    load_printing(config, |_| true)
+}
+
+/// As [`load`], but quiet about the development keys the demo uses on purpose.
+fn load_quietly(config: &Path) -> Option<Snapshot> {
+    load_printing(config, |d| {
+        !d.message.contains(tollgate_policy::auth::DEV_KEYS_DIR)
+    })
+}
+
+fn load_printing(
+    config: &Path,
+    show: impl Fn(&tollgate_policy::Diagnostic) -> bool,
+) -> Option<Snapshot> {
     match tollgate_policy::load(config) {
         Ok(snapshot) => {
-            for warning in &snapshot.warnings {
+            for warning in snapshot.warnings.iter().filter(|w| show(w)) {
                 eprintln!("{warning}");
             }
             Some(snapshot)
@@ -151,4 +220,45 @@ fn explain(config: &Path, method: &str, path: &str) -> ExitCode {
         }
         None => ExitCode::FAILURE,
     }
+}
+
+/// Signs a token with the configuration's signing key.
+fn mint(
+    snapshot: &Snapshot,
+    client: &str,
+    ttl: Option<&str>,
+    subject: Option<&str>,
+) -> Result<String, String> {
+    let jwt = snapshot
+        .auth
+        .jwt
+        .as_ref()
+        .ok_or("gateway.toml has no [jwt]")?;
+    let key = jwt
+        .signing
+        .as_ref()
+        .ok_or("no [[jwt.key]] has a secret or a private_key_file to sign with")?;
+    if !tollgate_auth::jwt::is_usable_client_id(client) {
+        return Err(format!(
+            "`{client}` is not a usable client id (1-128 of A-Z a-z 0-9 - _ . : @)"
+        ));
+    }
+    let ttl = match ttl {
+        Some(text) => tollgate_policy::duration::parse(text)?,
+        None => jwt.access_ttl,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let spec = tollgate_auth::mint::TokenSpec {
+        client_id_claim: &jwt.rules.client_id_claim,
+        client_id: client,
+        subject,
+        issuer: jwt.rules.issuer.as_deref(),
+        audience: jwt.rules.audience.as_deref(),
+        issued_at: now,
+        ttl_secs: ttl.as_secs(),
+    };
+    tollgate_auth::mint::mint(&spec, key).map_err(|e| e.to_string())
 }

@@ -11,9 +11,15 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tollgate_policy::Snapshot;
 use tollgate_proxy::Gateway;
 
-/// Serves `snapshot` (and, for `demo`, the demo backend on `demo_backend`) until a
-/// terminating signal, then drains.
-pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAddr>) -> ExitCode {
+/// What `tollgate demo` adds: the demo backend's address and a token to try.
+pub struct Demo {
+    pub backend: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// Serves `snapshot` (and, for `demo`, the demo backend) until a terminating signal,
+/// then drains.
+pub fn serve(config: PathBuf, snapshot: Snapshot, demo: Option<Demo>) -> ExitCode {
     let log = crate::logging::init(&snapshot.log);
     let access_sink = log.access_sink();
     // The control runtime: signals, reload, the admin listener (and the demo backend).
@@ -38,8 +44,8 @@ pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAdd
             eprintln!("cannot install signal handlers");
             return ExitCode::FAILURE;
         };
-        let _backend = match demo_backend {
-            Some(addr) => match tollgate_demo_backend::spawn(addr).await {
+        let _backend = match &demo {
+            Some(Demo { backend: addr, .. }) => match tollgate_demo_backend::spawn(*addr).await {
                 Ok(backend) => Some(backend),
                 Err(e) => {
                     eprintln!("cannot start the demo backend on {addr}: {e}");
@@ -55,7 +61,7 @@ pub fn serve(config: PathBuf, snapshot: Snapshot, demo_backend: Option<SocketAdd
                 return ExitCode::FAILURE;
             }
         };
-        announce(&gateway, demo_backend);
+        announce(&gateway, demo.as_ref());
         let reloader = tokio::spawn(crate::reload::watch(config, gateway.handle(), hangup));
         gateway.serve(terminated(terminate, interrupt)).await;
         reloader.abort();
@@ -101,7 +107,7 @@ async fn terminated(mut terminate: Signal, mut interrupt: Signal) {
     }
 }
 
-fn announce(gateway: &Gateway, demo_backend: Option<SocketAddr>) {
+fn announce(gateway: &Gateway, demo: Option<&Demo>) {
     let mut out = std::io::stdout().lock();
     for addr in gateway.local_addrs() {
         let _ = writeln!(out, "tollgate listening on http://{addr}");
@@ -109,21 +115,31 @@ fn announce(gateway: &Gateway, demo_backend: Option<SocketAddr>) {
     if let Some(addr) = gateway.admin_addr() {
         let _ = writeln!(out, "tollgate admin on http://{addr}");
     }
-    if let (Some(backend), Some(gw)) = (demo_backend, gateway.local_addrs().first()) {
+    if let (Some(demo), Some(gw)) = (demo, gateway.local_addrs().first()) {
+        let token = demo
+            .token
+            .as_deref()
+            .unwrap_or("(no signing key configured)");
         let _ = writeln!(
             out,
             r#"demo backend listening on http://{backend}
 
+A token for client 1001 (tollgate token mint --client 1001 makes more):
+  TOKEN={token}
+
 Try these (the gateway is on {gw}):
-  curl -i http://{gw}/echo/hello?clientId=1001
+  curl -i http://{gw}/echo/hello -H "authorization: Bearer $TOKEN"   # the backend sees x-api-key added
+  curl -i http://{gw}/echo/hello                                  # 401 AUTH_REQUIRED
+  curl -i http://{gw}/echo/hello -H 'x-api-key: demo-legacy-key-1002'   # legacy key: Deprecation + Sunset
+  printf 'name,phone\nAda,+15550100\n' > /tmp/contacts.csv
+  curl -i http://{gw}/upload-csv -F file=@/tmp/contacts.csv -H "authorization: Bearer $TOKEN"
   curl -i http://{gw}/interlogue/get-client -H 'content-type: application/json' \
        -d '{{"username":"demo@acme.test","password":"demo-password"}}'
-  printf 'name,phone\nAda,+15550100\n' > /tmp/contacts.csv
-  curl -i http://{gw}/upload-csv -F file=@/tmp/contacts.csv -H 'x-api-key: demo-legacy-key-1001'
   curl -i http://{gw}/admin                  # 403 FORBIDDEN: a route that denies
   curl -i --path-as-is 'http://{gw}/pub/%2e%2e/admin'   # 403 too: normalized to /admin first
   curl -i http://{gw}/nowhere                # 404 ROUTE_NOT_FOUND: deny by default
-  tollgate explain GET '/pub/%2e%2e/admin'"#
+  tollgate explain GET '/pub/%2e%2e/admin'"#,
+            backend = demo.backend,
         );
     }
     let _ = out.flush();
