@@ -31,6 +31,11 @@ fn the_shipped_configuration_passes_check() {
     let (ok, out) = tollgate(&["check", "--config", &repo_file("gateway.toml")]);
     assert!(ok, "{out}");
     assert!(out.contains(": ok ("), "{out}");
+    // ...and says loudly that its keys are the published development ones.
+    assert!(
+        out.contains("warning: [[jwt.key]] secret `dev-keys/jwt-hs256.secret` is a published development key"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -1,0 +1,708 @@
+//! Authentication end to end: tokens made by an independent implementation (PyJWT,
+//! `tests/fixtures/jwt/make_tokens.py`), the attack catalogue, the API-key migration
+//! rules, backend credentials (the `/upload-csv` scenario) and provider callbacks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::{Harness, RawResponse, Setup};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    token: String,
+    status: u16,
+    code: Option<String>,
+    note: String,
+}
+
+fn cases() -> BTreeMap<String, Case> {
+    let text = std::fs::read_to_string(fixtures().join("tokens.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+const PLIVO_TOKEN: &str = "MAZDQ1MTZIZGY3ZJG0ZTQ2YJQ0N2"; // a test token, not a real account's
+const PLIVO_OLD_TOKEN: &str = "OLDTOKENBEFOREROTATION000000";
+const EXOTEL_SECRET: &str = "exotel-callback-secret-for-tests";
+
+/// A gateway with every auth feature configured, against the fixture keys.
+fn auth_setup(api_key_extra: &str) -> (Setup, crate::support::TempDir) {
+    let keys = fixtures().join("keys");
+    let k = |name: &str| keys.join(name).display().to_string();
+    let secrets = crate::support::TempDir::new();
+    let dir = secrets.path();
+    let hash = |key: &str| tollgate_auth::api_key::hash_hex(key);
+    std::fs::write(
+        dir.join("api-keys.toml"),
+        format!(
+            "[[key]]\nid = \"acme-1\"\nclient_id = \"1001\"\nsha256 = \"{}\"\n\n[[key]]\nid = \"globex-1\"\nclient_id = \"1002\"\nsha256 = \"{}\"\n",
+            hash("legacy-key-acme"),
+            hash("legacy-key-globex")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client-keys.toml"),
+        "\"1001\" = \"demo-legacy-key-1001\"\n\"1002\" = \"demo-legacy-key-1002\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("plivo-tokens"),
+        format!("{PLIVO_OLD_TOKEN}\n{PLIVO_TOKEN}\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("exotel.secret"), format!("{EXOTEL_SECRET}\n")).unwrap();
+    let d = |name: &str| dir.join(name).display().to_string();
+    let extra = format!(
+        r#"
+[jwt]
+issuer = "https://issuer.test"
+audience = "legacy-api"
+
+[[jwt.key]]
+id = "hs-256"
+algorithm = "HS256"
+secret_file = "{hs256}"
+
+[[jwt.key]]
+id = "hs-512"
+algorithm = "HS512"
+secret_file = "{hs512}"
+
+[[jwt.key]]
+id = "rsa-256"
+algorithm = "RS256"
+public_key_file = "{rsa}"
+
+[[jwt.key]]
+id = "rsa-512"
+algorithm = "RS512"
+public_key_file = "{rsa}"
+
+[[jwt.key]]
+id = "rsa-ps256"
+algorithm = "PS256"
+public_key_file = "{rsa}"
+
+[[jwt.key]]
+id = "ec-256"
+algorithm = "ES256"
+public_key_file = "{ec256}"
+
+[[jwt.key]]
+id = "ec-384"
+algorithm = "ES384"
+public_key_file = "{ec384}"
+
+[[jwt.key]]
+id = "ed-1"
+algorithm = "EdDSA"
+public_key_file = "{ed}"
+
+[api_keys]
+file = "{api_keys}"
+headers = ["x-api-key"]
+query_param = "api_key"
+deprecation = 2026-01-01T00:00:00Z
+sunset_link = "https://docs.example.test/migrate"
+{api_key_extra}
+
+[credentials.client-key]
+kind = "client_map"
+header = "x-api-key"
+file = "{client_keys}"
+
+[webhooks.plivo]
+kind = "plivo_v3"
+public_base_url = "https://callbacks.example.test"
+auth_tokens_file = "{plivo}"
+
+[webhooks.exotel]
+kind = "url_secret"
+param = "secret"
+secret_file = "{exotel}"
+
+[webhooks.local-only]
+kind = "ip_allowlist"
+cidrs = ["127.0.0.1/32"]
+
+[webhooks.elsewhere-only]
+kind = "ip_allowlist"
+cidrs = ["10.0.0.0/8"]
+"#,
+        hs256 = k("hs256.secret"),
+        hs512 = k("hs512.secret"),
+        rsa = k("rsa.pub.pem"),
+        ec256 = k("ec256.pub.pem"),
+        ec384 = k("ec384.pub.pem"),
+        ed = k("ed25519.pub.pem"),
+        api_keys = d("api-keys.toml"),
+        client_keys = d("client-keys.toml"),
+        plivo = d("plivo-tokens"),
+        exotel = d("exotel.secret"),
+    );
+    let policies = r#"
+[[route]]
+name = "jwt-only"
+path = "/echo/jwt/*"
+auth = "jwt"
+upstream_credential = "client-key"
+
+[[route]]
+name = "jwt-plain"
+path = "/echo/plain/*"
+auth = "jwt"
+
+[[route]]
+name = "either"
+path = "/echo/either/*"
+auth = "jwt_or_api_key"
+upstream_credential = "client-key"
+
+[[route]]
+name = "key-only"
+path = "/echo/key/*"
+auth = "api_key"
+
+[[route]]
+name = "key-passed-on"
+path = "/echo/passkey/*"
+auth = "api_key"
+pass_api_key = true
+
+[[route]]
+name = "upload-csv"
+methods = ["POST"]
+path = "/upload-csv"
+auth = "jwt_or_api_key"
+upstream_credential = "client-key"
+
+[[route]]
+name = "upload-csv-unmapped"
+methods = ["POST"]
+path = "/upload-csv-without-credential"
+auth = "jwt"
+
+[[route]]
+name = "plivo"
+path = "/echo/plivo/*"
+auth = "webhook"
+webhook = "plivo"
+
+[[route]]
+name = "exotel"
+path = "/echo/exotel/*"
+auth = "webhook"
+webhook = "exotel"
+
+[[route]]
+name = "local-callbacks"
+path = "/echo/local/*"
+auth = "webhook"
+webhook = "local-only"
+
+[[route]]
+name = "remote-callbacks"
+path = "/echo/remote/*"
+auth = "webhook"
+webhook = "elsewhere-only"
+"#;
+    let setup = Setup {
+        policies: vec![("10-auth.toml".into(), policies.into())],
+        extra,
+        ..Setup::default()
+    };
+    (setup, secrets)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn assert_refused(response: &RawResponse, status: u16, code: &str) {
+    response.assert_problem(status, code);
+    if status == 401 {
+        let challenge = response.header("www-authenticate").unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer realm=\"tollgate\""),
+            "401 needs a Bearer challenge, got {challenge:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_attack_catalogue_and_every_algorithm() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let mut failures = Vec::new();
+    let all = cases();
+    assert!(all.len() >= 30, "the catalogue shrank: {}", all.len());
+    for (name, case) in all {
+        let before = h.backend.requests();
+        let response = h
+            .get("/echo/jwt/x", &[("authorization", &bearer(&case.token))])
+            .await;
+        let reached = h.backend.requests() - before;
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        let ok = match (&case.code, case.status) {
+            (None, 200) => {
+                let want_key = if body["headers"].to_string().contains("1002")
+                    || name == "numeric-client-id"
+                {
+                    "demo-legacy-key-1002"
+                } else {
+                    "demo-legacy-key-1001"
+                };
+                response.status == 200
+                    && reached == 1
+                    && response.echoed_header("x-api-key") == [want_key]
+                    && response.echoed_header("authorization").is_empty()
+            }
+            (Some(code), status) => {
+                let challenge = response.header("www-authenticate").unwrap_or_default();
+                response.status == status
+                    && body["code"] == code.as_str()
+                    && reached == 0
+                    && (status != 401 || challenge.starts_with("Bearer realm=\"tollgate\""))
+            }
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!(
+                "{name} ({}): want {} {:?}, got {} {}",
+                case.note,
+                case.status,
+                case.code,
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("tollgate_auth_refused_total{code=\"TOKEN_EXPIRED\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_jku_header_is_never_fetched() {
+    // A server the token points at; it must never be asked for anything.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jku = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let contacted = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&contacted);
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let attacker = std::fs::read(fixtures().join("keys/attacker-rsa.key.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("attacker-key".into());
+    header.jku = Some(jku);
+    let claims = serde_json::json!({"clientId": "1001", "iss": "https://issuer.test", "aud": "legacy-api", "exp": 4102444800u64});
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&attacker).unwrap(),
+    )
+    .unwrap();
+
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let response = h
+        .get("/echo/jwt/x", &[("authorization", &bearer(&token))])
+        .await;
+    assert_refused(&response, 401, "TOKEN_INVALID");
+    assert_eq!(
+        contacted.load(Ordering::SeqCst),
+        0,
+        "the gateway fetched the jku URL"
+    );
+}
+
+#[tokio::test]
+async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let good_jwt = &cases()["hs256"].token;
+    let expired = &cases()["expired"].token;
+
+    // A valid key on a route that allows it: the caller's key is swapped for the
+    // backend's per-client key, and the response says keys are deprecated.
+    let r = h
+        .get("/echo/either/a", &[("x-api-key", "legacy-key-globex")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-api-key"), ["demo-legacy-key-1002"]);
+    assert_eq!(r.header("deprecation"), Some("@1767225600"));
+    assert_eq!(
+        r.header("link"),
+        Some("<https://docs.example.test/migrate>; rel=\"sunset\"")
+    );
+
+    // A presented token decides, even when a good key rides along.
+    let r = h
+        .get(
+            "/echo/either/a",
+            &[
+                ("authorization", &bearer("not.a.token")),
+                ("x-api-key", "legacy-key-acme"),
+            ],
+        )
+        .await;
+    assert_refused(&r, 401, "TOKEN_INVALID");
+    let r = h
+        .get(
+            "/echo/either/a",
+            &[
+                ("authorization", &bearer(expired)),
+                ("x-api-key", "legacy-key-acme"),
+            ],
+        )
+        .await;
+    assert_refused(&r, 401, "TOKEN_EXPIRED");
+    let r = h
+        .get("/echo/either/a", &[("authorization", &bearer(good_jwt))])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("deprecation").is_none(),
+        "JWT callers get no deprecation notice"
+    );
+
+    // Another scheme is not a token: the key is used.
+    let r = h
+        .get(
+            "/echo/either/a",
+            &[
+                ("authorization", "Basic dXNlcjpwYXNz"),
+                ("x-api-key", "legacy-key-acme"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-api-key"), ["demo-legacy-key-1001"]);
+
+    // Nothing, or a bad key.
+    assert_refused(&h.get("/echo/either/a", &[]).await, 401, "AUTH_REQUIRED");
+    assert_refused(
+        &h.get("/echo/either/a", &[("x-api-key", "guess")]).await,
+        401,
+        "API_KEY_INVALID",
+    );
+    assert_refused(
+        &h.get("/echo/key/a", &[("x-api-key", "guess")]).await,
+        401,
+        "API_KEY_INVALID",
+    );
+    // A JWT-only route ignores keys.
+    assert_refused(
+        &h.get("/echo/jwt/a", &[("x-api-key", "legacy-key-acme")])
+            .await,
+        401,
+        "AUTH_REQUIRED",
+    );
+
+    // A key in the query string works and is not forwarded; pass_api_key keeps it.
+    let r = h
+        .get("/echo/key/q?api_key=legacy-key-acme&page=2", &[])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["query"], "page=2");
+    let r = h
+        .get("/echo/passkey/q", &[("x-api-key", "legacy-key-acme")])
+        .await;
+    assert_eq!(r.echoed_header("x-api-key"), ["legacy-key-acme"]);
+    let r = h
+        .get("/echo/key/q", &[("x-api-key", "legacy-key-acme")])
+        .await;
+    assert!(
+        r.echoed_header("x-api-key").is_empty(),
+        "the caller's key is removed"
+    );
+
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("tollgate_api_key_requests_total{key_id=\"acme-1\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_api_key_requests_total{key_id=\"globex-1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        h.gateway
+            .wait_for_log(
+                "\"auth\":\"api_key\",\"client_id\":\"1002\"",
+                Duration::from_secs(5)
+            )
+            .await
+    );
+    assert!(
+        !h.gateway.stderr().contains("legacy-key-acme"),
+        "an API key reached the logs"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_refused_after_the_sunset() {
+    let (setup, _secrets) = auth_setup("sunset = 2026-06-01T00:00:00Z");
+    let h = Harness::with(setup).await;
+    let r = h
+        .get("/echo/either/a", &[("x-api-key", "legacy-key-acme")])
+        .await;
+    assert_refused(&r, 401, "API_KEY_SUNSET");
+    assert_eq!(r.header("sunset"), Some("Mon, 01 Jun 2026 00:00:00 GMT"));
+    let r = h
+        .get(
+            "/echo/either/a",
+            &[("authorization", &bearer(&cases()["hs256"].token))],
+        )
+        .await;
+    assert_eq!(r.status, 200, "tokens keep working");
+}
+
+#[tokio::test]
+async fn upload_csv_with_a_jwt_reaches_the_legacy_backend_with_its_key() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let csv = b"name,phone\nAda,+15550100\nGrace,+15550101\n";
+    let mut body = Vec::new();
+    body.extend_from_slice(b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"contacts.csv\"\r\nContent-Type: text/csv\r\n\r\n");
+    body.extend_from_slice(csv);
+    body.extend_from_slice(b"\r\n--XyZ--\r\n");
+    let token = bearer(&cases()["rs256"].token);
+    let headers = [
+        ("authorization", token.as_str()),
+        ("content-type", "multipart/form-data; boundary=XyZ"),
+    ];
+
+    // Without a backend credential the legacy API refuses a JWT caller...
+    let r = h
+        .send("POST", "/upload-csv-without-credential", &headers, &body)
+        .await;
+    assert_eq!(
+        r.status, 404,
+        "the backend has no such path; what matters is the next one"
+    );
+    // ...with the route's credential it accepts, and the bytes arrive untouched.
+    let r = h.send("POST", "/upload-csv", &headers, &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["clientId"], "1001");
+    assert_eq!(r.json()["bytes"], body.len());
+    assert_eq!(
+        r.json()["sha256"],
+        crate::proxying::hex(&<sha2::Sha256 as sha2::Digest>::digest(&body))
+    );
+
+    // A JWT caller cannot choose another client's legacy key.
+    let spoof = [
+        ("authorization", token.as_str()),
+        ("content-type", "multipart/form-data; boundary=XyZ"),
+        ("x-api-key", "demo-legacy-key-1002"),
+    ];
+    let r = h.send("POST", "/upload-csv", &spoof, &body).await;
+    assert_eq!(r.json()["clientId"], "1001");
+}
+
+#[tokio::test]
+async fn tokens_minted_by_the_cli_are_accepted() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let config = h.dir.path().join("gateway.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "token", "mint", "--client", "4242", "--ttl", "5m", "--config",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let r = h
+        .get("/echo/plain/x", &[("authorization", &bearer(&token))])
+        .await;
+    assert_eq!(r.status, 200);
+    // A client with no legacy key in the credential map cannot reach routes that need one.
+    let r = h
+        .get("/echo/jwt/x", &[("authorization", &bearer(&token))])
+        .await;
+    r.assert_problem(403, "FORBIDDEN");
+}
+
+fn plivo_headers(
+    url_path: &str,
+    method: &str,
+    params: &[(&str, &str)],
+    token: &str,
+    nonce: &str,
+) -> String {
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tollgate_auth::plivo::signature(
+        token.as_bytes(),
+        &format!("https://callbacks.example.test{url_path}"),
+        method,
+        &owned,
+        nonce,
+    )
+}
+
+#[tokio::test]
+async fn plivo_callbacks_are_verified_and_forwarded_intact() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let form = "CallUUID=abc-123&From=%2B15550100&To=sip%3Aagent%40example.test&Event=StartApp";
+    let params = [
+        ("CallUUID", "abc-123"),
+        ("From", "+15550100"),
+        ("To", "sip:agent@example.test"),
+        ("Event", "StartApp"),
+    ];
+    let path = "/echo/plivo/answer?campaign=7";
+    let good = plivo_headers(path, "POST", &params, PLIVO_TOKEN, "n-1");
+    let rotated = plivo_headers(path, "POST", &params, PLIVO_OLD_TOKEN, "n-1");
+    let send = |sig: String, nonce: &'static str| {
+        let h = &h;
+        async move {
+            h.send(
+                "POST",
+                path,
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("x-plivo-signature-v3", &sig),
+                    ("x-plivo-signature-v3-nonce", nonce),
+                ],
+                form.as_bytes(),
+            )
+            .await
+        }
+    };
+    let r = send(good.clone(), "n-1").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["body"]["bytes"], form.len());
+    assert_eq!(
+        r.json()["body"]["sha256"],
+        crate::proxying::hex(&<sha2::Sha256 as sha2::Digest>::digest(form.as_bytes()))
+    );
+    assert_eq!(
+        send(rotated, "n-1").await.status,
+        200,
+        "the previous auth token still verifies"
+    );
+    assert_eq!(
+        send(format!("bogus, {good}"), "n-1").await.status,
+        200,
+        "any listed signature"
+    );
+    assert_refused(&send(good.clone(), "n-2").await, 401, "SIGNATURE_INVALID");
+    assert_refused(&send("AAAA".into(), "n-1").await, 401, "SIGNATURE_INVALID");
+    let unsigned = h
+        .send(
+            "POST",
+            path,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form.as_bytes(),
+        )
+        .await;
+    assert_refused(&unsigned, 401, "SIGNATURE_INVALID");
+
+    // GET callbacks sign the sorted query.
+    let get_path = "/echo/plivo/status?Status=completed&CallUUID=abc";
+    let sig = plivo_headers(
+        get_path,
+        "GET",
+        &[("Status", "completed"), ("CallUUID", "abc")],
+        PLIVO_TOKEN,
+        "n-3",
+    );
+    let r = h
+        .get(
+            get_path,
+            &[
+                ("x-plivo-signature-ma-v3", &sig),
+                ("x-plivo-signature-v3-nonce", "n-3"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // A body over the limit is refused before it is read.
+    let big = "a=".to_owned() + &"x".repeat(70 * 1024);
+    let r = h
+        .send(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-plivo-signature-v3", &good),
+                ("x-plivo-signature-v3-nonce", "n-1"),
+            ],
+            big.as_bytes(),
+        )
+        .await;
+    r.assert_problem(413, "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn exotel_secrets_and_ip_allowlists() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let r = h
+        .get(
+            &format!("/echo/exotel/status?CallSid=1&secret={EXOTEL_SECRET}"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["query"],
+        "CallSid=1",
+        "the secret is not forwarded"
+    );
+    assert_refused(
+        &h.get("/echo/exotel/status?CallSid=1&secret=wrong", &[])
+            .await,
+        401,
+        "SIGNATURE_INVALID",
+    );
+    assert_refused(
+        &h.get("/echo/exotel/status?CallSid=1", &[]).await,
+        401,
+        "SIGNATURE_INVALID",
+    );
+    assert_eq!(h.get("/echo/local/x", &[]).await.status, 200);
+    h.get("/echo/remote/x", &[])
+        .await
+        .assert_problem(403, "FORBIDDEN");
+    assert!(
+        h.gateway
+            .wait_for_log("secret=[redacted]", Duration::from_secs(5))
+            .await
+    );
+    assert!(
+        !h.gateway.stderr().contains(EXOTEL_SECRET),
+        "the callback secret reached the logs"
+    );
+}
