@@ -7,6 +7,7 @@
 mod auth;
 mod cli;
 mod framing;
+mod jwks;
 mod lifecycle;
 mod proxying;
 mod robustness;

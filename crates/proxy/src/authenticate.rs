@@ -26,6 +26,7 @@ use tollgate_policy::snapshot::{ApiKeySettings, Jwt, RouteAuth, Webhook};
 
 use crate::body::RequestBody;
 use crate::form;
+use crate::jwks::JwksSet;
 use crate::problem::GatewayError;
 
 /// How a request was authenticated.
@@ -68,6 +69,8 @@ pub struct Context<'a> {
     pub jwt: Option<&'a Jwt>,
     pub api_keys: Option<&'a ApiKeySettings>,
     pub tokens: &'a TokenCache,
+    /// Remote key sets, consulted after the static keys.
+    pub jwks: &'a [Arc<JwksSet>],
     /// The client address (through trusted proxies).
     pub client: IpAddr,
     /// Seconds since the epoch.
@@ -98,7 +101,20 @@ pub async fn authenticate(
             return Ok((Request::from_parts(parts, body), outcome));
         }
     }
-    let outcome = decide(&parts, rule, ctx)?;
+    let outcome = match decide(&parts, rule, ctx) {
+        // A kid we do not know may be a key the issuer just rotated in: refetch the
+        // remote sets (each at most once per its `min_refetch`) and try once more.
+        Err(GatewayError::Token(JwtError::UnknownKey)) if !ctx.jwks.is_empty() => {
+            for set in ctx.jwks {
+                if set.refetch().await {
+                    // A key may have been withdrawn: tokens it signed must not stay cached.
+                    ctx.tokens.clear();
+                }
+            }
+            decide(&parts, rule, ctx)?
+        }
+        other => other?,
+    };
     Ok((Request::from_parts(parts, Either::Left(body)), outcome))
 }
 
@@ -190,7 +206,13 @@ fn verify_jwt(token: &str, ctx: &Context) -> Result<Identity, GatewayError> {
     let claims = match ctx.tokens.get(&key, ctx.now, jwt.rules.leeway_secs) {
         Some(claims) => claims,
         None => {
-            let claims = tollgate_auth::jwt::verify(token, jwt.keys.iter(), &jwt.rules, ctx.now)
+            let remote: Vec<Arc<Vec<Arc<tollgate_auth::VerifyKey>>>> =
+                ctx.jwks.iter().map(|s| s.keys()).collect();
+            let keys = jwt
+                .keys
+                .iter()
+                .chain(remote.iter().flat_map(|set| set.iter()));
+            let claims = tollgate_auth::jwt::verify(token, keys, &jwt.rules, ctx.now)
                 .map_err(GatewayError::Token)?;
             let claims = Arc::new(claims);
             ctx.tokens.insert(key, Arc::clone(&claims));

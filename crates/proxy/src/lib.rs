@@ -16,6 +16,7 @@ mod form;
 mod forward;
 mod forwarded;
 mod headers;
+mod jwks;
 pub mod metrics;
 mod normalize;
 pub mod pipeline;

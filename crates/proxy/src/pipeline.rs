@@ -114,6 +114,7 @@ async fn run(
         jwt: snapshot.auth.jwt.as_ref(),
         api_keys: snapshot.auth.api_keys.as_ref(),
         tokens: &active.tokens,
+        jwks: &active.jwks,
         client: caller.client,
         now: unix_now(),
     };

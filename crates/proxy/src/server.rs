@@ -30,6 +30,7 @@ use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
 use crate::forward::UpstreamClient;
+use crate::jwks::{JwksRegistry, JwksSet};
 use crate::metrics::Metrics;
 use crate::{admin, pipeline};
 
@@ -38,12 +39,20 @@ use crate::{admin, pipeline};
 pub struct Active {
     pub snapshot: Arc<Snapshot>,
     pub upstreams: Vec<UpstreamClient>,
-    /// Tokens verified under this snapshot's keys; a reload starts a fresh cache.
+    /// Tokens verified under this snapshot's keys; a reload starts a fresh cache, and so
+    /// does a change in a remote key set.
     pub tokens: TokenCache,
+    /// The remote key sets this snapshot names.
+    pub jwks: Vec<Arc<JwksSet>>,
 }
 
 impl Active {
-    fn new(snapshot: Snapshot, previous: Option<&Active>, workers: usize) -> Self {
+    fn new(
+        snapshot: Snapshot,
+        previous: Option<&Active>,
+        workers: usize,
+        jwks: Vec<Arc<JwksSet>>,
+    ) -> Self {
         let upstreams = (0..workers)
             .map(|i| match previous.and_then(|p| p.upstreams.get(i)) {
                 Some(client) => client.reuse_or_new(&snapshot.upstream),
@@ -55,6 +64,7 @@ impl Active {
             snapshot: Arc::new(snapshot),
             upstreams,
             tokens,
+            jwks,
         }
     }
 }
@@ -65,7 +75,17 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
     pub access_sink: AccessSink,
+    jwks: JwksRegistry,
+    /// Clears the token cache when a remote key set changes.
+    on_jwks_change: Arc<dyn Fn() + Send + Sync>,
     workers: usize,
+}
+
+impl Shared {
+    fn jwks_sets(&self, snapshot: &Snapshot) -> Vec<Arc<JwksSet>> {
+        let sources = snapshot.auth.jwt.as_ref().map_or(&[][..], |j| &j.jwks[..]);
+        self.jwks.sync(sources, Arc::clone(&self.on_jwks_change))
+    }
 }
 
 /// Publishes new snapshots to a running gateway (hot reload).
@@ -81,10 +101,12 @@ impl SnapshotHandle {
 
     /// Swaps in a validated snapshot; requests already running finish on the old one.
     pub fn publish(&self, snapshot: Snapshot) {
+        let jwks = self.shared.jwks_sets(&snapshot);
         let active = Active::new(
             snapshot,
             Some(&self.shared.active.load()),
             self.shared.workers,
+            jwks,
         );
         self.shared.active.store(Arc::new(active));
         self.shared.metrics.count_reload(true);
@@ -132,12 +154,25 @@ impl Gateway {
             }
             None => None,
         };
-        let shared = Arc::new(Shared {
-            active: ArcSwap::from_pointee(Active::new(snapshot, None, workers)),
-            metrics: Arc::new(Metrics::default()),
-            draining: AtomicBool::new(false),
-            access_sink,
-            workers,
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            let weak = weak.clone();
+            let on_jwks_change: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                if let Some(shared) = weak.upgrade() {
+                    shared.active.load().tokens.clear();
+                }
+            });
+            let jwks = JwksRegistry::default();
+            let sources = snapshot.auth.jwt.as_ref().map_or(&[][..], |j| &j.jwks[..]);
+            let sets = jwks.sync(sources, Arc::clone(&on_jwks_change));
+            Shared {
+                active: ArcSwap::from_pointee(Active::new(snapshot, None, workers, sets)),
+                metrics: Arc::new(Metrics::default()),
+                draining: AtomicBool::new(false),
+                access_sink,
+                jwks,
+                on_jwks_change,
+                workers,
+            }
         });
         Ok(Gateway {
             shared,

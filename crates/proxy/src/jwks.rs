@@ -1,0 +1,186 @@
+//! Remote key sets (JWKS): fetched when the gateway starts, refreshed in the background,
+//! and refetched — at most once per `min_refetch` — when a token names a `kid` the
+//! gateway does not know. When the endpoint fails or serves nothing usable, the last
+//! good set keeps serving. Symmetric (`oct`) keys are never taken from a key set.
+//!
+//! Sets are keyed by URL and outlive snapshot reloads, so a reload does not refetch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::ACCEPT;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tollgate_auth::jwt::VerifyKey;
+use tollgate_policy::snapshot::JwksSource;
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_SET_BYTES: usize = 1024 * 1024;
+
+/// One remote key set.
+pub struct JwksSet {
+    source: JwksSource,
+    keys: ArcSwap<Vec<Arc<VerifyKey>>>,
+    /// When an unknown kid last caused a fetch; held across that fetch, so concurrent
+    /// callers wait for it instead of fetching again. Scheduled refreshes do not count.
+    last_triggered: tokio::sync::Mutex<Option<Instant>>,
+    /// One download at a time.
+    downloading: tokio::sync::Mutex<()>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl JwksSet {
+    fn new(source: JwksSource) -> Self {
+        JwksSet {
+            source,
+            keys: ArcSwap::from_pointee(Vec::new()),
+            last_triggered: tokio::sync::Mutex::new(None),
+            downloading: tokio::sync::Mutex::new(()),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn keys(&self) -> Arc<Vec<Arc<VerifyKey>>> {
+        self.keys.load_full()
+    }
+
+    /// For a token whose kid no key has: fetches the set, unless an unknown kid already
+    /// did within `min_refetch`; true if the keys changed.
+    pub async fn refetch(&self) -> bool {
+        let mut last = self.last_triggered.lock().await;
+        if last.is_some_and(|at| at.elapsed() < self.source.min_refetch) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        self.fetch().await
+    }
+
+    /// Fetches the set now; true if the keys changed.
+    async fn fetch(&self) -> bool {
+        let _one_at_a_time = self.downloading.lock().await;
+        let url = self.source.url.to_string();
+        match tokio::time::timeout(FETCH_TIMEOUT, self.download()).await {
+            Ok(Ok(keys)) if !keys.is_empty() => {
+                let changed = {
+                    let old = self.keys.load();
+                    old.len() != keys.len()
+                        || old
+                            .iter()
+                            .zip(&keys)
+                            .any(|(a, b)| a.kid != b.kid || a.algorithm != b.algorithm)
+                };
+                tracing::info!(%url, keys = keys.len(), changed, "key set fetched");
+                self.keys.store(Arc::new(keys));
+                changed
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!(%url, "key set has no usable keys; keeping the last good set");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%url, error = %e, "key set fetch failed; keeping the last good set");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(%url, "key set fetch timed out; keeping the last good set");
+                false
+            }
+        }
+    }
+
+    async fn download(&self) -> Result<Vec<Arc<VerifyKey>>, String> {
+        let request = Request::get(self.source.url.clone())
+            .header(ACCEPT, "application/json")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = Limited::new(response.into_body(), MAX_SET_BYTES)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let set: tollgate_auth::jwt::JwkSet =
+            serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            match VerifyKey::from_jwk(jwk, self.source.algorithm) {
+                Ok(key) => keys.push(Arc::new(key)),
+                Err(e) => {
+                    tracing::warn!(kid = ?jwk.common.key_id, error = %e, "skipping a key of the set")
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Refreshes the set every `refresh`, until the task is aborted.
+    async fn refresh_forever(self: Arc<Self>, on_change: Arc<dyn Fn() + Send + Sync>) {
+        loop {
+            if self.fetch().await {
+                on_change();
+            }
+            tokio::time::sleep(self.source.refresh).await;
+        }
+    }
+}
+
+/// All remote key sets, by URL, with their refresh tasks.
+#[derive(Default)]
+pub struct JwksRegistry {
+    sets: Mutex<HashMap<String, (Arc<JwksSet>, tokio::task::AbortHandle)>>,
+}
+
+impl JwksRegistry {
+    /// Makes the registry hold exactly `sources`: new ones are created and their refresh
+    /// tasks spawned on the current runtime; ones no longer configured stop.
+    /// `on_change` runs whenever a set's keys change.
+    pub fn sync(
+        &self,
+        sources: &[JwksSource],
+        on_change: Arc<dyn Fn() + Send + Sync>,
+    ) -> Vec<Arc<JwksSet>> {
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let wanted: Vec<String> = sources.iter().map(|s| s.url.to_string()).collect();
+        sets.retain(|url, (set, task)| {
+            let keep = wanted.contains(url) && sources.iter().any(|s| *s == set.source);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let mut out = Vec::new();
+        for source in sources {
+            let url = source.url.to_string();
+            let entry = sets.entry(url).or_insert_with(|| {
+                let set = Arc::new(JwksSet::new(source.clone()));
+                let task = tokio::spawn(Arc::clone(&set).refresh_forever(Arc::clone(&on_change)));
+                (set, task.abort_handle())
+            });
+            out.push(Arc::clone(&entry.0));
+        }
+        out
+    }
+}
+
+impl Drop for JwksRegistry {
+    fn drop(&mut self) {
+        let sets = self.sets.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, (_, task)) in sets.drain() {
+            task.abort();
+        }
+    }
+}
