@@ -59,6 +59,8 @@ fn auth_setup(api_key_extra: &str) -> (Setup, crate::support::TempDir) {
     )
     .unwrap();
     std::fs::write(dir.join("exotel.secret"), format!("{EXOTEL_SECRET}\n")).unwrap();
+    std::fs::write(dir.join("service.key"), "svc-key-123\n").unwrap();
+    std::fs::write(dir.join("service.password"), "p@ss:word\n").unwrap();
     let d = |name: &str| dir.join(name).display().to_string();
     let extra = format!(
         r#"
@@ -119,6 +121,16 @@ kind = "client_map"
 header = "x-api-key"
 file = "{client_keys}"
 
+[credentials.service-key]
+kind = "header"
+header = "x-service-key"
+value_file = "{service_key}"
+
+[credentials.service-basic]
+kind = "basic"
+username = "gateway"
+password_file = "{service_password}"
+
 [webhooks.plivo]
 kind = "plivo_v3"
 public_base_url = "https://callbacks.example.test"
@@ -147,6 +159,8 @@ cidrs = ["10.0.0.0/8"]
         client_keys = d("client-keys.toml"),
         plivo = d("plivo-tokens"),
         exotel = d("exotel.secret"),
+        service_key = d("service.key"),
+        service_password = d("service.password"),
     );
     let policies = r#"
 [[route]]
@@ -154,6 +168,18 @@ name = "jwt-only"
 path = "/echo/jwt/*"
 auth = "jwt"
 upstream_credential = "client-key"
+
+[[route]]
+name = "static-header"
+path = "/echo/svc/*"
+auth = "jwt"
+upstream_credential = "service-key"
+
+[[route]]
+name = "basic"
+path = "/echo/basic/*"
+auth = "jwt"
+upstream_credential = "service-basic"
 
 [[route]]
 name = "jwt-plain"
@@ -704,5 +730,35 @@ async fn exotel_secrets_and_ip_allowlists() {
     assert!(
         !h.gateway.stderr().contains(EXOTEL_SECRET),
         "the callback secret reached the logs"
+    );
+}
+
+#[tokio::test]
+async fn static_and_basic_backend_credentials_replace_what_the_client_sent() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let token = bearer(&cases()["es256"].token);
+    let r = h
+        .get(
+            "/echo/svc/x",
+            &[
+                ("authorization", &token),
+                ("x-service-key", "forged"),
+                ("X-Service-Key", "forged2"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-service-key"), ["svc-key-123"]);
+    let r = h.get("/echo/basic/x", &[("authorization", &token)]).await;
+    assert_eq!(r.status, 200);
+    // base64("gateway:p@ss:word"); the caller's bearer token itself is not forwarded.
+    assert_eq!(
+        r.echoed_header("authorization"),
+        ["Basic Z2F0ZXdheTpwQHNzOndvcmQ="]
+    );
+    assert!(
+        !h.gateway.stderr().contains("svc-key-123"),
+        "a backend credential reached the logs"
     );
 }
