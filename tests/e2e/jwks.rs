@@ -24,6 +24,36 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(body: String) -> Self {
+        Self::start_with(body, None).await
+    }
+
+    /// Serves https with the test CA's server certificate.
+    async fn start_tls(body: String) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls");
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<_> =
+            rustls::pki_types::CertificateDer::pem_file_iter(dir.join("server.pem"))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key.pem")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Self::start_with(
+            body,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn start_with(body: String, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let answer = Arc::new(Mutex::new((200, body)));
@@ -32,6 +62,7 @@ impl JwksServer {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (a, f) = (Arc::clone(&a), Arc::clone(&f));
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req| {
                         f.fetch_add(1, Ordering::SeqCst);
@@ -42,9 +73,20 @@ impl JwksServer {
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(tls) => {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -152,4 +194,53 @@ async fn key_rotation_through_a_jwks_endpoint() {
             .wait_for_log("keeping the last good set", Duration::from_secs(5))
             .await
     );
+}
+
+#[tokio::test]
+async fn an_https_key_set_is_verified_against_its_ca() {
+    let fixture = rotation();
+    let server = JwksServer::start_tls(fixture["set_a"].to_string()).await;
+    let ca =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls/ca.pem");
+    let gateway = |ca_line: String| {
+        Setup {
+        policies: vec![(
+            "10.toml".into(),
+            "[[route]]\nname = \"echo\"\npath = \"/echo/*\"\nauth = \"jwt\"\n".into(),
+        )],
+        extra: format!(
+            "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.jwks]]\nurl = \"https://127.0.0.1:{}/jwks.json\"\nrefresh = \"1h\"\nmin_refetch = \"1h\"\n{ca_line}\n",
+            server.addr.port()
+        ),
+        ..Setup::default()
+    }
+    };
+    let token = format!("Bearer {}", fixture["token_a"].as_str().unwrap());
+
+    // Trusting the test CA: the set is fetched over TLS and the token verifies.
+    let trusted = Harness::with(gateway(format!("ca_file = \"{}\"", ca.display()))).await;
+    let ok = eventually(Duration::from_secs(5), || async {
+        trusted
+            .get("/echo/a", &[("authorization", &token)])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(
+        ok,
+        "the https key set was not used:\n{}",
+        trusted.gateway.stderr()
+    );
+
+    // With the public web roots the test CA is unknown: no keys, so no entry.
+    let untrusted = Harness::with(gateway(String::new())).await;
+    assert!(
+        untrusted
+            .gateway
+            .wait_for_log("key set fetch failed", Duration::from_secs(5))
+            .await
+    );
+    let r = untrusted.get("/echo/a", &[("authorization", &token)]).await;
+    r.assert_problem(401, "TOKEN_INVALID");
 }

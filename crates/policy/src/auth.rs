@@ -171,17 +171,33 @@ pub(crate) fn jwt(ctx: &mut Ctx, f: JwtFile, whole: Range<usize>) -> Option<Jwt>
     let mut jwks = Vec::new();
     for source in &f.jwks {
         let url = match source.url.get_ref().parse::<Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => Some(u),
-            Ok(u) if u.scheme_str() == Some("https") => {
-                ctx.error(source.url.span(), "[[jwt.jwks]] url: https key sets are not supported yet; serve the JWKS over http on a private network");
-                None
+            Ok(u)
+                if matches!(u.scheme_str(), Some("https" | "http")) && u.authority().is_some() =>
+            {
+                Some(u)
             }
             _ => {
                 ctx.error(
                     source.url.span(),
-                    "[[jwt.jwks]] url: expected http://host[:port]/path",
+                    "[[jwt.jwks]] url: expected https://host[:port]/path",
                 );
                 None
+            }
+        };
+        let ca_pem = match &source.ca_file {
+            None => None,
+            Some(file) => {
+                let pem = ctx.read_file(file, "[[jwt.jwks]] ca_file");
+                if pem
+                    .as_ref()
+                    .is_some_and(|p| !p.windows(17).any(|w| w == b"BEGIN CERTIFICATE"))
+                {
+                    ctx.error(
+                        file.span(),
+                        "[[jwt.jwks]] ca_file: no PEM certificate in it",
+                    );
+                }
+                pem
             }
         };
         let algorithm = match &source.algorithm {
@@ -196,6 +212,7 @@ pub(crate) fn jwt(ctx: &mut Ctx, f: JwtFile, whole: Range<usize>) -> Option<Jwt>
                 algorithm,
                 refresh,
                 min_refetch,
+                ca_pem,
             });
         }
     }

@@ -155,6 +155,9 @@ pub struct JwksFile {
     pub algorithm: Option<Spanned<String>>,
     pub refresh: Option<Spanned<String>>,
     pub min_refetch: Option<Spanned<String>>,
+    /// For an https URL: trust only the CA certificates in this PEM file (a private
+    /// identity provider) instead of the public web roots.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[api_keys]` in `gateway.toml`.

@@ -127,6 +127,8 @@ pub struct JwksSource {
     pub refresh: Duration,
     /// An unknown `kid` refetches the set at most this often.
     pub min_refetch: Duration,
+    /// For https: the only CA certificates to trust (PEM); the public web roots if `None`.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]

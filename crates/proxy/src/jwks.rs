@@ -4,6 +4,7 @@
 //! good set keeps serving. Symmetric (`oct`) keys are never taken from a key set.
 //!
 //! Sets are keyed by URL and outlive snapshot reloads, so a reload does not refetch.
+//! https URLs are verified against the public web roots, or only against `ca_file`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,12 @@ use bytes::Bytes;
 use http::header::ACCEPT;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use tokio::time::Instant;
 use tollgate_auth::jwt::VerifyKey;
 use tollgate_policy::snapshot::JwksSource;
@@ -33,17 +37,47 @@ pub struct JwksSet {
     last_triggered: tokio::sync::Mutex<Option<Instant>>,
     /// One download at a time.
     downloading: tokio::sync::Mutex<()>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, String>,
+}
+
+/// An http(s) client that trusts `ca_pem` only, or else the public web roots.
+fn client(
+    ca_pem: Option<&[u8]>,
+) -> Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("ca_file: {e}"))?;
+                roots.add(cert).map_err(|e| format!("ca_file: {e}"))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 impl JwksSet {
     fn new(source: JwksSource) -> Self {
+        let client = client(source.ca_pem.as_deref());
         JwksSet {
             source,
             keys: ArcSwap::from_pointee(Vec::new()),
             last_triggered: tokio::sync::Mutex::new(None),
             downloading: tokio::sync::Mutex::new(()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client,
         }
     }
 
@@ -100,11 +134,17 @@ impl JwksSet {
             .header(ACCEPT, "application/json")
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let response = client.request(request).await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        })?;
         if response.status() != StatusCode::OK {
             return Err(format!("status {}", response.status()));
         }
