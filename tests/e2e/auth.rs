@@ -449,7 +449,11 @@ async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
         .get("/echo/key/q?api_key=legacy-key-acme&page=2", &[])
         .await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["query"], "page=2");
+    assert_eq!(
+        r.json()["query"],
+        "page=2&clientId=1001",
+        "the key is gone, the caller's id added"
+    );
     let r = h
         .get("/echo/passkey/q", &[("x-api-key", "legacy-key-acme")])
         .await;

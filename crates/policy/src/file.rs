@@ -102,6 +102,49 @@ pub struct RouteFile {
     /// Forward the caller's own API key headers/parameter (removed by default).
     #[serde(default)]
     pub pass_api_key: bool,
+    /// How the caller's client id reaches the backend (authenticated routes).
+    pub client_id: Option<ClientIdFile>,
+    /// Streamed bodies (uploads) over this many bytes are refused with 413.
+    pub max_upload_bytes: Option<Spanned<i64>>,
+}
+
+/// `client_id = { ... }` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIdFile {
+    /// Where to put it: any of "query", "header", "json", "form". Default: all four.
+    pub inject: Option<Vec<Spanned<InjectTargetFile>>>,
+    /// The parameter or field name (default `clientId`).
+    pub name: Option<Spanned<String>>,
+    /// Other names that mean the same and are checked (and removed) too.
+    pub aliases: Option<Vec<Spanned<String>>>,
+    /// The header for the "header" target (default `X-Client-Id`).
+    pub header: Option<Spanned<String>>,
+    /// A JSON pointer to the object that gets the field (default: the top level).
+    pub json_pointer: Option<Spanned<String>>,
+    /// A client-supplied value that differs: "reject" (403) or "overwrite".
+    pub on_mismatch: Option<MismatchFile>,
+    /// Accept JSON bodies that are not objects (left unchanged).
+    #[serde(default)]
+    pub allow_non_object_json: bool,
+    /// JSON and form bodies are read up to this many bytes to be rewritten (413 above).
+    pub max_body_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectTargetFile {
+    Query,
+    Header,
+    Json,
+    Form,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchFile {
+    Reject,
+    Overwrite,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

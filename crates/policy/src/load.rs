@@ -32,7 +32,7 @@ use crate::snapshot::{
     Admin, Log, LogFormat, Origin, Reload, Route, RouteAction, Server, Snapshot, Unmatched,
     Upstream,
 };
-use crate::snapshot::{Auth, Credential, RouteAuth, Webhook};
+use crate::snapshot::{Auth, ClientIdPolicy, Credential, Mismatch, RouteAuth, Webhook};
 use std::sync::Arc;
 
 /// The configuration could not be turned into a snapshot; every diagnostic is listed
@@ -662,8 +662,40 @@ fn route(
     if diags.len() != before {
         return None;
     }
+    let route_auth = route_auth?;
+    let identifies_caller = matches!(
+        route_auth,
+        RouteAuth::Jwt | RouteAuth::ApiKey | RouteAuth::JwtOrApiKey
+    );
+    let client_id = if identifies_caller {
+        Some(client_id_policy(src, f.client_id.as_ref(), &name, diags)?)
+    } else {
+        if f.client_id.is_some() {
+            diags.push(src.error(
+                Some(f.name.span()),
+                format!("route `{name}`: `client_id` needs an authenticated caller (auth = jwt, api_key or jwt_or_api_key)"),
+            ));
+            return None;
+        }
+        None
+    };
+    let max_upload_bytes = match &f.max_upload_bytes {
+        None => None,
+        Some(v) => match u64::try_from(*v.get_ref()) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                diags.push(src.error(
+                    Some(v.span()),
+                    format!("route `{name}`: max_upload_bytes must be positive"),
+                ));
+                return None;
+            }
+        },
+    };
     Some(Route {
-        auth: route_auth?,
+        auth: route_auth,
+        client_id,
+        max_upload_bytes,
         upstream_credential,
         pass_api_key: f.pass_api_key,
         name,
@@ -732,5 +764,104 @@ fn route_auth(
                 }
             }
         }
+    })
+}
+
+/// The route's client-id policy; defaults inject everywhere and reject mismatches.
+fn client_id_policy(
+    src: &SourceFile,
+    f: Option<&crate::file::ClientIdFile>,
+    route: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ClientIdPolicy> {
+    use crate::file::{InjectTargetFile, MismatchFile};
+    let before = diags.len();
+    let mut error = |span: Range<usize>, message: String| {
+        diags.push(src.error(Some(span), format!("route `{route}`: client_id: {message}")));
+    };
+    let targets: Vec<InjectTargetFile> = match f.and_then(|f| f.inject.as_ref()) {
+        None => vec![
+            InjectTargetFile::Query,
+            InjectTargetFile::Header,
+            InjectTargetFile::Json,
+            InjectTargetFile::Form,
+        ],
+        Some(list) => list.iter().map(|t| *t.get_ref()).collect(),
+    };
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    let mut names = vec![f
+        .and_then(|f| f.name.as_ref())
+        .map_or("clientId".to_owned(), |n| n.get_ref().clone())];
+    if let Some(n) = f.and_then(|f| f.name.as_ref()) {
+        if !valid_name(n.get_ref()) {
+            error(n.span(), format!("`{}` is not a usable name", n.get_ref()));
+        }
+    }
+    for alias in f.and_then(|f| f.aliases.as_ref()).into_iter().flatten() {
+        if !valid_name(alias.get_ref()) {
+            error(
+                alias.span(),
+                format!("`{}` is not a usable name", alias.get_ref()),
+            );
+        }
+        names.push(alias.get_ref().clone());
+    }
+    let header = match f.and_then(|f| f.header.as_ref()) {
+        Some(h) => match http::header::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                error(h.span(), format!("`{}` is not a header name", h.get_ref()));
+                http::header::HeaderName::from_static("x-client-id")
+            }
+        },
+        None => http::header::HeaderName::from_static("x-client-id"),
+    };
+    let json_pointer = match f.and_then(|f| f.json_pointer.as_ref()) {
+        None => Vec::new(),
+        Some(p) if p.get_ref().is_empty() => Vec::new(),
+        Some(p) if p.get_ref().starts_with('/') => p.get_ref()[1..]
+            .split('/')
+            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+        Some(p) => {
+            error(
+                p.span(),
+                "a JSON pointer starts with '/' (e.g. \"/data\")".into(),
+            );
+            Vec::new()
+        }
+    };
+    let max_body_bytes = match f.and_then(|f| f.max_body_bytes.as_ref()) {
+        None => 1024 * 1024,
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n) if (1..=64 * 1024 * 1024).contains(&n) => n,
+            _ => {
+                error(
+                    v.span(),
+                    "max_body_bytes must be between 1 and 67108864".into(),
+                );
+                1024 * 1024
+            }
+        },
+    };
+    (diags.len() == before).then(|| ClientIdPolicy {
+        query: targets.contains(&InjectTargetFile::Query),
+        header: targets
+            .contains(&InjectTargetFile::Header)
+            .then_some(header),
+        json: targets.contains(&InjectTargetFile::Json),
+        form: targets.contains(&InjectTargetFile::Form),
+        names,
+        json_pointer,
+        on_mismatch: match f.and_then(|f| f.on_mismatch) {
+            Some(MismatchFile::Overwrite) => Mismatch::Overwrite,
+            _ => Mismatch::Reject,
+        },
+        allow_non_object_json: f.is_some_and(|f| f.allow_non_object_json),
+        max_body_bytes,
     })
 }

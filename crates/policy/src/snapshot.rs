@@ -227,7 +227,45 @@ pub struct Route {
     pub auth: RouteAuth,
     pub upstream_credential: Option<(String, Arc<Credential>)>,
     pub pass_api_key: bool,
+    /// How the caller's client id reaches the backend; `None` on routes without a caller.
+    pub client_id: Option<ClientIdPolicy>,
+    /// Streamed bodies over this many bytes are refused with 413.
+    pub max_upload_bytes: Option<u64>,
     pub origin: Origin,
+}
+
+/// Where the caller's client id goes, and what happens to client-supplied ones.
+#[derive(Debug, Clone)]
+pub struct ClientIdPolicy {
+    pub query: bool,
+    pub header: Option<HeaderName>,
+    pub json: bool,
+    pub form: bool,
+    /// The canonical name, then the aliases; matched case-insensitively.
+    pub names: Vec<String>,
+    /// Segments of the JSON pointer to the object that gets the field (empty: top level).
+    pub json_pointer: Vec<String>,
+    pub on_mismatch: Mismatch,
+    pub allow_non_object_json: bool,
+    pub max_body_bytes: usize,
+}
+
+impl ClientIdPolicy {
+    pub fn name(&self) -> &str {
+        self.names.first().map_or("clientId", String::as_str)
+    }
+
+    pub fn is_name(&self, candidate: &str) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(candidate))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// 403 `CLIENT_ID_MISMATCH`.
+    Reject,
+    /// The client's value is replaced.
+    Overwrite,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

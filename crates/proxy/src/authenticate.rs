@@ -322,11 +322,11 @@ async fn plivo_v3(
 }
 
 /// Reads a body of at most `limit` bytes; refuses at once when `Content-Length` says more.
-pub async fn read_bounded(
-    parts: &Parts,
-    body: Incoming,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
+pub async fn read_bounded<B>(parts: &Parts, body: B, limit: usize) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)

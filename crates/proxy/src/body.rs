@@ -20,8 +20,9 @@ pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_lo
 /// (a signed callback's form body).
 pub type RequestBody = Either<Incoming, Full<Bytes>>;
 
-/// What the gateway sends upstream, observed for the access log.
-pub type UpstreamBody = Observed<RequestBody, Arc<BodyStats>>;
+/// What the gateway sends upstream: capped at the route's upload limit, observed for
+/// the access log.
+pub type UpstreamBody = Observed<Capped<RequestBody>, Arc<BodyStats>>;
 
 /// Someone who wants to know how many bytes passed, and whether the body failed.
 pub trait Observer {
@@ -34,9 +35,15 @@ pub trait Observer {
 pub struct BodyStats {
     bytes: AtomicU64,
     failed: AtomicBool,
+    over_limit: AtomicBool,
 }
 
 impl BodyStats {
+    /// Whether the body was cut off for passing the route's upload limit.
+    pub fn over_limit(&self) -> bool {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -109,4 +116,77 @@ where
 /// A complete body the gateway made itself.
 pub fn full(bytes: impl Into<Bytes>) -> Either<Incoming, Full<Bytes>> {
     Either::Right(Full::new(bytes.into()))
+}
+
+/// The route's upload limit was passed.
+#[derive(Debug)]
+pub struct LimitExceeded;
+
+impl std::fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body passed the route's upload limit")
+    }
+}
+
+impl std::error::Error for LimitExceeded {}
+
+/// A body that fails as soon as more than `limit` bytes have passed, so a chunked
+/// upload cannot go beyond the route's limit (a declared `Content-Length` over it is
+/// refused before anything is sent).
+#[derive(Debug)]
+pub struct Capped<B> {
+    inner: B,
+    limit: Option<u64>,
+    seen: u64,
+    stats: Arc<BodyStats>,
+}
+
+impl<B> Capped<B> {
+    pub fn new(inner: B, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
+        Capped {
+            inner,
+            limit,
+            seen: 0,
+            stats,
+        }
+    }
+}
+
+impl<B> Body for Capped<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.limit.is_some_and(|limit| this.seen > limit) {
+                        this.stats.over_limit.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(LimitExceeded))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

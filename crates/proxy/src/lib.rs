@@ -16,6 +16,7 @@ mod form;
 mod forward;
 mod forwarded;
 mod headers;
+pub mod inject;
 mod jwks;
 pub mod metrics;
 mod normalize;

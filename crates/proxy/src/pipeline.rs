@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
 use crate::authenticate::AuthMethod;
-use crate::body::{Observed, ResponseBody};
+use crate::body::{Capped, Observed, ResponseBody};
 use crate::rewrite::Caller;
 use crate::server::{Active, Shared};
 use crate::{
@@ -131,8 +131,12 @@ async fn run(
     // 8. rewrite
     let (mut head, body) = request.into_parts();
     rewrite::upstream_head(&mut head, &path, caller, route, &auth, snapshot)?;
+    let body = rewrite::upstream_body(&mut head, body, route, &auth).await?;
     let body_stats = log.bytes_in();
-    let upstream_request = Request::from_parts(head, Observed::new(body, Arc::clone(&body_stats)));
+    let limit = route.and_then(|r| r.max_upload_bytes);
+    let capped = Capped::new(body, limit, Arc::clone(&body_stats));
+    let upstream_request =
+        Request::from_parts(head, Observed::new(capped, Arc::clone(&body_stats)));
 
     // 9. forward
     let upstream = active
@@ -143,7 +147,11 @@ async fn run(
         .send(upstream_request, snapshot.upstream.response_timeout)
         .await
         .map_err(|e| {
-            if body_stats.failed() {
+            if body_stats.over_limit() {
+                problem::GatewayError::PayloadTooLarge {
+                    limit: limit.unwrap_or_default() as usize,
+                }
+            } else if body_stats.failed() {
                 problem::GatewayError::RequestBodyInvalid
             } else {
                 e

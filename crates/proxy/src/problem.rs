@@ -62,6 +62,12 @@ pub enum GatewayError {
     Forbidden(&'static str),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request names another client than the authenticated caller")]
+    ClientIdMismatch,
+    #[error("the request body is not valid JSON")]
+    InvalidJson,
+    #[error("the request body must be a JSON object")]
+    JsonNotObject,
     #[error("no route matches this path")]
     RouteNotFound,
     #[error("this path does not accept the method")]
@@ -152,6 +158,14 @@ impl GatewayError {
                 "PAYLOAD_TOO_LARGE",
                 "Payload too large",
             ),
+            GatewayError::ClientIdMismatch => (
+                StatusCode::FORBIDDEN,
+                "CLIENT_ID_MISMATCH",
+                "Client id mismatch",
+            ),
+            GatewayError::InvalidJson | GatewayError::JsonNotObject => {
+                (StatusCode::BAD_REQUEST, "INVALID_JSON", "Invalid JSON body")
+            }
             GatewayError::RouteNotFound => {
                 (StatusCode::NOT_FOUND, "ROUTE_NOT_FOUND", "Route not found")
             }

@@ -16,8 +16,10 @@ use tollgate_policy::snapshot::{Credential, RouteAuth, Upstream, Webhook};
 use tollgate_policy::{Route, Snapshot};
 
 use crate::authenticate::{AuthMethod, Outcome};
+use crate::body::RequestBody;
+use crate::inject::{self, BodyKind};
 use crate::problem::GatewayError;
-use crate::{form, forwarded, headers, request_id};
+use crate::{authenticate, form, forwarded, headers, request_id};
 
 /// Who sent the request, as the rewrite needs it.
 pub struct Caller<'a> {
@@ -64,6 +66,13 @@ pub fn upstream_head(
         }
     }
 
+    let client_id = route
+        .and_then(|r| r.client_id.as_ref())
+        .zip(auth.identity.as_ref().map(|i| i.client_id.as_str()));
+    if let Some((policy, client)) = client_id {
+        inject::headers(h, policy, client)?;
+    }
+
     forwarded::set_headers(
         h,
         caller.peer,
@@ -76,13 +85,16 @@ pub fn upstream_head(
     if let Ok(host) = HeaderValue::from_str(snapshot.upstream.authority.as_str()) {
         h.insert(HOST, host);
     }
-    let query = parts.uri.query().map(|q| {
+    let mut query = parts.uri.query().map(|q| {
         if drop_params.is_empty() {
             q.to_owned()
         } else {
             form::without_params(q, &drop_params)
         }
     });
+    if let Some((policy, client)) = client_id {
+        query = inject::query(query.as_deref(), policy, client)?;
+    }
     parts.uri = upstream_uri(query.as_deref(), path, &snapshot.upstream)?;
     Ok(())
 }
@@ -131,4 +143,48 @@ fn upstream_uri(query: Option<&str>, path: &str, upstream: &Upstream) -> Result<
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| GatewayError::Path(tollgate_policy::path::PathError::BadEscape))
+}
+
+/// The request body for the upstream: a JSON or form body is read (bounded by the
+/// route's `client_id.max_body_bytes`) and rewritten with an exact `Content-Length`;
+/// every other body streams untouched, refused at once if its declared length is over
+/// the route's upload limit.
+pub async fn upstream_body(
+    parts: &mut Parts,
+    body: RequestBody,
+    route: Option<&Route>,
+    auth: &Outcome,
+) -> Result<RequestBody, GatewayError> {
+    let client_id = route
+        .and_then(|r| r.client_id.as_ref())
+        .zip(auth.identity.as_ref().map(|i| i.client_id.as_str()));
+    let kind = inject::body_kind(&parts.headers);
+    if let (Some((policy, client)), BodyKind::Json | BodyKind::Form) = (client_id, kind) {
+        let bytes = authenticate::read_bounded(parts, body, policy.max_body_bytes).await?;
+        let rewritten = match kind {
+            BodyKind::Json => inject::json_body(&bytes, policy, client)?.unwrap_or(bytes),
+            _ => inject::form_body(&bytes, policy, client)?,
+        };
+        parts.headers.remove(http::header::TRANSFER_ENCODING);
+        parts.headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from(rewritten.len()),
+        );
+        return Ok(http_body_util::Either::Right(http_body_util::Full::new(
+            rewritten,
+        )));
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(limit) = route.and_then(|r| r.max_upload_bytes) {
+        if declared.is_some_and(|n| n > limit) {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: limit as usize,
+            });
+        }
+    }
+    Ok(body)
 }
