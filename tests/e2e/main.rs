@@ -10,5 +10,6 @@ mod framing;
 mod jwks;
 mod lifecycle;
 mod proxying;
+mod rewriting;
 mod robustness;
 mod support;

@@ -63,8 +63,16 @@ pub const CLIENTS: &[DemoClient] = &[
 /// A running demo backend.
 pub struct DemoBackend {
     addr: SocketAddr,
-    requests: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     task: JoinHandle<()>,
+}
+
+/// What the backend has seen, for tests.
+#[derive(Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    /// Request bodies that broke off before their end (the sender went away).
+    broken_bodies: AtomicU64,
 }
 
 impl DemoBackend {
@@ -74,7 +82,12 @@ impl DemoBackend {
 
     /// How many requests have arrived so far (to show that a refused one never did).
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many request bodies broke off before their end.
+    pub fn broken_bodies(&self) -> u64 {
+        self.counters.broken_bodies.load(Ordering::SeqCst)
     }
 }
 
@@ -88,28 +101,29 @@ impl Drop for DemoBackend {
 pub async fn spawn(addr: SocketAddr) -> io::Result<DemoBackend> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let requests = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(serve(listener, Arc::clone(&requests)));
+    let counters = Arc::new(Counters::default());
+    let task = tokio::spawn(serve(listener, Arc::clone(&counters)));
     Ok(DemoBackend {
         addr,
-        requests,
+        counters,
         task,
     })
 }
 
-/// Serves on `listener` forever, counting requests into `requests`.
-pub async fn serve(listener: TcpListener, requests: Arc<AtomicU64>) {
+/// Serves on `listener` forever, counting into `counters`.
+pub async fn serve(listener: TcpListener, counters: Arc<Counters>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let requests = Arc::clone(&requests);
+        let counters = Arc::clone(&counters);
         tokio::spawn(async move {
             let service = service_fn(|request| {
-                requests.fetch_add(1, Ordering::SeqCst);
-                async move { Ok::<_, Infallible>(handle(request).await) }
+                counters.requests.fetch_add(1, Ordering::SeqCst);
+                let counters = Arc::clone(&counters);
+                async move { Ok::<_, Infallible>(handle(request, &counters).await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -118,12 +132,12 @@ pub async fn serve(listener: TcpListener, requests: Arc<AtomicU64>) {
     }
 }
 
-async fn handle(request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(request: Request<Incoming>, counters: &Counters) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (method, path.as_str()) {
         (Method::POST, "/interlogue/get-client") => login(request).await,
-        (Method::POST, "/upload-csv") => upload_csv(request).await,
+        (Method::POST, "/upload-csv") => upload_csv(request, counters).await,
         (Method::GET, "/campaigns") => with_key(&request, |client| {
             json_response(
                 StatusCode::OK,
@@ -168,8 +182,10 @@ async fn handle(request: Request<Incoming>) -> Response<Full<Bytes>> {
         (Method::POST, "/callbacks/exotel/status") => {
             json_response(StatusCode::OK, json!({"ok": true}))
         }
-        (_, p) if p == "/echo" || p.starts_with("/echo/") => echo(request, StatusCode::OK).await,
-        _ => echo(request, StatusCode::NOT_FOUND).await,
+        (_, p) if p == "/echo" || p.starts_with("/echo/") => {
+            echo(request, StatusCode::OK, counters).await
+        }
+        _ => echo(request, StatusCode::NOT_FOUND, counters).await,
     }
 }
 
@@ -271,7 +287,7 @@ async fn login(request: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// Streams the upload through a hasher: memory stays flat whatever the size.
-async fn upload_csv(request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn upload_csv(request: Request<Incoming>, counters: &Counters) -> Response<Full<Bytes>> {
     let client = match request.headers().get("x-api-key") {
         None => return missing_key(),
         Some(_) => match request_has_key(request.headers()) {
@@ -291,14 +307,21 @@ async fn upload_csv(request: Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             json!({"ok": true, "clientId": client, "queryClientId": query_client, "contentType": content_type, "bytes": bytes, "sha256": sha256}),
         ),
-        Err(e) => json_response(
-            StatusCode::BAD_REQUEST,
-            json!({"error": format!("upload failed: {e}")}),
-        ),
+        Err(e) => {
+            counters.broken_bodies.fetch_add(1, Ordering::SeqCst);
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("upload failed: {e}")}),
+            )
+        }
     }
 }
 
-async fn echo(request: Request<Incoming>, status: StatusCode) -> Response<Full<Bytes>> {
+async fn echo(
+    request: Request<Incoming>,
+    status: StatusCode,
+    counters: &Counters,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     if let Some(ms) = query_param(parts.uri.query(), "delay_ms").and_then(|v| v.parse::<u64>().ok())
     {
@@ -312,10 +335,11 @@ async fn echo(request: Request<Incoming>, status: StatusCode) -> Response<Full<B
     let (bytes, sha256) = match digest(body).await {
         Ok(d) => d,
         Err(e) => {
+            counters.broken_bodies.fetch_add(1, Ordering::SeqCst);
             return json_response(
                 StatusCode::BAD_REQUEST,
                 json!({"error": format!("body failed: {e}")}),
-            )
+            );
         }
     };
     let mut report = json!({
