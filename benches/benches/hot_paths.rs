@@ -69,5 +69,33 @@ fn paths(c: &mut Criterion) {
     c.bench_function("route/match", |b| b.iter(|| pattern.matches(black_box("/campaigns/42/contacts"))));
 }
 
-criterion_group!(benches, tokens, paths);
+fn injection(c: &mut Criterion) {
+    use tollgate_policy::snapshot::{ClientIdPolicy, Mismatch};
+    let policy = ClientIdPolicy {
+        query: true,
+        header: None,
+        json: true,
+        form: true,
+        names: vec!["clientId".into(), "client_id".into()],
+        json_pointer: Vec::new(),
+        on_mismatch: Mismatch::Reject,
+        allow_non_object_json: false,
+        max_body_bytes: 1 << 20,
+    };
+    for (label, size) in [("1KiB", 1024usize), ("100KiB", 100 * 1024)] {
+        // A campaign with contacts, like the frontend sends.
+        let mut contacts = Vec::new();
+        let mut body = String::new();
+        while body.len() < size {
+            contacts.push(serde_json::json!({"name": "Ada Lovelace", "phone": "+15550100", "tags": ["vip", "london"]}));
+            body = serde_json::json!({"name": "Spring outreach", "provider": "plivo", "contacts": contacts}).to_string();
+        }
+        let bytes = body.into_bytes();
+        c.bench_function(&format!("inject/json/{label}"), |b| {
+            b.iter(|| tollgate_proxy::inject::json_body(black_box(&bytes), &policy, "1001"))
+        });
+    }
+}
+
+criterion_group!(benches, tokens, paths, injection);
 criterion_main!(benches);

@@ -9,7 +9,10 @@
 //!    callback's signature, or none.
 //! 6. limit, 7. meter — later stages slot in here, each taking the request head, the
 //!    route and the caller, and returning an error or a decision.
-//! 8. **rewrite** — strip hop-by-hop and spoofable headers, then set ours and the target.
+//! 8. **rewrite** — strip hop-by-hop headers and the caller's credentials, then set ours:
+//!    the backend credential, the caller's client id (query, header, JSON, form; spoofs
+//!    refused), forwarding headers and the target. JSON and form bodies are rewritten;
+//!    every other body streams untouched under the route's upload limit.
 //! 9. **forward** — stream to the upstream; wait (bounded) for its response head.
 //! 10. **respond** — clean the response; every error becomes problem+json in
 //!     [`crate::problem::respond`]; the access log is written when the body is done.
