@@ -125,6 +125,7 @@ cat > "$WORK/tg/policies/10-all.toml" <<CONF
 [[route]]
 name = "everything"
 path = "/*"
+auth = "none"
 CONF
 cat > "$WORK/tg/gateway.toml" <<CONF
 [server]

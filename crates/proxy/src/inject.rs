@@ -12,7 +12,8 @@ use std::fmt;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tollgate_policy::snapshot::{ClientIdPolicy, Mismatch};
 
 use crate::form;
@@ -149,73 +150,90 @@ pub fn form_body(
 
 /// A JSON body rewritten, or `None` when it is to pass unchanged (not an object, and the
 /// route allows that). Malformed JSON is refused before the backend is called.
+///
+/// Only the objects on the way to the target are parsed into members; every other value
+/// is copied verbatim (`RawValue`), so a large body costs little more than a scan.
 pub fn json_body(
     body: &[u8],
     policy: &ClientIdPolicy,
     client: &str,
 ) -> Result<Option<Bytes>, GatewayError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let text = std::str::from_utf8(body).map_err(|_| GatewayError::InvalidJson)?;
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
         return Ok(None);
     }
-    let mut document: Value = if policy.json_pointer.is_empty() {
-        // The top level is read with its duplicate members, so none can hide.
-        match serde_json::from_slice::<Members>(body) {
-            Ok(Members(Some(members))) => {
-                let mut object = Map::new();
-                for (key, value) in members {
-                    if policy.is_name(&key) {
-                        judge(policy, &as_text(&value), client)?;
-                    } else {
-                        object.insert(key, value);
-                    }
-                }
-                Value::Object(object)
-            }
-            Ok(Members(None)) if policy.allow_non_object_json => return Ok(None),
-            Ok(Members(None)) => return Err(GatewayError::JsonNotObject),
-            Err(_) => return Err(GatewayError::InvalidJson),
-        }
-    } else {
-        let value: Value = serde_json::from_slice(body).map_err(|_| GatewayError::InvalidJson)?;
-        if !value.is_object() {
-            return if policy.allow_non_object_json {
-                Ok(None)
-            } else {
-                Err(GatewayError::JsonNotObject)
-            };
-        }
-        value
-    };
-    let mut target = &mut document;
-    for segment in &policy.json_pointer {
-        let Value::Object(object) = target else {
-            return Err(GatewayError::JsonNotObject);
+    if !trimmed.starts_with('{') {
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|_| GatewayError::InvalidJson)?;
+        return if policy.allow_non_object_json {
+            Ok(None)
+        } else {
+            Err(GatewayError::JsonNotObject)
         };
-        target = object
-            .entry(segment.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
     }
-    let Value::Object(object) = target else {
-        return Err(GatewayError::JsonNotObject);
+    let rewritten = rewrite_object(text, &policy.json_pointer, policy, client)?;
+    Ok(Some(Bytes::from(rewritten)))
+}
+
+/// Re-emits the object in `raw`, with the client id judged and set in the object at
+/// `pointer` (created when missing).
+fn rewrite_object(
+    raw: &str,
+    pointer: &[String],
+    policy: &ClientIdPolicy,
+    client: &str,
+) -> Result<String, GatewayError> {
+    let RawObject(members) = serde_json::from_str(raw).map_err(|_| GatewayError::InvalidJson)?;
+    let mut out = String::with_capacity(raw.len() + 32);
+    out.push('{');
+    let mut first = true;
+    let mut push = |out: &mut String, key: &str, value: &str| {
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+        // Keys are re-escaped: serializing a string cannot fail.
+        out.push_str(&serde_json::to_string(key).unwrap_or_default());
+        out.push(':');
+        out.push_str(value);
     };
-    if !policy.json_pointer.is_empty() {
-        let supplied: Vec<String> = object
-            .keys()
-            .filter(|k| policy.is_name(k))
-            .cloned()
-            .collect();
-        for key in supplied {
-            if let Some(value) = object.remove(&key) {
-                judge(policy, &as_text(&value), client)?;
+    match pointer.split_first() {
+        None => {
+            for (key, value) in &members {
+                if policy.is_name(key) {
+                    let value: Value =
+                        serde_json::from_str(value.get()).map_err(|_| GatewayError::InvalidJson)?;
+                    judge(policy, &as_text(&value), client)?;
+                } else {
+                    push(&mut out, key, value.get());
+                }
+            }
+            if policy.json {
+                push(&mut out, policy.name(), &format!("\"{client}\""));
+            }
+        }
+        Some((segment, rest)) => {
+            let mut found = false;
+            for (key, value) in &members {
+                if key == segment && !found {
+                    found = true;
+                    if !value.get().trim_start().starts_with('{') {
+                        return Err(GatewayError::JsonNotObject);
+                    }
+                    let nested = rewrite_object(value.get(), rest, policy, client)?;
+                    push(&mut out, key, &nested);
+                } else if key != segment {
+                    push(&mut out, key, value.get());
+                }
+            }
+            if !found && policy.json {
+                let nested = rewrite_object("{}", rest, policy, client)?;
+                push(&mut out, segment, &nested);
             }
         }
     }
-    if policy.json {
-        object.insert(policy.name().to_owned(), Value::String(client.to_owned()));
-    }
-    serde_json::to_vec(&document)
-        .map(|v| Some(Bytes::from(v)))
-        .map_err(|_| GatewayError::InvalidJson)
+    out.push('}');
+    Ok(out)
 }
 
 fn as_text(value: &Value) -> String {
@@ -225,58 +243,33 @@ fn as_text(value: &Value) -> String {
     }
 }
 
-/// A JSON document read as the members of a top-level object, duplicates kept, or
-/// `None` if it is valid JSON of another kind.
-struct Members(Option<Vec<(String, Value)>>);
+/// The members of a JSON object, duplicates kept, values as raw text.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
 
-impl<'de> Deserialize<'de> for Members {
+impl<'de> Deserialize<'de> for RawObject<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
+        struct ObjectVisitor;
 
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members;
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON value")
+                f.write_str("a JSON object")
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Members, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<RawObject<'de>, A::Error> {
                 let mut members = Vec::new();
-                while let Some(entry) = access.next_entry::<String, Value>()? {
+                while let Some(entry) = access.next_entry::<String, &'de RawValue>()? {
                     members.push(entry);
                 }
-                Ok(Members(Some(members)))
-            }
-
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Members, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Members(None))
-            }
-
-            fn visit_str<E>(self, _: &str) -> Result<Members, E> {
-                Ok(Members(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Members, E> {
-                Ok(Members(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Members, E> {
-                Ok(Members(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Members, E> {
-                Ok(Members(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Members, E> {
-                Ok(Members(None))
-            }
-            fn visit_unit<E>(self) -> Result<Members, E> {
-                Ok(Members(None))
+                Ok(RawObject(members))
             }
         }
 
-        deserializer.deserialize_any(MembersVisitor)
+        deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
