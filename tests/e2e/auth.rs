@@ -766,3 +766,34 @@ async fn static_and_basic_backend_credentials_replace_what_the_client_sent() {
         "a backend credential reached the logs"
     );
 }
+
+#[tokio::test]
+async fn an_edited_api_key_list_is_picked_up_without_a_restart() {
+    let (setup, secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    assert_refused(
+        &h.get("/echo/key/a", &[("x-api-key", "brand-new-key")])
+            .await,
+        401,
+        "API_KEY_INVALID",
+    );
+    let file = secrets.path().join("api-keys.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "\n[[key]]\nid = \"acme-2\"\nclient_id = \"1001\"\nsha256 = \"{}\"\n",
+        tollgate_auth::api_key::hash_hex("brand-new-key")
+    ));
+    std::fs::write(&file, text).unwrap();
+    let accepted = crate::support::eventually(Duration::from_secs(10), || async {
+        h.get("/echo/key/a", &[("x-api-key", "brand-new-key")])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(
+        accepted,
+        "the new key was not picked up:\n{}",
+        h.gateway.stderr()
+    );
+}

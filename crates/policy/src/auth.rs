@@ -25,6 +25,7 @@ use toml::Spanned;
 use crate::cidr::Cidr;
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::file::{ApiKeyFileEntry, ApiKeysFile, CredentialFile, JwtFile, JwtKeyFile, WebhookFile};
+use crate::fingerprint::Fingerprint;
 use crate::snapshot::{ApiKeySettings, Credential, JwksSource, Jwt, Webhook};
 
 /// The directory name that marks published development keys.
@@ -35,6 +36,9 @@ pub(crate) struct Ctx<'a, 'd> {
     /// Relative paths are resolved against this (the directory of `gateway.toml`).
     pub base: &'a Path,
     pub diags: &'d mut Vec<Diagnostic>,
+    /// Every file read, in order, with its bytes: the reload watcher watches them too.
+    pub fingerprint: &'d mut Fingerprint,
+    pub files: &'d mut Vec<std::path::PathBuf>,
 }
 
 impl Ctx<'_, '_> {
@@ -56,7 +60,11 @@ impl Ctx<'_, '_> {
             );
             self.diags.push(d);
         }
-        match std::fs::read(&full) {
+        let read = std::fs::read(&full);
+        self.fingerprint
+            .file(&full, read.as_ref().ok().map(Vec::as_slice));
+        self.files.push(full.clone());
+        match read {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 self.error(

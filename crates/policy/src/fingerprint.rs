@@ -2,7 +2,8 @@
 //! the files on disk say something else.
 //!
 //! The loader hashes exactly the bytes it parsed; [`current`] hashes what is on disk now,
-//! in the same order (configuration file, then policy files by name). Equal numbers mean
+//! in the same order (configuration file, the files it names — keys, API-key lists,
+//! credential maps — then policy files by name). Equal numbers mean
 //! nothing to reload; a file added, removed or edited changes the number.
 
 use std::collections::hash_map::DefaultHasher;
@@ -45,9 +46,12 @@ pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// The fingerprint of the configuration as it is on disk now.
-pub fn current(config: &Path, policy_dir: &Path) -> u64 {
+pub fn current(config: &Path, referenced: &[PathBuf], policy_dir: &Path) -> u64 {
     let mut f = Fingerprint::new();
     f.file(config, std::fs::read(config).ok().as_deref());
+    for file in referenced {
+        f.file(file, std::fs::read(file).ok().as_deref());
+    }
     for file in policy_files(policy_dir).unwrap_or_default() {
         f.file(&file, std::fs::read(&file).ok().as_deref());
     }

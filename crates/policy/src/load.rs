@@ -82,6 +82,7 @@ fn sort_by_place(diags: &mut [Diagnostic]) {
 
 fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
     let mut fingerprint = Fingerprint::new();
+    let mut referenced = Vec::new();
     let text = read(config, diags);
     fingerprint.file(config, text.as_deref().map(str::as_bytes));
     let text = text?;
@@ -110,6 +111,8 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             src: &src,
             base,
             diags,
+            fingerprint: &mut fingerprint,
+            files: &mut referenced,
         };
         auth::jwt(&mut ctx, f, jwt_span.unwrap_or(0..0))
     });
@@ -119,6 +122,8 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 src: &src,
                 base,
                 diags,
+                fingerprint: &mut fingerprint,
+                files: &mut referenced,
             };
             auth::api_keys(&mut ctx, f)
         });
@@ -128,6 +133,8 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 src: &src,
                 base,
                 diags,
+                fingerprint: &mut fingerprint,
+                files: &mut referenced,
             },
             v,
         )
@@ -138,6 +145,8 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 src: &src,
                 base,
                 diags,
+                fingerprint: &mut fingerprint,
+                files: &mut referenced,
             },
             v,
         )
@@ -203,6 +212,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         policy_dir: policy_dir?,
         policy_files,
         fingerprint: fingerprint.finish(),
+        referenced_files: referenced,
         warnings: Vec::new(),
     })
 }

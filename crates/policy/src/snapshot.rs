@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub policy_files: Vec<PathBuf>,
     /// A hash of every byte this snapshot was built from (see [`crate::fingerprint`]).
     pub fingerprint: u64,
+    /// Files `gateway.toml` names (keys, key lists, credential maps), in the order read.
+    pub referenced_files: Vec<PathBuf>,
     pub warnings: Vec<Diagnostic>,
 }
 

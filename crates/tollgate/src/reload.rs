@@ -19,20 +19,21 @@ pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) 
     let mut attempted = handle.current().fingerprint;
     loop {
         let current = handle.current();
-        let (poll, watching, dir) = (
+        let (poll, watching, dir, referenced) = (
             current.reload.poll_interval,
             current.reload.watch,
             current.policy_dir.clone(),
+            current.referenced_files.clone(),
         );
         drop(current);
         tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                attempted = fingerprint::current(&config, &dir);
+                attempted = fingerprint::current(&config, &referenced, &dir);
                 reload(&config, &handle);
             }
             _ = tokio::time::sleep(poll), if watching => {
-                let now = fingerprint::current(&config, &dir);
+                let now = fingerprint::current(&config, &referenced, &dir);
                 if now != attempted {
                     attempted = now;
                     tracing::info!("configuration files changed: reloading");
