@@ -500,17 +500,7 @@ pub(crate) fn credentials(
     value: Spanned<DeValue>,
 ) -> HashMap<String, Arc<Credential>> {
     let mut out = HashMap::new();
-    for (name, span, entry) in named_tables(ctx, value, "credentials") {
-        let f = match CredentialFile::deserialize(ValueDeserializer::from(entry)) {
-            Ok(f) => f,
-            Err(e) => {
-                ctx.error(
-                    e.span().unwrap_or(span),
-                    format!("[credentials.{name}]: {}", e.message().trim()),
-                );
-                continue;
-            }
-        };
+    for (name, span, f) in named_tables::<CredentialFile>(ctx, value, "credentials") {
         if let Some(c) = credential(ctx, &name, f, span) {
             out.insert(name, Arc::new(c));
         }
@@ -634,17 +624,7 @@ fn credential(
 /// `[webhooks.NAME]` tables.
 pub(crate) fn webhooks(ctx: &mut Ctx, value: Spanned<DeValue>) -> HashMap<String, Arc<Webhook>> {
     let mut out = HashMap::new();
-    for (name, span, entry) in named_tables(ctx, value, "webhooks") {
-        let f = match WebhookFile::deserialize(ValueDeserializer::from(entry)) {
-            Ok(f) => f,
-            Err(e) => {
-                ctx.error(
-                    e.span().unwrap_or(span),
-                    format!("[webhooks.{name}]: {}", e.message().trim()),
-                );
-                continue;
-            }
-        };
+    for (name, span, f) in named_tables::<WebhookFile>(ctx, value, "webhooks") {
         let what = format!("[webhooks.{name}]");
         let hook = match f {
             WebhookFile::PlivoV3 {
@@ -729,11 +709,13 @@ pub(crate) fn webhooks(ctx: &mut Ctx, value: Spanned<DeValue>) -> HashMap<String
     out
 }
 
-fn named_tables<'i>(
+/// The `[SECTION.NAME]` tables of a section, each deserialized on its own so one bad
+/// entry hides no other; errors go to the diagnostics.
+fn named_tables<T: serde::de::DeserializeOwned>(
     ctx: &mut Ctx,
-    value: Spanned<DeValue<'i>>,
+    value: Spanned<DeValue>,
     section: &str,
-) -> Vec<(String, Range<usize>, Spanned<DeValue<'i>>)> {
+) -> Vec<(String, Range<usize>, T)> {
     let span = value.span();
     let DeValue::Table(table) = value.into_inner() else {
         ctx.error(
@@ -742,10 +724,18 @@ fn named_tables<'i>(
         );
         return Vec::new();
     };
-    table
-        .into_iter()
-        .map(|(k, v)| (k.get_ref().to_string(), k.span(), v))
-        .collect()
+    let mut out = Vec::new();
+    for (key, entry) in table {
+        let (name, span) = (key.get_ref().to_string(), key.span());
+        match T::deserialize(ValueDeserializer::from(entry)) {
+            Ok(f) => out.push((name, span, f)),
+            Err(e) => ctx.error(
+                e.span().unwrap_or(span),
+                format!("[{section}.{name}]: {}", e.message().trim()),
+            ),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
