@@ -44,6 +44,9 @@ async fn hop_by_hop_and_connection_named_headers_are_stripped() {
         );
     }
     assert_eq!(response.echoed_header("x-kept"), ["yes"]);
+    // No authenticated caller on this route: a claimed identity header is dropped.
+    let claimed = h.get("/echo/who", &[("x-client-id", "1002")]).await;
+    assert!(claimed.echoed_header("x-client-id").is_empty());
     assert_eq!(
         response.echoed_header("host"),
         [h.backend.addr().to_string()]

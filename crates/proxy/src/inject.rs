@@ -19,6 +19,10 @@ use tollgate_policy::snapshot::{ClientIdPolicy, Mismatch};
 use crate::form;
 use crate::problem::GatewayError;
 
+/// The identity header the gateway sets by default; removed from every request that
+/// does not get it from the gateway.
+pub const DEFAULT_HEADER: &str = "x-client-id";
+
 /// What kind of body a request carries, by its `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
@@ -98,7 +102,7 @@ pub fn headers(
         .keys()
         .filter(|name| {
             policy.header.as_ref() == Some(*name)
-                || name.as_str() == "x-client-id"
+                || name.as_str() == DEFAULT_HEADER
                 || policy.is_name(name.as_str())
         })
         .cloned()

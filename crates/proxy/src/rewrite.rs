@@ -69,8 +69,12 @@ pub fn upstream_head(
     let client_id = route
         .and_then(|r| r.client_id.as_ref())
         .zip(auth.identity.as_ref().map(|i| i.client_id.as_str()));
-    if let Some((policy, client)) = client_id {
-        inject::headers(h, policy, client)?;
+    match client_id {
+        Some((policy, client)) => inject::headers(h, policy, client)?,
+        // No authenticated caller: nobody may claim an identity the backend trusts.
+        None => {
+            h.remove(inject::DEFAULT_HEADER);
+        }
     }
 
     forwarded::set_headers(
