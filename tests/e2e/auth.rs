@@ -765,6 +765,18 @@ async fn static_and_basic_backend_credentials_replace_what_the_client_sent() {
         !h.gateway.stderr().contains("svc-key-123"),
         "a backend credential reached the logs"
     );
+    // A legacy key sent along with a token is not passed on as a second identity.
+    let r = h
+        .get(
+            "/echo/plain/x",
+            &[
+                ("authorization", &token),
+                ("x-api-key", "legacy-key-globex"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.echoed_header("x-api-key").is_empty());
 }
 
 #[tokio::test]

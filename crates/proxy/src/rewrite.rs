@@ -48,7 +48,12 @@ pub fn upstream_head(
         h.remove(AUTHORIZATION);
     }
     if let Some(route) = route {
-        let uses_keys = matches!(route.auth, RouteAuth::ApiKey | RouteAuth::JwtOrApiKey);
+        // On every route that identifies its caller, a legacy key the client also sent
+        // must not reach the backend as a second, possibly different, identity.
+        let uses_keys = matches!(
+            route.auth,
+            RouteAuth::ApiKey | RouteAuth::JwtOrApiKey | RouteAuth::Jwt
+        );
         if let (true, false, Some(keys)) = (uses_keys, route.pass_api_key, &snapshot.auth.api_keys)
         {
             for name in &keys.headers {
