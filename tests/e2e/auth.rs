@@ -424,6 +424,19 @@ async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
     assert_eq!(r.status, 200);
     assert_eq!(r.echoed_header("x-api-key"), ["demo-legacy-key-1001"]);
 
+    // On a key route, a token the gateway did not check is not passed on either.
+    let r = h
+        .get(
+            "/echo/key/a",
+            &[
+                ("x-api-key", "legacy-key-acme"),
+                ("authorization", "Bearer forged.token.here"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.echoed_header("authorization").is_empty());
+
     // Nothing, or a bad key.
     assert_refused(&h.get("/echo/either/a", &[]).await, 401, "AUTH_REQUIRED");
     assert_refused(
@@ -468,7 +481,7 @@ async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
 
     let metrics = h.metrics().await;
     assert!(
-        metrics.contains("tollgate_api_key_requests_total{key_id=\"acme-1\"} 4"),
+        metrics.contains("tollgate_api_key_requests_total{key_id=\"acme-1\"} 5"),
         "{metrics}"
     );
     assert!(
@@ -677,6 +690,49 @@ async fn plivo_callbacks_are_verified_and_forwarded_intact() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // What the signature does not cover is refused: a non-form body, a repeated
+    // parameter, a query pair that is not name=value.
+    let r = h
+        .send(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/json"),
+                ("x-plivo-signature-v3", &good),
+                ("x-plivo-signature-v3-nonce", "n-1"),
+            ],
+            br#"{"Event":"Hangup"}"#,
+        )
+        .await;
+    assert_refused(&r, 401, "SIGNATURE_INVALID");
+    let doubled = format!("Event=Hangup&{form}");
+    let r = h
+        .send(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-plivo-signature-v3", &good),
+                ("x-plivo-signature-v3-nonce", "n-1"),
+            ],
+            doubled.as_bytes(),
+        )
+        .await;
+    assert_refused(&r, 401, "SIGNATURE_INVALID");
+    let r = h
+        .send(
+            "POST",
+            "/echo/plivo/answer?campaign=7&x=a=b",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("x-plivo-signature-v3", &good),
+                ("x-plivo-signature-v3-nonce", "n-1"),
+            ],
+            form.as_bytes(),
+        )
+        .await;
+    assert_refused(&r, 401, "SIGNATURE_INVALID");
 
     // A body over the limit is refused before it is read.
     let big = "a=".to_owned() + &"x".repeat(70 * 1024);

@@ -93,6 +93,7 @@ async fn path_and_framing_table() {
         ("chunked", post("Transfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), Forwarded(200, "/echo/post")),
         // RFC 9112 §6.3: chunked wins, Content-Length is dropped, the connection closes.
         ("chunked plus Content-Length", post("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "5\r\nhello\r\n0\r\n\r\n"), Forwarded(200, "/echo/post")),
+        ("two Content-Types", post("Content-Type: text/plain\r\nContent-Type: application/json\r\nContent-Length: 2\r\n", "{}"), Refused(400, "REQUEST_INVALID")),
         ("chunked twice", post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), Refused(400, "REQUEST_INVALID")),
         ("gzip then chunked", post("Transfer-Encoding: gzip, chunked\r\n", "5\r\nhello\r\n0\r\n\r\n"), Refused(400, "REQUEST_INVALID")),
         ("identity encoding", post("Transfer-Encoding: identity\r\n", "hello"), Unparsable(400)),

@@ -308,3 +308,22 @@ async fn an_upstream_that_never_accepts_is_504_after_the_connect_timeout() {
     );
     drop(socket);
 }
+
+#[tokio::test]
+async fn unmatched_forward_never_bypasses_a_route_by_method() {
+    let h = Harness::with(Setup {
+        unmatched: "forward",
+        ..Setup::default()
+    })
+    .await;
+    let r = h.send("DELETE", "/campaigns/7", &[], b"").await;
+    r.assert_problem(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(r.header("allow"), Some("GET, PUT"));
+    let r = h.get("/elsewhere", &[]).await;
+    assert_eq!(
+        r.status, 404,
+        "forwarded: the backend itself has no such path"
+    );
+    assert_eq!(r.json()["path"], "/elsewhere");
+    assert_eq!(h.backend.requests(), 1);
+}

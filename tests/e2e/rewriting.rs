@@ -372,6 +372,22 @@ async fn injection_and_spoofing_cases() {
             },
         ),
         case(
+            "an id beside the pointed-to object",
+            "POST",
+            "/echo/nested/x",
+            &[JSON],
+            r#"{"clientId":"1002","data":{}}"#,
+            Refused(403, "CLIENT_ID_MISMATCH"),
+        ),
+        case(
+            "array-style names are the same parameter",
+            "GET",
+            "/echo/all/x?clientId[]=1002",
+            &[],
+            "",
+            Refused(403, "CLIENT_ID_MISMATCH"),
+        ),
+        case(
             "spoofs are judged where nothing is injected",
             "GET",
             "/echo/nested/x?clientId=1002",

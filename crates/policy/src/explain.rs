@@ -62,7 +62,7 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                 }
             }
         }
-        RouteMatch::MethodNotAllowed if snapshot.unmatched == Unmatched::Deny => {
+        RouteMatch::MethodNotAllowed => {
             let allowed: Vec<String> = snapshot
                 .allowed_methods(&normalized)
                 .iter()
@@ -75,7 +75,7 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                 allowed.join(", ")
             );
         }
-        RouteMatch::MethodNotAllowed | RouteMatch::Unmatched => {
+        RouteMatch::Unmatched => {
             let _ = writeln!(out, "route:      none matches");
             match snapshot.unmatched {
                 Unmatched::Deny => {

@@ -178,6 +178,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         }
         _ => (Vec::new(), Vec::new()),
     };
+    let identity_headers = identity_headers(&routes);
 
     Some(Snapshot {
         server: server?,
@@ -211,6 +212,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         auth: auth_settings,
         policy_dir: policy_dir?,
         policy_files,
+        identity_headers,
         fingerprint: fingerprint.finish(),
         referenced_files: referenced,
         warnings: Vec::new(),
@@ -874,4 +876,24 @@ fn client_id_policy(
         allow_non_object_json: f.is_some_and(|f| f.allow_non_object_json),
         max_body_bytes,
     })
+}
+
+/// The headers any route may read a client id from: each policy's header and every name
+/// and alias that is a valid header name, plus `X-Client-Id`.
+fn identity_headers(routes: &[Route]) -> Vec<http::header::HeaderName> {
+    let mut names = vec![http::header::HeaderName::from_static("x-client-id")];
+    for policy in routes.iter().filter_map(|r| r.client_id.as_ref()) {
+        let candidates = policy.header.iter().cloned().chain(
+            policy
+                .names
+                .iter()
+                .filter_map(|n| http::header::HeaderName::from_bytes(n.as_bytes()).ok()),
+        );
+        for name in candidates {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }

@@ -35,6 +35,9 @@ pub struct Snapshot {
     /// Where the policy files live, and the ones this snapshot was built from.
     pub policy_dir: PathBuf,
     pub policy_files: Vec<PathBuf>,
+    /// Every header that may carry a client id under any route's policy (and
+    /// `X-Client-Id`): removed from requests that have no authenticated caller.
+    pub identity_headers: Vec<HeaderName>,
     /// A hash of every byte this snapshot was built from (see [`crate::fingerprint`]).
     pub fingerprint: u64,
     /// Files `gateway.toml` names (keys, key lists, credential maps), in the order read.
@@ -257,8 +260,12 @@ impl ClientIdPolicy {
         self.names.first().map_or("clientId", String::as_str)
     }
 
+    /// Whether a parameter, member or header name means the client id: the name or an
+    /// alias in any case, also in the `clientId[]` / `clientId[0]` forms that `qs`, Rails
+    /// and PHP turn into arrays.
     pub fn is_name(&self, candidate: &str) -> bool {
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(candidate))
+        let base = candidate.split('[').next().unwrap_or(candidate);
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(base))
     }
 }
 

@@ -4,12 +4,12 @@
 //! must not: oversized header blocks and targets (answered 431/414 with problem+json;
 //! hyper's own hard limits sit above ours), a missing or repeated `Host`, an
 //! absolute-form target that names another host, any `Transfer-Encoding` but a single
-//! `chunked`, `*` outside OPTIONS, and CONNECT. Each of these is a request-smuggling or
+//! `chunked`, more than one `Content-Type`, `*` outside OPTIONS, and CONNECT. Each of these is a request-smuggling or
 //! routing-confusion shape. (`Transfer-Encoding` beside `Content-Length` is settled by
 //! hyper as RFC 9112 §6.3 says: chunked wins, `Content-Length` is removed before we see
 //! the request, and the connection is closed after the response.)
 
-use http::header::{HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Uri};
 use tollgate_policy::snapshot::Server;
 
@@ -54,6 +54,11 @@ pub fn check<B>(request: &Request<B>, limits: &Server) -> Result<(), GatewayErro
     }
     if uri.path() == "*" && request.method() != Method::OPTIONS {
         return Err(FramingError::AsteriskTarget.into());
+    }
+    // Servers disagree on which of two Content-Types counts; the gateway decides what to
+    // inspect by it, so an ambiguous one is refused.
+    if request.headers().get_all(CONTENT_TYPE).iter().count() > 1 {
+        return Err(FramingError::RepeatedContentType.into());
     }
     let mut encodings = request.headers().get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = encodings.next() {

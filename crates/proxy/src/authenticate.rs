@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use http::request::Parts;
 use http::{Method, Request};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -188,7 +188,9 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, GatewayError> {
     let text = first
         .to_str()
         .map_err(|_| GatewayError::Token(JwtError::Malformed))?;
-    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let (scheme, rest) = text
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .unwrap_or((text, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
@@ -284,27 +286,33 @@ async fn plivo_v3(
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let url = format!("{public_base_url}{target}");
-    let is_form = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
+    let is_form = crate::inject::body_kind(&parts.headers) == crate::inject::BodyKind::Form;
+    // Plivo signs the URL and form parameters only: a body of any other kind, a repeated
+    // parameter (backends differ on which copy they read) or a query pair the signature
+    // does not cover could be changed under a valid signature, so none is accepted.
+    let raw_query = parts.uri.query().unwrap_or_default();
+    if raw_query
+        .split('&')
+        .any(|pair| !pair.is_empty() && pair.matches('=').count() != 1)
+    {
+        return Err(GatewayError::SignatureInvalid);
+    }
     let (params, body): (Vec<(String, String)>, RequestBody) = if parts.method == Method::GET {
-        let params = parts
-            .uri
-            .query()
-            .map(|q| form::pairs(q.as_bytes()))
-            .unwrap_or_default();
-        (params, Either::Left(body))
-    } else if is_form {
-        let bytes = read_bounded(&parts, body, max_body_bytes).await?;
-        (form::pairs(&bytes), Either::Right(Full::new(bytes)))
+        (form::pairs(raw_query.as_bytes()), Either::Left(body))
     } else {
-        (Vec::new(), Either::Left(body))
+        let bytes = read_bounded(&parts, body, max_body_bytes).await?;
+        if !bytes.is_empty() && !is_form {
+            return Err(GatewayError::SignatureInvalid);
+        }
+        (form::pairs(&bytes), Either::Right(Full::new(bytes)))
     };
+    let mut names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    let total = names.len();
+    names.sort_unstable();
+    names.dedup();
+    if names.len() != total {
+        return Err(GatewayError::SignatureInvalid);
+    }
     let ok = signatures.iter().any(|sig| {
         plivo::verify(
             auth_tokens,

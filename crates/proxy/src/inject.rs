@@ -219,7 +219,12 @@ fn rewrite_object(
         Some((segment, rest)) => {
             let mut found = false;
             for (key, value) in &members {
-                if key == segment && !found {
+                if policy.is_name(key) {
+                    // An id beside the target object is judged too, and never forwarded.
+                    let value: Value =
+                        serde_json::from_str(value.get()).map_err(|_| GatewayError::InvalidJson)?;
+                    judge(policy, &as_text(&value), client)?;
+                } else if key == segment && !found {
                     found = true;
                     if !value.get().trim_start().starts_with('{') {
                         return Err(GatewayError::JsonNotObject);

@@ -7,6 +7,7 @@
 //! https URLs are verified against the public web roots, or only against `ca_file`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub struct JwksSet {
     last_triggered: tokio::sync::Mutex<Option<Instant>>,
     /// One download at a time.
     downloading: tokio::sync::Mutex<()>,
+    /// A hash of the last good set's bytes.
+    digest: AtomicU64,
     client: Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, String>,
 }
 
@@ -77,6 +80,7 @@ impl JwksSet {
             keys: ArcSwap::from_pointee(Vec::new()),
             last_triggered: tokio::sync::Mutex::new(None),
             downloading: tokio::sync::Mutex::new(()),
+            digest: AtomicU64::new(0),
             client,
         }
     }
@@ -101,15 +105,10 @@ impl JwksSet {
         let _one_at_a_time = self.downloading.lock().await;
         let url = self.source.url.to_string();
         match tokio::time::timeout(FETCH_TIMEOUT, self.download()).await {
-            Ok(Ok(keys)) if !keys.is_empty() => {
-                let changed = {
-                    let old = self.keys.load();
-                    old.len() != keys.len()
-                        || old
-                            .iter()
-                            .zip(&keys)
-                            .any(|(a, b)| a.kid != b.kid || a.algorithm != b.algorithm)
-                };
+            Ok(Ok((keys, digest))) if !keys.is_empty() => {
+                // Compared by the set's bytes, not just kids and algs: a key replaced under
+                // the same kid must still clear the tokens it verified.
+                let changed = self.digest.swap(digest, Ordering::Relaxed) != digest;
                 tracing::info!(%url, keys = keys.len(), changed, "key set fetched");
                 self.keys.store(Arc::new(keys));
                 changed
@@ -129,7 +128,7 @@ impl JwksSet {
         }
     }
 
-    async fn download(&self) -> Result<Vec<Arc<VerifyKey>>, String> {
+    async fn download(&self) -> Result<(Vec<Arc<VerifyKey>>, u64), String> {
         let request = Request::get(self.source.url.clone())
             .header(ACCEPT, "application/json")
             .body(Empty::new())
@@ -164,7 +163,9 @@ impl JwksSet {
                 }
             }
         }
-        Ok(keys)
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&body[..], &mut hasher);
+        Ok((keys, std::hash::Hasher::finish(&hasher)))
     }
 
     /// Refreshes the set every `refresh`, until the task is aborted.

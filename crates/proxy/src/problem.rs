@@ -25,6 +25,8 @@ pub enum FramingError {
     HostMismatch,
     #[error("Transfer-Encoding must be exactly `chunked`")]
     UnsupportedTransferEncoding,
+    #[error("the request has more than one Content-Type header")]
+    RepeatedContentType,
     #[error("the `*` request target is only allowed with OPTIONS")]
     AsteriskTarget,
     #[error("CONNECT and authority-form request targets are not supported")]

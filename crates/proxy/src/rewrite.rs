@@ -44,7 +44,9 @@ pub fn upstream_head(
 
     // The caller's credentials are for the gateway, not the backend.
     let mut drop_params: Vec<&str> = Vec::new();
-    if auth.method == AuthMethod::Jwt {
+    // A bearer token (or any other Authorization) is the gateway's business on every
+    // route that identifies its caller; a backend credential may set it again below.
+    if auth.identity.is_some() || auth.method == AuthMethod::Jwt {
         h.remove(AUTHORIZATION);
     }
     if let Some(route) = route {
@@ -78,7 +80,9 @@ pub fn upstream_head(
         Some((policy, client)) => inject::headers(h, policy, client)?,
         // No authenticated caller: nobody may claim an identity the backend trusts.
         None => {
-            h.remove(inject::DEFAULT_HEADER);
+            for name in &snapshot.identity_headers {
+                h.remove(name);
+            }
         }
     }
 

@@ -33,7 +33,9 @@ pub fn select<'s>(snapshot: &'s Snapshot, method: &Method, path: &str) -> Select
 
 fn unmatched(snapshot: &Snapshot, matched: RouteMatch, path: &str) -> Result<(), GatewayError> {
     match (matched, snapshot.unmatched) {
-        (RouteMatch::MethodNotAllowed, Unmatched::Deny) => Err(GatewayError::MethodNotAllowed {
+        // A path some route guards is never forwarded unguarded under another method,
+        // whatever `unmatched` says.
+        (RouteMatch::MethodNotAllowed, _) => Err(GatewayError::MethodNotAllowed {
             allow: snapshot.allowed_methods(path),
         }),
         (_, Unmatched::Deny) => Err(GatewayError::RouteNotFound),
