@@ -1,0 +1,193 @@
+//! The Redis connection the shared features use, and how its trouble is contained.
+//!
+//! - One multiplexed connection per data-plane worker, created lazily on the worker's
+//!   own runtime, so a request never hops threads to reach Redis; concurrent requests
+//!   pipeline on it. `redis`'s connection manager reconnects in the background.
+//! - Every call is bounded by `timeout` (connecting included).
+//! - A [`Breaker`] stops calling after consecutive failures; callers then get
+//!   [`StoreError::CircuitOpen`] at once and apply their failure mode. One probe per
+//!   cooldown finds out when Redis is back; recovery needs nobody.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use thiserror::Error;
+
+use crate::breaker::{Admission, Breaker};
+
+/// How to reach Redis and when to give up on it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`; may hold a password, so never logged.
+    pub url: String,
+    /// Longest wait for one call, connecting included.
+    pub timeout: Duration,
+    /// Consecutive failures that open the circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit skips Redis before probing it.
+    pub breaker_cooldown: Duration,
+    /// Prefix of every key Tollgate writes.
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// Why a Redis call gave no answer.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("redis is skipped for {0:?} after repeated failures")]
+    CircuitOpen(Duration),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl StoreError {
+    /// How long a caller refused because of this error should wait before retrying.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            StoreError::CircuitOpen(d) => (*d).max(Duration::from_secs(1)),
+            _ => Duration::from_secs(1),
+        }
+    }
+}
+
+/// Calls that failed, by reason.
+#[derive(Debug, Default)]
+pub struct RedisErrors {
+    pub timeouts: AtomicU64,
+    pub failures: AtomicU64,
+    /// Calls not made because the circuit was open.
+    pub skipped: AtomicU64,
+}
+
+/// A Redis server shared by the instances, as seen from this one.
+pub struct Redis {
+    settings: RedisSettings,
+    client: redis::Client,
+    connections: Vec<OnceLock<Option<ConnectionManager>>>,
+    breaker: Breaker,
+    errors: RedisErrors,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("settings", &self.settings)
+            .field("breaker", &self.breaker)
+            .finish()
+    }
+}
+
+impl Redis {
+    /// Checks the URL; connects lazily, one connection per worker, on first use.
+    pub fn new(settings: RedisSettings, workers: usize) -> Result<Redis, redis::RedisError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let breaker = Breaker::new(
+            settings.breaker_failures,
+            settings.breaker_cooldown,
+            Instant::now(),
+        );
+        Ok(Redis {
+            client,
+            connections: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+            breaker,
+            errors: RedisErrors::default(),
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    pub fn errors(&self) -> &RedisErrors {
+        &self.errors
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// Worker `worker`'s connection; created on the calling runtime the first time.
+    fn connection(&self, worker: usize) -> Result<ConnectionManager, StoreError> {
+        let slot = &self.connections[worker % self.connections.len()];
+        let manager = slot.get_or_init(|| {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.settings.timeout))
+                .set_response_timeout(Some(self.settings.timeout))
+                // Reconnection is retried by the next call; the breaker paces those.
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(10))
+                .set_max_delay(self.settings.timeout);
+            match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
+                Ok(manager) => Some(manager),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up a redis connection");
+                    None
+                }
+            }
+        });
+        manager.clone().ok_or_else(|| {
+            StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the redis connection could not be set up",
+            )))
+        })
+    }
+
+    /// Runs one call on worker `worker`'s connection, bounded by the timeout and
+    /// guarded by the circuit breaker.
+    pub async fn call<T, F, Fut>(&self, worker: usize, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if let Admission::Skip(wait) = self.breaker.admit(Instant::now()) {
+            self.errors.skipped.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::CircuitOpen(wait));
+        }
+        let outcome = match self.connection(worker) {
+            Ok(connection) => tokio::time::timeout(self.settings.timeout, f(connection)).await,
+            Err(e) => Ok(Err(match e {
+                StoreError::Redis(e) => e,
+                other => redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "no connection",
+                    other.to_string(),
+                )),
+            })),
+        };
+        match outcome {
+            Ok(Ok(value)) => {
+                self.breaker.record_success();
+                Ok(value)
+            }
+            Ok(Err(e)) => {
+                self.errors.failures.fetch_add(1, Ordering::Relaxed);
+                self.breaker.record_failure(Instant::now());
+                tracing::debug!(error = %e, "redis call failed");
+                Err(StoreError::Redis(e))
+            }
+            Err(_) => {
+                self.errors.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.breaker.record_failure(Instant::now());
+                Err(StoreError::Timeout(self.settings.timeout))
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The Redis limiter against a real `redis-server` of our own on a free port: the same
+//! decisions as the in-process limiter, keys that expire, and an outage that fails fast.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate_state::rate::local::LocalLimiter;
+use tollgate_state::rate::shared::{key, SharedLimiter};
+use tollgate_state::rate::Quota;
+use tollgate_state::redis::{Redis, RedisSettings, StoreError};
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        RedisServer::start_on(port)
+    }
+
+    fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            url: format!("redis://127.0.0.1:{}", self.port),
+            timeout: Duration::from_millis(200),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(300),
+            key_prefix: "test".into(),
+        }
+    }
+
+    /// `redis-cli` against this server.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn quota(limit: u32, period: Duration, burst: u32) -> Quota {
+    Quota::new(
+        NonZeroU32::new(limit).unwrap(),
+        period,
+        NonZeroU32::new(burst).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn redis_and_local_limiters_decide_a_burst_alike() {
+    let server = RedisServer::start();
+    let redis = Redis::new(server.settings(), 1).unwrap();
+    let shared = SharedLimiter::default();
+    // One request back per hour: nothing refills while the test runs.
+    let q = quota(5, Duration::from_secs(5 * 3600), 5);
+    let (local, _clock) = LocalLimiter::manual(q);
+    let k = key("test", "p", "client=acme", "");
+    for _ in 0..7 {
+        let remote = shared.check(&redis, 0, &k, &q).await.unwrap();
+        let here = local.check(&"client=acme".to_owned());
+        assert_eq!(remote.allowed, here.allowed);
+        assert_eq!(remote.remaining, here.remaining);
+        assert_eq!(
+            remote.reset_secs().abs_diff(here.reset_secs()),
+            0,
+            "{remote:?} {here:?}"
+        );
+        // Redis's clock moved a little between the calls; the manual one did not.
+        assert!(remote.retry_after <= here.retry_after);
+        assert!(here.retry_after - remote.retry_after < Duration::from_secs(1));
+    }
+    // The key is tagged, and expires when the allowance would be full again (5 hours).
+    assert_eq!(server.cli(&["EXISTS", "test:rl:{client=acme}:p"]), "1");
+    let ttl: u64 = server
+        .cli(&["PTTL", "test:rl:{client=acme}:p"])
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 5 * 3600 * 1000 - 10_000 && ttl <= 5 * 3600 * 1000,
+        "{ttl}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_refills_on_the_redis_clock_and_then_expires() {
+    let server = RedisServer::start();
+    let redis = Redis::new(server.settings(), 1).unwrap();
+    let shared = SharedLimiter::default();
+    // Burst 2, one back every 100 ms.
+    let q = quota(10, Duration::from_secs(1), 2);
+    let k = key("test", "p", "ip=127.0.0.1", "");
+    assert_eq!(shared.check(&redis, 0, &k, &q).await.unwrap().remaining, 1);
+    assert_eq!(shared.check(&redis, 0, &k, &q).await.unwrap().remaining, 0);
+    let refused = shared.check(&redis, 0, &k, &q).await.unwrap();
+    assert!(!refused.allowed);
+    assert!(refused.retry_after <= Duration::from_millis(100));
+    tokio::time::sleep(refused.retry_after + Duration::from_millis(5)).await;
+    assert!(shared.check(&redis, 0, &k, &q).await.unwrap().allowed);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        server.cli(&["EXISTS", &k]),
+        "0",
+        "a full allowance is forgotten"
+    );
+}
+
+#[tokio::test]
+async fn an_outage_fails_fast_then_opens_the_circuit_and_recovers() {
+    let mut server = RedisServer::start();
+    let redis = Redis::new(server.settings(), 1).unwrap();
+    let shared = SharedLimiter::default();
+    let q = quota(100, Duration::from_secs(3600), 100);
+    let k = key("test", "p", "global", "");
+    assert!(shared.check(&redis, 0, &k, &q).await.unwrap().allowed);
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    for _ in 0..6 {
+        errors.push(shared.check(&redis, 0, &k, &q).await.unwrap_err());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "each call is bounded"
+    );
+    assert!(
+        matches!(errors.last(), Some(StoreError::CircuitOpen(_))),
+        "{errors:?}"
+    );
+    assert!(redis.breaker().is_open());
+
+    // Back on the same port: the next probe after the cooldown closes the circuit, and
+    // the script is loaded again into the fresh server.
+    let restarted = RedisServer::start_on(server.port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match shared.check(&redis, 0, &k, &q).await {
+            Ok(d) => {
+                assert_eq!(d.remaining, 99, "a fresh server starts a fresh count");
+                break;
+            }
+            Err(_) => {
+                assert!(Instant::now() < deadline, "never recovered");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(!redis.breaker().is_open());
+    drop(restarted);
+}
+
+impl RedisServer {
+    fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian: redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisServer { child, port }
+    }
+}
