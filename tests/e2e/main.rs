@@ -9,6 +9,7 @@ mod cli;
 mod framing;
 mod jwks;
 mod lifecycle;
+mod limits;
 mod proxying;
 mod rewriting;
 mod robustness;

@@ -106,6 +106,63 @@ pub struct RouteFile {
     pub client_id: Option<ClientIdFile>,
     /// Streamed bodies (uploads) over this many bytes are refused with 413.
     pub max_upload_bytes: Option<Spanned<i64>>,
+    /// The `[limits.NAME]` policies that apply, all of them to every request.
+    pub limits: Option<Vec<Spanned<String>>>,
+    /// The JSON member or form field holding the submitted username (a login route),
+    /// for limits keyed by `username`.
+    pub username_field: Option<Spanned<String>>,
+}
+
+/// `[limits.NAME]` in a policy file: a named rate-limit policy routes refer to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitFile {
+    /// Requests per `period`.
+    pub rate: Spanned<i64>,
+    pub period: Spanned<String>,
+    /// Requests allowed at once (default: `rate`).
+    pub burst: Option<Spanned<i64>>,
+    /// What is counted separately: any of client, api_key, ip, route, username, or
+    /// just global.
+    pub key: Spanned<Vec<Spanned<LimitKeyFile>>>,
+    /// What to do while Redis cannot be reached (default: local).
+    pub on_redis_error: Option<FailureModeFile>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKeyFile {
+    Client,
+    ApiKey,
+    Ip,
+    Route,
+    Username,
+    Global,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureModeFile {
+    Local,
+    Open,
+    Closed,
+}
+
+/// `[store]` in `gateway.toml`: where state shared by instances lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `redis://...`; omit (with `redis_url_env`) to keep state in this process.
+    pub redis_url: Option<Spanned<String>>,
+    /// An environment variable holding the URL (it may carry a password).
+    pub redis_url_env: Option<Spanned<String>>,
+    /// How many instances share the store: while Redis is unreachable, each allows
+    /// its share (`limit / instances`) of a `local` policy.
+    pub instances: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<String>>,
+    pub breaker_failures: Option<Spanned<i64>>,
+    pub breaker_cooldown: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
 }
 
 /// `client_id = { ... }` on a route.

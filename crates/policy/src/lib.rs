@@ -15,6 +15,7 @@ pub mod duration;
 pub mod explain;
 mod file;
 pub mod fingerprint;
+mod limits;
 mod load;
 pub mod path;
 pub mod pattern;

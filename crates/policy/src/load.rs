@@ -25,14 +25,17 @@ use crate::file::{
     ActionFile, AdminFile, LogFile, LogFormatFile, ReloadFile, RouteFile, RoutingFile, ServerFile,
     UnmatchedFile, UpstreamFile,
 };
-use crate::file::{ApiKeysFile, AuthModeFile, JwtFile};
+use crate::file::{ApiKeysFile, AuthModeFile, JwtFile, StoreFile};
 use crate::fingerprint::Fingerprint;
+use crate::limits;
 use crate::pattern::PathPattern;
 use crate::snapshot::{
     Admin, Log, LogFormat, Origin, Reload, Route, RouteAction, Server, Snapshot, Unmatched,
     Upstream,
 };
-use crate::snapshot::{Auth, ClientIdPolicy, Credential, Mismatch, RouteAuth, Webhook};
+use crate::snapshot::{
+    Auth, ClientIdPolicy, Credential, LimitPolicy, Mismatch, RouteAuth, Webhook,
+};
 use std::sync::Arc;
 
 /// The configuration could not be turned into a snapshot; every diagnostic is listed
@@ -151,12 +154,14 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             v,
         )
     });
+    let store = section::<StoreFile>(&src, take("store"), "store", false, diags);
+    let store = limits::store(&src, store, diags);
     let auth_settings = Auth { jwt, api_keys };
     for (name, (key_span, _)) in sections {
         diags.push(src.error(
             Some(key_span),
             format!(
-                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks"
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store"
             ),
         ));
     }
@@ -167,7 +172,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             .unwrap_or(Path::new("."))
             .join(r.policies.get_ref())
     });
-    let (routes, policy_files) = match (&routing, &policy_dir) {
+    let (routes, limit_policies, policy_files) = match (&routing, &policy_dir) {
         (Some(r), Some(dir)) => {
             let refs = Refs {
                 auth: &auth_settings,
@@ -176,7 +181,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             };
             load_policies(dir, &src, r.policies.span(), &refs, &mut fingerprint, diags)
         }
-        _ => (Vec::new(), Vec::new()),
+        _ => (Vec::new(), Vec::new(), Vec::new()),
     };
     let identity_headers = identity_headers(&routes);
 
@@ -216,6 +221,8 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
         fingerprint: fingerprint.finish(),
         referenced_files: referenced,
         warnings: Vec::new(),
+        store: store?,
+        limits: limit_policies,
     })
 }
 
@@ -459,7 +466,7 @@ fn address(
     }
 }
 
-fn duration(
+pub(crate) fn duration(
     src: &SourceFile,
     value: &Option<Spanned<String>>,
     default_ms: u64,
@@ -519,7 +526,7 @@ fn load_policies(
     refs: &Refs,
     fingerprint: &mut Fingerprint,
     diags: &mut Vec<Diagnostic>,
-) -> (Vec<Route>, Vec<PathBuf>) {
+) -> (Vec<Route>, Vec<Arc<LimitPolicy>>, Vec<PathBuf>) {
     let files = match crate::fingerprint::policy_files(dir) {
         Ok(files) => files,
         Err(e) => {
@@ -530,29 +537,39 @@ fn load_policies(
                     dir.display()
                 ),
             ));
-            return (Vec::new(), Vec::new());
+            return (Vec::new(), Vec::new(), Vec::new());
         }
     };
-    let mut routes: Vec<Route> = Vec::new();
-    let mut names: HashMap<String, Origin> = HashMap::new();
+    // Read and parse every file first: a route may use a limit defined in another file.
+    let mut texts = Vec::new();
     for file in &files {
         let text = read(file, diags);
         fingerprint.file(file, text.as_deref().map(str::as_bytes));
-        let Some(text) = text else {
-            continue;
-        };
-        let src = SourceFile {
-            path: file,
-            text: &text,
-        };
-        let Some(sections) = parse_sections(&src, diags) else {
-            continue;
-        };
+        if let Some(text) = text {
+            texts.push((file, text));
+        }
+    }
+    let mut parsed = Vec::new();
+    for (file, text) in &texts {
+        let src = SourceFile { path: file, text };
+        if let Some(sections) = parse_sections(&src, diags) {
+            parsed.push((src, sections));
+        }
+    }
+    let mut defined = limits::Defined::new();
+    for (src, sections) in &mut parsed {
+        if let Some((_, value)) = sections.remove("limits") {
+            limits::policies(src, value, &mut defined, diags);
+        }
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    let mut names: HashMap<String, Origin> = HashMap::new();
+    for (src, sections) in parsed {
         for (key, (key_span, value)) in sections {
             if key != "route" {
                 diags.push(src.error(
                     Some(key_span),
-                    format!("unknown key `{key}`; a policy file holds `[[route]]` tables"),
+                    format!("unknown key `{key}`; a policy file holds `[[route]]` and `[limits.NAME]` tables"),
                 ));
                 continue;
             }
@@ -569,13 +586,15 @@ fn load_policies(
                 let Some(f) = deserialize::<RouteFile>(&src, item, "[[route]]", diags) else {
                     continue;
                 };
-                if let Some(route) = route(&src, f, start, refs, &mut names, diags) {
+                if let Some(route) = route(&src, f, start, refs, &defined, &mut names, diags) {
                     routes.push(route);
                 }
             }
         }
     }
-    (routes, files)
+    let mut limit_policies: Vec<Arc<LimitPolicy>> = defined.into_values().collect();
+    limit_policies.sort_by(|a, b| a.name.cmp(&b.name));
+    (routes, limit_policies, files)
 }
 
 fn route(
@@ -583,6 +602,7 @@ fn route(
     f: RouteFile,
     span: Range<usize>,
     refs: &Refs,
+    defined: &limits::Defined,
     names: &mut HashMap<String, Origin>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Route> {
@@ -675,6 +695,8 @@ fn route(
         return None;
     }
     let route_auth = route_auth?;
+    let (limits, username_field) =
+        limits::route_limits(src, &f, &name, &route_auth, defined, diags)?;
     let identifies_caller = matches!(
         route_auth,
         RouteAuth::Jwt | RouteAuth::ApiKey | RouteAuth::JwtOrApiKey
@@ -708,6 +730,8 @@ fn route(
         auth: route_auth,
         client_id,
         max_upload_bytes,
+        limits,
+        username_field,
         upstream_credential,
         pass_api_key: f.pass_api_key,
         name,

@@ -43,6 +43,91 @@ pub struct Snapshot {
     /// Files `gateway.toml` names (keys, key lists, credential maps), in the order read.
     pub referenced_files: Vec<PathBuf>,
     pub warnings: Vec<Diagnostic>,
+    /// Where state shared by instances lives.
+    pub store: Store,
+    /// Every rate-limit policy defined, by name.
+    pub limits: Vec<Arc<LimitPolicy>>,
+}
+
+/// `[store]`: in this process, or in Redis shared by every instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Store {
+    pub redis: Option<RedisStore>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisStore {
+    /// May hold a password: never logged.
+    pub url: String,
+    pub instances: std::num::NonZeroU32,
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &"<redacted>")
+            .field("instances", &self.instances)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A named rate-limit policy: `limit` requests per `period`, `burst` at once, counted
+/// separately for each value of `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitPolicy {
+    pub name: String,
+    pub limit: std::num::NonZeroU32,
+    pub period: Duration,
+    pub burst: std::num::NonZeroU32,
+    /// Non-empty, without repeats, in a fixed order; `[Global]` alone for one count.
+    pub key: Vec<LimitKey>,
+    pub on_redis_error: FailureMode,
+    pub origin: Origin,
+}
+
+/// One part of what a limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitKey {
+    /// The authenticated caller's client id.
+    Client,
+    /// The API key's id (requests authenticated otherwise are not counted).
+    ApiKey,
+    /// The client address: the socket's, or `X-Forwarded-For` through trusted proxies.
+    Ip,
+    Route,
+    /// The username submitted in the body (the route's `username_field`), case-folded.
+    Username,
+    /// One count for everyone.
+    Global,
+}
+
+impl LimitKey {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKey::Client => "client",
+            LimitKey::ApiKey => "api_key",
+            LimitKey::Ip => "ip",
+            LimitKey::Route => "route",
+            LimitKey::Username => "username",
+            LimitKey::Global => "global",
+        }
+    }
+}
+
+/// What a policy does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Count in this process, at the instance's share of the limit.
+    Local,
+    /// Allow every request.
+    Open,
+    /// Refuse with 503 `RATE_LIMIT_UNAVAILABLE`.
+    Closed,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +321,10 @@ pub struct Route {
     pub client_id: Option<ClientIdPolicy>,
     /// Streamed bodies over this many bytes are refused with 413.
     pub max_upload_bytes: Option<u64>,
+    /// Rate limits; every one applies to every request of the route.
+    pub limits: Vec<Arc<LimitPolicy>>,
+    /// The JSON member or form field with the submitted username (limits keyed by it).
+    pub username_field: Option<String>,
     pub origin: Origin,
 }
 

@@ -12,11 +12,11 @@ use crate::server::Shared;
 
 pub fn handle<B>(request: &Request<B>, shared: &Shared) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", {
+            let mut text = shared.metrics.render();
+            crate::limit::render_metrics(&shared.active.load().limiters, &mut text);
+            text
+        }),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") if shared.draining.load(Ordering::Relaxed) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -18,6 +18,7 @@ mod forwarded;
 mod headers;
 pub mod inject;
 mod jwks;
+pub mod limit;
 pub mod metrics;
 mod normalize;
 pub mod pipeline;

@@ -7,8 +7,10 @@
 //! 4. cors — later: preflights answered here.
 //! 5. **authenticate** — by the route's rule: JWT, API key, either, a provider
 //!    callback's signature, or none.
-//! 6. limit, 7. meter — later stages slot in here, each taking the request head, the
-//!    route and the caller, and returning an error or a decision.
+//! 6. **limit** — the route's rate-limit policies, counted here or in Redis; the
+//!    decision closest to exhaustion is reported in headers on every response after it.
+//! 7. meter — later: token credits slot in here, taking the request head, the route
+//!    and the caller, and returning an error or a reservation.
 //! 8. **rewrite** — strip hop-by-hop headers and the caller's credentials, then set ours:
 //!    the backend credential, the caller's client id (query, header, JSON, form; spoofs
 //!    refused), forwarding headers and the target. JSON and form bodies are rewritten;
@@ -33,7 +35,7 @@ use crate::body::{Capped, Observed, ResponseBody};
 use crate::rewrite::Caller;
 use crate::server::{Active, Shared};
 use crate::{
-    accept, authenticate, forwarded, normalize, problem, request_id, respond, rewrite, route,
+    accept, authenticate, forwarded, limit, normalize, problem, request_id, respond, rewrite, route,
 };
 use tollgate_policy::snapshot::RouteAuth;
 
@@ -67,9 +69,23 @@ pub async fn handle(
         client,
         request_id: &request_id,
     };
-    let response = match run(request, &caller, &active, worker, shared, &mut log).await {
+    let mut verdict = None;
+    let mut response = match run(
+        request,
+        &caller,
+        &active,
+        worker,
+        shared,
+        &mut log,
+        &mut verdict,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(error) => {
+            if let problem::GatewayError::RateLimited(refused) = &error {
+                verdict = Some((**refused).clone());
+            }
             shared.metrics.count_error(&error);
             let mut response = problem::respond(&error, &request_id);
             if let (problem::GatewayError::ApiKeySunset, Some(keys)) =
@@ -80,6 +96,9 @@ pub async fn handle(
             response
         }
     };
+    if let Some(verdict) = &verdict {
+        respond::rate_limit_headers(&mut response, verdict);
+    }
     respond::finish(response, &request_id, log)
 }
 
@@ -90,6 +109,7 @@ async fn run(
     worker: usize,
     shared: &Shared,
     log: &mut AccessLog,
+    verdict: &mut Option<limit::Verdict>,
 ) -> Result<Response<Either<Incoming, Full<Bytes>>>, problem::GatewayError> {
     let snapshot = &active.snapshot;
 
@@ -130,6 +150,21 @@ async fn run(
         auth.method,
         auth.identity.as_ref().and_then(|i| i.key_id.as_deref()),
     );
+
+    // 6. limit
+    let request = match route {
+        Some(route) => {
+            let subject = limit::Subject {
+                auth: &auth,
+                client: caller.client,
+            };
+            let (request, decided) =
+                limit::check(request, route, &subject, &active.limiters, worker).await?;
+            *verdict = decided;
+            request
+        }
+        None => request,
+    };
 
     // 8. rewrite
     let (mut head, body) = request.into_parts();

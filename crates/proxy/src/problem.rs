@@ -82,6 +82,10 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("the upstream sent an invalid response")]
     UpstreamFailed,
+    #[error("rate limit `{}` exceeded: {} requests per {} s; retry in {} s", .0.policy.name, .0.decision.limit, .0.policy.period.as_secs_f64(), .0.decision.retry_after_secs())]
+    RateLimited(Box<crate::limit::Verdict>),
+    #[error("the rate-limit store cannot be reached and this route refuses requests it cannot count; retry in {retry_after} s")]
+    RateLimitUnavailable { retry_after: u64 },
 }
 
 /// The public face of an error: status, stable code and title.
@@ -93,6 +97,15 @@ pub struct Kind {
 }
 
 impl GatewayError {
+    /// Seconds a client should wait before trying again, for the errors that say so.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::RateLimited(verdict) => Some(verdict.decision.retry_after_secs()),
+            GatewayError::RateLimitUnavailable { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         let (status, code, title) = match self {
             GatewayError::Framing(_) => (
@@ -190,6 +203,16 @@ impl GatewayError {
             GatewayError::UpstreamFailed => {
                 (StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", "Upstream error")
             }
+            GatewayError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "Too many requests",
+            ),
+            GatewayError::RateLimitUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "RATE_LIMIT_UNAVAILABLE",
+                "Rate limiting unavailable",
+            ),
         };
         Kind {
             status,
@@ -204,7 +227,8 @@ pub const CONTENT_TYPE: &str = "application/problem+json";
 /// The one mapping from an error to its HTTP response.
 pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incoming, Full<Bytes>>> {
     let kind = error.kind();
-    let body = serde_json::json!({
+    let retry_after = error.retry_after();
+    let mut body = serde_json::json!({
         "type": format!("urn:tollgate:problem:{}", kind.code.to_ascii_lowercase().replace('_', "-")),
         "title": kind.title,
         "status": kind.status.as_u16(),
@@ -212,11 +236,17 @@ pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incomi
         "code": kind.code,
         "requestId": request_id,
     });
+    if let (Some(secs), Some(members)) = (retry_after, body.as_object_mut()) {
+        members.insert("retryAfter".into(), secs.into());
+    }
     let mut response = Response::new(crate::body::full(body.to_string()));
     *response.status_mut() = kind.status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(secs) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if kind.status == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, www_authenticate(error));
     }

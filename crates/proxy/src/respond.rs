@@ -9,6 +9,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
 use crate::body::{Observed, ResponseBody};
+use crate::limit::Verdict;
 use crate::{headers, request_id};
 use tollgate_policy::snapshot::ApiKeySettings;
 
@@ -40,6 +41,33 @@ pub fn api_key_notice<B>(response: &mut Response<B>, keys: &ApiKeySettings) {
         if let Ok(v) = HeaderValue::from_str(&format!("<{link}>; rel=\"sunset\"")) {
             headers.append(http::header::LINK, v);
         }
+    }
+}
+
+/// Describes the rate limit closest to exhaustion (see `docs/frontend.md`):
+///
+/// - `X-RateLimit-Limit`: requests per period; `X-RateLimit-Remaining`: requests that
+///   would be allowed right now; `X-RateLimit-Reset`: **seconds** (a delta, not a
+///   timestamp) until the whole allowance is back.
+/// - `RateLimit-Policy` and `RateLimit`, as in draft-ietf-httpapi-ratelimit-headers-10:
+///   `"per-client";q=600;w=60` and `"per-client";r=12;t=3`.
+///
+/// Whatever the upstream said about limits is replaced.
+pub fn rate_limit_headers<B>(response: &mut Response<B>, verdict: &Verdict) {
+    let d = &verdict.decision;
+    let name = &verdict.policy.name;
+    let window = tollgate_state::rate::ceil_secs(verdict.policy.period);
+    let reset = d.reset_secs();
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+    headers.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    // Policy names are letters, digits, `-` and `_`: always a valid header value.
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", d.limit)) {
+        headers.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset}", d.remaining)) {
+        headers.insert("ratelimit", v);
     }
 }
 

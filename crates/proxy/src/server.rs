@@ -31,6 +31,7 @@ use tollgate_policy::Snapshot;
 use crate::access_log::AccessSink;
 use crate::forward::UpstreamClient;
 use crate::jwks::{JwksRegistry, JwksSet};
+use crate::limit::Limiters;
 use crate::metrics::Metrics;
 use crate::{admin, pipeline};
 
@@ -44,6 +45,8 @@ pub struct Active {
     pub tokens: TokenCache,
     /// The remote key sets this snapshot names.
     pub jwks: Vec<Arc<JwksSet>>,
+    /// Rate limiters; counts carry over from the previous snapshot where unchanged.
+    pub limiters: Limiters,
 }
 
 impl Active {
@@ -60,11 +63,13 @@ impl Active {
             })
             .collect();
         let tokens = TokenCache::new(snapshot.auth.jwt.as_ref().map_or(0, |j| j.cache_entries));
+        let limiters = Limiters::new(&snapshot, previous.map(|p| &p.limiters), workers);
         Active {
             snapshot: Arc::new(snapshot),
             upstreams,
             tokens,
             jwks,
+            limiters,
         }
     }
 }
@@ -245,7 +250,21 @@ impl Gateway {
                 ))
             });
 
+        // In-process limiters forget keys whose allowance is full again, so memory
+        // follows the callers active within one period.
+        let sweeper = {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+                loop {
+                    every.tick().await;
+                    shared.active.load().limiters.forget_idle();
+                }
+            })
+        };
+
         shutdown.await;
+        sweeper.abort();
         self.shared.draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
         tracing::info!(

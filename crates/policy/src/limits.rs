@@ -1,0 +1,374 @@
+//! Rate limits in the configuration: the named `[limits.NAME]` policies of the policy
+//! files, each route's `limits = [...]`, and `[store]` in `gateway.toml` (Redis, shared
+//! by the instances, or this process).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::de::{DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::file::{FailureModeFile, LimitFile, LimitKeyFile, RouteFile, StoreFile};
+use crate::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin, RedisStore, RouteAuth, Store};
+
+/// Limit policies by name, with where each was written.
+pub(crate) type Defined = HashMap<String, Arc<LimitPolicy>>;
+
+/// Reads the `[limits.NAME]` tables of one policy file into `defined`.
+pub(crate) fn policies(
+    src: &SourceFile,
+    value: Spanned<DeValue>,
+    defined: &mut Defined,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        diags.push(src.error(Some(span), "`limits` must hold named tables: [limits.NAME]"));
+        return;
+    };
+    for (key, entry) in table {
+        let (name, span) = (key.get_ref().to_string(), key.span());
+        let f = match LimitFile::deserialize(ValueDeserializer::from(entry)) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(src.error(
+                    e.span().or(Some(span)),
+                    format!("[limits.{name}]: {}", e.message().trim()),
+                ));
+                continue;
+            }
+        };
+        if let Some(policy) = policy(src, &name, span.clone(), f, defined, diags) {
+            defined.insert(name, Arc::new(policy));
+        }
+    }
+}
+
+use serde::Deserialize as _;
+
+fn policy(
+    src: &SourceFile,
+    name: &str,
+    span: Range<usize>,
+    f: LimitFile,
+    defined: &Defined,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<LimitPolicy> {
+    let before = diags.len();
+    let origin = origin(src, &span);
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        diags.push(src.error(
+            Some(span.clone()),
+            format!("limit name `{name}`: use letters, digits, `-` and `_` only"),
+        ));
+    } else if let Some(first) = defined.get(name) {
+        diags.push(src.error(
+            Some(span.clone()),
+            format!(
+                "limit `{name}` is already defined at {}:{}:{}",
+                first.origin.file.display(),
+                first.origin.line,
+                first.origin.column
+            ),
+        ));
+    }
+    let limit = positive(src, &f.rate, name, "rate", diags);
+    let burst = match &f.burst {
+        Some(b) => positive(src, b, name, "burst", diags),
+        None => limit,
+    };
+    let period = match crate::duration::parse(f.period.get_ref()) {
+        Ok(d) if !d.is_zero() => Some(d),
+        Ok(_) => {
+            diags.push(src.error(
+                Some(f.period.span()),
+                format!("limit `{name}`: period must be greater than zero"),
+            ));
+            None
+        }
+        Err(e) => {
+            diags.push(src.error(Some(f.period.span()), format!("limit `{name}`: {e}")));
+            None
+        }
+    };
+    if let (Some(limit), Some(period)) = (limit, period) {
+        if period / limit.get() < Duration::from_micros(1) {
+            diags.push(src.error(
+                Some(f.rate.span()),
+                format!("limit `{name}`: more than one request per microsecond is not a limit"),
+            ));
+        }
+    }
+    let key = limit_key(src, &f.key, name, diags);
+    if diags.len() != before {
+        return None;
+    }
+    Some(LimitPolicy {
+        name: name.to_owned(),
+        limit: limit?,
+        period: period?,
+        burst: burst?,
+        key: key?,
+        on_redis_error: match f.on_redis_error {
+            None | Some(FailureModeFile::Local) => FailureMode::Local,
+            Some(FailureModeFile::Open) => FailureMode::Open,
+            Some(FailureModeFile::Closed) => FailureMode::Closed,
+        },
+        origin,
+    })
+}
+
+fn positive(
+    src: &SourceFile,
+    value: &Spanned<i64>,
+    name: &str,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<NonZeroU32> {
+    let n = u32::try_from(*value.get_ref())
+        .ok()
+        .and_then(NonZeroU32::new);
+    if n.is_none() {
+        diags.push(src.error(
+            Some(value.span()),
+            format!(
+                "limit `{name}`: {what} must be a whole number from 1 to {}",
+                u32::MAX
+            ),
+        ));
+    }
+    n
+}
+
+fn limit_key(
+    src: &SourceFile,
+    parts: &Spanned<Vec<Spanned<LimitKeyFile>>>,
+    name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<LimitKey>> {
+    if parts.get_ref().is_empty() {
+        diags.push(src.error(
+            Some(parts.span()),
+            format!("limit `{name}`: key is empty; write [\"global\"] for one count for everyone"),
+        ));
+        return None;
+    }
+    let mut key: Vec<LimitKey> = Vec::new();
+    for part in parts.get_ref() {
+        let k = match part.get_ref() {
+            LimitKeyFile::Client => LimitKey::Client,
+            LimitKeyFile::ApiKey => LimitKey::ApiKey,
+            LimitKeyFile::Ip => LimitKey::Ip,
+            LimitKeyFile::Route => LimitKey::Route,
+            LimitKeyFile::Username => LimitKey::Username,
+            LimitKeyFile::Global => LimitKey::Global,
+        };
+        if key.contains(&k) {
+            diags.push(src.error(
+                Some(part.span()),
+                format!("limit `{name}`: `{}` is listed twice", k.as_str()),
+            ));
+            return None;
+        }
+        key.push(k);
+    }
+    if key.len() > 1 && key.contains(&LimitKey::Global) {
+        diags.push(src.error(
+            Some(parts.span()),
+            format!("limit `{name}`: `global` is one count for everyone and combines with nothing"),
+        ));
+        return None;
+    }
+    // One order whatever the file says, so equal policies make equal keys.
+    key.sort();
+    Some(key)
+}
+
+/// A route's `limits` and `username_field`, checked against its authentication.
+pub(crate) fn route_limits(
+    src: &SourceFile,
+    f: &RouteFile,
+    route: &str,
+    auth: &RouteAuth,
+    defined: &Defined,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Vec<Arc<LimitPolicy>>, Option<String>)> {
+    let before = diags.len();
+    let mut limits: Vec<Arc<LimitPolicy>> = Vec::new();
+    for name in f.limits.iter().flatten() {
+        let Some(policy) = defined.get(name.get_ref()) else {
+            let mut known: Vec<&str> = defined.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            diags.push(src.error(
+                Some(name.span()),
+                format!(
+                    "route `{route}`: no [limits.{}] in the policy files (defined: {})",
+                    name.get_ref(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+            continue;
+        };
+        if limits.iter().any(|l| l.name == policy.name) {
+            diags.push(src.error(
+                Some(name.span()),
+                format!("route `{route}`: limit `{}` is listed twice", policy.name),
+            ));
+            continue;
+        }
+        let identifies = matches!(
+            auth,
+            RouteAuth::Jwt | RouteAuth::ApiKey | RouteAuth::JwtOrApiKey
+        );
+        let by_key = matches!(auth, RouteAuth::ApiKey | RouteAuth::JwtOrApiKey);
+        for part in &policy.key {
+            let problem = match part {
+                LimitKey::Client if !identifies => {
+                    Some("counts by `client`, but the route has no authenticated caller")
+                }
+                LimitKey::ApiKey if !by_key => {
+                    Some("counts by `api_key`, but the route does not accept API keys")
+                }
+                LimitKey::Username if f.username_field.is_none() => Some(
+                    "counts by `username`: set `username_field` on the route (the JSON member or form field)",
+                ),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                diags.push(src.error(
+                    Some(name.span()),
+                    format!("route `{route}`: limit `{}` {problem}", policy.name),
+                ));
+            }
+        }
+        limits.push(Arc::clone(policy));
+    }
+    let username_field = match &f.username_field {
+        Some(field) if field.get_ref().is_empty() => {
+            diags.push(src.error(
+                Some(field.span()),
+                format!("route `{route}`: username_field is empty"),
+            ));
+            None
+        }
+        Some(field) => Some(field.get_ref().clone()),
+        None => None,
+    };
+    (diags.len() == before).then_some((limits, username_field))
+}
+
+/// `[store]`: Redis when a URL is given, else this process.
+pub(crate) fn store(
+    src: &SourceFile,
+    f: Option<StoreFile>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Store> {
+    let Some(f) = f else {
+        return Some(Store::default());
+    };
+    let before = diags.len();
+    let url = match (&f.redis_url, &f.redis_url_env) {
+        (Some(_), Some(env)) => {
+            diags.push(src.error(
+                Some(env.span()),
+                "[store]: give redis_url or redis_url_env, not both",
+            ));
+            None
+        }
+        (Some(url), None) => Some((url.get_ref().clone(), url.span())),
+        (None, Some(env)) => match std::env::var(env.get_ref()) {
+            Ok(url) if !url.is_empty() => Some((url, env.span())),
+            _ => {
+                diags.push(src.error(
+                    Some(env.span()),
+                    format!("[store]: environment variable {} is not set", env.get_ref()),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some((url, span)) = &url {
+        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+        if !scheme_ok {
+            // The URL itself may hold a password: never echo it.
+            diags.push(src.error(
+                Some(span.clone()),
+                "[store]: the Redis URL must start with redis:// (or rediss:// for TLS)",
+            ));
+        }
+    }
+    let instances = match &f.instances {
+        None => NonZeroU32::MIN,
+        Some(n) => match u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new) {
+            Some(n) => n,
+            None => {
+                diags.push(src.error(Some(n.span()), "[store]: instances must be at least 1"));
+                NonZeroU32::MIN
+            }
+        },
+    };
+    let breaker_failures = match &f.breaker_failures {
+        None => 5,
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                diags.push(src.error(
+                    Some(n.span()),
+                    "[store]: breaker_failures must be at least 1",
+                ));
+                5
+            }
+        },
+    };
+    let key_prefix = match &f.key_prefix {
+        None => "tollgate".to_owned(),
+        Some(p) => {
+            let text = p.get_ref();
+            if text.is_empty() || text.contains(['{', '}']) || text.chars().any(char::is_whitespace)
+            {
+                diags.push(src.error(
+                    Some(p.span()),
+                    "[store]: key_prefix must be non-empty, without spaces, `{` or `}`",
+                ));
+            }
+            text.clone()
+        }
+    };
+    let timeout = crate::load::duration(src, &f.timeout, 50, diags);
+    let breaker_cooldown = crate::load::duration(src, &f.breaker_cooldown, 2000, diags);
+    if diags.len() != before {
+        return None;
+    }
+    Some(Store {
+        redis: url.map(|(url, _)| RedisStore {
+            url,
+            instances,
+            timeout,
+            breaker_failures,
+            breaker_cooldown,
+            key_prefix,
+        }),
+    })
+}
+
+fn origin(src: &SourceFile, span: &Range<usize>) -> Origin {
+    let d = src.error(Some(span.clone()), "");
+    Origin {
+        file: d.file,
+        line: d.line,
+        column: d.column,
+    }
+}

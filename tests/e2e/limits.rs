@@ -1,0 +1,360 @@
+//! Rate limits counted in the gateway's own process: the headers on every limited
+//! response, 429 with `Retry-After`, several policies on one route, the login limited per
+//! IP and per username, client addresses through trusted proxies only, and reloads that
+//! keep the counts. (Redis-backed limits are in `shared_limits.rs`.)
+
+use std::path::PathBuf;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+
+use crate::support::{eventually, Harness, RawResponse, Setup};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
+}
+
+/// `[jwt]` accepting HS256 tokens signed with the fixture secret.
+pub fn jwt_config() -> String {
+    format!(
+        "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.key]]\nid = \"hs-256\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+        fixtures().join("keys/hs256.secret").display()
+    )
+}
+
+/// `Bearer` + a valid token for `client`.
+pub fn bearer_for(client: &str) -> String {
+    let secret = std::fs::read(fixtures().join("keys/hs256.secret")).unwrap();
+    let claims = serde_json::json!({
+        "clientId": client,
+        "sub": format!("{client}@test"),
+        "iss": "https://issuer.test",
+        "aud": "legacy-api",
+        "iat": 1_767_225_600u64,
+        "exp": 4_102_444_800u64,
+    });
+    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs-256".into());
+    let token = encode(&header, &claims, &EncodingKey::from_secret(&secret)).unwrap();
+    format!("Bearer {token}")
+}
+
+const POLICIES: &str = r#"
+[limits.per-client]
+rate = 3
+period = "1h"
+key = ["client"]
+
+[limits.roomy-per-client]
+rate = 10
+period = "1h"
+key = ["client"]
+
+[limits.everyone]
+rate = 4
+period = "1h"
+key = ["global"]
+
+[limits.login-ip]
+rate = 5
+period = "1h"
+key = ["ip"]
+
+[limits.login-user]
+rate = 3
+period = "1h"
+key = ["username"]
+
+[[route]]
+name = "one-limit"
+path = "/echo/one/*"
+limits = ["per-client"]
+
+[[route]]
+name = "two-limits"
+path = "/echo/two/*"
+limits = ["roomy-per-client", "everyone"]
+
+[[route]]
+name = "login"
+methods = ["POST"]
+path = "/echo/login"
+auth = "none"
+username_field = "username"
+limits = ["login-ip", "login-user"]
+
+[[route]]
+name = "unlimited"
+path = "/echo/free/*"
+"#;
+
+async fn harness(server: &str) -> Harness {
+    Harness::with(Setup {
+        policies: vec![("10.toml".into(), POLICIES.into())],
+        extra: jwt_config(),
+        server: server.into(),
+        ..Setup::default()
+    })
+    .await
+}
+
+fn header_u64(r: &RawResponse, name: &str) -> u64 {
+    r.header(name)
+        .unwrap_or_else(|| panic!("no {name} in {:?}", r.headers))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_limited_response_says_where_the_caller_stands_and_429_says_when_to_retry() {
+    let h = harness("").await;
+    let alice = bearer_for("alice");
+    for (n, remaining) in [2u64, 1, 0].into_iter().enumerate() {
+        let r = h.get("/echo/one/x", &[("authorization", &alice)]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+        assert_eq!(header_u64(&r, "x-ratelimit-remaining"), remaining);
+        // One request back every 20 minutes; full again after the used ones are back.
+        let reset = 1200 * (n as u64 + 1);
+        assert_eq!(header_u64(&r, "x-ratelimit-reset"), reset);
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"per-client\";q=3;w=3600")
+        );
+        assert_eq!(
+            r.header("ratelimit"),
+            Some(format!("\"per-client\";r={remaining};t={reset}").as_str())
+        );
+        assert!(r.header("retry-after").is_none());
+    }
+    let before = h.backend.requests();
+    let r = h.get("/echo/one/x", &[("authorization", &alice)]).await;
+    r.assert_problem(429, "RATE_LIMITED");
+    let retry = header_u64(&r, "retry-after");
+    assert!((1199..=1200).contains(&retry), "{retry}");
+    assert_eq!(r.json()["retryAfter"], retry);
+    assert!(r.json()["detail"].as_str().unwrap().contains("per-client"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(
+        r.header("ratelimit"),
+        Some(
+            format!(
+                "\"per-client\";r=0;t={}",
+                header_u64(&r, "x-ratelimit-reset")
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        h.backend.requests(),
+        before,
+        "a refused request never reaches the backend"
+    );
+
+    // Counted per client: another caller is unaffected; a route without limits says nothing.
+    let r = h
+        .get("/echo/one/x", &[("authorization", &bearer_for("bob"))])
+        .await;
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("2"))
+    );
+    let r = h.get("/echo/free/x", &[("authorization", &alice)]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("x-ratelimit-limit").is_none());
+
+    // Errors after the limit stage carry the headers too (and were counted).
+    let r = h
+        .get(
+            "/echo/one/x?clientId=mallory",
+            &[("authorization", &bearer_for("carol"))],
+        )
+        .await;
+    r.assert_problem(403, "CLIENT_ID_MISMATCH");
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("2"));
+
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains(
+            "tollgate_rate_limit_decisions_total{policy=\"per-client\",store=\"local\",outcome=\"limited\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "tollgate_rate_limit_decisions_total{policy=\"per-client\",store=\"local\",outcome=\"allowed\"} 5"
+    ));
+}
+
+#[tokio::test]
+async fn with_two_limits_the_headers_describe_the_one_closest_to_exhaustion() {
+    let h = harness("").await;
+    // roomy-per-client: 10 per hour per client; everyone: 4 per hour in all.
+    let r = h
+        .get("/echo/two/x", &[("authorization", &bearer_for("a"))])
+        .await;
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"everyone\";q=4;w=3600")
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("3"));
+    for client in ["b", "c", "d"] {
+        let r = h
+            .get("/echo/two/x", &[("authorization", &bearer_for(client))])
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    // A new client has all of its own allowance but none of everyone's.
+    let r = h
+        .get("/echo/two/x", &[("authorization", &bearer_for("e"))])
+        .await;
+    r.assert_problem(429, "RATE_LIMITED");
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"everyone\";q=4;w=3600")
+    );
+    assert!(r.json()["detail"].as_str().unwrap().contains("everyone"));
+}
+
+#[tokio::test]
+async fn login_is_limited_per_username_and_per_address_and_bodies_pass_intact() {
+    let h = harness("").await;
+    let json = |user: &str| format!("{{\"username\":\"{user}\",\"password\":\"guess\"}}");
+    // Three tries for one username, however it is spelled or encoded.
+    for body in [json("alice@acme.test"), json(" Alice@ACME.test")] {
+        let r = h
+            .send(
+                "POST",
+                "/echo/login",
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.json()["body"]["bytes"],
+            body.len(),
+            "the body reaches the backend whole"
+        );
+    }
+    let form = b"username=alice%40acme.test&password=guess";
+    let r = h
+        .send(
+            "POST",
+            "/echo/login",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"login-user\";q=3;w=3600")
+    );
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    let r = h
+        .send(
+            "POST",
+            "/echo/login",
+            &[("content-type", "application/json")],
+            json("ALICE@acme.test").as_bytes(),
+        )
+        .await;
+    r.assert_problem(429, "RATE_LIMITED");
+    assert!(r.json()["detail"].as_str().unwrap().contains("login-user"));
+
+    // Another username still gets in, until the address has used its five.
+    let r = h
+        .send(
+            "POST",
+            "/echo/login",
+            &[("content-type", "application/json")],
+            json("bob@acme.test").as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let r = h
+        .send(
+            "POST",
+            "/echo/login",
+            &[("content-type", "application/json")],
+            json("carol@acme.test").as_bytes(),
+        )
+        .await;
+    r.assert_problem(429, "RATE_LIMITED");
+    assert!(r.json()["detail"].as_str().unwrap().contains("login-ip"));
+    // An untrusted peer cannot claim another address.
+    let r = h
+        .send(
+            "POST",
+            "/echo/login",
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
+            json("dave@acme.test").as_bytes(),
+        )
+        .await;
+    r.assert_problem(429, "RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_counted() {
+    let h = harness("trusted_proxies = [\"127.0.0.0/8\"]").await;
+    let login = |ip: &'static str, user: usize| {
+        let body = format!("{{\"username\":\"user{user}\"}}");
+        let h = &h;
+        async move {
+            h.send(
+                "POST",
+                "/echo/login",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", ip),
+                ],
+                body.as_bytes(),
+            )
+            .await
+            .status
+        }
+    };
+    let mut statuses = Vec::new();
+    for user in 0..6 {
+        statuses.push(login("203.0.113.1", user).await);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
+    // A different client address behind the proxy has its own count.
+    assert_eq!(login("203.0.113.2", 100).await, 200);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_counts_of_unchanged_limits() {
+    let h = harness("").await;
+    let alice = bearer_for("alice");
+    for _ in 0..3 {
+        assert_eq!(
+            h.get("/echo/one/x", &[("authorization", &alice)])
+                .await
+                .status,
+            200
+        );
+    }
+    let path = h.policy_path("10.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("path = \"/echo/free/*\"", "path = \"/echo/free2/*\""),
+    )
+    .unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            h.get("/echo/free2/x", &[("authorization", &alice)])
+                .await
+                .status
+                == 200
+        })
+        .await,
+        "the edit was not picked up"
+    );
+    let r = h.get("/echo/one/x", &[("authorization", &alice)]).await;
+    r.assert_problem(429, "RATE_LIMITED");
+}
