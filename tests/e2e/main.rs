@@ -13,4 +13,5 @@ mod limits;
 mod proxying;
 mod rewriting;
 mod robustness;
+mod shared_limits;
 mod support;

@@ -1,8 +1,8 @@
-//! Durations as operators write them: `250ms`, `10s`, `5m`, `1h`.
+//! Durations as operators write them: `250ms`, `10s`, `5m`, `1h`, `1d`.
 
 use std::time::Duration;
 
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h`.
+/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let digits_end = text
@@ -10,16 +10,17 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits_end);
     let value: u64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a duration; write e.g. `250ms`, `10s`, `5m`, `1h`")
+        format!("`{text}` is not a duration; write e.g. `250ms`, `10s`, `5m`, `1h`, `1d`")
     })?;
     let millis = match unit {
         "ms" => Some(value),
         "s" => value.checked_mul(1_000),
         "m" => value.checked_mul(60_000),
         "h" => value.checked_mul(3_600_000),
+        "d" => value.checked_mul(86_400_000),
         _ => {
             return Err(format!(
-                "`{text}` has no valid unit; write e.g. `250ms`, `10s`, `5m`, `1h`"
+                "`{text}` has no valid unit; write e.g. `250ms`, `10s`, `5m`, `1h`, `1d`"
             ))
         }
     };

@@ -15,8 +15,9 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::file::{FailureModeFile, LimitFile, LimitKeyFile, RouteFile, StoreFile};
 use crate::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin, RedisStore, RouteAuth, Store};
 
-/// Limit policies by name, with where each was written.
-pub(crate) type Defined = HashMap<String, Arc<LimitPolicy>>;
+/// Limit policies by name; `None` for one that is declared but invalid (its errors are
+/// reported where it is written, not again at every route using it).
+pub(crate) type Defined = HashMap<String, Option<Arc<LimitPolicy>>>;
 
 /// Reads the `[limits.NAME]` tables of one policy file into `defined`.
 pub(crate) fn policies(
@@ -42,9 +43,8 @@ pub(crate) fn policies(
                 continue;
             }
         };
-        if let Some(policy) = policy(src, &name, span.clone(), f, defined, diags) {
-            defined.insert(name, Arc::new(policy));
-        }
+        let policy = policy(src, &name, span.clone(), f, defined, diags);
+        defined.entry(name).or_insert(policy.map(Arc::new));
     }
 }
 
@@ -69,7 +69,7 @@ fn policy(
             Some(span.clone()),
             format!("limit name `{name}`: use letters, digits, `-` and `_` only"),
         ));
-    } else if let Some(first) = defined.get(name) {
+    } else if let Some(Some(first)) = defined.get(name) {
         diags.push(src.error(
             Some(span.clone()),
             format!(
@@ -204,22 +204,27 @@ pub(crate) fn route_limits(
     let before = diags.len();
     let mut limits: Vec<Arc<LimitPolicy>> = Vec::new();
     for name in f.limits.iter().flatten() {
-        let Some(policy) = defined.get(name.get_ref()) else {
-            let mut known: Vec<&str> = defined.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            diags.push(src.error(
-                Some(name.span()),
-                format!(
-                    "route `{route}`: no [limits.{}] in the policy files (defined: {})",
-                    name.get_ref(),
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-            continue;
+        let policy = match defined.get(name.get_ref()) {
+            Some(Some(policy)) => policy,
+            // Declared but invalid: already reported where it is written.
+            Some(None) => continue,
+            None => {
+                let mut known: Vec<&str> = defined.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                diags.push(src.error(
+                    Some(name.span()),
+                    format!(
+                        "route `{route}`: no [limits.{}] in the policy files (defined: {})",
+                        name.get_ref(),
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+                continue;
+            }
         };
         if limits.iter().any(|l| l.name == policy.name) {
             diags.push(src.error(

@@ -592,7 +592,7 @@ fn load_policies(
             }
         }
     }
-    let mut limit_policies: Vec<Arc<LimitPolicy>> = defined.into_values().collect();
+    let mut limit_policies: Vec<Arc<LimitPolicy>> = defined.into_values().flatten().collect();
     limit_policies.sort_by(|a, b| a.name.cmp(&b.name));
     (routes, limit_policies, files)
 }
