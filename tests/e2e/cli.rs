@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::support::TempDir;
 
-fn tollgate(args: &[&str]) -> (bool, String) {
+pub fn tollgate(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(args)
         .output()

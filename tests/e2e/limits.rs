@@ -79,7 +79,7 @@ name = "login"
 methods = ["POST"]
 path = "/echo/login"
 auth = "none"
-username_field = "username"
+username_fields = ["username", "email"]
 limits = ["login-ip", "login-user"]
 
 [[route]]
@@ -219,8 +219,9 @@ async fn with_two_limits_the_headers_describe_the_one_closest_to_exhaustion() {
 async fn login_is_limited_per_username_and_per_address_and_bodies_pass_intact() {
     let h = harness("").await;
     let json = |user: &str| format!("{{\"username\":\"{user}\",\"password\":\"guess\"}}");
-    // Three tries for one username, however it is spelled or encoded.
-    for body in [json("alice@acme.test"), json(" Alice@ACME.test")] {
+    // Three tries for one username, however it is spelled, encoded or named.
+    let by_email = "{\"email\":\" Alice@ACME.test\",\"password\":\"guess\"}".to_owned();
+    for body in [json("alice@acme.test"), by_email] {
         let r = h
             .send(
                 "POST",
@@ -236,7 +237,7 @@ async fn login_is_limited_per_username_and_per_address_and_bodies_pass_intact() 
             "the body reaches the backend whole"
         );
     }
-    let form = b"username=alice%40acme.test&password=guess";
+    let form = b"password=guess&username=alice%40acme.test";
     let r = h
         .send(
             "POST",
@@ -357,4 +358,76 @@ async fn a_reload_keeps_the_counts_of_unchanged_limits() {
     );
     let r = h.get("/echo/one/x", &[("authorization", &alice)]).await;
     r.assert_problem(429, "RATE_LIMITED");
+}
+
+#[test]
+fn check_reports_every_limit_mistake_with_file_and_line() {
+    let dir = crate::support::TempDir::new();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[routing]\npolicies = \"policies\"\n\n[store]\nredis_url = \"http://127.0.0.1:6379\"\ninstances = 0\n\n{}",
+            jwt_config()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("a.toml"),
+        r#"[limits.ok]
+rate = 10
+period = "1m"
+key = ["client"]
+
+[limits.bad]
+rate = 0
+period = "soon"
+key = ["client", "client"]
+
+[limits.mixed]
+rate = 5
+period = "1m"
+key = ["global", "ip"]
+
+[limits.typo]
+rate = 5
+period = "1m"
+key = ["ip"]
+burts = 3
+
+[[route]]
+name = "open-route"
+path = "/a"
+auth = "none"
+limits = ["ok", "nope"]
+
+[[route]]
+name = "login"
+path = "/login"
+auth = "none"
+limits = ["bad"]
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml").display().to_string();
+    let (ok, out) = crate::cli::tollgate(&["check", "--config", &config]);
+    assert!(!ok, "check must fail: {out}");
+    let gw = config.as_str();
+    let a = policies.join("a.toml").display().to_string();
+    for expected in [
+        format!("{gw}:11:13: error: [store]: the Redis URL must start with redis://"),
+        format!("{gw}:12:13: error: [store]: instances must be at least 1"),
+        format!("{a}:7:8: error: limit `bad`: rate must be a whole number from 1"),
+        format!("{a}:8:10: error: limit `bad`: `soon` is not a duration"),
+        format!("{a}:9:18: error: limit `bad`: `client` is listed twice"),
+        format!("{a}:14:7: error: limit `mixed`: `global` is one count for everyone"),
+        format!("{a}:20:1: error: [limits.typo]: unknown field `burts`"),
+        format!("{a}:26:11: error: route `open-route`: limit `ok` counts by `client`, but the route has no authenticated caller"),
+        format!("{a}:26:17: error: route `open-route`: no [limits.nope] in the policy files (defined: bad, mixed, ok)"),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    // `bad` is reported where it is written, not again where it is used.
+    assert!(!out.contains("no [limits.bad]"), "{out}");
 }

@@ -108,9 +108,9 @@ pub struct RouteFile {
     pub max_upload_bytes: Option<Spanned<i64>>,
     /// The `[limits.NAME]` policies that apply, all of them to every request.
     pub limits: Option<Vec<Spanned<String>>>,
-    /// The JSON member or form field holding the submitted username (a login route),
-    /// for limits keyed by `username`.
-    pub username_field: Option<Spanned<String>>,
+    /// The JSON members or form fields that may hold the submitted username (a login
+    /// route), first present wins; for limits keyed by `username`.
+    pub username_fields: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[limits.NAME]` in a policy file: a named rate-limit policy routes refer to.

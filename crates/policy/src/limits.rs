@@ -192,7 +192,7 @@ fn limit_key(
     Some(key)
 }
 
-/// A route's `limits` and `username_field`, checked against its authentication.
+/// A route's `limits` and `username_fields`, checked against its authentication.
 pub(crate) fn route_limits(
     src: &SourceFile,
     f: &RouteFile,
@@ -200,7 +200,7 @@ pub(crate) fn route_limits(
     auth: &RouteAuth,
     defined: &Defined,
     diags: &mut Vec<Diagnostic>,
-) -> Option<(Vec<Arc<LimitPolicy>>, Option<String>)> {
+) -> Option<(Vec<Arc<LimitPolicy>>, Vec<String>)> {
     let before = diags.len();
     let mut limits: Vec<Arc<LimitPolicy>> = Vec::new();
     for name in f.limits.iter().flatten() {
@@ -246,8 +246,8 @@ pub(crate) fn route_limits(
                 LimitKey::ApiKey if !by_key => {
                     Some("counts by `api_key`, but the route does not accept API keys")
                 }
-                LimitKey::Username if f.username_field.is_none() => Some(
-                    "counts by `username`: set `username_field` on the route (the JSON member or form field)",
+                LimitKey::Username if f.username_fields.is_none() => Some(
+                    "counts by `username`: set `username_fields` on the route (JSON members or form fields)",
                 ),
                 _ => None,
             };
@@ -260,18 +260,25 @@ pub(crate) fn route_limits(
         }
         limits.push(Arc::clone(policy));
     }
-    let username_field = match &f.username_field {
-        Some(field) if field.get_ref().is_empty() => {
+    let mut username_fields = Vec::new();
+    if let Some(fields) = &f.username_fields {
+        if fields.get_ref().is_empty() {
             diags.push(src.error(
-                Some(field.span()),
-                format!("route `{route}`: username_field is empty"),
+                Some(fields.span()),
+                format!("route `{route}`: username_fields is empty"),
             ));
-            None
         }
-        Some(field) => Some(field.get_ref().clone()),
-        None => None,
-    };
-    (diags.len() == before).then_some((limits, username_field))
+        for field in fields.get_ref() {
+            if field.get_ref().is_empty() {
+                diags.push(src.error(
+                    Some(field.span()),
+                    format!("route `{route}`: a username field name is empty"),
+                ));
+            }
+            username_fields.push(field.get_ref().clone());
+        }
+    }
+    (diags.len() == before).then_some((limits, username_fields))
 }
 
 /// `[store]`: Redis when a URL is given, else this process.

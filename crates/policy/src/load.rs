@@ -695,7 +695,7 @@ fn route(
         return None;
     }
     let route_auth = route_auth?;
-    let (limits, username_field) =
+    let (limits, username_fields) =
         limits::route_limits(src, &f, &name, &route_auth, defined, diags)?;
     let identifies_caller = matches!(
         route_auth,
@@ -731,7 +731,7 @@ fn route(
         client_id,
         max_upload_bytes,
         limits,
-        username_field,
+        username_fields,
         upstream_credential,
         pass_api_key: f.pass_api_key,
         name,

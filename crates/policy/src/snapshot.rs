@@ -100,7 +100,7 @@ pub enum LimitKey {
     /// The client address: the socket's, or `X-Forwarded-For` through trusted proxies.
     Ip,
     Route,
-    /// The username submitted in the body (the route's `username_field`), case-folded.
+    /// The username submitted in the body (the first of the route's `username_fields` present), case-folded.
     Username,
     /// One count for everyone.
     Global,
@@ -324,7 +324,8 @@ pub struct Route {
     /// Rate limits; every one applies to every request of the route.
     pub limits: Vec<Arc<LimitPolicy>>,
     /// The JSON member or form field with the submitted username (limits keyed by it).
-    pub username_field: Option<String>,
+    /// (JSON members or form fields, first present wins; empty when none is set).
+    pub username_fields: Vec<String>,
     pub origin: Origin,
 }
 

@@ -172,16 +172,14 @@ pub async fn check(
     if route.limits.is_empty() {
         return Ok((request, None));
     }
-    let (request, username) = match &route.username_field {
-        Some(field)
-            if route
-                .limits
-                .iter()
-                .any(|l| l.key.contains(&LimitKey::Username)) =>
-        {
-            submitted_username(request, field).await?
-        }
-        _ => (request, None),
+    let counts_usernames = route
+        .limits
+        .iter()
+        .any(|l| l.key.contains(&LimitKey::Username));
+    let (request, username) = if counts_usernames {
+        submitted_username(request, &route.username_fields).await?
+    } else {
+        (request, None)
     };
     let mut verdict: Option<Verdict> = None;
     for policy in &route.limits {
@@ -284,12 +282,13 @@ fn key_parts(
     Some((tag?, rest))
 }
 
-/// Reads a login body (bounded) for the username in `field` (a top-level JSON member or
-/// a form field), and hands the body back whole. The username is case-folded and
+/// Reads a login body (bounded) for the username in the first of `fields` present (a
+/// top-level JSON member or a form field), and hands the body back whole. Without one,
+/// the request counts under one shared "no username" key. The username is case-folded and
 /// trimmed, so `Alice ` and `alice` share one count, then hashed: no usernames in Redis.
 async fn submitted_username(
     request: Request<RequestBody>,
-    field: &str,
+    fields: &[String],
 ) -> Result<(Request<RequestBody>, Option<String>), GatewayError> {
     let (parts, body) = request.into_parts();
     let bytes = read_bounded(&parts, body, MAX_LOGIN_BODY_BYTES).await?;
@@ -306,14 +305,18 @@ async fn submitted_username(
         })
         .unwrap_or_default();
     let username = if media == "application/x-www-form-urlencoded" {
-        crate::form::pairs(&bytes)
-            .into_iter()
-            .find(|(k, _)| k == field)
-            .map(|(_, v)| v)
+        let pairs = crate::form::pairs(&bytes);
+        fields.iter().find_map(|field| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == field)
+                .map(|(_, v)| v.clone())
+        })
     } else {
-        serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get(field)?.as_str().map(str::to_owned))
+        let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        fields
+            .iter()
+            .find_map(|field| body.as_ref()?.get(field)?.as_str().map(str::to_owned))
     };
     let hashed = username.map(|u| {
         let digest = Sha256::digest(u.trim().to_lowercase().as_bytes());
