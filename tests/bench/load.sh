@@ -14,6 +14,12 @@
 # the same machine (2 threads). Tollgate runs with its access log on (written to
 # /dev/null); HAProxy and nginx log nothing. Prints requests/s, p50 and p99 for each
 # and Tollgate's ratios to the others.
+#
+# Two more Tollgates run the same route with a rate limit that never trips (keyed by
+# client address, 1,000,000/s): `tg-local` counts in process (governor), `tg-redis` in a
+# redis-server of the script's own (one EVALSHA per request). Their ratios to the
+# unlimited Tollgate are the cost of limiting; tg-redis / tg-local is the cost of
+# sharing the count across instances. Set LIMITS=0 to skip them.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -33,7 +39,8 @@ need() {
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
-need wrk:wrk haproxy:haproxy nginx:nginx-light
+LIMITS=${LIMITS:-1}
+need wrk:wrk haproxy:haproxy nginx:nginx-light redis-server:redis-server
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -59,6 +66,7 @@ echo "building tollgate (release)" >&2
 (cd "$ROOT" && cargo build --release -q -p tollgate)
 
 UP=$(free_port); NG=$(free_port); HA=$(free_port); TG=$(free_port)
+TL=$(free_port); TR=$(free_port); RD=$(free_port)
 BODY='{"ok":true,"campaigns":[{"id":1,"name":"Spring outreach"},{"id":2,"name":"Renewals"}]}'
 
 # Upstream: one nginx worker.
@@ -120,16 +128,24 @@ backend be
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!)
 
-mkdir -p "$WORK/tg/policies"
-cat > "$WORK/tg/policies/10-all.toml" <<CONF
+# tollgate NAME PORT LIMITS STORE: one Tollgate with the route's `limits` and [store].
+tollgate() {
+  mkdir -p "$WORK/$1/policies"
+  cat > "$WORK/$1/policies/10-all.toml" <<CONF
+[limits.per-address]
+rate = 1000000
+period = "1s"
+key = ["ip"]
+
 [[route]]
 name = "everything"
 path = "/*"
 auth = "none"
+limits = [$3]
 CONF
-cat > "$WORK/tg/gateway.toml" <<CONF
+  cat > "$WORK/$1/gateway.toml" <<CONF
 [server]
-listen = ["127.0.0.1:$TG"]
+listen = ["127.0.0.1:$2"]
 [upstream]
 url = "http://127.0.0.1:$UP"
 [routing]
@@ -138,13 +154,27 @@ policies = "policies"
 access_log = ${ACCESS_LOG:-true}
 [reload]
 watch = false
+$4
 CONF
-"$ROOT/target/release/tollgate" run --config "$WORK/tg/gateway.toml" >/dev/null 2>/dev/null & PIDS+=($!)
+  "$ROOT/target/release/tollgate" run --config "$WORK/$1/gateway.toml" >/dev/null 2>/dev/null & PIDS+=($!)
+}
+tollgate tg "$TG" "" ""
+PORTS="$UP $NG $HA $TG"
+TARGETS="haproxy:$HA nginx:$NG tollgate:$TG"
+if [ "$LIMITS" = 1 ]; then
+  redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
+  tollgate tg-local "$TL" '"per-address"' ""
+  tollgate tg-redis "$TR" '"per-address"' "[store]
+redis_url = \"redis://127.0.0.1:$RD\""
+  PORTS="$PORTS $TL $TR $RD"
+  TARGETS="$TARGETS tg-local:$TL tg-redis:$TR"
+fi
 
-for p in $UP $NG $HA $TG; do wait_port "$p"; done
+for p in $PORTS; do wait_port "$p"; done
 
 # Sanity: every proxy returns the upstream's body.
-for p in $NG $HA $TG; do
+for pair in $TARGETS; do
+  p=${pair#*:}
   got=$(curl -s "http://127.0.0.1:$p/campaigns")
   [ "$got" = "$BODY" ] || { echo "proxy on $p returned: $got" >&2; exit 1; }
 done
@@ -163,10 +193,16 @@ run() { # port -> "rps p50 p99"
 median() { sort -g | awk '{ v[NR]=$1 } END { print v[int((NR+1)/2)] }'; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION x $ROUNDS rounds, $CORES cores, GET /campaigns ($(printf %s "$BODY" | wc -c) byte body)" >&2
-for p in $HA $NG $TG; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:$p/campaigns" >/dev/null; done
+for pair in $TARGETS; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:${pair#*:}/campaigns" >/dev/null; done
+if [ "$LIMITS" = 1 ]; then
+  # The limited Tollgates really decide: one header check per store.
+  curl -si "http://127.0.0.1:$TL/campaigns" | grep -qi '^x-ratelimit-limit: 1000000' || { echo "tg-local sends no rate-limit headers" >&2; exit 1; }
+  curl -si "http://127.0.0.1:$TR/campaigns" | grep -qi '^x-ratelimit-limit: 1000000' || { echo "tg-redis sends no rate-limit headers" >&2; exit 1; }
+  [ "$(redis-cli -p "$RD" --scan --pattern 'tollgate:rl:*' | wc -l)" -ge 1 ] || { echo "tg-redis wrote nothing to redis" >&2; exit 1; }
+fi
 declare -A RESULTS
 for round in $(seq 1 "$ROUNDS"); do
-  for pair in haproxy:$HA nginx:$NG tollgate:$TG; do
+  for pair in $TARGETS; do
     r=$(run "${pair#*:}")
     RESULTS[${pair%%:*}]+="$r"$'\n'
     echo "round $round ${pair%%:*}: $r" >&2
@@ -175,13 +211,23 @@ done
 
 printf '%-10s %12s %10s %10s\n' proxy "requests/s" "p50 ms" "p99 ms"
 declare -A RPS
-for name in haproxy nginx tollgate; do
+declare -A P99
+for pair in $TARGETS; do
+  name=${pair%%:*}
   rows=${RESULTS[$name]}
   rps=$(awk 'NF {print $1}' <<<"$rows" | median)
   p50=$(awk 'NF {print $2}' <<<"$rows" | median)
   p99=$(awk 'NF {print $3}' <<<"$rows" | median)
   RPS[$name]=$rps
+  P99[$name]=$p99
   printf '%-10s %12.0f %10s %10s\n' "$name" "$rps" "$p50" "$p99"
 done
 awk -v t="${RPS[tollgate]}" -v h="${RPS[haproxy]}" -v n="${RPS[nginx]}" 'BEGIN {
   printf "tollgate / haproxy requests/s: %.2fx\ntollgate / nginx   requests/s: %.2fx\n", t/h, t/n }'
+if [ "$LIMITS" = 1 ]; then
+  awk -v t="${RPS[tollgate]}" -v l="${RPS[tg-local]}" -v r="${RPS[tg-redis]}" \
+      -v tp="${P99[tollgate]}" -v lp="${P99[tg-local]}" -v rp="${P99[tg-redis]}" 'BEGIN {
+    printf "rate limit in process / no limit   requests/s: %.2fx, p99 %+.2f ms\n", l/t, lp-tp
+    printf "rate limit in redis   / no limit   requests/s: %.2fx, p99 %+.2f ms\n", r/t, rp-tp
+    printf "rate limit in redis   / in process requests/s: %.2fx (target >= 0.85)\n", r/l }'
+fi

@@ -49,6 +49,18 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                 m.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
             });
             let _ = writeln!(out, "  methods:  {methods}");
+            for limit in &route.limits {
+                let key: Vec<&str> = limit.key.iter().map(|k| k.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "  limit:    {} — {} per {:?}, burst {}, by {}",
+                    limit.name,
+                    limit.limit,
+                    limit.period,
+                    limit.burst,
+                    key.join("+")
+                );
+            }
             match route.action {
                 RouteAction::Forward => {
                     let _ = writeln!(
