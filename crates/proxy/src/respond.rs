@@ -91,3 +91,103 @@ pub fn finish(
     log.set_status(parts.status);
     Response::from_parts(parts, Observed::new(body, log))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin};
+    use tollgate_state::rate::Quota;
+
+    use super::*;
+
+    fn verdict(limit: u32, period: Duration, burst: u32, allowed: Option<u32>) -> Verdict {
+        let (limit, burst) = (
+            NonZeroU32::new(limit).unwrap(),
+            NonZeroU32::new(burst).unwrap(),
+        );
+        let quota = Quota::new(limit, period, burst).unwrap();
+        Verdict {
+            policy: Arc::new(LimitPolicy {
+                name: "per-client".into(),
+                limit,
+                period,
+                burst,
+                key: vec![LimitKey::Client],
+                on_redis_error: FailureMode::Local,
+                origin: Origin {
+                    file: "p.toml".into(),
+                    line: 1,
+                    column: 1,
+                },
+            }),
+            decision: match allowed {
+                Some(remaining) => quota.allowed(remaining),
+                None => quota.denied(Duration::from_millis(1500)),
+            },
+        }
+    }
+
+    fn headers(v: &Verdict) -> Vec<(String, String)> {
+        let mut response = Response::new(());
+        response.headers_mut().insert(
+            "x-ratelimit-limit",
+            HeaderValue::from_static("from upstream"),
+        );
+        rate_limit_headers(&mut response, v);
+        let mut out: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_allowed_request_reports_limit_remaining_and_seconds_to_full() {
+        // 600 per minute, burst 100, 87 left: 13 used, back at 0.1 s each -> 1.3 s -> 2.
+        let v = verdict(600, Duration::from_secs(60), 100, Some(87));
+        assert_eq!(
+            headers(&v),
+            pairs(&[
+                ("ratelimit", "\"per-client\";r=87;t=2"),
+                ("ratelimit-policy", "\"per-client\";q=600;w=60"),
+                ("x-ratelimit-limit", "600"),
+                ("x-ratelimit-remaining", "87"),
+                ("x-ratelimit-reset", "2"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_refusal_reports_nothing_left_and_when_all_is_back() {
+        // 2 per second, burst 2: the next in 1.5 s, the other 0.5 s later.
+        let v = verdict(2, Duration::from_secs(1), 2, None);
+        assert_eq!(
+            headers(&v),
+            pairs(&[
+                ("ratelimit", "\"per-client\";r=0;t=2"),
+                ("ratelimit-policy", "\"per-client\";q=2;w=1"),
+                ("x-ratelimit-limit", "2"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "2"),
+            ])
+        );
+        assert_eq!(v.decision.retry_after_secs(), 2);
+    }
+
+    #[test]
+    fn a_window_under_a_second_is_rounded_up() {
+        let v = verdict(5, Duration::from_millis(500), 5, Some(4));
+        assert!(headers(&v).contains(&("ratelimit-policy".into(), "\"per-client\";q=5;w=1".into())));
+    }
+}

@@ -177,6 +177,12 @@ impl Redis {
                 self.breaker.record_success();
                 Ok(value)
             }
+            // The connection's own response timeout (the same bound) fired first.
+            Ok(Err(e)) if e.is_timeout() => {
+                self.errors.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.breaker.record_failure(Instant::now());
+                Err(StoreError::Timeout(self.settings.timeout))
+            }
             Ok(Err(e)) => {
                 self.errors.failures.fetch_add(1, Ordering::Relaxed);
                 self.breaker.record_failure(Instant::now());

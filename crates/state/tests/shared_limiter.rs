@@ -185,3 +185,56 @@ impl RedisServer {
         RedisServer { child, port }
     }
 }
+
+#[tokio::test]
+async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
+    let server = RedisServer::start();
+    let mut settings = server.settings();
+    settings.timeout = Duration::from_millis(100);
+    let redis = Redis::new(settings, 1).unwrap();
+    let shared = SharedLimiter::default();
+    let q = quota(100, Duration::from_secs(3600), 100);
+    let k = key("test", "p", "global", "");
+    assert!(shared.check(&redis, 0, &k, &q).await.unwrap().allowed);
+
+    let pid = server.child.id().to_string();
+    let signal = |name: &str| {
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // Accepts connections, answers nothing: the worst kind of outage.
+    signal("-STOP");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = shared.check(&redis, 0, &k, &q).await.unwrap_err();
+        assert!(matches!(error, StoreError::Timeout(_)), "{error:?}");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_millis(300),
+            "{took:?}"
+        );
+    }
+    // Open now: no waiting at all.
+    let started = Instant::now();
+    let error = shared.check(&redis, 0, &k, &q).await.unwrap_err();
+    assert!(matches!(error, StoreError::CircuitOpen(_)), "{error:?}");
+    assert!(started.elapsed() < Duration::from_millis(5));
+    assert_eq!(
+        redis
+            .errors()
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shared.check(&redis, 0, &k, &q).await.is_err() {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!redis.breaker().is_open());
+}
