@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::IntoConnectionInfo;
 use thiserror::Error;
 
 use crate::breaker::{Admission, Breaker};
@@ -96,7 +97,14 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Checks the URL; connects lazily, one connection per worker, on first use.
     pub fn new(settings: RedisSettings, workers: usize) -> Result<Redis, redis::RedisError> {
-        let client = redis::Client::open(settings.url.as_str())?;
+        // Decisions are small writes pipelined on one connection: Nagle's algorithm would
+        // hold each behind the previous one's ACK.
+        let info = settings
+            .url
+            .as_str()
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let breaker = Breaker::new(
             settings.breaker_failures,
             settings.breaker_cooldown,

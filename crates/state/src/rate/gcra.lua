@@ -4,7 +4,8 @@
 -- KEYS[1]  the key (its hash tag keeps it in one Redis Cluster slot)
 -- ARGV[1]  T, the emission interval, in microseconds
 -- ARGV[2]  B, the burst
--- Returns { allowed (1|0), remaining burst, microseconds until a retry can pass }.
+-- Returns one integer (cheaper for Redis than a table): the remaining burst when the
+-- request is allowed (>= 0), or -(microseconds until a retry can pass) - 1 when not.
 -- The key holds the theoretical arrival time and expires when the burst is full again,
 -- which is exactly when forgetting it changes nothing.
 local interval = tonumber(ARGV[1])
@@ -18,9 +19,9 @@ if tat < now then
 end
 local earliest = tat - tolerance
 if now < earliest then
-  return { 0, 0, earliest - now }
+  return -(earliest - now) - 1
 end
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat),
   'PX', math.ceil((next_tat - now) / 1000))
-return { 1, math.floor((tolerance + interval - (next_tat - now)) / interval), 0 }
+return math.floor((tolerance + interval - (next_tat - now)) / interval)

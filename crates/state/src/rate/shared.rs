@@ -38,7 +38,7 @@ impl SharedLimiter {
     ) -> Result<Decision, StoreError> {
         let interval_us = u64::try_from(quota.interval().as_micros()).unwrap_or(u64::MAX);
         let burst = quota.burst();
-        let (allowed, remaining, retry_us): (i64, i64, i64) = redis
+        let outcome: i64 = redis
             .call(worker, |mut connection| async move {
                 self.script
                     .key(key)
@@ -48,10 +48,12 @@ impl SharedLimiter {
                     .await
             })
             .await?;
-        Ok(if allowed == 1 {
-            quota.allowed(u32::try_from(remaining).unwrap_or(0))
-        } else {
-            quota.denied(Duration::from_micros(u64::try_from(retry_us).unwrap_or(0)))
+        // See gcra.lua: remaining when allowed, -(retry in µs) - 1 when not.
+        Ok(match u32::try_from(outcome) {
+            Ok(remaining) => quota.allowed(remaining),
+            Err(_) => quota.denied(Duration::from_micros(
+                outcome.saturating_add(1).unsigned_abs(),
+            )),
         })
     }
 }
