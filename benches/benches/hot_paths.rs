@@ -45,15 +45,23 @@ fn tokens(c: &mut Criterion) {
     ];
     for name in ["hs256", "rs256", "es256", "eddsa"] {
         let token = token(name);
-        assert!(tollgate_auth::jwt::verify(&token, keys.iter(), &rules, now).is_ok(), "{name} must verify");
+        assert!(
+            tollgate_auth::jwt::verify(&token, keys.iter(), &rules, now).is_ok(),
+            "{name} must verify"
+        );
         c.bench_function(&format!("jwt/{name}/verify"), |b| {
             b.iter(|| tollgate_auth::jwt::verify(black_box(&token), keys.iter(), &rules, now))
         });
         let cache = TokenCache::new(10_000);
-        let claims = tollgate_auth::jwt::verify(&token, keys.iter(), &rules, now).expect("verifies");
+        let claims =
+            tollgate_auth::jwt::verify(&token, keys.iter(), &rules, now).expect("verifies");
         cache.insert(TokenCache::key(&token), Arc::new(claims));
         c.bench_function(&format!("jwt/{name}/cached"), |b| {
-            b.iter(|| cache.get(&TokenCache::key(black_box(&token)), now, 30).expect("hit"))
+            b.iter(|| {
+                cache
+                    .get(&TokenCache::key(black_box(&token)), now, 30)
+                    .expect("hit")
+            })
         });
     }
 }
@@ -63,10 +71,15 @@ fn paths(c: &mut Criterion) {
         b.iter(|| tollgate_policy::path::normalize(black_box("/campaigns/42/contacts")))
     });
     c.bench_function("path/normalize/hostile", |b| {
-        b.iter(|| tollgate_policy::path::normalize(black_box("//pub/%2e%2e/./admin/%61%62/../caf%c3%a9/")))
+        b.iter(|| {
+            tollgate_policy::path::normalize(black_box("//pub/%2e%2e/./admin/%61%62/../caf%c3%a9/"))
+        })
     });
-    let pattern = tollgate_policy::pattern::PathPattern::parse("/campaigns/{id}/contacts").expect("pattern");
-    c.bench_function("route/match", |b| b.iter(|| pattern.matches(black_box("/campaigns/42/contacts"))));
+    let pattern =
+        tollgate_policy::pattern::PathPattern::parse("/campaigns/{id}/contacts").expect("pattern");
+    c.bench_function("route/match", |b| {
+        b.iter(|| pattern.matches(black_box("/campaigns/42/contacts")))
+    });
 }
 
 fn injection(c: &mut Criterion) {

@@ -77,20 +77,20 @@ struct PolicyLimiter {
 #[derive(Debug)]
 pub struct Limiters {
     policies: HashMap<String, Arc<PolicyLimiter>>,
-    redis: Option<Arc<Redis>>,
-    shared: SharedLimiter,
+    /// The Redis count, when `[store]` names one.
+    shared: Option<Arc<SharedLimiter>>,
 }
 
 impl Limiters {
     pub fn new(snapshot: &Snapshot, previous: Option<&Limiters>, workers: usize) -> Limiters {
-        let redis = redis_for(&snapshot.store, previous, workers);
+        let shared = shared_for(&snapshot.store, previous, workers);
         let share = snapshot.store.redis.as_ref().map(|r| r.instances);
         let policies = snapshot
             .limits
             .iter()
             .filter_map(|policy| {
                 let quota = Quota::new(policy.limit, policy.period, policy.burst)?;
-                let local_quota = match (share, &redis) {
+                let local_quota = match (share, &shared) {
                     (Some(instances), Some(_)) => quota.share(instances),
                     _ => quota,
                 };
@@ -113,11 +113,7 @@ impl Limiters {
                 Some((policy.name.clone(), limiter))
             })
             .collect();
-        Limiters {
-            policies,
-            redis,
-            shared: SharedLimiter::default(),
-        }
+        Limiters { policies, shared }
     }
 
     /// Forgets in-process keys whose allowance is full again; called periodically.
@@ -128,8 +124,13 @@ impl Limiters {
     }
 }
 
-/// The Redis of `store`, reusing the previous one (and its connections) if unchanged.
-fn redis_for(store: &Store, previous: Option<&Limiters>, workers: usize) -> Option<Arc<Redis>> {
+/// The Redis limiter of `store`, reusing the previous one (its connections and batch
+/// senders) if the settings did not change.
+fn shared_for(
+    store: &Store,
+    previous: Option<&Limiters>,
+    workers: usize,
+) -> Option<Arc<SharedLimiter>> {
     let config = store.redis.as_ref()?;
     let settings = RedisSettings {
         url: config.url.clone(),
@@ -138,14 +139,14 @@ fn redis_for(store: &Store, previous: Option<&Limiters>, workers: usize) -> Opti
         breaker_cooldown: config.breaker_cooldown,
         key_prefix: config.key_prefix.clone(),
     };
-    if let Some(redis) = previous
-        .and_then(|p| p.redis.as_ref())
-        .filter(|r| *r.settings() == settings)
+    if let Some(shared) = previous
+        .and_then(|p| p.shared.as_ref())
+        .filter(|s| *s.redis().settings() == settings)
     {
-        return Some(Arc::clone(redis));
+        return Some(Arc::clone(shared));
     }
     match Redis::new(settings, workers) {
-        Ok(redis) => Some(Arc::new(redis)),
+        Ok(redis) => Some(SharedLimiter::new(Arc::new(redis), workers)),
         Err(e) => {
             // `check` validated the URL's shape; anything else shows here.
             tracing::error!(error = %e, "cannot use the configured redis; limits count in this process");
@@ -224,16 +225,17 @@ async fn decide(
         key.push_str(rest);
         key
     };
-    let Some(redis) = &limiters.redis else {
+    let Some(shared) = &limiters.shared else {
         return Ok(Some((limiter.local.check(&local_key()), Source::Local)));
     };
     let policy = &limiter.policy;
-    let key = shared::key(&redis.settings().key_prefix, &policy.name, tag, rest);
-    match limiters
-        .shared
-        .check(redis, worker, &key, &limiter.quota)
-        .await
-    {
+    let key = shared::key(
+        &shared.redis().settings().key_prefix,
+        &policy.name,
+        tag,
+        rest,
+    );
+    match shared.check(worker, key, &limiter.quota).await {
         Ok(decision) => Ok(Some((decision, Source::Redis))),
         Err(e) => match policy.on_redis_error {
             FailureMode::Local => Ok(Some((limiter.local.check(&local_key()), Source::Fallback))),
@@ -364,7 +366,8 @@ pub fn render_metrics(limiters: &Limiters, out: &mut String) {
             c.unavailable.load(Ordering::Relaxed)
         );
     }
-    if let Some(redis) = &limiters.redis {
+    if let Some(shared) = &limiters.shared {
+        let redis = shared.redis();
         let errors = redis.errors();
         out.push_str("# HELP tollgate_redis_errors_total Redis calls that gave no answer, by reason (skipped: the circuit was open).\n");
         out.push_str("# TYPE tollgate_redis_errors_total counter\n");

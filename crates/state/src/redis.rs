@@ -47,7 +47,7 @@ impl std::fmt::Debug for RedisSettings {
 }
 
 /// Why a Redis call gave no answer.
-#[derive(Debug, Error)]
+#[derive(Debug, Error, Clone)]
 pub enum StoreError {
     #[error("redis is skipped for {0:?} after repeated failures")]
     CircuitOpen(Duration),
@@ -162,7 +162,7 @@ impl Redis {
     /// guarded by the circuit breaker.
     pub async fn call<T, F, Fut>(&self, worker: usize, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if let Admission::Skip(wait) = self.breaker.admit(Instant::now()) {
@@ -170,7 +170,18 @@ impl Redis {
             return Err(StoreError::CircuitOpen(wait));
         }
         let outcome = match self.connection(worker) {
-            Ok(connection) => tokio::time::timeout(self.settings.timeout, f(connection)).await,
+            Ok(connection) => {
+                let attempts = async {
+                    match f(connection.clone()).await {
+                        // This worker's connection went stale while Redis was away (the
+                        // probe that closed the circuit may have used another worker's):
+                        // the manager reconnects, and the call is tried once more.
+                        Err(e) if e.is_connection_dropped() => f(connection).await,
+                        other => other,
+                    }
+                };
+                tokio::time::timeout(self.settings.timeout, attempts).await
+            }
             Err(e) => Ok(Err(match e {
                 StoreError::Redis(e) => e,
                 other => redis::RedisError::from((

@@ -6,6 +6,7 @@
 use std::net::TcpListener;
 use std::num::NonZeroU32;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tollgate_state::rate::local::LocalLimiter;
@@ -68,14 +69,13 @@ fn quota(limit: u32, period: Duration, burst: u32) -> Quota {
 #[tokio::test]
 async fn redis_and_local_limiters_decide_a_burst_alike() {
     let server = RedisServer::start();
-    let redis = Redis::new(server.settings(), 1).unwrap();
-    let shared = SharedLimiter::default();
+    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
     // One request back per hour: nothing refills while the test runs.
     let q = quota(5, Duration::from_secs(5 * 3600), 5);
     let (local, _clock) = LocalLimiter::manual(q);
     let k = key("test", "p", "client=acme", "");
     for _ in 0..7 {
-        let remote = shared.check(&redis, 0, &k, &q).await.unwrap();
+        let remote = shared.check(0, k.clone(), &q).await.unwrap();
         let here = local.check(&"client=acme".to_owned());
         assert_eq!(remote.allowed, here.allowed);
         assert_eq!(remote.remaining, here.remaining);
@@ -103,18 +103,17 @@ async fn redis_and_local_limiters_decide_a_burst_alike() {
 #[tokio::test]
 async fn a_key_refills_on_the_redis_clock_and_then_expires() {
     let server = RedisServer::start();
-    let redis = Redis::new(server.settings(), 1).unwrap();
-    let shared = SharedLimiter::default();
+    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
     // Burst 2, one back every 100 ms.
     let q = quota(10, Duration::from_secs(1), 2);
     let k = key("test", "p", "ip=127.0.0.1", "");
-    assert_eq!(shared.check(&redis, 0, &k, &q).await.unwrap().remaining, 1);
-    assert_eq!(shared.check(&redis, 0, &k, &q).await.unwrap().remaining, 0);
-    let refused = shared.check(&redis, 0, &k, &q).await.unwrap();
+    assert_eq!(shared.check(0, k.clone(), &q).await.unwrap().remaining, 1);
+    assert_eq!(shared.check(0, k.clone(), &q).await.unwrap().remaining, 0);
+    let refused = shared.check(0, k.clone(), &q).await.unwrap();
     assert!(!refused.allowed);
     assert!(refused.retry_after <= Duration::from_millis(100));
     tokio::time::sleep(refused.retry_after + Duration::from_millis(5)).await;
-    assert!(shared.check(&redis, 0, &k, &q).await.unwrap().allowed);
+    assert!(shared.check(0, k.clone(), &q).await.unwrap().allowed);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(
         server.cli(&["EXISTS", &k]),
@@ -126,18 +125,18 @@ async fn a_key_refills_on_the_redis_clock_and_then_expires() {
 #[tokio::test]
 async fn an_outage_fails_fast_then_opens_the_circuit_and_recovers() {
     let mut server = RedisServer::start();
-    let redis = Redis::new(server.settings(), 1).unwrap();
-    let shared = SharedLimiter::default();
+    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
+    let redis = shared.redis();
     let q = quota(100, Duration::from_secs(3600), 100);
     let k = key("test", "p", "global", "");
-    assert!(shared.check(&redis, 0, &k, &q).await.unwrap().allowed);
+    assert!(shared.check(0, k.clone(), &q).await.unwrap().allowed);
 
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let started = Instant::now();
     let mut errors = Vec::new();
     for _ in 0..6 {
-        errors.push(shared.check(&redis, 0, &k, &q).await.unwrap_err());
+        errors.push(shared.check(0, k.clone(), &q).await.unwrap_err());
     }
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -154,7 +153,7 @@ async fn an_outage_fails_fast_then_opens_the_circuit_and_recovers() {
     let restarted = RedisServer::start_on(server.port);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match shared.check(&redis, 0, &k, &q).await {
+        match shared.check(0, k.clone(), &q).await {
             Ok(d) => {
                 assert_eq!(d.remaining, 99, "a fresh server starts a fresh count");
                 break;
@@ -191,11 +190,11 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
     let server = RedisServer::start();
     let mut settings = server.settings();
     settings.timeout = Duration::from_millis(100);
-    let redis = Redis::new(settings, 1).unwrap();
-    let shared = SharedLimiter::default();
+    let shared = SharedLimiter::new(Arc::new(Redis::new(settings, 1).unwrap()), 1);
+    let redis = shared.redis();
     let q = quota(100, Duration::from_secs(3600), 100);
     let k = key("test", "p", "global", "");
-    assert!(shared.check(&redis, 0, &k, &q).await.unwrap().allowed);
+    assert!(shared.check(0, k.clone(), &q).await.unwrap().allowed);
 
     let pid = server.child.id().to_string();
     let signal = |name: &str| {
@@ -209,7 +208,7 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
     signal("-STOP");
     for _ in 0..3 {
         let started = Instant::now();
-        let error = shared.check(&redis, 0, &k, &q).await.unwrap_err();
+        let error = shared.check(0, k.clone(), &q).await.unwrap_err();
         assert!(matches!(error, StoreError::Timeout(_)), "{error:?}");
         let took = started.elapsed();
         assert!(
@@ -219,7 +218,7 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
     }
     // Open now: no waiting at all.
     let started = Instant::now();
-    let error = shared.check(&redis, 0, &k, &q).await.unwrap_err();
+    let error = shared.check(0, k.clone(), &q).await.unwrap_err();
     assert!(matches!(error, StoreError::CircuitOpen(_)), "{error:?}");
     assert!(started.elapsed() < Duration::from_millis(5));
     assert_eq!(
@@ -232,7 +231,7 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
 
     signal("-CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while shared.check(&redis, 0, &k, &q).await.is_err() {
+    while shared.check(0, k.clone(), &q).await.is_err() {
         assert!(Instant::now() < deadline, "never recovered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

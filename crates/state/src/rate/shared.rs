@@ -1,53 +1,89 @@
 //! The limiter shared by every instance: the same GCRA as [`super::local`], as one Lua
-//! script in Redis — one round trip per decision, atomic, on Redis's clock.
+//! script in Redis — atomic, on Redis's clock, at most one round trip per decision.
 //!
 //! The script is sent once (`SCRIPT LOAD`) and then called by its SHA1 (`EVALSHA`); a
 //! Redis that lost it (a restart) gets it again on the next call. Keys carry a hash tag
 //! so that in Redis Cluster all of one caller's keys share a slot, and they expire on
 //! their own once the caller's allowance is full again.
+//!
+//! Decisions are coalesced per worker: one pipeline is in flight at a time, and the
+//! decisions asked for meanwhile go together in the next (each still its own `EVALSHA`,
+//! so each key stays in its own slot). An idle gateway sends each decision at once; a
+//! busy one sends a few per write, which saves a system call and a Redis wake-up per
+//! decision — on loopback those cost more than the script.
 
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Decision, Quota};
 use crate::redis::{Redis, StoreError};
 
 const GCRA: &str = include_str!("gcra.lua");
 
-/// Decides requests against quotas kept in Redis.
-#[derive(Debug)]
-pub struct SharedLimiter {
-    script: redis::Script,
+/// One decision waiting for its batch.
+struct Call {
+    key: String,
+    interval_us: u64,
+    burst: u32,
+    reply: oneshot::Sender<Result<i64, StoreError>>,
 }
 
-impl Default for SharedLimiter {
-    fn default() -> Self {
-        SharedLimiter {
-            script: redis::Script::new(GCRA),
-        }
+/// Decides requests against quotas kept in Redis.
+pub struct SharedLimiter {
+    redis: Arc<Redis>,
+    script: redis::Script,
+    /// Per worker: the queue its batch sender reads, started on first use.
+    queues: Vec<OnceLock<mpsc::UnboundedSender<Call>>>,
+}
+
+impl std::fmt::Debug for SharedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLimiter")
+            .field("redis", &self.redis)
+            .finish_non_exhaustive()
     }
 }
 
 impl SharedLimiter {
-    /// Decides one request for `key` (made with [`key`]) on worker `worker`'s connection.
+    pub fn new(redis: Arc<Redis>, workers: usize) -> Arc<SharedLimiter> {
+        Arc::new(SharedLimiter {
+            redis,
+            script: redis::Script::new(GCRA),
+            queues: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
+    }
+
+    /// Decides one request for `key` (made with [`key`]) from worker `worker`; must run
+    /// on that worker's runtime.
     pub async fn check(
-        &self,
-        redis: &Redis,
+        self: &Arc<Self>,
         worker: usize,
-        key: &str,
+        key: String,
         quota: &Quota,
     ) -> Result<Decision, StoreError> {
-        let interval_us = u64::try_from(quota.interval().as_micros()).unwrap_or(u64::MAX);
-        let burst = quota.burst();
-        let outcome: i64 = redis
-            .call(worker, |mut connection| async move {
-                self.script
-                    .key(key)
-                    .arg(interval_us)
-                    .arg(burst)
-                    .invoke_async(&mut connection)
-                    .await
-            })
-            .await?;
+        let (reply, answer) = oneshot::channel();
+        let call = Call {
+            key,
+            interval_us: u64::try_from(quota.interval().as_micros()).unwrap_or(u64::MAX),
+            burst: quota.burst(),
+            reply,
+        };
+        let timeout = self.redis.settings().timeout;
+        if self.queue(worker).send(call).is_err() {
+            return Err(StoreError::Timeout(timeout));
+        }
+        // A batch is bounded by the timeout; waiting for the one before it, too. This
+        // bound only matters if the sender is gone.
+        let outcome = match tokio::time::timeout(timeout * 3, answer).await {
+            Ok(Ok(outcome)) => outcome?,
+            _ => return Err(StoreError::Timeout(timeout)),
+        };
         // See gcra.lua: remaining when allowed, -(retry in µs) - 1 when not.
         Ok(match u32::try_from(outcome) {
             Ok(remaining) => quota.allowed(remaining),
@@ -55,6 +91,85 @@ impl SharedLimiter {
                 outcome.saturating_add(1).unsigned_abs(),
             )),
         })
+    }
+
+    fn queue(self: &Arc<Self>, worker: usize) -> &mpsc::UnboundedSender<Call> {
+        self.queues[worker % self.queues.len()].get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            // The task holds a weak reference: when the limiter goes (a reload with
+            // other settings), the queue closes and the task ends.
+            tokio::spawn(send_batches(Arc::downgrade(self), worker, receiver));
+            sender
+        })
+    }
+
+    /// Sends one batch as a pipeline and answers every call in it.
+    async fn run(&self, worker: usize, batch: Vec<Call>) {
+        let hash = self.script.get_hash();
+        let mut pipe = redis::pipe();
+        for call in &batch {
+            pipe.cmd("EVALSHA")
+                .arg(hash)
+                .arg(1)
+                .arg(&call.key)
+                .arg(call.interval_us)
+                .arg(call.burst);
+        }
+        let script = &self.script;
+        let pipe = &pipe;
+        let result: Result<Vec<i64>, StoreError> = self
+            .redis
+            .call(worker, |mut connection| async move {
+                match pipe.query_async(&mut connection).await {
+                    // Redis restarted and lost the script: load it, then try again.
+                    Err(e) if e.code() == Some("NOSCRIPT") => {
+                        script.prepare_invoke().load_async(&mut connection).await?;
+                        pipe.query_async(&mut connection).await
+                    }
+                    other => other,
+                }
+            })
+            .await;
+        match result {
+            Ok(values) if values.len() == batch.len() => {
+                for (call, value) in batch.into_iter().zip(values) {
+                    let _ = call.reply.send(Ok(value));
+                }
+            }
+            Ok(_) => {
+                let e = redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "redis answered a pipeline with the wrong number of replies",
+                ));
+                for call in batch {
+                    let _ = call.reply.send(Err(StoreError::Redis(e.clone())));
+                }
+            }
+            Err(e) => {
+                for call in batch {
+                    let _ = call.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One worker's sender: waits for a call, takes every call queued behind it, sends them
+/// as one pipeline, repeats.
+async fn send_batches(
+    limiter: Weak<SharedLimiter>,
+    worker: usize,
+    mut queue: mpsc::UnboundedReceiver<Call>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            batch.push(next);
+        }
+        let Some(limiter) = limiter.upgrade() else {
+            return;
+        };
+        limiter.run(worker, batch).await;
     }
 }
 
