@@ -237,3 +237,59 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
     }
     assert!(!redis.breaker().is_open());
 }
+
+#[tokio::test]
+async fn concurrent_decisions_batched_together_stay_exact_per_key() {
+    let server = RedisServer::start();
+    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
+    let q = quota(5, Duration::from_secs(5 * 3600), 5);
+    let other = quota(3, Duration::from_secs(3 * 3600), 3);
+    // 40 decisions asked for at once on one worker: they go out as a few pipelines, with
+    // the same keys (and other tags) side by side in one script call.
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let (tag, quota) = match i % 4 {
+            0 | 1 => ("client=a", q),
+            2 => ("client=b", q),
+            _ => ("global", other),
+        };
+        let shared = Arc::clone(&shared);
+        calls.push(tokio::spawn(async move {
+            let d = shared
+                .check(0, key("test", "p", tag, ""), &quota)
+                .await
+                .unwrap();
+            (tag, d)
+        }));
+    }
+    let mut remaining: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+    let mut refused: std::collections::BTreeMap<&str, usize> = Default::default();
+    for call in calls {
+        let (tag, d) = call.await.unwrap();
+        if d.allowed {
+            remaining.entry(tag).or_default().push(d.remaining);
+        } else {
+            *refused.entry(tag).or_default() += 1;
+            assert!(d.retry_after > Duration::from_secs(3500), "{d:?}");
+        }
+    }
+    for list in remaining.values_mut() {
+        list.sort_unstable();
+    }
+    assert_eq!(remaining["client=a"], [0, 1, 2, 3, 4]);
+    assert_eq!(remaining["client=b"], [0, 1, 2, 3, 4]);
+    assert_eq!(remaining["global"], [0, 1, 2]);
+    assert_eq!(refused["client=a"], 15);
+    assert_eq!(refused["client=b"], 5);
+    assert_eq!(refused["global"], 7);
+    // They really went together: far fewer script runs than decisions.
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let runs: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(runs < 20, "{runs} EVALSHA for 40 decisions");
+}

@@ -7,10 +7,11 @@
 //! their own once the caller's allowance is full again.
 //!
 //! Decisions are coalesced per worker: one pipeline is in flight at a time, and the
-//! decisions asked for meanwhile go together in the next (each still its own `EVALSHA`,
-//! so each key stays in its own slot). An idle gateway sends each decision at once; a
-//! busy one sends a few per write, which saves a system call and a Redis wake-up per
-//! decision — on loopback those cost more than the script.
+//! decisions asked for meanwhile go together in the next. In it, decisions whose keys
+//! share a hash tag (so a Cluster slot) share one `EVALSHA`, which reads and writes a
+//! repeated key once; other tags get their own. An idle gateway sends each decision at
+//! once; a busy one sends many per write, saving a system call, a Redis wake-up and a
+//! script run per decision — on loopback those cost more than the arithmetic.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -24,6 +25,7 @@ const GCRA: &str = include_str!("gcra.lua");
 
 /// One decision waiting for its batch.
 struct Call {
+    /// Made by [`key`]: the hash tag is between the first `{` and the next `}`.
     key: String,
     interval_us: u64,
     burst: u32,
@@ -103,21 +105,36 @@ impl SharedLimiter {
         })
     }
 
-    /// Sends one batch as a pipeline and answers every call in it.
-    async fn run(&self, worker: usize, batch: Vec<Call>) {
+    /// Sends one batch as a pipeline, one script call per hash tag, and answers every
+    /// call in it.
+    async fn run(&self, worker: usize, mut batch: Vec<Call>) {
+        // Stable: within a tag, decisions keep the order they were asked in.
+        batch.sort_by(|a, b| hash_tag(&a.key).cmp(hash_tag(&b.key)));
         let hash = self.script.get_hash();
         let mut pipe = redis::pipe();
-        for call in &batch {
-            pipe.cmd("EVALSHA")
-                .arg(hash)
-                .arg(1)
-                .arg(&call.key)
-                .arg(call.interval_us)
-                .arg(call.burst);
+        let mut groups: Vec<usize> = Vec::new();
+        for (i, call) in batch.iter().enumerate() {
+            let same_tag = i > 0 && hash_tag(&batch[i - 1].key) == hash_tag(&call.key);
+            match groups.last_mut() {
+                Some(n) if same_tag => *n += 1,
+                _ => groups.push(1),
+            }
+        }
+        let mut start = 0;
+        for &n in &groups {
+            let calls = &batch[start..start + n];
+            let command = pipe.cmd("EVALSHA").arg(hash).arg(n);
+            for call in calls {
+                command.arg(&call.key);
+            }
+            for call in calls {
+                command.arg(call.interval_us).arg(call.burst);
+            }
+            start += n;
         }
         let script = &self.script;
         let pipe = &pipe;
-        let result: Result<Vec<i64>, StoreError> = self
+        let result: Result<Vec<Vec<i64>>, StoreError> = self
             .redis
             .call(worker, |mut connection| async move {
                 match pipe.query_async(&mut connection).await {
@@ -131,8 +148,11 @@ impl SharedLimiter {
             })
             .await;
         match result {
-            Ok(values) if values.len() == batch.len() => {
-                for (call, value) in batch.into_iter().zip(values) {
+            Ok(replies)
+                if replies.len() == groups.len()
+                    && replies.iter().zip(&groups).all(|(r, &n)| r.len() == n) =>
+            {
+                for (call, value) in batch.into_iter().zip(replies.into_iter().flatten()) {
                     let _ = call.reply.send(Ok(value));
                 }
             }
@@ -152,6 +172,13 @@ impl SharedLimiter {
             }
         }
     }
+}
+
+/// The hash tag of a key made by [`key`]: what Redis Cluster hashes to pick the slot.
+fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(key, |(tag, _)| tag)
 }
 
 /// One worker's sender: waits for a call, takes every call queued behind it, sends them
@@ -193,9 +220,8 @@ mod tests {
 
     #[test]
     fn the_hash_tag_is_the_first_key_part() {
-        assert_eq!(
-            key("tollgate", "per-client", "client=acme", "|route=login"),
-            "tollgate:rl:{client=acme}:per-client|route=login"
-        );
+        let k = key("tollgate", "per-client", "client=acme", "|route=login");
+        assert_eq!(k, "tollgate:rl:{client=acme}:per-client|route=login");
+        assert_eq!(hash_tag(&k), "client=acme");
     }
 }
