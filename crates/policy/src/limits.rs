@@ -313,12 +313,16 @@ pub(crate) fn store(
         (None, None) => None,
     };
     if let Some((url, span)) = &url {
-        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
-        if !scheme_ok {
-            // The URL itself may hold a password: never echo it.
+        // The URL itself may hold a password: never echo it.
+        if url.starts_with("rediss://") {
             diags.push(src.error(
                 Some(span.clone()),
-                "[store]: the Redis URL must start with redis:// (or rediss:// for TLS)",
+                "[store]: TLS to Redis (rediss://) is not built in; reach Redis over a private network or a local TLS tunnel with redis://",
+            ));
+        } else if !url.starts_with("redis://") {
+            diags.push(src.error(
+                Some(span.clone()),
+                "[store]: the Redis URL must start with redis://",
             ));
         }
     }
