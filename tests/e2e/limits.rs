@@ -83,6 +83,14 @@ username_fields = ["username", "email"]
 limits = ["login-ip", "login-user"]
 
 [[route]]
+name = "login-per-account"
+methods = ["POST"]
+path = "/echo/login2"
+auth = "none"
+username_fields = ["username", "email"]
+limits = ["login-user"]
+
+[[route]]
 name = "unlimited"
 path = "/echo/free/*"
 "#;
@@ -430,4 +438,57 @@ limits = ["bad"]
     }
     // `bad` is reported where it is written, not again where it is used.
     assert!(!out.contains("no [limits.bad]"), "{out}");
+}
+
+#[tokio::test]
+async fn a_per_account_limit_cannot_be_dodged_by_naming_the_account_differently() {
+    let h = harness("").await;
+    let post = |content_type: &'static str, body: String| {
+        let h = &h;
+        async move {
+            h.send(
+                "POST",
+                "/echo/login2",
+                &[("content-type", content_type)],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    const JSON: &str = "application/json";
+    const FORM: &str = "application/x-www-form-urlencoded";
+    // Three tries for the victim, each hiding it behind a decoy the gateway might read
+    // first: a re-cased member, a repeated form field, the other configured field, and a
+    // fullwidth spelling. Each counts against the victim's account.
+    for (kind, body) in [
+        (
+            JSON,
+            r#"{"username":"decoy1","UserName":"victim@acme.test"}"#.to_owned(),
+        ),
+        (
+            FORM,
+            "username=decoy2&username=victim%40acme.test".to_owned(),
+        ),
+        (
+            JSON,
+            r#"{"username":"decoy3","email":"ＶＩＣＴＩＭ@acme.test"}"#.to_owned(),
+        ),
+    ] {
+        assert_eq!(post(kind, body).await.status, 200);
+    }
+    let r = post(JSON, r#"{"username":"victim@acme.test"}"#.to_owned()).await;
+    r.assert_problem(429, "RATE_LIMITED");
+    let r = post(FORM, "email=decoy4&USERNAME=Victim%40ACME.test".to_owned()).await;
+    r.assert_problem(429, "RATE_LIMITED");
+    // The decoys were counted too, each once so far.
+    let r = post(JSON, r#"{"username":"decoy1"}"#.to_owned()).await;
+    assert_eq!(
+        (r.status, r.header("x-ratelimit-remaining")),
+        (200, Some("1"))
+    );
+    // Naming more than four accounts at once is refused outright.
+    let many = r#"{"username":"a","email":"b","Username":"c","EMAIL":"d","username":"e"}"#;
+    post(JSON, many.to_owned())
+        .await
+        .assert_problem(400, "LOGIN_AMBIGUOUS");
 }

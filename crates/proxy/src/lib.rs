@@ -28,6 +28,7 @@ mod respond;
 mod rewrite;
 mod route;
 mod server;
+mod username;
 
 pub use access_log::AccessSink;
 pub use problem::GatewayError;

@@ -1,15 +1,18 @@
 //! Stage 6, **limit**: the route's rate-limit policies, each counted by its key.
 //!
-//! Runs after authentication, so a policy can count by the verified client or API key;
-//! every policy of the route counts every request. The decision closest to exhaustion
-//! is the [`Verdict`] the response's headers describe (see [`crate::respond`]); a
-//! refusal is 429 `RATE_LIMITED`.
+//! Runs after authentication, so a policy can count by the verified client or API key.
+//! The route's policies are applied in order, those that need no body first; the first
+//! refusal (429 `RATE_LIMITED`) ends it, so a caller refused by one policy does not use
+//! up the others (an address refused at login cannot burn a victim's per-account
+//! allowance, and its body is never read). Otherwise the decision closest to exhaustion
+//! is the [`Verdict`] the response's headers describe (see [`crate::respond`]).
 //!
 //! Where the count lives: in this process (`governor`) without `[store]`, or in Redis
 //! shared by every instance. While Redis cannot answer (timeout, error, open circuit)
 //! each policy follows its failure mode: `local` counts here at this instance's share of
 //! the limit, `open` lets the request through uncounted, `closed` refuses it with 503
-//! `RATE_LIMIT_UNAVAILABLE`. Nothing waits longer than `[store] timeout`.
+//! `RATE_LIMIT_UNAVAILABLE`. One decision waits at most twice `[store] timeout` (the
+//! worker's pipeline in flight, then its own) until the circuit opens; then not at all.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -17,22 +20,17 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use http::header::CONTENT_TYPE;
 use http::Request;
-use sha2::{Digest, Sha256};
 use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy, Route, Store};
 use tollgate_policy::Snapshot;
 use tollgate_state::rate::local::LocalLimiter;
 use tollgate_state::rate::shared::{self, SharedLimiter};
 use tollgate_state::rate::{Decision, Quota};
-use tollgate_state::redis::{Redis, RedisSettings};
+use tollgate_state::redis::{Redis, RedisSettings, StoreError};
 
-use crate::authenticate::{read_bounded, Outcome};
+use crate::authenticate::Outcome;
 use crate::body::RequestBody;
 use crate::problem::GatewayError;
-
-/// Login bodies are small; this much is read to find the username.
-const MAX_LOGIN_BODY_BYTES: usize = 64 * 1024;
 
 /// The decision a response reports: the one closest to exhaustion, and its policy.
 #[derive(Debug, Clone)]
@@ -61,14 +59,20 @@ pub struct Counts {
     unavailable: AtomicU64,
 }
 
-/// One policy's limiter in this process: the whole quota, or this instance's share of
-/// it while Redis is away.
+/// One policy's count in this process (the whole quota, or this instance's share of it
+/// while Redis is away) and its metrics; kept across reloads while its numbers hold.
 #[derive(Debug)]
-struct PolicyLimiter {
-    policy: Arc<LimitPolicy>,
+struct Counter {
     quota: Quota,
     local: LocalLimiter,
     counts: Counts,
+}
+
+/// A policy as this snapshot says it, with its (possibly older) counter.
+#[derive(Debug)]
+struct PolicyLimiter {
+    policy: Arc<LimitPolicy>,
+    counter: Arc<Counter>,
 }
 
 /// The limiters of one published snapshot. Built by [`Limiters::new`], which carries
@@ -76,9 +80,10 @@ struct PolicyLimiter {
 /// change: a reload does not hand anyone a fresh allowance.
 #[derive(Debug)]
 pub struct Limiters {
-    policies: HashMap<String, Arc<PolicyLimiter>>,
-    /// The Redis count, when `[store]` names one.
-    shared: Option<Arc<SharedLimiter>>,
+    policies: HashMap<String, PolicyLimiter>,
+    /// The Redis count, when `[store]` names one; an error if it cannot be used, and
+    /// then every decision follows its policy's failure mode.
+    shared: Option<Result<Arc<SharedLimiter>, StoreError>>,
 }
 
 impl Limiters {
@@ -90,25 +95,29 @@ impl Limiters {
             .iter()
             .filter_map(|policy| {
                 let quota = Quota::new(policy.limit, policy.period, policy.burst)?;
-                let local_quota = match (share, &shared) {
-                    (Some(instances), Some(_)) => quota.share(instances),
+                let local_quota = match share {
+                    Some(instances) if shared.is_some() => quota.share(instances),
                     _ => quota,
                 };
+                // The counts carry over; the policy (its failure mode) is this snapshot's.
                 let kept = previous
                     .and_then(|p| p.policies.get(&policy.name))
                     .filter(|p| {
-                        p.quota == quota
-                            && *p.local.quota() == local_quota
+                        p.counter.quota == quota
+                            && *p.counter.local.quota() == local_quota
                             && p.policy.key == policy.key
-                    });
-                let limiter = match kept {
-                    Some(kept) => Arc::clone(kept),
-                    None => Arc::new(PolicyLimiter {
-                        policy: Arc::clone(policy),
+                    })
+                    .map(|p| Arc::clone(&p.counter));
+                let counter = kept.unwrap_or_else(|| {
+                    Arc::new(Counter {
                         quota,
                         local: LocalLimiter::new(local_quota),
                         counts: Counts::default(),
-                    }),
+                    })
+                });
+                let limiter = PolicyLimiter {
+                    policy: Arc::clone(policy),
+                    counter,
                 };
                 Some((policy.name.clone(), limiter))
             })
@@ -119,7 +128,7 @@ impl Limiters {
     /// Forgets in-process keys whose allowance is full again; called periodically.
     pub fn forget_idle(&self) {
         for limiter in self.policies.values() {
-            limiter.local.forget_idle();
+            limiter.counter.local.forget_idle();
         }
     }
 }
@@ -130,7 +139,7 @@ fn shared_for(
     store: &Store,
     previous: Option<&Limiters>,
     workers: usize,
-) -> Option<Arc<SharedLimiter>> {
+) -> Option<Result<Arc<SharedLimiter>, StoreError>> {
     let config = store.redis.as_ref()?;
     let settings = RedisSettings {
         url: config.url.clone(),
@@ -139,20 +148,20 @@ fn shared_for(
         breaker_cooldown: config.breaker_cooldown,
         key_prefix: config.key_prefix.clone(),
     };
-    if let Some(shared) = previous
+    if let Some(Ok(shared)) = previous
         .and_then(|p| p.shared.as_ref())
-        .filter(|s| *s.redis().settings() == settings)
+        .filter(|s| s.as_ref().is_ok_and(|s| *s.redis().settings() == settings))
     {
-        return Some(Arc::clone(shared));
+        return Some(Ok(Arc::clone(shared)));
     }
-    match Redis::new(settings, workers) {
-        Ok(redis) => Some(SharedLimiter::new(Arc::new(redis), workers)),
+    Some(match Redis::new(settings, workers) {
+        Ok(redis) => Ok(SharedLimiter::new(Arc::new(redis), workers)),
         Err(e) => {
-            // `check` validated the URL's shape; anything else shows here.
-            tracing::error!(error = %e, "cannot use the configured redis; limits count in this process");
-            None
+            // Not a silent switch to counting here: each policy's failure mode applies.
+            tracing::error!(error = %e, "cannot use the configured redis; every limit follows its on_redis_error");
+            Err(StoreError::Redis(e))
         }
-    }
+    })
 }
 
 /// Who the request is from, as the limit keys see it.
@@ -173,42 +182,74 @@ pub async fn check(
     if route.limits.is_empty() {
         return Ok((request, None));
     }
-    let counts_usernames = route
-        .limits
-        .iter()
-        .any(|l| l.key.contains(&LimitKey::Username));
-    let (request, username) = if counts_usernames {
-        submitted_username(request, &route.username_fields).await?
-    } else {
-        (request, None)
-    };
+    let counts_username = |p: &&Arc<LimitPolicy>| p.key.contains(&LimitKey::Username);
     let mut verdict: Option<Verdict> = None;
-    for policy in &route.limits {
-        let Some(limiter) = limiters.policies.get(&policy.name) else {
-            continue;
+    for policy in route.limits.iter().filter(|p| !counts_username(p)) {
+        apply(policy, route, subject, None, limiters, worker, &mut verdict).await?;
+    }
+    let mut request = request;
+    if route.limits.iter().any(|p| counts_username(&p)) {
+        let (read, names) = crate::username::submitted(request, &route.username_fields).await?;
+        request = read;
+        // No username: one shared count for such requests. Several: each is counted.
+        let names = if names.is_empty() {
+            vec!["-".to_owned()]
+        } else {
+            names
         };
-        let Some((tag, rest)) = key_parts(policy, route, subject, username.as_deref()) else {
-            continue;
-        };
-        let Some((decision, source)) = decide(limiter, &tag, &rest, limiters, worker).await? else {
-            continue;
-        };
-        let index = usize::from(!decision.allowed);
-        limiter.counts.decided[source as usize][index].fetch_add(1, Ordering::Relaxed);
-        if verdict
-            .as_ref()
-            .is_none_or(|v| decision.is_tighter_than(&v.decision))
-        {
-            verdict = Some(Verdict {
-                policy: Arc::clone(&limiter.policy),
-                decision,
-            });
+        for policy in route.limits.iter().filter(counts_username) {
+            for name in &names {
+                apply(
+                    policy,
+                    route,
+                    subject,
+                    Some(name),
+                    limiters,
+                    worker,
+                    &mut verdict,
+                )
+                .await?;
+            }
         }
     }
-    match verdict {
-        Some(v) if !v.decision.allowed => Err(GatewayError::RateLimited(Box::new(v))),
-        verdict => Ok((request, verdict)),
+    Ok((request, verdict))
+}
+
+/// One decision: folded into `verdict` when allowed, the refusal when not.
+async fn apply(
+    policy: &LimitPolicy,
+    route: &Route,
+    subject: &Subject<'_>,
+    username: Option<&str>,
+    limiters: &Limiters,
+    worker: usize,
+    verdict: &mut Option<Verdict>,
+) -> Result<(), GatewayError> {
+    let Some(limiter) = limiters.policies.get(&policy.name) else {
+        return Ok(());
+    };
+    let Some((tag, rest)) = key_parts(policy, route, subject, username) else {
+        return Ok(());
+    };
+    let Some((decision, source)) = decide(limiter, &tag, &rest, limiters, worker).await? else {
+        return Ok(());
+    };
+    let counts = &limiter.counter.counts;
+    counts.decided[source as usize][usize::from(!decision.allowed)].fetch_add(1, Ordering::Relaxed);
+    let this = Verdict {
+        policy: Arc::clone(&limiter.policy),
+        decision,
+    };
+    if !decision.allowed {
+        return Err(GatewayError::RateLimited(Box::new(this)));
     }
+    if verdict
+        .as_ref()
+        .is_none_or(|v| decision.is_tighter_than(&v.decision))
+    {
+        *verdict = Some(this);
+    }
+    Ok(())
 }
 
 /// One policy's decision; `None` when the request passes uncounted (`open`).
@@ -219,32 +260,37 @@ async fn decide(
     limiters: &Limiters,
     worker: usize,
 ) -> Result<Option<(Decision, Source)>, GatewayError> {
+    let counter = &limiter.counter;
     let local_key = || {
         let mut key = String::with_capacity(tag.len() + rest.len());
         key.push_str(tag);
         key.push_str(rest);
         key
     };
-    let Some(shared) = &limiters.shared else {
-        return Ok(Some((limiter.local.check(&local_key()), Source::Local)));
-    };
     let policy = &limiter.policy;
-    let key = shared::key(
-        &shared.redis().settings().key_prefix,
-        &policy.name,
-        tag,
-        rest,
-    );
-    match shared.check(worker, key, &limiter.quota).await {
+    let outcome = match &limiters.shared {
+        None => return Ok(Some((counter.local.check(&local_key()), Source::Local))),
+        Some(Err(e)) => Err(e.clone()),
+        Some(Ok(shared)) => {
+            let key = shared::key(
+                &shared.redis().settings().key_prefix,
+                &policy.name,
+                tag,
+                rest,
+            );
+            shared.check(worker, key, &counter.quota).await
+        }
+    };
+    match outcome {
         Ok(decision) => Ok(Some((decision, Source::Redis))),
         Err(e) => match policy.on_redis_error {
-            FailureMode::Local => Ok(Some((limiter.local.check(&local_key()), Source::Fallback))),
+            FailureMode::Local => Ok(Some((counter.local.check(&local_key()), Source::Fallback))),
             FailureMode::Open => {
-                limiter.counts.open.fetch_add(1, Ordering::Relaxed);
+                counter.counts.open.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
             FailureMode::Closed => {
-                limiter.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                counter.counts.unavailable.fetch_add(1, Ordering::Relaxed);
                 Err(GatewayError::RateLimitUnavailable {
                     retry_after: tollgate_state::rate::ceil_secs(e.retry_after()).max(1),
                 })
@@ -268,7 +314,7 @@ fn key_parts(
         let value = match part {
             LimitKey::Client => format!("client={}", identity?.client_id),
             LimitKey::ApiKey => format!("key={}", identity?.key_id.as_deref()?),
-            LimitKey::Ip => format!("ip={}", subject.client),
+            LimitKey::Ip => ip_key(subject.client),
             LimitKey::Route => format!("route={}", route.name),
             LimitKey::Username => format!("user={}", username.unwrap_or("-")),
             LimitKey::Global => "global".to_owned(),
@@ -284,51 +330,19 @@ fn key_parts(
     Some((tag?, rest))
 }
 
-/// Reads a login body (bounded) for the username in the first of `fields` present (a
-/// top-level JSON member or a form field), and hands the body back whole. Without one,
-/// the request counts under one shared "no username" key. The username is case-folded and
-/// trimmed, so `Alice ` and `alice` share one count, then hashed: no usernames in Redis.
-async fn submitted_username(
-    request: Request<RequestBody>,
-    fields: &[String],
-) -> Result<(Request<RequestBody>, Option<String>), GatewayError> {
-    let (parts, body) = request.into_parts();
-    let bytes = read_bounded(&parts, body, MAX_LOGIN_BODY_BYTES).await?;
-    let media = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let username = if media == "application/x-www-form-urlencoded" {
-        let pairs = crate::form::pairs(&bytes);
-        fields.iter().find_map(|field| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == field)
-                .map(|(_, v)| v.clone())
-        })
-    } else {
-        let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
-        fields
-            .iter()
-            .find_map(|field| body.as_ref()?.get(field)?.as_str().map(str::to_owned))
-    };
-    let hashed = username.map(|u| {
-        let digest = Sha256::digest(u.trim().to_lowercase().as_bytes());
-        let mut hex = String::with_capacity(32);
-        for b in &digest[..16] {
-            let _ = write!(hex, "{b:02x}");
-        }
-        hex
-    });
-    Ok((Request::from_parts(parts, crate::body::full(bytes)), hashed))
+/// An address as a limit counts it: IPv4 whole, IPv6 by its /64 (one host usually holds
+/// a whole /64, so single addresses would be a fresh allowance each).
+fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip={v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip={v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip={:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
 }
 
 /// Appends the rate-limit metrics in the Prometheus text format.
@@ -341,7 +355,7 @@ pub fn render_metrics(limiters: &Limiters, out: &mut String) {
         let Some(limiter) = limiters.policies.get(name) else {
             continue;
         };
-        let c = &limiter.counts;
+        let c = &limiter.counter.counts;
         for (source, label) in [
             (Source::Local, "local"),
             (Source::Redis, "redis"),
@@ -366,7 +380,7 @@ pub fn render_metrics(limiters: &Limiters, out: &mut String) {
             c.unavailable.load(Ordering::Relaxed)
         );
     }
-    if let Some(shared) = &limiters.shared {
+    if let Some(Ok(shared)) = &limiters.shared {
         let redis = shared.redis();
         let errors = redis.errors();
         out.push_str("# HELP tollgate_redis_errors_total Redis calls that gave no answer, by reason (skipped: the circuit was open).\n");
@@ -398,5 +412,21 @@ pub fn render_metrics(limiters: &Limiters, out: &mut String) {
             "tollgate_redis_circuit_opened_total {}",
             redis.breaker().times_opened()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_callers_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_eq!(ip_key(a), "ip=2001:db8:1:2::/64");
+        assert_ne!(ip_key(a), ip_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(ip_key("::ffff:192.0.2.7".parse().unwrap()), "ip=192.0.2.7");
+        assert_eq!(ip_key("192.0.2.7".parse().unwrap()), "ip=192.0.2.7");
     }
 }

@@ -86,6 +86,11 @@ pub enum GatewayError {
     RateLimited(Box<crate::limit::Verdict>),
     #[error("the rate-limit store cannot be reached and this route refuses requests it cannot count; retry in {retry_after} s")]
     RateLimitUnavailable { retry_after: u64 },
+    #[error(
+        "the login names more than {} different usernames",
+        crate::username::MAX_USERNAMES
+    )]
+    LoginAmbiguous,
 }
 
 /// The public face of an error: status, stable code and title.
@@ -207,6 +212,11 @@ impl GatewayError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMITED",
                 "Too many requests",
+            ),
+            GatewayError::LoginAmbiguous => (
+                StatusCode::BAD_REQUEST,
+                "LOGIN_AMBIGUOUS",
+                "Ambiguous login",
             ),
             GatewayError::RateLimitUnavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,

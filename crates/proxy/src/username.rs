@@ -1,0 +1,131 @@
+//! The usernames a login body submits, for limits counted per account.
+//!
+//! The gateway and the backend must not disagree on who is logging in, or one account's
+//! limit could be dodged by spelling its name differently. So every candidate counts:
+//! each member or field named like one of the route's `username_fields` (names compared
+//! case-insensitively; repeated JSON members and repeated form fields all included),
+//! each value trimmed, NFKC-normalised and case-folded. Only JSON and form bodies are
+//! read; anything else names nobody.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::Request;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use sha2::{Digest, Sha256};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::authenticate::read_bounded;
+use crate::body::RequestBody;
+use crate::inject::{body_kind, BodyKind};
+use crate::problem::GatewayError;
+
+/// Login bodies are small; this much is read to find the username.
+const MAX_LOGIN_BODY_BYTES: usize = 64 * 1024;
+/// A client trickling its login body is cut off after this long.
+const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// A login naming more accounts than this at once is refused.
+pub const MAX_USERNAMES: usize = 4;
+
+/// Reads the body (bounded in size and time) and returns the request, its body intact,
+/// with the hashed usernames it names (none: an empty list).
+pub async fn submitted(
+    request: Request<RequestBody>,
+    fields: &[String],
+) -> Result<(Request<RequestBody>, Vec<String>), GatewayError> {
+    let kind = body_kind(request.headers());
+    let (parts, body) = request.into_parts();
+    let bytes = tokio::time::timeout(
+        BODY_DEADLINE,
+        read_bounded(&parts, body, MAX_LOGIN_BODY_BYTES),
+    )
+    .await
+    .map_err(|_| GatewayError::RequestBodyInvalid)??;
+    let values = match kind {
+        BodyKind::Json => json_values(&bytes, fields),
+        BodyKind::Form => crate::form::pairs(&bytes)
+            .into_iter()
+            .filter(|(name, _)| is_field(fields, name))
+            .map(|(_, value)| value)
+            .collect(),
+        BodyKind::Other => Vec::new(),
+    };
+    let names: BTreeSet<String> = values
+        .iter()
+        .map(|v| normalize(v))
+        .filter(|v| !v.is_empty())
+        .collect();
+    if names.len() > MAX_USERNAMES {
+        return Err(GatewayError::LoginAmbiguous);
+    }
+    let hashed = names.iter().map(|n| hash(n)).collect();
+    Ok((Request::from_parts(parts, crate::body::full(bytes)), hashed))
+}
+
+fn is_field(fields: &[String], name: &str) -> bool {
+    fields.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// How accounts compare: `Alice `, `alice` and `ａｌｉｃｅ` (fullwidth) are one.
+pub fn normalize(value: &str) -> String {
+    value.trim().nfkc().flat_map(char::to_lowercase).collect()
+}
+
+/// No usernames in Redis or memory dumps: a hash names the count.
+fn hash(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut hex = String::with_capacity(32);
+    for b in &digest[..16] {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// Every string value of a top-level member named like a field, repeats included.
+fn json_values(bytes: &[u8], fields: &[String]) -> Vec<String> {
+    struct Members<'f>(&'f [String]);
+    impl<'de> Visitor<'de> for Members<'_> {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(name) = map.next_key::<String>()? {
+                let value: serde_json::Value = map.next_value()?;
+                if let (true, Some(s)) = (is_field(self.0, &name), value.as_str()) {
+                    out.push(s.to_owned());
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_map(Members(fields)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Vec<String> {
+        vec!["username".into(), "email".into()]
+    }
+
+    #[test]
+    fn every_spelling_of_one_account_is_one_name() {
+        for v in ["alice", " Alice ", "ALICE", "ａｌｉｃｅ"] {
+            assert_eq!(normalize(v), "alice", "{v}");
+        }
+    }
+
+    #[test]
+    fn json_members_count_whatever_their_case_and_however_often_they_repeat() {
+        let body = br#"{"username":"r1","UserName":"victim","username":"r2","email":"e","other":"x","password":"p"}"#;
+        assert_eq!(json_values(body, &fields()), ["r1", "victim", "r2", "e"]);
+        assert!(json_values(b"[1,2]", &fields()).is_empty());
+        assert!(json_values(b"{not json", &fields()).is_empty());
+        assert!(json_values(br#"{"username":7}"#, &fields()).is_empty());
+    }
+}
