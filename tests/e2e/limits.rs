@@ -415,6 +415,12 @@ name = "login"
 path = "/login"
 auth = "none"
 limits = ["bad"]
+
+[limits.forever]
+rate = 1
+period = "3650d"
+burst = 2
+key = ["ip"]
 "#,
     )
     .unwrap();
@@ -432,7 +438,8 @@ limits = ["bad"]
         format!("{a}:14:7: error: limit `mixed`: `global` is one count for everyone"),
         format!("{a}:20:1: error: [limits.typo]: unknown field `burts`"),
         format!("{a}:26:11: error: route `open-route`: limit `ok` counts by `client`, but the route has no authenticated caller"),
-        format!("{a}:26:17: error: route `open-route`: no [limits.nope] in the policy files (defined: bad, mixed, ok)"),
+        format!("{a}:26:17: error: route `open-route`: no [limits.nope] in the policy files (defined: bad, forever, mixed, ok)"),
+        format!("{a}:36:10: error: limit `forever`: a full burst would take over ten years to come back"),
     ] {
         assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
     }

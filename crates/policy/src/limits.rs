@@ -15,6 +15,9 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::file::{FailureModeFile, LimitFile, LimitKeyFile, RouteFile, StoreFile};
 use crate::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin, RedisStore, RouteAuth, Store};
 
+/// The longest a full burst may take to come back (the same bound as the limiter's).
+const MAX_REFILL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
 /// Limit policies by name; `None` for one that is declared but invalid (its errors are
 /// reported where it is written, not again at every route using it).
 pub(crate) type Defined = HashMap<String, Option<Arc<LimitPolicy>>>;
@@ -99,11 +102,20 @@ fn policy(
             None
         }
     };
-    if let (Some(limit), Some(period)) = (limit, period) {
-        if period / limit.get() < Duration::from_micros(1) {
+    if let (Some(limit), Some(period), Some(burst)) = (limit, period, burst) {
+        let interval = period / limit.get();
+        if interval < Duration::from_micros(1) {
             diags.push(src.error(
                 Some(f.rate.span()),
                 format!("limit `{name}`: more than one request per microsecond is not a limit"),
+            ));
+        } else if interval
+            .checked_mul(burst.get())
+            .is_none_or(|refill| refill > MAX_REFILL)
+        {
+            diags.push(src.error(
+                Some(f.period.span()),
+                format!("limit `{name}`: a full burst would take over ten years to come back; use a shorter period or a smaller burst"),
             ));
         }
     }
@@ -319,11 +331,8 @@ pub(crate) fn store(
                 Some(span.clone()),
                 "[store]: TLS to Redis (rediss://) is not built in; reach Redis over a private network or a local TLS tunnel with redis://",
             ));
-        } else if !url.starts_with("redis://") {
-            diags.push(src.error(
-                Some(span.clone()),
-                "[store]: the Redis URL must start with redis://",
-            ));
+        } else if let Some(problem) = redis_url_problem(url) {
+            diags.push(src.error(Some(span.clone()), format!("[store]: {problem}")));
         }
     }
     let instances = match &f.instances {
@@ -380,11 +389,70 @@ pub(crate) fn store(
     })
 }
 
+/// What is wrong with a Redis URL, without echoing it (it may hold a password):
+/// `redis://[user[:password]@]host[:port][/db][?options]`.
+fn redis_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Some("the Redis URL must start with redis://");
+    };
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => return Some("the Redis URL has an unclosed `[` in its host"),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("the Redis URL names no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Some("the Redis URL's port must be a number from 1 to 65535");
+    }
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Some("the Redis URL's path must be a database number (`/0`)");
+    }
+    None
+}
+
 fn origin(src: &SourceFile, span: &Range<usize>) -> Origin {
     let d = src.error(Some(span.clone()), "");
     Origin {
         file: d.file,
         line: d.line,
         column: d.column,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_url_problem;
+
+    #[test]
+    fn redis_urls_are_checked_without_connecting() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://redis",
+            "redis://:secret@redis:6379/2",
+            "redis://user:p%40ss@[::1]:6380/0?protocol=resp3",
+        ] {
+            assert_eq!(redis_url_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:6379",
+            "redis://",
+            "redis://:6379",
+            "redis://host:notaport",
+            "redis://host:0",
+            "redis://host:6379/db",
+            "redis://[::1:6379",
+        ] {
+            assert!(redis_url_problem(bad).is_some(), "{bad}");
+        }
     }
 }

@@ -24,15 +24,23 @@ pub struct Quota {
 
 impl Quota {
     /// `None` when the emission interval (`period / limit`) would be under a
-    /// microsecond, the resolution the Redis script counts in.
+    /// microsecond (the resolution the Redis script counts in), or a full burst would
+    /// take longer than [`Quota::MAX_REFILL`] to come back (beyond that the arithmetic
+    /// in nanoseconds, and in Lua's doubles, stops being exact).
     pub fn new(limit: NonZeroU32, period: Duration, burst: NonZeroU32) -> Option<Quota> {
         let quota = Quota {
             limit,
             period,
             burst,
         };
-        (quota.interval() >= Duration::from_micros(1)).then_some(quota)
+        let refill = quota.interval().checked_mul(burst.get());
+        (quota.interval() >= Duration::from_micros(1)
+            && refill.is_some_and(|r| r <= Quota::MAX_REFILL))
+        .then_some(quota)
     }
+
+    /// The longest time a full burst may take to come back: ten years.
+    pub const MAX_REFILL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
     pub fn limit(&self) -> u32 {
         self.limit.get()
@@ -72,7 +80,10 @@ impl Quota {
             remaining,
             // Each used unit of burst comes back after one interval; this is exact right
             // after a request and at most one interval high otherwise.
-            reset: self.interval() * (self.burst() - remaining),
+            reset: self
+                .interval()
+                .checked_mul(self.burst() - remaining)
+                .unwrap_or(Duration::MAX),
             retry_after: Duration::ZERO,
         }
     }
@@ -85,7 +96,11 @@ impl Quota {
             remaining: 0,
             // At `retry_after` one request is back; the other `B - 1` follow one
             // interval apart.
-            reset: retry_after + self.interval() * (self.burst() - 1),
+            reset: self
+                .interval()
+                .checked_mul(self.burst() - 1)
+                .and_then(|d| d.checked_add(retry_after))
+                .unwrap_or(Duration::MAX),
             retry_after,
         }
     }

@@ -23,6 +23,10 @@ use crate::redis::{Redis, StoreError};
 
 const GCRA: &str = include_str!("gcra.lua");
 
+/// At most this many decisions go in one pipeline: one long script would hold up Redis
+/// for every instance.
+const MAX_BATCH: usize = 256;
+
 /// One decision waiting for its batch.
 struct Call {
     /// Made by [`key`]: the hash tag is between the first `{` and the next `}`.
@@ -72,7 +76,9 @@ impl SharedLimiter {
         let (reply, answer) = oneshot::channel();
         let call = Call {
             key,
-            interval_us: u64::try_from(quota.interval().as_micros()).unwrap_or(u64::MAX),
+            // Rounded up: never more generous than the in-process count.
+            interval_us: u64::try_from(quota.interval().as_nanos().div_ceil(1000))
+                .unwrap_or(u64::MAX),
             burst: quota.burst(),
             reply,
         };
@@ -80,9 +86,8 @@ impl SharedLimiter {
         if self.queue(worker).send(call).is_err() {
             return Err(StoreError::Timeout(timeout));
         }
-        // A batch is bounded by the timeout; waiting for the one before it, too. This
-        // bound only matters if the sender is gone.
-        let outcome = match tokio::time::timeout(timeout * 3, answer).await {
+        // The pipeline in flight, then this call's own, each bounded by the timeout.
+        let outcome = match tokio::time::timeout(timeout * 2, answer).await {
             Ok(Ok(outcome)) => outcome?,
             _ => return Err(StoreError::Timeout(timeout)),
         };
@@ -108,6 +113,12 @@ impl SharedLimiter {
     /// Sends one batch as a pipeline, one script call per hash tag, and answers every
     /// call in it.
     async fn run(&self, worker: usize, mut batch: Vec<Call>) {
+        // Callers that gave up (timed out, or their client left) were already answered
+        // by their failure mode: counting them in Redis too would charge them twice.
+        batch.retain(|call| !call.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
         // Stable: within a tag, decisions keep the order they were asked in.
         batch.sort_by(|a, b| hash_tag(&a.key).cmp(hash_tag(&b.key)));
         let hash = self.script.get_hash();
@@ -190,8 +201,11 @@ async fn send_batches(
 ) {
     while let Some(first) = queue.recv().await {
         let mut batch = vec![first];
-        while let Ok(next) = queue.try_recv() {
-            batch.push(next);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
         }
         let Some(limiter) = limiter.upgrade() else {
             return;
