@@ -88,17 +88,22 @@ impl Breaker {
             .failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        if failed_probe || (failures >= self.threshold && !self.is_open()) {
-            let until = self.nanos(now).saturating_add(nanos_of(self.cooldown));
+        let until = self.nanos(now).saturating_add(nanos_of(self.cooldown));
+        if failed_probe {
             self.open_until.store(until, Ordering::Release);
-            if !failed_probe {
-                self.opened.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    failures,
-                    cooldown_ms = self.cooldown.as_millis() as u64,
-                    "redis keeps failing; circuit open"
-                );
-            }
+        } else if failures >= self.threshold
+            // Only one of several failures arriving together opens it (and says so).
+            && self
+                .open_until
+                .compare_exchange(0, until, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.opened.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                failures,
+                cooldown_ms = self.cooldown.as_millis() as u64,
+                "redis keeps failing; circuit open"
+            );
         }
     }
 

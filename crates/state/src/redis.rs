@@ -205,7 +205,11 @@ impl Redis {
             Ok(Err(e)) => {
                 self.errors.failures.fetch_add(1, Ordering::Relaxed);
                 self.breaker.record_failure(Instant::now());
-                tracing::debug!(error = %e, "redis call failed");
+                // Said while the circuit is closed (so a few times per outage), with the
+                // reason: a refused AUTH must not hide behind "circuit open".
+                if !self.breaker.is_open() {
+                    tracing::warn!(error = %e, "redis call failed");
+                }
                 Err(StoreError::Redis(e))
             }
             Err(_) => {
