@@ -56,6 +56,16 @@ impl SourceFile<'_> {
         self.at(span, Severity::Warning, message.into())
     }
 
+    /// Where `span` was written: for runtime objects that remember their place.
+    pub fn origin(&self, span: Range<usize>) -> crate::snapshot::Origin {
+        let (line, column) = line_column(self.text, span.start);
+        crate::snapshot::Origin {
+            file: self.path.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
     fn at(&self, span: Option<Range<usize>>, severity: Severity, message: String) -> Diagnostic {
         let (line, column) = span.map_or((1, 1), |s| line_column(self.text, s.start));
         Diagnostic {

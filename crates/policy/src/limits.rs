@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::file::{FailureModeFile, LimitFile, LimitKeyFile, RouteFile, StoreFile};
-use crate::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin, RedisStore, RouteAuth, Store};
+use crate::snapshot::{FailureMode, LimitKey, LimitPolicy, RedisStore, RouteAuth, Store};
 
 /// The longest a full burst may take to come back (the same bound as the limiter's).
 const MAX_REFILL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
@@ -62,7 +62,7 @@ fn policy(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<LimitPolicy> {
     let before = diags.len();
-    let origin = origin(src, &span);
+    let origin = src.origin(span.clone());
     if name.is_empty()
         || !name
             .bytes()
@@ -418,15 +418,6 @@ fn redis_url_problem(url: &str) -> Option<&'static str> {
         return Some("the Redis URL's path must be a database number (`/0`)");
     }
     None
-}
-
-fn origin(src: &SourceFile, span: &Range<usize>) -> Origin {
-    let d = src.error(Some(span.clone()), "");
-    Origin {
-        file: d.file,
-        line: d.line,
-        column: d.column,
-    }
 }
 
 #[cfg(test)]

@@ -608,14 +608,7 @@ fn route(
 ) -> Option<Route> {
     let before = diags.len();
     let name = f.name.get_ref().clone();
-    let origin = {
-        let d = src.error(Some(f.name.span()), "");
-        Origin {
-            file: d.file,
-            line: d.line,
-            column: d.column,
-        }
-    };
+    let origin = src.origin(f.name.span());
     if name.is_empty()
         || !name
             .chars()

@@ -159,7 +159,8 @@ pub fn ceil_secs(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
+    /// A quota from plain numbers, for this module's tests and its children's.
+    pub(crate) fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
         Quota::new(
             NonZeroU32::new(limit).unwrap(),
             Duration::from_millis(period_ms),

@@ -83,19 +83,10 @@ impl<C: Clock> LocalLimiter<C> {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroU32;
     use std::time::Duration;
 
     use super::*;
-
-    fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
-        Quota::new(
-            NonZeroU32::new(limit).unwrap(),
-            Duration::from_millis(period_ms),
-            NonZeroU32::new(burst).unwrap(),
-        )
-        .unwrap()
-    }
+    use crate::rate::tests::quota;
 
     fn key(s: &str) -> String {
         s.to_owned()
