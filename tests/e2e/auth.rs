@@ -625,7 +625,8 @@ async fn plivo_callbacks_are_verified_and_forwarded_intact() {
     ];
     let path = "/echo/plivo/answer?campaign=7";
     let good = plivo_headers(path, "POST", &params, PLIVO_TOKEN, "n-1");
-    let rotated = plivo_headers(path, "POST", &params, PLIVO_OLD_TOKEN, "n-1");
+    let rotated = plivo_headers(path, "POST", &params, PLIVO_OLD_TOKEN, "n-1b");
+    let listed = plivo_headers(path, "POST", &params, PLIVO_TOKEN, "n-1c");
     let send = |sig: String, nonce: &'static str| {
         let h = &h;
         async move {
@@ -650,14 +651,21 @@ async fn plivo_callbacks_are_verified_and_forwarded_intact() {
         crate::proxying::hex(&<sha2::Sha256 as sha2::Digest>::digest(form.as_bytes()))
     );
     assert_eq!(
-        send(rotated, "n-1").await.status,
+        send(rotated, "n-1b").await.status,
         200,
         "the previous auth token still verifies"
     );
     assert_eq!(
-        send(format!("bogus, {good}"), "n-1").await.status,
+        send(format!("bogus, {listed}"), "n-1c").await.status,
         200,
         "any listed signature"
+    );
+    // The same callback again is a replay, whatever signature it lists.
+    assert_refused(&send(good.clone(), "n-1").await, 409, "CALLBACK_REPLAYED");
+    assert_refused(
+        &send(format!("bogus, {listed}"), "n-1c").await,
+        409,
+        "CALLBACK_REPLAYED",
     );
     assert_refused(&send(good.clone(), "n-2").await, 401, "SIGNATURE_INVALID");
     assert_refused(&send("AAAA".into(), "n-1").await, 401, "SIGNATURE_INVALID");

@@ -144,7 +144,7 @@ async fn chunked_uploads_stream_through_unchanged() {
         .await
         .unwrap();
     stream
-        .write_all(b"POST /upload-csv HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nx-api-key: demo-legacy-key-1001\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .write_all(b"POST /echo/upload HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await
         .unwrap();
     let mut hasher = Sha256::new();
@@ -166,8 +166,8 @@ async fn chunked_uploads_stream_through_unchanged() {
         "{}",
         String::from_utf8_lossy(&response.body)
     );
-    assert_eq!(response.json()["bytes"], total);
-    assert_eq!(response.json()["sha256"], hex(&hasher.finalize()));
+    assert_eq!(response.json()["body"]["bytes"], total);
+    assert_eq!(response.json()["body"]["sha256"], hex(&hasher.finalize()));
 }
 
 #[tokio::test]

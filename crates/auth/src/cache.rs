@@ -90,6 +90,7 @@ mod tests {
     fn claims(exp: u64) -> Arc<Claims> {
         Arc::new(Claims {
             client_id: "1".into(),
+            client_id_is_integer: false,
             subject: None,
             expires_at: exp,
             key_id: None,

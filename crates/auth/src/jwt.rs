@@ -1,9 +1,9 @@
 //! Access-token verification.
 //!
-//! Every key is pinned to one algorithm. A token's `kid` is only a lookup into the
-//! configured keys; `jku`, `x5u`, `jwk` and `x5c` are never fetched or trusted. A token
-//! whose `alg` differs from its key's is refused, so an RSA public key can never be used
-//! as an HMAC secret. The signature is checked by `jsonwebtoken`; every claim rule is
+//! Every key is pinned to its algorithms: one, or several of one family (RS256 and PS256
+//! with one RSA key). A token's `kid` is only a lookup into the configured keys; `jku`,
+//! `x5u`, `jwk` and `x5c` are never fetched or trusted. A token whose `alg` is not one of
+//! its key's is refused, so an RSA public key can never be used as an HMAC secret. The signature is checked by `jsonwebtoken`; every claim rule is
 //! checked here against a clock the caller passes in.
 
 use std::sync::Arc;
@@ -51,10 +51,12 @@ pub enum JwtError {
     AudienceMismatch,
 }
 
-/// A verification key pinned to one algorithm.
+/// A verification key pinned to its algorithms: one, or several of one family (an RSA
+/// key that an issuer uses for RS256 and PS256), never across families.
 pub struct VerifyKey {
     pub kid: Option<String>,
-    pub algorithm: Algorithm,
+    /// The first is the key's own; the rest were allowed with [`VerifyKey::allow`].
+    algorithms: Vec<Algorithm>,
     key: DecodingKey,
 }
 
@@ -63,7 +65,7 @@ impl std::fmt::Debug for VerifyKey {
         // Never print key material.
         f.debug_struct("VerifyKey")
             .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
+            .field("algorithms", &self.algorithms)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +88,37 @@ pub enum KeyError {
     Unsupported(Algorithm),
     #[error("the JWK has no `alg` and none is configured for it")]
     JwkWithoutAlgorithm,
+    #[error(
+        "{0:?} and {1:?} cannot share one key: a key verifies algorithms of its own family only"
+    )]
+    MixedFamilies(Algorithm, Algorithm),
+}
+
+/// Algorithms that can share one key: the same secret, the same RSA key, the same curve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Hmac,
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+    Other,
+}
+
+fn family(alg: Algorithm) -> Family {
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Family::Hmac,
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Family::Rsa,
+        Algorithm::ES256 => Family::P256,
+        Algorithm::ES384 => Family::P384,
+        Algorithm::EdDSA => Family::Ed25519,
+        _ => Family::Other,
+    }
 }
 
 fn is_hmac(alg: Algorithm) -> bool {
@@ -107,7 +140,7 @@ impl VerifyKey {
         }
         Ok(VerifyKey {
             kid,
-            algorithm,
+            algorithms: vec![algorithm],
             key: DecodingKey::from_secret(secret),
         })
     }
@@ -138,7 +171,7 @@ impl VerifyKey {
         })?;
         let verify_key = VerifyKey {
             kid,
-            algorithm,
+            algorithms: vec![algorithm],
             key,
         };
         verify_key.check_curve(pem)?;
@@ -163,9 +196,35 @@ impl VerifyKey {
         })?;
         Ok(VerifyKey {
             kid: jwk.common.key_id.clone(),
-            algorithm,
+            algorithms: vec![algorithm],
             key,
         })
+    }
+
+    /// The key's own algorithm (the one it was loaded for, and signs with).
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithms[0]
+    }
+
+    /// Every algorithm the key verifies.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
+    }
+
+    /// Lets the key verify `more` algorithms too, each of the key's own family: an RSA
+    /// key may serve RS256 and PS256, never HS256 (that would make the public key an
+    /// HMAC secret).
+    pub fn allow(mut self, more: &[Algorithm]) -> Result<Self, KeyError> {
+        let own = self.algorithm();
+        for alg in more {
+            if family(*alg) != family(own) || family(own) == Family::Other {
+                return Err(KeyError::MixedFamilies(own, *alg));
+            }
+            if !self.algorithms.contains(alg) {
+                self.algorithms.push(*alg);
+            }
+        }
+        Ok(self)
     }
 
     /// ES256 needs a P-256 key and ES384 a P-384 key; `jsonwebtoken` would otherwise
@@ -182,7 +241,7 @@ impl VerifyKey {
             .decode(body.trim())
             .map(|d| d.len())
             .unwrap_or(0);
-        let ok = match self.algorithm {
+        let ok = match self.algorithm() {
             Algorithm::ES256 => der_len == 91,
             Algorithm::ES384 => der_len == 120,
             _ => true,
@@ -191,7 +250,7 @@ impl VerifyKey {
             Ok(())
         } else {
             Err(KeyError::Invalid {
-                expected: if self.algorithm == Algorithm::ES256 {
+                expected: if self.algorithm() == Algorithm::ES256 {
                     "P-256 public"
                 } else {
                     "P-384 public"
@@ -220,6 +279,9 @@ pub struct Rules {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     pub client_id: String,
+    /// Whether the claim was a JSON integer (`"clientId": 42`) rather than a string; a
+    /// JSON body gets the id in the same type.
+    pub client_id_is_integer: bool,
     pub subject: Option<String>,
     /// `exp`, in seconds since the epoch.
     pub expires_at: u64,
@@ -270,12 +332,12 @@ fn candidates<'k>(
     for key in keys {
         match (&header.kid, &key.kid) {
             (Some(want), Some(have)) if want == have => {
-                if key.algorithm != header.alg {
+                if !key.algorithms.contains(&header.alg) {
                     return Err(JwtError::AlgorithmMismatch);
                 }
                 return Ok(vec![key]);
             }
-            (None, _) if key.algorithm == header.alg => found.push(key),
+            (None, _) if key.algorithms.contains(&header.alg) => found.push(key),
             _ => {}
         }
     }
@@ -305,7 +367,8 @@ pub fn verify<'k>(
     let header = read_header(token)?;
     let mut last = JwtError::BadSignature;
     for key in candidates(&header, keys)? {
-        let mut validation = Validation::new(key.algorithm);
+        // The header's algorithm, which `candidates` checked is one the key allows.
+        let mut validation = Validation::new(header.alg);
         // Claims are checked below, against the caller's clock.
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -387,10 +450,10 @@ fn check_claims(
             return Err(JwtError::AudienceMismatch);
         }
     }
-    let client_id = match claims.get(&rules.client_id_claim) {
+    let (client_id, client_id_is_integer) = match claims.get(&rules.client_id_claim) {
         None => return Err(JwtError::MissingClaim(rules.client_id_claim.clone())),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(Value::String(s)) => (s.clone(), false),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => (n.to_string(), true),
         Some(_) => return Err(JwtError::BadClaim(rules.client_id_claim.clone())),
     };
     if !is_usable_client_id(&client_id) {
@@ -403,6 +466,7 @@ fn check_claims(
     };
     Ok(Claims {
         client_id,
+        client_id_is_integer,
         subject,
         expires_at: exp,
         key_id,
@@ -416,4 +480,51 @@ pub fn is_usable_client_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_key_may_serve_several_algorithms_of_its_family_only() {
+        let key = VerifyKey::from_secret(None, Algorithm::HS256, SECRET).unwrap();
+        let key = key.allow(&[Algorithm::HS512]).unwrap();
+        assert_eq!(key.algorithms(), &[Algorithm::HS256, Algorithm::HS512]);
+        let key = VerifyKey::from_secret(None, Algorithm::HS256, SECRET).unwrap();
+        assert!(matches!(
+            key.allow(&[Algorithm::RS256]),
+            Err(KeyError::MixedFamilies(Algorithm::HS256, Algorithm::RS256))
+        ));
+        assert_ne!(family(Algorithm::ES256), family(Algorithm::ES384));
+        assert_eq!(family(Algorithm::RS256), family(Algorithm::PS512));
+        assert_ne!(family(Algorithm::RS256), family(Algorithm::HS256));
+    }
+
+    #[test]
+    fn the_client_id_claim_keeps_its_type() {
+        let rules = Rules {
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+            max_token_bytes: 8192,
+            client_id_claim: "clientId".into(),
+        };
+        let claims = |v: Value| {
+            let mut m = serde_json::Map::new();
+            m.insert("exp".into(), Value::from(100u64));
+            m.insert("clientId".into(), v);
+            check_claims(&m, None, &rules, 10)
+        };
+        let c = claims(Value::from(42u64)).unwrap();
+        assert_eq!((c.client_id.as_str(), c.client_id_is_integer), ("42", true));
+        let c = claims(Value::from("42")).unwrap();
+        assert_eq!(
+            (c.client_id.as_str(), c.client_id_is_integer),
+            ("42", false)
+        );
+        assert!(claims(Value::from(4.5)).is_err());
+    }
 }

@@ -169,7 +169,8 @@ pub(crate) fn jwt(ctx: &mut Ctx, f: JwtFile, whole: Range<usize>) -> Option<Jwt>
             }
             ids.push(id.clone());
         }
-        if let Some((verify, sign)) = jwt_key(ctx, key, id) {
+        let fallback = key.id.as_ref().map_or(whole.clone(), |i| i.span());
+        if let Some((verify, sign)) = jwt_key(ctx, key, id, fallback) {
             keys.push(Arc::new(verify));
             if signing.is_none() {
                 signing = sign.map(Arc::new);
@@ -286,13 +287,65 @@ pub(crate) fn jwt(ctx: &mut Ctx, f: JwtFile, whole: Range<usize>) -> Option<Jwt>
     })
 }
 
+/// The algorithms of one `[[jwt.key]]`: `algorithm`, or `algorithms` (the first is the
+/// key's own and signs).
+fn key_algorithms(
+    ctx: &mut Ctx,
+    f: &JwtKeyFile,
+    fallback: Range<usize>,
+) -> Option<(Vec<Algorithm>, Range<usize>)> {
+    match (&f.algorithm, &f.algorithms) {
+        (Some(one), None) => Some((vec![algorithm(ctx, one)?], one.span())),
+        (None, Some(list)) if !list.get_ref().is_empty() => {
+            let mut algs = Vec::new();
+            for a in list.get_ref() {
+                algs.push(algorithm(ctx, a)?);
+            }
+            Some((algs, list.span()))
+        }
+        (None, Some(list)) => {
+            ctx.error(list.span(), "[[jwt.key]] algorithms: list at least one");
+            None
+        }
+        (Some(one), Some(_)) => {
+            ctx.error(
+                one.span(),
+                "[[jwt.key]]: give `algorithm` or `algorithms`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            ctx.error(fallback, "[[jwt.key]]: missing `algorithm` (e.g. \"RS256\"), or `algorithms` for several of one family");
+            None
+        }
+    }
+}
+
 fn jwt_key(
     ctx: &mut Ctx,
     f: &JwtKeyFile,
     id: Option<String>,
+    fallback: Range<usize>,
 ) -> Option<(VerifyKey, Option<SigningKey>)> {
-    let alg = algorithm(ctx, &f.algorithm)?;
-    let span = f.algorithm.span();
+    let (algs, span) = key_algorithms(ctx, f, fallback)?;
+    let (alg, more) = algs.split_first()?;
+    let (verify, signing) = jwt_key_for(ctx, f, id, *alg, span.clone())?;
+    match verify.allow(more) {
+        Ok(verify) => Some((verify, signing)),
+        Err(e) => {
+            ctx.error(span, format!("[[jwt.key]] algorithms: {e}"));
+            None
+        }
+    }
+}
+
+fn jwt_key_for(
+    ctx: &mut Ctx,
+    f: &JwtKeyFile,
+    id: Option<String>,
+    alg: Algorithm,
+    span: Range<usize>,
+) -> Option<(VerifyKey, Option<SigningKey>)> {
     let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
     if hmac {
         if f.public_key_file.is_some() || f.private_key_file.is_some() {
@@ -632,6 +685,7 @@ pub(crate) fn webhooks(ctx: &mut Ctx, value: Spanned<DeValue>) -> HashMap<String
                 auth_tokens_env,
                 auth_tokens_file,
                 max_body_bytes,
+                replay_window,
             } => {
                 let public_base_url = at(&span, public_base_url);
                 let auth_tokens_env: Vec<Spanned<String>> =
@@ -667,10 +721,27 @@ pub(crate) fn webhooks(ctx: &mut Ctx, value: Spanned<DeValue>) -> HashMap<String
                 let max_body_bytes = max_body_bytes
                     .and_then(|v| usize::try_from(v).ok())
                     .unwrap_or(64 * 1024);
+                let replay_window = match replay_window.as_deref().map(crate::duration::parse) {
+                    None => Duration::from_secs(3600),
+                    Some(Ok(d)) if !d.is_zero() => d,
+                    Some(Ok(_)) => {
+                        ctx.error(
+                            span.clone(),
+                            format!("{what} replay_window: must be greater than zero"),
+                        );
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        ctx.error(span.clone(), format!("{what} replay_window: {e}"));
+                        continue;
+                    }
+                };
                 Webhook::PlivoV3 {
+                    name: name.clone(),
                     public_base_url: base,
                     auth_tokens: tokens,
                     max_body_bytes,
+                    replay_window,
                 }
             }
             WebhookFile::UrlSecret {

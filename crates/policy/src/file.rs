@@ -19,6 +19,27 @@ pub struct ServerFile {
     pub workers: Option<Spanned<i64>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Request headers whose names contain `_`: "drop" (default) or "refuse" (400).
+    pub headers_with_underscores: Option<UnderscoresFile>,
+    /// Request headers removed before forwarding (replaces the default list).
+    pub strip_request_headers: Option<Vec<Spanned<String>>>,
+    /// A body the gateway reads or streams must arrive within this, plus one second per
+    /// `request_body_min_rate` bytes received.
+    pub request_body_timeout: Option<Spanned<String>>,
+    /// Bytes per second a request body must average beyond `request_body_timeout`.
+    pub request_body_min_rate: Option<Spanned<i64>>,
+    /// All request bodies the gateway holds in memory at once (JSON and form rewrites,
+    /// signed callbacks, login usernames), per process; past it, 503.
+    pub max_buffered_body_bytes: Option<Spanned<i64>>,
+    /// Client connections open at once, per process; more are closed at once.
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoresFile {
+    Drop,
+    Refuse,
 }
 
 /// `[upstream]` in `gateway.toml`: the legacy backend.
@@ -102,6 +123,14 @@ pub struct RouteFile {
     /// Forward the caller's own API key headers/parameter (removed by default).
     #[serde(default)]
     pub pass_api_key: bool,
+    /// With `auth = "none"`, the operator's word that anyone may have the backend
+    /// credential added (`tollgate check` refuses it otherwise).
+    #[serde(default)]
+    pub allow_anonymous_credential: bool,
+    /// Body media types that pass uninspected on a route that identifies its caller
+    /// (`text/csv`, `application/octet-stream`, `image/*`). JSON, form and multipart
+    /// bodies are always inspected; any other body is refused with 415.
+    pub opaque_body_types: Option<Vec<Spanned<String>>>,
     /// How the caller's client id reaches the backend (authenticated routes).
     pub client_id: Option<ClientIdFile>,
     /// Streamed bodies (uploads) over this many bytes are refused with 413.
@@ -186,6 +215,17 @@ pub struct ClientIdFile {
     pub allow_non_object_json: bool,
     /// JSON and form bodies are read up to this many bytes to be rewritten (413 above).
     pub max_body_bytes: Option<Spanned<i64>>,
+    /// The JSON type of the injected id: "claim" (the token claim's own type; the
+    /// default), "string" or "number".
+    pub json_type: Option<JsonTypeFile>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JsonTypeFile {
+    Claim,
+    String,
+    Number,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +278,9 @@ pub struct JwtFile {
 #[serde(deny_unknown_fields)]
 pub struct JwtKeyFile {
     pub id: Option<Spanned<String>>,
-    pub algorithm: Spanned<String>,
+    /// The key's algorithm; or `algorithms`, several of one family (RS256 and PS256).
+    pub algorithm: Option<Spanned<String>>,
+    pub algorithms: Option<Spanned<Vec<Spanned<String>>>>,
     pub secret_env: Option<Spanned<String>>,
     pub secret_file: Option<Spanned<String>>,
     pub public_key_file: Option<Spanned<String>>,
@@ -318,6 +360,8 @@ pub enum WebhookFile {
         /// Or a file with one auth token per line.
         auth_tokens_file: Option<String>,
         max_body_bytes: Option<i64>,
+        /// How long a nonce is remembered: a callback repeated within it is refused.
+        replay_window: Option<String>,
     },
     UrlSecret {
         param: String,

@@ -17,6 +17,8 @@ mod file;
 pub mod fingerprint;
 mod limits;
 mod load;
+pub mod media;
+pub mod param;
 pub mod path;
 pub mod pattern;
 pub mod snapshot;

@@ -25,17 +25,20 @@ use crate::file::{
     ActionFile, AdminFile, LogFile, LogFormatFile, ReloadFile, RouteFile, RoutingFile, ServerFile,
     UnmatchedFile, UpstreamFile,
 };
-use crate::file::{ApiKeysFile, AuthModeFile, JwtFile, StoreFile};
+use crate::file::{ApiKeysFile, AuthModeFile, JwtFile, StoreFile, UnderscoresFile};
 use crate::fingerprint::Fingerprint;
 use crate::limits;
+use crate::media::MediaRange;
 use crate::pattern::PathPattern;
 use crate::snapshot::{
     Admin, Log, LogFormat, Origin, Reload, Route, RouteAction, Server, Snapshot, Unmatched,
     Upstream,
 };
 use crate::snapshot::{
-    Auth, ClientIdPolicy, Credential, LimitPolicy, Mismatch, RouteAuth, Webhook,
+    Auth, BodyLimits, ClientIdPolicy, Credential, JsonType, LimitPolicy, Mismatch, RouteAuth,
+    Underscores, Webhook,
 };
+use http::header::HeaderName;
 use std::sync::Arc;
 
 /// The configuration could not be turned into a snapshot; every diagnostic is listed
@@ -43,6 +46,39 @@ use std::sync::Arc;
 #[derive(Debug, Error)]
 #[error("{} error(s) in the configuration", .0.iter().filter(|d| d.severity == Severity::Error).count())]
 pub struct LoadError(pub Vec<Diagnostic>);
+
+/// Request headers that make common backends and frameworks re-route a request, change
+/// its method, or believe another client address; removed unless the operator lists
+/// otherwise. (`X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` are handled by the
+/// forwarding headers: believed from trusted proxies only.)
+pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-host",
+    "x-original-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+];
 
 const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
     "api_key",
@@ -201,14 +237,14 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             let secret_params = webhooks
                 .values()
                 .filter_map(|w| match &**w {
-                    Webhook::UrlSecret { param, .. } => Some(param.to_ascii_lowercase()),
+                    Webhook::UrlSecret { param, .. } => Some(crate::param::fold(param)),
                     _ => None,
                 })
                 .chain(
                     auth_settings
                         .api_keys
                         .iter()
-                        .filter_map(|k| k.query_param.as_ref().map(|p| p.to_ascii_lowercase())),
+                        .filter_map(|k| k.query_param.as_deref().map(crate::param::fold)),
                 );
             log.redact_query_params.extend(secret_params);
             log
@@ -340,6 +376,50 @@ fn server(src: &SourceFile, f: ServerFile, diags: &mut Vec<Diagnostic>) -> Optio
             diags,
         ),
         trusted_proxies,
+        headers_with_underscores: match f.headers_with_underscores {
+            None | Some(UnderscoresFile::Drop) => Underscores::Drop,
+            Some(UnderscoresFile::Refuse) => Underscores::Refuse,
+        },
+        strip_request_headers: match &f.strip_request_headers {
+            None => DEFAULT_STRIPPED_REQUEST_HEADERS
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect(),
+            Some(list) => list
+                .iter()
+                .filter_map(|h| match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                    Ok(name) => Some(name),
+                    Err(_) => {
+                        diags.push(src.error(
+                            Some(h.span()),
+                            format!(
+                                "[server] strip_request_headers: `{}` is not a header name",
+                                h.get_ref()
+                            ),
+                        ));
+                        None
+                    }
+                })
+                .collect(),
+        },
+        bodies: BodyLimits {
+            timeout: duration(src, &f.request_body_timeout, 10_000, diags),
+            min_rate: size(
+                src,
+                &f.request_body_min_rate,
+                8 * 1024,
+                1..=1024 * 1024 * 1024,
+                diags,
+            ) as u64,
+            max_buffered: size(
+                src,
+                &f.max_buffered_body_bytes,
+                64 * 1024 * 1024,
+                64 * 1024..=64 * 1024 * 1024 * 1024,
+                diags,
+            ),
+        },
+        max_connections: size(src, &f.max_connections, 10_000, 1..=10_000_000, diags),
     };
     (diags.len() == before).then_some(server)
 }
@@ -391,7 +471,7 @@ fn log_settings(src: &SourceFile, f: Option<LogFile>, diags: &mut Vec<Diagnostic
             access_log: true,
             redact_query_params: DEFAULT_REDACTED_QUERY_PARAMS
                 .iter()
-                .map(|s| s.to_string())
+                .map(|s| crate::param::fold(s))
                 .collect(),
         });
     };
@@ -418,8 +498,8 @@ fn log_settings(src: &SourceFile, f: Option<LogFile>, diags: &mut Vec<Diagnostic
                     .map(|s| s.to_string())
                     .collect()
             })
-            .into_iter()
-            .map(|p| p.to_ascii_lowercase())
+            .iter()
+            .map(|p| crate::param::fold(p))
             .collect(),
     })
 }
@@ -592,6 +672,7 @@ fn load_policies(
             }
         }
     }
+    shadowed_routes(&routes, diags);
     let mut limit_policies: Vec<Arc<LimitPolicy>> = defined.into_values().flatten().collect();
     limit_policies.sort_by(|a, b| a.name.cmp(&b.name));
     (routes, limit_policies, files)
@@ -684,6 +765,41 @@ fn route(
             }
         },
     };
+    if let (Some(c), Some(RouteAuth::None), ActionFile::Forward) =
+        (&f.upstream_credential, &route_auth, f.action)
+    {
+        let per_client = upstream_credential
+            .as_ref()
+            .is_some_and(|(_, cred)| matches!(**cred, Credential::ClientMap { .. }));
+        if per_client {
+            diags.push(src.error(
+                Some(c.span()),
+                format!("route `{name}`: `{}` is a per-client credential, and an anonymous route has no client", c.get_ref()),
+            ));
+        } else if !f.allow_anonymous_credential {
+            diags.push(src.error(
+                Some(c.span()),
+                format!("route `{name}`: auth = \"none\" would add the backend credential `{}` for anyone; authenticate the route, or say `allow_anonymous_credential = true` if that is what you mean", c.get_ref()),
+            ));
+        }
+    } else if f.allow_anonymous_credential {
+        diags.push(src.error(
+            Some(f.name.span()),
+            format!("route `{name}`: allow_anonymous_credential is only for auth = \"none\" routes with an upstream_credential"),
+        ));
+    }
+    if f.pass_api_key
+        && !matches!(
+            f.auth.as_ref().map(|a| *a.get_ref()),
+            Some(AuthModeFile::ApiKey | AuthModeFile::JwtOrApiKey)
+        )
+    {
+        diags.push(src.error(
+            Some(f.name.span()),
+            format!("route `{name}`: pass_api_key passes on the key a caller authenticated with: it needs auth = \"api_key\" or \"jwt_or_api_key\""),
+        ));
+    }
+    let opaque_body_types = opaque_types(src, f.opaque_body_types.as_deref(), &name, diags);
     if diags.len() != before {
         return None;
     }
@@ -719,8 +835,16 @@ fn route(
             }
         },
     };
+    if !identifies_caller && !opaque_body_types.is_empty() {
+        diags.push(src.error(
+            Some(f.name.span()),
+            format!("route `{name}`: opaque_body_types is for routes that authenticate a caller (bodies of other routes are not inspected)"),
+        ));
+        return None;
+    }
     Some(Route {
         auth: route_auth,
+        opaque_body_types,
         client_id,
         max_upload_bytes,
         limits,
@@ -736,6 +860,104 @@ fn route(
         },
         origin,
     })
+}
+
+/// Reports every route that can never match: for each method it serves, an earlier
+/// route matches every path it would. Shadowed by a `forward` route it is an error: its
+/// own rules never apply (a `deny` or a stricter `auth` written after a broader route
+/// looks like protection and protects nothing). Shadowed only by `deny` routes it is a
+/// warning: closing a path by putting a `deny` in front is a common, deliberate edit.
+fn shadowed_routes(routes: &[Route], diags: &mut Vec<Diagnostic>) {
+    for (index, route) in routes.iter().enumerate() {
+        let earlier = &routes[..index];
+        let covering = |method: Option<&Method>| {
+            earlier.iter().find(|e| {
+                e.path.covers(&route.path)
+                    && match (method, &e.methods) {
+                        (_, None) => true,
+                        (Some(m), Some(list)) => list.contains(m),
+                        (None, Some(_)) => false,
+                    }
+            })
+        };
+        let shadows: Option<Vec<&Route>> = match &route.methods {
+            None => covering(None).map(|e| vec![e]),
+            Some(methods) => methods.iter().map(|m| covering(Some(m))).collect(),
+        };
+        let Some(mut shadows) = shadows else {
+            continue;
+        };
+        shadows.dedup_by(|a, b| a.name == b.name);
+        let by: Vec<String> = shadows
+            .iter()
+            .map(|e| {
+                format!(
+                    "`{}` ({}:{})",
+                    e.name,
+                    e.origin.file.display(),
+                    e.origin.line
+                )
+            })
+            .collect();
+        let closed_on_purpose = shadows.iter().all(|e| e.action == RouteAction::Deny);
+        diags.push(Diagnostic {
+            file: route.origin.file.clone(),
+            line: route.origin.line,
+            column: route.origin.column,
+            severity: if closed_on_purpose {
+                Severity::Warning
+            } else {
+                Severity::Error
+            },
+            message: if closed_on_purpose {
+                format!(
+                    "route `{}` never matches: {} before it denies every request it would",
+                    route.name,
+                    by.join(" and ")
+                )
+            } else {
+                format!(
+                    "route `{}` can never match: {} before it matches every request it would, so its rules never apply; move it up or remove it",
+                    route.name,
+                    by.join(" and ")
+                )
+            },
+        });
+    }
+}
+
+/// A route's `opaque_body_types`: media ranges, none of them a type the gateway inspects.
+fn opaque_types(
+    src: &SourceFile,
+    list: Option<&[Spanned<String>]>,
+    route: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<MediaRange> {
+    let mut out = Vec::new();
+    for item in list.unwrap_or_default() {
+        let text = item.get_ref();
+        match MediaRange::parse(text) {
+            Ok(range) => {
+                let inspected = ["application/json", "application/x-www-form-urlencoded", "multipart/form-data", "application/problem+json"];
+                let clash = inspected.iter().any(|t| {
+                    crate::media::MediaType::parse(t.as_bytes()).is_ok_and(|m| range.matches(&m))
+                }) || range.as_str().ends_with("+json");
+                if clash {
+                    diags.push(src.error(
+                        Some(item.span()),
+                        format!("route `{route}`: opaque_body_types: `{text}` covers JSON, form or multipart bodies, which are always inspected"),
+                    ));
+                } else {
+                    out.push(range);
+                }
+            }
+            Err(_) => diags.push(src.error(
+                Some(item.span()),
+                format!("route `{route}`: opaque_body_types: `{text}` is not a media type such as `text/csv` or `image/*`"),
+            )),
+        }
+    }
+    out
 }
 
 /// The route's authentication, checked against what `gateway.toml` configures.
@@ -892,6 +1114,11 @@ fn client_id_policy(
         },
         allow_non_object_json: f.is_some_and(|f| f.allow_non_object_json),
         max_body_bytes,
+        json_type: match f.and_then(|f| f.json_type) {
+            None | Some(crate::file::JsonTypeFile::Claim) => JsonType::Claim,
+            Some(crate::file::JsonTypeFile::String) => JsonType::String,
+            Some(crate::file::JsonTypeFile::Number) => JsonType::Number,
+        },
     })
 }
 

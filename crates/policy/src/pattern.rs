@@ -64,6 +64,24 @@ impl PathPattern {
         })
     }
 
+    /// Whether every path `other` matches, this pattern matches too.
+    pub fn covers(&self, other: &PathPattern) -> bool {
+        let fits = if self.rest {
+            self.segments.len() <= other.segments.len()
+        } else {
+            !other.rest && self.segments.len() == other.segments.len()
+        };
+        fits && self
+            .segments
+            .iter()
+            .zip(&other.segments)
+            .all(|(mine, theirs)| match (mine, theirs) {
+                (Segment::Param(_), _) => true,
+                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Literal(_), Segment::Param(_)) => false,
+            })
+    }
+
     /// Whether a normalized path matches.
     pub fn matches(&self, path: &str) -> bool {
         self.captures(path, |_, _| {})
@@ -148,6 +166,33 @@ mod tests {
 
     fn p(s: &str) -> PathPattern {
         PathPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn covering_patterns() {
+        let covers = |a: &str, b: &str| p(a).covers(&p(b));
+        assert!(covers("/api/*", "/api/admin"));
+        assert!(covers("/api/*", "/api"));
+        assert!(covers("/api/*", "/api/*"));
+        assert!(covers("/api/*", "/api/{id}/x/*"));
+        assert!(covers("/*", "/"));
+        assert!(covers("/a/{id}", "/a/b"));
+        assert!(covers("/a/{id}", "/a/{other}"));
+        assert!(!covers("/a/b", "/a/{id}"));
+        assert!(!covers("/a/{id}", "/a/{id}/*"));
+        assert!(!covers("/api/x/*", "/api/*"));
+        assert!(!covers("/api", "/api/*"));
+        assert!(!covers("/a/b", "/a/c"));
+        // Every path the covered pattern matches, the covering one matches.
+        for (a, b, paths) in [
+            ("/api/*", "/api/{id}", &["/api/1", "/api/1/"][..]),
+            ("/a/{x}/*", "/a/b/c", &["/a/b/c", "/a/b/c/"][..]),
+        ] {
+            assert!(covers(a, b));
+            for path in paths {
+                assert!(p(b).matches(path) && p(a).matches(path), "{a} {b} {path}");
+            }
+        }
     }
 
     #[test]

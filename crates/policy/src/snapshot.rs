@@ -142,6 +142,41 @@ pub struct Server {
     /// upstream pool. Fixed at start-up.
     pub workers: usize,
     pub trusted_proxies: Vec<Cidr>,
+    pub headers_with_underscores: Underscores,
+    /// Request headers removed before forwarding: ones that make backends re-route or
+    /// re-identify a request (`X-Original-URL`, `X-HTTP-Method-Override`, ...).
+    pub strip_request_headers: Vec<HeaderName>,
+    pub bodies: BodyLimits,
+    /// Client connections open at once in this process; more are closed on accept.
+    pub max_connections: usize,
+}
+
+/// What happens to a request header whose name contains `_`: CGI, WSGI, PHP and many
+/// Java containers read `X_Client_Id` as `X-Client-Id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underscores {
+    /// Removed before forwarding (nginx's `underscores_in_headers off`).
+    Drop,
+    /// 400 `HEADER_NAME_INVALID`.
+    Refuse,
+}
+
+/// How long request bodies may take, and how much of them the gateway holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// A body must arrive within this plus one second per `min_rate` bytes received.
+    pub timeout: Duration,
+    pub min_rate: u64,
+    /// Bytes of request bodies held in memory at once, by all requests of the process.
+    pub max_buffered: usize,
+}
+
+impl BodyLimits {
+    /// The time a body that has delivered `received` bytes so far may have taken.
+    pub fn allowance(&self, received: u64) -> Duration {
+        let per_rate = Duration::from_secs_f64(received as f64 / self.min_rate.max(1) as f64);
+        self.timeout.saturating_add(per_rate)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -180,7 +215,8 @@ pub struct Log {
     pub level: String,
     pub format: LogFormat,
     pub access_log: bool,
-    /// Query parameters whose values are replaced by `[redacted]` in logs (lower case).
+    /// Query parameters whose values are replaced by `[redacted]` in logs (folded, see
+    /// [`crate::param::fold`]).
     pub redact_query_params: Vec<String>,
 }
 
@@ -252,9 +288,13 @@ pub enum Credential {
 #[derive(Clone)]
 pub enum Webhook {
     PlivoV3 {
+        /// The `[webhooks.NAME]` name: nonces are remembered per webhook.
+        name: String,
         public_base_url: String,
         auth_tokens: Vec<Vec<u8>>,
         max_body_bytes: usize,
+        /// A nonce seen within this long before is a replay.
+        replay_window: Duration,
     },
     UrlSecret {
         param: String,
@@ -317,6 +357,8 @@ pub struct Route {
     pub auth: RouteAuth,
     pub upstream_credential: Option<(String, Arc<Credential>)>,
     pub pass_api_key: bool,
+    /// Body types that pass uninspected on a route that identifies its caller.
+    pub opaque_body_types: Vec<crate::media::MediaRange>,
     /// How the caller's client id reaches the backend; `None` on routes without a caller.
     pub client_id: Option<ClientIdPolicy>,
     /// Streamed bodies over this many bytes are refused with 413.
@@ -343,6 +385,18 @@ pub struct ClientIdPolicy {
     pub on_mismatch: Mismatch,
     pub allow_non_object_json: bool,
     pub max_body_bytes: usize,
+    pub json_type: JsonType,
+}
+
+/// The JSON type of the client id the gateway writes into a JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+    /// The verified claim's own type: a number for `"clientId": 42`, a string for
+    /// `"clientId": "42"` (and for API-key callers).
+    Claim,
+    String,
+    /// A number whenever the id is a plain decimal integer.
+    Number,
 }
 
 impl ClientIdPolicy {
@@ -350,12 +404,17 @@ impl ClientIdPolicy {
         self.names.first().map_or("clientId", String::as_str)
     }
 
-    /// Whether a parameter, member or header name means the client id: the name or an
-    /// alias in any case, also in the `clientId[]` / `clientId[0]` forms that `qs`, Rails
-    /// and PHP turn into arrays.
+    /// Whether a decoded parameter, member or header name means the client id: the name
+    /// or an alias in any spelling a backend folds into it (see [`crate::param`]).
     pub fn is_name(&self, candidate: &str) -> bool {
-        let base = candidate.split('[').next().unwrap_or(candidate);
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(base))
+        self.names
+            .iter()
+            .any(|n| crate::param::same_folded(candidate, n))
+    }
+
+    /// Whether a raw (still percent-encoded) query or form name means the client id.
+    pub fn is_raw_name(&self, raw: &[u8]) -> bool {
+        self.is_name(&crate::param::decode(raw))
     }
 }
 

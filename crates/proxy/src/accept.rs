@@ -11,7 +11,7 @@
 
 use http::header::{CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Uri};
-use tollgate_policy::snapshot::Server;
+use tollgate_policy::snapshot::{Server, Underscores};
 
 use crate::problem::{FramingError, GatewayError};
 
@@ -60,6 +60,14 @@ pub fn check<B>(request: &Request<B>, limits: &Server) -> Result<(), GatewayErro
     if request.headers().get_all(CONTENT_TYPE).iter().count() > 1 {
         return Err(FramingError::RepeatedContentType.into());
     }
+    if limits.headers_with_underscores == Underscores::Refuse
+        && request
+            .headers()
+            .keys()
+            .any(|name| name.as_str().contains('_'))
+    {
+        return Err(GatewayError::HeaderNameInvalid);
+    }
     let mut encodings = request.headers().get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = encodings.next() {
         let chunked = first
@@ -105,6 +113,14 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             workers: 1,
             trusted_proxies: Vec::new(),
+            headers_with_underscores: Underscores::Refuse,
+            strip_request_headers: Vec::new(),
+            bodies: tollgate_policy::snapshot::BodyLimits {
+                timeout: Duration::from_secs(1),
+                min_rate: 1,
+                max_buffered: 1,
+            },
+            max_connections: 1,
         }
     }
 
@@ -183,6 +199,18 @@ mod tests {
                 other => panic!("{method} {target}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn underscored_header_names_are_refused_in_refuse_mode() {
+        let r = request("GET", "/", &[("host", "gw"), ("x_client_id", "1002")]);
+        assert!(matches!(
+            check(&r, &limits()),
+            Err(GatewayError::HeaderNameInvalid)
+        ));
+        let mut dropping = limits();
+        dropping.headers_with_underscores = Underscores::Drop;
+        assert!(check(&r, &dropping).is_ok());
     }
 
     #[test]

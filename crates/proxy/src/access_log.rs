@@ -1,8 +1,11 @@
 //! One access-log line per request, written when the response body is finished (or
 //! abandoned), so it carries the real byte counts and latency.
 //!
-//! Only what is safe to keep is logged: no header values at all, and the query string
-//! with the values of secret-bearing parameters (`log.redact_query_params`) replaced.
+//! Only what is safe to keep is logged: no header values at all; the query string with
+//! the values of secret-bearing parameters (`log.redact_query_params`, compared after
+//! decoding and folding, as [`tollgate_policy::param`] compares names) and of anything
+//! shaped like a JWT replaced; a path the gateway refused, bounded in length, with its
+//! JWT-shaped segments and secret `;name=value` parameters replaced too.
 //!
 //! The line is formatted here, directly, in the same shape as the `tracing` JSON (or
 //! text) lines around it, and handed to an [`AccessSink`]. Going through `tracing`'s
@@ -116,13 +119,14 @@ impl AccessLog {
         let query = self
             .query
             .as_deref()
-            .map(|q| redact_query(q, &log.redact_query_params))
+            .map(|q| bounded(redact_query(q, &log.redact_query_params)))
             .unwrap_or_default();
+        let path = bounded(redact_path(&self.path, &log.redact_query_params));
         let fields: [(&str, Value); 12] = [
             ("request_id", Value::Text(&self.request_id)),
             ("route", Value::Text(self.route.as_deref().unwrap_or("-"))),
             ("method", Value::Text(self.method.as_str())),
-            ("path", Value::Text(&self.path)),
+            ("path", Value::Text(&path)),
             ("query", Value::Text(&query)),
             ("status", Value::Int(u64::from(self.status.as_u16()))),
             (
@@ -230,20 +234,81 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// The query with the value of every listed parameter (case-insensitive) replaced.
+/// Logged paths and queries are cut off past this many bytes.
+const MAX_LOGGED: usize = 1024;
+
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_LOGGED {
+        let mut end = MAX_LOGGED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...[truncated]");
+    }
+    text
+}
+
+const REDACTED: &str = "[redacted]";
+
+/// The query with the value of every secret parameter (`secret_params`, folded names)
+/// and of every JWT-shaped value replaced.
 pub fn redact_query(query: &str, secret_params: &[String]) -> String {
     query
         .split('&')
-        .map(|pair| {
-            let name = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if secret_params.iter().any(|p| p.eq_ignore_ascii_case(name)) {
-                format!("{name}=[redacted]")
-            } else {
-                pair.to_owned()
+        .map(|pair| match pair.split_once('=') {
+            Some((name, value)) if is_secret(name, secret_params) || looks_like_jwt(value) => {
+                format!("{name}={REDACTED}")
             }
+            _ if looks_like_jwt(pair) => REDACTED.to_owned(),
+            _ => pair.to_owned(),
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// The path with JWT-shaped segments and secret `;name=value` parameters replaced.
+pub fn redact_path(path: &str, secret_params: &[String]) -> String {
+    path.split('/')
+        .map(|segment| {
+            if looks_like_jwt(segment) {
+                return REDACTED.to_owned();
+            }
+            let mut parts = segment.split(';');
+            let mut out = parts.next().unwrap_or_default().to_owned();
+            for param in parts {
+                out.push(';');
+                match param.split_once('=') {
+                    Some((name, value))
+                        if is_secret(name, secret_params) || looks_like_jwt(value) =>
+                    {
+                        out.push_str(name);
+                        out.push('=');
+                        out.push_str(REDACTED);
+                    }
+                    _ => out.push_str(param),
+                }
+            }
+            out
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
+    let name = tollgate_policy::param::canonical(raw_name.as_bytes());
+    secret_params.contains(&name)
+}
+
+/// Three base64url parts, the first starting like a JSON object (`eyJ`): a JWT, whatever
+/// the parameter it came in is called.
+fn looks_like_jwt(text: &str) -> bool {
+    let text = text.trim_start_matches("Bearer%20");
+    text.starts_with("eyJ")
+        && text.split('.').count() == 3
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
 }
 
 #[cfg(test)]
@@ -265,11 +330,39 @@ mod tests {
     }
 
     #[test]
-    fn secret_parameters_are_redacted() {
-        let params = vec!["api_key".to_owned(), "token".to_owned()];
+    fn secret_parameters_are_redacted_in_every_spelling() {
+        let params = vec![
+            "api_key".to_owned(),
+            "token".to_owned(),
+            "secret".to_owned(),
+        ];
         assert_eq!(
             redact_query("a=1&API_KEY=s3cret&token=t&b", &params),
             "a=1&API_KEY=[redacted]&token=[redacted]&b"
         );
+        for query in [
+            "%74oken=s3cret",
+            "api%5Fkey=s3cret",
+            "token[]=s3cret",
+            "%73ecret=s3cret",
+            "api.key=s3cret",
+            "TOKEN%5B0%5D=s3cret",
+        ] {
+            let logged = redact_query(query, &params);
+            assert!(!logged.contains("s3cret"), "{query}: {logged}");
+        }
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+        let logged = redact_query(&format!("x={jwt}&{jwt}"), &params);
+        assert!(!logged.contains("eyJ"), "{logged}");
+    }
+
+    #[test]
+    fn refused_paths_are_redacted_and_bounded() {
+        let params = vec!["token".to_owned()];
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
+        let logged = redact_path(&format!("/a/{jwt}/b;%74oken=s3cret;x=1"), &params);
+        assert_eq!(logged, "/a/[redacted]/b;%74oken=[redacted];x=1");
+        let long = bounded("/a".repeat(2000));
+        assert!(long.len() < MAX_LOGGED + 20 && long.ends_with("[truncated]"));
     }
 }

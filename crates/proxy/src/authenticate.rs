@@ -11,23 +11,25 @@
 //! The stage only decides; the rewrite stage removes the caller's credentials and adds
 //! the backend's.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::header::AUTHORIZATION;
 use http::request::Parts;
 use http::{Method, Request};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::Either;
 use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
 use tollgate_auth::cache::TokenCache;
 use tollgate_auth::{plivo, secret, JwtError};
+use tollgate_policy::param;
 use tollgate_policy::snapshot::{ApiKeySettings, Jwt, RouteAuth, Webhook};
 
-use crate::body::RequestBody;
-use crate::form;
+use crate::body::{self, Reading, RequestBody};
 use crate::jwks::JwksSet;
 use crate::problem::GatewayError;
+use crate::replay::Replay;
 
 /// How a request was authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,8 @@ impl AuthMethod {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub client_id: String,
+    /// Whether the token's claim was a JSON integer (API keys: never).
+    pub integer: bool,
     /// The API key's id, when a key was used.
     pub key_id: Option<String>,
 }
@@ -75,6 +79,11 @@ pub struct Context<'a> {
     pub client: IpAddr,
     /// Seconds since the epoch.
     pub now: u64,
+    /// How held bodies (a signed callback's) are read.
+    pub reading: &'a Reading,
+    /// Where callback nonces are remembered.
+    pub replay: &'a Replay,
+    pub worker: usize,
 }
 
 /// Authenticates `request` by `rule`. A Plivo callback's form body is read (bounded) to
@@ -86,14 +95,8 @@ pub async fn authenticate(
 ) -> Result<(Request<RequestBody>, Outcome), GatewayError> {
     let (parts, body) = request.into_parts();
     if let RouteAuth::Webhook(hook) = rule {
-        if let Webhook::PlivoV3 {
-            public_base_url,
-            auth_tokens,
-            max_body_bytes,
-        } = &**hook
-        {
-            let (parts, body) =
-                plivo_v3(parts, body, public_base_url, auth_tokens, *max_body_bytes).await?;
+        if let Webhook::PlivoV3 { .. } = &**hook {
+            let (parts, body) = plivo_v3(parts, body, hook, ctx).await?;
             let outcome = Outcome {
                 method: AuthMethod::Webhook,
                 identity: None,
@@ -150,18 +153,16 @@ fn decide(parts: &Parts, rule: &RouteAuth, ctx: &Context) -> Result<Outcome, Gat
                     }
                 }
                 Webhook::UrlSecret {
-                    param,
+                    param: name,
                     secret: expected,
                 } => {
-                    let presented = parts
-                        .uri
-                        .query()
-                        .map(|q| form::pairs(q.as_bytes()))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .find(|(name, _)| name == param)
-                        .map(|(_, value)| value);
-                    if !presented.is_some_and(|p| secret::equal(p.as_bytes(), expected)) {
+                    // Every spelling of the parameter counts; two copies are ambiguous.
+                    let query = parts.uri.query().unwrap_or_default().as_bytes();
+                    let presented = param::values_of(query, name);
+                    let [only] = presented.as_slice() else {
+                        return Err(GatewayError::SignatureInvalid);
+                    };
+                    if !secret::equal(only.as_bytes(), expected) {
                         return Err(GatewayError::SignatureInvalid);
                     }
                 }
@@ -223,28 +224,40 @@ fn verify_jwt(token: &str, ctx: &Context) -> Result<Identity, GatewayError> {
     };
     Ok(Identity {
         client_id: claims.client_id.clone(),
+        integer: claims.client_id_is_integer,
         key_id: None,
     })
 }
 
 /// The key the request presents: the first configured header that is present, else
-/// the query parameter.
-pub fn presented_api_key(parts: &Parts, settings: &ApiKeySettings) -> Option<String> {
+/// the query parameter (in any spelling). Two values in one place are refused: the
+/// backend might read the other one.
+pub fn presented_api_key(
+    parts: &Parts,
+    settings: &ApiKeySettings,
+) -> Result<Option<String>, GatewayError> {
     for name in &settings.headers {
-        if let Some(value) = parts.headers.get(name) {
-            return Some(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        let mut values = parts.headers.get_all(name).iter();
+        if let Some(value) = values.next() {
+            if values.next().is_some() {
+                return Err(GatewayError::ApiKeyInvalid);
+            }
+            return Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()));
         }
     }
-    let param = settings.query_param.as_deref()?;
-    form::pairs(parts.uri.query()?.as_bytes())
-        .into_iter()
-        .find(|(name, _)| name == param)
-        .map(|(_, value)| value)
+    let (Some(name), Some(query)) = (settings.query_param.as_deref(), parts.uri.query()) else {
+        return Ok(None);
+    };
+    match param::values_of(query.as_bytes(), name).as_slice() {
+        [] => Ok(None),
+        [only] => Ok(Some(only.clone())),
+        _ => Err(GatewayError::ApiKeyInvalid),
+    }
 }
 
 fn verify_api_key(parts: &Parts, ctx: &Context) -> Result<Identity, GatewayError> {
     let settings = ctx.api_keys.ok_or(GatewayError::AuthRequired)?;
-    let presented = presented_api_key(parts, settings).ok_or(GatewayError::AuthRequired)?;
+    let presented = presented_api_key(parts, settings)?.ok_or(GatewayError::AuthRequired)?;
     if settings.sunset.is_some_and(|sunset| ctx.now >= sunset) {
         return Err(GatewayError::ApiKeySunset);
     }
@@ -254,6 +267,7 @@ fn verify_api_key(parts: &Parts, ctx: &Context) -> Result<Identity, GatewayError
         .ok_or(GatewayError::ApiKeyInvalid)?;
     Ok(Identity {
         client_id: key.client_id.clone(),
+        integer: false,
         key_id: Some(key.key_id.clone()),
     })
 }
@@ -265,19 +279,30 @@ const PLIVO_NONCE: &str = "x-plivo-signature-v3-nonce";
 async fn plivo_v3(
     parts: Parts,
     body: Incoming,
-    public_base_url: &str,
-    auth_tokens: &[Vec<u8>],
-    max_body_bytes: usize,
+    hook: &Webhook,
+    ctx: &Context<'_>,
 ) -> Result<(Parts, RequestBody), GatewayError> {
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    let Webhook::PlivoV3 {
+        name,
+        public_base_url,
+        auth_tokens,
+        max_body_bytes,
+        replay_window,
+    } = hook
+    else {
+        return Err(GatewayError::Internal);
     };
-    let nonce = header(PLIVO_NONCE).ok_or(GatewayError::SignatureInvalid)?;
-    let signatures: Vec<String> = [header(PLIVO_V3), header(PLIVO_MA_V3)]
+    // One value each: of two, the backend and the gateway could each read another.
+    let header = |name: &str| -> Result<Option<String>, GatewayError> {
+        let mut values = parts.headers.get_all(name).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(GatewayError::SignatureInvalid);
+        }
+        Ok(first.and_then(|v| v.to_str().ok()).map(str::to_owned))
+    };
+    let nonce = header(PLIVO_NONCE)?.ok_or(GatewayError::SignatureInvalid)?;
+    let signatures: Vec<String> = [header(PLIVO_V3)?, header(PLIVO_MA_V3)?]
         .into_iter()
         .flatten()
         .collect();
@@ -286,7 +311,6 @@ async fn plivo_v3(
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let url = format!("{public_base_url}{target}");
-    let is_form = crate::inject::body_kind(&parts.headers) == crate::inject::BodyKind::Form;
     // Plivo signs the URL and form parameters only: a body of any other kind, a repeated
     // parameter (backends differ on which copy they read) or a query pair the signature
     // does not cover could be changed under a valid signature, so none is accepted.
@@ -297,16 +321,27 @@ async fn plivo_v3(
     {
         return Err(GatewayError::SignatureInvalid);
     }
-    let (params, body): (Vec<(String, String)>, RequestBody) = if parts.method == Method::GET {
-        (form::pairs(raw_query.as_bytes()), Either::Left(body))
-    } else {
-        let bytes = read_bounded(&parts, body, max_body_bytes).await?;
-        if !bytes.is_empty() && !is_form {
-            return Err(GatewayError::SignatureInvalid);
+    // The body is read (bounded in size, time and memory) whatever the method: a GET's
+    // signature covers the query only, so a GET may carry no body at all.
+    let held = body::hold(&parts, Either::Left(body), *max_body_bytes, ctx.reading).await?;
+    let bytes = held.bytes();
+    let params = if parts.method == Method::GET {
+        if !bytes.is_empty() {
+            return Err(GatewayError::UnsignedBody);
         }
-        (form::pairs(&bytes), Either::Right(Full::new(bytes)))
+        param::pairs(raw_query.as_bytes())
+    } else {
+        let is_form = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| tollgate_policy::media::MediaType::parse(v.as_bytes()).ok())
+            .is_some_and(|m| m.essence() == "application/x-www-form-urlencoded");
+        if !bytes.is_empty() && !is_form {
+            return Err(GatewayError::UnsignedBody);
+        }
+        param::pairs(&bytes)
     };
-    let mut names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    let mut names: Vec<String> = params.iter().map(|(k, _)| param::fold(k)).collect();
     let total = names.len();
     names.sort_unstable();
     names.dedup();
@@ -326,31 +361,26 @@ async fn plivo_v3(
     if !ok {
         return Err(GatewayError::SignatureInvalid);
     }
-    Ok((parts, body))
+    // Only a verified callback's nonce is recorded, so only Plivo can fill the store.
+    if !ctx
+        .replay
+        .first_use(ctx.worker, &nonce_key(name, &nonce), *replay_window)
+        .await
+    {
+        return Err(GatewayError::CallbackReplayed);
+    }
+    Ok((parts, Either::Right(held)))
 }
 
-/// Reads a body of at most `limit` bytes; refuses at once when `Content-Length` says more.
-pub async fn read_bounded<B>(parts: &Parts, body: B, limit: usize) -> Result<Bytes, GatewayError>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::PayloadTooLarge { limit });
+/// The store key for a nonce: the webhook's name and a hash of the nonce (bounded
+/// length, nothing a provider sent written into keys as is).
+fn nonce_key(webhook: &str, nonce: &str) -> String {
+    let digest = Sha256::digest(nonce.as_bytes());
+    let mut key = String::with_capacity(webhook.len() + 33);
+    key.push_str(webhook);
+    key.push(':');
+    for byte in &digest[..16] {
+        let _ = write!(key, "{byte:02x}");
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(GatewayError::PayloadTooLarge { limit })
-        }
-        Err(_) => Err(GatewayError::RequestBodyInvalid),
-    }
+    key
 }

@@ -1,67 +1,516 @@
-//! Body types of the data plane, and the wrapper that observes bytes as they pass.
+//! Body types of the data plane: what the gateway holds, what it streams upstream, and
+//! the limits on both.
 //!
-//! Bodies are never collected: [`Observed`] counts each frame on its way through and
-//! keeps `size_hint` and end-of-stream exactly as the inner body reports them.
+//! - A body the gateway must read whole (a JSON or form rewrite, a signed callback, a
+//!   login's username) is read by [`hold`]: bounded in size, in time (a deadline that
+//!   grows only with the bytes received, so a trickling client is cut off with 408), and
+//!   in memory across all requests ([`BodyBudget`]: past it, 503). The result is a
+//!   [`Held`] body, whose bytes count against the budget until it is dropped.
+//! - Every other body streams upstream through [`Outbound`], never collected: it counts
+//!   bytes for the access log, cuts the body off at the route's upload limit, applies
+//!   the same deadline (a slow client gets 408 and releases its upstream connection),
+//!   and lets [`crate::multipart`] watch multipart bodies. `size_hint` and end-of-stream
+//!   are kept exactly as the inner body reports them.
+//! - [`Observed`] counts response bytes for the access log.
 
+use std::collections::VecDeque;
+use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tollgate_policy::snapshot::BodyLimits;
+
+use crate::multipart::{Refusal, Scanner};
+use crate::problem::GatewayError;
 
 /// What the gateway answers with: the upstream's body streamed through, or its own.
 pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_log::AccessLog>;
 
-/// A request body on its way upstream: the client's stream, or bytes a stage had to read
-/// (a signed callback's form body).
-pub type RequestBody = Either<Incoming, Full<Bytes>>;
+/// A request body on its way through the stages: the client's stream, or bytes a stage
+/// had to read whole.
+pub type RequestBody = Either<Incoming, Held>;
 
-/// What the gateway sends upstream: capped at the route's upload limit, observed for
-/// the access log.
-pub type UpstreamBody = Observed<Capped<RequestBody>, Arc<BodyStats>>;
+/// A complete body the gateway made itself.
+pub fn full(bytes: impl Into<Bytes>) -> Either<Incoming, Full<Bytes>> {
+    Either::Right(Full::new(bytes.into()))
+}
 
-/// Someone who wants to know how many bytes passed, and whether the body failed.
-pub trait Observer {
-    fn on_data(&mut self, bytes: u64);
-    fn on_error(&mut self) {}
+/// The memory all held request bodies may take at once, in this process. Lives across
+/// reloads; a reload changes only the cap.
+#[derive(Debug, Default)]
+pub struct BodyBudget {
+    held: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl BodyBudget {
+    pub fn new(max: usize) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            held: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Bytes held right now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        let max = self.max.load(Ordering::Relaxed);
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Memory taken from the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    budget: Arc<BodyBudget>,
+    bytes: usize,
+}
+
+impl Ticket {
+    fn grow(&mut self, more: usize) -> Result<(), GatewayError> {
+        if !self.budget.take(more) {
+            return Err(GatewayError::Overloaded);
+        }
+        self.bytes += more;
+        Ok(())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// A body the gateway read whole; its memory is accounted for until it is dropped.
+#[derive(Debug)]
+pub struct Held {
+    data: Option<Bytes>,
+    _ticket: Option<Ticket>,
+}
+
+impl Held {
+    pub fn bytes(&self) -> Bytes {
+        self.data.clone().unwrap_or_default()
+    }
+
+    /// The same memory, with other bytes (a rewrite of them).
+    pub fn replaced(self, data: Bytes) -> Held {
+        Held {
+            data: Some(data),
+            _ticket: self._ticket,
+        }
+    }
+}
+
+impl Body for Held {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(
+            self.get_mut()
+                .data
+                .take()
+                .filter(|d| !d.is_empty())
+                .map(|d| Ok(Frame::data(d))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.as_ref().is_none_or(Bytes::is_empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+/// What reading a held body needs: the time limits and the memory budget.
+#[derive(Clone)]
+pub struct Reading {
+    pub limits: BodyLimits,
+    pub budget: Arc<BodyBudget>,
+}
+
+/// Reads a whole body of at most `limit` bytes: 413 at once when `Content-Length` says
+/// more, 408 when it arrives too slowly, 503 when the gateway already holds too much.
+/// A body some stage already read is returned as it is.
+pub async fn hold(
+    parts: &Parts,
+    body: RequestBody,
+    limit: usize,
+    reading: &Reading,
+) -> Result<Held, GatewayError> {
+    let mut body = match body {
+        Either::Right(held) => return Ok(held),
+        Either::Left(incoming) => incoming,
+    };
+    if declared_length(parts).is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    let started = Instant::now();
+    let mut ticket = Ticket {
+        budget: Arc::clone(&reading.budget),
+        bytes: 0,
+    };
+    let mut data: Vec<u8> = Vec::new();
+    loop {
+        let deadline = started + reading.limits.allowance(data.len() as u64);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(GatewayError::RequestTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(GatewayError::RequestBodyInvalid),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
+        let needed = data.len() + chunk.len();
+        if needed > limit {
+            return Err(GatewayError::PayloadTooLarge { limit });
+        }
+        if needed > data.capacity() {
+            // Grow geometrically, but never past the limit; account for what is allocated.
+            let target = needed
+                .max(data.capacity() * 2)
+                .max(4096)
+                .min(limit)
+                .max(needed);
+            ticket.grow(target - data.capacity())?;
+            data.reserve_exact(target - data.len());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Held {
+        data: Some(Bytes::from(data)),
+        _ticket: Some(ticket),
+    })
+}
+
+/// The request's declared `Content-Length`, if it has a valid one.
+pub fn declared_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Microseconds since the first time anyone asked: a clock for atomics.
+fn micros_now() -> u64 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(std::time::Instant::now);
+    base.elapsed().as_micros() as u64 + 1
+}
+
+/// Why a streamed request body was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CutOff {
+    None = 0,
+    /// Passed the route's upload limit.
+    OverLimit = 1,
+    /// Arrived too slowly.
+    TooSlow = 2,
+    /// The client's stream failed (bad chunked framing, the client went away).
+    Failed = 3,
+    /// A multipart field named another client.
+    ClientIdMismatch = 4,
+    /// A multipart part could not be read.
+    MultipartInvalid = 5,
 }
 
 /// What passed through a request body, shared with the access log and the forward stage.
 #[derive(Debug, Default)]
 pub struct BodyStats {
     bytes: AtomicU64,
-    failed: AtomicBool,
-    over_limit: AtomicBool,
+    cut_off: AtomicU8,
+    /// When a frame last went upstream (micros, see [`micros_now`]); 0: never.
+    last_activity: AtomicU64,
+    finished: AtomicBool,
 }
 
 impl BodyStats {
-    /// Whether the body was cut off for passing the route's upload limit.
-    pub fn over_limit(&self) -> bool {
-        self.over_limit.load(Ordering::Relaxed)
-    }
-
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether reading the client's body failed (bad chunked framing, a client gone):
-    /// the client's fault, not the upstream's.
-    pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Relaxed)
+    /// Why the body was cut off, if it was: the client's doing, not the upstream's.
+    pub fn cut_off(&self) -> CutOff {
+        match self.cut_off.load(Ordering::Relaxed) {
+            1 => CutOff::OverLimit,
+            2 => CutOff::TooSlow,
+            3 => CutOff::Failed,
+            4 => CutOff::ClientIdMismatch,
+            5 => CutOff::MultipartInvalid,
+            _ => CutOff::None,
+        }
+    }
+
+    fn cut(&self, why: CutOff) {
+        let _ = self.cut_off.compare_exchange(
+            CutOff::None as u8,
+            why as u8,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(micros_now(), Ordering::Relaxed);
+    }
+
+    /// How long ago the body last moved (or the whole body was sent); `None` if it
+    /// never did.
+    pub fn idle_for(&self) -> Option<Duration> {
+        match self.last_activity.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_micros(micros_now().saturating_sub(at))),
+        }
+    }
+
+    /// Whether the whole body has gone upstream.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    fn finish(&self) {
+        self.touch();
+        self.finished.store(true, Ordering::Relaxed);
     }
 }
 
-impl Observer for Arc<BodyStats> {
-    fn on_data(&mut self, bytes: u64) {
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+/// Someone who wants to know how many bytes passed.
+pub trait Observer {
+    fn on_data(&mut self, bytes: u64);
+}
+
+/// The error a cut-off body reports to the upstream connection (which is then closed).
+#[derive(Debug)]
+pub struct BodyCutOff(pub CutOff);
+
+impl std::fmt::Display for BodyCutOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body was cut off: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyCutOff {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body sent upstream: see the module docs.
+pub struct Outbound {
+    inner: RequestBody,
+    stats: Arc<BodyStats>,
+    limit: Option<u64>,
+    seen: u64,
+    /// For a client's stream: how long the client has kept us waiting.
+    pacing: Option<Pacing>,
+    scanner: Option<Scanner>,
+    ready: VecDeque<Bytes>,
+    done: bool,
+}
+
+impl Outbound {
+    pub fn new(
+        inner: RequestBody,
+        limit: Option<u64>,
+        limits: BodyLimits,
+        scanner: Option<Scanner>,
+        stats: Arc<BodyStats>,
+    ) -> Outbound {
+        let pacing = matches!(inner, Either::Left(_)).then(|| Pacing {
+            limits,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            sleep: Box::pin(tokio::time::sleep(limits.timeout)),
+        });
+        if inner.is_end_stream() {
+            stats.finish();
+        }
+        Outbound {
+            inner,
+            stats,
+            limit,
+            seen: 0,
+            pacing,
+            scanner,
+            ready: VecDeque::new(),
+            done: false,
+        }
     }
 
-    fn on_error(&mut self) {
-        self.failed.store(true, Ordering::Relaxed);
+    fn fail(&mut self, why: CutOff) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.stats.cut(why);
+        self.done = true;
+        self.ready.clear();
+        Poll::Ready(Some(Err(Box::new(BodyCutOff(why)))))
+    }
+
+    fn scanned(&mut self, released: Result<Vec<Bytes>, Refusal>) -> Result<(), CutOff> {
+        match released {
+            Ok(parts) => {
+                self.ready
+                    .extend(parts.into_iter().filter(|b| !b.is_empty()));
+                Ok(())
+            }
+            Err(Refusal::ClientIdMismatch) => Err(CutOff::ClientIdMismatch),
+            Err(Refusal::Malformed) => Err(CutOff::MultipartInvalid),
+        }
+    }
+}
+
+/// The deadline of a streamed body. Only time spent waiting for the client counts: while
+/// the upstream is slow to take the body (backpressure), the client is not to blame.
+struct Pacing {
+    limits: BodyLimits,
+    /// Time spent waiting for the client's next bytes so far.
+    waited: Duration,
+    /// Since when we have been waiting now, if we are.
+    waiting_since: Option<Instant>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Pacing {
+    /// The client delivered: the wait (if any) is over.
+    fn delivered(&mut self) {
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
+
+    /// The client has nothing for us yet: `true` when it has had all its time, given
+    /// that it has sent `seen` bytes.
+    fn waiting(&mut self, seen: u64, cx: &mut Context<'_>) -> bool {
+        let allowance = self.limits.allowance(seen);
+        let now = Instant::now();
+        let since = *self.waiting_since.get_or_insert(now);
+        let spent = self.waited + now.duration_since(since);
+        if spent >= allowance {
+            return true;
+        }
+        self.sleep.as_mut().reset(now + (allowance - spent));
+        // Registers the timer; it wakes this body when the allowance runs out.
+        let _ = self.sleep.as_mut().poll(cx);
+        false
+    }
+}
+
+impl Body for Outbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(data) = this.ready.pop_front() {
+                if this.done && this.ready.is_empty() {
+                    // The last frame: hyper may not poll again once it sees the end.
+                    this.stats.finish();
+                } else {
+                    this.stats.touch();
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            if this.done {
+                this.stats.finish();
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    let seen = this.seen;
+                    if this.pacing.as_mut().is_some_and(|p| p.waiting(seen, cx)) {
+                        return this.fail(CutOff::TooSlow);
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if let Some(mut scanner) = this.scanner.take() {
+                        let released = scanner.finish();
+                        if let Err(why) = this.scanned(released) {
+                            return this.fail(why);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return this.fail(CutOff::Failed),
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(pacing) = &mut this.pacing {
+                        pacing.delivered();
+                    }
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            this.stats.touch();
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    };
+                    this.seen += data.len() as u64;
+                    this.stats
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if this.limit.is_some_and(|limit| this.seen > limit) {
+                        return this.fail(CutOff::OverLimit);
+                    }
+                    match this.scanner.as_mut().map(|s| s.feed(data.clone())) {
+                        Some(released) => {
+                            if let Err(why) = this.scanned(released) {
+                                return this.fail(why);
+                            }
+                        }
+                        None => this.ready.push_back(data),
+                    }
+                    if this.inner.is_end_stream() {
+                        this.done = this.scanner.is_none();
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.ready.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.done {
+            let left: u64 = self.ready.iter().map(|b| b.len() as u64).sum();
+            return SizeHint::with_exact(left);
+        }
+        self.inner.size_hint()
     }
 }
 
@@ -92,14 +541,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.observer.on_data(data.len() as u64);
-                }
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.observer.on_data(data.len() as u64);
             }
-            Poll::Ready(Some(Err(_))) => this.observer.on_error(),
-            _ => {}
         }
         polled
     }
@@ -113,80 +558,39 @@ where
     }
 }
 
-/// A complete body the gateway made itself.
-pub fn full(bytes: impl Into<Bytes>) -> Either<Incoming, Full<Bytes>> {
-    Either::Right(Full::new(bytes.into()))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The route's upload limit was passed.
-#[derive(Debug)]
-pub struct LimitExceeded;
-
-impl std::fmt::Display for LimitExceeded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request body passed the route's upload limit")
-    }
-}
-
-impl std::error::Error for LimitExceeded {}
-
-/// A body that fails as soon as more than `limit` bytes have passed, so a chunked
-/// upload cannot go beyond the route's limit (a declared `Content-Length` over it is
-/// refused before anything is sent).
-#[derive(Debug)]
-pub struct Capped<B> {
-    inner: B,
-    limit: Option<u64>,
-    seen: u64,
-    stats: Arc<BodyStats>,
-}
-
-impl<B> Capped<B> {
-    pub fn new(inner: B, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
-        Capped {
-            inner,
-            limit,
-            seen: 0,
-            stats,
-        }
-    }
-}
-
-impl<B> Body for Capped<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    if this.limit.is_some_and(|limit| this.seen > limit) {
-                        this.stats.over_limit.store(true, Ordering::Relaxed);
-                        return Poll::Ready(Some(Err(Box::new(LimitExceeded))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+    #[test]
+    fn the_budget_refuses_past_its_cap_and_tickets_give_back() {
+        let budget = BodyBudget::new(100);
+        let mut a = Ticket {
+            budget: Arc::clone(&budget),
+            bytes: 0,
+        };
+        assert!(a.grow(60).is_ok());
+        let mut b = Ticket {
+            budget: Arc::clone(&budget),
+            bytes: 0,
+        };
+        assert!(matches!(b.grow(50), Err(GatewayError::Overloaded)));
+        assert!(b.grow(40).is_ok());
+        assert_eq!(budget.held(), 100);
+        drop(a);
+        assert_eq!(budget.held(), 40);
+        drop(b);
+        assert_eq!(budget.held(), 0);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    #[test]
+    fn the_allowance_grows_with_the_bytes_received() {
+        let limits = BodyLimits {
+            timeout: Duration::from_secs(10),
+            min_rate: 1000,
+            max_buffered: 1,
+        };
+        assert_eq!(limits.allowance(0), Duration::from_secs(10));
+        assert_eq!(limits.allowance(5000), Duration::from_secs(15));
     }
 }

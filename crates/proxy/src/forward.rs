@@ -1,5 +1,9 @@
 //! Stage 9 — forward: send the request to the legacy upstream over pooled connections
 //! and wait (bounded) for its response head. Bodies stream in both directions.
+//!
+//! The response timeout counts from the request body's last movement, not from the
+//! start: a long upload is not the upstream's delay, while an upstream that stops taking
+//! the body, or answering once it has it, runs out of time.
 
 use std::error::Error as _;
 use std::io;
@@ -12,13 +16,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tollgate_policy::snapshot::Upstream;
 
-use crate::body::UpstreamBody;
+use crate::body::{BodyStats, Outbound};
 use crate::problem::GatewayError;
 
 /// A pooled HTTP/1.1 client for one upstream configuration.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<HttpConnector, Outbound>,
     pool_key: PoolSettings,
 }
 
@@ -68,18 +72,35 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends the request; the response head must arrive within `timeout`.
+    /// Sends the request; the response head must arrive within `timeout` of the body's
+    /// last movement (`stats`, kept by the body as it goes).
     pub async fn send(
         &self,
-        request: Request<UpstreamBody>,
+        request: Request<Outbound>,
         timeout: Duration,
+        stats: &BodyStats,
     ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, source = ?e.source(), "upstream request failed");
-                Err(classify(&e))
+        let started = tokio::time::Instant::now();
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        let mut deadline = started + timeout;
+        loop {
+            tokio::select! {
+                outcome = &mut response => {
+                    return outcome.map_err(|e| {
+                        if stats.cut_off() == crate::body::CutOff::None {
+                            tracing::warn!(error = %e, source = ?e.source(), "upstream request failed");
+                        }
+                        classify(&e)
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let idle = stats.idle_for().unwrap_or_else(|| started.elapsed());
+                    if idle >= timeout {
+                        return Err(GatewayError::UpstreamTimeout);
+                    }
+                    deadline = tokio::time::Instant::now() + (timeout - idle);
+                }
             }
         }
     }

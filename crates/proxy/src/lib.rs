@@ -12,23 +12,28 @@ mod access_log;
 mod admin;
 mod authenticate;
 mod body;
-mod form;
+mod classify;
+pub mod client_id;
 mod forward;
 mod forwarded;
 mod headers;
-pub mod inject;
 mod jwks;
 pub mod limit;
 pub mod metrics;
+mod multipart;
 mod normalize;
 pub mod pipeline;
 pub mod problem;
+mod replay;
 mod request_id;
 mod respond;
 mod rewrite;
 mod route;
 mod server;
 mod username;
+
+#[cfg(test)]
+mod testing;
 
 pub use access_log::AccessSink;
 pub use problem::GatewayError;

@@ -125,6 +125,14 @@ impl Limiters {
         Limiters { policies, shared }
     }
 
+    /// The Redis connection, when `[store]` names one that could be set up.
+    pub fn redis(&self) -> Option<Arc<Redis>> {
+        match &self.shared {
+            Some(Ok(shared)) => Some(Arc::clone(shared.redis())),
+            _ => None,
+        }
+    }
+
     /// Forgets in-process keys whose allowance is full again; called periodically.
     pub fn forget_idle(&self) {
         for limiter in self.policies.values() {
@@ -178,6 +186,7 @@ pub async fn check(
     subject: &Subject<'_>,
     limiters: &Limiters,
     worker: usize,
+    reading: &crate::body::Reading,
 ) -> Result<(Request<RequestBody>, Option<Verdict>), GatewayError> {
     if route.limits.is_empty() {
         return Ok((request, None));
@@ -189,7 +198,8 @@ pub async fn check(
     }
     let mut request = request;
     if route.limits.iter().any(|p| counts_username(&p)) {
-        let (read, names) = crate::username::submitted(request, &route.username_fields).await?;
+        let (read, names) =
+            crate::username::submitted(request, &route.username_fields, reading).await?;
         request = read;
         // No username: one shared count for such requests. Several: each is counted.
         let names = if names.is_empty() {

@@ -24,6 +24,8 @@ pub struct Metrics {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     connections_open: AtomicI64,
+    /// Connections closed on accept: `server.max_connections` were open.
+    connections_refused: AtomicU64,
     /// Authenticated requests by method: none, jwt, api_key, webhook.
     authenticated: [AtomicU64; 4],
     /// Refused requests by problem code.
@@ -98,6 +100,15 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        usize::try_from(self.connections_open.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -182,6 +193,13 @@ impl Metrics {
             out,
             "tollgate_connections_open {}",
             self.connections_open.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP tollgate_connections_refused_total Client connections closed on accept because server.max_connections were open.\n");
+        out.push_str("# TYPE tollgate_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "tollgate_connections_refused_total {}",
+            get(&self.connections_refused)
         );
         out
     }

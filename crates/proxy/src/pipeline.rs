@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::AccessLog;
 use crate::authenticate::AuthMethod;
-use crate::body::{Capped, Observed, ResponseBody};
+use crate::body::{CutOff, Outbound, Reading, ResponseBody};
 use crate::rewrite::Caller;
 use crate::server::{Active, Shared};
 use crate::{
@@ -131,6 +131,12 @@ async fn run(
     selection.outcome?;
     let route = selection.route;
 
+    let reading = Reading {
+        limits: snapshot.server.bodies,
+        budget: std::sync::Arc::clone(&shared.budget),
+    };
+    let now = unix_now();
+
     // 5. authenticate
     let rule = route.map_or(&RouteAuth::None, |r| &r.auth);
     let context = authenticate::Context {
@@ -139,7 +145,10 @@ async fn run(
         tokens: &active.tokens,
         jwks: &active.jwks,
         client: caller.client,
-        now: unix_now(),
+        now,
+        reading: &reading,
+        replay: &active.replay,
+        worker,
     };
     let (request, auth) = authenticate::authenticate(request, rule, &context).await?;
     log.set_auth(
@@ -159,7 +168,7 @@ async fn run(
                 client: caller.client,
             };
             let (request, decided) =
-                limit::check(request, route, &subject, &active.limiters, worker).await?;
+                limit::check(request, route, &subject, &active.limiters, worker, &reading).await?;
             *verdict = decided;
             request
         }
@@ -168,32 +177,42 @@ async fn run(
 
     // 8. rewrite
     let (mut head, body) = request.into_parts();
-    rewrite::upstream_head(&mut head, &path, caller, route, &auth, snapshot)?;
-    let body = rewrite::upstream_body(&mut head, body, route, &auth).await?;
+    rewrite::upstream_head(&mut head, &path, caller, route, &auth, snapshot, now)?;
+    let (body, scanner) = rewrite::upstream_body(&mut head, body, route, &auth, &reading).await?;
     let body_stats = log.bytes_in();
     let limit = route.and_then(|r| r.max_upload_bytes);
-    let capped = Capped::new(body, limit, Arc::clone(&body_stats));
-    let upstream_request =
-        Request::from_parts(head, Observed::new(capped, Arc::clone(&body_stats)));
+    let outbound = Outbound::new(
+        body,
+        limit,
+        snapshot.server.bodies,
+        scanner,
+        Arc::clone(&body_stats),
+    );
+    let upstream_request = Request::from_parts(head, outbound);
 
     // 9. forward
     let upstream = active
         .upstreams
         .get(worker)
-        .ok_or(problem::GatewayError::UpstreamUnavailable)?;
+        .ok_or(problem::GatewayError::Internal)?;
     let response = upstream
-        .send(upstream_request, snapshot.upstream.response_timeout)
+        .send(
+            upstream_request,
+            snapshot.upstream.response_timeout,
+            &body_stats,
+        )
         .await
-        .map_err(|e| {
-            if body_stats.over_limit() {
-                problem::GatewayError::PayloadTooLarge {
-                    limit: limit.unwrap_or_default() as usize,
-                }
-            } else if body_stats.failed() {
-                problem::GatewayError::RequestBodyInvalid
-            } else {
-                e
-            }
+        // A body cut off on the client's side is the client's error, whatever the
+        // upstream connection then reported.
+        .map_err(|e| match body_stats.cut_off() {
+            CutOff::None => e,
+            CutOff::OverLimit => problem::GatewayError::PayloadTooLarge {
+                limit: limit.unwrap_or_default() as usize,
+            },
+            CutOff::TooSlow => problem::GatewayError::RequestTimeout,
+            CutOff::Failed => problem::GatewayError::RequestBodyInvalid,
+            CutOff::ClientIdMismatch => problem::GatewayError::ClientIdMismatch,
+            CutOff::MultipartInvalid => problem::GatewayError::MultipartInvalid,
         })?;
 
     // 10. respond

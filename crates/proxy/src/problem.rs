@@ -91,6 +91,22 @@ pub enum GatewayError {
         crate::username::MAX_USERNAMES
     )]
     LoginAmbiguous,
+    #[error("{0}")]
+    UnsupportedMediaType(crate::classify::MediaRefusal),
+    #[error("the request body arrived too slowly")]
+    RequestTimeout,
+    #[error("the gateway is holding too many request bodies; retry in a moment")]
+    Overloaded,
+    #[error("request header names with `_` are refused (backends read them as `-`)")]
+    HeaderNameInvalid,
+    #[error("this callback was already received (its nonce was seen before)")]
+    CallbackReplayed,
+    #[error("the signature does not cover this request's body")]
+    UnsignedBody,
+    #[error("a part of the multipart body could not be read")]
+    MultipartInvalid,
+    #[error("the gateway failed to handle this request")]
+    Internal,
 }
 
 /// The public face of an error: status, stable code and title.
@@ -107,6 +123,7 @@ impl GatewayError {
         match self {
             GatewayError::RateLimited(verdict) => Some(verdict.decision.retry_after_secs()),
             GatewayError::RateLimitUnavailable { retry_after } => Some(*retry_after),
+            GatewayError::Overloaded => Some(1),
             _ => None,
         }
     }
@@ -223,6 +240,46 @@ impl GatewayError {
                 "RATE_LIMIT_UNAVAILABLE",
                 "Rate limiting unavailable",
             ),
+            GatewayError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "Unsupported body type",
+            ),
+            GatewayError::RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "Request body too slow",
+            ),
+            GatewayError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "GATEWAY_OVERLOADED",
+                "Gateway overloaded",
+            ),
+            GatewayError::HeaderNameInvalid => (
+                StatusCode::BAD_REQUEST,
+                "HEADER_NAME_INVALID",
+                "Invalid header name",
+            ),
+            GatewayError::CallbackReplayed => (
+                StatusCode::CONFLICT,
+                "CALLBACK_REPLAYED",
+                "Callback replayed",
+            ),
+            GatewayError::UnsignedBody => (
+                StatusCode::UNAUTHORIZED,
+                "SIGNATURE_INVALID",
+                "Invalid signature",
+            ),
+            GatewayError::MultipartInvalid => (
+                StatusCode::BAD_REQUEST,
+                "MULTIPART_INVALID",
+                "Invalid multipart body",
+            ),
+            GatewayError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "Internal error",
+            ),
         };
         Kind {
             status,
@@ -271,6 +328,8 @@ pub fn respond(error: &GatewayError, request_id: &str) -> Response<Either<Incomi
         GatewayError::Framing(_)
             | GatewayError::HeadersTooLarge { .. }
             | GatewayError::RequestBodyInvalid
+            | GatewayError::RequestTimeout
+            | GatewayError::MultipartInvalid
     ) {
         // The connection's framing is suspect: do not reuse it.
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -1,25 +1,38 @@
 //! Stage 8 — rewrite: turn the client's request into the upstream's.
 //!
 //! Strip, then set. First go hop-by-hop headers (and every header named in
-//! `Connection`), then the caller's own credentials — the verified bearer token, the API
-//! key (unless the route passes it on), a callback's URL secret. Then the gateway sets
-//! what it vouches for: forwarding headers, the request id, `Host`, the route's backend
-//! credential (replacing any value the client sent), and the upstream target built from
-//! the *normalized* path.
+//! `Connection`), headers whose names hold `_` (CGI, WSGI, PHP and many Java containers
+//! read `X_Client_Id` as `X-Client-Id`), and the operator's list of headers that make
+//! backends re-route or re-identify a request (`X-Original-URL`,
+//! `X-HTTP-Method-Override`, `True-Client-IP`, ...). Then the caller's own credentials:
+//! `Authorization` on every route (a backend credential may set it again), legacy API
+//! keys on every route unless the route passes on the key its caller authenticated with
+//! (never after the sunset), a
+//! callback's URL secret. Then the gateway sets what it vouches for: forwarding headers,
+//! the request id, `Host`, the route's backend credential, the caller's client id, and
+//! the upstream target built from the *normalized* path.
+//!
+//! The body is classified first ([`crate::classify`]) on routes that identify their
+//! caller: JSON and form bodies are read (bounded) and rewritten, multipart bodies are
+//! watched as they stream ([`crate::multipart`]), opaque ones pass, anything else is 415.
 
 use std::net::IpAddr;
 
-use http::header::{HeaderValue, AUTHORIZATION, EXPECT, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, EXPECT, HOST};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme, Uri};
+use http_body::Body as _;
+use http_body_util::Either;
 use tollgate_policy::snapshot::{Credential, RouteAuth, Upstream, Webhook};
-use tollgate_policy::{Route, Snapshot};
+use tollgate_policy::{param, Route, Snapshot};
 
-use crate::authenticate::{AuthMethod, Outcome};
-use crate::body::RequestBody;
-use crate::inject::{self, BodyKind};
+use crate::authenticate::Outcome;
+use crate::body::{self, Reading, RequestBody};
+use crate::classify::{self, BodyClass};
+use crate::client_id::{self, Caller as ClientCaller};
+use crate::multipart::Scanner;
 use crate::problem::GatewayError;
-use crate::{authenticate, form, forwarded, headers, request_id};
+use crate::{forwarded, headers, request_id};
 
 /// Who sent the request, as the rewrite needs it.
 pub struct Caller<'a> {
@@ -28,7 +41,11 @@ pub struct Caller<'a> {
     pub request_id: &'a str,
 }
 
-/// Rewrites the request head in place for the upstream.
+/// The header a legacy API key comes in when `[api_keys]` names none.
+const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Rewrites the request head in place for the upstream. `now` is seconds since the epoch
+/// (for the API-key sunset).
 pub fn upstream_head(
     parts: &mut Parts,
     path: &str,
@@ -36,33 +53,40 @@ pub fn upstream_head(
     route: Option<&Route>,
     auth: &Outcome,
     snapshot: &Snapshot,
+    now: u64,
 ) -> Result<(), GatewayError> {
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     // `Expect: 100-continue` was answered (or not) by this hop; the body is sent as is.
     h.remove(EXPECT);
+    strip_spoofable(h, snapshot);
 
-    // The caller's credentials are for the gateway, not the backend.
+    // The caller's credentials are for the gateway, not the backend: a bearer token (or
+    // any other Authorization) on every route; a backend credential may set it again.
+    h.remove(AUTHORIZATION);
     let mut drop_params: Vec<&str> = Vec::new();
-    // A bearer token (or any other Authorization) is the gateway's business on every
-    // route that identifies its caller; a backend credential may set it again below.
-    if auth.identity.is_some() || auth.method == AuthMethod::Jwt {
-        h.remove(AUTHORIZATION);
+    let keys = snapshot.auth.api_keys.as_ref();
+    let past_sunset = keys
+        .and_then(|k| k.sunset)
+        .is_some_and(|sunset| now >= sunset);
+    // Passed on only as the identity the gateway checked, and only until the sunset.
+    let passes_keys = route.is_some_and(|r| r.pass_api_key)
+        && auth.method == crate::authenticate::AuthMethod::ApiKey
+        && !past_sunset;
+    if !passes_keys {
+        match keys {
+            Some(keys) => {
+                for name in &keys.headers {
+                    h.remove(name);
+                }
+                drop_params.extend(keys.query_param.as_deref());
+            }
+            None => {
+                h.remove(DEFAULT_API_KEY_HEADER);
+            }
+        }
     }
     if let Some(route) = route {
-        // On every route that identifies its caller, a legacy key the client also sent
-        // must not reach the backend as a second, possibly different, identity.
-        let uses_keys = matches!(
-            route.auth,
-            RouteAuth::ApiKey | RouteAuth::JwtOrApiKey | RouteAuth::Jwt
-        );
-        if let (true, false, Some(keys)) = (uses_keys, route.pass_api_key, &snapshot.auth.api_keys)
-        {
-            for name in &keys.headers {
-                h.remove(name);
-            }
-            drop_params.extend(keys.query_param.as_deref());
-        }
         if let RouteAuth::Webhook(hook) = &route.auth {
             if let Webhook::UrlSecret { param, .. } = &**hook {
                 drop_params.push(param);
@@ -75,9 +99,12 @@ pub fn upstream_head(
 
     let client_id = route
         .and_then(|r| r.client_id.as_ref())
-        .zip(auth.identity.as_ref().map(|i| i.client_id.as_str()));
+        .zip(auth.identity.as_ref().map(|i| ClientCaller {
+            id: &i.client_id,
+            integer: i.integer,
+        }));
     match client_id {
-        Some((policy, client)) => inject::headers(h, policy, client)?,
+        Some((policy, client)) => client_id::headers(h, policy, client)?,
         // No authenticated caller: nobody may claim an identity the backend trusts.
         None => {
             for name in &snapshot.identity_headers {
@@ -102,19 +129,35 @@ pub fn upstream_head(
         if drop_params.is_empty() {
             q.to_owned()
         } else {
-            form::without_params(q, &drop_params)
+            param::without(q, &drop_params)
         }
     });
     if let Some((policy, client)) = client_id {
-        query = inject::query(query.as_deref(), policy, client)?;
+        query = client_id::query(query.as_deref(), policy, client)?;
     }
     parts.uri = upstream_uri(query.as_deref(), path, &snapshot.upstream)?;
     Ok(())
 }
 
+/// Removes request headers a backend could read as another name or another request:
+/// names with `_` (refused earlier in `refuse` mode), and the configured list.
+fn strip_spoofable(h: &mut HeaderMap, snapshot: &Snapshot) {
+    let underscored: Vec<HeaderName> = h
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in underscored {
+        h.remove(name);
+    }
+    for name in &snapshot.server.strip_request_headers {
+        h.remove(name);
+    }
+}
+
 /// Adds the backend credential; `insert` replaces whatever the client sent under that name.
 fn set_credential(
-    headers: &mut http::HeaderMap,
+    headers: &mut HeaderMap,
     credential: &Credential,
     auth: &Outcome,
 ) -> Result<(), GatewayError> {
@@ -147,57 +190,77 @@ fn upstream_uri(query: Option<&str>, path: &str, upstream: &Upstream) -> Result<
         target.push_str(query);
     }
     // The path came out of a valid URI and only had unreserved escapes decoded, so it is
-    // still a valid one; failure here would be a bug, reported as a bad path, not a panic.
-    let path_and_query = PathAndQuery::try_from(target)
-        .map_err(|_| GatewayError::Path(tollgate_policy::path::PathError::BadEscape))?;
+    // still a valid one; failure here would be the gateway's bug.
+    let path_and_query = PathAndQuery::try_from(target).map_err(|_| GatewayError::Internal)?;
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(upstream.authority.clone())
         .path_and_query(path_and_query)
         .build()
-        .map_err(|_| GatewayError::Path(tollgate_policy::path::PathError::BadEscape))
+        .map_err(|_| GatewayError::Internal)
 }
 
-/// The request body for the upstream: a JSON or form body is read (bounded by the
-/// route's `client_id.max_body_bytes`) and rewritten with an exact `Content-Length`;
-/// every other body streams untouched, refused at once if its declared length is over
-/// the route's upload limit.
+/// The request body for the upstream, and the multipart scanner it must pass through.
+///
+/// On a route that identifies its caller the body is classified: a JSON or form body is
+/// read (bounded by the route's `client_id.max_body_bytes`) and rewritten with an exact
+/// `Content-Length`; a multipart body streams with a scanner; an opaque one streams as
+/// it is; anything else is refused. On other routes every body streams untouched. A
+/// declared length over the route's upload limit is refused at once.
 pub async fn upstream_body(
     parts: &mut Parts,
     body: RequestBody,
     route: Option<&Route>,
     auth: &Outcome,
-) -> Result<RequestBody, GatewayError> {
+    reading: &Reading,
+) -> Result<(RequestBody, Option<Scanner>), GatewayError> {
     let client_id = route
-        .and_then(|r| r.client_id.as_ref())
-        .zip(auth.identity.as_ref().map(|i| i.client_id.as_str()));
-    let kind = inject::body_kind(&parts.headers);
-    if let (Some((policy, client)), BodyKind::Json | BodyKind::Form) = (client_id, kind) {
-        let bytes = authenticate::read_bounded(parts, body, policy.max_body_bytes).await?;
-        let rewritten = match kind {
-            BodyKind::Json => inject::json_body(&bytes, policy, client)?.unwrap_or(bytes),
-            _ => inject::form_body(&bytes, policy, client)?,
-        };
-        parts.headers.remove(http::header::TRANSFER_ENCODING);
-        parts.headers.insert(
-            http::header::CONTENT_LENGTH,
-            HeaderValue::from(rewritten.len()),
-        );
-        return Ok(http_body_util::Either::Right(http_body_util::Full::new(
-            rewritten,
-        )));
+        .and_then(|r| Some((r, r.client_id.as_ref()?)))
+        .zip(auth.identity.as_ref());
+    let Some(((route, policy), identity)) = client_id else {
+        refuse_declared_over_limit(parts, route)?;
+        return Ok((body, None));
+    };
+    let caller = ClientCaller {
+        id: &identity.client_id,
+        integer: identity.integer,
+    };
+    let class = classify::classify(&parts.headers, !body.is_end_stream(), route)?;
+    match class {
+        BodyClass::Json | BodyClass::Form => {
+            let held = body::hold(parts, body, policy.max_body_bytes, reading).await?;
+            let bytes = held.bytes();
+            let rewritten = if class == BodyClass::Json {
+                client_id::json_body(&bytes, policy, caller)?.unwrap_or(bytes)
+            } else {
+                client_id::form_body(&bytes, policy, caller)?
+            };
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            parts.headers.insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(rewritten.len()),
+            );
+            Ok((Either::Right(held.replaced(rewritten)), None))
+        }
+        BodyClass::Multipart { boundary } => {
+            refuse_declared_over_limit(parts, Some(route))?;
+            let scanner = Scanner::new(&boundary, &policy.names, caller.id);
+            Ok((body, Some(scanner)))
+        }
+        BodyClass::Empty | BodyClass::Opaque => {
+            refuse_declared_over_limit(parts, Some(route))?;
+            Ok((body, None))
+        }
     }
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+}
+
+fn refuse_declared_over_limit(parts: &Parts, route: Option<&Route>) -> Result<(), GatewayError> {
     if let Some(limit) = route.and_then(|r| r.max_upload_bytes) {
-        if declared.is_some_and(|n| n > limit) {
+        if body::declared_length(parts).is_some_and(|n| n > limit) {
             return Err(GatewayError::PayloadTooLarge {
                 limit: limit as usize,
             });
         }
     }
-    Ok(body)
+    Ok(())
 }

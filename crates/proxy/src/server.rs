@@ -29,11 +29,14 @@ use tollgate_auth::cache::TokenCache;
 use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
+use crate::body::BodyBudget;
 use crate::forward::UpstreamClient;
 use crate::jwks::{JwksRegistry, JwksSet};
 use crate::limit::Limiters;
 use crate::metrics::Metrics;
+use crate::replay::{Replay, ReplayCounts};
 use crate::{admin, pipeline};
+use tollgate_state::replay::LocalNonces;
 
 /// One published configuration: the snapshot and, per worker, the upstream client
 /// built for it.
@@ -47,6 +50,8 @@ pub struct Active {
     pub jwks: Vec<Arc<JwksSet>>,
     /// Rate limiters; counts carry over from the previous snapshot where unchanged.
     pub limiters: Limiters,
+    /// Callback nonces: the memory is shared by every snapshot; Redis per `[store]`.
+    pub replay: Replay,
 }
 
 impl Active {
@@ -55,6 +60,7 @@ impl Active {
         previous: Option<&Active>,
         workers: usize,
         jwks: Vec<Arc<JwksSet>>,
+        nonces: &Nonces,
     ) -> Self {
         let upstreams = (0..workers)
             .map(|i| match previous.and_then(|p| p.upstreams.get(i)) {
@@ -64,14 +70,26 @@ impl Active {
             .collect();
         let tokens = TokenCache::new(snapshot.auth.jwt.as_ref().map_or(0, |j| j.cache_entries));
         let limiters = Limiters::new(&snapshot, previous.map(|p| &p.limiters), workers);
+        let replay = Replay::new(
+            Arc::clone(&nonces.memory),
+            limiters.redis(),
+            Arc::clone(&nonces.counts),
+        );
         Active {
             snapshot: Arc::new(snapshot),
             upstreams,
             tokens,
             jwks,
             limiters,
+            replay,
         }
     }
+}
+
+/// Callback nonces remembered in process, and the replay counts: kept across reloads.
+struct Nonces {
+    memory: Arc<LocalNonces>,
+    counts: Arc<ReplayCounts>,
 }
 
 /// State every connection shares.
@@ -80,6 +98,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub draining: AtomicBool,
     pub access_sink: AccessSink,
+    /// Memory held by request bodies, across all requests.
+    pub budget: Arc<BodyBudget>,
+    nonces: Nonces,
     jwks: JwksRegistry,
     /// Clears the token cache when a remote key set changes.
     on_jwks_change: Arc<dyn Fn() + Send + Sync>,
@@ -107,11 +128,15 @@ impl SnapshotHandle {
     /// Swaps in a validated snapshot; requests already running finish on the old one.
     pub fn publish(&self, snapshot: Snapshot) {
         let jwks = self.shared.jwks_sets(&snapshot);
+        self.shared
+            .budget
+            .set_max(snapshot.server.bodies.max_buffered);
         let active = Active::new(
             snapshot,
             Some(&self.shared.active.load()),
             self.shared.workers,
             jwks,
+            &self.shared.nonces,
         );
         self.shared.active.store(Arc::new(active));
         self.shared.metrics.count_reload(true);
@@ -169,11 +194,18 @@ impl Gateway {
             let jwks = JwksRegistry::default();
             let sources = snapshot.auth.jwt.as_ref().map_or(&[][..], |j| &j.jwks[..]);
             let sets = jwks.sync(sources, Arc::clone(&on_jwks_change));
+            let nonces = Nonces {
+                memory: Replay::local_memory(),
+                counts: Arc::new(ReplayCounts::default()),
+            };
+            let budget = BodyBudget::new(snapshot.server.bodies.max_buffered);
             Shared {
-                active: ArcSwap::from_pointee(Active::new(snapshot, None, workers, sets)),
+                active: ArcSwap::from_pointee(Active::new(snapshot, None, workers, sets, &nonces)),
                 metrics: Arc::new(Metrics::default()),
                 draining: AtomicBool::new(false),
                 access_sink,
+                budget,
+                nonces,
                 jwks,
                 on_jwks_change,
                 workers,
@@ -367,8 +399,17 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let server = shared.active.load().snapshot.server.clone();
+        if let Service::Gateway { .. } = service {
+            // Past the cap a connection is closed at once: slow clients cannot take every
+            // file descriptor (held bodies and idle connections also have deadlines).
+            if shared.metrics.connections() >= server.max_connections {
+                shared.metrics.connection_refused();
+                drop(stream);
+                continue;
+            }
+        }
+        let _ = stream.set_nodelay(true);
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -4,53 +4,44 @@
 //! limit could be dodged by spelling its name differently. So every candidate counts:
 //! each member or field named like one of the route's `username_fields` (names compared
 //! case-insensitively; repeated JSON members and repeated form fields all included),
-//! each value trimmed, NFKC-normalised and case-folded. Only JSON and form bodies are
-//! read; anything else names nobody.
+//! each value trimmed, NFKC-normalised and case-folded. The body is read both as JSON and
+//! as a form whatever its `Content-Type` says, since a backend may parse it either way.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use http::Request;
+use http_body_util::Either;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
+use tollgate_policy::param;
 use unicode_normalization::UnicodeNormalization;
 
-use crate::authenticate::read_bounded;
-use crate::body::RequestBody;
-use crate::inject::{body_kind, BodyKind};
+use crate::body::{self, Reading, RequestBody};
 use crate::problem::GatewayError;
 
 /// Login bodies are small; this much is read to find the username.
 const MAX_LOGIN_BODY_BYTES: usize = 64 * 1024;
-/// A client trickling its login body is cut off after this long.
-const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// A login naming more accounts than this at once is refused.
 pub const MAX_USERNAMES: usize = 4;
 
-/// Reads the body (bounded in size and time) and returns the request, its body intact,
-/// with the hashed usernames it names (none: an empty list).
+/// Reads the body (bounded in size, time and memory) and returns the request, its body
+/// intact, with the hashed usernames it names (none: an empty list).
 pub async fn submitted(
     request: Request<RequestBody>,
     fields: &[String],
+    reading: &Reading,
 ) -> Result<(Request<RequestBody>, Vec<String>), GatewayError> {
-    let kind = body_kind(request.headers());
     let (parts, body) = request.into_parts();
-    let bytes = tokio::time::timeout(
-        BODY_DEADLINE,
-        read_bounded(&parts, body, MAX_LOGIN_BODY_BYTES),
-    )
-    .await
-    .map_err(|_| GatewayError::RequestBodyInvalid)??;
-    let values = match kind {
-        BodyKind::Json => json_values(&bytes, fields),
-        BodyKind::Form => crate::form::pairs(&bytes)
+    let held = body::hold(&parts, body, MAX_LOGIN_BODY_BYTES, reading).await?;
+    let bytes = held.bytes();
+    let mut values = json_values(&bytes, fields);
+    values.extend(
+        param::pairs(&bytes)
             .into_iter()
             .filter(|(name, _)| is_field(fields, name))
-            .map(|(_, value)| value)
-            .collect(),
-        BodyKind::Other => Vec::new(),
-    };
+            .map(|(_, value)| value),
+    );
     let names: BTreeSet<String> = values
         .iter()
         .map(|v| normalize(v))
@@ -60,11 +51,11 @@ pub async fn submitted(
         return Err(GatewayError::LoginAmbiguous);
     }
     let hashed = names.iter().map(|n| hash(n)).collect();
-    Ok((Request::from_parts(parts, crate::body::full(bytes)), hashed))
+    Ok((Request::from_parts(parts, Either::Right(held)), hashed))
 }
 
 fn is_field(fields: &[String], name: &str) -> bool {
-    fields.iter().any(|f| f.eq_ignore_ascii_case(name))
+    fields.iter().any(|f| param::same_folded(f, name))
 }
 
 /// How accounts compare: `Alice `, `alice` and `ａｌｉｃｅ` (fullwidth) are one.

@@ -14,3 +14,4 @@
 pub mod breaker;
 pub mod rate;
 pub mod redis;
+pub mod replay;

@@ -1,0 +1,221 @@
+//! What kind of body a request carries, on a route that identifies its caller (part of
+//! stage 8, rewrite).
+//!
+//! Identity checks fail closed: a body is JSON, a form, multipart, or a type the route
+//! declares opaque (`opaque_body_types`), and each of those is handled — JSON and form
+//! rewritten, multipart watched as it streams, opaque bodies passed as the route says.
+//! Anything else is refused with 415 before the backend is called: a body sent as
+//! `text/plain` or with no `Content-Type` at all may still be parsed as JSON by a PHP or
+//! Express backend, and a `Content-Type` the gateway cannot read (a non-ASCII byte, a
+//! repeated parameter, a charset other than UTF-8) may be read differently by it. So is
+//! a compressed body (`Content-Encoding`), which the gateway cannot inspect.
+
+use http::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
+use thiserror::Error;
+use tollgate_policy::media::{MediaError, MediaType};
+use tollgate_policy::Route;
+
+use crate::problem::GatewayError;
+
+/// A body's kind, and so how the gateway treats it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyClass {
+    /// No body.
+    Empty,
+    Json,
+    Form,
+    Multipart {
+        boundary: String,
+    },
+    /// A type the route declares opaque: streamed untouched.
+    Opaque,
+}
+
+/// Why a body's type was refused (415 `UNSUPPORTED_MEDIA_TYPE`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MediaRefusal {
+    #[error("the request has a body but no Content-Type")]
+    Missing,
+    #[error("the Content-Type cannot be read: {0}")]
+    Unreadable(#[from] MediaError),
+    #[error("`{0}` bodies must be UTF-8")]
+    Charset(String),
+    #[error("compressed request bodies (Content-Encoding) cannot be inspected")]
+    Encoded,
+    #[error("a multipart/form-data body needs one boundary parameter")]
+    NoBoundary,
+    #[error("`{0}` bodies are not accepted here: send JSON, a form or multipart/form-data")]
+    NotAccepted(String),
+}
+
+/// Classifies the body of a request on a route that identifies its caller.
+pub fn classify(
+    headers: &HeaderMap,
+    has_body: bool,
+    route: &Route,
+) -> Result<BodyClass, GatewayError> {
+    if !has_body {
+        return Ok(BodyClass::Empty);
+    }
+    refuse_encoded(headers)?;
+    let value = headers
+        .get(CONTENT_TYPE)
+        .ok_or(GatewayError::UnsupportedMediaType(MediaRefusal::Missing))?;
+    let media = MediaType::parse(value.as_bytes()).map_err(refusal)?;
+    let essence = media.essence();
+    let utf8 = |media: &MediaType| match media.is_utf8() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(GatewayError::UnsupportedMediaType(MediaRefusal::Charset(
+            media.essence().to_owned(),
+        ))),
+        Err(e) => Err(refusal(e)),
+    };
+    if is_json(essence) {
+        utf8(&media)?;
+        return Ok(BodyClass::Json);
+    }
+    if essence == "application/x-www-form-urlencoded" {
+        utf8(&media)?;
+        return Ok(BodyClass::Form);
+    }
+    if essence == "multipart/form-data" {
+        return match media.param("boundary").map_err(refusal)? {
+            Some(boundary) if (1..=200).contains(&boundary.len()) => Ok(BodyClass::Multipart {
+                boundary: boundary.to_owned(),
+            }),
+            _ => Err(GatewayError::UnsupportedMediaType(MediaRefusal::NoBoundary)),
+        };
+    }
+    if route.opaque_body_types.iter().any(|r| r.matches(&media)) {
+        return Ok(BodyClass::Opaque);
+    }
+    Err(GatewayError::UnsupportedMediaType(
+        MediaRefusal::NotAccepted(essence.to_owned()),
+    ))
+}
+
+/// `application/json` and every `application/*+json`.
+pub fn is_json(essence: &str) -> bool {
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn refusal(e: MediaError) -> GatewayError {
+    GatewayError::UnsupportedMediaType(MediaRefusal::Unreadable(e))
+}
+
+fn refuse_encoded(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for value in headers.get_all(CONTENT_ENCODING) {
+        let identity = value.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|e| e.trim().eq_ignore_ascii_case("identity"))
+        });
+        if !identity {
+            return Err(GatewayError::UnsupportedMediaType(MediaRefusal::Encoded));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use tollgate_policy::media::MediaRange;
+
+    fn route(opaque: &[&str]) -> Route {
+        let mut r = crate::testing::route("/x/*");
+        r.opaque_body_types = opaque
+            .iter()
+            .map(|t| MediaRange::parse(t).unwrap())
+            .collect();
+        r
+    }
+
+    fn class(headers: &[(&str, &[u8])], opaque: &[&str]) -> Result<BodyClass, GatewayError> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        classify(&h, true, &route(opaque))
+    }
+
+    fn refused(r: Result<BodyClass, GatewayError>) -> bool {
+        matches!(r, Err(GatewayError::UnsupportedMediaType(_)))
+    }
+
+    #[test]
+    fn the_kinds_the_gateway_inspects() {
+        let ct = |v: &'static [u8]| [("content-type", v)];
+        assert_eq!(
+            class(&ct(b"application/json"), &[]).unwrap(),
+            BodyClass::Json
+        );
+        assert_eq!(
+            class(&ct(b"Application/Problem+JSON; charset=UTF-8"), &[]).unwrap(),
+            BodyClass::Json
+        );
+        assert_eq!(
+            class(&ct(b"application/x-www-form-urlencoded;charset=utf-8"), &[]).unwrap(),
+            BodyClass::Form
+        );
+        assert_eq!(
+            class(&ct(b"multipart/form-data; boundary=\"ab\""), &[]).unwrap(),
+            BodyClass::Multipart {
+                boundary: "ab".into()
+            }
+        );
+        assert_eq!(
+            class(&ct(b"text/csv"), &["text/csv"]).unwrap(),
+            BodyClass::Opaque
+        );
+        assert_eq!(
+            class(&ct(b"image/png"), &["image/*"]).unwrap(),
+            BodyClass::Opaque
+        );
+        let h = HeaderMap::new();
+        assert_eq!(classify(&h, false, &route(&[])).unwrap(), BodyClass::Empty);
+    }
+
+    #[test]
+    fn everything_else_is_refused() {
+        for value in [
+            &b"application/json; charset=\xff"[..],
+            b"application/json; charset=utf-16",
+            b"application/x-www-form-urlencoded; charset=utf-7",
+            b"text/plain",
+            b"text/json",
+            b"application/octet-stream",
+            b"multipart/form-data",
+            b"multipart/form-data; boundary=a; boundary=b",
+            b"multipart/mixed; boundary=a",
+            b"application/json; charset=utf-8; charset=latin1",
+            b"json",
+        ] {
+            assert!(
+                refused(class(&[("content-type", value)], &["text/csv"])),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        assert!(refused(class(&[], &["text/csv"])));
+        assert!(refused(class(
+            &[
+                ("content-type", b"application/json"),
+                ("content-encoding", b"gzip")
+            ],
+            &[]
+        )));
+        assert!(class(
+            &[
+                ("content-type", b"application/json"),
+                ("content-encoding", b"identity")
+            ],
+            &[]
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,658 @@
+//! The caller's client id, as the backend will see it (part of stage 8, rewrite).
+//!
+//! Strip, then set: every client-supplied occurrence is found first — repeated query
+//! parameters, the header in any case, JSON members at any depth (duplicates included),
+//! form fields — under the canonical name or any alias, in every spelling a backend
+//! folds into it (see [`tollgate_policy::param`]). A value that differs from the
+//! authenticated caller's is refused (403 `CLIENT_ID_MISMATCH`) or replaced, per route;
+//! then the caller's own id is set where the route says. Multipart bodies are never
+//! rewritten: [`crate::multipart`] watches them as they stream.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tollgate_policy::snapshot::{ClientIdPolicy, JsonType, Mismatch};
+
+use crate::problem::GatewayError;
+
+/// The identity header the gateway sets by default; removed from every request that
+/// does not get it from the gateway.
+pub const DEFAULT_HEADER: &str = "x-client-id";
+
+/// Objects and arrays nested deeper than this are not searched: a body that would need
+/// it is refused (a client id could hide below, and recursion must stay bounded).
+const MAX_DEPTH: usize = 128;
+
+/// The authenticated caller's id, and whether its claim was a JSON integer.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub id: &'a str,
+    pub integer: bool,
+}
+
+/// A client-supplied value: the same as the caller's, or not.
+fn judge(policy: &ClientIdPolicy, supplied: &str, caller: Caller) -> Result<(), GatewayError> {
+    if supplied == caller.id || policy.on_mismatch == Mismatch::Overwrite {
+        Ok(())
+    } else {
+        Err(GatewayError::ClientIdMismatch)
+    }
+}
+
+/// The query with client-supplied ids judged and removed, and ours added if injected.
+pub fn query(
+    raw: Option<&str>,
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<Option<String>, GatewayError> {
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if policy.is_raw_name(name.as_bytes()) {
+            judge(
+                policy,
+                &tollgate_policy::param::decode(value.as_bytes()),
+                caller,
+            )?;
+        } else {
+            kept.push(pair);
+        }
+    }
+    let mut out = kept.join("&");
+    if policy.query {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        // Client ids are restricted to characters that need no escaping.
+        out.push_str(policy.name());
+        out.push('=');
+        out.push_str(caller.id);
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Judges and removes client-supplied id headers (the configured header and any header
+/// named like the id), then sets ours if the route injects a header.
+pub fn headers(
+    headers: &mut HeaderMap,
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<(), GatewayError> {
+    let suspects: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            policy.header.as_ref() == Some(*name)
+                || name.as_str() == DEFAULT_HEADER
+                || policy.is_name(name.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in suspects {
+        for value in headers.get_all(&name) {
+            judge(policy, &String::from_utf8_lossy(value.as_bytes()), caller)?;
+        }
+        headers.remove(&name);
+    }
+    if let Some(name) = &policy.header {
+        let value = HeaderValue::from_str(caller.id).map_err(|_| GatewayError::ClientIdMismatch)?;
+        headers.insert(name.clone(), value);
+    }
+    Ok(())
+}
+
+/// A form body with client-supplied ids judged and removed, and ours added if injected.
+pub fn form_body(
+    body: &[u8],
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<Bytes, GatewayError> {
+    let mut kept: Vec<&[u8]> = Vec::new();
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let mut parts = pair.splitn(2, |b| *b == b'=');
+        if policy.is_raw_name(parts.next().unwrap_or_default()) {
+            let value = tollgate_policy::param::decode(parts.next().unwrap_or_default());
+            judge(policy, &value, caller)?;
+        } else {
+            kept.push(pair);
+        }
+    }
+    let mut out = kept.join(&b'&');
+    if policy.form {
+        if !out.is_empty() {
+            out.push(b'&');
+        }
+        out.extend_from_slice(policy.name().as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(caller.id.as_bytes());
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A JSON body rewritten, or `None` when it passes unchanged. Malformed JSON is refused
+/// before the backend is called.
+///
+/// Client-supplied ids are looked for at every depth: judged (and, in `overwrite`
+/// mode, replaced in place by the caller's) wherever they are; in the object the route
+/// injects into they are removed and the caller's id becomes that object's last member.
+/// Every other member keeps its place and its bytes (`RawValue`): only objects that
+/// hold, or lead to, an id are parsed into members, so a large body costs little more
+/// than a scan.
+pub fn json_body(
+    body: &[u8],
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<Option<Bytes>, GatewayError> {
+    let text = std::str::from_utf8(body).map_err(|_| GatewayError::InvalidJson)?;
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    let json = Json::new(policy, caller);
+    if trimmed.starts_with('{') {
+        let rewritten = json.object(text, Some(&policy.json_pointer), 0)?;
+        return Ok(Some(Bytes::from(rewritten.into_owned())));
+    }
+    let whole: &RawValue = serde_json::from_str(text).map_err(|_| GatewayError::InvalidJson)?;
+    if !policy.allow_non_object_json {
+        return Err(GatewayError::JsonNotObject);
+    }
+    Ok(match json.value(whole.get(), 0)? {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(changed) => Some(Bytes::from(changed)),
+    })
+}
+
+/// One JSON rewrite: the policy, the caller, and the caller's id as a JSON literal.
+struct Json<'a> {
+    policy: &'a ClientIdPolicy,
+    caller: Caller<'a>,
+    literal: String,
+    /// The names, folded, that [`suspicious`] looks for.
+    needles: Vec<String>,
+}
+
+impl<'a> Json<'a> {
+    fn new(policy: &'a ClientIdPolicy, caller: Caller<'a>) -> Self {
+        let number = match policy.json_type {
+            JsonType::Claim => caller.integer,
+            JsonType::String => false,
+            JsonType::Number => is_plain_integer(caller.id),
+        };
+        // Client ids need no escaping (see `tollgate_auth::jwt::is_usable_client_id`).
+        let literal = if number {
+            caller.id.to_owned()
+        } else {
+            format!("\"{}\"", caller.id)
+        };
+        let needles = policy
+            .names
+            .iter()
+            .map(|n| tollgate_policy::param::fold(n))
+            .collect();
+        Json {
+            policy,
+            caller,
+            literal,
+            needles,
+        }
+    }
+
+    /// A value anywhere in the body: searched if it may hold an id, else kept as is.
+    fn value<'r>(&self, raw: &'r str, depth: usize) -> Result<Cow<'r, str>, GatewayError> {
+        let first = raw.trim_start().as_bytes().first().copied();
+        if !matches!(first, Some(b'{' | b'[')) || !self.suspicious(raw) {
+            return Ok(Cow::Borrowed(raw));
+        }
+        if depth >= MAX_DEPTH {
+            return Err(GatewayError::InvalidJson);
+        }
+        if first == Some(b'{') {
+            return self.object(raw, None, depth);
+        }
+        let RawArray(items) = serde_json::from_str(raw).map_err(|_| GatewayError::InvalidJson)?;
+        let mut changed = false;
+        let mut parts = Vec::with_capacity(items.len());
+        for item in items {
+            let part = self.value(item.get(), depth + 1)?;
+            changed |= matches!(part, Cow::Owned(_));
+            parts.push(part);
+        }
+        if !changed {
+            return Ok(Cow::Borrowed(raw));
+        }
+        Ok(Cow::Owned(format!("[{}]", parts.join(","))))
+    }
+
+    /// An object. `pointer` is `Some` on the way to the object the id is injected into
+    /// (`Some([])` for that object itself), `None` elsewhere.
+    fn object<'r>(
+        &self,
+        raw: &'r str,
+        pointer: Option<&[String]>,
+        depth: usize,
+    ) -> Result<Cow<'r, str>, GatewayError> {
+        if depth >= MAX_DEPTH {
+            return Err(GatewayError::InvalidJson);
+        }
+        let RawObject(members) =
+            serde_json::from_str(raw).map_err(|_| GatewayError::InvalidJson)?;
+        let mut out = Members::with_capacity(raw.len() + 32);
+        let mut changed = false;
+        let mut found = false;
+        for (key, value) in &members {
+            if self.policy.is_name(key) {
+                let supplied: Value =
+                    serde_json::from_str(value.get()).map_err(|_| GatewayError::InvalidJson)?;
+                judge(self.policy, &as_text(&supplied), self.caller)?;
+                match pointer {
+                    // Beside or in the injection target: removed, ours is set below.
+                    Some(_) => changed = true,
+                    // Elsewhere: kept where it is, as the caller's own.
+                    None if self.policy.on_mismatch == Mismatch::Overwrite => {
+                        changed |= value.get() != self.literal;
+                        out.push(key, &self.literal);
+                    }
+                    None => out.push(key, value.get()),
+                }
+                continue;
+            }
+            match pointer {
+                Some([segment, rest @ ..]) if key == segment => {
+                    changed = true;
+                    // A repeated member on the path: only the first is kept (and searched).
+                    if !std::mem::replace(&mut found, true) {
+                        if !value.get().trim_start().starts_with('{') {
+                            return Err(GatewayError::JsonNotObject);
+                        }
+                        let nested = self.object(value.get(), Some(rest), depth + 1)?;
+                        out.push(key, &nested);
+                    }
+                }
+                _ => {
+                    let nested = self.value(value.get(), depth + 1)?;
+                    changed |= matches!(nested, Cow::Owned(_));
+                    out.push(key, &nested);
+                }
+            }
+        }
+        match pointer {
+            Some([]) if self.policy.json => {
+                out.push(self.policy.name(), &self.literal);
+                changed = true;
+            }
+            Some([segment, rest @ ..]) if !found && self.policy.json => {
+                let nested = self.object("{}", Some(rest), depth + 1)?;
+                out.push(segment, &nested);
+                changed = true;
+            }
+            _ => {}
+        }
+        Ok(if changed {
+            Cow::Owned(out.finish())
+        } else {
+            Cow::Borrowed(raw)
+        })
+    }
+
+    /// Whether `raw` may hold a member named like the id: it names one (folded, as
+    /// [`tollgate_policy::param::fold`] would), or it has an escape that could spell one.
+    /// A cheap superset, so that only such values are parsed.
+    fn suspicious(&self, raw: &str) -> bool {
+        let bytes = raw.as_bytes();
+        if bytes.contains(&b'\\') {
+            return true;
+        }
+        let fold = |b: u8| match b {
+            b' ' | b'.' | b'[' => b'_',
+            b => b.to_ascii_lowercase(),
+        };
+        self.needles.iter().any(|needle| {
+            let needle = needle.as_bytes();
+            !needle.is_empty()
+                && bytes.windows(needle.len()).any(|w| {
+                    w.iter()
+                        .zip(needle)
+                        .all(|(have, want)| fold(*have) == *want)
+                })
+        })
+    }
+}
+
+/// An object's text being re-emitted member by member.
+struct Members {
+    out: String,
+    first: bool,
+}
+
+impl Members {
+    fn with_capacity(n: usize) -> Self {
+        let mut out = String::with_capacity(n);
+        out.push('{');
+        Members { out, first: true }
+    }
+
+    fn push(&mut self, key: &str, value: &str) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
+        }
+        // Keys are re-escaped: serializing a string cannot fail.
+        self.out
+            .push_str(&serde_json::to_string(key).unwrap_or_default());
+        self.out.push(':');
+        self.out.push_str(value);
+    }
+
+    fn finish(mut self) -> String {
+        self.out.push('}');
+        self.out
+    }
+}
+
+/// A decimal integer a JSON number can carry exactly: no sign, no leading zero, at
+/// most 15 digits (JavaScript backends read numbers as doubles).
+fn is_plain_integer(id: &str) -> bool {
+    (1..=15).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (id == "0" || !id.starts_with('0'))
+}
+
+fn as_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The members of a JSON object, duplicates kept, values as raw text.
+struct RawObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = RawObject<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<RawObject<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = access.next_entry::<String, &'de RawValue>()? {
+                    members.push(entry);
+                }
+                Ok(RawObject(members))
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// The items of a JSON array, as raw text.
+struct RawArray<'a>(Vec<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for RawArray<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ArrayVisitor;
+
+        impl<'de> Visitor<'de> for ArrayVisitor {
+            type Value = RawArray<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<RawArray<'de>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = access.next_element::<&'de RawValue>()? {
+                    items.push(item);
+                }
+                Ok(RawArray(items))
+            }
+        }
+
+        deserializer.deserialize_seq(ArrayVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: Caller<'static> = Caller {
+        id: "1001",
+        integer: false,
+    };
+
+    fn policy(mismatch: Mismatch) -> ClientIdPolicy {
+        ClientIdPolicy {
+            query: true,
+            header: Some(HeaderName::from_static("x-client-id")),
+            json: true,
+            form: true,
+            names: vec!["clientId".into(), "client_id".into()],
+            json_pointer: Vec::new(),
+            on_mismatch: mismatch,
+            allow_non_object_json: false,
+            max_body_bytes: 1024,
+            json_type: JsonType::Claim,
+        }
+    }
+
+    fn json(body: &str, p: &ClientIdPolicy, caller: Caller) -> Result<String, GatewayError> {
+        json_body(body.as_bytes(), p, caller)
+            .map(|out| out.map_or(body.to_owned(), |b| String::from_utf8(b.to_vec()).unwrap()))
+    }
+
+    fn refused(r: Result<impl fmt::Debug, GatewayError>) -> bool {
+        matches!(r, Err(GatewayError::ClientIdMismatch))
+    }
+
+    #[test]
+    fn query_spoofs_are_found_in_every_spelling() {
+        let p = policy(Mismatch::Reject);
+        assert_eq!(
+            query(Some("a=1"), &p, ME).unwrap().as_deref(),
+            Some("a=1&clientId=1001")
+        );
+        assert_eq!(
+            query(Some("clientId=1001&a=1"), &p, ME).unwrap().as_deref(),
+            Some("a=1&clientId=1001")
+        );
+        for spoof in [
+            "clientId=1002",
+            "CLIENTID=1002",
+            "client_id=1002",
+            "client.id=1002",
+            "client+id=1002",
+            "client%5Bid=1002",
+            "clientId=1001&clientId=1002",
+            "client%49d=1002",
+            "clientId%00x=1002",
+            "clientId[]=1002",
+            "clientId%5B0%5D=1002",
+        ] {
+            assert!(refused(query(Some(spoof), &p, ME)), "{spoof}");
+        }
+        let o = policy(Mismatch::Overwrite);
+        assert_eq!(
+            query(Some("clientId=1002&b=2"), &o, ME).unwrap().as_deref(),
+            Some("b=2&clientId=1001")
+        );
+    }
+
+    #[test]
+    fn json_duplicates_cannot_hide_a_spoof() {
+        let p = policy(Mismatch::Reject);
+        assert_eq!(
+            json(r#"{"a":1,"clientId":"1001","b":[1]}"#, &p, ME).unwrap(),
+            r#"{"a":1,"b":[1],"clientId":"1001"}"#
+        );
+        assert!(refused(json(
+            r#"{"clientId":"1002","clientId":"1001"}"#,
+            &p,
+            ME
+        )));
+        assert!(refused(json(r#"{"client_id":1002}"#, &p, ME)));
+        assert!(refused(json(r#"{"client\u0049d":"1002"}"#, &p, ME)));
+        assert!(matches!(
+            json("{bad", &p, ME),
+            Err(GatewayError::InvalidJson)
+        ));
+        assert!(matches!(
+            json("[1,2]", &p, ME),
+            Err(GatewayError::JsonNotObject)
+        ));
+    }
+
+    #[test]
+    fn a_foreign_id_at_any_depth_is_refused() {
+        let p = policy(Mismatch::Reject);
+        for body in [
+            r#"{"data":{"clientId":1002}}"#,
+            r#"{"data":[{"x":1},{"clientId":"1002"}]}"#,
+            r#"{"a":{"b":{"c":{"CLIENT_ID":"1002"}}}}"#,
+            r#"{"a":{"client\u005fid":"1002"}}"#,
+            r#"{"a":{"clientId":{"id":1001}}}"#,
+        ] {
+            assert!(refused(json(body, &p, ME)), "{body}");
+        }
+        let mut any = policy(Mismatch::Reject);
+        any.allow_non_object_json = true;
+        assert!(refused(json(r#"[{"clientId":1002}]"#, &any, ME)));
+        assert_eq!(
+            json(r#"[{"clientId":1001}]"#, &any, ME).unwrap(),
+            r#"[{"clientId":1001}]"#
+        );
+        // The caller's own id, nested, passes untouched, spacing and all.
+        let body = r#"{"data": [ {"clientId": "1001", "n": 1} ]}"#;
+        assert_eq!(
+            json(body, &p, ME).unwrap(),
+            r#"{"data":[ {"clientId": "1001", "n": 1} ],"clientId":"1001"}"#
+        );
+    }
+
+    #[test]
+    fn overwrite_replaces_nested_ids_in_place() {
+        let p = policy(Mismatch::Overwrite);
+        assert_eq!(
+            json(r#"{"a":[{"clientId":1002,"z":0}],"clientId":7}"#, &p, ME).unwrap(),
+            r#"{"a":[{"clientId":"1001","z":0}],"clientId":"1001"}"#
+        );
+    }
+
+    #[test]
+    fn the_id_keeps_the_claims_type_or_the_routes() {
+        let mut p = policy(Mismatch::Reject);
+        let int = Caller {
+            id: "42",
+            integer: true,
+        };
+        assert_eq!(
+            json(r#"{"a":1}"#, &p, int).unwrap(),
+            r#"{"a":1,"clientId":42}"#
+        );
+        assert_eq!(
+            json(r#"{"a":1}"#, &p, ME).unwrap(),
+            r#"{"a":1,"clientId":"1001"}"#
+        );
+        p.json_type = JsonType::String;
+        assert_eq!(
+            json(r#"{"a":1}"#, &p, int).unwrap(),
+            r#"{"a":1,"clientId":"42"}"#
+        );
+        p.json_type = JsonType::Number;
+        assert_eq!(
+            json(r#"{"a":1}"#, &p, ME).unwrap(),
+            r#"{"a":1,"clientId":1001}"#
+        );
+        let odd = Caller {
+            id: "007",
+            integer: false,
+        };
+        assert_eq!(json(r#"{}"#, &p, odd).unwrap(), r#"{"clientId":"007"}"#);
+        // A number or a string with the caller's digits is the caller's own id.
+        assert!(json(r#"{"clientId":1001}"#, &p, ME).is_ok());
+        assert!(refused(json(r#"{"clientId":1001.0}"#, &p, ME)));
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded() {
+        let p = policy(Mismatch::Reject);
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        // Nothing that could be an id below: passed as it is, unparsed.
+        assert!(json(&deep, &p, ME).is_ok());
+        let hidden = format!(
+            "{{\"a\":{}{{\"clientId\":1002}}{}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(matches!(
+            json(&hidden, &p, ME),
+            Err(GatewayError::InvalidJson)
+        ));
+    }
+
+    #[test]
+    fn json_pointers_reach_nested_objects() {
+        let mut p = policy(Mismatch::Reject);
+        p.json_pointer = vec!["data".into()];
+        let seven = Caller {
+            id: "7",
+            integer: false,
+        };
+        assert_eq!(
+            json(r#"{"data":{"x":1},"y":2}"#, &p, seven).unwrap(),
+            r#"{"data":{"x":1,"clientId":"7"},"y":2}"#
+        );
+        assert_eq!(
+            json(r#"{"y":2}"#, &p, seven).unwrap(),
+            r#"{"y":2,"data":{"clientId":"7"}}"#
+        );
+        assert!(refused(json(r#"{"data":{"clientId":"8"}}"#, &p, seven)));
+        assert!(refused(json(
+            r#"{"y":{"clientId":"8"},"data":{}}"#,
+            &p,
+            seven
+        )));
+    }
+
+    #[test]
+    fn form_bodies() {
+        let p = policy(Mismatch::Reject);
+        let nine = Caller {
+            id: "9",
+            integer: false,
+        };
+        assert_eq!(
+            &form_body(b"a=1&b=x+y", &p, nine).unwrap()[..],
+            b"a=1&b=x+y&clientId=9"
+        );
+        for spoof in [
+            &b"client_id=8&a=1"[..],
+            b"client.id=8",
+            b"client%5Fid=8",
+            b"+clientId=8",
+            b"clientId[x]=8",
+        ] {
+            assert!(
+                refused(form_body(spoof, &p, nine)),
+                "{}",
+                String::from_utf8_lossy(spoof)
+            );
+        }
+    }
+}

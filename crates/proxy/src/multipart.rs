@@ -1,0 +1,449 @@
+//! Watching a `multipart/form-data` body for client ids as it streams (part of stage 8,
+//! rewrite).
+//!
+//! Multipart bodies are never buffered or rewritten, yet PHP, Express (multer, busboy)
+//! and most frameworks merge their fields into the same parameters as the query string,
+//! often ahead of it: a field `clientId=1002` would undo the id the gateway put in the
+//! query. So the stream is scanned as it passes, in bounded memory:
+//!
+//! - every line that starts with `--boundary` is taken as a delimiter (a superset of
+//!   what any parser accepts: CRLF or bare LF, anything after the boundary);
+//! - each part's header block (at most 16 KiB) is parsed for its
+//!   `Content-Disposition` names (`name`, RFC 5987 `name*`, quoted, escaped or
+//!   percent-encoded), folded as [`tollgate_policy::param`] folds names;
+//! - the content of a part named like the client id is held back (at most 1 KiB) until
+//!   the part ends, then released if it is the caller's own id, and otherwise the body
+//!   is cut off there: the backend gets an incomplete request it cannot act on, and the
+//!   client 403 `CLIENT_ID_MISMATCH`. Every other byte passes through at once.
+//!
+//! A part header block that cannot be parsed also cuts the body off (400
+//! `MULTIPART_INVALID`): what the gateway cannot read, it does not vouch for.
+
+use bytes::{Bytes, BytesMut};
+use tollgate_policy::param;
+
+const MAX_HEADER_BLOCK: usize = 16 * 1024;
+const MAX_HEADER_LINES: usize = 64;
+const MAX_DELIMITER_LINE: usize = 1024;
+/// A client id is at most 128 bytes; a held value longer than this cannot be one.
+const MAX_HELD_VALUE: usize = 1024;
+
+/// Why the scan cut the body off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A field named like the client id holds another id.
+    ClientIdMismatch,
+    /// A part's headers could not be read.
+    Malformed,
+}
+
+#[derive(Debug)]
+enum State {
+    /// At the start of a line, `matched` bytes of `--boundary` seen so far.
+    LineStart { matched: usize },
+    /// Inside a line that is not a delimiter.
+    Line,
+    /// The rest of a delimiter line, until its end; `dashes` counts the `-` right after
+    /// the boundary (two make the closing delimiter).
+    DelimiterLine { seen: usize, dashes: u8 },
+    /// A part's header block, until a blank line.
+    Headers,
+}
+
+/// The scanner for one body.
+#[derive(Debug)]
+pub struct Scanner {
+    needle: Vec<u8>,
+    names: Vec<String>,
+    caller: String,
+    state: State,
+    /// The header block being read (it is also passed on as it arrives).
+    header: Vec<u8>,
+    /// Content held back from a part named like the client id.
+    held: Option<BytesMut>,
+}
+
+impl Scanner {
+    /// A scanner for parts delimited by `boundary`, judging fields named like `names`
+    /// (configured names, unfolded) against `caller`.
+    pub fn new(boundary: &str, names: &[String], caller: &str) -> Scanner {
+        let mut needle = b"--".to_vec();
+        needle.extend_from_slice(boundary.as_bytes());
+        Scanner {
+            needle,
+            names: names.iter().map(|n| param::fold(n)).collect(),
+            caller: caller.to_owned(),
+            state: State::LineStart { matched: 0 },
+            header: Vec::new(),
+            held: None,
+        }
+    }
+
+    /// Scans one chunk; returns the bytes that may go on now (possibly some held earlier).
+    pub fn feed(&mut self, chunk: Bytes) -> Result<Vec<Bytes>, Refusal> {
+        let mut out = Vec::new();
+        // Start of the part of `chunk` not yet released or held.
+        let mut from = 0;
+        let mut i = 0;
+        while i < chunk.len() {
+            let byte = chunk[i];
+            match self.state {
+                State::Line => {
+                    // The hot path: skip to the end of the line.
+                    match chunk[i..].iter().position(|b| *b == b'\n') {
+                        Some(at) => {
+                            i += at + 1;
+                            self.state = State::LineStart { matched: 0 };
+                        }
+                        None => i = chunk.len(),
+                    }
+                    continue;
+                }
+                State::LineStart { matched } => {
+                    if byte == self.needle[matched] {
+                        if matched + 1 == self.needle.len() {
+                            self.state = State::DelimiterLine { seen: 0, dashes: 0 };
+                            if let Some(held) = self.held.take() {
+                                // The held part ends where this delimiter's line began.
+                                let mut held = held;
+                                held.extend_from_slice(&chunk[from..=i]);
+                                let value_len = held.len() - self.needle.len();
+                                self.judge(&held[..value_len])?;
+                                out.push(held.freeze());
+                                from = i + 1;
+                            }
+                        } else {
+                            self.state = State::LineStart {
+                                matched: matched + 1,
+                            };
+                        }
+                    } else if byte == b'\n' {
+                        self.state = State::LineStart { matched: 0 };
+                    } else {
+                        self.state = State::Line;
+                        continue;
+                    }
+                }
+                State::DelimiterLine { seen, dashes } => {
+                    if byte == b'\n' {
+                        // After the closing delimiter comes the epilogue: content, still
+                        // watched for delimiters.
+                        self.state = if dashes >= 2 {
+                            State::LineStart { matched: 0 }
+                        } else {
+                            State::Headers
+                        };
+                        self.header.clear();
+                    } else if seen >= MAX_DELIMITER_LINE {
+                        return Err(Refusal::Malformed);
+                    } else {
+                        let dash = byte == b'-' && usize::from(dashes) == seen;
+                        self.state = State::DelimiterLine {
+                            seen: seen + 1,
+                            dashes: dashes + u8::from(dash && dashes < 2),
+                        };
+                    }
+                }
+                State::Headers => {
+                    if self.header.len() >= MAX_HEADER_BLOCK {
+                        return Err(Refusal::Malformed);
+                    }
+                    self.header.push(byte);
+                    if byte == b'\n' && header_block_ended(&self.header) {
+                        self.state = State::LineStart { matched: 0 };
+                        if self.names_client_id()? {
+                            // Hold this part's content, from the next byte on.
+                            out.extend(slice(&chunk, from, i + 1));
+                            from = i + 1;
+                            self.held = Some(BytesMut::new());
+                        }
+                    }
+                }
+            }
+            i += 1;
+        }
+        match &mut self.held {
+            Some(held) => {
+                held.extend_from_slice(&chunk[from..]);
+                // Bounded per chunk: a held value this long cannot be a client id.
+                if held.len() > MAX_HELD_VALUE + self.needle.len() + 2 {
+                    return Err(Refusal::ClientIdMismatch);
+                }
+            }
+            None => out.extend(slice(&chunk, from, chunk.len())),
+        }
+        Ok(out)
+    }
+
+    /// The end of the body: a part still held (no closing delimiter) is judged as it is,
+    /// since a lenient parser would take it so.
+    pub fn finish(&mut self) -> Result<Vec<Bytes>, Refusal> {
+        match self.held.take() {
+            Some(held) => {
+                // Drop a partial delimiter match at the very end from the value.
+                let matched = match self.state {
+                    State::LineStart { matched } => matched,
+                    _ => 0,
+                };
+                self.judge(&held[..held.len() - matched.min(held.len())])?;
+                Ok(vec![held.freeze()])
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// A held value (the part's content with the line break before its delimiter).
+    fn judge(&self, value: &[u8]) -> Result<(), Refusal> {
+        let value = value.strip_suffix(b"\n").unwrap_or(value);
+        let value = value.strip_suffix(b"\r").unwrap_or(value);
+        if value == self.caller.as_bytes() {
+            Ok(())
+        } else {
+            Err(Refusal::ClientIdMismatch)
+        }
+    }
+
+    /// Whether the header block just read names a field like the client id.
+    fn names_client_id(&self) -> Result<bool, Refusal> {
+        for (name, value) in parse_headers(&self.header)? {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-disposition") {
+                for candidate in disposition_names(&value) {
+                    let folded = param::fold(&candidate);
+                    if self.names.contains(&folded) {
+                        return Ok(true);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
+                // An encoded part could spell a name or value the gateway does not see;
+                // only the identity encodings are let through.
+                let v = value.trim();
+                let plain = ["7bit", "8bit", "binary"]
+                    .iter()
+                    .any(|e| v.eq_ignore_ascii_case(e));
+                if !plain {
+                    return Err(Refusal::Malformed);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn slice(chunk: &Bytes, from: usize, to: usize) -> Option<Bytes> {
+    (to > from).then(|| chunk.slice(from..to))
+}
+
+/// Whether `block` ends with a blank line (`\n\n` or `\n\r\n`), or is one.
+fn header_block_ended(block: &[u8]) -> bool {
+    block == b"\n" || block == b"\r\n" || block.ends_with(b"\n\n") || block.ends_with(b"\n\r\n")
+}
+
+/// The `name: value` headers of a block, folded lines joined.
+fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Refusal> {
+    let text = std::str::from_utf8(block).map_err(|_| Refusal::Malformed)?;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            let last = headers.last_mut().ok_or(Refusal::Malformed)?;
+            last.1.push(' ');
+            last.1.push_str(line.trim());
+            continue;
+        }
+        let (name, value) = line.split_once(':').ok_or(Refusal::Malformed)?;
+        headers.push((name.to_owned(), value.trim().to_owned()));
+        if headers.len() > MAX_HEADER_LINES {
+            return Err(Refusal::Malformed);
+        }
+    }
+    Ok(headers)
+}
+
+/// Every name a `Content-Disposition` value could mean to some parser: each `name` and
+/// `name*` parameter, unquoted with and without backslash escapes, and percent-decoded.
+fn disposition_names(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for param in split_params(value) {
+        let Some((key, raw)) = param.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let raw = raw.trim();
+        if key == "name" {
+            let (escaped, literal) = match raw.strip_prefix('"') {
+                Some(rest) => {
+                    let inner = rest.strip_suffix('"').unwrap_or(rest);
+                    (unescape(inner), inner.to_owned())
+                }
+                None => (raw.to_owned(), raw.to_owned()),
+            };
+            out.push(param::decode(escaped.as_bytes()));
+            out.push(param::decode(literal.as_bytes()));
+            out.push(escaped);
+            out.push(literal);
+        } else if key == "name*" {
+            // RFC 5987: charset'language'percent-encoded
+            let encoded = raw.rsplit('\'').next().unwrap_or(raw);
+            out.push(param::decode(encoded.trim_matches('"').as_bytes()));
+        }
+    }
+    out
+}
+
+/// `;`-separated parameters, quotes respected.
+fn split_params(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                out.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&value[start..]);
+    out
+}
+
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names() -> Vec<String> {
+        vec!["clientId".into(), "client_id".into()]
+    }
+
+    /// Feeds `body` in chunks of `size`; the bytes released, or the refusal.
+    fn scan(body: &[u8], size: usize) -> Result<Vec<u8>, Refusal> {
+        let mut scanner = Scanner::new("XyZ", &names(), "1001");
+        let mut out = Vec::new();
+        for chunk in body.chunks(size.max(1)) {
+            for b in scanner.feed(Bytes::copy_from_slice(chunk))? {
+                out.extend_from_slice(&b);
+            }
+        }
+        for b in scanner.finish()? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    fn part(disposition: &str, value: &str) -> String {
+        format!("--XyZ\r\nContent-Disposition: {disposition}\r\n\r\n{value}\r\n")
+    }
+
+    fn body(parts: &[String]) -> Vec<u8> {
+        let mut b = parts.concat();
+        b.push_str("--XyZ--\r\n");
+        b.into_bytes()
+    }
+
+    #[test]
+    fn uploads_pass_byte_for_byte_in_any_chunking() {
+        let b = body(&[
+            part("form-data; name=\"title\"", "Spring"),
+            part(
+                "form-data; name=\"file\"; filename=\"c.csv\"",
+                "name,phone\r\n--XyZa not a delimiter? it is one\r\nAda,1",
+            ),
+            part("form-data; name=\"clientId\"", "1001"),
+        ]);
+        let b2 = body(&[
+            part("form-data; name=\"title\"", "Spring"),
+            part("form-data; name=\"file\"; filename=\"c.csv\"", "a,b\r\n1,2"),
+            part("form-data; name=\"clientId\"", "1001"),
+        ]);
+        for size in [1, 2, 3, 7, 64, 4096] {
+            assert_eq!(scan(&b2, size).unwrap(), b2, "chunks of {size}");
+        }
+        // A line starting with "--XyZ" is a delimiter to some parser, so it is taken as
+        // one: here the "headers" after it cannot be read, and the upload is refused.
+        assert_eq!(scan(&b, 5), Err(Refusal::Malformed));
+        // Text after the closing delimiter (an epilogue) is content, not a part.
+        let mut epilogue = b2.clone();
+        epilogue.extend_from_slice(b"an epilogue line\r\n");
+        assert_eq!(scan(&epilogue, 3).unwrap(), epilogue);
+    }
+
+    #[test]
+    fn a_foreign_id_in_any_spelling_is_refused_in_any_chunking() {
+        for disposition in [
+            "form-data; name=\"clientId\"",
+            "form-data; name=clientId",
+            "form-data; NAME=\"CLIENTID\"",
+            "form-data; name=\"client\\Id\"",
+            "form-data; name=\"client%49d\"",
+            "form-data; name=\"client.id\"",
+            "form-data; name=\"clientId[]\"",
+            "form-data; name*=UTF-8''client%49d",
+            "form-data; filename=\"x\"; name=\"client_id\"",
+        ] {
+            let b = body(&[
+                part("form-data; name=\"a\"", "1"),
+                part(disposition, "1002"),
+            ]);
+            for size in [1, 3, 16, 4096] {
+                assert_eq!(
+                    scan(&b, size),
+                    Err(Refusal::ClientIdMismatch),
+                    "{disposition} in chunks of {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn what_is_released_before_a_refusal_never_holds_the_value() {
+        let b = body(&[part("form-data; name=\"clientId\"", "1002")]);
+        let mut scanner = Scanner::new("XyZ", &names(), "1001");
+        let mut released = Vec::new();
+        for chunk in b.chunks(1) {
+            match scanner.feed(Bytes::copy_from_slice(chunk)) {
+                Ok(parts) => parts.iter().for_each(|p| released.extend_from_slice(p)),
+                Err(_) => break,
+            }
+        }
+        let text = String::from_utf8(released).unwrap();
+        assert!(!text.contains("1002"), "{text}");
+    }
+
+    #[test]
+    fn variants_of_framing() {
+        // Bare LF line endings, folded headers, header case, no closing delimiter.
+        let lf = "--XyZ\nContent-Disposition: form-data;\n name=\"clientId\"\n\n1002\n--XyZ--\n";
+        assert_eq!(scan(lf.as_bytes(), 2), Err(Refusal::ClientIdMismatch));
+        let unclosed = "--XyZ\r\ncontent-disposition: form-data; name=clientId\r\n\r\n1002";
+        assert_eq!(scan(unclosed.as_bytes(), 4), Err(Refusal::ClientIdMismatch));
+        let own = "--XyZ\r\ncontent-disposition: form-data; name=clientId\r\n\r\n1001";
+        assert_eq!(scan(own.as_bytes(), 4).unwrap(), own.as_bytes());
+        let long = body(&[part("form-data; name=clientId", &"1".repeat(5000))]);
+        assert_eq!(scan(&long, 100), Err(Refusal::ClientIdMismatch));
+        let encoded = "--XyZ\r\nContent-Disposition: form-data; name=a\r\nContent-Transfer-Encoding: base64\r\n\r\nMTAwMg==\r\n--XyZ--\r\n";
+        assert_eq!(scan(encoded.as_bytes(), 4096), Err(Refusal::Malformed));
+        let no_colon = "--XyZ\r\nnonsense\r\n\r\nx\r\n--XyZ--\r\n";
+        assert_eq!(scan(no_colon.as_bytes(), 4096), Err(Refusal::Malformed));
+        let huge = format!("--XyZ\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        assert_eq!(scan(huge.as_bytes(), 4096), Err(Refusal::Malformed));
+    }
+}
