@@ -107,3 +107,137 @@ fn explain_shows_normalization_and_the_matching_route() {
     let (_, out) = tollgate(&["explain", "GET", "/pub/..%2fadmin", "--config", &config]);
     assert!(out.contains("400 PATH_INVALID"), "{out}");
 }
+
+#[test]
+fn check_refuses_configurations_that_open_a_hole() {
+    let dir = TempDir::new();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let keys = crate::support::jwt_fixtures().join("keys");
+    let service_key = dir.path().join("service.key");
+    std::fs::write(&service_key, "svc-key\n").unwrap();
+    let client_keys = dir.path().join("client-keys.toml");
+    std::fs::write(&client_keys, "\"1001\" = \"k\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        format!(
+            r#"[server]
+listen = ["127.0.0.1:0"]
+
+[upstream]
+url = "http://127.0.0.1:9"
+
+[routing]
+policies = "policies"
+
+[jwt]
+
+[[jwt.key]]
+id = "mixed"
+algorithms = ["RS256", "HS256"]
+public_key_file = "{rsa}"
+
+[[jwt.key]]
+id = "rsa"
+algorithms = ["RS256", "PS256"]
+public_key_file = "{rsa}"
+
+[credentials.service]
+kind = "header"
+header = "x-api-key"
+value_file = "{service_key}"
+
+[credentials.per-client]
+kind = "client_map"
+header = "x-api-key"
+file = "{client_keys}"
+"#,
+            rsa = keys.join("rsa.pub.pem").display(),
+            service_key = service_key.display(),
+            client_keys = client_keys.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("a.toml"),
+        r#"[[route]]
+name = "anonymous-with-key"
+path = "/a/*"
+auth = "none"
+upstream_credential = "service"
+
+[[route]]
+name = "anonymous-on-purpose"
+path = "/b/*"
+auth = "none"
+upstream_credential = "service"
+allow_anonymous_credential = true
+
+[[route]]
+name = "anonymous-per-client"
+path = "/c/*"
+auth = "none"
+upstream_credential = "per-client"
+allow_anonymous_credential = true
+
+[[route]]
+name = "api"
+path = "/api/*"
+
+[[route]]
+name = "api-admin-closed"
+path = "/api/admin"
+action = "deny"
+
+[[route]]
+name = "closed"
+path = "/old/*"
+action = "deny"
+
+[[route]]
+name = "old-reports"
+path = "/old/reports"
+methods = ["GET"]
+
+[[route]]
+name = "opaque-json"
+path = "/d/*"
+opaque_body_types = ["application/json", "text/csv"]
+
+[[route]]
+name = "opaque-anonymous"
+path = "/e/*"
+auth = "none"
+opaque_body_types = ["text/csv"]
+
+[[route]]
+name = "passes-without-keys"
+path = "/f/*"
+pass_api_key = true
+"#,
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml").display().to_string();
+    let (ok, out) = tollgate(&["check", "--config", &config]);
+    assert!(!ok, "check must fail: {out}");
+    let gw = config.as_str();
+    let a = policies.join("a.toml").display().to_string();
+    for expected in [
+        format!("{gw}:14:14: error: [[jwt.key]] algorithms: RS256 and HS256 cannot share one key"),
+        format!("{a}:5:23: error: route `anonymous-with-key`: auth = \"none\" would add the backend credential `service` for anyone"),
+        format!("{a}:18:23: error: route `anonymous-per-client`: `per-client` is a per-client credential"),
+        format!("{a}:26:8: error: route `api-admin-closed` can never match: `api` ({a}:22) before it matches every request it would"),
+        format!("{a}:36:8: warning: route `old-reports` never matches: `closed` ({a}:31) before it denies every request it would"),
+        format!("{a}:43:22: error: route `opaque-json`: opaque_body_types: `application/json` covers JSON, form or multipart bodies"),
+        format!("{a}:46:8: error: route `opaque-anonymous`: opaque_body_types is for routes that authenticate a caller"),
+        format!("{a}:52:8: error: route `passes-without-keys`: pass_api_key passes on the key a caller authenticated with"),
+    ] {
+        assert!(out.contains(&expected), "missing `{expected}` in:\n{out}");
+    }
+    // Said on purpose, an anonymous credential is accepted; one RSA key may serve RS256
+    // and PS256; one broken key is one error (no route reports a missing [jwt]).
+    assert!(!out.contains("anonymous-on-purpose"), "{out}");
+    assert!(!out.contains("gateway.toml:19"), "{out}");
+    assert!(!out.contains("no [jwt]"), "{out}");
+    assert!(out.contains("7 error(s)"), "{out}");
+}

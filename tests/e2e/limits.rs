@@ -3,40 +3,9 @@
 //! IP and per username, client addresses through trusted proxies only, and reloads that
 //! keep the counts. (Redis-backed limits are in `shared_limits.rs`.)
 
-use std::path::PathBuf;
-
-use jsonwebtoken::{encode, EncodingKey, Header};
-
 use crate::support::{eventually, Harness, RawResponse, Setup};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
-}
-
-/// `[jwt]` accepting HS256 tokens signed with the fixture secret.
-pub fn jwt_config() -> String {
-    format!(
-        "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.key]]\nid = \"hs-256\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
-        fixtures().join("keys/hs256.secret").display()
-    )
-}
-
-/// `Bearer` + a valid token for `client`.
-pub fn bearer_for(client: &str) -> String {
-    let secret = std::fs::read(fixtures().join("keys/hs256.secret")).unwrap();
-    let claims = serde_json::json!({
-        "clientId": client,
-        "sub": format!("{client}@test"),
-        "iss": "https://issuer.test",
-        "aud": "legacy-api",
-        "iat": 1_767_225_600u64,
-        "exp": 4_102_444_800u64,
-    });
-    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("hs-256".into());
-    let token = encode(&header, &claims, &EncodingKey::from_secret(&secret)).unwrap();
-    format!("Bearer {token}")
-}
+use crate::support::{bearer_for, jwt_config};
 
 const POLICIES: &str = r#"
 [limits.per-client]

@@ -4,6 +4,7 @@
 // This whole crate is test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attacks;
 mod auth;
 mod cli;
 mod framing;

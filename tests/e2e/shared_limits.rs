@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::limits::{bearer_for, jwt_config};
+use crate::support::{bearer_for, jwt_config};
 use crate::support::{
     eventually, read_next, write_config, GatewayProcess, Harness, RawResponse, RedisServer, Setup,
     TempDir,

@@ -11,9 +11,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use jsonwebtoken::{encode, EncodingKey, Header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tollgate_demo_backend::DemoBackend;
+
+/// The JWT fixtures: keys, and tokens made by PyJWT (`tests/fixtures/jwt`).
+pub fn jwt_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
+}
+
+/// `[jwt]` accepting HS256 tokens signed with the fixture secret (kid `hs-256`).
+pub fn jwt_config() -> String {
+    format!(
+        "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.key]]\nid = \"hs-256\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+        jwt_fixtures().join("keys/hs256.secret").display()
+    )
+}
+
+/// `Bearer` + a valid token for `client` (a JSON string claim).
+pub fn bearer_for(client: &str) -> String {
+    bearer_with(serde_json::json!({ "clientId": client }))
+}
+
+/// `Bearer` + a valid token whose claims are `extra` over the defaults (issuer,
+/// audience, times, `sub`), signed as [`jwt_config`] accepts.
+pub fn bearer_with(extra: serde_json::Value) -> String {
+    let secret = std::fs::read(jwt_fixtures().join("keys/hs256.secret")).unwrap();
+    let mut claims = serde_json::json!({
+        "sub": "someone@test",
+        "iss": "https://issuer.test",
+        "aud": "legacy-api",
+        "iat": 1_767_225_600u64,
+        "exp": 4_102_444_800u64,
+    });
+    if let (Some(base), Some(more)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs-256".into());
+    let secret = std::str::from_utf8(&secret)
+        .unwrap()
+        .trim_end()
+        .as_bytes()
+        .to_vec();
+    let token = encode(&header, &claims, &EncodingKey::from_secret(&secret)).unwrap();
+    format!("Bearer {token}")
+}
 
 /// The policies most tests run against.
 pub const POLICIES: &[(&str, &str)] = &[

@@ -332,7 +332,8 @@ async fn echo(
         .iter()
         .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
         .collect();
-    let (bytes, sha256) = match digest(body).await {
+    let mut start = Vec::new();
+    let (bytes, sha256) = match digest_keeping(body, &mut start).await {
         Ok(d) => d,
         Err(e) => {
             counters.broken_bodies.fetch_add(1, Ordering::SeqCst);
@@ -342,12 +343,17 @@ async fn echo(
             );
         }
     };
+    // Small bodies are echoed whole (as text, when they are UTF-8), so tests can compare
+    // the exact bytes the backend received.
+    let text = (bytes <= ECHOED_TEXT_BYTES as u64)
+        .then(|| String::from_utf8(start).ok())
+        .flatten();
     let mut report = json!({
         "method": parts.method.as_str(),
         "path": parts.uri.path(),
         "query": parts.uri.query(),
         "headers": headers,
-        "body": {"bytes": bytes, "sha256": sha256},
+        "body": {"bytes": bytes, "sha256": sha256, "text": text},
     });
     if status == StatusCode::NOT_FOUND {
         report["error"] = json!("Not found");
@@ -355,13 +361,26 @@ async fn echo(
     json_response(status, report)
 }
 
-async fn digest(mut body: Incoming) -> Result<(u64, String), hyper::Error> {
+/// Bodies up to this size are echoed back as text.
+const ECHOED_TEXT_BYTES: usize = 64 * 1024;
+
+async fn digest(body: Incoming) -> Result<(u64, String), hyper::Error> {
+    digest_keeping(body, &mut Vec::new()).await
+}
+
+/// The body's length and SHA-256; its first bytes are kept in `start`.
+async fn digest_keeping(
+    mut body: Incoming,
+    start: &mut Vec<u8>,
+) -> Result<(u64, String), hyper::Error> {
     let mut hasher = Sha256::new();
     let mut bytes = 0u64;
     while let Some(frame) = body.frame().await {
         if let Some(data) = frame?.data_ref() {
             bytes += data.len() as u64;
             hasher.update(data);
+            let room = (ECHOED_TEXT_BYTES + 1).saturating_sub(start.len());
+            start.extend_from_slice(&data[..data.len().min(room)]);
         }
     }
     Ok((bytes, hex(&hasher.finalize())))

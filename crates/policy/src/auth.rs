@@ -157,7 +157,6 @@ fn algorithm(ctx: &mut Ctx, value: &Spanned<String>) -> Option<Algorithm> {
 }
 
 pub(crate) fn jwt(ctx: &mut Ctx, f: JwtFile, whole: Range<usize>) -> Option<Jwt> {
-    let before = ctx.diags.len();
     let mut keys = Vec::new();
     let mut signing = None;
     let mut ids: Vec<String> = Vec::new();
@@ -267,11 +266,9 @@ pub(crate) fn jwt(ctx: &mut Ctx, f: JwtFile, whole: Range<usize>) -> Option<Jwt>
         None => "clientId".into(),
     };
     let access_ttl = ctx.duration(&f.access_ttl, Duration::from_secs(24 * 3600));
-    (ctx.diags.len() == before
-        || !ctx.diags[before..]
-            .iter()
-            .any(|d| d.severity == crate::Severity::Error))
-    .then(|| Jwt {
+    // Given even when some key failed (and the load fails with it): routes then do not
+    // also report a missing [jwt] — one mistake, one error.
+    Some(Jwt {
         rules: Rules {
             issuer: f.issuer,
             audience: f.audience,
@@ -402,7 +399,6 @@ fn jwt_key_for(
 }
 
 pub(crate) fn api_keys(ctx: &mut Ctx, f: ApiKeysFile) -> Option<ApiKeySettings> {
-    let before = ctx.diags.len();
     let keys = api_key_file(ctx, &f.file);
     let headers: Vec<HeaderName> = match &f.headers {
         None => vec![HeaderName::from_static("x-api-key")],
@@ -427,11 +423,10 @@ pub(crate) fn api_keys(ctx: &mut Ctx, f: ApiKeysFile) -> Option<ApiKeySettings> 
         }
         other => other.as_ref().map(|l| l.get_ref().clone()),
     };
-    let errors = ctx.diags[before..]
-        .iter()
-        .any(|d| d.severity == crate::Severity::Error);
-    (!errors).then_some(ApiKeySettings {
-        keys: keys?,
+    // As for [jwt]: given even with errors (which fail the load), so routes do not also
+    // report a missing [api_keys].
+    Some(ApiKeySettings {
+        keys: keys.unwrap_or_else(|| ApiKeys::new(Vec::new())),
         headers,
         query_param: f.query_param,
         deprecation,
@@ -547,16 +542,16 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// `[credentials.NAME]` tables, each read on its own so one bad entry hides no other.
+/// `[credentials.NAME]` tables, each read on its own so one bad entry hides no other:
+/// every name declared, `None` for one that is invalid.
 pub(crate) fn credentials(
     ctx: &mut Ctx,
     value: Spanned<DeValue>,
-) -> HashMap<String, Arc<Credential>> {
+) -> HashMap<String, Option<Arc<Credential>>> {
     let mut out = HashMap::new();
     for (name, span, f) in named_tables::<CredentialFile>(ctx, value, "credentials") {
-        if let Some(c) = credential(ctx, &name, f, span) {
-            out.insert(name, Arc::new(c));
-        }
+        let credential = f.and_then(|f| credential(ctx, &name, f, span));
+        out.insert(name, credential.map(Arc::new));
     }
     out
 }
@@ -674,119 +669,130 @@ fn credential(
     }
 }
 
-/// `[webhooks.NAME]` tables.
-pub(crate) fn webhooks(ctx: &mut Ctx, value: Spanned<DeValue>) -> HashMap<String, Arc<Webhook>> {
+/// `[webhooks.NAME]` tables: every name declared, `None` for one that is invalid (its
+/// errors are reported where it is written, not again at each route naming it).
+pub(crate) fn webhooks(
+    ctx: &mut Ctx,
+    value: Spanned<DeValue>,
+) -> HashMap<String, Option<Arc<Webhook>>> {
     let mut out = HashMap::new();
     for (name, span, f) in named_tables::<WebhookFile>(ctx, value, "webhooks") {
-        let what = format!("[webhooks.{name}]");
-        let hook = match f {
-            WebhookFile::PlivoV3 {
-                public_base_url,
-                auth_tokens_env,
-                auth_tokens_file,
-                max_body_bytes,
-                replay_window,
-            } => {
-                let public_base_url = at(&span, public_base_url);
-                let auth_tokens_env: Vec<Spanned<String>> =
-                    auth_tokens_env.into_iter().map(|e| at(&span, e)).collect();
-                let auth_tokens_file = at_opt(&span, auth_tokens_file);
-                let base = public_base_url.get_ref().trim_end_matches('/').to_owned();
-                let valid = base.parse::<Uri>().is_ok_and(|u| {
-                    u.scheme().is_some() && u.authority().is_some() && u.query().is_none()
-                });
-                if !valid {
-                    ctx.error(public_base_url.span(), format!("{what} public_base_url: expected https://host[:port] as Plivo calls it"));
-                    continue;
-                }
-                let mut tokens = Vec::new();
-                for env in &auth_tokens_env {
-                    if let Some(t) = ctx.secret(&Some(env.clone()), &None, env.span(), &what) {
-                        tokens.push(t);
-                    }
-                }
-                if let Some(file) = &auth_tokens_file {
-                    if let Some(text) = ctx.secret(&None, &Some(file.clone()), file.span(), &what) {
-                        tokens.extend(
-                            text.split(|b| *b == b'\n')
-                                .map(|l| l.trim_ascii().to_vec())
-                                .filter(|l| !l.is_empty()),
-                        );
-                    }
-                }
-                if auth_tokens_env.is_empty() && auth_tokens_file.is_none() {
-                    ctx.error(span.clone(), format!("{what}: name the auth tokens with auth_tokens_env or auth_tokens_file (one per line)"));
-                    continue;
-                }
-                let max_body_bytes = max_body_bytes
-                    .and_then(|v| usize::try_from(v).ok())
-                    .unwrap_or(64 * 1024);
-                let replay_window = match replay_window.as_deref().map(crate::duration::parse) {
-                    None => Duration::from_secs(3600),
-                    Some(Ok(d)) if !d.is_zero() => d,
-                    Some(Ok(_)) => {
-                        ctx.error(
-                            span.clone(),
-                            format!("{what} replay_window: must be greater than zero"),
-                        );
-                        continue;
-                    }
-                    Some(Err(e)) => {
-                        ctx.error(span.clone(), format!("{what} replay_window: {e}"));
-                        continue;
-                    }
-                };
-                Webhook::PlivoV3 {
-                    name: name.clone(),
-                    public_base_url: base,
-                    auth_tokens: tokens,
-                    max_body_bytes,
-                    replay_window,
-                }
-            }
-            WebhookFile::UrlSecret {
-                param,
-                secret_env,
-                secret_file,
-            } => {
-                let (param, secret_env, secret_file) = (
-                    at(&span, param),
-                    at_opt(&span, secret_env),
-                    at_opt(&span, secret_file),
-                );
-                let Some(secret) = ctx.secret(&secret_env, &secret_file, span.clone(), &what)
-                else {
-                    continue;
-                };
-                Webhook::UrlSecret {
-                    param: param.get_ref().clone(),
-                    secret,
-                }
-            }
-            WebhookFile::IpAllowlist { cidrs } => {
-                let cidrs: Vec<Spanned<String>> = cidrs.into_iter().map(|c| at(&span, c)).collect();
-                let mut parsed = Vec::new();
-                for c in &cidrs {
-                    match c.get_ref().parse::<Cidr>() {
-                        Ok(c) => parsed.push(c),
-                        Err(e) => ctx.error(c.span(), format!("{what}: {e}")),
-                    }
-                }
-                Webhook::IpAllowlist { cidrs: parsed }
-            }
-        };
-        out.insert(name, Arc::new(hook));
+        let hook = f.and_then(|f| webhook(ctx, &name, span, f));
+        out.insert(name, hook.map(Arc::new));
     }
     out
 }
 
+fn webhook(ctx: &mut Ctx, name: &str, span: Range<usize>, f: WebhookFile) -> Option<Webhook> {
+    let what = format!("[webhooks.{name}]");
+    let hook = match f {
+        WebhookFile::PlivoV3 {
+            public_base_url,
+            auth_tokens_env,
+            auth_tokens_file,
+            max_body_bytes,
+            replay_window,
+        } => {
+            let public_base_url = at(&span, public_base_url);
+            let auth_tokens_env: Vec<Spanned<String>> =
+                auth_tokens_env.into_iter().map(|e| at(&span, e)).collect();
+            let auth_tokens_file = at_opt(&span, auth_tokens_file);
+            let base = public_base_url.get_ref().trim_end_matches('/').to_owned();
+            let valid = base.parse::<Uri>().is_ok_and(|u| {
+                u.scheme().is_some() && u.authority().is_some() && u.query().is_none()
+            });
+            if !valid {
+                ctx.error(
+                    public_base_url.span(),
+                    format!(
+                        "{what} public_base_url: expected https://host[:port] as Plivo calls it"
+                    ),
+                );
+                return None;
+            }
+            let mut tokens = Vec::new();
+            for env in &auth_tokens_env {
+                if let Some(t) = ctx.secret(&Some(env.clone()), &None, env.span(), &what) {
+                    tokens.push(t);
+                }
+            }
+            if let Some(file) = &auth_tokens_file {
+                if let Some(text) = ctx.secret(&None, &Some(file.clone()), file.span(), &what) {
+                    tokens.extend(
+                        text.split(|b| *b == b'\n')
+                            .map(|l| l.trim_ascii().to_vec())
+                            .filter(|l| !l.is_empty()),
+                    );
+                }
+            }
+            if auth_tokens_env.is_empty() && auth_tokens_file.is_none() {
+                ctx.error(span.clone(), format!("{what}: name the auth tokens with auth_tokens_env or auth_tokens_file (one per line)"));
+                return None;
+            }
+            let max_body_bytes = max_body_bytes
+                .and_then(|v| usize::try_from(v).ok())
+                .unwrap_or(64 * 1024);
+            let replay_window = match replay_window.as_deref().map(crate::duration::parse) {
+                None => Duration::from_secs(3600),
+                Some(Ok(d)) if !d.is_zero() => d,
+                Some(Ok(_)) => {
+                    ctx.error(
+                        span.clone(),
+                        format!("{what} replay_window: must be greater than zero"),
+                    );
+                    return None;
+                }
+                Some(Err(e)) => {
+                    ctx.error(span.clone(), format!("{what} replay_window: {e}"));
+                    return None;
+                }
+            };
+            Webhook::PlivoV3 {
+                name: name.to_owned(),
+                public_base_url: base,
+                auth_tokens: tokens,
+                max_body_bytes,
+                replay_window,
+            }
+        }
+        WebhookFile::UrlSecret {
+            param,
+            secret_env,
+            secret_file,
+        } => {
+            let (param, secret_env, secret_file) = (
+                at(&span, param),
+                at_opt(&span, secret_env),
+                at_opt(&span, secret_file),
+            );
+            let secret = ctx.secret(&secret_env, &secret_file, span.clone(), &what)?;
+            Webhook::UrlSecret {
+                param: param.get_ref().clone(),
+                secret,
+            }
+        }
+        WebhookFile::IpAllowlist { cidrs } => {
+            let cidrs: Vec<Spanned<String>> = cidrs.into_iter().map(|c| at(&span, c)).collect();
+            let mut parsed = Vec::new();
+            for c in &cidrs {
+                match c.get_ref().parse::<Cidr>() {
+                    Ok(c) => parsed.push(c),
+                    Err(e) => ctx.error(c.span(), format!("{what}: {e}")),
+                }
+            }
+            Webhook::IpAllowlist { cidrs: parsed }
+        }
+    };
+    Some(hook)
+}
+
 /// The `[SECTION.NAME]` tables of a section, each deserialized on its own so one bad
-/// entry hides no other; errors go to the diagnostics.
+/// entry hides no other; errors go to the diagnostics (and the entry is `None`).
 fn named_tables<T: serde::de::DeserializeOwned>(
     ctx: &mut Ctx,
     value: Spanned<DeValue>,
     section: &str,
-) -> Vec<(String, Range<usize>, T)> {
+) -> Vec<(String, Range<usize>, Option<T>)> {
     let span = value.span();
     let DeValue::Table(table) = value.into_inner() else {
         ctx.error(
@@ -799,11 +805,14 @@ fn named_tables<T: serde::de::DeserializeOwned>(
     for (key, entry) in table {
         let (name, span) = (key.get_ref().to_string(), key.span());
         match T::deserialize(ValueDeserializer::from(entry)) {
-            Ok(f) => out.push((name, span, f)),
-            Err(e) => ctx.error(
-                e.span().unwrap_or(span),
-                format!("[{section}.{name}]: {}", e.message().trim()),
-            ),
+            Ok(f) => out.push((name, span, Some(f))),
+            Err(e) => {
+                ctx.error(
+                    e.span().unwrap_or(span.clone()),
+                    format!("[{section}.{name}]: {}", e.message().trim()),
+                );
+                out.push((name, span, None));
+            }
         }
     }
     out

@@ -236,6 +236,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             // Secrets that arrive in the query string are never logged.
             let secret_params = webhooks
                 .values()
+                .flatten()
                 .filter_map(|w| match &**w {
                     Webhook::UrlSecret { param, .. } => Some(crate::param::fold(param)),
                     _ => None,
@@ -595,8 +596,9 @@ fn size(
 /// What routes may refer to by name.
 struct Refs<'a> {
     auth: &'a Auth,
-    credentials: &'a HashMap<String, Arc<Credential>>,
-    webhooks: &'a HashMap<String, Arc<Webhook>>,
+    /// Declared names; `None` for one that is invalid (already reported).
+    credentials: &'a HashMap<String, Option<Arc<Credential>>>,
+    webhooks: &'a HashMap<String, Option<Arc<Webhook>>>,
 }
 
 fn load_policies(
@@ -752,7 +754,8 @@ fn route(
     let upstream_credential = match &f.upstream_credential {
         None => None,
         Some(c) => match refs.credentials.get(c.get_ref()) {
-            Some(cred) => Some((c.get_ref().clone(), Arc::clone(cred))),
+            Some(Some(cred)) => Some((c.get_ref().clone(), Arc::clone(cred))),
+            Some(None) => None,
             None => {
                 diags.push(src.error(
                     Some(c.span()),
@@ -1002,7 +1005,9 @@ fn route_auth(
                 return fail("auth = \"webhook\" needs `webhook = \"NAME\"`".into());
             };
             match refs.webhooks.get(hook.get_ref()) {
-                Some(w) => RouteAuth::Webhook(Arc::clone(w)),
+                Some(Some(w)) => RouteAuth::Webhook(Arc::clone(w)),
+                // Declared but invalid: reported where it is written.
+                Some(None) => return None,
                 None => {
                     diags.push(src.error(
                         Some(hook.span()),

@@ -199,13 +199,15 @@ pub async fn hold(
             return Err(GatewayError::PayloadTooLarge { limit });
         }
         if needed > data.capacity() {
-            // Grow geometrically, but never past the limit; account for what is allocated.
-            let target = needed
-                .max(data.capacity() * 2)
-                .max(4096)
-                .min(limit)
-                .max(needed);
-            ticket.grow(target - data.capacity())?;
+            // Grow geometrically, never past the limit, and account for what is
+            // allocated; near the budget's cap, grow only as much as needed.
+            let doubled = needed.max(data.capacity() * 2).max(4096).min(limit);
+            let target = if ticket.grow(doubled - data.capacity()).is_ok() {
+                doubled
+            } else {
+                ticket.grow(needed - data.capacity())?;
+                needed
+            };
             data.reserve_exact(target - data.len());
         }
         data.extend_from_slice(&chunk);

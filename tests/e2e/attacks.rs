@@ -1,0 +1,987 @@
+//! The holes found when the gateway was attacked from outside, one test per class, each
+//! with its reported example and variants of our own; every forwarded case is checked
+//! against the exact bytes the backend received, every refused one against the backend
+//! never being asked (or, for a stream cut off, never getting a complete request).
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{
+    bearer_for, bearer_with, eventually, jwt_config, jwt_fixtures, read_response, Harness,
+    RawResponse, RedisServer, Setup, TempDir,
+};
+
+const PLIVO_TOKEN: &str = "MAZDQ1MTZIZGY3ZJG0ZTQ2YJQ0N2"; // a test token, not a real account's
+const EXOTEL_SECRET: &str = "exotel-callback-secret-for-tests";
+const API_KEY: &str = "legacy-key-acme";
+
+const POLICIES: &str = r#"
+[[route]]
+name = "campaigns"
+path = "/echo/campaigns/*"
+auth = "jwt_or_api_key"
+upstream_credential = "client-key"
+opaque_body_types = ["text/csv"]
+
+[[route]]
+name = "as-string"
+path = "/echo/as-string/*"
+client_id = { json_type = "string" }
+
+[[route]]
+name = "overwrite"
+path = "/echo/over/*"
+client_id = { on_mismatch = "overwrite", aliases = ["client_id"] }
+
+[[route]]
+name = "keys-passed"
+path = "/echo/keys/*"
+auth = "jwt_or_api_key"
+pass_api_key = true
+
+[[route]]
+name = "open"
+path = "/echo/open/*"
+auth = "none"
+
+[[route]]
+name = "plivo"
+path = "/echo/plivo/*"
+auth = "webhook"
+webhook = "plivo"
+
+[[route]]
+name = "exotel"
+path = "/echo/exotel/*"
+auth = "webhook"
+webhook = "exotel"
+"#;
+
+/// Keys, secrets and a gateway with every feature these attacks aim at.
+struct Attack {
+    h: Harness,
+    _secrets: TempDir,
+}
+
+fn setup_with(server: &str, extra: &str) -> (Setup, TempDir) {
+    let secrets = TempDir::new();
+    let dir = secrets.path();
+    std::fs::write(
+        dir.join("api-keys.toml"),
+        format!(
+            "[[key]]\nid = \"acme-1\"\nclient_id = \"1001\"\nsha256 = \"{}\"\n",
+            tollgate_auth::api_key::hash_hex(API_KEY)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client-keys.toml"),
+        "\"1001\" = \"demo-legacy-key-1001\"\n\"1002\" = \"demo-legacy-key-1002\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("plivo-tokens"), format!("{PLIVO_TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("exotel.secret"), format!("{EXOTEL_SECRET}\n")).unwrap();
+    let d = |name: &str| dir.join(name).display().to_string();
+    let config = format!(
+        r#"{jwt}
+[[jwt.key]]
+id = "rsa"
+algorithms = ["RS256", "PS256"]
+public_key_file = "{rsa}"
+
+[api_keys]
+file = "{keys}"
+headers = ["x-api-key"]
+query_param = "api_key"
+
+[credentials.client-key]
+kind = "client_map"
+header = "x-api-key"
+file = "{client_keys}"
+
+[webhooks.plivo]
+kind = "plivo_v3"
+public_base_url = "https://callbacks.example.test"
+auth_tokens_file = "{plivo}"
+
+[webhooks.exotel]
+kind = "url_secret"
+param = "secret"
+secret_file = "{exotel}"
+{extra}
+"#,
+        jwt = jwt_config(),
+        rsa = jwt_fixtures().join("keys/rsa.pub.pem").display(),
+        keys = d("api-keys.toml"),
+        client_keys = d("client-keys.toml"),
+        plivo = d("plivo-tokens"),
+        exotel = d("exotel.secret"),
+    );
+    let setup = Setup {
+        policies: vec![("10-attacks.toml".into(), POLICIES.into())],
+        server: server.into(),
+        extra: config,
+        ..Setup::default()
+    };
+    (setup, secrets)
+}
+
+impl Attack {
+    async fn start() -> Attack {
+        Attack::with_server("request_body_timeout = \"1s\"\nrequest_body_min_rate = 1048576").await
+    }
+
+    async fn with_server(server: &str) -> Attack {
+        let (setup, secrets) = setup_with(server, "");
+        Attack {
+            h: Harness::with(setup).await,
+            _secrets: secrets,
+        }
+    }
+
+    /// Sends a request; the number of requests the backend got meanwhile.
+    async fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (RawResponse, u64) {
+        let before = self.h.backend.requests();
+        let r = self.h.send(method, target, headers, body).await;
+        (r, self.h.backend.requests() - before)
+    }
+}
+
+/// What the backend reported receiving, for an echoed request.
+fn received_body(r: &RawResponse) -> String {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["body"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn names_received(r: &RawResponse) -> Vec<String> {
+    r.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn bodies_the_gateway_cannot_classify_never_reach_the_backend() {
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+    let spoof = br#"{"name":"Spring","clientId":"1002"}"#;
+
+    // The reported example, byte for byte: one non-ASCII byte in the charset.
+    let request = [
+        &b"POST /echo/campaigns/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nAuthorization: "[..],
+        token.as_bytes(),
+        b"\r\nContent-Type: application/json; charset=\xff\r\nContent-Length: ",
+        spoof.len().to_string().as_bytes(),
+        b"\r\n\r\n",
+        spoof,
+    ]
+    .concat();
+    let before = a.h.backend.requests();
+    a.h.raw(&request)
+        .await
+        .assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    assert_eq!(a.h.backend.requests(), before);
+
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("JSON sent as text/plain", &[("content-type", "text/plain")]),
+        ("no Content-Type at all", &[]),
+        ("text/json", &[("content-type", "text/json")]),
+        (
+            "a charset a backend decodes differently",
+            &[("content-type", "application/json; charset=utf-7")],
+        ),
+        (
+            "two charsets",
+            &[(
+                "content-type",
+                "application/json; charset=utf-8; charset=latin1",
+            )],
+        ),
+        (
+            "a compressed body",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+        ),
+        (
+            "multipart without a boundary",
+            &[("content-type", "multipart/form-data")],
+        ),
+        (
+            "multipart with two boundaries",
+            &[(
+                "content-type",
+                "multipart/form-data; boundary=a; boundary=b",
+            )],
+        ),
+        (
+            "a type the route does not declare opaque",
+            &[("content-type", "application/xml")],
+        ),
+        (
+            "an unterminated parameter",
+            &[("content-type", "application/json; charset=\"utf-8")],
+        ),
+    ];
+    for (name, headers) in cases {
+        let mut all = vec![("authorization", token.as_str())];
+        all.extend_from_slice(headers);
+        let (r, reached) = a.send("POST", "/echo/campaigns/x", &all, spoof).await;
+        assert_eq!(
+            (r.status, reached),
+            (415, 0),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+
+    // What the route declares opaque streams untouched; a bodiless POST needs no type.
+    let csv = b"name,clientId\nAda,1002\n";
+    let (r, _) = a
+        .send(
+            "POST",
+            "/echo/campaigns/upload",
+            &[("authorization", &token), ("content-type", "text/csv")],
+            csv,
+        )
+        .await;
+    assert_eq!(received_body(&r).as_bytes(), csv);
+    let (r, _) = a
+        .send(
+            "POST",
+            "/echo/campaigns/x",
+            &[("authorization", &token)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // A route that identifies nobody inspects nothing.
+    let (r, _) = a
+        .send(
+            "POST",
+            "/echo/open/x",
+            &[("content-type", "text/plain")],
+            spoof,
+        )
+        .await;
+    assert_eq!(received_body(&r).as_bytes(), spoof);
+}
+
+#[tokio::test]
+async fn a_foreign_client_id_at_any_depth_of_a_json_body_is_refused() {
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+    let json = [
+        ("authorization", token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for body in [
+        r#"{"data":{"clientId":1002}}"#,
+        r#"{"contacts":[{"name":"Ada"},{"name":"Bob","clientId":"1002"}]}"#,
+        r#"{"a":{"b":{"c":{"d":{"CLIENTID":"1002"}}}}}"#,
+        r#"{"data":{"client\u0049d":"1002"}}"#,
+        r#"{"data":{"clientId[]":"1002"}}"#,
+        r#"{"data":{"clientId":["1001","1002"]}}"#,
+        r#"{"data":{"clientId":1001,"clientId":1002}}"#,
+        r#"{"data":{"clientId":null}}"#,
+        r#"{"clientId":"1001","data":{"clientId":"1002"}}"#,
+    ] {
+        let (r, reached) = a
+            .send("POST", "/echo/campaigns/x", &json, body.as_bytes())
+            .await;
+        assert_eq!((r.status, reached), (403, 0), "{body}");
+        r.assert_problem(403, "CLIENT_ID_MISMATCH");
+    }
+    // Nested ids that are the caller's own pass untouched, spacing and all; the
+    // gateway's own member goes last in the top-level object.
+    let body = r#"{"name": "Spring", "contacts": [ {"clientId": "1001", "n": 1} ]}"#;
+    let (r, _) = a
+        .send("POST", "/echo/campaigns/x", &json, body.as_bytes())
+        .await;
+    assert_eq!(
+        received_body(&r),
+        r#"{"name":"Spring","contacts":[ {"clientId": "1001", "n": 1} ],"clientId":"1001"}"#
+    );
+    // In overwrite mode a nested id is replaced where it is.
+    let body = r#"{"contacts":[{"client_id":1002,"n":1}],"clientId":"1002"}"#;
+    let (r, _) = a.send("POST", "/echo/over/x", &json, body.as_bytes()).await;
+    assert_eq!(
+        received_body(&r),
+        r#"{"contacts":[{"client_id":"1001","n":1}],"clientId":"1001"}"#
+    );
+}
+
+#[tokio::test]
+async fn the_injected_id_keeps_the_json_type_of_its_claim() {
+    let a = Attack::start().await;
+    let numeric = bearer_with(serde_json::json!({ "clientId": 1001 }));
+    let text = bearer_for("1001");
+    let post = |route: &'static str, token: String| {
+        let a = &a;
+        async move {
+            let headers = [
+                ("authorization", token.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let (r, _) = a
+                .send("POST", route, &headers, br#"{"name":"Spring","n":1}"#)
+                .await;
+            received_body(&r)
+        }
+    };
+    assert_eq!(
+        post("/echo/campaigns/x", numeric.clone()).await,
+        r#"{"name":"Spring","n":1,"clientId":1001}"#
+    );
+    assert_eq!(
+        post("/echo/campaigns/x", text).await,
+        r#"{"name":"Spring","n":1,"clientId":"1001"}"#
+    );
+    assert_eq!(
+        post("/echo/as-string/x", numeric.clone()).await,
+        r#"{"name":"Spring","n":1,"clientId":"1001"}"#
+    );
+    // A caller's own id in either type is theirs.
+    let headers = [
+        ("authorization", numeric.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (r, _) = a
+        .send(
+            "POST",
+            "/echo/campaigns/x",
+            &headers,
+            br#"{"clientId":"1001"}"#,
+        )
+        .await;
+    assert_eq!(received_body(&r), r#"{"clientId":1001}"#);
+}
+
+#[tokio::test]
+async fn multipart_fields_naming_another_client_never_complete() {
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+    let part = |disposition: &str, value: &str| {
+        format!("--b\r\nContent-Disposition: {disposition}\r\n\r\n{value}\r\n")
+    };
+    for disposition in [
+        "form-data; name=\"clientId\"",
+        "form-data; name=clientId",
+        "form-data; name=\"CLIENTID\"",
+        "form-data; name=\"client%49d\"",
+        "form-data; name*=UTF-8''client%49d",
+        "form-data; name=\"clientId[]\"",
+    ] {
+        let body = format!(
+            "{}{}--b--\r\n",
+            part("form-data; name=\"file\"; filename=\"c.csv\"", "a,b\n1,2"),
+            part(disposition, "1002")
+        );
+        let broken = a.h.backend.broken_bodies();
+        let (r, reached) = a
+            .send(
+                "POST",
+                "/echo/campaigns/upload",
+                &[
+                    ("authorization", &token),
+                    ("content-type", "multipart/form-data; boundary=b"),
+                ],
+                body.as_bytes(),
+            )
+            .await;
+        r.assert_problem(403, "CLIENT_ID_MISMATCH");
+        // No complete request reaches the backend: a small body is refused before its
+        // head is even written; a larger one breaks off before the field's value.
+        let incomplete = eventually(Duration::from_secs(5), || async {
+            reached == 0 || a.h.backend.broken_bodies() == broken + 1
+        })
+        .await;
+        assert!(
+            incomplete,
+            "{disposition}: {reached} request(s) reached the backend whole"
+        );
+    }
+    // A part whose headers cannot be read is not vouched for.
+    let body = "--b\r\nnonsense\r\n\r\nx\r\n--b--\r\n";
+    let (r, _) = a
+        .send(
+            "POST",
+            "/echo/campaigns/upload",
+            &[
+                ("authorization", &token),
+                ("content-type", "multipart/form-data; boundary=b"),
+            ],
+            body.as_bytes(),
+        )
+        .await;
+    r.assert_problem(400, "MULTIPART_INVALID");
+}
+
+#[tokio::test]
+async fn header_spellings_a_backend_folds_together_never_reach_it() {
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+    let (r, _) = a
+        .send(
+            "GET",
+            "/echo/campaigns/x",
+            &[
+                ("authorization", &token),
+                ("X_Client_Id", "1002"),
+                ("X_Forwarded_For", "6.6.6.6"),
+                ("X_Api_Key", "demo-legacy-key-1002"),
+                ("x_real_ip", "6.6.6.6"),
+                ("X-Original-URL", "/admin"),
+                ("X-Rewrite-URL", "/admin"),
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-Method-Override", "DELETE"),
+                ("True-Client-IP", "6.6.6.6"),
+                ("X-Client-IP", "6.6.6.6"),
+                ("Forwarded", "for=6.6.6.6;host=evil"),
+                ("X-Forwarded-Port", "1"),
+                ("X-Forwarded-Prefix", "/admin"),
+            ],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let names = names_received(&r);
+    for name in &names {
+        assert!(!name.contains('_'), "{name} reached the backend");
+    }
+    for gone in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-method-override",
+        "true-client-ip",
+        "x-client-ip",
+        "forwarded",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+    ] {
+        assert!(
+            !names.iter().any(|n| n == gone),
+            "{gone} reached the backend"
+        );
+    }
+    assert_eq!(r.echoed_header("x-client-id"), ["1001"]);
+    assert_eq!(r.echoed_header("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(r.echoed_header("x-api-key"), ["demo-legacy-key-1001"]);
+    assert!(r.json()["query"]
+        .as_str()
+        .unwrap()
+        .ends_with("clientId=1001"));
+}
+
+#[tokio::test]
+async fn underscored_headers_can_be_refused_and_the_strip_list_replaced() {
+    let a = Attack::with_server(
+        "headers_with_underscores = \"refuse\"\nstrip_request_headers = [\"x-legacy-admin\"]",
+    )
+    .await;
+    let (r, reached) = a
+        .send("GET", "/echo/open/x", &[("X_Client_Id", "1002")], b"")
+        .await;
+    r.assert_problem(400, "HEADER_NAME_INVALID");
+    assert_eq!(reached, 0);
+    let (r, _) = a
+        .send(
+            "GET",
+            "/echo/open/x",
+            &[("x-legacy-admin", "1"), ("x-original-url", "/kept")],
+            b"",
+        )
+        .await;
+    assert!(r.echoed_header("x-legacy-admin").is_empty());
+    // The operator's list replaces the default one.
+    assert_eq!(r.echoed_header("x-original-url"), ["/kept"]);
+}
+
+#[tokio::test]
+async fn caller_credentials_never_reach_the_backend_on_anonymous_or_callback_routes() {
+    let a = Attack::start().await;
+    let secrets = [
+        ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln"),
+        ("x-api-key", "demo-legacy-key-1002"),
+    ];
+    let (r, _) = a
+        .send(
+            "GET",
+            "/echo/open/x?api_key=k&a=1&%61pi_key=k2",
+            &secrets,
+            b"",
+        )
+        .await;
+    assert!(r.echoed_header("authorization").is_empty());
+    assert!(r.echoed_header("x-api-key").is_empty());
+    assert_eq!(r.json()["query"], "a=1");
+
+    let target = format!("/echo/exotel/status?secret={EXOTEL_SECRET}&CallSid=1");
+    let (r, _) = a.send("GET", &target, &secrets, b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.echoed_header("authorization").is_empty());
+    assert!(r.echoed_header("x-api-key").is_empty());
+    assert_eq!(r.json()["query"], "CallSid=1");
+
+    // A JWT caller's key is a second identity: stripped even where keys are passed on.
+    let token = bearer_for("1001");
+    let (r, _) = a
+        .send(
+            "GET",
+            "/echo/keys/x",
+            &[("authorization", &token), ("x-api-key", API_KEY)],
+            b"",
+        )
+        .await;
+    assert!(r.echoed_header("x-api-key").is_empty());
+    // The key a caller authenticated with is passed on where the route says so.
+    let (r, _) = a
+        .send("GET", "/echo/keys/x", &[("x-api-key", API_KEY)], b"")
+        .await;
+    assert_eq!(r.echoed_header("x-api-key"), [API_KEY]);
+}
+
+/// The V3 signature Plivo would send for `path` (relative to the public base URL).
+fn plivo_signature(path: &str, method: &str, params: &[(&str, &str)], nonce: &str) -> String {
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tollgate_auth::plivo::signature(
+        PLIVO_TOKEN.as_bytes(),
+        &format!("https://callbacks.example.test{path}"),
+        method,
+        &owned,
+        nonce,
+    )
+}
+
+#[tokio::test]
+async fn provider_callbacks_cannot_be_extended_or_replayed() {
+    let a = Attack::start().await;
+    // The reported example: a signed GET carrying an unsigned form body.
+    let path = "/echo/plivo/status?CallUUID=abc&Status=ringing";
+    let signed = [("CallUUID", "abc"), ("Status", "ringing")];
+    let sig = plivo_signature(path, "GET", &signed, "g-1");
+    let body = b"CallStatus=completed&clientId=1002";
+    let headers = [
+        ("x-plivo-signature-v3", sig.as_str()),
+        ("x-plivo-signature-v3-nonce", "g-1"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let (r, reached) = a.send("GET", path, &headers, body).await;
+    r.assert_problem(401, "SIGNATURE_INVALID");
+    assert_eq!(reached, 0);
+    // The same body sent chunked.
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nx-plivo-signature-v3: {sig}\r\nx-plivo-signature-v3-nonce: g-1\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        body.len(),
+        String::from_utf8_lossy(body)
+    );
+    a.h.raw(request.as_bytes())
+        .await
+        .assert_problem(401, "SIGNATURE_INVALID");
+    // Without a body it is the callback Plivo sent, once.
+    let (r, _) = a.send("GET", path, &headers[..2], b"").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["body"]["bytes"], 0);
+    let (r, reached) = a.send("GET", path, &headers[..2], b"").await;
+    r.assert_problem(409, "CALLBACK_REPLAYED");
+    assert_eq!(reached, 0);
+
+    // A POST: replayed as it was, and with its nonce under another valid signature.
+    let post = "/echo/plivo/answer";
+    let form = [("CallUUID", "abc"), ("From", "+15550100")];
+    let encoded = b"CallUUID=abc&From=%2B15550100";
+    for (nonce, expect) in [("p-1", 200), ("p-1", 409)] {
+        let sig = plivo_signature(post, "POST", &form, nonce);
+        let (r, _) = a
+            .send(
+                "POST",
+                post,
+                &[
+                    ("x-plivo-signature-v3", &sig),
+                    ("x-plivo-signature-v3-nonce", nonce),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                encoded,
+            )
+            .await;
+        assert_eq!(r.status, expect, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let other = [("CallUUID", "abc"), ("From", "+15550199")];
+    let sig = plivo_signature(post, "POST", &other, "p-1");
+    let (r, _) = a
+        .send(
+            "POST",
+            post,
+            &[
+                ("x-plivo-signature-v3", &sig),
+                ("x-plivo-signature-v3-nonce", "p-1"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            b"CallUUID=abc&From=%2B15550199",
+        )
+        .await;
+    r.assert_problem(409, "CALLBACK_REPLAYED");
+    // Two nonce headers: which one would the backend believe?
+    let sig = plivo_signature(post, "POST", &form, "p-2");
+    let (r, _) = a
+        .send(
+            "POST",
+            post,
+            &[
+                ("x-plivo-signature-v3", &sig),
+                ("x-plivo-signature-v3-nonce", "p-2"),
+                ("x-plivo-signature-v3-nonce", "p-3"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            encoded,
+        )
+        .await;
+    r.assert_problem(401, "SIGNATURE_INVALID");
+    assert!(a
+        .h
+        .metrics()
+        .await
+        .contains("tollgate_callback_replays_total 3"));
+}
+
+#[tokio::test]
+async fn a_nonce_seen_by_one_instance_is_a_replay_at_every_other() {
+    let redis = RedisServer::start();
+    let store = format!("[store]\nredis_url = \"{}\"\n", redis.url());
+    let (first, _s1) = setup_with("", &store);
+    let (second, _s2) = setup_with("", &store);
+    let a = Harness::with(first).await;
+    let b = Harness::with(second).await;
+    let path = "/echo/plivo/answer";
+    let form = [("CallUUID", "xyz")];
+    let sig = plivo_signature(path, "POST", &form, "shared-1");
+    let headers = [
+        ("x-plivo-signature-v3", sig.as_str()),
+        ("x-plivo-signature-v3-nonce", "shared-1"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    assert_eq!(
+        a.send("POST", path, &headers, b"CallUUID=xyz").await.status,
+        200
+    );
+    b.send("POST", path, &headers, b"CallUUID=xyz")
+        .await
+        .assert_problem(409, "CALLBACK_REPLAYED");
+    // One key, expiring with the replay window (an hour by default).
+    let keys = redis.cli(&["--scan", "--pattern", "tollgate:nonce:*"]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    let ttl: i64 = redis.cli(&["pttl", keys.trim()]).parse().unwrap();
+    assert!((3_500_000..=3_600_000).contains(&ttl), "{ttl}");
+
+    // Redis gone: each instance still refuses what it saw itself.
+    drop(redis);
+    let sig = plivo_signature(path, "POST", &form, "outage-1");
+    let headers = [
+        ("x-plivo-signature-v3", sig.as_str()),
+        ("x-plivo-signature-v3-nonce", "outage-1"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    assert_eq!(
+        a.send("POST", path, &headers, b"CallUUID=xyz").await.status,
+        200
+    );
+    a.send("POST", path, &headers, b"CallUUID=xyz")
+        .await
+        .assert_problem(409, "CALLBACK_REPLAYED");
+    assert!(a
+        .metrics()
+        .await
+        .contains("tollgate_callback_nonce_fallbacks_total 2"));
+}
+
+/// Writes a request head and part of its body, then waits for the answer.
+async fn stall(h: &Harness, head: &str, part: &[u8]) -> (RawResponse, Duration) {
+    let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(part).await.unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), read_response(&mut stream))
+        .await
+        .expect("an answer while the body is still stalled");
+    (r, started.elapsed())
+}
+
+#[tokio::test]
+async fn bodies_that_arrive_too_slowly_are_cut_off_with_408() {
+    // A body has 1 s, and then must keep up 1 MiB/s.
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+
+    // The reported example: a callback's declared 64 KiB sent one byte short.
+    let head = "POST /echo/plivo/answer HTTP/1.1\r\nHost: gw\r\nx-plivo-signature-v3: x\r\nx-plivo-signature-v3-nonce: n\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 65536\r\n\r\n";
+    let (r, took) = stall(&a.h, head, &vec![b'a'; 65535]).await;
+    r.assert_problem(408, "REQUEST_TIMEOUT");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+
+    // An authenticated JSON body stalled below its limit.
+    let head = format!(
+        "POST /echo/campaigns/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: 900000\r\n\r\n"
+    );
+    let (r, took) = stall(&a.h, &head, b"{\"pad\":\"").await;
+    r.assert_problem(408, "REQUEST_TIMEOUT");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(a.h.backend.requests(), 0);
+
+    // A streamed upload trickled: the client's fault, 408, and the backend connection
+    // is let go long before the 30 s response timeout.
+    let head = format!(
+        "POST /echo/campaigns/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: {token}\r\ncontent-type: text/csv\r\ncontent-length: 1000000\r\n\r\n"
+    );
+    let (r, took) = stall(&a.h, &head, b"name,phone\n").await;
+    r.assert_problem(408, "REQUEST_TIMEOUT");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            a.h.backend.broken_bodies() == 1
+        })
+        .await,
+        "the backend's request must end"
+    );
+
+    // A client that keeps up is never cut off, however long the body takes.
+    let mut stream = TcpStream::connect(a.h.gateway.addr).await.unwrap();
+    let total = 3 * 512 * 1024;
+    let head = format!(
+        "POST /echo/campaigns/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: {token}\r\ncontent-type: text/csv\r\ncontent-length: {total}\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..6 {
+        stream.write_all(&vec![b'x'; 256 * 1024]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = read_response(&mut stream).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["body"]["bytes"], total);
+}
+
+#[tokio::test]
+async fn held_bodies_share_one_memory_budget() {
+    let a = Attack::with_server("max_buffered_body_bytes = 65536").await;
+    let token = bearer_for("1001");
+    // One client holds the whole budget with a body it does not finish.
+    let mut holder = TcpStream::connect(a.h.gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /echo/campaigns/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: 200000\r\n\r\n{{\"pad\":\""
+    );
+    holder.write_all(head.as_bytes()).await.unwrap();
+    // 8 + 65,520 bytes held: 8 bytes of the 64 KiB budget are left.
+    holder.write_all(&vec![b'x'; 65_520]).await.unwrap();
+    let held = eventually(Duration::from_secs(5), || async {
+        a.h.metrics().await.lines().any(|l| {
+            l.strip_prefix("tollgate_request_body_buffered_bytes ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n == 65_528)
+        })
+    })
+    .await;
+    assert!(held, "{}", a.h.metrics().await);
+    let json = [
+        ("authorization", token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (r, reached) = a
+        .send("POST", "/echo/campaigns/x", &json, br#"{"a":123}"#)
+        .await;
+    r.assert_problem(503, "GATEWAY_OVERLOADED");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(reached, 0);
+    // The holder goes away: its memory comes back.
+    drop(holder);
+    let freed = eventually(Duration::from_secs(5), || async {
+        a.h.metrics()
+            .await
+            .contains("tollgate_request_body_buffered_bytes 0")
+    })
+    .await;
+    assert!(freed);
+    let (r, _) = a
+        .send("POST", "/echo/campaigns/x", &json, br#"{"a":123}"#)
+        .await;
+    assert_eq!(received_body(&r), r#"{"a":123,"clientId":"1001"}"#);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_at_once() {
+    let a = Attack::with_server("max_connections = 3").await;
+    let open_now = || async {
+        let metrics = a.h.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_connections_open "))
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(a.h.gateway.addr).await.unwrap();
+        s.write_all(b"GET /echo/open/x HTTP/1.1\r\n").await.unwrap();
+        idle.push(s);
+    }
+    assert!(eventually(Duration::from_secs(5), || async { open_now().await == 3 }).await);
+    // The fourth is closed unanswered.
+    let mut s = TcpStream::connect(a.h.gateway.addr).await.unwrap();
+    let _ = s
+        .write_all(b"GET /echo/open/x HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "a fourth connection must be closed unanswered: {read:?}"
+    );
+    assert!(a
+        .h
+        .metrics()
+        .await
+        .contains("tollgate_connections_refused_total 1"));
+    // Once the others go, connections are served again.
+    idle.clear();
+    assert!(eventually(Duration::from_secs(5), || async { open_now().await == 0 }).await);
+    assert_eq!(a.h.get("/echo/open/x", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn secrets_in_any_spelling_never_reach_the_log() {
+    let a = Attack::start().await;
+    let jwt = bearer_for("1001").trim_start_matches("Bearer ").to_owned();
+    let leaks = [
+        format!("/echo/open/x?%74oken={jwt}"),
+        "/echo/open/x?pass%77ord=hunter2-secret".to_owned(),
+        "/echo/open/x?api%5Fkey=leaked-api-key".to_owned(),
+        "/echo/open/x?token[]=leaked-token".to_owned(),
+        "/echo/open/x?API.KEY=leaked-dotted".to_owned(),
+        format!("/echo/open/x?note={jwt}"),
+    ];
+    for target in &leaks {
+        assert_eq!(a.h.get(target, &[]).await.status, 200, "{target}");
+    }
+    // The Exotel secret under an encoded name is accepted, and neither forwarded nor
+    // logged.
+    let (r, _) = a
+        .send(
+            "GET",
+            &format!("/echo/exotel/cb?%73ecret={EXOTEL_SECRET}&CallSid=9"),
+            &[],
+            b"",
+        )
+        .await;
+    assert_eq!(r.json()["query"], "CallSid=9");
+    // Refused paths are logged bounded and redacted.
+    let refused = format!("/echo/open/{jwt}/%zz/{}", "a".repeat(3000));
+    a.h.get(&refused, &[])
+        .await
+        .assert_problem(400, "PATH_INVALID");
+    let logged = eventually(Duration::from_secs(5), || async {
+        a.h.gateway.stderr().matches("tollgate::access").count() >= leaks.len() + 2
+    })
+    .await;
+    assert!(logged);
+    let log = a.h.gateway.stderr();
+    for secret in [
+        jwt.as_str(),
+        "hunter2-secret",
+        "leaked-api-key",
+        "leaked-token",
+        "leaked-dotted",
+        EXOTEL_SECRET,
+    ] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+    let line = log
+        .lines()
+        .find(|l| l.contains("PATH") || l.contains("%zz"))
+        .unwrap();
+    assert!(line.len() < 2000, "refused path logged unbounded: {line}");
+}
+
+/// An RS256 or PS256 token for client 1001, signed with the fixture RSA key.
+fn rsa_token(alg: jsonwebtoken::Algorithm) -> String {
+    let key = std::fs::read(jwt_fixtures().join("keys/rsa.key.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some("rsa".into());
+    let claims = serde_json::json!({
+        "clientId": "1001", "iss": "https://issuer.test", "aud": "legacy-api",
+        "exp": 4_102_444_800u64,
+    });
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&key).unwrap(),
+    )
+    .unwrap();
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn one_rsa_key_verifies_every_algorithm_it_lists_and_no_other() {
+    let a = Attack::start().await;
+    for alg in [
+        jsonwebtoken::Algorithm::RS256,
+        jsonwebtoken::Algorithm::PS256,
+    ] {
+        let token = rsa_token(alg);
+        let (r, _) = a
+            .send(
+                "GET",
+                "/echo/campaigns/x",
+                &[("authorization", &token)],
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{alg:?}");
+    }
+    let rs512 = rsa_token(jsonwebtoken::Algorithm::RS512);
+    let (r, _) = a
+        .send(
+            "GET",
+            "/echo/campaigns/x",
+            &[("authorization", &rs512)],
+            b"",
+        )
+        .await;
+    r.assert_problem(401, "TOKEN_INVALID");
+    // The public key as an HMAC secret, under the RSA key's id: refused.
+    let public = std::fs::read(jwt_fixtures().join("keys/rsa.pub.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("rsa".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"clientId": "1002", "iss": "https://issuer.test", "aud": "legacy-api", "exp": 4_102_444_800u64}),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    let (r, _) = a
+        .send(
+            "GET",
+            "/echo/campaigns/x",
+            &[("authorization", &format!("Bearer {forged}"))],
+            b"",
+        )
+        .await;
+    r.assert_problem(401, "TOKEN_INVALID");
+}
