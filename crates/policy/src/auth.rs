@@ -39,6 +39,7 @@ pub(crate) struct Ctx<'a, 'd> {
     /// Every file read, in order, with its bytes: the reload watcher watches them too.
     pub fingerprint: &'d mut Fingerprint,
     pub files: &'d mut Vec<std::path::PathBuf>,
+    pub sources: &'a dyn crate::sources::Sources,
 }
 
 impl Ctx<'_, '_> {
@@ -60,7 +61,7 @@ impl Ctx<'_, '_> {
             );
             self.diags.push(d);
         }
-        let read = std::fs::read(&full);
+        let read = self.sources.read(&full);
         self.fingerprint
             .file(&full, read.as_ref().ok().map(Vec::as_slice));
         self.files.push(full.clone());
@@ -86,8 +87,8 @@ impl Ctx<'_, '_> {
         what: &str,
     ) -> Option<Vec<u8>> {
         let bytes = match (env, file) {
-            (Some(env), None) => match std::env::var(env.get_ref()) {
-                Ok(v) if !v.is_empty() => v.into_bytes(),
+            (Some(env), None) => match self.sources.env(env.get_ref()) {
+                Some(v) if !v.is_empty() => v.into_bytes(),
                 _ => {
                     self.error(
                         env.span(),

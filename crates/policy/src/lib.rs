@@ -22,7 +22,8 @@ pub mod param;
 pub mod path;
 pub mod pattern;
 pub mod snapshot;
+pub mod sources;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::{load, LoadError};
+pub use load::{load, load_from, LoadError};
 pub use snapshot::{Route, RouteAction, RouteMatch, Snapshot};

@@ -297,6 +297,7 @@ pub(crate) fn route_limits(
 pub(crate) fn store(
     src: &SourceFile,
     f: Option<StoreFile>,
+    sources: &dyn crate::sources::Sources,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Store> {
     let Some(f) = f else {
@@ -312,8 +313,8 @@ pub(crate) fn store(
             None
         }
         (Some(url), None) => Some((url.get_ref().clone(), url.span())),
-        (None, Some(env)) => match std::env::var(env.get_ref()) {
-            Ok(url) if !url.is_empty() => Some((url, env.span())),
+        (None, Some(env)) => match sources.env(env.get_ref()) {
+            Some(url) if !url.is_empty() => Some((url, env.span())),
             _ => {
                 diags.push(src.error(
                     Some(env.span()),

@@ -38,6 +38,7 @@ use crate::snapshot::{
     Auth, BodyLimits, ClientIdPolicy, Credential, JsonType, LimitPolicy, Mismatch, RouteAuth,
     Underscores, Webhook,
 };
+use crate::sources::Sources;
 use http::header::HeaderName;
 use std::sync::Arc;
 
@@ -96,8 +97,13 @@ const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
 
 /// Reads `gateway.toml` at `config` and the policy files it names, and validates them.
 pub fn load(config: &Path) -> Result<Snapshot, LoadError> {
+    load_from(config, &crate::sources::Disk)
+}
+
+/// [`load`], reading files and environment variables from `sources`.
+pub fn load_from(config: &Path, sources: &dyn Sources) -> Result<Snapshot, LoadError> {
     let mut diags = Vec::new();
-    let snapshot = build(config, &mut diags);
+    let snapshot = build(config, sources, &mut diags);
     sort_by_place(&mut diags);
     match snapshot {
         Some(snapshot) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok(Snapshot {
@@ -119,10 +125,10 @@ fn sort_by_place(diags: &mut [Diagnostic]) {
     diags.sort_by_key(|d| (files.iter().position(|f| *f == d.file), d.line, d.column));
 }
 
-fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
+fn build(config: &Path, sources: &dyn Sources, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
     let mut fingerprint = Fingerprint::new();
     let mut referenced = Vec::new();
-    let text = read(config, diags);
+    let text = read(sources, config, diags);
     fingerprint.file(config, text.as_deref().map(str::as_bytes));
     let text = text?;
     let src = SourceFile {
@@ -152,6 +158,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
             diags,
             fingerprint: &mut fingerprint,
             files: &mut referenced,
+            sources,
         };
         auth::jwt(&mut ctx, f, jwt_span.unwrap_or(0..0))
     });
@@ -163,6 +170,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 diags,
                 fingerprint: &mut fingerprint,
                 files: &mut referenced,
+                sources,
             };
             auth::api_keys(&mut ctx, f)
         });
@@ -174,6 +182,7 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 diags,
                 fingerprint: &mut fingerprint,
                 files: &mut referenced,
+                sources,
             },
             v,
         )
@@ -186,12 +195,13 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 diags,
                 fingerprint: &mut fingerprint,
                 files: &mut referenced,
+                sources,
             },
             v,
         )
     });
     let store = section::<StoreFile>(&src, take("store"), "store", false, diags);
-    let store = limits::store(&src, store, diags);
+    let store = limits::store(&src, store, sources, diags);
     let auth_settings = Auth { jwt, api_keys };
     for (name, (key_span, _)) in sections {
         diags.push(src.error(
@@ -215,7 +225,15 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
                 credentials: &credentials,
                 webhooks: &webhooks,
             };
-            load_policies(dir, &src, r.policies.span(), &refs, &mut fingerprint, diags)
+            load_policies(
+                sources,
+                dir,
+                &src,
+                r.policies.span(),
+                &refs,
+                &mut fingerprint,
+                diags,
+            )
         }
         _ => (Vec::new(), Vec::new(), Vec::new()),
     };
@@ -263,8 +281,11 @@ fn build(config: &Path, diags: &mut Vec<Diagnostic>) -> Option<Snapshot> {
     })
 }
 
-fn read(path: &Path, diags: &mut Vec<Diagnostic>) -> Option<String> {
-    match std::fs::read_to_string(path) {
+fn read(sources: &dyn Sources, path: &Path, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    match sources.read(path).and_then(|bytes| {
+        String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }) {
         Ok(text) => Some(text),
         Err(e) => {
             diags.push(Diagnostic {
@@ -602,6 +623,7 @@ struct Refs<'a> {
 }
 
 fn load_policies(
+    sources: &dyn Sources,
     dir: &Path,
     gateway: &SourceFile,
     dir_span: Range<usize>,
@@ -609,7 +631,7 @@ fn load_policies(
     fingerprint: &mut Fingerprint,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<Route>, Vec<Arc<LimitPolicy>>, Vec<PathBuf>) {
-    let files = match crate::fingerprint::policy_files(dir) {
+    let files = match sources.policy_files(dir) {
         Ok(files) => files,
         Err(e) => {
             diags.push(gateway.error(
@@ -625,7 +647,7 @@ fn load_policies(
     // Read and parse every file first: a route may use a limit defined in another file.
     let mut texts = Vec::new();
     for file in &files {
-        let text = read(file, diags);
+        let text = read(sources, file, diags);
         fingerprint.file(file, text.as_deref().map(str::as_bytes));
         if let Some(text) = text {
             texts.push((file, text));

@@ -655,4 +655,168 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every (member name, value as text) of a JSON document, at any depth,
+        /// duplicates included: a reference walker independent of the rewriter.
+        fn members(json: &str) -> Vec<(String, String)> {
+            fn walk(value: &str, out: &mut Vec<(String, String)>) {
+                if let Ok(RawObject(members)) = serde_json::from_str::<RawObject>(value) {
+                    for (k, v) in members {
+                        let text = serde_json::from_str::<Value>(v.get())
+                            .map(|v| as_text(&v))
+                            .unwrap_or_default();
+                        out.push((k, text));
+                        walk(v.get(), out);
+                    }
+                } else if let Ok(RawArray(items)) = serde_json::from_str::<RawArray>(value) {
+                    for item in items {
+                        walk(item.get(), out);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            walk(json, &mut out);
+            out
+        }
+
+        /// `clientId` or `client_id` as a client might spell it to a lenient backend:
+        /// any case, array suffixes, leading spaces, and (in JSON) `\u` escapes.
+        fn json_name() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![Just("clientId"), Just("client_id")],
+                prop::collection::vec((prop::bool::ANY, prop::bool::ANY), 9),
+                prop_oneof![Just(""), Just("[]"), Just("[0]")],
+                prop_oneof![Just(""), Just(" ")],
+            )
+                .prop_map(|(name, flips, suffix, lead)| {
+                    let mut out = String::from(lead);
+                    for (c, (upper, escape)) in name.chars().zip(flips) {
+                        let c = if upper { c.to_ascii_uppercase() } else { c };
+                        if escape {
+                            out.push_str(&format!("\\u{:04x}", c as u32));
+                        } else {
+                            out.push(c);
+                        }
+                    }
+                    out.push_str(suffix);
+                    out
+                })
+        }
+
+        fn foreign_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("\"1002\"".to_owned()),
+                Just("1002".to_owned()),
+                Just("\"\\u0031002\"".to_owned()),
+                Just("[\"1002\"]".to_owned()),
+                Just("{\"id\":1001}".to_owned()),
+                Just("null".to_owned()),
+                Just("\" 1001\"".to_owned()),
+            ]
+        }
+
+        /// A body with the foreign id somewhere: nested `depth` deep in objects and
+        /// arrays, among other members.
+        fn json_with_foreign_id() -> impl Strategy<Value = String> {
+            (
+                json_name(),
+                foreign_value(),
+                prop::collection::vec(prop::bool::ANY, 0..6),
+                prop::bool::ANY,
+            )
+                .prop_map(|(name, value, path, own_too)| {
+                    let mut inner = format!("{{\"x\":1,\"{name}\":{value}}}");
+                    if own_too {
+                        inner = format!("{{\"clientId\":\"1001\",\"n\":{inner}}}");
+                    }
+                    for in_array in path {
+                        inner = if in_array {
+                            format!("[0,{inner},\"s\"]")
+                        } else {
+                            format!("{{\"k\":\"v\",\"d\":{inner}}}")
+                        };
+                    }
+                    format!("{{\"name\":\"Spring\",\"data\":{inner}}}")
+                })
+        }
+
+        /// A form field name spelled as PHP, `qs` or Rails would still read as the id:
+        /// case, percent-encoding of any byte, `+` / `.` for `_`, array suffixes.
+        fn form_name() -> impl Strategy<Value = String> {
+            (
+                prop_oneof![Just("clientId"), Just("client_id")],
+                prop::collection::vec((prop::bool::ANY, prop::bool::ANY), 9),
+                prop_oneof![Just("_"), Just("."), Just("+"), Just("%20"), Just("%5F")],
+                prop_oneof![Just(""), Just("[]"), Just("%5B%5D"), Just("[x]")],
+            )
+                .prop_map(|(name, flips, underscore, suffix)| {
+                    let mut out = String::new();
+                    for (c, (upper, encode)) in name.chars().zip(flips) {
+                        if c == '_' {
+                            out.push_str(underscore);
+                            continue;
+                        }
+                        let c = if upper { c.to_ascii_uppercase() } else { c };
+                        if encode {
+                            out.push_str(&format!("%{:02X}", c as u32));
+                        } else {
+                            out.push(c);
+                        }
+                    }
+                    out.push_str(suffix);
+                    out
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn no_spelling_of_a_foreign_json_id_gets_through(body in json_with_foreign_id()) {
+                let reject = policy(Mismatch::Reject);
+                let outcome = json(&body, &reject, ME);
+                prop_assert!(
+                    matches!(outcome, Err(GatewayError::ClientIdMismatch)),
+                    "{} -> {:?}", body, outcome
+                );
+                // Overwritten instead: whatever reaches the backend names only the caller.
+                let overwrite = policy(Mismatch::Overwrite);
+                let sent = json(&body, &overwrite, ME).unwrap();
+                for (name, value) in members(&sent) {
+                    if overwrite.is_name(&name) {
+                        prop_assert_eq!(&value, "1001", "{} in {}", name, sent);
+                    }
+                }
+            }
+
+            #[test]
+            fn no_spelling_of_a_foreign_form_id_gets_through(
+                name in form_name(),
+                encode_value in prop::bool::ANY,
+                before in "[a-z]{1,4}=[a-z0-9]{0,4}",
+            ) {
+                let value = if encode_value { "%31002" } else { "1002" };
+                let body = format!("{before}&{name}={value}");
+                let reject = policy(Mismatch::Reject);
+                prop_assert!(
+                    matches!(form_body(body.as_bytes(), &reject, ME), Err(GatewayError::ClientIdMismatch)),
+                    "{}", body
+                );
+                let overwrite = policy(Mismatch::Overwrite);
+                let sent = form_body(body.as_bytes(), &overwrite, ME).unwrap();
+                for (name, value) in tollgate_policy::param::pairs(&sent) {
+                    if overwrite.is_name(&name) {
+                        prop_assert_eq!(&value, "1001", "{} in {:?}", name, sent);
+                    }
+                }
+                // The query string is read the same way.
+                prop_assert!(
+                    matches!(query(Some(&body), &reject, ME), Err(GatewayError::ClientIdMismatch)),
+                    "{}", body
+                );
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ mod admin;
 mod authenticate;
 mod body;
 mod classify;
-pub mod client_id;
+mod client_id;
 mod forward;
 mod forwarded;
 mod headers;
@@ -34,6 +34,16 @@ mod username;
 
 #[cfg(test)]
 mod testing;
+
+/// The data plane's pure functions, for benchmarks and fuzz targets only (cargo feature
+/// `internals`); the modules themselves stay private.
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use crate::classify::{classify, BodyClass};
+    pub use crate::client_id::{form_body, json_body, query, Caller};
+    pub use crate::multipart::{Refusal, Scanner};
+    pub use crate::rewrite::upstream_uri;
+}
 
 pub use access_log::AccessSink;
 pub use problem::GatewayError;
