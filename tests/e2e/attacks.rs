@@ -763,6 +763,16 @@ async fn bodies_that_arrive_too_slowly_are_cut_off_with_408() {
         "the backend's request must end"
     );
 
+    // A fast start earns no right to stall: 600 KB at once, then nothing.
+    let head = format!(
+        "POST /echo/campaigns/x HTTP/1.1\r\nHost: gw\r\nAuthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: 900000\r\n\r\n"
+    );
+    let mut start = b"{\"pad\":\"".to_vec();
+    start.extend(std::iter::repeat_n(b'x', 600_000));
+    let (r, took) = stall(&a.h, &head, &start).await;
+    r.assert_problem(408, "REQUEST_TIMEOUT");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
     // A client that keeps up is never cut off, however long the body takes.
     let mut stream = TcpStream::connect(a.h.gateway.addr).await.unwrap();
     let total = 3 * 512 * 1024;

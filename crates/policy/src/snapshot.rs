@@ -164,7 +164,8 @@ pub enum Underscores {
 /// How long request bodies may take, and how much of them the gateway holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
-    /// A body must arrive within this plus one second per `min_rate` bytes received.
+    /// A body must arrive within this plus one second per `min_rate` bytes received, and
+    /// no wait for its next bytes may last longer than this.
     pub timeout: Duration,
     pub min_rate: u64,
     /// Bytes of request bodies held in memory at once, by all requests of the process.

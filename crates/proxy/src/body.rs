@@ -2,8 +2,9 @@
 //! the limits on both.
 //!
 //! - A body the gateway must read whole (a JSON or form rewrite, a signed callback, a
-//!   login's username) is read by [`hold`]: bounded in size, in time (a deadline that
-//!   grows only with the bytes received, so a trickling client is cut off with 408), and
+//!   login's username) is read by [`hold`]: bounded in size, in time (the whole body
+//!   must keep up `request_body_min_rate` after `request_body_timeout`, and no wait for
+//!   more may last longer than that timeout: a trickling or stalled client gets 408), and
 //!   in memory across all requests ([`BodyBudget`]: past it, 503). The result is a
 //!   [`Held`] body, whose bytes count against the budget until it is dropped.
 //! - Every other body streams upstream through [`Outbound`], never collected: it counts
@@ -184,7 +185,10 @@ pub async fn hold(
     };
     let mut data: Vec<u8> = Vec::new();
     loop {
-        let deadline = started + reading.limits.allowance(data.len() as u64);
+        // The body as a whole must keep up the minimum rate, and no single wait may
+        // last longer than the timeout (a fast start earns no right to stall).
+        let deadline = (started + reading.limits.allowance(data.len() as u64))
+            .min(Instant::now() + reading.limits.timeout);
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(GatewayError::RequestTimeout),
             Ok(None) => break,
@@ -412,16 +416,19 @@ impl Pacing {
     }
 
     /// The client has nothing for us yet: `true` when it has had all its time, given
-    /// that it has sent `seen` bytes.
+    /// that it has sent `seen` bytes — in all (the minimum rate), or in this one wait
+    /// (the timeout: a fast start earns no right to stall).
     fn waiting(&mut self, seen: u64, cx: &mut Context<'_>) -> bool {
         let allowance = self.limits.allowance(seen);
         let now = Instant::now();
         let since = *self.waiting_since.get_or_insert(now);
-        let spent = self.waited + now.duration_since(since);
-        if spent >= allowance {
+        let this_wait = now.duration_since(since);
+        let spent = self.waited + this_wait;
+        if spent >= allowance || this_wait >= self.limits.timeout {
             return true;
         }
-        self.sleep.as_mut().reset(now + (allowance - spent));
+        let left = (allowance - spent).min(self.limits.timeout - this_wait);
+        self.sleep.as_mut().reset(now + left);
         // Registers the timer; it wakes this body when the allowance runs out.
         let _ = self.sleep.as_mut().poll(cx);
         false
