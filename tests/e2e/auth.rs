@@ -3,7 +3,6 @@
 //! rules, backend credentials (the `/upload-csv` scenario) and provider callbacks.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,9 +10,7 @@ use std::time::Duration;
 
 use crate::support::{Harness, RawResponse, Setup};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
-}
+use crate::support::jwt_fixtures as fixtures;
 
 #[derive(serde::Deserialize)]
 struct Case {

@@ -407,12 +407,12 @@ key = ["ip"]
         format!("{a}:14:7: error: limit `mixed`: `global` is one count for everyone"),
         format!("{a}:20:1: error: [limits.typo]: unknown field `burts`"),
         format!("{a}:26:11: error: route `open-route`: limit `ok` counts by `client`, but the route has no authenticated caller"),
-        format!("{a}:26:17: error: route `open-route`: no [limits.nope] in the policy files (defined: bad, forever, mixed, ok)"),
+        format!("{a}:26:17: error: route `open-route`: no [limits.nope] in the policy files (defined: bad, forever, mixed, ok, typo)"),
         format!("{a}:36:10: error: limit `forever`: a full burst would take over ten years to come back"),
     ] {
         assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
     }
-    // `bad` is reported where it is written, not again where it is used.
+    // `bad` and `typo` are reported where they are written, not again where used.
     assert!(!out.contains("no [limits.bad]"), "{out}");
 }
 

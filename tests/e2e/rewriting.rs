@@ -1,7 +1,6 @@
 //! clientId injection without spoofing, and uploads that stream untouched: the exact
 //! bytes the backend received, for every target and every spoofing shape.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -11,9 +10,7 @@ use tokio::net::TcpStream;
 use crate::proxying::hex;
 use crate::support::{eventually, Harness, RawResponse, Setup, TempDir};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
-}
+use crate::support::jwt_fixtures as fixtures;
 
 /// A token for client 1001, made by PyJWT.
 fn token() -> String {

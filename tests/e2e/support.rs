@@ -7,59 +7,16 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{encode, EncodingKey, Header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tollgate_demo_backend::DemoBackend;
 
-/// The JWT fixtures: keys, and tokens made by PyJWT (`tests/fixtures/jwt`).
-pub fn jwt_fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
-}
-
-/// `[jwt]` accepting HS256 tokens signed with the fixture secret (kid `hs-256`).
-pub fn jwt_config() -> String {
-    format!(
-        "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.key]]\nid = \"hs-256\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
-        jwt_fixtures().join("keys/hs256.secret").display()
-    )
-}
-
-/// `Bearer` + a valid token for `client` (a JSON string claim).
-pub fn bearer_for(client: &str) -> String {
-    bearer_with(serde_json::json!({ "clientId": client }))
-}
-
-/// `Bearer` + a valid token whose claims are `extra` over the defaults (issuer,
-/// audience, times, `sub`), signed as [`jwt_config`] accepts.
-pub fn bearer_with(extra: serde_json::Value) -> String {
-    let secret = std::fs::read(jwt_fixtures().join("keys/hs256.secret")).unwrap();
-    let mut claims = serde_json::json!({
-        "sub": "someone@test",
-        "iss": "https://issuer.test",
-        "aud": "legacy-api",
-        "iat": 1_767_225_600u64,
-        "exp": 4_102_444_800u64,
-    });
-    if let (Some(base), Some(more)) = (claims.as_object_mut(), extra.as_object()) {
-        for (k, v) in more {
-            base.insert(k.clone(), v.clone());
-        }
-    }
-    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("hs-256".into());
-    let secret = std::str::from_utf8(&secret)
-        .unwrap()
-        .trim_end()
-        .as_bytes()
-        .to_vec();
-    let token = encode(&header, &claims, &EncodingKey::from_secret(&secret)).unwrap();
-    format!("Bearer {token}")
-}
+pub use tollgate_testkit::{
+    bearer_for, bearer_with, jwt_config, jwt_fixtures, RedisServer, TempDir,
+};
 
 /// The policies most tests run against.
 pub const POLICIES: &[(&str, &str)] = &[
@@ -100,32 +57,6 @@ auth = "none"
 "#,
     ),
 ];
-
-/// A scratch directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new() -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tollgate-e2e-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// How to configure one gateway under test.
 pub struct Setup {
@@ -565,66 +496,4 @@ where
 pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
-}
-
-/// A `redis-server` of the test's own on a free port (no persistence), so a test can
-/// kill it and start it again; killed when dropped.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisServer::start_on(port)
-    }
-
-    /// On a given port: the restart after an outage.
-    pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (Debian: redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        RedisServer { child, port }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops it now (the outage).
-    pub fn kill(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-
-    /// `redis-cli` against this server.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

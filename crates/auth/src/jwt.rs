@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use jsonwebtoken::jwk::Jwk;
-pub use jsonwebtoken::jwk::JwkSet;
+pub use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use thiserror::Error;
@@ -199,6 +198,18 @@ impl VerifyKey {
             algorithms: vec![algorithm],
             key,
         })
+    }
+
+    /// The key's public half as a JWK (with its `kid` and algorithm), for publishing in a
+    /// key set; `None` for an HMAC secret, which is never published.
+    pub fn public_jwk(&self) -> Option<Jwk> {
+        if is_hmac(self.algorithm()) {
+            return None;
+        }
+        let mut jwk = Jwk::from_decoding_key(&self.key, Some(self.algorithm())).ok()?;
+        jwk.common.key_id = self.kid.clone();
+        jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Signature);
+        Some(jwk)
     }
 
     /// The key's own algorithm (the one it was loaded for, and signs with).

@@ -55,9 +55,9 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                     out,
                     "  limit:    {} — {} per {:?}, burst {}, by {}",
                     limit.name,
-                    limit.limit,
-                    limit.period,
-                    limit.burst,
+                    limit.quota.limit(),
+                    limit.quota.period(),
+                    limit.quota.burst(),
                     key.join("+")
                 );
             }
@@ -71,6 +71,12 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                 }
                 RouteAction::Deny => {
                     let _ = writeln!(out, "outcome:    403 FORBIDDEN (the route denies)");
+                }
+                RouteAction::Serve(endpoint) => {
+                    let _ = writeln!(
+                        out,
+                        "outcome:    answered by the gateway ({endpoint:?} endpoint)"
+                    );
                 }
             }
         }

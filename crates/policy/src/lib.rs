@@ -8,22 +8,20 @@
 
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod cidr;
 pub mod diagnostic;
 pub mod duration;
 pub mod explain;
-mod file;
 pub mod fingerprint;
-mod limits;
 mod load;
 pub mod media;
 pub mod param;
 pub mod path;
 pub mod pattern;
+pub mod quota;
 pub mod snapshot;
 pub mod sources;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::{load, load_from, LoadError};
+pub use load::{load, load_from, LoadError, DEV_KEYS_DIR};
 pub use snapshot::{Route, RouteAction, RouteMatch, Snapshot};

@@ -64,6 +64,15 @@ impl PathPattern {
         })
     }
 
+    /// `/*`: the pattern every path matches.
+    pub fn any() -> PathPattern {
+        PathPattern {
+            source: "/*".to_owned(),
+            segments: Vec::new(),
+            rest: true,
+        }
+    }
+
     /// Whether every path `other` matches, this pattern matches too.
     pub fn covers(&self, other: &PathPattern) -> bool {
         let fits = if self.rest {

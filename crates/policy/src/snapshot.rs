@@ -28,6 +28,9 @@ pub struct Snapshot {
     /// Routes in evaluation order: policy files by file name, then routes in file order.
     pub routes: Vec<Route>,
     pub unmatched: Unmatched,
+    /// The route requests no route matches are forwarded by, with `unmatched = "forward"`:
+    /// no authentication, no client id, nothing added upstream.
+    pub fallback: Route,
     pub admin: Option<Admin>,
     pub log: Log,
     pub reload: Reload,
@@ -52,38 +55,46 @@ pub struct Snapshot {
 /// `[store]`: in this process, or in Redis shared by every instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
-    pub redis: Option<RedisStore>,
+    pub redis: Option<RedisSettings>,
 }
 
+/// How to reach Redis and when to give up on it: the one settings type the state crate
+/// connects with.
 #[derive(Clone, PartialEq, Eq)]
-pub struct RedisStore {
-    /// May hold a password: never logged.
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]`; may hold a password, so never logged.
     pub url: String,
+    /// How many instances share the store (each counts its share while Redis is away).
     pub instances: std::num::NonZeroU32,
+    /// Longest wait for one call, connecting included.
     pub timeout: Duration,
+    /// Consecutive failures that open the circuit.
     pub breaker_failures: u32,
+    /// How long an open circuit skips Redis before probing it.
     pub breaker_cooldown: Duration,
+    /// Prefix of every key Tollgate writes.
     pub key_prefix: String,
 }
 
-impl std::fmt::Debug for RedisStore {
+impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
+        f.debug_struct("RedisSettings")
             .field("url", &"<redacted>")
             .field("instances", &self.instances)
             .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
     }
 }
 
-/// A named rate-limit policy: `limit` requests per `period`, `burst` at once, counted
-/// separately for each value of `key`.
+/// A named rate-limit policy: its quota (validated when loaded), counted separately for
+/// each value of `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitPolicy {
     pub name: String,
-    pub limit: std::num::NonZeroU32,
-    pub period: Duration,
-    pub burst: std::num::NonZeroU32,
+    pub quota: crate::quota::Quota,
     /// Non-empty, without repeats, in a fixed order; `[Global]` alone for one count.
     pub key: Vec<LimitKey>,
     pub on_redis_error: FailureMode,
@@ -100,7 +111,8 @@ pub enum LimitKey {
     /// The client address: the socket's, or `X-Forwarded-For` through trusted proxies.
     Ip,
     Route,
-    /// The username submitted in the body (the first of the route's `username_fields` present), case-folded.
+    /// Every username the body submits under the route's `username_fields`, each
+    /// counted (normalized and case-folded).
     Username,
     /// One count for everyone.
     Global,
@@ -241,6 +253,10 @@ pub struct Jwt {
     pub keys: Vec<Arc<VerifyKey>>,
     /// The key `tollgate token mint` signs with: the first with a secret or private key.
     pub signing: Option<Arc<SigningKey>>,
+    /// The public halves of the asymmetric keys the gateway can sign with (those with a
+    /// `private_key_file`), served at `/.well-known/jwks.json` by an `endpoint = "jwks"`
+    /// route.
+    pub published: Vec<tollgate_auth::jwt::Jwk>,
     pub jwks: Vec<JwksSource>,
     pub cache_entries: usize,
     pub access_ttl: Duration,
@@ -339,6 +355,17 @@ pub enum RouteAuth {
     Webhook(Arc<Webhook>),
 }
 
+impl RouteAuth {
+    /// Whether the route knows which client calls it (and so injects and guards the
+    /// client id). The one place that says which rules do.
+    pub fn identifies_caller(&self) -> bool {
+        matches!(
+            self,
+            RouteAuth::Jwt | RouteAuth::ApiKey | RouteAuth::JwtOrApiKey
+        )
+    }
+}
+
 /// Where a route was written, for diagnostics and `explain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -366,8 +393,8 @@ pub struct Route {
     pub max_upload_bytes: Option<u64>,
     /// Rate limits; every one applies to every request of the route.
     pub limits: Vec<Arc<LimitPolicy>>,
-    /// The JSON member or form field with the submitted username (limits keyed by it).
-    /// (JSON members or form fields, first present wins; empty when none is set).
+    /// The JSON members or form fields that may carry the submitted username (limits
+    /// keyed by it): every one present counts; empty when none is set.
     pub username_fields: Vec<String>,
     pub origin: Origin,
 }
@@ -433,6 +460,16 @@ pub enum RouteAction {
     Forward,
     /// Refuse with 403 `FORBIDDEN`.
     Deny,
+    /// Answered by the gateway itself, after the same authentication and limits as any
+    /// route.
+    Serve(Endpoint),
+}
+
+/// The endpoints the gateway answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The public keys of the gateway's signing keys, as a JSON Web Key Set.
+    Jwks,
 }
 
 impl Route {

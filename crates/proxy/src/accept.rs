@@ -3,25 +3,33 @@
 //! hyper has already parsed the request head. What it lets through but a careful gateway
 //! must not: oversized header blocks and targets (answered 431/414 with problem+json;
 //! hyper's own hard limits sit above ours), a missing or repeated `Host`, an
-//! absolute-form target that names another host, any `Transfer-Encoding` but a single
-//! `chunked`, more than one `Content-Type`, `*` outside OPTIONS, and CONNECT. Each of these is a request-smuggling or
-//! routing-confusion shape. (`Transfer-Encoding` beside `Content-Length` is settled by
+//! absolute-form target that names another host or another scheme than the
+//! connection's, any `Transfer-Encoding` but a single `chunked`, more than one
+//! `Content-Type`, `*` outside OPTIONS, CONNECT, and (when the operator says so) header
+//! names with `_`. Each of these is a request-smuggling or routing-confusion shape.
+//!
+//! The checks follow the connection: an HTTP/2 request names its host in `:authority`
+//! (the target's authority) and may carry no `Host`; an absolute target's scheme must
+//! be the connection's (`https` on TLS). (`Transfer-Encoding` beside `Content-Length` is settled by
 //! hyper as RFC 9112 §6.3 says: chunked wins, `Content-Length` is removed before we see
 //! the request, and the connection is closed after the response.)
 
 use http::header::{CONTENT_TYPE, HOST, TRANSFER_ENCODING};
-use http::{Method, Request, Uri};
+use http::{Method, Request, Uri, Version};
 use tollgate_policy::snapshot::{Server, Underscores};
 
-use crate::problem::{FramingError, GatewayError};
+use crate::errors::{FramingError, GatewayError, RequestError};
+use crate::exchange::Scheme;
 
-/// Refuses requests whose size or framing is not acceptable.
-pub fn check<B>(request: &Request<B>, limits: &Server) -> Result<(), GatewayError> {
+/// Refuses requests whose size or framing is not acceptable, for a request that came
+/// over a connection of `scheme`.
+pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result<(), GatewayError> {
     let uri = request.uri();
     if target_len(uri) > limits.max_uri_bytes {
-        return Err(GatewayError::UriTooLong {
+        return Err(RequestError::UriTooLong {
             limit: limits.max_uri_bytes,
-        });
+        }
+        .into());
     }
     let header_bytes: usize = request
         .headers()
@@ -29,25 +37,31 @@ pub fn check<B>(request: &Request<B>, limits: &Server) -> Result<(), GatewayErro
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if header_bytes > limits.max_header_bytes {
-        return Err(GatewayError::HeadersTooLarge {
+        return Err(RequestError::HeadersTooLarge {
             limit: limits.max_header_bytes,
-        });
+        }
+        .into());
     }
     if request.method() == Method::CONNECT {
         return Err(FramingError::Connect.into());
     }
     let mut hosts = request.headers().get_all(HOST).iter();
-    let host = hosts.next().ok_or(FramingError::MissingHost)?;
+    let host = hosts.next();
     if hosts.next().is_some() {
         return Err(FramingError::RepeatedHost.into());
     }
+    // HTTP/2 carries the host in `:authority`; HTTP/1.1 must send `Host`.
+    if host.is_none() && !(request.version() == Version::HTTP_2 && uri.authority().is_some()) {
+        return Err(FramingError::MissingHost.into());
+    }
     if let Some(authority) = uri.authority() {
-        if uri.scheme_str() != Some("http") {
+        if uri.scheme_str() != Some(scheme.as_str()) {
             return Err(FramingError::UnsupportedScheme.into());
         }
-        let same = host
-            .to_str()
-            .is_ok_and(|h| same_authority(h, authority.as_str()));
+        let same = host.is_none_or(|host| {
+            host.to_str()
+                .is_ok_and(|h| same_authority(h, authority.as_str(), scheme))
+        });
         if !same {
             return Err(FramingError::HostMismatch.into());
         }
@@ -66,7 +80,7 @@ pub fn check<B>(request: &Request<B>, limits: &Server) -> Result<(), GatewayErro
             .keys()
             .any(|name| name.as_str().contains('_'))
     {
-        return Err(GatewayError::HeaderNameInvalid);
+        return Err(RequestError::HeaderName.into());
     }
     let mut encodings = request.headers().get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = encodings.next() {
@@ -92,10 +106,18 @@ fn target_len(uri: &Uri) -> usize {
     scheme + authority + path_and_query
 }
 
-/// `Host` and an absolute-form authority name the same origin (case-insensitive; an
-/// explicit `:80` equals none).
-fn same_authority(host: &str, authority: &str) -> bool {
-    let strip = |s: &str| s.strip_suffix(":80").unwrap_or(s).to_ascii_lowercase();
+/// `Host` and an absolute-form authority name the same origin (case-insensitive; the
+/// scheme's default port written out equals none).
+fn same_authority(host: &str, authority: &str, scheme: Scheme) -> bool {
+    let default_port = match scheme {
+        Scheme::Http => ":80",
+        Scheme::Https => ":443",
+    };
+    let strip = |s: &str| {
+        s.strip_suffix(default_port)
+            .unwrap_or(s)
+            .to_ascii_lowercase()
+    };
     strip(host) == strip(authority)
 }
 
@@ -135,15 +157,43 @@ mod tests {
     #[test]
     fn accepts_a_plain_request() {
         let r = request("GET", "/a?b=c", &[("host", "gw")]);
-        assert!(check(&r, &limits()).is_ok());
+        assert!(check(&r, &limits(), Scheme::Http).is_ok());
         let r = request("GET", "http://GW:80/a", &[("host", "gw")]);
-        assert!(check(&r, &limits()).is_ok());
+        assert!(check(&r, &limits(), Scheme::Http).is_ok());
         let r = request(
             "POST",
             "/a",
             &[("host", "gw"), ("transfer-encoding", "Chunked")],
         );
-        assert!(check(&r, &limits()).is_ok());
+        assert!(check(&r, &limits(), Scheme::Http).is_ok());
+    }
+
+    #[test]
+    fn the_checks_follow_the_connection() {
+        // HTTP/2: the host is in `:authority`; no Host header needed.
+        let mut r = request("GET", "https://gw/a", &[]);
+        *r.version_mut() = Version::HTTP_2;
+        assert!(check(&r, &limits(), Scheme::Https).is_ok());
+        // ...but not an https target on a plain connection, nor the reverse.
+        assert!(matches!(
+            check(&r, &limits(), Scheme::Http),
+            Err(GatewayError::Request(RequestError::Framing(
+                FramingError::UnsupportedScheme
+            )))
+        ));
+        let r = request("GET", "https://gw:443/a", &[("host", "GW")]);
+        assert!(check(&r, &limits(), Scheme::Https).is_ok());
+        let mut r = request("GET", "https://gw/a", &[("host", "other")]);
+        *r.version_mut() = Version::HTTP_2;
+        assert!(matches!(
+            check(&r, &limits(), Scheme::Https),
+            Err(GatewayError::Request(RequestError::Framing(
+                FramingError::HostMismatch
+            )))
+        ));
+        // HTTP/1.1 still needs Host.
+        let r = request("GET", "https://gw/a", &[]);
+        assert!(check(&r, &limits(), Scheme::Https).is_err());
     }
 
     #[test]
@@ -194,8 +244,10 @@ mod tests {
             ),
         ];
         for (method, target, headers, want) in cases {
-            match check(&request(method, target, headers), &limits()) {
-                Err(GatewayError::Framing(got)) => assert_eq!(got, *want, "{method} {target}"),
+            match check(&request(method, target, headers), &limits(), Scheme::Http) {
+                Err(GatewayError::Request(RequestError::Framing(got))) => {
+                    assert_eq!(got, *want, "{method} {target}")
+                }
                 other => panic!("{method} {target}: {other:?}"),
             }
         }
@@ -205,28 +257,37 @@ mod tests {
     fn underscored_header_names_are_refused_in_refuse_mode() {
         let r = request("GET", "/", &[("host", "gw"), ("x_client_id", "1002")]);
         assert!(matches!(
-            check(&r, &limits()),
-            Err(GatewayError::HeaderNameInvalid)
+            check(&r, &limits(), Scheme::Http),
+            Err(GatewayError::Request(RequestError::HeaderName))
         ));
         let mut dropping = limits();
         dropping.headers_with_underscores = Underscores::Drop;
-        assert!(check(&r, &dropping).is_ok());
+        assert!(check(&r, &dropping, Scheme::Http).is_ok());
     }
 
     #[test]
     fn enforces_size_limits() {
         let long = format!("/{}", "a".repeat(64));
         assert!(matches!(
-            check(&request("GET", &long, &[("host", "gw")]), &limits()),
-            Err(GatewayError::UriTooLong { limit: 64 })
+            check(
+                &request("GET", &long, &[("host", "gw")]),
+                &limits(),
+                Scheme::Http
+            ),
+            Err(GatewayError::Request(RequestError::UriTooLong {
+                limit: 64
+            }))
         ));
         let big = "v".repeat(1100);
         assert!(matches!(
             check(
                 &request("GET", "/", &[("host", "gw"), ("x-big", &big)]),
-                &limits()
+                &limits(),
+                Scheme::Http
             ),
-            Err(GatewayError::HeadersTooLarge { limit: 1024 })
+            Err(GatewayError::Request(RequestError::HeadersTooLarge {
+                limit: 1024
+            }))
         ));
     }
 }

@@ -88,8 +88,9 @@ impl AccessLog {
         self.route = Some(route.to_owned());
     }
 
-    pub fn set_auth(&mut self, method: crate::authenticate::AuthMethod, client_id: Option<&str>) {
-        self.auth = method.as_str();
+    /// How the caller authenticated (`none`, `jwt`, ...) and its client id.
+    pub fn set_auth(&mut self, method: &'static str, client_id: Option<&str>) {
+        self.auth = method;
         self.client_id = client_id.map(str::to_owned);
     }
 

@@ -5,17 +5,15 @@
 //! - `api_key`: a legacy key from the configured headers or query parameter.
 //! - `jwt_or_api_key`: the key is looked at only when no bearer token is presented; a
 //!   bearer token that fails is refused and never falls back to a key.
-//! - `webhook`: provider callbacks — Plivo V3 signatures, a secret in the URL (Exotel),
-//!   or a source-address allowlist.
+//! - `webhook`: provider callbacks — Plivo V3 signatures (a nonce counts once), a secret
+//!   in the URL (Exotel), or a source-address allowlist.
 //!
-//! The stage only decides; the rewrite stage removes the caller's credentials and adds
-//! the backend's.
+//! The stage only decides: it records the caller, and the credentials it read, in the
+//! [`Exchange`]; the rewrite stage removes them and adds the backend's.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
-use std::sync::Arc;
 
-use http::header::AUTHORIZATION;
+use http::header::{HeaderName, AUTHORIZATION};
 use http::request::Parts;
 use http::{Method, Request};
 use http_body_util::Either;
@@ -24,132 +22,89 @@ use sha2::{Digest, Sha256};
 use tollgate_auth::cache::TokenCache;
 use tollgate_auth::{plivo, secret, JwtError};
 use tollgate_policy::param;
-use tollgate_policy::snapshot::{ApiKeySettings, Jwt, RouteAuth, Webhook};
+use tollgate_policy::snapshot::{ApiKeySettings, RouteAuth, Webhook};
+use tollgate_policy::Route;
 
 use crate::body::{self, Reading, RequestBody};
-use crate::jwks::JwksSet;
-use crate::problem::GatewayError;
+use crate::errors::{AuthError, Bug, GatewayError, SignatureProblem};
+use crate::exchange::{AuthMethod, Caller, Consumed, Exchange, Identity};
+use crate::jwks::Tokens;
 use crate::replay::Replay;
 
-/// How a request was authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    None,
-    Jwt,
-    ApiKey,
-    Webhook,
-}
-
-impl AuthMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMethod::None => "none",
-            AuthMethod::Jwt => "jwt",
-            AuthMethod::ApiKey => "api_key",
-            AuthMethod::Webhook => "webhook",
-        }
-    }
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub client_id: String,
-    /// Whether the token's claim was a JSON integer (API keys: never).
-    pub integer: bool,
-    /// The API key's id, when a key was used.
-    pub key_id: Option<String>,
-}
-
-/// What the stage found out.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub method: AuthMethod,
-    pub identity: Option<Identity>,
-}
-
-/// What authentication needs besides the request.
-pub struct Context<'a> {
-    pub jwt: Option<&'a Jwt>,
-    pub api_keys: Option<&'a ApiKeySettings>,
-    pub tokens: &'a TokenCache,
-    /// Remote key sets, consulted after the static keys.
-    pub jwks: &'a [Arc<JwksSet>],
-    /// The client address (through trusted proxies).
-    pub client: IpAddr,
-    /// Seconds since the epoch.
-    pub now: u64,
-    /// How held bodies (a signed callback's) are read.
-    pub reading: &'a Reading,
-    /// Where callback nonces are remembered.
+/// What authentication uses besides the request and the exchange.
+pub struct Keys<'a> {
+    pub tokens: &'a Tokens,
     pub replay: &'a Replay,
-    pub worker: usize,
+    pub reading: &'a Reading,
 }
 
-/// Authenticates `request` by `rule`. A Plivo callback's form body is read (bounded) to
-/// check its signature and handed on unchanged; every other body stays a stream.
+/// Authenticates the request by its route's rule and records the caller in the
+/// exchange. A Plivo callback's body is read (bounded) to check its signature and handed
+/// on unchanged; every other body stays a stream.
 pub async fn authenticate(
+    exchange: &mut Exchange<'_>,
+    route: &Route,
     request: Request<Incoming>,
-    rule: &RouteAuth,
-    ctx: &Context<'_>,
-) -> Result<(Request<RequestBody>, Outcome), GatewayError> {
+    keys: &Keys<'_>,
+) -> Result<Request<RequestBody>, GatewayError> {
     let (parts, body) = request.into_parts();
-    if let RouteAuth::Webhook(hook) = rule {
+    if let RouteAuth::Webhook(hook) = &route.auth {
         if let Webhook::PlivoV3 { .. } = &**hook {
-            let (parts, body) = plivo_v3(parts, body, hook, ctx).await?;
-            let outcome = Outcome {
-                method: AuthMethod::Webhook,
-                identity: None,
-            };
-            return Ok((Request::from_parts(parts, body), outcome));
+            let (parts, body) = plivo_v3(exchange, parts, body, hook, keys).await?;
+            exchange.caller.method = AuthMethod::Webhook;
+            return Ok(Request::from_parts(parts, body));
         }
     }
-    let outcome = match decide(&parts, rule, ctx) {
+    let caller = match decide(exchange, &parts, &route.auth, keys.tokens) {
         // A kid we do not know may be a key the issuer just rotated in: refetch the
         // remote sets (each at most once per its `min_refetch`) and try once more.
-        Err(GatewayError::Token(JwtError::UnknownKey)) if !ctx.jwks.is_empty() => {
-            for set in ctx.jwks {
+        Err(GatewayError::Auth(AuthError::Token(JwtError::UnknownKey)))
+            if !keys.tokens.sets().is_empty() =>
+        {
+            for set in keys.tokens.sets() {
                 if set.refetch().await {
                     // A key may have been withdrawn: tokens it signed must not stay cached.
-                    ctx.tokens.clear();
+                    keys.tokens.cache().clear();
                 }
             }
-            decide(&parts, rule, ctx)?
+            decide(exchange, &parts, &route.auth, keys.tokens)
         }
-        other => other?,
+        other => other,
     };
-    Ok((Request::from_parts(parts, Either::Left(body)), outcome))
+    exchange.caller = caller?;
+    Ok(Request::from_parts(parts, Either::Left(body)))
 }
 
 /// Every rule that needs only the request head.
-fn decide(parts: &Parts, rule: &RouteAuth, ctx: &Context) -> Result<Outcome, GatewayError> {
-    let verified = |method, identity| {
-        Ok(Outcome {
-            method,
-            identity: Some(identity),
-        })
-    };
+fn decide(
+    exchange: &mut Exchange<'_>,
+    parts: &Parts,
+    rule: &RouteAuth,
+    tokens: &Tokens,
+) -> Result<Caller, GatewayError> {
+    let mut caller = Caller::default();
     match rule {
-        RouteAuth::None => Ok(Outcome {
-            method: AuthMethod::None,
-            identity: None,
-        }),
+        RouteAuth::None => {}
         RouteAuth::Jwt => {
-            let token = bearer(parts)?.ok_or(GatewayError::AuthRequired)?;
-            verified(AuthMethod::Jwt, verify_jwt(token, ctx)?)
+            let token = bearer(parts)?.ok_or(AuthError::Required)?;
+            caller.identity = Some(verify_jwt(exchange, token, tokens)?);
+            caller.method = AuthMethod::Jwt;
+            caller.consumed.headers.push(AUTHORIZATION);
         }
-        RouteAuth::ApiKey => verified(AuthMethod::ApiKey, verify_api_key(parts, ctx)?),
+        RouteAuth::ApiKey => verify_api_key(exchange, parts, &mut caller)?,
         RouteAuth::JwtOrApiKey => match bearer(parts)? {
-            Some(token) => verified(AuthMethod::Jwt, verify_jwt(token, ctx)?),
-            None => verified(AuthMethod::ApiKey, verify_api_key(parts, ctx)?),
+            Some(token) => {
+                caller.identity = Some(verify_jwt(exchange, token, tokens)?);
+                caller.method = AuthMethod::Jwt;
+                caller.consumed.headers.push(AUTHORIZATION);
+            }
+            None => verify_api_key(exchange, parts, &mut caller)?,
         },
         RouteAuth::Webhook(hook) => {
             match &**hook {
                 Webhook::IpAllowlist { cidrs } => {
-                    if !cidrs.iter().any(|c| c.contains(ctx.client)) {
-                        return Err(GatewayError::Forbidden(
-                            "the callback's source address is not allowed",
-                        ));
+                    if !cidrs.iter().any(|c| c.contains(exchange.client)) {
+                        return Err(AuthError::SourceNotAllowed.into());
                     }
                 }
                 Webhook::UrlSecret {
@@ -160,21 +115,20 @@ fn decide(parts: &Parts, rule: &RouteAuth, ctx: &Context) -> Result<Outcome, Gat
                     let query = parts.uri.query().unwrap_or_default().as_bytes();
                     let presented = param::values_of(query, name);
                     let [only] = presented.as_slice() else {
-                        return Err(GatewayError::SignatureInvalid);
+                        return Err(SignatureProblem::Invalid.into());
                     };
                     if !secret::equal(only.as_bytes(), expected) {
-                        return Err(GatewayError::SignatureInvalid);
+                        return Err(SignatureProblem::Invalid.into());
                     }
+                    caller.consumed.params.push(name.clone());
                 }
                 // Needs the body: handled in `authenticate`.
-                Webhook::PlivoV3 { .. } => return Err(GatewayError::SignatureInvalid),
+                Webhook::PlivoV3 { .. } => return Err(Bug::WrongVerifier.into()),
             }
-            Ok(Outcome {
-                method: AuthMethod::Webhook,
-                identity: None,
-            })
+            caller.method = AuthMethod::Webhook;
         }
     }
+    Ok(caller)
 }
 
 /// The bearer token, if the request presents one. Another scheme is not a token.
@@ -184,11 +138,11 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, GatewayError> {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(GatewayError::Token(JwtError::Malformed));
+        return Err(AuthError::Token(JwtError::Malformed).into());
     }
     let text = first
         .to_str()
-        .map_err(|_| GatewayError::Token(JwtError::Malformed))?;
+        .map_err(|_| AuthError::Token(JwtError::Malformed))?;
     let (scheme, rest) = text
         .split_once(|c: char| c.is_ascii_whitespace())
         .unwrap_or((text, ""));
@@ -197,28 +151,39 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, GatewayError> {
     }
     let token = rest.trim();
     if token.is_empty() {
-        return Err(GatewayError::Token(JwtError::Malformed));
+        return Err(AuthError::Token(JwtError::Malformed).into());
     }
     Ok(Some(token))
 }
 
-fn verify_jwt(token: &str, ctx: &Context) -> Result<Identity, GatewayError> {
+fn verify_jwt(
+    exchange: &Exchange<'_>,
+    token: &str,
+    tokens: &Tokens,
+) -> Result<Identity, GatewayError> {
     // Routes that need a JWT only load when `[jwt]` exists; this is a safety net.
-    let jwt = ctx.jwt.ok_or(GatewayError::AuthRequired)?;
+    let jwt = exchange
+        .snapshot
+        .auth
+        .jwt
+        .as_ref()
+        .ok_or(AuthError::Required)?;
     let key = TokenCache::key(token);
-    let claims = match ctx.tokens.get(&key, ctx.now, jwt.rules.leeway_secs) {
+    let claims = match tokens
+        .cache()
+        .get(&key, exchange.now, jwt.rules.leeway_secs)
+    {
         Some(claims) => claims,
         None => {
-            let remote: Vec<Arc<Vec<Arc<tollgate_auth::VerifyKey>>>> =
-                ctx.jwks.iter().map(|s| s.keys()).collect();
+            let remote: Vec<_> = tokens.sets().iter().map(|s| s.keys()).collect();
             let keys = jwt
                 .keys
                 .iter()
                 .chain(remote.iter().flat_map(|set| set.iter()));
-            let claims = tollgate_auth::jwt::verify(token, keys, &jwt.rules, ctx.now)
-                .map_err(GatewayError::Token)?;
-            let claims = Arc::new(claims);
-            ctx.tokens.insert(key, Arc::clone(&claims));
+            let claims = tollgate_auth::jwt::verify(token, keys, &jwt.rules, exchange.now)
+                .map_err(AuthError::Token)?;
+            let claims = std::sync::Arc::new(claims);
+            tokens.cache().insert(key, std::sync::Arc::clone(&claims));
             claims
         }
     };
@@ -229,20 +194,27 @@ fn verify_jwt(token: &str, ctx: &Context) -> Result<Identity, GatewayError> {
     })
 }
 
-/// The key the request presents: the first configured header that is present, else
-/// the query parameter (in any spelling). Two values in one place are refused: the
+/// Where the request presents its key: the first configured header that is present,
+/// else the query parameter (in any spelling). Two values in one place are refused: the
 /// backend might read the other one.
-pub fn presented_api_key(
+fn presented_api_key(
     parts: &Parts,
     settings: &ApiKeySettings,
-) -> Result<Option<String>, GatewayError> {
+) -> Result<Option<(String, Consumed)>, GatewayError> {
     for name in &settings.headers {
         let mut values = parts.headers.get_all(name).iter();
         if let Some(value) = values.next() {
             if values.next().is_some() {
-                return Err(GatewayError::ApiKeyInvalid);
+                return Err(AuthError::ApiKeyInvalid.into());
             }
-            return Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()));
+            let consumed = Consumed {
+                headers: vec![HeaderName::clone(name)],
+                params: Vec::new(),
+            };
+            return Ok(Some((
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                consumed,
+            )));
         }
     }
     let (Some(name), Some(query)) = (settings.query_param.as_deref(), parts.uri.query()) else {
@@ -250,26 +222,47 @@ pub fn presented_api_key(
     };
     match param::values_of(query.as_bytes(), name).as_slice() {
         [] => Ok(None),
-        [only] => Ok(Some(only.clone())),
-        _ => Err(GatewayError::ApiKeyInvalid),
+        [only] => Ok(Some((
+            only.clone(),
+            Consumed {
+                headers: Vec::new(),
+                params: vec![name.to_owned()],
+            },
+        ))),
+        _ => Err(AuthError::ApiKeyInvalid.into()),
     }
 }
 
-fn verify_api_key(parts: &Parts, ctx: &Context) -> Result<Identity, GatewayError> {
-    let settings = ctx.api_keys.ok_or(GatewayError::AuthRequired)?;
-    let presented = presented_api_key(parts, settings)?.ok_or(GatewayError::AuthRequired)?;
-    if settings.sunset.is_some_and(|sunset| ctx.now >= sunset) {
-        return Err(GatewayError::ApiKeySunset);
+fn verify_api_key(
+    exchange: &mut Exchange<'_>,
+    parts: &Parts,
+    caller: &mut Caller,
+) -> Result<(), GatewayError> {
+    let settings = exchange
+        .snapshot
+        .auth
+        .api_keys
+        .as_ref()
+        .ok_or(AuthError::Required)?;
+    let (presented, consumed) = presented_api_key(parts, settings)?.ok_or(AuthError::Required)?;
+    if settings.sunset.is_some_and(|sunset| exchange.now >= sunset) {
+        // The refusal tells the caller about the sunset too.
+        exchange.caller.used_api_key = true;
+        return Err(AuthError::ApiKeySunset.into());
     }
     let key = settings
         .keys
         .find(&presented)
-        .ok_or(GatewayError::ApiKeyInvalid)?;
-    Ok(Identity {
+        .ok_or(AuthError::ApiKeyInvalid)?;
+    caller.method = AuthMethod::ApiKey;
+    caller.used_api_key = true;
+    caller.consumed = consumed;
+    caller.identity = Some(Identity {
         client_id: key.client_id.clone(),
         integer: false,
         key_id: Some(key.key_id.clone()),
-    })
+    });
+    Ok(())
 }
 
 const PLIVO_V3: &str = "x-plivo-signature-v3";
@@ -277,10 +270,11 @@ const PLIVO_MA_V3: &str = "x-plivo-signature-ma-v3";
 const PLIVO_NONCE: &str = "x-plivo-signature-v3-nonce";
 
 async fn plivo_v3(
+    exchange: &Exchange<'_>,
     parts: Parts,
     body: Incoming,
     hook: &Webhook,
-    ctx: &Context<'_>,
+    keys: &Keys<'_>,
 ) -> Result<(Parts, RequestBody), GatewayError> {
     let Webhook::PlivoV3 {
         name,
@@ -290,24 +284,24 @@ async fn plivo_v3(
         replay_window,
     } = hook
     else {
-        return Err(GatewayError::Internal);
+        return Err(Bug::WrongVerifier.into());
     };
     // One value each: of two, the backend and the gateway could each read another.
     let header = |name: &str| -> Result<Option<String>, GatewayError> {
         let mut values = parts.headers.get_all(name).iter();
         let first = values.next();
         if values.next().is_some() {
-            return Err(GatewayError::SignatureInvalid);
+            return Err(SignatureProblem::Repeated.into());
         }
         Ok(first.and_then(|v| v.to_str().ok()).map(str::to_owned))
     };
-    let nonce = header(PLIVO_NONCE)?.ok_or(GatewayError::SignatureInvalid)?;
+    let nonce = header(PLIVO_NONCE)?.ok_or(SignatureProblem::Invalid)?;
     let signatures: Vec<String> = [header(PLIVO_V3)?, header(PLIVO_MA_V3)?]
         .into_iter()
         .flatten()
         .collect();
     if signatures.is_empty() {
-        return Err(GatewayError::SignatureInvalid);
+        return Err(SignatureProblem::Invalid.into());
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let url = format!("{public_base_url}{target}");
@@ -319,15 +313,21 @@ async fn plivo_v3(
         .split('&')
         .any(|pair| !pair.is_empty() && pair.matches('=').count() != 1)
     {
-        return Err(GatewayError::SignatureInvalid);
+        return Err(SignatureProblem::Uncovered.into());
     }
     // The body is read (bounded in size, time and memory) whatever the method: a GET's
     // signature covers the query only, so a GET may carry no body at all.
-    let held = body::hold(&parts, Either::Left(body), *max_body_bytes, ctx.reading).await?;
+    let held = body::hold(
+        &parts,
+        Either::Left(body),
+        *max_body_bytes as u64,
+        keys.reading,
+    )
+    .await?;
     let bytes = held.bytes();
     let params = if parts.method == Method::GET {
         if !bytes.is_empty() {
-            return Err(GatewayError::UnsignedBody);
+            return Err(SignatureProblem::UnsignedBody.into());
         }
         param::pairs(raw_query.as_bytes())
     } else {
@@ -337,7 +337,7 @@ async fn plivo_v3(
             .and_then(|v| tollgate_policy::media::MediaType::parse(v.as_bytes()).ok())
             .is_some_and(|m| m.essence() == "application/x-www-form-urlencoded");
         if !bytes.is_empty() && !is_form {
-            return Err(GatewayError::UnsignedBody);
+            return Err(SignatureProblem::UnsignedBody.into());
         }
         param::pairs(&bytes)
     };
@@ -346,7 +346,7 @@ async fn plivo_v3(
     names.sort_unstable();
     names.dedup();
     if names.len() != total {
-        return Err(GatewayError::SignatureInvalid);
+        return Err(SignatureProblem::Uncovered.into());
     }
     let ok = signatures.iter().any(|sig| {
         plivo::verify(
@@ -359,15 +359,15 @@ async fn plivo_v3(
         )
     });
     if !ok {
-        return Err(GatewayError::SignatureInvalid);
+        return Err(SignatureProblem::Invalid.into());
     }
     // Only a verified callback's nonce is recorded, so only Plivo can fill the store.
-    if !ctx
+    if !keys
         .replay
-        .first_use(ctx.worker, &nonce_key(name, &nonce), *replay_window)
+        .first_use(exchange.worker, &nonce_key(name, &nonce), *replay_window)
         .await
     {
-        return Err(GatewayError::CallbackReplayed);
+        return Err(AuthError::Replayed.into());
     }
     Ok((parts, Either::Right(held)))
 }

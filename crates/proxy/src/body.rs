@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::future::Future as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,8 +31,9 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tollgate_policy::snapshot::BodyLimits;
 
+use crate::errors::{GatewayError, LimitError, RequestError};
 use crate::multipart::{Refusal, Scanner};
-use crate::problem::GatewayError;
+use crate::part::{Build, Part};
 
 /// What the gateway answers with: the upstream's body streamed through, or its own.
 pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_log::AccessLog>;
@@ -54,16 +55,52 @@ pub struct BodyBudget {
     max: AtomicUsize,
 }
 
+/// The runtime part: one budget for the process, its cap set by each snapshot.
+pub struct Bodies {
+    budget: Arc<BodyBudget>,
+}
+
+impl Bodies {
+    /// How a request of this snapshot reads bodies it must hold.
+    pub fn reading(&self, limits: BodyLimits) -> Reading {
+        Reading {
+            limits,
+            budget: Arc::clone(&self.budget),
+        }
+    }
+}
+
+impl Part for Bodies {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let max = build.snapshot.server.bodies.max_buffered;
+        let budget = match previous {
+            Some(p) => {
+                p.budget.max.store(max, Ordering::Relaxed);
+                Arc::clone(&p.budget)
+            }
+            None => BodyBudget::new(max),
+        };
+        Bodies { budget }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP tollgate_request_body_buffered_bytes Memory held by request bodies the gateway reads whole (capped by server.max_buffered_body_bytes).\n");
+        out.push_str("# TYPE tollgate_request_body_buffered_bytes gauge\n");
+        let _ = writeln!(
+            out,
+            "tollgate_request_body_buffered_bytes {}",
+            self.budget.held()
+        );
+    }
+}
+
 impl BodyBudget {
     pub fn new(max: usize) -> Arc<BodyBudget> {
         Arc::new(BodyBudget {
             held: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
         })
-    }
-
-    pub fn set_max(&self, max: usize) {
-        self.max.store(max, Ordering::Relaxed);
     }
 
     /// Bytes held right now.
@@ -95,7 +132,7 @@ pub struct Ticket {
 impl Ticket {
     fn grow(&mut self, more: usize) -> Result<(), GatewayError> {
         if !self.budget.take(more) {
-            return Err(GatewayError::Overloaded);
+            return Err(LimitError::Overloaded.into());
         }
         self.bytes += more;
         Ok(())
@@ -168,16 +205,17 @@ pub struct Reading {
 pub async fn hold(
     parts: &Parts,
     body: RequestBody,
-    limit: usize,
+    limit: u64,
     reading: &Reading,
 ) -> Result<Held, GatewayError> {
     let mut body = match body {
         Either::Right(held) => return Ok(held),
         Either::Left(incoming) => incoming,
     };
-    if declared_length(parts).is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::PayloadTooLarge { limit });
+    if declared_length(parts).is_some_and(|n| n > limit) {
+        return Err(RequestError::PayloadTooLarge { limit }.into());
     }
+    let limit_bytes = usize::try_from(limit).unwrap_or(usize::MAX);
     let started = Instant::now();
     let mut ticket = Ticket {
         budget: Arc::clone(&reading.budget),
@@ -190,22 +228,22 @@ pub async fn hold(
         let deadline = (started + reading.limits.allowance(data.len() as u64))
             .min(Instant::now() + reading.limits.timeout);
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(GatewayError::RequestTimeout),
+            Err(_) => return Err(RequestError::BodyTooSlow.into()),
             Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(GatewayError::RequestBodyInvalid),
+            Ok(Some(Err(_))) => return Err(RequestError::BodyInvalid.into()),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(chunk) = frame.into_data() else {
             continue;
         };
         let needed = data.len() + chunk.len();
-        if needed > limit {
-            return Err(GatewayError::PayloadTooLarge { limit });
+        if needed > limit_bytes {
+            return Err(RequestError::PayloadTooLarge { limit }.into());
         }
         if needed > data.capacity() {
             // Grow geometrically, never past the limit, and account for what is
             // allocated; near the budget's cap, grow only as much as needed.
-            let doubled = needed.max(data.capacity() * 2).max(4096).min(limit);
+            let doubled = needed.max(data.capacity() * 2).max(4096).min(limit_bytes);
             let target = if ticket.grow(doubled - data.capacity()).is_ok() {
                 doubled
             } else {
@@ -262,7 +300,6 @@ pub struct BodyStats {
     cut_off: AtomicU8,
     /// When a frame last went upstream (micros, see [`micros_now`]); 0: never.
     last_activity: AtomicU64,
-    finished: AtomicBool,
 }
 
 impl BodyStats {
@@ -304,14 +341,9 @@ impl BodyStats {
         }
     }
 
-    /// Whether the whole body has gone upstream.
-    pub fn finished(&self) -> bool {
-        self.finished.load(Ordering::Relaxed)
-    }
-
+    /// The whole body has gone upstream: the response timeout runs from now.
     fn finish(&self) {
         self.touch();
-        self.finished.store(true, Ordering::Relaxed);
     }
 }
 
@@ -583,7 +615,10 @@ mod tests {
             budget: Arc::clone(&budget),
             bytes: 0,
         };
-        assert!(matches!(b.grow(50), Err(GatewayError::Overloaded)));
+        assert!(matches!(
+            b.grow(50),
+            Err(GatewayError::Limit(LimitError::Overloaded))
+        ));
         assert!(b.grow(40).is_ok());
         assert_eq!(budget.held(), 100);
         drop(a);

@@ -11,11 +11,10 @@
 //! a compressed body (`Content-Encoding`), which the gateway cannot inspect.
 
 use http::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
-use thiserror::Error;
 use tollgate_policy::media::{MediaError, MediaType};
 use tollgate_policy::Route;
 
-use crate::problem::GatewayError;
+use crate::errors::{GatewayError, MediaRefusal};
 
 /// A body's kind, and so how the gateway treats it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,23 +30,6 @@ pub enum BodyClass {
     Opaque,
 }
 
-/// Why a body's type was refused (415 `UNSUPPORTED_MEDIA_TYPE`).
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum MediaRefusal {
-    #[error("the request has a body but no Content-Type")]
-    Missing,
-    #[error("the Content-Type cannot be read: {0}")]
-    Unreadable(#[from] MediaError),
-    #[error("`{0}` bodies must be UTF-8")]
-    Charset(String),
-    #[error("compressed request bodies (Content-Encoding) cannot be inspected")]
-    Encoded,
-    #[error("a multipart/form-data body needs one boundary parameter")]
-    NoBoundary,
-    #[error("`{0}` bodies are not accepted here: send JSON, a form or multipart/form-data")]
-    NotAccepted(String),
-}
-
 /// Classifies the body of a request on a route that identifies its caller.
 pub fn classify(
     headers: &HeaderMap,
@@ -60,12 +42,12 @@ pub fn classify(
     refuse_encoded(headers)?;
     let value = headers
         .get(CONTENT_TYPE)
-        .ok_or(GatewayError::UnsupportedMediaType(MediaRefusal::Missing))?;
+        .ok_or(GatewayError::from(MediaRefusal::Missing))?;
     let media = MediaType::parse(value.as_bytes()).map_err(refusal)?;
     let essence = media.essence();
     let utf8 = |media: &MediaType| match media.is_utf8() {
         Ok(true) => Ok(()),
-        Ok(false) => Err(GatewayError::UnsupportedMediaType(MediaRefusal::Charset(
+        Ok(false) => Err(GatewayError::from(MediaRefusal::Charset(
             media.essence().to_owned(),
         ))),
         Err(e) => Err(refusal(e)),
@@ -83,15 +65,15 @@ pub fn classify(
             Some(boundary) if (1..=200).contains(&boundary.len()) => Ok(BodyClass::Multipart {
                 boundary: boundary.to_owned(),
             }),
-            _ => Err(GatewayError::UnsupportedMediaType(MediaRefusal::NoBoundary)),
+            _ => Err(GatewayError::from(MediaRefusal::NoBoundary)),
         };
     }
     if route.opaque_body_types.iter().any(|r| r.matches(&media)) {
         return Ok(BodyClass::Opaque);
     }
-    Err(GatewayError::UnsupportedMediaType(
-        MediaRefusal::NotAccepted(essence.to_owned()),
-    ))
+    Err(GatewayError::from(MediaRefusal::NotAccepted(
+        essence.to_owned(),
+    )))
 }
 
 /// `application/json` and every `application/*+json`.
@@ -101,7 +83,7 @@ pub fn is_json(essence: &str) -> bool {
 }
 
 fn refusal(e: MediaError) -> GatewayError {
-    GatewayError::UnsupportedMediaType(MediaRefusal::Unreadable(e))
+    GatewayError::from(MediaRefusal::Unreadable(e))
 }
 
 fn refuse_encoded(headers: &HeaderMap) -> Result<(), GatewayError> {
@@ -111,7 +93,7 @@ fn refuse_encoded(headers: &HeaderMap) -> Result<(), GatewayError> {
                 .all(|e| e.trim().eq_ignore_ascii_case("identity"))
         });
         if !identity {
-            return Err(GatewayError::UnsupportedMediaType(MediaRefusal::Encoded));
+            return Err(GatewayError::from(MediaRefusal::Encoded));
         }
     }
     Ok(())
@@ -144,7 +126,12 @@ mod tests {
     }
 
     fn refused(r: Result<BodyClass, GatewayError>) -> bool {
-        matches!(r, Err(GatewayError::UnsupportedMediaType(_)))
+        matches!(
+            r,
+            Err(GatewayError::Request(
+                crate::errors::RequestError::MediaType(_)
+            ))
+        )
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use tollgate_policy::snapshot::{ClientIdPolicy, JsonType, Mismatch};
 
-use crate::problem::GatewayError;
+use crate::errors::{AccessError, GatewayError, JsonProblem};
 
 /// The identity header the gateway sets by default; removed from every request that
 /// does not get it from the gateway.
@@ -40,7 +40,7 @@ fn judge(policy: &ClientIdPolicy, supplied: &str, caller: Caller) -> Result<(), 
     if supplied == caller.id || policy.on_mismatch == Mismatch::Overwrite {
         Ok(())
     } else {
-        Err(GatewayError::ClientIdMismatch)
+        Err(AccessError::ClientIdMismatch.into())
     }
 }
 
@@ -99,7 +99,7 @@ pub fn headers(
         headers.remove(&name);
     }
     if let Some(name) = &policy.header {
-        let value = HeaderValue::from_str(caller.id).map_err(|_| GatewayError::ClientIdMismatch)?;
+        let value = HeaderValue::from_str(caller.id).map_err(|_| AccessError::ClientIdMismatch)?;
         headers.insert(name.clone(), value);
     }
     Ok(())
@@ -147,7 +147,7 @@ pub fn json_body(
     policy: &ClientIdPolicy,
     caller: Caller,
 ) -> Result<Option<Bytes>, GatewayError> {
-    let text = std::str::from_utf8(body).map_err(|_| GatewayError::InvalidJson)?;
+    let text = std::str::from_utf8(body).map_err(|_| JsonProblem::Malformed)?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Ok(None);
@@ -157,9 +157,9 @@ pub fn json_body(
         let rewritten = json.object(text, Some(&policy.json_pointer), 0)?;
         return Ok(Some(Bytes::from(rewritten.into_owned())));
     }
-    let whole: &RawValue = serde_json::from_str(text).map_err(|_| GatewayError::InvalidJson)?;
+    let whole: &RawValue = serde_json::from_str(text).map_err(|_| JsonProblem::Malformed)?;
     if !policy.allow_non_object_json {
-        return Err(GatewayError::JsonNotObject);
+        return Err(JsonProblem::NotObject.into());
     }
     Ok(match json.value(whole.get(), 0)? {
         Cow::Borrowed(_) => None,
@@ -209,12 +209,12 @@ impl<'a> Json<'a> {
             return Ok(Cow::Borrowed(raw));
         }
         if depth >= MAX_DEPTH {
-            return Err(GatewayError::InvalidJson);
+            return Err(JsonProblem::TooDeep.into());
         }
         if first == Some(b'{') {
             return self.object(raw, None, depth);
         }
-        let RawArray(items) = serde_json::from_str(raw).map_err(|_| GatewayError::InvalidJson)?;
+        let RawArray(items) = serde_json::from_str(raw).map_err(|_| JsonProblem::Malformed)?;
         let mut changed = false;
         let mut parts = Vec::with_capacity(items.len());
         for item in items {
@@ -237,17 +237,16 @@ impl<'a> Json<'a> {
         depth: usize,
     ) -> Result<Cow<'r, str>, GatewayError> {
         if depth >= MAX_DEPTH {
-            return Err(GatewayError::InvalidJson);
+            return Err(JsonProblem::TooDeep.into());
         }
-        let RawObject(members) =
-            serde_json::from_str(raw).map_err(|_| GatewayError::InvalidJson)?;
+        let RawObject(members) = serde_json::from_str(raw).map_err(|_| JsonProblem::Malformed)?;
         let mut out = Members::with_capacity(raw.len() + 32);
         let mut changed = false;
         let mut found = false;
         for (key, value) in &members {
             if self.policy.is_name(key) {
                 let supplied: Value =
-                    serde_json::from_str(value.get()).map_err(|_| GatewayError::InvalidJson)?;
+                    serde_json::from_str(value.get()).map_err(|_| JsonProblem::Malformed)?;
                 judge(self.policy, &as_text(&supplied), self.caller)?;
                 match pointer {
                     // Beside or in the injection target: removed, ours is set below.
@@ -267,7 +266,7 @@ impl<'a> Json<'a> {
                     // A repeated member on the path: only the first is kept (and searched).
                     if !std::mem::replace(&mut found, true) {
                         if !value.get().trim_start().starts_with('{') {
-                            return Err(GatewayError::JsonNotObject);
+                            return Err(JsonProblem::NotObject.into());
                         }
                         let nested = self.object(value.get(), Some(rest), depth + 1)?;
                         out.push(key, &nested);
@@ -458,7 +457,7 @@ mod tests {
     }
 
     fn refused(r: Result<impl fmt::Debug, GatewayError>) -> bool {
-        matches!(r, Err(GatewayError::ClientIdMismatch))
+        matches!(r, Err(GatewayError::Access(AccessError::ClientIdMismatch)))
     }
 
     #[test]
@@ -510,11 +509,15 @@ mod tests {
         assert!(refused(json(r#"{"client\u0049d":"1002"}"#, &p, ME)));
         assert!(matches!(
             json("{bad", &p, ME),
-            Err(GatewayError::InvalidJson)
+            Err(GatewayError::Request(crate::errors::RequestError::Json(
+                JsonProblem::Malformed
+            )))
         ));
         assert!(matches!(
             json("[1,2]", &p, ME),
-            Err(GatewayError::JsonNotObject)
+            Err(GatewayError::Request(crate::errors::RequestError::Json(
+                JsonProblem::NotObject
+            )))
         ));
     }
 
@@ -602,7 +605,9 @@ mod tests {
         );
         assert!(matches!(
             json(&hidden, &p, ME),
-            Err(GatewayError::InvalidJson)
+            Err(GatewayError::Request(crate::errors::RequestError::Json(
+                JsonProblem::TooDeep
+            )))
         ));
     }
 
@@ -778,7 +783,7 @@ mod tests {
                 let reject = policy(Mismatch::Reject);
                 let outcome = json(&body, &reject, ME);
                 prop_assert!(
-                    matches!(outcome, Err(GatewayError::ClientIdMismatch)),
+                    refused(outcome.clone()),
                     "{} -> {:?}", body, outcome
                 );
                 // Overwritten instead: whatever reaches the backend names only the caller.
@@ -801,7 +806,7 @@ mod tests {
                 let body = format!("{before}&{name}={value}");
                 let reject = policy(Mismatch::Reject);
                 prop_assert!(
-                    matches!(form_body(body.as_bytes(), &reject, ME), Err(GatewayError::ClientIdMismatch)),
+                    refused(form_body(body.as_bytes(), &reject, ME)),
                     "{}", body
                 );
                 let overwrite = policy(Mismatch::Overwrite);
@@ -813,7 +818,7 @@ mod tests {
                 }
                 // The query string is read the same way.
                 prop_assert!(
-                    matches!(query(Some(&body), &reject, ME), Err(GatewayError::ClientIdMismatch)),
+                    refused(query(Some(&body), &reject, ME)),
                     "{}", body
                 );
             }

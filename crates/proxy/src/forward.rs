@@ -1,124 +1,38 @@
-//! Stage 9 — forward: send the request to the legacy upstream over pooled connections
-//! and wait (bounded) for its response head. Bodies stream in both directions.
-//!
-//! The response timeout counts from the request body's last movement, not from the
-//! start: a long upload is not the upstream's delay, while an upstream that stops taking
-//! the body, or answering once it has it, runs out of time.
-
-use std::error::Error as _;
-use std::io;
-use std::time::Duration;
+//! Stage 9 — forward: send the rewritten request to the legacy upstream over the
+//! worker's pool and wait (bounded) for its response head; bodies stream both ways. A
+//! request body cut off on the client's side (too large, too slow, broken, a multipart
+//! field naming another client) is the client's error, whatever the upstream connection
+//! then reported.
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tollgate_policy::snapshot::Upstream;
 
-use crate::body::{BodyStats, Outbound};
-use crate::problem::GatewayError;
+use crate::body::{CutOff, Outbound};
+use crate::errors::{AccessError, Bug, GatewayError, RequestError};
+use crate::exchange::Exchange;
+use crate::upstream::Upstreams;
 
-/// A pooled HTTP/1.1 client for one upstream configuration.
-#[derive(Clone)]
-pub struct UpstreamClient {
-    client: Client<HttpConnector, Outbound>,
-    pool_key: PoolSettings,
-}
-
-/// The settings baked into a client; when a reload changes none of them, the client
-/// (and its warm connections) is kept.
-#[derive(Clone, PartialEq, Eq)]
-struct PoolSettings {
-    connect_timeout: Duration,
-    pool_idle_timeout: Duration,
-    pool_max_idle: usize,
-}
-
-impl PoolSettings {
-    fn of(upstream: &Upstream) -> Self {
-        PoolSettings {
-            connect_timeout: upstream.connect_timeout,
-            pool_idle_timeout: upstream.pool_idle_timeout,
-            pool_max_idle: upstream.pool_max_idle,
-        }
-    }
-}
-
-impl UpstreamClient {
-    pub fn new(upstream: &Upstream) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(upstream.pool_max_idle)
-            .set_host(false)
-            .build(connector);
-        UpstreamClient {
-            client,
-            pool_key: PoolSettings::of(upstream),
-        }
-    }
-
-    /// This client if it fits `upstream`, else a new one.
-    pub fn reuse_or_new(&self, upstream: &Upstream) -> Self {
-        if self.pool_key == PoolSettings::of(upstream) {
-            self.clone()
-        } else {
-            UpstreamClient::new(upstream)
-        }
-    }
-
-    /// Sends the request; the response head must arrive within `timeout` of the body's
-    /// last movement (`stats`, kept by the body as it goes).
-    pub async fn send(
-        &self,
-        request: Request<Outbound>,
-        timeout: Duration,
-        stats: &BodyStats,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        let started = tokio::time::Instant::now();
-        let response = self.client.request(request);
-        tokio::pin!(response);
-        let mut deadline = started + timeout;
-        loop {
-            tokio::select! {
-                outcome = &mut response => {
-                    return outcome.map_err(|e| {
-                        if stats.cut_off() == crate::body::CutOff::None {
-                            tracing::warn!(error = %e, source = ?e.source(), "upstream request failed");
-                        }
-                        classify(&e)
-                    });
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let idle = stats.idle_for().unwrap_or_else(|| started.elapsed());
-                    if idle >= timeout {
-                        return Err(GatewayError::UpstreamTimeout);
-                    }
-                    deadline = tokio::time::Instant::now() + (timeout - idle);
-                }
+/// Sends the request; the upstream's response head, or why there is none.
+pub async fn forward(
+    exchange: &Exchange<'_>,
+    request: Request<Outbound>,
+    upload_limit: Option<u64>,
+    upstreams: &Upstreams,
+) -> Result<Response<Incoming>, GatewayError> {
+    let stats = exchange.log.bytes_in();
+    let upstream = upstreams.for_worker(exchange.worker).ok_or(Bug::NoPool)?;
+    upstream
+        .send(request, exchange.snapshot.upstream.response_timeout, &stats)
+        .await
+        .map_err(|e| match stats.cut_off() {
+            CutOff::None => e,
+            CutOff::OverLimit => RequestError::PayloadTooLarge {
+                limit: upload_limit.unwrap_or_default(),
             }
-        }
-    }
-}
-
-fn classify(e: &hyper_util::client::legacy::Error) -> GatewayError {
-    if !e.is_connect() {
-        return GatewayError::UpstreamFailed;
-    }
-    let mut source = e.source();
-    while let Some(s) = source {
-        // hyper-util reports `connect_timeout` as an `io::ErrorKind::TimedOut`.
-        if s.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-        {
-            return GatewayError::UpstreamTimeout;
-        }
-        source = s.source();
-    }
-    GatewayError::UpstreamUnavailable
+            .into(),
+            CutOff::TooSlow => RequestError::BodyTooSlow.into(),
+            CutOff::Failed => RequestError::BodyInvalid.into(),
+            CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
+            CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
+        })
 }

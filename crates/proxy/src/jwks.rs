@@ -5,6 +5,9 @@
 //!
 //! Sets are keyed by URL and outlive snapshot reloads, so a reload does not refetch.
 //! https URLs are verified against the public web roots, or only against `ca_file`.
+//!
+//! [`Tokens`] is the runtime part authentication uses: the key sets of the snapshot and
+//! the cache of tokens verified under its keys.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +25,28 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use thiserror::Error;
 use tokio::time::Instant;
+use tollgate_auth::cache::TokenCache;
 use tollgate_auth::jwt::VerifyKey;
 use tollgate_policy::snapshot::JwksSource;
+
+use crate::part::{Build, Part};
+
+/// Why a key set could not be fetched (the last good set keeps serving).
+#[derive(Debug, Error)]
+pub enum JwksError {
+    #[error("TLS set-up: {0}")]
+    Tls(String),
+    #[error("request: {0}")]
+    Request(String),
+    #[error("status {0}")]
+    Status(StatusCode),
+    #[error("body: {0}")]
+    Body(String),
+    #[error("not a JSON key set: {0}")]
+    Json(#[from] serde_json::Error),
+}
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SET_BYTES: usize = 1024 * 1024;
@@ -42,6 +64,8 @@ pub struct JwksSet {
     digest: AtomicU64,
     client: Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, String>,
 }
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// An http(s) client that trusts `ca_pem` only, or else the public web roots.
 fn client(
@@ -128,12 +152,15 @@ impl JwksSet {
         }
     }
 
-    async fn download(&self) -> Result<(Vec<Arc<VerifyKey>>, u64), String> {
+    async fn download(&self) -> Result<(Vec<Arc<VerifyKey>>, u64), JwksError> {
         let request = Request::get(self.source.url.clone())
             .header(ACCEPT, "application/json")
             .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let client = self.client.as_ref().map_err(Clone::clone)?;
+            .map_err(|e| JwksError::Request(e.to_string()))?;
+        let client: &HttpsClient = self
+            .client
+            .as_ref()
+            .map_err(|e| JwksError::Tls(e.clone()))?;
         let response = client.request(request).await.map_err(|e| {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -142,18 +169,17 @@ impl JwksSet {
                 text.push_str(&s.to_string());
                 source = s.source();
             }
-            text
+            JwksError::Request(text)
         })?;
         if response.status() != StatusCode::OK {
-            return Err(format!("status {}", response.status()));
+            return Err(JwksError::Status(response.status()));
         }
         let body = Limited::new(response.into_body(), MAX_SET_BYTES)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| JwksError::Body(e.to_string()))?
             .to_bytes();
-        let set: tollgate_auth::jwt::JwkSet =
-            serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let set: tollgate_auth::jwt::JwkSet = serde_json::from_slice(&body)?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
             match VerifyKey::from_jwk(jwk, self.source.algorithm) {
@@ -222,6 +248,40 @@ impl Drop for JwksRegistry {
         let sets = self.sets.get_mut().unwrap_or_else(|p| p.into_inner());
         for (_, (_, task)) in sets.drain() {
             task.abort();
+        }
+    }
+}
+
+/// What authentication verifies tokens with, for one published snapshot: the remote key
+/// sets it names (their registry, with its refresh tasks, lives across reloads) and the
+/// tokens verified under its keys (a reload starts a fresh cache, and so does a change
+/// in a remote set).
+pub struct Tokens {
+    registry: Arc<JwksRegistry>,
+    sets: Vec<Arc<JwksSet>>,
+    cache: TokenCache,
+}
+
+impl Tokens {
+    pub fn sets(&self) -> &[Arc<JwksSet>] {
+        &self.sets
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+impl Part for Tokens {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let registry = previous.map_or_else(Arc::default, |p| Arc::clone(&p.registry));
+        let jwt = build.snapshot.auth.jwt.as_ref();
+        let sources = jwt.map_or(&[][..], |j| &j.jwks[..]);
+        let sets = registry.sync(sources, Arc::clone(build.on_keys_changed));
+        Tokens {
+            registry,
+            sets,
+            cache: TokenCache::new(jwt.map_or(0, |j| j.cache_entries)),
         }
     }
 }

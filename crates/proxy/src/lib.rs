@@ -1,9 +1,23 @@
 //! Tollgate's data plane.
 //!
 //! [`Gateway`] binds the listeners and serves; every request goes through the stages in
-//! [`pipeline`], in order, against exactly one policy [`Snapshot`](tollgate_policy::Snapshot).
-//! Errors from every stage are typed ([`GatewayError`]) and turned into RFC 9457
-//! problem+json responses by one function, [`problem::respond`].
+//! `pipeline`, in order, against exactly one published configuration (`runtime`), and
+//! accumulates what it learns in one `exchange`. Errors from every stage are small
+//! typed errors (`errors`) that know their own status and code, rendered as RFC 9457
+//! problem+json in one place (`problem`).
+//!
+//! Modules, by role:
+//! - the pipeline and its stages: `pipeline`, `accept`, `normalize`, `route`, `cors`,
+//!   `authenticate`, `limit`, `meter`, `rewrite`, `forward`, `respond`, and the
+//!   gateway's own `endpoints`;
+//! - what a request carries: `exchange`, `caller`;
+//! - what the stages use: `body` (held and streamed bodies), `classify`, `client_id`,
+//!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`;
+//! - runtime state, one part per feature (`part`): `runtime`, `redis_link`,
+//!   `upstream`, `jwks`, `replay`, and the limiters and body budget of `limit` and
+//!   `body`;
+//! - errors: `errors` (a leaf) and `problem` (rendering);
+//! - operations: `server` (listeners), `admin`, `metrics`, `access_log`.
 
 #![forbid(unsafe_code)]
 
@@ -12,28 +26,43 @@ mod access_log;
 mod admin;
 mod authenticate;
 mod body;
+mod caller;
 mod classify;
 mod client_id;
+mod cors;
+mod endpoints;
+mod errors;
+mod exchange;
 mod forward;
-mod forwarded;
 mod headers;
 mod jwks;
-pub mod limit;
-pub mod metrics;
+mod limit;
+mod meter;
+mod metrics;
 mod multipart;
 mod normalize;
-pub mod pipeline;
-pub mod problem;
+mod part;
+mod pipeline;
+mod problem;
+mod redis_link;
 mod replay;
 mod request_id;
 mod respond;
 mod rewrite;
 mod route;
+mod runtime;
 mod server;
+mod upstream;
 mod username;
+mod x_forwarded;
 
 #[cfg(test)]
 mod testing;
+
+pub use access_log::AccessSink;
+pub use metrics::Metrics;
+pub use runtime::SnapshotHandle;
+pub use server::Gateway;
 
 /// The data plane's pure functions, for benchmarks and fuzz targets only (cargo feature
 /// `internals`); the modules themselves stay private.
@@ -44,7 +73,3 @@ pub mod internals {
     pub use crate::multipart::{Refusal, Scanner};
     pub use crate::rewrite::upstream_uri;
 }
-
-pub use access_log::AccessSink;
-pub use problem::GatewayError;
-pub use server::{Gateway, SnapshotHandle};

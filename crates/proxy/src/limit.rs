@@ -5,7 +5,8 @@
 //! refusal (429 `RATE_LIMITED`) ends it, so a caller refused by one policy does not use
 //! up the others (an address refused at login cannot burn a victim's per-account
 //! allowance, and its body is never read). Otherwise the decision closest to exhaustion
-//! is the [`Verdict`] the response's headers describe (see [`crate::respond`]).
+//! is the [`Verdict`] the response's headers describe (see [`crate::respond`]); a refusal
+//! is recorded the same way, so the 429 carries the headers too.
 //!
 //! Where the count lives: in this process (`governor`) without `[store]`, or in Redis
 //! shared by every instance. While Redis cannot answer (timeout, error, open circuit)
@@ -21,23 +22,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::Request;
-use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy, Route, Store};
-use tollgate_policy::Snapshot;
+use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy};
+use tollgate_policy::Route;
 use tollgate_state::rate::local::LocalLimiter;
 use tollgate_state::rate::shared::{self, SharedLimiter};
-use tollgate_state::rate::{Decision, Quota};
-use tollgate_state::redis::{Redis, RedisSettings, StoreError};
+use tollgate_state::rate::{Decision, Quota, RateStore};
+use tollgate_state::redis::StoreError;
 
-use crate::authenticate::Outcome;
-use crate::body::RequestBody;
-use crate::problem::GatewayError;
-
-/// The decision a response reports: the one closest to exhaustion, and its policy.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    pub policy: Arc<LimitPolicy>,
-    pub decision: Decision,
-}
+use crate::body::{Reading, RequestBody};
+use crate::errors::{GatewayError, LimitError};
+use crate::exchange::{Exchange, Verdict};
+use crate::part::{Build, Part};
 
 /// Where a decision was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,24 +55,26 @@ pub struct Counts {
 }
 
 /// One policy's count in this process (the whole quota, or this instance's share of it
-/// while Redis is away) and its metrics; kept across reloads while its numbers hold.
+/// while Redis is away); kept across reloads while its numbers hold.
 #[derive(Debug)]
 struct Counter {
     quota: Quota,
     local: LocalLimiter,
-    counts: Counts,
 }
 
-/// A policy as this snapshot says it, with its (possibly older) counter.
+/// A policy as this snapshot says it, with its (possibly older) counter. The metrics
+/// are kept by name for the whole life of the process, so a reload that changes a
+/// policy's numbers does not reset its counters.
 #[derive(Debug)]
 struct PolicyLimiter {
     policy: Arc<LimitPolicy>,
     counter: Arc<Counter>,
+    counts: Arc<Counts>,
 }
 
-/// The limiters of one published snapshot. Built by [`Limiters::new`], which carries
-/// counts over from the previous snapshot for every policy whose numbers did not
-/// change: a reload does not hand anyone a fresh allowance.
+/// The limiters of one published snapshot, counts carried over from the previous one
+/// for every policy whose numbers did not change: a reload hands nobody a fresh
+/// allowance.
 #[derive(Debug)]
 pub struct Limiters {
     policies: HashMap<String, PolicyLimiter>,
@@ -86,22 +83,32 @@ pub struct Limiters {
     shared: Option<Result<Arc<SharedLimiter>, StoreError>>,
 }
 
-impl Limiters {
-    pub fn new(snapshot: &Snapshot, previous: Option<&Limiters>, workers: usize) -> Limiters {
-        let shared = shared_for(&snapshot.store, previous, workers);
+impl Part for Limiters {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let snapshot = build.snapshot;
+        let shared = build.redis.and_then(|link| link.configured()).map(|redis| {
+            let redis = redis.cloned().map_err(Clone::clone)?;
+            // The same connection: keep its batch senders too.
+            match previous.and_then(|p| p.shared.as_ref()) {
+                Some(Ok(limiter)) if Arc::ptr_eq(limiter.redis(), &redis) => {
+                    Ok(Arc::clone(limiter))
+                }
+                _ => Ok(SharedLimiter::new(redis, build.workers)),
+            }
+        });
         let share = snapshot.store.redis.as_ref().map(|r| r.instances);
         let policies = snapshot
             .limits
             .iter()
-            .filter_map(|policy| {
-                let quota = Quota::new(policy.limit, policy.period, policy.burst)?;
+            .map(|policy| {
+                let quota = policy.quota;
                 let local_quota = match share {
                     Some(instances) if shared.is_some() => quota.share(instances),
                     _ => quota,
                 };
+                let old = previous.and_then(|p| p.policies.get(&policy.name));
                 // The counts carry over; the policy (its failure mode) is this snapshot's.
-                let kept = previous
-                    .and_then(|p| p.policies.get(&policy.name))
+                let kept = old
                     .filter(|p| {
                         p.counter.quota == quota
                             && *p.counter.local.quota() == local_quota
@@ -112,27 +119,58 @@ impl Limiters {
                     Arc::new(Counter {
                         quota,
                         local: LocalLimiter::new(local_quota),
-                        counts: Counts::default(),
                     })
                 });
+                let counts = old.map_or_else(Arc::default, |p| Arc::clone(&p.counts));
                 let limiter = PolicyLimiter {
                     policy: Arc::clone(policy),
                     counter,
+                    counts,
                 };
-                Some((policy.name.clone(), limiter))
+                (policy.name.clone(), limiter)
             })
             .collect();
         Limiters { policies, shared }
     }
 
-    /// The Redis connection, when `[store]` names one that could be set up.
-    pub fn redis(&self) -> Option<Arc<Redis>> {
-        match &self.shared {
-            Some(Ok(shared)) => Some(Arc::clone(shared.redis())),
-            _ => None,
+    fn render_metrics(&self, out: &mut String) {
+        out.push_str("# HELP tollgate_rate_limit_decisions_total Rate-limit decisions, by policy, where they were made (local, redis, fallback: here while redis was away; none: uncounted) and outcome.\n");
+        out.push_str("# TYPE tollgate_rate_limit_decisions_total counter\n");
+        let mut names: Vec<&String> = self.policies.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(limiter) = self.policies.get(name) else {
+                continue;
+            };
+            let c = &limiter.counts;
+            for (source, label) in [
+                (Source::Local, "local"),
+                (Source::Redis, "redis"),
+                (Source::Fallback, "fallback"),
+            ] {
+                for (index, outcome) in ["allowed", "limited"].iter().enumerate() {
+                    let n = c.decided[source as usize][index].load(Ordering::Relaxed);
+                    let _ = writeln!(
+                        out,
+                        "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"{label}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"none\",outcome=\"allowed\"}} {}",
+                c.open.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"none\",outcome=\"unavailable\"}} {}",
+                c.unavailable.load(Ordering::Relaxed)
+            );
         }
     }
+}
 
+impl Limiters {
     /// Forgets in-process keys whose allowance is full again; called periodically.
     pub fn forget_idle(&self) {
         for limiter in self.policies.values() {
@@ -141,60 +179,21 @@ impl Limiters {
     }
 }
 
-/// The Redis limiter of `store`, reusing the previous one (its connections and batch
-/// senders) if the settings did not change.
-fn shared_for(
-    store: &Store,
-    previous: Option<&Limiters>,
-    workers: usize,
-) -> Option<Result<Arc<SharedLimiter>, StoreError>> {
-    let config = store.redis.as_ref()?;
-    let settings = RedisSettings {
-        url: config.url.clone(),
-        timeout: config.timeout,
-        breaker_failures: config.breaker_failures,
-        breaker_cooldown: config.breaker_cooldown,
-        key_prefix: config.key_prefix.clone(),
-    };
-    if let Some(Ok(shared)) = previous
-        .and_then(|p| p.shared.as_ref())
-        .filter(|s| s.as_ref().is_ok_and(|s| *s.redis().settings() == settings))
-    {
-        return Some(Ok(Arc::clone(shared)));
-    }
-    Some(match Redis::new(settings, workers) {
-        Ok(redis) => Ok(SharedLimiter::new(Arc::new(redis), workers)),
-        Err(e) => {
-            // Not a silent switch to counting here: each policy's failure mode applies.
-            tracing::error!(error = %e, "cannot use the configured redis; every limit follows its on_redis_error");
-            Err(StoreError::Redis(e))
-        }
-    })
-}
-
-/// Who the request is from, as the limit keys see it.
-pub struct Subject<'a> {
-    pub auth: &'a Outcome,
-    pub client: IpAddr,
-}
-
 /// Applies the route's limits. Returns the request (its body re-assembled if it had to
-/// be read for a username) and the verdict to report, or the refusal.
+/// be read for a username); the verdict to report is left in the exchange.
 pub async fn check(
-    request: Request<RequestBody>,
+    exchange: &mut Exchange<'_>,
     route: &Route,
-    subject: &Subject<'_>,
+    request: Request<RequestBody>,
     limiters: &Limiters,
-    worker: usize,
-    reading: &crate::body::Reading,
-) -> Result<(Request<RequestBody>, Option<Verdict>), GatewayError> {
+    reading: &Reading,
+) -> Result<Request<RequestBody>, GatewayError> {
     if route.limits.is_empty() {
-        return Ok((request, None));
+        return Ok(request);
     }
     let counts_username = |p: &&Arc<LimitPolicy>| p.key.contains(&LimitKey::Username);
-    let mut verdict: Option<Verdict> = None;
     for policy in route.limits.iter().filter(|p| !counts_username(p)) {
-        apply(policy, route, subject, None, limiters, worker, &mut verdict).await?;
+        apply(exchange, policy, route, None, limiters).await?;
     }
     let mut request = request;
     if route.limits.iter().any(|p| counts_username(&p)) {
@@ -209,55 +208,54 @@ pub async fn check(
         };
         for policy in route.limits.iter().filter(counts_username) {
             for name in &names {
-                apply(
-                    policy,
-                    route,
-                    subject,
-                    Some(name),
-                    limiters,
-                    worker,
-                    &mut verdict,
-                )
-                .await?;
+                apply(exchange, policy, route, Some(name), limiters).await?;
             }
         }
     }
-    Ok((request, verdict))
+    Ok(request)
 }
 
-/// One decision: folded into `verdict` when allowed, the refusal when not.
+/// One decision: recorded in the exchange when it is the tightest so far (a refusal
+/// always is), and the refusal returned.
 async fn apply(
+    exchange: &mut Exchange<'_>,
     policy: &LimitPolicy,
     route: &Route,
-    subject: &Subject<'_>,
     username: Option<&str>,
     limiters: &Limiters,
-    worker: usize,
-    verdict: &mut Option<Verdict>,
 ) -> Result<(), GatewayError> {
     let Some(limiter) = limiters.policies.get(&policy.name) else {
         return Ok(());
     };
-    let Some((tag, rest)) = key_parts(policy, route, subject, username) else {
+    let Some((tag, rest)) = key_parts(exchange, policy, route, username) else {
         return Ok(());
     };
-    let Some((decision, source)) = decide(limiter, &tag, &rest, limiters, worker).await? else {
+    let Some((decision, source)) = decide(limiter, &tag, &rest, limiters, exchange.worker).await?
+    else {
         return Ok(());
     };
-    let counts = &limiter.counter.counts;
-    counts.decided[source as usize][usize::from(!decision.allowed)].fetch_add(1, Ordering::Relaxed);
+    limiter.counts.decided[source as usize][usize::from(!decision.allowed)]
+        .fetch_add(1, Ordering::Relaxed);
     let this = Verdict {
         policy: Arc::clone(&limiter.policy),
         decision,
     };
     if !decision.allowed {
-        return Err(GatewayError::RateLimited(Box::new(this)));
+        exchange.rate_limit = Some(this);
+        return Err(LimitError::RateLimited {
+            policy: policy.name.clone(),
+            limit: policy.quota.limit(),
+            period: policy.quota.period(),
+            retry_after: decision.retry_after_secs(),
+        }
+        .into());
     }
-    if verdict
+    if exchange
+        .rate_limit
         .as_ref()
         .is_none_or(|v| decision.is_tighter_than(&v.decision))
     {
-        *verdict = Some(this);
+        exchange.rate_limit = Some(this);
     }
     Ok(())
 }
@@ -288,7 +286,7 @@ async fn decide(
                 tag,
                 rest,
             );
-            shared.check(worker, key, &counter.quota).await
+            shared.decide(worker, key, &counter.quota).await
         }
     };
     match outcome {
@@ -296,14 +294,15 @@ async fn decide(
         Err(e) => match policy.on_redis_error {
             FailureMode::Local => Ok(Some((counter.local.check(&local_key()), Source::Fallback))),
             FailureMode::Open => {
-                counter.counts.open.fetch_add(1, Ordering::Relaxed);
+                limiter.counts.open.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
             FailureMode::Closed => {
-                counter.counts.unavailable.fetch_add(1, Ordering::Relaxed);
-                Err(GatewayError::RateLimitUnavailable {
+                limiter.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                Err(LimitError::StoreUnavailable {
                     retry_after: tollgate_state::rate::ceil_secs(e.retry_after()).max(1),
-                })
+                }
+                .into())
             }
         },
     }
@@ -312,19 +311,19 @@ async fn decide(
 /// The hash tag (the first part) and the rest of the key `policy` counts this request
 /// by; `None` when the policy does not apply (an `api_key` policy and a JWT caller).
 fn key_parts(
+    exchange: &Exchange<'_>,
     policy: &LimitPolicy,
     route: &Route,
-    subject: &Subject<'_>,
     username: Option<&str>,
 ) -> Option<(String, String)> {
-    let identity = subject.auth.identity.as_ref();
+    let identity = exchange.caller.identity.as_ref();
     let mut tag: Option<String> = None;
     let mut rest = String::new();
     for part in &policy.key {
         let value = match part {
             LimitKey::Client => format!("client={}", identity?.client_id),
             LimitKey::ApiKey => format!("key={}", identity?.key_id.as_deref()?),
-            LimitKey::Ip => ip_key(subject.client),
+            LimitKey::Ip => ip_key(exchange.client),
             LimitKey::Route => format!("route={}", route.name),
             LimitKey::Username => format!("user={}", username.unwrap_or("-")),
             LimitKey::Global => "global".to_owned(),
@@ -352,76 +351,6 @@ fn ip_key(ip: IpAddr) -> String {
                 format!("ip={:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
             }
         },
-    }
-}
-
-/// Appends the rate-limit metrics in the Prometheus text format.
-pub fn render_metrics(limiters: &Limiters, out: &mut String) {
-    out.push_str("# HELP tollgate_rate_limit_decisions_total Rate-limit decisions, by policy, where they were made (local, redis, fallback: here while redis was away; none: uncounted) and outcome.\n");
-    out.push_str("# TYPE tollgate_rate_limit_decisions_total counter\n");
-    let mut names: Vec<&String> = limiters.policies.keys().collect();
-    names.sort();
-    for name in names {
-        let Some(limiter) = limiters.policies.get(name) else {
-            continue;
-        };
-        let c = &limiter.counter.counts;
-        for (source, label) in [
-            (Source::Local, "local"),
-            (Source::Redis, "redis"),
-            (Source::Fallback, "fallback"),
-        ] {
-            for (index, outcome) in ["allowed", "limited"].iter().enumerate() {
-                let n = c.decided[source as usize][index].load(Ordering::Relaxed);
-                let _ = writeln!(
-                    out,
-                    "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"{label}\",outcome=\"{outcome}\"}} {n}"
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"none\",outcome=\"allowed\"}} {}",
-            c.open.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"none\",outcome=\"unavailable\"}} {}",
-            c.unavailable.load(Ordering::Relaxed)
-        );
-    }
-    if let Some(Ok(shared)) = &limiters.shared {
-        let redis = shared.redis();
-        let errors = redis.errors();
-        out.push_str("# HELP tollgate_redis_errors_total Redis calls that gave no answer, by reason (skipped: the circuit was open).\n");
-        out.push_str("# TYPE tollgate_redis_errors_total counter\n");
-        for (reason, counter) in [
-            ("timeout", &errors.timeouts),
-            ("error", &errors.failures),
-            ("skipped", &errors.skipped),
-        ] {
-            let _ = writeln!(
-                out,
-                "tollgate_redis_errors_total{{reason=\"{reason}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP tollgate_redis_circuit_open Whether calls to Redis are being skipped after repeated failures.\n");
-        out.push_str("# TYPE tollgate_redis_circuit_open gauge\n");
-        let _ = writeln!(
-            out,
-            "tollgate_redis_circuit_open {}",
-            u8::from(redis.breaker().is_open())
-        );
-        out.push_str(
-            "# HELP tollgate_redis_circuit_opened_total Times the Redis circuit opened.\n",
-        );
-        out.push_str("# TYPE tollgate_redis_circuit_opened_total counter\n");
-        let _ = writeln!(
-            out,
-            "tollgate_redis_circuit_opened_total {}",
-            redis.breaker().times_opened()
-        );
     }
 }
 

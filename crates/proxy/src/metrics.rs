@@ -8,19 +8,19 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::authenticate::AuthMethod;
-
 use http::StatusCode;
 
-use crate::problem::GatewayError;
+use crate::caller::AuthMethod;
+use crate::errors::{Family, Problem};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Responses by status class, 1xx..5xx.
     responses: [AtomicU64; 5],
-    upstream_unavailable: AtomicU64,
-    upstream_timeout: AtomicU64,
-    upstream_failed: AtomicU64,
+    /// Upstream failures by kind (`unavailable`, `timeout`, `invalid_response`).
+    upstream_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Every problem answered, by code.
+    problems: Mutex<BTreeMap<&'static str, u64>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     connections_open: AtomicI64,
@@ -59,26 +59,18 @@ impl Metrics {
         }
     }
 
-    pub fn count_error(&self, error: &GatewayError) {
-        if matches!(
-            error,
-            GatewayError::AuthRequired
-                | GatewayError::Token(_)
-                | GatewayError::ApiKeyInvalid
-                | GatewayError::ApiKeySunset
-                | GatewayError::SignatureInvalid
-                | GatewayError::Forbidden(_)
-        ) {
-            let mut map = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-            *map.entry(error.kind().code).or_insert(0) += 1;
-        }
-        let counter = match error {
-            GatewayError::UpstreamUnavailable => &self.upstream_unavailable,
-            GatewayError::UpstreamTimeout => &self.upstream_timeout,
-            GatewayError::UpstreamFailed => &self.upstream_failed,
-            _ => return,
+    /// Counts a problem by its code, and by its family where a metric groups them.
+    pub fn count_problem(&self, problem: &dyn Problem) {
+        let bump = |map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str| {
+            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+            *map.entry(key).or_insert(0) += 1;
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        bump(&self.problems, problem.code());
+        match problem.family() {
+            Family::Auth => bump(&self.refused, problem.code()),
+            Family::Upstream { kind } => bump(&self.upstream_errors, kind),
+            _ => {}
+        }
     }
 
     pub fn count_reload(&self, ok: bool) {
@@ -129,16 +121,25 @@ impl Metrics {
             "# HELP tollgate_upstream_errors_total Upstream requests that failed, by kind.\n",
         );
         out.push_str("# TYPE tollgate_upstream_errors_total counter\n");
-        for (kind, c) in [
-            ("unavailable", &self.upstream_unavailable),
-            ("timeout", &self.upstream_timeout),
-            ("invalid_response", &self.upstream_failed),
-        ] {
-            let _ = writeln!(
-                out,
-                "tollgate_upstream_errors_total{{kind=\"{kind}\"}} {}",
-                get(c)
-            );
+        {
+            let upstream = self
+                .upstream_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for kind in ["unavailable", "timeout", "invalid_response"] {
+                let n = upstream.get(kind).copied().unwrap_or(0);
+                let _ = writeln!(out, "tollgate_upstream_errors_total{{kind=\"{kind}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP tollgate_problems_total Responses the gateway answered with a problem document, by code.\n");
+        out.push_str("# TYPE tollgate_problems_total counter\n");
+        for (code, n) in self
+            .problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "tollgate_problems_total{{code=\"{code}\"}} {n}");
         }
         out.push_str("# HELP tollgate_config_reloads_total Configuration reloads, by result.\n");
         out.push_str("# TYPE tollgate_config_reloads_total counter\n");

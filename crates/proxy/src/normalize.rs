@@ -3,7 +3,7 @@
 
 use http::Uri;
 
-use crate::problem::GatewayError;
+use crate::errors::GatewayError;
 
 /// The normalized path of the request target.
 pub fn path(uri: &Uri) -> Result<String, GatewayError> {

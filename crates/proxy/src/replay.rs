@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tollgate_state::redis::Redis;
 use tollgate_state::replay::{LocalNonces, NonceStore, RedisNonces};
+
+use crate::part::{Build, Part};
 
 /// Nonces kept in process at most (about 100 bytes each).
 const LOCAL_CAPACITY: usize = 1_000_000;
@@ -33,24 +34,41 @@ pub struct ReplayCounts {
     pub fallback: AtomicU64,
 }
 
-impl Replay {
-    /// The in-process memory, for the first snapshot.
-    pub fn local_memory() -> Arc<LocalNonces> {
-        Arc::new(LocalNonces::new(LOCAL_CAPACITY))
-    }
-
-    pub fn new(
-        local: Arc<LocalNonces>,
-        redis: Option<Arc<Redis>>,
-        counts: Arc<ReplayCounts>,
-    ) -> Replay {
+impl Part for Replay {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
         Replay {
-            local,
-            shared: redis.map(RedisNonces::new),
-            counts,
+            local: previous.map_or_else(
+                || Arc::new(LocalNonces::new(LOCAL_CAPACITY)),
+                |p| Arc::clone(&p.local),
+            ),
+            shared: build
+                .redis
+                .and_then(|link| link.redis())
+                .map(|redis| RedisNonces::new(Arc::clone(redis))),
+            counts: previous.map_or_else(Arc::default, |p| Arc::clone(&p.counts)),
         }
     }
 
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        out.push_str("# HELP tollgate_callback_replays_total Provider callbacks refused because their nonce was seen before.\n");
+        out.push_str("# TYPE tollgate_callback_replays_total counter\n");
+        let _ = writeln!(
+            out,
+            "tollgate_callback_replays_total {}",
+            self.counts.replayed.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP tollgate_callback_nonce_fallbacks_total Callback nonces checked in this process alone because Redis could not answer.\n");
+        out.push_str("# TYPE tollgate_callback_nonce_fallbacks_total counter\n");
+        let _ = writeln!(
+            out,
+            "tollgate_callback_nonce_fallbacks_total {}",
+            self.counts.fallback.load(Ordering::Relaxed)
+        );
+    }
+}
+
+impl Replay {
     /// Records `key` for `window`: whether this is its first use.
     pub async fn first_use(&self, worker: usize, key: &str, window: Duration) -> bool {
         let here = self.local.first_use_at(key, window, Instant::now());
@@ -69,9 +87,5 @@ impl Replay {
             self.counts.replayed.fetch_add(1, Ordering::Relaxed);
         }
         first
-    }
-
-    pub fn counts(&self) -> &ReplayCounts {
-        &self.counts
     }
 }

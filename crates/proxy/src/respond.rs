@@ -1,5 +1,8 @@
 //! Stage 10 — respond: the upstream's response is passed back with hop-by-hop headers
-//! removed; every response, the gateway's own included, carries the request id.
+//! removed, and every response — the upstream's, the gateway's own, an error — is
+//! decorated in one place, [`decorate`], from what the request accumulated in its
+//! [`Exchange`]: the request id, the rate-limit headers, the API-key notices, and the
+//! CORS and credit headers of their stages.
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -7,10 +10,9 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::access_log::AccessLog;
 use crate::body::{Observed, ResponseBody};
-use crate::limit::Verdict;
-use crate::{headers, request_id};
+use crate::exchange::{Exchange, Verdict};
+use crate::{cors, headers, meter, request_id};
 use tollgate_policy::snapshot::ApiKeySettings;
 
 /// The upstream's response, cleaned for the client.
@@ -44,19 +46,22 @@ pub fn api_key_notice<B>(response: &mut Response<B>, keys: &ApiKeySettings) {
     }
 }
 
-/// Describes the rate limit closest to exhaustion (see `docs/frontend.md`):
+/// Describes the rate limit closest to exhaustion (see `docs/frontend.md`), as what GCRA
+/// actually guarantees: `burst` requests per window of `burst × interval` (600 per
+/// minute with a burst of 100 is advertised as 100 per 10 s), so `Remaining` never
+/// exceeds `Limit`:
 ///
-/// - `X-RateLimit-Limit`: requests per period; `X-RateLimit-Remaining`: requests that
-///   would be allowed right now; `X-RateLimit-Reset`: **seconds** (a delta, not a
-///   timestamp) until the whole allowance is back.
+/// - `X-RateLimit-Limit`: the burst; `X-RateLimit-Remaining`: requests that would be
+///   allowed right now; `X-RateLimit-Reset`: **seconds** (a delta, not a timestamp)
+///   until the whole allowance is back.
 /// - `RateLimit-Policy` and `RateLimit`, as in draft-ietf-httpapi-ratelimit-headers-10:
-///   `"per-client";q=600;w=60` and `"per-client";r=12;t=3`.
+///   `"per-client";q=100;w=10` and `"per-client";r=12;t=3`.
 ///
 /// Whatever the upstream said about limits is replaced.
 pub fn rate_limit_headers<B>(response: &mut Response<B>, verdict: &Verdict) {
     let d = &verdict.decision;
     let name = &verdict.policy.name;
-    let window = tollgate_state::rate::ceil_secs(verdict.policy.period);
+    let window = tollgate_state::rate::ceil_secs(verdict.policy.quota.window()).max(1);
     let reset = d.reset_secs();
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
@@ -78,16 +83,35 @@ pub fn server_options() -> Response<Either<Incoming, Full<Bytes>>> {
     response
 }
 
-/// Adds what every response carries and hands the body to the access log.
+/// Writes onto any response what the request accumulated: the request id, the
+/// rate-limit headers, the API-key notices, and what CORS and metering decided.
+pub fn decorate<B>(response: &mut Response<B>, exchange: &Exchange<'_>) {
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
+        response.headers_mut().insert(request_id::HEADER, id);
+    }
+    if let Some(verdict) = &exchange.rate_limit {
+        rate_limit_headers(response, verdict);
+    }
+    if let (true, Some(keys)) = (
+        exchange.caller.used_api_key,
+        &exchange.snapshot.auth.api_keys,
+    ) {
+        api_key_notice(response, keys);
+    }
+    cors::decorate(response, &exchange.cors);
+    meter::decorate(response, &exchange.metering);
+}
+
+/// Decorates the response and hands its body to the access log, which is written when
+/// the body is done.
 pub fn finish(
     response: Response<Either<Incoming, Full<Bytes>>>,
-    request_id: &str,
-    mut log: AccessLog,
+    exchange: Exchange<'_>,
 ) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
-    if let Ok(id) = HeaderValue::from_str(request_id) {
-        parts.headers.insert(request_id::HEADER, id);
-    }
+    let mut response = response;
+    decorate(&mut response, &exchange);
+    let mut log = exchange.log;
+    let (parts, body) = response.into_parts();
     log.set_status(parts.status);
     Response::from_parts(parts, Observed::new(body, log))
 }
@@ -99,7 +123,7 @@ mod tests {
     use std::time::Duration;
 
     use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin};
-    use tollgate_state::rate::Quota;
+    use tollgate_state::rate::{Decide, Quota};
 
     use super::*;
 
@@ -112,9 +136,7 @@ mod tests {
         Verdict {
             policy: Arc::new(LimitPolicy {
                 name: "per-client".into(),
-                limit,
-                period,
-                burst,
+                quota,
                 key: vec![LimitKey::Client],
                 on_redis_error: FailureMode::Local,
                 origin: Origin {
@@ -155,13 +177,14 @@ mod tests {
     #[test]
     fn an_allowed_request_reports_limit_remaining_and_seconds_to_full() {
         // 600 per minute, burst 100, 87 left: 13 used, back at 0.1 s each -> 1.3 s -> 2.
+        // Advertised as GCRA guarantees it: 100 per 10 s (never Remaining > Limit).
         let v = verdict(600, Duration::from_secs(60), 100, Some(87));
         assert_eq!(
             headers(&v),
             pairs(&[
                 ("ratelimit", "\"per-client\";r=87;t=2"),
-                ("ratelimit-policy", "\"per-client\";q=600;w=60"),
-                ("x-ratelimit-limit", "600"),
+                ("ratelimit-policy", "\"per-client\";q=100;w=10"),
+                ("x-ratelimit-limit", "100"),
                 ("x-ratelimit-remaining", "87"),
                 ("x-ratelimit-reset", "2"),
             ])

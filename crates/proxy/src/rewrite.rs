@@ -16,63 +16,57 @@
 //! caller: JSON and form bodies are read (bounded) and rewritten, multipart bodies are
 //! watched as they stream ([`crate::multipart`]), opaque ones pass, anything else is 415.
 
-use std::net::IpAddr;
-
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, EXPECT, HOST};
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http_body::Body as _;
 use http_body_util::Either;
-use tollgate_policy::snapshot::{Credential, RouteAuth, Upstream, Webhook};
+use tollgate_policy::snapshot::{Credential, Upstream};
 use tollgate_policy::{param, Route, Snapshot};
 
-use crate::authenticate::Outcome;
 use crate::body::{self, Reading, RequestBody};
 use crate::classify::{self, BodyClass};
 use crate::client_id::{self, Caller as ClientCaller};
+use crate::errors::{AccessError, Bug, GatewayError, RequestError};
+use crate::exchange::{AuthMethod, Exchange};
 use crate::multipart::Scanner;
-use crate::problem::GatewayError;
-use crate::{forwarded, headers, request_id};
-
-/// Who sent the request, as the rewrite needs it.
-pub struct Caller<'a> {
-    pub peer: IpAddr,
-    pub client: IpAddr,
-    pub request_id: &'a str,
-}
+use crate::{headers, request_id, x_forwarded};
 
 /// The header a legacy API key comes in when `[api_keys]` names none.
 const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Rewrites the request head in place for the upstream. `now` is seconds since the epoch
-/// (for the API-key sunset).
+/// Rewrites the request head in place for the upstream.
 pub fn upstream_head(
+    exchange: &Exchange<'_>,
+    route: &Route,
     parts: &mut Parts,
     path: &str,
-    caller: &Caller,
-    route: Option<&Route>,
-    auth: &Outcome,
-    snapshot: &Snapshot,
-    now: u64,
 ) -> Result<(), GatewayError> {
+    let snapshot = exchange.snapshot;
+    let caller = &exchange.caller;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     // `Expect: 100-continue` was answered (or not) by this hop; the body is sent as is.
     h.remove(EXPECT);
     strip_spoofable(h, snapshot);
 
-    // The caller's credentials are for the gateway, not the backend: a bearer token (or
-    // any other Authorization) on every route; a backend credential may set it again.
-    h.remove(AUTHORIZATION);
-    let mut drop_params: Vec<&str> = Vec::new();
+    // The caller's credentials are for the gateway, not the backend: what
+    // authentication read, a bearer token (or any other Authorization) on every route,
+    // and legacy keys everywhere — except the key a caller authenticated with on a route
+    // that passes it on, until the sunset. A backend credential may set one again below.
     let keys = snapshot.auth.api_keys.as_ref();
     let past_sunset = keys
         .and_then(|k| k.sunset)
-        .is_some_and(|sunset| now >= sunset);
-    // Passed on only as the identity the gateway checked, and only until the sunset.
-    let passes_keys = route.is_some_and(|r| r.pass_api_key)
-        && auth.method == crate::authenticate::AuthMethod::ApiKey
-        && !past_sunset;
+        .is_some_and(|sunset| exchange.now >= sunset);
+    let passes_keys = route.pass_api_key && caller.method == AuthMethod::ApiKey && !past_sunset;
+    let mut drop_params: Vec<&str> = Vec::new();
+    if !passes_keys {
+        for name in &caller.consumed.headers {
+            h.remove(name);
+        }
+        drop_params.extend(caller.consumed.params.iter().map(String::as_str));
+    }
+    h.remove(AUTHORIZATION);
     if !passes_keys {
         match keys {
             Some(keys) => {
@@ -86,20 +80,14 @@ pub fn upstream_head(
             }
         }
     }
-    if let Some(route) = route {
-        if let RouteAuth::Webhook(hook) = &route.auth {
-            if let Webhook::UrlSecret { param, .. } = &**hook {
-                drop_params.push(param);
-            }
-        }
-        if let Some((_, credential)) = &route.upstream_credential {
-            set_credential(h, credential, auth)?;
-        }
+    if let Some((_, credential)) = &route.upstream_credential {
+        set_credential(h, credential, exchange)?;
     }
 
     let client_id = route
-        .and_then(|r| r.client_id.as_ref())
-        .zip(auth.identity.as_ref().map(|i| ClientCaller {
+        .client_id
+        .as_ref()
+        .zip(caller.identity.as_ref().map(|i| ClientCaller {
             id: &i.client_id,
             integer: i.integer,
         }));
@@ -113,13 +101,14 @@ pub fn upstream_head(
         }
     }
 
-    forwarded::set_headers(
+    x_forwarded::set_headers(
         h,
-        caller.peer,
-        caller.client,
+        exchange.peer,
+        exchange.client,
         &snapshot.server.trusted_proxies,
+        exchange.scheme,
     );
-    if let Ok(id) = HeaderValue::from_str(caller.request_id) {
+    if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         h.insert(request_id::HEADER, id);
     }
     if let Ok(host) = HeaderValue::from_str(snapshot.upstream.authority.as_str()) {
@@ -159,7 +148,7 @@ fn strip_spoofable(h: &mut HeaderMap, snapshot: &Snapshot) {
 fn set_credential(
     headers: &mut HeaderMap,
     credential: &Credential,
-    auth: &Outcome,
+    exchange: &Exchange<'_>,
 ) -> Result<(), GatewayError> {
     match credential {
         Credential::Header { name, value } => {
@@ -167,14 +156,15 @@ fn set_credential(
         }
         Credential::ClientMap { name, values } => {
             headers.remove(name);
-            let client = auth.identity.as_ref().ok_or(GatewayError::Forbidden(
-                "this route's backend credential needs an authenticated client",
-            ))?;
+            // `tollgate check` refuses a per-client credential where nobody is identified.
+            let client = exchange
+                .caller
+                .identity
+                .as_ref()
+                .ok_or(Bug::CredentialWithoutCaller)?;
             let value = values
                 .get(&client.client_id)
-                .ok_or(GatewayError::Forbidden(
-                    "no backend credential is configured for this client",
-                ))?;
+                .ok_or(AccessError::NoBackendCredential)?;
             headers.insert(name.clone(), value.clone());
         }
     }
@@ -197,13 +187,13 @@ pub fn upstream_uri(
     }
     // The path came out of a valid URI and only had unreserved escapes decoded, so it is
     // still a valid one; failure here would be the gateway's bug.
-    let path_and_query = PathAndQuery::try_from(target).map_err(|_| GatewayError::Internal)?;
+    let path_and_query = PathAndQuery::try_from(target).map_err(|_| Bug::UpstreamTarget)?;
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(http::uri::Scheme::HTTP)
         .authority(upstream.authority.clone())
         .path_and_query(path_and_query)
         .build()
-        .map_err(|_| GatewayError::Internal)
+        .map_err(|_| Bug::UpstreamTarget.into())
 }
 
 /// The request body for the upstream, and the multipart scanner it must pass through.
@@ -214,16 +204,17 @@ pub fn upstream_uri(
 /// it is; anything else is refused. On other routes every body streams untouched. A
 /// declared length over the route's upload limit is refused at once.
 pub async fn upstream_body(
+    exchange: &Exchange<'_>,
+    route: &Route,
     parts: &mut Parts,
     body: RequestBody,
-    route: Option<&Route>,
-    auth: &Outcome,
     reading: &Reading,
 ) -> Result<(RequestBody, Option<Scanner>), GatewayError> {
     let client_id = route
-        .and_then(|r| Some((r, r.client_id.as_ref()?)))
-        .zip(auth.identity.as_ref());
-    let Some(((route, policy), identity)) = client_id else {
+        .client_id
+        .as_ref()
+        .zip(exchange.caller.identity.as_ref());
+    let Some((policy, identity)) = client_id else {
         refuse_declared_over_limit(parts, route)?;
         return Ok((body, None));
     };
@@ -234,7 +225,7 @@ pub async fn upstream_body(
     let class = classify::classify(&parts.headers, !body.is_end_stream(), route)?;
     match class {
         BodyClass::Json | BodyClass::Form => {
-            let held = body::hold(parts, body, policy.max_body_bytes, reading).await?;
+            let held = body::hold(parts, body, policy.max_body_bytes as u64, reading).await?;
             let bytes = held.bytes();
             let rewritten = if class == BodyClass::Json {
                 client_id::json_body(&bytes, policy, caller)?.unwrap_or(bytes)
@@ -249,23 +240,21 @@ pub async fn upstream_body(
             Ok((Either::Right(held.replaced(rewritten)), None))
         }
         BodyClass::Multipart { boundary } => {
-            refuse_declared_over_limit(parts, Some(route))?;
+            refuse_declared_over_limit(parts, route)?;
             let scanner = Scanner::new(&boundary, &policy.names, caller.id);
             Ok((body, Some(scanner)))
         }
         BodyClass::Empty | BodyClass::Opaque => {
-            refuse_declared_over_limit(parts, Some(route))?;
+            refuse_declared_over_limit(parts, route)?;
             Ok((body, None))
         }
     }
 }
 
-fn refuse_declared_over_limit(parts: &Parts, route: Option<&Route>) -> Result<(), GatewayError> {
-    if let Some(limit) = route.and_then(|r| r.max_upload_bytes) {
+fn refuse_declared_over_limit(parts: &Parts, route: &Route) -> Result<(), GatewayError> {
+    if let Some(limit) = route.max_upload_bytes {
         if body::declared_length(parts).is_some_and(|n| n > limit) {
-            return Err(GatewayError::PayloadTooLarge {
-                limit: limit as usize,
-            });
+            return Err(RequestError::PayloadTooLarge { limit }.into());
         }
     }
     Ok(())

@@ -1,44 +1,58 @@
-//! Stage 3 — route: the first matching route of the snapshot decides; no match gets the
-//! configured default (deny by default).
+//! Stage 3 — route: the first matching route of the snapshot decides. A request no
+//! route matches gets the configured default: denied (404), or forwarded by the
+//! snapshot's fallback route (`unmatched = "forward"`). A path some route guards under
+//! other methods is never forwarded unguarded: 405 with `Allow`.
+//!
+//! The selection is not final until the CORS stage has looked at it: a preflight for a
+//! method the path refuses is still the CORS stage's to answer.
 
 use http::Method;
 use tollgate_policy::snapshot::Unmatched;
 use tollgate_policy::{Route, RouteAction, RouteMatch, Snapshot};
 
-use crate::problem::GatewayError;
+use crate::errors::{AccessError, GatewayError};
 
-/// The routing decision: the route that matched (if any), and whether to go on.
-pub struct Selection<'s> {
-    pub route: Option<&'s Route>,
-    pub outcome: Result<(), GatewayError>,
+/// What routing found.
+pub enum Selection<'s> {
+    Route(&'s Route),
+    /// Routes match the path, none the method; these methods would be allowed.
+    MethodNotAllowed(Vec<Method>),
+    /// Nothing matches and unmatched requests are denied.
+    NotFound,
 }
 
-/// Picks the route; `route` is `None` when nothing matched (forwarded only with
-/// `routing.unmatched = "forward"`). Denials are errors in `outcome`.
-pub fn select<'s>(snapshot: &'s Snapshot, method: &Method, path: &str) -> Selection<'s> {
-    match snapshot.route(method, path) {
-        RouteMatch::Route(route) => Selection {
-            route: Some(route),
-            outcome: match route.action {
-                RouteAction::Forward => Ok(()),
-                RouteAction::Deny => Err(GatewayError::RouteDenied),
-            },
-        },
-        other => Selection {
-            route: None,
-            outcome: unmatched(snapshot, other, path),
-        },
+impl<'s> Selection<'s> {
+    /// The route, or why there is none. A route that denies is a refusal too.
+    pub fn into_route(self) -> Result<&'s Route, GatewayError> {
+        match self {
+            Selection::Route(route) if route.action == RouteAction::Deny => {
+                Err(AccessError::RouteDenied.into())
+            }
+            Selection::Route(route) => Ok(route),
+            Selection::MethodNotAllowed(allow) => {
+                Err(AccessError::MethodNotAllowed { allow }.into())
+            }
+            Selection::NotFound => Err(AccessError::RouteNotFound.into()),
+        }
+    }
+
+    /// The route that matched, whatever it does.
+    pub fn route(&self) -> Option<&'s Route> {
+        match self {
+            Selection::Route(route) => Some(route),
+            _ => None,
+        }
     }
 }
 
-fn unmatched(snapshot: &Snapshot, matched: RouteMatch, path: &str) -> Result<(), GatewayError> {
-    match (matched, snapshot.unmatched) {
-        // A path some route guards is never forwarded unguarded under another method,
-        // whatever `unmatched` says.
-        (RouteMatch::MethodNotAllowed, _) => Err(GatewayError::MethodNotAllowed {
-            allow: snapshot.allowed_methods(path),
-        }),
-        (_, Unmatched::Deny) => Err(GatewayError::RouteNotFound),
-        (_, Unmatched::Forward) => Ok(()),
+/// Chooses the route for a normalized path.
+pub fn select<'s>(snapshot: &'s Snapshot, method: &Method, path: &str) -> Selection<'s> {
+    match snapshot.route(method, path) {
+        RouteMatch::Route(route) => Selection::Route(route),
+        RouteMatch::MethodNotAllowed => Selection::MethodNotAllowed(snapshot.allowed_methods(path)),
+        RouteMatch::Unmatched => match snapshot.unmatched {
+            Unmatched::Deny => Selection::NotFound,
+            Unmatched::Forward => Selection::Route(&snapshot.fallback),
+        },
     }
 }

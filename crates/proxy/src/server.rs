@@ -1,5 +1,6 @@
-//! The listener: binds, accepts, serves HTTP/1.1 connections through the pipeline, and
-//! drains gracefully. Also owns the live snapshot and its swap.
+//! The listeners: binds, accepts, serves HTTP/1.1 connections through the pipeline, and
+//! drains gracefully. What lives across requests (the published snapshot and its state)
+//! is [`crate::runtime`]'s; this module only moves connections.
 //!
 //! The data plane runs one worker per core, nginx-style: each worker is a thread with a
 //! single-threaded runtime, its own listening socket on the shared address
@@ -13,10 +14,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,136 +24,16 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
-use tollgate_auth::cache::TokenCache;
 use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
-use crate::body::BodyBudget;
-use crate::forward::UpstreamClient;
-use crate::jwks::{JwksRegistry, JwksSet};
-use crate::limit::Limiters;
-use crate::metrics::Metrics;
-use crate::replay::{Replay, ReplayCounts};
+use crate::exchange::Scheme;
+use crate::runtime::{Runtime, SnapshotHandle};
 use crate::{admin, pipeline};
-use tollgate_state::replay::LocalNonces;
-
-/// One published configuration: the snapshot and, per worker, the upstream client
-/// built for it.
-pub struct Active {
-    pub snapshot: Arc<Snapshot>,
-    pub upstreams: Vec<UpstreamClient>,
-    /// Tokens verified under this snapshot's keys; a reload starts a fresh cache, and so
-    /// does a change in a remote key set.
-    pub tokens: TokenCache,
-    /// The remote key sets this snapshot names.
-    pub jwks: Vec<Arc<JwksSet>>,
-    /// Rate limiters; counts carry over from the previous snapshot where unchanged.
-    pub limiters: Limiters,
-    /// Callback nonces: the memory is shared by every snapshot; Redis per `[store]`.
-    pub replay: Replay,
-}
-
-impl Active {
-    fn new(
-        snapshot: Snapshot,
-        previous: Option<&Active>,
-        workers: usize,
-        jwks: Vec<Arc<JwksSet>>,
-        nonces: &Nonces,
-    ) -> Self {
-        let upstreams = (0..workers)
-            .map(|i| match previous.and_then(|p| p.upstreams.get(i)) {
-                Some(client) => client.reuse_or_new(&snapshot.upstream),
-                None => UpstreamClient::new(&snapshot.upstream),
-            })
-            .collect();
-        let tokens = TokenCache::new(snapshot.auth.jwt.as_ref().map_or(0, |j| j.cache_entries));
-        let limiters = Limiters::new(&snapshot, previous.map(|p| &p.limiters), workers);
-        let replay = Replay::new(
-            Arc::clone(&nonces.memory),
-            limiters.redis(),
-            Arc::clone(&nonces.counts),
-        );
-        Active {
-            snapshot: Arc::new(snapshot),
-            upstreams,
-            tokens,
-            jwks,
-            limiters,
-            replay,
-        }
-    }
-}
-
-/// Callback nonces remembered in process, and the replay counts: kept across reloads.
-struct Nonces {
-    memory: Arc<LocalNonces>,
-    counts: Arc<ReplayCounts>,
-}
-
-/// State every connection shares.
-pub struct Shared {
-    pub active: ArcSwap<Active>,
-    pub metrics: Arc<Metrics>,
-    pub draining: AtomicBool,
-    pub access_sink: AccessSink,
-    /// Memory held by request bodies, across all requests.
-    pub budget: Arc<BodyBudget>,
-    nonces: Nonces,
-    jwks: JwksRegistry,
-    /// Clears the token cache when a remote key set changes.
-    on_jwks_change: Arc<dyn Fn() + Send + Sync>,
-    workers: usize,
-}
-
-impl Shared {
-    fn jwks_sets(&self, snapshot: &Snapshot) -> Vec<Arc<JwksSet>> {
-        let sources = snapshot.auth.jwt.as_ref().map_or(&[][..], |j| &j.jwks[..]);
-        self.jwks.sync(sources, Arc::clone(&self.on_jwks_change))
-    }
-}
-
-/// Publishes new snapshots to a running gateway (hot reload).
-#[derive(Clone)]
-pub struct SnapshotHandle {
-    shared: Arc<Shared>,
-}
-
-impl SnapshotHandle {
-    pub fn current(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.shared.active.load().snapshot)
-    }
-
-    /// Swaps in a validated snapshot; requests already running finish on the old one.
-    pub fn publish(&self, snapshot: Snapshot) {
-        let jwks = self.shared.jwks_sets(&snapshot);
-        self.shared
-            .budget
-            .set_max(snapshot.server.bodies.max_buffered);
-        let active = Active::new(
-            snapshot,
-            Some(&self.shared.active.load()),
-            self.shared.workers,
-            jwks,
-            &self.shared.nonces,
-        );
-        self.shared.active.store(Arc::new(active));
-        self.shared.metrics.count_reload(true);
-    }
-
-    /// Records a reload that was refused; the current snapshot keeps serving.
-    pub fn reload_failed(&self) {
-        self.shared.metrics.count_reload(false);
-    }
-
-    pub fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.shared.metrics)
-    }
-}
 
 /// A bound, not yet serving gateway.
 pub struct Gateway {
-    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
     /// For each worker, one socket per configured address.
     worker_listeners: Vec<Vec<std::net::TcpListener>>,
     admin: Option<std::net::TcpListener>,
@@ -184,35 +63,9 @@ impl Gateway {
             }
             None => None,
         };
-        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
-            let weak = weak.clone();
-            let on_jwks_change: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-                if let Some(shared) = weak.upgrade() {
-                    shared.active.load().tokens.clear();
-                }
-            });
-            let jwks = JwksRegistry::default();
-            let sources = snapshot.auth.jwt.as_ref().map_or(&[][..], |j| &j.jwks[..]);
-            let sets = jwks.sync(sources, Arc::clone(&on_jwks_change));
-            let nonces = Nonces {
-                memory: Replay::local_memory(),
-                counts: Arc::new(ReplayCounts::default()),
-            };
-            let budget = BodyBudget::new(snapshot.server.bodies.max_buffered);
-            Shared {
-                active: ArcSwap::from_pointee(Active::new(snapshot, None, workers, sets, &nonces)),
-                metrics: Arc::new(Metrics::default()),
-                draining: AtomicBool::new(false),
-                access_sink,
-                budget,
-                nonces,
-                jwks,
-                on_jwks_change,
-                workers,
-            }
-        });
+        let runtime = Runtime::new(snapshot, workers, access_sink);
         Ok(Gateway {
-            shared,
+            runtime,
             worker_listeners,
             admin,
         })
@@ -233,9 +86,7 @@ impl Gateway {
     }
 
     pub fn handle(&self) -> SnapshotHandle {
-        SnapshotHandle {
-            shared: Arc::clone(&self.shared),
-        }
+        SnapshotHandle::new(Arc::clone(&self.runtime))
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets in-flight
@@ -246,7 +97,7 @@ impl Gateway {
         let mut workers = Vec::new();
         for (index, listeners) in self.worker_listeners.into_iter().enumerate() {
             let (done_tx, done_rx) = oneshot::channel();
-            let shared = Arc::clone(&self.shared);
+            let runtime_state = Arc::clone(&self.runtime);
             let stop = stop_rx.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("tollgate-worker-{index}"))
@@ -255,7 +106,9 @@ impl Gateway {
                         .enable_all()
                         .build()
                     {
-                        Ok(runtime) => runtime.block_on(worker(index, listeners, shared, stop)),
+                        Ok(runtime) => {
+                            runtime.block_on(worker(index, listeners, runtime_state, stop))
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot start a worker runtime");
                             false
@@ -275,7 +128,7 @@ impl Gateway {
                 let graceful = Arc::new(GracefulShutdown::new());
                 tokio::spawn(accept_loop(
                     listener,
-                    Arc::clone(&self.shared),
+                    Arc::clone(&self.runtime),
                     graceful,
                     stop_rx.clone(),
                     Service::Admin,
@@ -285,25 +138,24 @@ impl Gateway {
         // In-process limiters forget keys whose allowance is full again, so memory
         // follows the callers active within one period.
         let sweeper = {
-            let shared = Arc::clone(&self.shared);
+            let runtime = Arc::clone(&self.runtime);
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
                 loop {
                     every.tick().await;
-                    shared.active.load().limiters.forget_idle();
+                    runtime.active().limiters.forget_idle();
                 }
             })
         };
 
         shutdown.await;
         sweeper.abort();
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.runtime.start_draining();
         let _ = stop_tx.send(true);
         tracing::info!(
             grace_ms = self
-                .shared
-                .active
-                .load()
+                .runtime
+                .active()
                 .snapshot
                 .server
                 .shutdown_grace
@@ -341,7 +193,7 @@ fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 async fn worker(
     index: usize,
     listeners: Vec<std::net::TcpListener>,
-    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     let graceful = Arc::new(GracefulShutdown::new());
@@ -351,7 +203,7 @@ async fn worker(
             Ok(listener) => {
                 accept_loops.spawn(accept_loop(
                     listener,
-                    Arc::clone(&shared),
+                    Arc::clone(&runtime),
                     Arc::clone(&graceful),
                     stop.clone(),
                     Service::Gateway { worker: index },
@@ -362,7 +214,7 @@ async fn worker(
     }
     let _ = stop.wait_for(|stopped| *stopped).await;
     while accept_loops.join_next().await.is_some() {}
-    let grace = shared.active.load().snapshot.server.shutdown_grace;
+    let grace = runtime.active().snapshot.server.shutdown_grace;
     // The accept loops have ended and dropped their references.
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => tokio::time::timeout(grace, graceful.shutdown())
@@ -380,7 +232,7 @@ enum Service {
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    runtime: Arc<Runtime>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
     service: Service,
@@ -399,12 +251,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let server = shared.active.load().snapshot.server.clone();
+        let server = runtime.active().snapshot.server.clone();
         if let Service::Gateway { .. } = service {
             // Past the cap a connection is closed at once: slow clients cannot take every
             // file descriptor (held bodies and idle connections also have deadlines).
-            if shared.metrics.connections() >= server.max_connections {
-                shared.metrics.connection_refused();
+            if runtime.metrics.connections() >= server.max_connections {
+                runtime.metrics.connection_refused();
                 drop(stream);
                 continue;
             }
@@ -417,14 +269,16 @@ async fn accept_loop(
             // Our own limits answer with problem+json; hyper's hard limit sits above them.
             .max_buf_size((server.max_header_bytes + server.max_uri_bytes) * 2 + 16 * 1024);
         let io = TokioIo::new(stream);
-        let conn_shared = Arc::clone(&shared);
-        let metrics = Arc::clone(&shared.metrics);
+        let conn_runtime = Arc::clone(&runtime);
+        let metrics = Arc::clone(&runtime.metrics);
         match service {
             Service::Gateway { worker } => {
                 let svc = service_fn(move |request| {
-                    let shared = Arc::clone(&conn_shared);
+                    let runtime = Arc::clone(&conn_runtime);
                     async move {
-                        Ok::<_, Infallible>(pipeline::handle(request, peer, worker, &shared).await)
+                        Ok::<_, Infallible>(
+                            pipeline::handle(request, peer, worker, Scheme::Http, &runtime).await,
+                        )
                     }
                 });
                 let conn = graceful.watch(builder.serve_connection(io, svc));
@@ -438,7 +292,7 @@ async fn accept_loop(
             }
             Service::Admin => {
                 let svc = service_fn(move |request| {
-                    let response = admin::handle(&request, &conn_shared);
+                    let response = admin::handle(&request, &conn_runtime);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let conn = graceful.watch(builder.serve_connection(io, svc));

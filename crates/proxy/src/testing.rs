@@ -1,11 +1,18 @@
-//! Builders for unit tests: policy objects made in code instead of loaded from files.
+//! Builders for unit tests: policy objects and exchanges made in code, from
+//! configuration text loaded from memory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::header::HeaderName;
 use tollgate_policy::pattern::PathPattern;
 use tollgate_policy::snapshot::{ClientIdPolicy, JsonType, Mismatch, Origin, RouteAuth};
-use tollgate_policy::{Route, RouteAction};
+use tollgate_policy::sources::InMemory;
+use tollgate_policy::{Route, RouteAction, Snapshot};
+
+use crate::access_log::AccessLog;
+use crate::exchange::{Exchange, Scheme};
+use crate::metrics::Metrics;
 
 /// A JWT route on `path` with the default client-id policy.
 pub fn route(path: &str) -> Route {
@@ -43,5 +50,49 @@ pub fn client_id_policy() -> ClientIdPolicy {
         allow_non_object_json: false,
         max_body_bytes: 1024 * 1024,
         json_type: JsonType::Claim,
+    }
+}
+
+/// A snapshot with one anonymous route, `/x/*` for GET, loaded from memory.
+pub fn snapshot_with_route() -> Arc<Snapshot> {
+    let sources = InMemory::new()
+        .file(
+            "/t/gateway.toml",
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstream]\nurl = \"http://127.0.0.1:9\"\n[routing]\npolicies = \"p\"\n",
+        )
+        .file(
+            "/t/p/a.toml",
+            "[[route]]\nname = \"x\"\nmethods = [\"GET\"]\npath = \"/x/*\"\nauth = \"none\"\n",
+        );
+    Arc::new(tollgate_policy::load_from(Path::new("/t/gateway.toml"), &sources).expect("loads"))
+}
+
+/// A fresh exchange for a request from 127.0.0.1, judged by `snapshot`.
+pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
+    let client = "127.0.0.1".parse().expect("an address");
+    let log = AccessLog::start(
+        Arc::new(|_| {}),
+        Arc::clone(snapshot),
+        Arc::new(Metrics::default()),
+        "test-1",
+        &http::Method::GET,
+        "/x",
+        None,
+        client,
+    );
+    Exchange {
+        snapshot,
+        worker: 0,
+        peer: client,
+        client,
+        scheme: Scheme::Http,
+        request_id: "test-1".into(),
+        now: 0,
+        route: None,
+        caller: Default::default(),
+        rate_limit: None,
+        cors: Default::default(),
+        metering: Default::default(),
+        log,
     }
 }

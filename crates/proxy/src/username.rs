@@ -18,10 +18,10 @@ use tollgate_policy::param;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::body::{self, Reading, RequestBody};
-use crate::problem::GatewayError;
+use crate::errors::{GatewayError, RequestError};
 
 /// Login bodies are small; this much is read to find the username.
-const MAX_LOGIN_BODY_BYTES: usize = 64 * 1024;
+const MAX_LOGIN_BODY_BYTES: u64 = 64 * 1024;
 /// A login naming more accounts than this at once is refused.
 pub const MAX_USERNAMES: usize = 4;
 
@@ -48,7 +48,7 @@ pub async fn submitted(
         .filter(|v| !v.is_empty())
         .collect();
     if names.len() > MAX_USERNAMES {
-        return Err(GatewayError::LoginAmbiguous);
+        return Err(RequestError::LoginAmbiguous { max: MAX_USERNAMES }.into());
     }
     let hashed = names.iter().map(|n| hash(n)).collect();
     Ok((Request::from_parts(parts, Either::Right(held)), hashed))

@@ -11,72 +11,40 @@
 pub mod local;
 pub mod shared;
 
-use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// How much a key may do: `limit` requests per `period`, at most `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Quota {
-    limit: NonZeroU32,
-    period: Duration,
-    burst: NonZeroU32,
+pub use tollgate_policy::quota::Quota;
+
+use crate::redis::StoreError;
+use crate::BoxFuture;
+
+/// Where a rate-limit count lives: in this process ([`local::LocalLimiter`]) or in Redis,
+/// shared by every instance ([`shared::SharedLimiter`]).
+pub trait RateStore: Send + Sync {
+    /// Decides one request for `key` under `quota`, and counts it if allowed.
+    fn decide<'a>(
+        &'a self,
+        worker: usize,
+        key: String,
+        quota: &'a Quota,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
 }
 
-impl Quota {
-    /// `None` when the emission interval (`period / limit`) would be under a
-    /// microsecond (the resolution the Redis script counts in), or a full burst would
-    /// take longer than [`Quota::MAX_REFILL`] to come back (beyond that the arithmetic
-    /// in nanoseconds, and in Lua's doubles, stops being exact).
-    pub fn new(limit: NonZeroU32, period: Duration, burst: NonZeroU32) -> Option<Quota> {
-        let quota = Quota {
-            limit,
-            period,
-            burst,
-        };
-        let refill = quota.interval().checked_mul(burst.get());
-        (quota.interval() >= Duration::from_micros(1)
-            && refill.is_some_and(|r| r <= Quota::MAX_REFILL))
-        .then_some(quota)
-    }
-
-    /// The longest time a full burst may take to come back: ten years.
-    pub const MAX_REFILL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
-
-    pub fn limit(&self) -> u32 {
-        self.limit.get()
-    }
-
-    pub fn period(&self) -> Duration {
-        self.period
-    }
-
-    pub fn burst(&self) -> u32 {
-        self.burst.get()
-    }
-
-    /// `T`: the time one request's allowance takes to come back.
-    pub fn interval(&self) -> Duration {
-        self.period / self.limit.get()
-    }
-
-    /// This quota split evenly over `instances` (each share at least 1): what one
-    /// instance may allow on its own while the shared count is unreachable.
-    pub fn share(&self, instances: NonZeroU32) -> Quota {
-        let split =
-            |n: NonZeroU32| NonZeroU32::new(n.get() / instances.get()).unwrap_or(NonZeroU32::MIN);
-        Quota {
-            limit: split(self.limit),
-            period: self.period,
-            burst: split(self.burst),
-        }
-    }
-
+/// The decisions a quota makes. (The quota itself is configuration, validated once by
+/// the policy crate; what it decides is this crate's.)
+pub trait Decide {
     /// The decision for an allowed request that left `remaining` requests of burst.
-    pub fn allowed(&self, remaining: u32) -> Decision {
+    fn allowed(&self, remaining: u32) -> Decision;
+    /// The decision for a refused request that may be retried after `retry_after`.
+    fn denied(&self, retry_after: Duration) -> Decision;
+}
+
+impl Decide for Quota {
+    fn allowed(&self, remaining: u32) -> Decision {
         let remaining = remaining.min(self.burst());
         Decision {
             allowed: true,
-            limit: self.limit(),
+            limit: self.burst(),
             remaining,
             // Each used unit of burst comes back after one interval; this is exact right
             // after a request and at most one interval high otherwise.
@@ -88,11 +56,10 @@ impl Quota {
         }
     }
 
-    /// The decision for a refused request that may be retried after `retry_after`.
-    pub fn denied(&self, retry_after: Duration) -> Decision {
+    fn denied(&self, retry_after: Duration) -> Decision {
         Decision {
             allowed: false,
-            limit: self.limit(),
+            limit: self.burst(),
             remaining: 0,
             // At `retry_after` one request is back; the other `B - 1` follow one
             // interval apart.
@@ -110,7 +77,8 @@ impl Quota {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
-    /// The quota's `limit` (requests per period).
+    /// What the headers advertise as the limit: the quota's burst, which GCRA
+    /// guarantees per window (`burst × interval`); `remaining` never exceeds it.
     pub limit: u32,
     /// Requests that could be made right now, after this one.
     pub remaining: u32,
@@ -158,6 +126,7 @@ pub fn ceil_secs(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     /// A quota from plain numbers, for this module's tests and its children's.
     pub(crate) fn quota(limit: u32, period_ms: u64, burst: u32) -> Quota {
@@ -170,29 +139,11 @@ mod tests {
     }
 
     #[test]
-    fn interval_is_period_over_limit() {
-        assert_eq!(quota(10, 1000, 5).interval(), Duration::from_millis(100));
-        assert_eq!(
-            quota(3, 1000, 1).interval(),
-            Duration::from_nanos(333_333_333)
-        );
-    }
-
-    #[test]
-    fn quotas_finer_than_a_microsecond_are_refused() {
-        let limit = NonZeroU32::new(2_000_000).unwrap();
-        assert!(Quota::new(limit, Duration::from_secs(1), NonZeroU32::MIN).is_none());
-        let limit = NonZeroU32::new(1_000_000).unwrap();
-        assert!(Quota::new(limit, Duration::from_secs(1), NonZeroU32::MIN).is_some());
-    }
-
-    #[test]
-    fn a_share_divides_limit_and_burst_but_never_below_one() {
-        let q = quota(100, 60_000, 30).share(NonZeroU32::new(3).unwrap());
-        assert_eq!((q.limit(), q.burst()), (33, 10));
-        assert_eq!(q.period(), Duration::from_secs(60));
-        let q = quota(2, 1000, 2).share(NonZeroU32::new(3).unwrap());
-        assert_eq!((q.limit(), q.burst()), (1, 1));
+    fn the_advertised_limit_is_the_burst_and_remaining_never_exceeds_it() {
+        let q = quota(600, 60_000, 100);
+        let fresh = q.allowed(99);
+        assert_eq!((fresh.limit, fresh.remaining), (100, 99));
+        assert_eq!(q.denied(Duration::from_millis(100)).limit, 100);
     }
 
     #[test]

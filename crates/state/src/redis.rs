@@ -19,32 +19,7 @@ use thiserror::Error;
 
 use crate::breaker::{Admission, Breaker};
 
-/// How to reach Redis and when to give up on it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`; may hold a password, so never logged.
-    pub url: String,
-    /// Longest wait for one call, connecting included.
-    pub timeout: Duration,
-    /// Consecutive failures that open the circuit.
-    pub breaker_failures: u32,
-    /// How long an open circuit skips Redis before probing it.
-    pub breaker_cooldown: Duration,
-    /// Prefix of every key Tollgate writes.
-    pub key_prefix: String,
-}
-
-impl std::fmt::Debug for RedisSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisSettings")
-            .field("url", &"<redacted>")
-            .field("timeout", &self.timeout)
-            .field("breaker_failures", &self.breaker_failures)
-            .field("breaker_cooldown", &self.breaker_cooldown)
-            .field("key_prefix", &self.key_prefix)
-            .finish()
-    }
-}
+pub use tollgate_policy::snapshot::RedisSettings;
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Error, Clone)]

@@ -6,15 +6,11 @@
 //! `SET NX PX` per nonce, so every instance sharing the Redis sees every nonce).
 
 use std::collections::{HashSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::redis::{Redis, StoreError};
-
-/// A boxed future, so stores can be chosen at run time (`Arc<dyn NonceStore>`).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::BoxFuture;
 
 /// Where nonces are remembered.
 pub trait NonceStore: Send + Sync {

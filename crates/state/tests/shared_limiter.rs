@@ -3,9 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,47 +11,17 @@ use tollgate_state::rate::local::LocalLimiter;
 use tollgate_state::rate::shared::{key, SharedLimiter};
 use tollgate_state::rate::Quota;
 use tollgate_state::redis::{Redis, RedisSettings, StoreError};
+use tollgate_testkit::RedisServer;
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisServer::start_on(port)
-    }
-
-    fn settings(&self) -> RedisSettings {
-        RedisSettings {
-            url: format!("redis://127.0.0.1:{}", self.port),
-            timeout: Duration::from_millis(200),
-            breaker_failures: 3,
-            breaker_cooldown: Duration::from_millis(300),
-            key_prefix: "test".into(),
-        }
-    }
-
-    /// `redis-cli` against this server.
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Settings for a test server: short timeouts, a quick breaker.
+fn settings(server: &RedisServer) -> RedisSettings {
+    RedisSettings {
+        url: server.url(),
+        instances: NonZeroU32::MIN,
+        timeout: Duration::from_millis(200),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(300),
+        key_prefix: "test".into(),
     }
 }
 
@@ -69,7 +37,7 @@ fn quota(limit: u32, period: Duration, burst: u32) -> Quota {
 #[tokio::test]
 async fn redis_and_local_limiters_decide_a_burst_alike() {
     let server = RedisServer::start();
-    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
+    let shared = SharedLimiter::new(Arc::new(Redis::new(settings(&server), 1).unwrap()), 1);
     // One request back per hour: nothing refills while the test runs.
     let q = quota(5, Duration::from_secs(5 * 3600), 5);
     let (local, _clock) = LocalLimiter::manual(q);
@@ -103,7 +71,7 @@ async fn redis_and_local_limiters_decide_a_burst_alike() {
 #[tokio::test]
 async fn a_key_refills_on_the_redis_clock_and_then_expires() {
     let server = RedisServer::start();
-    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
+    let shared = SharedLimiter::new(Arc::new(Redis::new(settings(&server), 1).unwrap()), 1);
     // Burst 2, one back every 100 ms.
     let q = quota(10, Duration::from_secs(1), 2);
     let k = key("test", "p", "ip=127.0.0.1", "");
@@ -124,15 +92,14 @@ async fn a_key_refills_on_the_redis_clock_and_then_expires() {
 
 #[tokio::test]
 async fn an_outage_fails_fast_then_opens_the_circuit_and_recovers() {
-    let mut server = RedisServer::start();
-    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
+    let server = RedisServer::start();
+    let shared = SharedLimiter::new(Arc::new(Redis::new(settings(&server), 1).unwrap()), 1);
     let redis = shared.redis();
     let q = quota(100, Duration::from_secs(3600), 100);
     let k = key("test", "p", "global", "");
     assert!(shared.check(0, k.clone(), &q).await.unwrap().allowed);
 
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    let port = server.kill();
     let started = Instant::now();
     let mut errors = Vec::new();
     for _ in 0..6 {
@@ -150,7 +117,7 @@ async fn an_outage_fails_fast_then_opens_the_circuit_and_recovers() {
 
     // Back on the same port: the next probe after the cooldown closes the circuit, and
     // the script is loaded again into the fresh server.
-    let restarted = RedisServer::start_on(server.port);
+    let restarted = RedisServer::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match shared.check(0, k.clone(), &q).await {
@@ -168,27 +135,10 @@ async fn an_outage_fails_fast_then_opens_the_circuit_and_recovers() {
     drop(restarted);
 }
 
-impl RedisServer {
-    fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (Debian: redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not restart");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        RedisServer { child, port }
-    }
-}
-
 #[tokio::test]
 async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
     let server = RedisServer::start();
-    let mut settings = server.settings();
+    let mut settings = settings(&server);
     settings.timeout = Duration::from_millis(100);
     let shared = SharedLimiter::new(Arc::new(Redis::new(settings, 1).unwrap()), 1);
     let redis = shared.redis();
@@ -196,16 +146,8 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
     let k = key("test", "p", "global", "");
     assert!(shared.check(0, k.clone(), &q).await.unwrap().allowed);
 
-    let pid = server.child.id().to_string();
-    let signal = |name: &str| {
-        assert!(Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
     // Accepts connections, answers nothing: the worst kind of outage.
-    signal("-STOP");
+    server.freeze();
     for _ in 0..3 {
         let started = Instant::now();
         let error = shared.check(0, k.clone(), &q).await.unwrap_err();
@@ -229,7 +171,7 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
         3
     );
 
-    signal("-CONT");
+    server.thaw();
     let deadline = Instant::now() + Duration::from_secs(10);
     while shared.check(0, k.clone(), &q).await.is_err() {
         assert!(Instant::now() < deadline, "never recovered");
@@ -241,7 +183,7 @@ async fn a_frozen_redis_costs_one_timeout_per_call_until_the_circuit_opens() {
 #[tokio::test]
 async fn concurrent_decisions_batched_together_stay_exact_per_key() {
     let server = RedisServer::start();
-    let shared = SharedLimiter::new(Arc::new(Redis::new(server.settings(), 1).unwrap()), 1);
+    let shared = SharedLimiter::new(Arc::new(Redis::new(settings(&server), 1).unwrap()), 1);
     let q = quota(5, Duration::from_secs(5 * 3600), 5);
     let other = quota(3, Duration::from_secs(3 * 3600), 3);
     // 40 decisions asked for at once on one worker: they go out as a few pipelines, with

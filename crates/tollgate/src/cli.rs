@@ -154,7 +154,7 @@ fn load(config: &Path) -> Option<Snapshot> {
 /// As [`load`], but quiet about the development keys the demo uses on purpose.
 fn load_quietly(config: &Path) -> Option<Snapshot> {
     load_printing(config, |d| {
-        !d.message.contains(tollgate_policy::auth::DEV_KEYS_DIR)
+        !d.message.contains(tollgate_policy::DEV_KEYS_DIR)
     })
 }
 

@@ -8,7 +8,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::RateLimiter;
 
-use super::{Decision, Quota};
+use super::{Decide, Decision, Quota};
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
 
@@ -45,7 +45,7 @@ impl<C: Clock> LocalLimiter<C> {
     pub fn with_clock(quota: Quota, clock: C) -> Self {
         let gcra = governor::Quota::with_period(quota.interval())
             .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
-            .allow_burst(quota.burst);
+            .allow_burst(quota.burst_count());
         LocalLimiter {
             quota,
             limiter: RateLimiter::new(gcra, DashMapStateStore::default(), clock),
@@ -78,6 +78,23 @@ impl<C: Clock> LocalLimiter<C> {
     /// Keys currently remembered.
     pub fn keys(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+impl<C: Clock + Send + Sync> super::RateStore for LocalLimiter<C>
+where
+    C::Instant: Send + Sync,
+{
+    /// Counted in this process against the limiter's own quota (`quota` must be it).
+    fn decide<'a>(
+        &'a self,
+        _worker: usize,
+        key: String,
+        quota: &'a Quota,
+    ) -> crate::BoxFuture<'a, Result<Decision, crate::redis::StoreError>> {
+        debug_assert_eq!(*quota, self.quota);
+        let decision = self.check(&key);
+        Box::pin(async move { Ok(decision) })
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Decision, Quota};
+use super::{Decide, Decision, Quota};
 use crate::redis::{Redis, StoreError};
 
 const GCRA: &str = include_str!("gcra.lua");
@@ -226,6 +226,17 @@ pub fn key(prefix: &str, policy: &str, tag: &str, rest: &str) -> String {
     key.push_str(policy);
     key.push_str(rest);
     key
+}
+
+impl super::RateStore for Arc<SharedLimiter> {
+    fn decide<'a>(
+        &'a self,
+        worker: usize,
+        key: String,
+        quota: &'a Quota,
+    ) -> crate::BoxFuture<'a, Result<Decision, StoreError>> {
+        Box::pin(self.check(worker, key, quota))
+    }
 }
 
 #[cfg(test)]

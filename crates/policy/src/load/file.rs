@@ -1,7 +1,7 @@
 //! The TOML file structs, exactly as operators write them.
 //!
-//! These are *not* the runtime model: `load` converts them into the validated types of
-//! [`crate::snapshot`], and nothing outside this crate sees a raw string that could be
+//! These are *not* the runtime model: the loader converts them into the validated types
+//! of [`crate::snapshot`], and nothing outside this crate sees a raw string that could be
 //! invalid. Every struct denies unknown fields, so a typo is an error, never a default.
 
 use serde::Deserialize;
@@ -114,6 +114,8 @@ pub struct RouteFile {
     pub path: Spanned<String>,
     #[serde(default)]
     pub action: ActionFile,
+    /// With `action = "serve"`: which of the gateway's own endpoints answers.
+    pub endpoint: Option<Spanned<EndpointFile>>,
     /// Omitted means `jwt`: a route is never open by accident.
     pub auth: Option<Spanned<AuthModeFile>>,
     /// The `[webhooks.NAME]` that verifies callers, with `auth = "webhook"`.
@@ -138,7 +140,7 @@ pub struct RouteFile {
     /// The `[limits.NAME]` policies that apply, all of them to every request.
     pub limits: Option<Vec<Spanned<String>>>,
     /// The JSON members or form fields that may hold the submitted username (a login
-    /// route), first present wins; for limits keyed by `username`.
+    /// route); every one present counts, for limits keyed by `username`.
     pub username_fields: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -254,7 +256,9 @@ pub enum AuthModeFile {
     Webhook,
 }
 
-/// `[jwt]` in `gateway.toml`.
+/// `[jwt]` in `gateway.toml`, without its `[[jwt.key]]` and `[[jwt.jwks]]` arrays: the
+/// loader takes those apart first and reads each table on its own (so a mistake in one
+/// is reported as that key's).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtFile {
@@ -266,10 +270,6 @@ pub struct JwtFile {
     pub cache_entries: Option<Spanned<i64>>,
     /// Lifetime of tokens this gateway mints.
     pub access_ttl: Option<Spanned<String>>,
-    #[serde(default)]
-    pub key: Vec<JwtKeyFile>,
-    #[serde(default)]
-    pub jwks: Vec<JwksFile>,
 }
 
 /// One `[[jwt.key]]`: a key pinned to one algorithm. Secrets come from the environment
@@ -373,10 +373,20 @@ pub enum WebhookFile {
     },
 }
 
-#[derive(Debug, Default, Deserialize, Clone, Copy)]
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionFile {
     #[default]
     Forward,
     Deny,
+    /// Answered by the gateway itself: the route's `endpoint`.
+    Serve,
+}
+
+/// An endpoint the gateway answers itself (`action = "serve"`).
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointFile {
+    /// `GET /.well-known/jwks.json`: the public keys of the gateway's signing keys.
+    Jwks,
 }

@@ -1,4 +1,5 @@
-//! Who the client is, and the `X-Forwarded-*` headers that tell the upstream.
+//! Who the client is, and the `X-Forwarded-*` headers that tell the upstream (part of
+//! stage 8, rewrite; the client address is decided when the request arrives).
 //!
 //! `X-Forwarded-For` and friends are believed only when the peer that sent them is a
 //! configured trusted proxy; otherwise they are the client's own claims and are replaced.
@@ -7,6 +8,8 @@ use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use tollgate_policy::cidr::Cidr;
+
+use crate::exchange::Scheme;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -42,8 +45,15 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAdd
     client
 }
 
-/// Replaces the forwarding headers with what the gateway vouches for.
-pub fn set_headers(headers: &mut HeaderMap, peer: IpAddr, client: IpAddr, proxies: &[Cidr]) {
+/// Replaces the forwarding headers with what the gateway vouches for; the protocol is
+/// the connection's (`scheme`) unless a trusted proxy said otherwise.
+pub fn set_headers(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    proxies: &[Cidr],
+    scheme: Scheme,
+) {
     let from_trusted = trusted(peer, proxies);
     let prior_for = from_trusted
         .then(|| joined(headers, &X_FORWARDED_FOR))
@@ -66,7 +76,7 @@ pub fn set_headers(headers: &mut HeaderMap, peer: IpAddr, client: IpAddr, proxie
         headers.insert(X_REAL_IP, value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     }
     if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
         headers.insert(X_FORWARDED_HOST, host);
@@ -132,7 +142,7 @@ mod tests {
         let mut h = xff("1.2.3.4");
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h.insert(HOST, HeaderValue::from_static("gw.example"));
-        set_headers(&mut h, ip("192.0.2.1"), ip("192.0.2.1"), &[]);
+        set_headers(&mut h, ip("192.0.2.1"), ip("192.0.2.1"), &[], Scheme::Http);
         assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "gw.example");
@@ -140,11 +150,25 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_follows_the_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        set_headers(&mut h, ip("192.0.2.1"), ip("192.0.2.1"), &[], Scheme::Https);
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
     fn trusted_proxies_extend_the_chain() {
         let proxies: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
         let mut h = xff("198.51.100.7");
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        set_headers(&mut h, ip("10.0.0.1"), ip("198.51.100.7"), &proxies);
+        set_headers(
+            &mut h,
+            ip("10.0.0.1"),
+            ip("198.51.100.7"),
+            &proxies,
+            Scheme::Http,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "198.51.100.7, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_REAL_IP], "198.51.100.7");

@@ -1,0 +1,108 @@
+//! A TOML document split into its top-level sections, each deserialized on its own so
+//! that one bad section (or one bad `[NAME.entry]`) hides no other.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+use super::context::Loader;
+use crate::diagnostic::SourceFile;
+
+/// A document's top-level keys: the key's span and the value.
+pub(crate) type Sections<'i> = HashMap<String, (Range<usize>, Spanned<DeValue<'i>>)>;
+
+/// Parses a document and splits it into its top-level keys; syntax errors are all reported.
+pub(crate) fn parse<'i>(loader: &mut Loader, src: &SourceFile<'i>) -> Option<Sections<'i>> {
+    let (root, errors) = DeTable::parse_recoverable(src.text);
+    if !errors.is_empty() {
+        for e in errors {
+            loader.error(
+                src,
+                e.span(),
+                format!("TOML syntax: {}", e.message().trim()),
+            );
+        }
+        return None;
+    }
+    Some(
+        root.into_inner()
+            .into_iter()
+            .map(|(k, v)| (k.get_ref().to_string(), (k.span(), v)))
+            .collect(),
+    )
+}
+
+/// Deserializes one section; a missing required section is reported at the top of the file.
+pub(crate) fn section<T: DeserializeOwned>(
+    loader: &mut Loader,
+    src: &SourceFile,
+    value: Option<(Range<usize>, Spanned<DeValue>)>,
+    name: &str,
+    required: bool,
+) -> Option<T> {
+    match value {
+        Some((_, value)) => deserialize(loader, src, value, &format!("[{name}]")),
+        None => {
+            if required {
+                loader.error(src, None, format!("missing required section `[{name}]`"));
+            }
+            None
+        }
+    }
+}
+
+/// Deserializes a value; the error names `what` and points at the offending field.
+pub(crate) fn deserialize<T: DeserializeOwned>(
+    loader: &mut Loader,
+    src: &SourceFile,
+    value: Spanned<DeValue>,
+    what: &str,
+) -> Option<T> {
+    let whole = value.span();
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            loader.error(
+                src,
+                e.span().or(Some(whole)),
+                format!("{what}: {}", e.message().trim()),
+            );
+            None
+        }
+    }
+}
+
+/// The `[SECTION.NAME]` tables of a section, each deserialized on its own: every name
+/// declared, with `None` for one that did not deserialize (its error is reported).
+pub(crate) fn named_tables<T: DeserializeOwned>(
+    loader: &mut Loader,
+    src: &SourceFile,
+    value: Spanned<DeValue>,
+    section: &str,
+) -> Vec<(String, Range<usize>, Option<T>)> {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        loader.error(
+            src,
+            Some(span),
+            format!("[{section}] must hold named tables: [{section}.NAME]"),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, entry) in table {
+        let (name, span) = (key.get_ref().to_string(), key.span());
+        let what = format!("[{section}.{name}]");
+        let parsed = deserialize(
+            loader,
+            src,
+            Spanned::new(span.clone(), entry.into_inner()),
+            &what,
+        );
+        out.push((name, span, parsed));
+    }
+    out
+}

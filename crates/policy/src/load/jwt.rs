@@ -1,0 +1,462 @@
+//! `[jwt]`: the claim rules, the static keys (`[[jwt.key]]`) and remote key sets
+//! (`[[jwt.jwks]]`).
+//!
+//! Keys are parsed here, once, from files or environment variables (never from the
+//! configuration text), so a snapshot never holds a key that fails at request time. Each
+//! `[[jwt.key]]` and `[[jwt.jwks]]` table is read on its own: a mistake in one is
+//! reported under its own name and hides no other, and `[jwt]` is still given to the
+//! routes (the load fails anyway), so one mistake is one error.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Uri;
+use tollgate_auth::mint::SigningKey;
+use tollgate_auth::{Algorithm, Rules, VerifyKey};
+use toml::de::DeValue;
+use toml::Spanned;
+
+use super::context::{Loader, Zero};
+use super::document::deserialize;
+use super::file::{JwksFile, JwtFile, JwtKeyFile};
+use crate::diagnostic::SourceFile;
+use crate::snapshot::{JwksSource, Jwt};
+
+/// Reads `[jwt]` from its table, taking its `key` and `jwks` arrays apart first so each
+/// entry is deserialized (and reported) as itself.
+pub(crate) fn jwt(
+    l: &mut Loader,
+    src: &SourceFile,
+    whole: Range<usize>,
+    value: Spanned<DeValue>,
+) -> Option<Jwt> {
+    let span = value.span();
+    let DeValue::Table(table) = value.into_inner() else {
+        l.error(src, Some(span), "[jwt] must be a table");
+        return None;
+    };
+    let mut rest = toml::de::DeTable::new();
+    let (mut key_items, mut jwks_items): (Vec<Spanned<DeValue>>, Vec<Spanned<DeValue>>) =
+        (Vec::new(), Vec::new());
+    for (k, v) in table {
+        match k.get_ref().as_ref() {
+            "key" | "jwks" => {
+                let is_key = k.get_ref() == "key";
+                let v_span = v.span();
+                match v.into_inner() {
+                    DeValue::Array(items) if is_key => key_items = items.into_iter().collect(),
+                    DeValue::Array(items) => jwks_items = items.into_iter().collect(),
+                    _ => l.error(
+                        src,
+                        Some(v_span),
+                        format!(
+                            "[jwt] {}: write [[jwt.{}]] tables",
+                            k.get_ref(),
+                            k.get_ref()
+                        ),
+                    ),
+                }
+            }
+            _ => {
+                rest.insert(k, v);
+            }
+        }
+    }
+    let f: JwtFile = deserialize(l, src, Spanned::new(span, DeValue::Table(rest)), "[jwt]")?;
+    let keys: Vec<Option<JwtKeyFile>> = key_items
+        .into_iter()
+        .map(|item| deserialize(l, src, item, "[[jwt.key]]"))
+        .collect();
+    let sets: Vec<Option<JwksFile>> = jwks_items
+        .into_iter()
+        .map(|item| deserialize(l, src, item, "[[jwt.jwks]]"))
+        .collect();
+
+    let mut verify_keys = Vec::new();
+    let mut signing = None;
+    let mut published = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    for key in keys.iter().flatten() {
+        let id = key.id.as_ref().map(|i| i.get_ref().clone());
+        if let (Some(id), Some(span)) = (&id, key.id.as_ref().map(|i| i.span())) {
+            if ids.contains(id) {
+                l.error(
+                    src,
+                    Some(span),
+                    format!("[[jwt.key]] id `{id}` is used twice"),
+                );
+            }
+            ids.push(id.clone());
+        }
+        let fallback = key.id.as_ref().map_or(whole.clone(), |i| i.span());
+        if let Some((verify, sign)) = jwt_key(l, src, key, id, fallback) {
+            if key.private_key_file.is_some() {
+                published.extend(verify.public_jwk());
+            }
+            verify_keys.push(Arc::new(verify));
+            if signing.is_none() {
+                signing = sign.map(Arc::new);
+            }
+        }
+    }
+    let jwks = sets
+        .iter()
+        .flatten()
+        .filter_map(|set| jwks_source(l, src, set))
+        .collect();
+    if keys.is_empty() && sets.is_empty() {
+        l.error(
+            src,
+            Some(whole),
+            "[jwt]: configure at least one [[jwt.key]] or [[jwt.jwks]]",
+        );
+    }
+    let leeway = l.duration(src, &f.leeway, Duration::from_secs(30), Zero::Allowed);
+    let max_token_bytes = bounded(
+        l,
+        src,
+        &f.max_token_bytes,
+        8192,
+        512..=65_536,
+        "[jwt] max_token_bytes",
+    );
+    let cache_entries = bounded(
+        l,
+        src,
+        &f.cache_entries,
+        10_000,
+        0..=10_000_000,
+        "[jwt] cache_entries",
+    );
+    let client_id_claim = match &f.client_id_claim {
+        Some(c) if c.get_ref().is_empty() => {
+            l.error(
+                src,
+                Some(c.span()),
+                "[jwt] client_id_claim: must not be empty",
+            );
+            String::new()
+        }
+        Some(c) => c.get_ref().clone(),
+        None => "clientId".into(),
+    };
+    let access_ttl = l.duration(
+        src,
+        &f.access_ttl,
+        Duration::from_secs(24 * 3600),
+        Zero::Refused,
+    );
+    Some(Jwt {
+        rules: Rules {
+            issuer: f.issuer,
+            audience: f.audience,
+            leeway_secs: leeway.as_secs(),
+            max_token_bytes,
+            client_id_claim,
+        },
+        keys: verify_keys,
+        signing,
+        published,
+        jwks,
+        cache_entries,
+        access_ttl,
+    })
+}
+
+fn bounded(
+    l: &mut Loader,
+    src: &SourceFile,
+    value: &Option<Spanned<i64>>,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> usize {
+    match value {
+        None => default,
+        Some(v) => match usize::try_from(*v.get_ref()) {
+            Ok(n) if range.contains(&n) => n,
+            _ => {
+                l.error(
+                    src,
+                    Some(v.span()),
+                    format!(
+                        "{what}: must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                default
+            }
+        },
+    }
+}
+
+fn jwks_source(l: &mut Loader, src: &SourceFile, f: &JwksFile) -> Option<JwksSource> {
+    let mark = l.mark();
+    let url = match f.url.get_ref().parse::<Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.authority().is_some() => {
+            Some(u)
+        }
+        _ => {
+            l.error(
+                src,
+                Some(f.url.span()),
+                "[[jwt.jwks]] url: expected https://host[:port]/path",
+            );
+            None
+        }
+    };
+    let ca_pem = match &f.ca_file {
+        None => None,
+        Some(file) => {
+            let pem = l
+                .read_named(src, file, "[[jwt.jwks]] ca_file")
+                .map(|(_, pem)| pem);
+            if pem
+                .as_ref()
+                .is_some_and(|p| !p.windows(17).any(|w| w == b"BEGIN CERTIFICATE"))
+            {
+                l.error(
+                    src,
+                    Some(file.span()),
+                    "[[jwt.jwks]] ca_file: no PEM certificate in it",
+                );
+            }
+            pem
+        }
+    };
+    let algorithm = f.algorithm.as_ref().and_then(|a| algorithm(l, src, a));
+    // A zero interval would refetch the set without pause.
+    let refresh = l.duration(src, &f.refresh, Duration::from_secs(300), Zero::Refused);
+    let min_refetch = l.duration(src, &f.min_refetch, Duration::from_secs(30), Zero::Refused);
+    if l.errors_since(mark) {
+        return None;
+    }
+    Some(JwksSource {
+        url: url?,
+        algorithm,
+        refresh,
+        min_refetch,
+        ca_pem,
+    })
+}
+
+fn algorithm(l: &mut Loader, src: &SourceFile, value: &Spanned<String>) -> Option<Algorithm> {
+    match value.get_ref().parse::<Algorithm>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            l.error(
+                src,
+                Some(value.span()),
+                format!(
+                    "`{}` is not a supported algorithm: HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+                    value.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The algorithms of one `[[jwt.key]]`: `algorithm`, or `algorithms` (the first is the
+/// key's own and signs), with the span to report key errors at.
+fn key_algorithms(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: &JwtKeyFile,
+    fallback: Range<usize>,
+) -> Option<(Vec<Algorithm>, Range<usize>)> {
+    match (&f.algorithm, &f.algorithms) {
+        (Some(one), None) => Some((vec![algorithm(l, src, one)?], one.span())),
+        (None, Some(list)) if !list.get_ref().is_empty() => {
+            let mut algs = Vec::new();
+            for a in list.get_ref() {
+                algs.push(algorithm(l, src, a)?);
+            }
+            Some((algs, list.span()))
+        }
+        (None, Some(list)) => {
+            l.error(
+                src,
+                Some(list.span()),
+                "[[jwt.key]] algorithms: list at least one",
+            );
+            None
+        }
+        (Some(one), Some(_)) => {
+            l.error(
+                src,
+                Some(one.span()),
+                "[[jwt.key]]: give `algorithm` or `algorithms`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            l.error(src, Some(fallback), "[[jwt.key]]: missing `algorithm` (e.g. \"RS256\"), or `algorithms` for several of one family");
+            None
+        }
+    }
+}
+
+fn jwt_key(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: &JwtKeyFile,
+    id: Option<String>,
+    fallback: Range<usize>,
+) -> Option<(VerifyKey, Option<SigningKey>)> {
+    let (algs, span) = key_algorithms(l, src, f, fallback)?;
+    let (alg, more) = algs.split_first()?;
+    let (verify, signing) = key_material(l, src, f, id, *alg, span.clone())?;
+    match verify.allow(more) {
+        Ok(verify) => Some((verify, signing)),
+        Err(e) => {
+            l.error(src, Some(span), format!("[[jwt.key]] algorithms: {e}"));
+            None
+        }
+    }
+}
+
+/// The key itself, for its own algorithm: a shared secret for HMAC, else a PEM public
+/// key (and, to sign, the private key).
+fn key_material(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: &JwtKeyFile,
+    id: Option<String>,
+    alg: Algorithm,
+    span: Range<usize>,
+) -> Option<(VerifyKey, Option<SigningKey>)> {
+    let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    if hmac {
+        if f.public_key_file.is_some() || f.private_key_file.is_some() {
+            l.error(src, Some(span), format!("[[jwt.key]] {alg:?} is an HMAC algorithm: use secret_env or secret_file, not key files"));
+            return None;
+        }
+        let secret = l.secret(
+            src,
+            &f.secret_env,
+            &f.secret_file,
+            span.clone(),
+            "[[jwt.key]] secret",
+        )?;
+        return match VerifyKey::from_secret(id.clone(), alg, &secret) {
+            Ok(v) => Some((v, Some(SigningKey::from_secret(id, alg, &secret)))),
+            Err(e) => {
+                l.error(src, Some(span), format!("[[jwt.key]]: {e}"));
+                None
+            }
+        };
+    }
+    if f.secret_env.is_some() || f.secret_file.is_some() {
+        l.error(
+            src,
+            Some(span),
+            format!("[[jwt.key]] {alg:?} needs public_key_file, not a shared secret"),
+        );
+        return None;
+    }
+    let Some(public) = &f.public_key_file else {
+        l.error(
+            src,
+            Some(span),
+            format!("[[jwt.key]] {alg:?} needs public_key_file"),
+        );
+        return None;
+    };
+    let (_, pem) = l.read_named(src, public, "[[jwt.key]] public_key_file")?;
+    let verify = match VerifyKey::from_pem(id.clone(), alg, &pem) {
+        Ok(v) => v,
+        Err(e) => {
+            l.error(
+                src,
+                Some(public.span()),
+                format!("[[jwt.key]] public_key_file: {e}"),
+            );
+            return None;
+        }
+    };
+    let signing = match &f.private_key_file {
+        None => None,
+        Some(private) => {
+            let (_, pem) = l.read_named(src, private, "[[jwt.key]] private_key_file")?;
+            match SigningKey::from_pem(id, alg, &pem) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    l.error(
+                        src,
+                        Some(private.span()),
+                        format!("[[jwt.key]] private_key_file: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    Some((verify, signing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, load, GATEWAY, HS256};
+
+    fn with(jwt: &str) -> String {
+        format!("{GATEWAY}\n{jwt}")
+    }
+
+    #[test]
+    fn keys_rules_and_remote_sets() {
+        let s = load(&with(&format!("[jwt]\nissuer = \"i\"\naudience = \"a\"\nleeway = \"0s\"\nclient_id_claim = \"cid\"\n\n[[jwt.key]]\nid = \"one\"\nalgorithms = [\"HS256\", \"HS512\"]\nsecret_env = \"{HS256}\"\n\n[[jwt.jwks]]\nurl = \"https://idp.example/jwks\"\nrefresh = \"1m\"\n")), &[]).unwrap();
+        let jwt = s.auth.jwt.unwrap();
+        assert_eq!(jwt.rules.leeway_secs, 0);
+        assert_eq!(jwt.rules.client_id_claim, "cid");
+        assert_eq!(jwt.keys.len(), 1);
+        assert_eq!(jwt.keys[0].algorithms().len(), 2);
+        assert!(jwt.signing.is_some());
+        assert_eq!(jwt.jwks[0].refresh.as_secs(), 60);
+    }
+
+    #[test]
+    fn one_broken_key_is_one_error_and_named_as_a_key() {
+        let routes = [("a.toml", "[[route]]\nname = \"r\"\npath = \"/r\"\n")];
+        for (key, want) in [
+            (
+                "id = \"k\"\nalgorithm = \"HS256\"\nsecret = \"inline\"".to_owned(),
+                "gateway.toml:15:1: [[jwt.key]]: unknown field `secret`, expected one of `id`, `algorithm`, `algorithms`, `secret_env`, `secret_file`, `public_key_file`, `private_key_file`",
+            ),
+            (
+                "id = \"k\"\nalgorithm = \"HS256\"".to_owned(),
+                "gateway.toml:14:13: [[jwt.key]] secret: give exactly one of `*_env` or `*_file` (secrets are never written inline)",
+            ),
+            (
+                format!("id = \"k\"\nalgorithm = \"RS256\"\nsecret_env = \"{HS256}\""),
+                "gateway.toml:14:13: [[jwt.key]] RS256 needs public_key_file, not a shared secret",
+            ),
+            (
+                "id = \"k\"\nalgorithm = \"HS256\"\nsecret_env = \"SHORT\"".to_owned(),
+                "gateway.toml:14:13: [[jwt.key]]: the shared secret is shorter than 32 bytes",
+            ),
+        ] {
+            let e = errors(&with(&format!("[jwt]\n\n[[jwt.key]]\n{key}\n")), &routes);
+            assert_eq!(e, [want], "{key}");
+        }
+        let twice = format!("[jwt]\n\n[[jwt.key]]\nid = \"k\"\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n\n[[jwt.key]]\nid = \"k\"\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n");
+        assert_eq!(
+            errors(&with(&twice), &routes),
+            ["gateway.toml:18:6: [[jwt.key]] id `k` is used twice"]
+        );
+    }
+
+    #[test]
+    fn a_key_set_that_would_refetch_without_pause_is_refused() {
+        let e = errors(
+            &with("[jwt]\n\n[[jwt.jwks]]\nurl = \"https://idp/jwks\"\nrefresh = \"0s\"\n"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            ["gateway.toml:14:11: a duration must be greater than zero"]
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! `[log]`: level, format, the access log and which query parameters it redacts.
+
+use super::context::Loader;
+use super::file::{LogFile, LogFormatFile};
+use crate::diagnostic::SourceFile;
+use crate::param::fold;
+use crate::snapshot::{Log, LogFormat};
+
+/// Query parameters whose values are never logged unless `redact_query_params` says
+/// otherwise (the URL-secret and API-key parameters are always added).
+pub const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "token",
+    "access_token",
+    "refresh_token",
+    "secret",
+    "password",
+    "signature",
+    "sig",
+];
+
+pub(crate) fn log(l: &mut Loader, src: &SourceFile, f: Option<LogFile>) -> Option<Log> {
+    let defaults = || {
+        DEFAULT_REDACTED_QUERY_PARAMS
+            .iter()
+            .map(|p| fold(p))
+            .collect()
+    };
+    let Some(f) = f else {
+        return Some(Log {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access_log: true,
+            redact_query_params: defaults(),
+        });
+    };
+    let level = match &f.level {
+        Some(level) if level.get_ref().trim().is_empty() => {
+            l.error(src, Some(level.span()), "[log] level: must not be empty");
+            return None;
+        }
+        Some(level) => level.get_ref().clone(),
+        None => "info".into(),
+    };
+    Some(Log {
+        level,
+        format: match f.format {
+            LogFormatFile::Json => LogFormat::Json,
+            LogFormatFile::Text => LogFormat::Text,
+        },
+        access_log: f.access_log.unwrap_or(true),
+        redact_query_params: match &f.redact_query_params {
+            Some(list) => list.iter().map(|p| fold(p)).collect(),
+            None => defaults(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, load, GATEWAY};
+
+    #[test]
+    fn names_are_folded_and_secret_parameters_always_added() {
+        let s = load(
+            &format!("{GATEWAY}\n[log]\nformat = \"text\"\nredact_query_params = [\"Session.ID\"]\n\n[api_keys]\nfile = \"keys/api-keys.toml\"\nquery_param = \"Api-Key\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.log.format, crate::snapshot::LogFormat::Text);
+        assert_eq!(s.log.redact_query_params, ["session_id", "api-key"]);
+        let d = load(GATEWAY, &[]).unwrap();
+        assert!(d.log.redact_query_params.contains(&"token".to_owned()));
+        let e = errors(&format!("{GATEWAY}\n[log]\nlevel = \" \"\n"), &[]);
+        assert_eq!(e, ["gateway.toml:11:9: [log] level: must not be empty"]);
+    }
+}

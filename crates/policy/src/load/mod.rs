@@ -1,0 +1,183 @@
+//! Loading: `gateway.toml` plus the policy directory into one validated [`Snapshot`].
+//!
+//! Every problem is collected, not just the first: TOML syntax errors, unknown or
+//! mistyped fields (each section, each named table and each route is read on its own, so
+//! one mistake hides no other and is reported once), and semantic errors (bad
+//! addresses, patterns, duplicate names, routes that can never match). Each carries the
+//! file, line and column it is about.
+//!
+//! One section, one file: [`server`], [`upstream`], [`routing`] (the policy files, with
+//! each [`route`] and its [`limits`]), [`admin`], [`log`], [`reload`], [`jwt`],
+//! [`api_keys`], [`credentials`], [`webhooks`], [`store`]. They share one
+//! [`context::Loader`] and its field readers, and read through [`Sources`], so every
+//! section is unit-tested from memory.
+
+mod admin;
+mod api_keys;
+mod context;
+mod credentials;
+mod document;
+pub(crate) mod file;
+mod jwt;
+mod limits;
+mod log;
+mod reload;
+mod route;
+mod routing;
+mod server;
+mod store;
+mod upstream;
+mod webhooks;
+
+#[cfg(test)]
+mod testing;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::diagnostic::{Diagnostic, Severity, SourceFile};
+use crate::snapshot::{Auth, Credential, Snapshot, Webhook};
+use crate::sources::{Disk, Sources};
+use context::Loader;
+use document::section;
+use file::{
+    AdminFile, ApiKeysFile, LogFile, ReloadFile, RoutingFile, ServerFile, StoreFile, UpstreamFile,
+};
+
+pub use context::DEV_KEYS_DIR;
+
+/// The configuration could not be turned into a snapshot; every diagnostic is listed
+/// (warnings included).
+#[derive(Debug, Error)]
+#[error("{} error(s) in the configuration", .0.iter().filter(|d| d.severity == Severity::Error).count())]
+pub struct LoadError(pub Vec<Diagnostic>);
+
+/// What routes may refer to by name in `gateway.toml`.
+pub(crate) struct Refs<'a> {
+    pub auth: &'a Auth,
+    /// Declared names; `None` for one that is invalid (already reported).
+    pub credentials: &'a HashMap<String, Option<Arc<Credential>>>,
+    pub webhooks: &'a HashMap<String, Option<Arc<Webhook>>>,
+}
+
+/// Reads `gateway.toml` at `config` and the policy files it names, and validates them.
+pub fn load(config: &Path) -> Result<Snapshot, LoadError> {
+    load_from(config, &Disk)
+}
+
+/// [`load`], reading files and environment variables from `sources`.
+pub fn load_from(config: &Path, sources: &dyn Sources) -> Result<Snapshot, LoadError> {
+    let mut loader = Loader::new(sources, config);
+    let snapshot = build(&mut loader, config);
+    let mut diags = loader.diags;
+    sort_by_place(&mut diags);
+    match snapshot {
+        Some(snapshot) if !diags.iter().any(|d| d.severity == Severity::Error) => Ok(Snapshot {
+            warnings: diags,
+            ..snapshot
+        }),
+        _ => Err(LoadError(diags)),
+    }
+}
+
+/// Orders diagnostics by file (in the order files were read), then line and column.
+fn sort_by_place(diags: &mut [Diagnostic]) {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for d in diags.iter() {
+        if !files.contains(&d.file) {
+            files.push(d.file.clone());
+        }
+    }
+    diags.sort_by_key(|d| (files.iter().position(|f| *f == d.file), d.line, d.column));
+}
+
+fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
+    let text = l.read_text(config)?;
+    let src = SourceFile {
+        path: config,
+        text: &text,
+    };
+    let mut sections = document::parse(l, &src)?;
+    let mut take = |name: &str| sections.remove(name);
+
+    let server = section::<ServerFile>(l, &src, take("server"), "server", true)
+        .and_then(|f| server::server(l, &src, f));
+    let upstream = section::<UpstreamFile>(l, &src, take("upstream"), "upstream", true)
+        .and_then(|f| upstream::upstream(l, &src, f));
+    let routing = section::<RoutingFile>(l, &src, take("routing"), "routing", true);
+    let admin = section::<AdminFile>(l, &src, take("admin"), "admin", false)
+        .map(|f| admin::admin(l, &src, f));
+    let log = section::<LogFile>(l, &src, take("log"), "log", false);
+    let log = log::log(l, &src, log);
+    let reload = section::<ReloadFile>(l, &src, take("reload"), "reload", false);
+    let reload = reload::reload(l, &src, reload);
+    let jwt = take("jwt").and_then(|(span, value)| jwt::jwt(l, &src, span, value));
+    let api_keys = section::<ApiKeysFile>(l, &src, take("api_keys"), "api_keys", false)
+        .and_then(|f| api_keys::api_keys(l, &src, f));
+    let credentials = take("credentials")
+        .map(|(_, v)| credentials::credentials(l, &src, v))
+        .unwrap_or_default();
+    let webhooks = take("webhooks")
+        .map(|(_, v)| webhooks::webhooks(l, &src, v))
+        .unwrap_or_default();
+    let store = section::<StoreFile>(l, &src, take("store"), "store", false);
+    let store = store::store(l, &src, store);
+    let auth = Auth { jwt, api_keys };
+    let mut unknown: Vec<_> = sections.into_iter().collect();
+    unknown.sort_by_key(|(_, (span, _))| span.start);
+    for (name, (key_span, _)) in unknown {
+        l.error(
+            &src,
+            Some(key_span),
+            format!(
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store"
+            ),
+        );
+    }
+
+    let refs = Refs {
+        auth: &auth,
+        credentials: &credentials,
+        webhooks: &webhooks,
+    };
+    let routing = routing.map(|f| routing::routing(l, &src, f, &refs))?;
+    let mut log = log?;
+    // Secrets that arrive in the query string are never logged.
+    let secret_params = webhooks
+        .values()
+        .flatten()
+        .filter_map(|w| match &**w {
+            Webhook::UrlSecret { param, .. } => Some(crate::param::fold(param)),
+            _ => None,
+        })
+        .chain(
+            auth.api_keys
+                .iter()
+                .filter_map(|k| k.query_param.as_deref().map(crate::param::fold)),
+        );
+    log.redact_query_params.extend(secret_params);
+    let identity_headers = routing::identity_headers(&routing.routes);
+    Some(Snapshot {
+        server: server?,
+        upstream: upstream?,
+        fallback: routing::fallback_route(&routing.dir),
+        routes: routing.routes,
+        unmatched: routing.unmatched,
+        // An invalid `[admin]` is already an error, which stops the snapshot.
+        admin: admin.flatten(),
+        log,
+        reload: reload?,
+        auth,
+        policy_dir: routing.dir,
+        policy_files: routing.files,
+        identity_headers,
+        fingerprint: l.fingerprint.finish(),
+        referenced_files: std::mem::take(&mut l.referenced),
+        warnings: Vec::new(),
+        store: store?,
+        limits: routing.limits,
+    })
+}

@@ -1,0 +1,177 @@
+//! `[server]`: listeners, request-head limits, client bodies, header hygiene, trusted
+//! proxies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+
+use super::context::{Loader, Zero};
+use super::file::{ServerFile, UnderscoresFile};
+use crate::cidr::Cidr;
+use crate::diagnostic::SourceFile;
+use crate::snapshot::{BodyLimits, Server, Underscores};
+
+/// Request headers that make common backends and frameworks re-route a request, change
+/// its method, or believe another client address; removed unless the operator lists
+/// otherwise. (`X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` are handled by the
+/// forwarding headers: believed from trusted proxies only.)
+pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-host",
+    "x-original-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-url-scheme",
+    "front-end-https",
+];
+
+pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<Server> {
+    let mark = l.mark();
+    if f.listen.is_empty() {
+        l.error(src, None, "[server] listen: give at least one address");
+    }
+    let listen: Vec<SocketAddr> = f.listen.iter().filter_map(|a| l.address(src, a)).collect();
+    let mut trusted_proxies = Vec::new();
+    for c in &f.trusted_proxies {
+        match c.get_ref().parse::<Cidr>() {
+            Ok(cidr) => trusted_proxies.push(cidr),
+            Err(e) => l.error(
+                src,
+                Some(c.span()),
+                format!("[server] trusted_proxies: {e}"),
+            ),
+        }
+    }
+    let strip_request_headers = match &f.strip_request_headers {
+        None => DEFAULT_STRIPPED_REQUEST_HEADERS
+            .iter()
+            .map(|h| HeaderName::from_static(h))
+            .collect(),
+        Some(list) => list.iter().filter_map(|h| l.header_name(src, h)).collect(),
+    };
+    let server = Server {
+        listen,
+        header_read_timeout: l.duration(
+            src,
+            &f.header_read_timeout,
+            Duration::from_secs(10),
+            Zero::Refused,
+        ),
+        max_header_bytes: l.size(src, &f.max_header_bytes, 32 * 1024, 1024..=1024 * 1024),
+        max_uri_bytes: l.size(src, &f.max_uri_bytes, 8 * 1024, 256..=64 * 1024),
+        shutdown_grace: l.duration(
+            src,
+            &f.shutdown_grace,
+            Duration::from_secs(30),
+            Zero::Refused,
+        ),
+        workers: l.size(
+            src,
+            &f.workers,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            1..=1024,
+        ),
+        trusted_proxies,
+        headers_with_underscores: match f.headers_with_underscores {
+            None | Some(UnderscoresFile::Drop) => Underscores::Drop,
+            Some(UnderscoresFile::Refuse) => Underscores::Refuse,
+        },
+        strip_request_headers,
+        bodies: BodyLimits {
+            timeout: l.duration(
+                src,
+                &f.request_body_timeout,
+                Duration::from_secs(10),
+                Zero::Refused,
+            ),
+            min_rate: l.size(
+                src,
+                &f.request_body_min_rate,
+                8 * 1024,
+                1..=1024 * 1024 * 1024,
+            ) as u64,
+            max_buffered: l.size(
+                src,
+                &f.max_buffered_body_bytes,
+                64 * 1024 * 1024,
+                64 * 1024..=64 * 1024 * 1024 * 1024,
+            ),
+        },
+        max_connections: l.size(src, &f.max_connections, 10_000, 1..=10_000_000),
+    };
+    (!l.errors_since(mark)).then_some(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, load, GATEWAY};
+
+    #[test]
+    fn defaults_and_every_field() {
+        let s = load(&GATEWAY.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            "listen = [\"127.0.0.1:0\", \"[::1]:0\"]\nheader_read_timeout = \"2s\"\nmax_header_bytes = 2048\nmax_uri_bytes = 512\nshutdown_grace = \"1s\"\nworkers = 3\ntrusted_proxies = [\"10.0.0.0/8\"]\nheaders_with_underscores = \"refuse\"\nstrip_request_headers = [\"x-a\"]\nrequest_body_timeout = \"1s\"\nrequest_body_min_rate = 100\nmax_buffered_body_bytes = 65536\nmax_connections = 5",
+        ), &[])
+        .unwrap();
+        let s = &s.server;
+        assert_eq!(s.listen.len(), 2);
+        assert_eq!(s.header_read_timeout.as_secs(), 2);
+        assert_eq!(
+            (s.max_header_bytes, s.max_uri_bytes, s.workers),
+            (2048, 512, 3)
+        );
+        assert_eq!(s.shutdown_grace.as_secs(), 1);
+        assert_eq!(s.trusted_proxies.len(), 1);
+        assert_eq!(
+            s.headers_with_underscores,
+            crate::snapshot::Underscores::Refuse
+        );
+        assert_eq!(s.strip_request_headers, ["x-a"]);
+        assert_eq!((s.bodies.min_rate, s.bodies.max_buffered), (100, 65536));
+        assert_eq!(s.max_connections, 5);
+        let d = load(GATEWAY, &[]).unwrap();
+        assert_eq!(
+            d.server.strip_request_headers.len(),
+            super::DEFAULT_STRIPPED_REQUEST_HEADERS.len()
+        );
+        assert_eq!(d.server.bodies.max_buffered, 64 << 20);
+    }
+
+    #[test]
+    fn each_mistake_is_one_error_at_its_place() {
+        let e = errors(&GATEWAY.replace(
+            "listen = [\"127.0.0.1:0\"]",
+            "listen = [\"nowhere\"]\nheader_read_timeout = \"0s\"\nmax_uri_bytes = 1\ntrusted_proxies = [\"10.0.0.0/33\"]\nstrip_request_headers = [\"bad header\"]",
+        ), &[]);
+        assert_eq!(
+            e,
+            [
+                "gateway.toml:2:11: `nowhere` is not a socket address such as `127.0.0.1:8080`",
+                "gateway.toml:3:23: a duration must be greater than zero",
+                "gateway.toml:4:17: must be between 256 and 65536",
+                "gateway.toml:5:20: [server] trusted_proxies: `10.0.0.0/33` has an invalid prefix length (0..=32)",
+                "gateway.toml:6:26: `bad header` is not a valid header name",
+            ]
+        );
+    }
+}

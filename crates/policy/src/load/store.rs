@@ -1,0 +1,186 @@
+//! `[store]`: where state shared by instances lives — Redis when a URL is given, else
+//! this process. The URL may hold a password: it is checked without being echoed.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::context::{Loader, Zero};
+use super::file::StoreFile;
+use crate::diagnostic::SourceFile;
+use crate::snapshot::{RedisSettings, Store};
+
+/// `[store]`: Redis when a URL is given, else this process.
+pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> Option<Store> {
+    let Some(f) = f else {
+        return Some(Store::default());
+    };
+    let mark = l.mark();
+    let url = match (&f.redis_url, &f.redis_url_env) {
+        (Some(_), Some(env)) => {
+            l.diags.push(src.error(
+                Some(env.span()),
+                "[store]: give redis_url or redis_url_env, not both",
+            ));
+            None
+        }
+        (Some(url), None) => Some((url.get_ref().clone(), url.span())),
+        (None, Some(env)) => match l.env(env.get_ref()) {
+            Some(url) if !url.is_empty() => Some((url, env.span())),
+            _ => {
+                l.diags.push(src.error(
+                    Some(env.span()),
+                    format!("[store]: environment variable {} is not set", env.get_ref()),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some((url, span)) = &url {
+        // The URL itself may hold a password: never echo it.
+        if url.starts_with("rediss://") {
+            l.diags.push(src.error(
+                Some(span.clone()),
+                "[store]: TLS to Redis (rediss://) is not built in; reach Redis over a private network or a local TLS tunnel with redis://",
+            ));
+        } else if let Some(problem) = redis_url_problem(url) {
+            l.diags
+                .push(src.error(Some(span.clone()), format!("[store]: {problem}")));
+        }
+    }
+    let instances = match &f.instances {
+        None => NonZeroU32::MIN,
+        Some(n) => match u32::try_from(*n.get_ref()).ok().and_then(NonZeroU32::new) {
+            Some(n) => n,
+            None => {
+                l.diags
+                    .push(src.error(Some(n.span()), "[store]: instances must be at least 1"));
+                NonZeroU32::MIN
+            }
+        },
+    };
+    let breaker_failures = match &f.breaker_failures {
+        None => 5,
+        Some(n) => match u32::try_from(*n.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                l.diags.push(src.error(
+                    Some(n.span()),
+                    "[store]: breaker_failures must be at least 1",
+                ));
+                5
+            }
+        },
+    };
+    let key_prefix = match &f.key_prefix {
+        None => "tollgate".to_owned(),
+        Some(p) => {
+            let text = p.get_ref();
+            if text.is_empty() || text.contains(['{', '}']) || text.chars().any(char::is_whitespace)
+            {
+                l.diags.push(src.error(
+                    Some(p.span()),
+                    "[store]: key_prefix must be non-empty, without spaces, `{` or `}`",
+                ));
+            }
+            text.clone()
+        }
+    };
+    let timeout = l.duration(src, &f.timeout, Duration::from_millis(50), Zero::Refused);
+    let breaker_cooldown = l.duration(
+        src,
+        &f.breaker_cooldown,
+        Duration::from_secs(2),
+        Zero::Refused,
+    );
+    if l.errors_since(mark) {
+        return None;
+    }
+    Some(Store {
+        redis: url.map(|(url, _)| RedisSettings {
+            url,
+            instances,
+            timeout,
+            breaker_failures,
+            breaker_cooldown,
+            key_prefix,
+        }),
+    })
+}
+
+/// What is wrong with a Redis URL, without echoing it (it may hold a password):
+/// `redis://[user[:password]@]host[:port][/db][?options]`.
+fn redis_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Some("the Redis URL must start with redis://");
+    };
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, after)) => (host, after.strip_prefix(':')),
+            None => return Some("the Redis URL has an unclosed `[` in its host"),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("the Redis URL names no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Some("the Redis URL's port must be a number from 1 to 65535");
+    }
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Some("the Redis URL's path must be a database number (`/0`)");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, load, GATEWAY};
+    use super::redis_url_problem;
+
+    #[test]
+    fn redis_from_a_url_or_a_variable() {
+        let s = load(&format!("{GATEWAY}\n[store]\nredis_url_env = \"REDIS\"\ninstances = 3\ntimeout = \"20ms\"\n"), &[]).unwrap();
+        let r = s.store.redis.unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.instances.get(), r.timeout.as_millis()),
+            ("redis://127.0.0.1:6379", 3, 20)
+        );
+        assert!(load(GATEWAY, &[]).unwrap().store.redis.is_none());
+        let e = errors(&format!("{GATEWAY}\n[store]\nredis_url = \"rediss://:pw@host\"\nbreaker_failures = 0\nkey_prefix = \"a{{b}}\"\n"), &[]);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e.iter().all(|e| !e.contains("pw@")),
+            "the URL is never echoed: {e:?}"
+        );
+    }
+
+    #[test]
+    fn redis_urls_are_checked_without_connecting() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://redis",
+            "redis://:secret@redis:6379/2",
+            "redis://user:p%40ss@[::1]:6380/0?protocol=resp3",
+        ] {
+            assert_eq!(redis_url_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:6379",
+            "redis://",
+            "redis://:6379",
+            "redis://host:notaport",
+            "redis://host:0",
+            "redis://host:6379/db",
+            "redis://[::1:6379",
+        ] {
+            assert!(redis_url_problem(bad).is_some(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Loading from memory, for the section tests: a minimal `gateway.toml`, key files and
+//! environment variables, and diagnostics as short strings.
+
+use std::path::Path;
+
+use crate::diagnostic::Severity;
+use crate::snapshot::Snapshot;
+use crate::sources::InMemory;
+
+/// The smallest valid `gateway.toml` (sections are appended after its last line, 8).
+pub const GATEWAY: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[routing]\npolicies = \"policies\"\n";
+
+/// An environment variable holding a 32-byte HMAC secret.
+pub const HS256: &str = "HS256_SECRET";
+
+fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
+    let mut sources = InMemory::new()
+        .file("/t/gateway.toml", gateway)
+        .file(
+            "/t/keys/api-keys.toml",
+            format!(
+                "[[key]]\nid = \"acme-1\"\nclient_id = \"1001\"\nsha256 = \"{}\"\n",
+                tollgate_auth::api_key::hash_hex("legacy-key-acme")
+            ),
+        )
+        .file(
+            "/t/keys/bad-keys.toml",
+            format!(
+                "[[key]]\nid = \"a\"\nclient_id = \"1001\"\nsha256 = \"{h}\"\n[[key]]\nid = \"a\"\nclient_id = \"1002\"\nsha256 = \"{h}\"\n[[key]]\nid = \"b\"\nclient_id = \"bad id\"\nsha256 = \"{h}\"\n",
+                h = tollgate_auth::api_key::hash_hex("k")
+            ),
+        )
+        .file("/t/keys/service.key", "svc-key\n")
+        .file("/t/keys/client-keys.toml", "\"1001\" = \"k1\"\n")
+        .var(HS256, "0123456789abcdef0123456789abcdef")
+        .var("SHORT", "short")
+        .var("PASSWORD", "p@ss")
+        .var("PLIVO", "plivo-token")
+        .var("REDIS", "redis://127.0.0.1:6379");
+    // The directory exists even when it holds no policy file.
+    sources = sources.file("/t/policies/README", "");
+    for (name, text) in policies {
+        sources = sources.file(format!("/t/policies/{name}"), *text);
+    }
+    sources
+}
+
+/// Loads `gateway` with `policies` (file name, text) from memory.
+pub fn load(gateway: &str, policies: &[(&str, &str)]) -> Result<Snapshot, crate::LoadError> {
+    crate::load_from(Path::new("/t/gateway.toml"), &sources(gateway, policies))
+}
+
+/// The errors a load reports, as `file:line:col: message` with the file's name only.
+pub fn errors(gateway: &str, policies: &[(&str, &str)]) -> Vec<String> {
+    diagnostics(gateway, policies, Severity::Error)
+}
+
+/// The warnings a load reports, like [`errors`].
+pub fn warnings(gateway: &str, policies: &[(&str, &str)]) -> Vec<String> {
+    diagnostics(gateway, policies, Severity::Warning)
+}
+
+fn diagnostics(gateway: &str, policies: &[(&str, &str)], severity: Severity) -> Vec<String> {
+    let diags = match load(gateway, policies) {
+        Ok(snapshot) => snapshot.warnings,
+        Err(e) => e.0,
+    };
+    diags
+        .iter()
+        .filter(|d| d.severity == severity)
+        .map(|d| {
+            let file = d
+                .file
+                .file_name()
+                .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+            format!("{file}:{}:{}: {}", d.line, d.column, d.message)
+        })
+        .collect()
+}

@@ -1,0 +1,91 @@
+//! The request context: everything one request accumulates on its way through the
+//! stages, in one place the stages take by `&mut`.
+//!
+//! Connection facts (peer, client address, scheme, request id) are set when the request
+//! arrives; routing sets the route; authentication the caller (and the credentials it
+//! consumed, so rewrite strips exactly those); the limit stage its verdict; later stages
+//! their own (CORS, credits). [`crate::respond::decorate`] then writes every response —
+//! success or error — from it, so no stage hands facts to another through out-parameters.
+//!
+//! The types the exchange carries live here, so that the stages that produce them and
+//! the one that reads them depend on this module, and it on none of them.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tollgate_policy::snapshot::LimitPolicy;
+use tollgate_policy::{Route, Snapshot};
+use tollgate_state::rate::Decision;
+
+use crate::access_log::AccessLog;
+pub use crate::caller::{AuthMethod, Caller, Consumed, Identity};
+
+/// How the client reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    /// TLS (the listener terminates it). Every stage already follows the connection's
+    /// scheme; no listener terminates TLS yet, so nothing constructs this outside tests.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// One request in flight.
+pub struct Exchange<'a> {
+    /// The one snapshot this request is judged by.
+    pub snapshot: &'a Snapshot,
+    /// The data-plane worker serving it (its upstream pool, its Redis connection).
+    pub worker: usize,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The client: the peer, or the `X-Forwarded-For` client through trusted proxies.
+    pub client: IpAddr,
+    pub scheme: Scheme,
+    pub request_id: String,
+    /// Seconds since the epoch when the request arrived.
+    pub now: u64,
+    /// The route, once routing has chosen one.
+    pub route: Option<&'a Route>,
+    pub caller: Caller,
+    /// The rate-limit decision the response reports (set by the limit stage, allowed or
+    /// refused).
+    pub rate_limit: Option<Verdict>,
+    /// What CORS decided for this request (the CORS stage).
+    pub cors: Cors,
+    /// What this request is charged (the metering stage).
+    pub metering: Metering,
+    pub log: AccessLog,
+}
+
+/// The rate-limit decision a response reports: the one closest to exhaustion, and its
+/// policy.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub policy: Arc<LimitPolicy>,
+    pub decision: Decision,
+}
+
+/// The CORS decision for a request. The CORS stage does not decide anything yet: every
+/// request is `NotCors`, and responses carry no CORS headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cors {
+    #[default]
+    NotCors,
+}
+
+/// What a request is charged in token credits. The metering stage charges nothing yet:
+/// every request is `Free`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metering {
+    #[default]
+    Free,
+}

@@ -1,0 +1,90 @@
+//! The Redis connection the features that share state use (rate limits, callback
+//! nonces; later the ledger and sessions): one per `[store]`, kept across reloads while
+//! its settings hold, so a reload neither reconnects nor resets the circuit breaker.
+
+use std::sync::Arc;
+
+use tollgate_state::redis::{Redis, StoreError};
+
+use crate::part::{Build, Part};
+
+/// `[store]`'s Redis: none, one, or one that cannot be used (every feature then follows
+/// its failure mode).
+pub struct RedisLink {
+    redis: Option<Result<Arc<Redis>, StoreError>>,
+}
+
+impl RedisLink {
+    /// The connection, when `[store]` names a usable one.
+    pub fn redis(&self) -> Option<&Arc<Redis>> {
+        self.redis.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// `None` without `[store]`; the error when the configured Redis cannot be used.
+    pub fn configured(&self) -> Option<Result<&Arc<Redis>, &StoreError>> {
+        self.redis.as_ref().map(|r| r.as_ref())
+    }
+}
+
+impl Part for RedisLink {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let Some(settings) = build.snapshot.store.redis.as_ref() else {
+            return RedisLink { redis: None };
+        };
+        if let Some(redis) = previous
+            .and_then(RedisLink::redis)
+            .filter(|r| r.settings() == settings)
+        {
+            return RedisLink {
+                redis: Some(Ok(Arc::clone(redis))),
+            };
+        }
+        let redis = match Redis::new(settings.clone(), build.workers) {
+            Ok(redis) => Ok(Arc::new(redis)),
+            Err(e) => {
+                // Not a silent switch to this process: each feature's failure mode applies.
+                tracing::error!(error = %e, "cannot use the configured redis; shared state follows each feature's failure mode");
+                Err(StoreError::Redis(e))
+            }
+        };
+        RedisLink { redis: Some(redis) }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        use std::sync::atomic::Ordering;
+        let Some(redis) = self.redis() else {
+            return;
+        };
+        let errors = redis.errors();
+        out.push_str("# HELP tollgate_redis_errors_total Redis calls that gave no answer, by reason (skipped: the circuit was open).\n");
+        out.push_str("# TYPE tollgate_redis_errors_total counter\n");
+        for (reason, counter) in [
+            ("timeout", &errors.timeouts),
+            ("error", &errors.failures),
+            ("skipped", &errors.skipped),
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_redis_errors_total{{reason=\"{reason}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tollgate_redis_circuit_open Whether Redis is being skipped after repeated failures.\n");
+        out.push_str("# TYPE tollgate_redis_circuit_open gauge\n");
+        let _ = writeln!(
+            out,
+            "tollgate_redis_circuit_open {}",
+            u8::from(redis.breaker().is_open())
+        );
+        out.push_str(
+            "# HELP tollgate_redis_circuit_opened_total Times the Redis circuit opened.\n",
+        );
+        out.push_str("# TYPE tollgate_redis_circuit_opened_total counter\n");
+        let _ = writeln!(
+            out,
+            "tollgate_redis_circuit_opened_total {}",
+            redis.breaker().times_opened()
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! What lives across requests and reloads: the published configuration and the runtime
+//! state built for it, one part per feature (see [`crate::part`]).
+//!
+//! [`Active`] is one published snapshot with its parts: the Redis connection, the
+//! upstream pools, the token verifier, the rate limiters, the callback nonces, the body
+//! budget. A reload builds a new `Active` from the new snapshot and the previous parts —
+//! each part decides what carries over (counts whose numbers did not change, warm
+//! connections, remembered nonces) — and swaps it in whole: a request reads one `Active`
+//! once and uses only that. [`Runtime`] holds the current one, and what belongs to the
+//! process rather than to a snapshot: metrics, the draining flag, the access-log sink.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tollgate_policy::Snapshot;
+
+use crate::access_log::AccessSink;
+use crate::body::Bodies;
+use crate::jwks::Tokens;
+use crate::limit::Limiters;
+use crate::metrics::Metrics;
+use crate::part::{Build, Part};
+use crate::redis_link::RedisLink;
+use crate::replay::Replay;
+use crate::upstream::Upstreams;
+
+/// One published configuration and the state built for it.
+pub struct Active {
+    pub snapshot: Arc<Snapshot>,
+    pub redis: RedisLink,
+    pub upstreams: Upstreams,
+    pub tokens: Tokens,
+    pub limiters: Limiters,
+    pub replay: Replay,
+    pub bodies: Bodies,
+}
+
+impl Active {
+    fn build(
+        snapshot: Snapshot,
+        previous: Option<&Active>,
+        workers: usize,
+        on_keys_changed: &Arc<dyn Fn() + Send + Sync>,
+    ) -> Active {
+        let base = Build {
+            snapshot: &snapshot,
+            workers,
+            redis: None,
+            on_keys_changed,
+        };
+        let redis = RedisLink::build(&base, previous.map(|p| &p.redis));
+        let build = Build {
+            redis: Some(&redis),
+            ..base
+        };
+        let upstreams = Upstreams::build(&build, previous.map(|p| &p.upstreams));
+        let tokens = Tokens::build(&build, previous.map(|p| &p.tokens));
+        let limiters = Limiters::build(&build, previous.map(|p| &p.limiters));
+        let replay = Replay::build(&build, previous.map(|p| &p.replay));
+        let bodies = Bodies::build(&build, previous.map(|p| &p.bodies));
+        Active {
+            snapshot: Arc::new(snapshot),
+            redis,
+            upstreams,
+            tokens,
+            limiters,
+            replay,
+            bodies,
+        }
+    }
+
+    /// Every part's metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.redis.render_metrics(out);
+        self.upstreams.render_metrics(out);
+        self.tokens.render_metrics(out);
+        self.limiters.render_metrics(out);
+        self.replay.render_metrics(out);
+        self.bodies.render_metrics(out);
+    }
+}
+
+/// The gateway's state, shared by every connection.
+pub struct Runtime {
+    active: ArcSwap<Active>,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    pub access_sink: AccessSink,
+    workers: usize,
+    /// Clears the current token cache when a remote key set changes.
+    on_keys_changed: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Runtime {
+    /// The runtime for a first snapshot; must be called on a Tokio runtime (remote key
+    /// sets start refreshing).
+    pub fn new(snapshot: Snapshot, workers: usize, access_sink: AccessSink) -> Arc<Runtime> {
+        Arc::new_cyclic(|weak: &std::sync::Weak<Runtime>| {
+            let weak = weak.clone();
+            let on_keys_changed: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                if let Some(runtime) = weak.upgrade() {
+                    runtime.active().tokens.cache().clear();
+                }
+            });
+            let active = Active::build(snapshot, None, workers, &on_keys_changed);
+            Runtime {
+                active: ArcSwap::from_pointee(active),
+                metrics: Arc::new(Metrics::default()),
+                draining: AtomicBool::new(false),
+                access_sink,
+                workers,
+                on_keys_changed,
+            }
+        })
+    }
+
+    /// The configuration serving now.
+    pub fn active(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    /// Builds the state for `snapshot` from the current one and swaps it in; requests
+    /// already running finish on the old one.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let active = Active::build(
+            snapshot,
+            Some(&self.active.load()),
+            self.workers,
+            &self.on_keys_changed,
+        );
+        self.active.store(Arc::new(active));
+        self.metrics.count_reload(true);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text: the process's metrics and every part's.
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        self.active.load().render_metrics(&mut text);
+        text
+    }
+}
+
+/// Publishes new snapshots to a running gateway (hot reload).
+#[derive(Clone)]
+pub struct SnapshotHandle {
+    runtime: Arc<Runtime>,
+}
+
+impl SnapshotHandle {
+    pub(crate) fn new(runtime: Arc<Runtime>) -> Self {
+        SnapshotHandle { runtime }
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.runtime.active().snapshot)
+    }
+
+    /// Swaps in a validated snapshot.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.runtime.publish(snapshot);
+    }
+
+    /// Records a reload that was refused; the current snapshot keeps serving.
+    pub fn reload_failed(&self) {
+        self.runtime.metrics.count_reload(false);
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.runtime.metrics)
+    }
+}

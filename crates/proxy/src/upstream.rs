@@ -1,0 +1,149 @@
+//! The upstream client: pooled HTTP/1.1 connections to the legacy API, one pool per
+//! data-plane worker, kept across reloads while their settings hold (a runtime part).
+//!
+//! The response timeout counts from the request body's last movement, not from the
+//! start: a long upload is not the upstream's delay, while an upstream that stops taking
+//! the body, or answering once it has it, runs out of time.
+
+use std::error::Error as _;
+use std::io;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tollgate_policy::snapshot::Upstream;
+
+use crate::body::{BodyStats, CutOff, Outbound};
+use crate::errors::{GatewayError, UpstreamError};
+use crate::part::{Build, Part};
+
+/// A pooled HTTP/1.1 client for one upstream configuration.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<HttpConnector, Outbound>,
+    pool_key: PoolSettings,
+}
+
+/// The settings baked into a client; when a reload changes none of them, the client
+/// (and its warm connections) is kept.
+#[derive(Clone, PartialEq, Eq)]
+struct PoolSettings {
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+}
+
+impl PoolSettings {
+    fn of(upstream: &Upstream) -> Self {
+        PoolSettings {
+            connect_timeout: upstream.connect_timeout,
+            pool_idle_timeout: upstream.pool_idle_timeout,
+            pool_max_idle: upstream.pool_max_idle,
+        }
+    }
+}
+
+impl UpstreamClient {
+    pub fn new(upstream: &Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(upstream.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(upstream.pool_max_idle)
+            .set_host(false)
+            .build(connector);
+        UpstreamClient {
+            client,
+            pool_key: PoolSettings::of(upstream),
+        }
+    }
+
+    /// This client if it fits `upstream`, else a new one.
+    pub fn reuse_or_new(&self, upstream: &Upstream) -> Self {
+        if self.pool_key == PoolSettings::of(upstream) {
+            self.clone()
+        } else {
+            UpstreamClient::new(upstream)
+        }
+    }
+
+    /// Sends the request; the response head must arrive within `timeout` of the body's
+    /// last movement (`stats`, kept by the body as it goes).
+    pub async fn send(
+        &self,
+        request: Request<Outbound>,
+        timeout: Duration,
+        stats: &BodyStats,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let started = tokio::time::Instant::now();
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        let mut deadline = started + timeout;
+        loop {
+            tokio::select! {
+                outcome = &mut response => {
+                    return outcome.map_err(|e| {
+                        if stats.cut_off() == CutOff::None {
+                            tracing::warn!(error = %e, source = ?e.source(), "upstream request failed");
+                        }
+                        classify(&e).into()
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let idle = stats.idle_for().unwrap_or_else(|| started.elapsed());
+                    if idle >= timeout {
+                        return Err(UpstreamError::Timeout.into());
+                    }
+                    deadline = tokio::time::Instant::now() + (timeout - idle);
+                }
+            }
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    if !e.is_connect() {
+        return UpstreamError::Failed;
+    }
+    let mut source = e.source();
+    while let Some(s) = source {
+        // hyper-util reports `connect_timeout` as an `io::ErrorKind::TimedOut`.
+        if s.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return UpstreamError::Timeout;
+        }
+        source = s.source();
+    }
+    UpstreamError::Unavailable
+}
+
+/// One client per data-plane worker (a request never leaves its worker's pool).
+pub struct Upstreams {
+    clients: Vec<UpstreamClient>,
+}
+
+impl Upstreams {
+    pub fn for_worker(&self, worker: usize) -> Option<&UpstreamClient> {
+        self.clients.get(worker)
+    }
+}
+
+impl Part for Upstreams {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let upstream = &build.snapshot.upstream;
+        let clients = (0..build.workers)
+            .map(|i| match previous.and_then(|p| p.clients.get(i)) {
+                Some(client) => client.reuse_or_new(upstream),
+                None => UpstreamClient::new(upstream),
+            })
+            .collect();
+        Upstreams { clients }
+    }
+}

@@ -1,0 +1,183 @@
+//! Test support shared by Tollgate's test crates (the state crate's Redis tests and the
+//! end-to-end suite): a `redis-server` of the test's own on a free port, the JWT fixtures
+//! and tokens signed with them, and scratch directories. Only tests depend on it.
+
+#![forbid(unsafe_code)]
+// This whole crate is test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+
+/// A `redis-server` of the test's own on a free port (no persistence), so a test can
+/// kill it, freeze it and start it again; killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// On a given port: the restart after an outage.
+    pub fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian: redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisServer { child, port }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it now (the outage); the port can be started on again.
+    pub fn kill(mut self) -> u16 {
+        self.stop();
+        self.port
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Freezes it (SIGSTOP): it accepts connections and answers nothing.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A local port nothing listens on (for now).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tollgate-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The JWT fixtures: keys, and tokens made by PyJWT (`tests/fixtures/jwt`).
+pub fn jwt_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/jwt")
+}
+
+/// `[jwt]` accepting HS256 tokens signed with the fixture secret (kid `hs-256`), issuer
+/// `https://issuer.test`, audience `legacy-api`.
+pub fn jwt_config() -> String {
+    format!(
+        "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.key]]\nid = \"hs-256\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\n",
+        jwt_fixtures().join("keys/hs256.secret").display()
+    )
+}
+
+/// `Bearer` + a valid token for `client` (a JSON string claim).
+pub fn bearer_for(client: &str) -> String {
+    bearer_with(serde_json::json!({ "clientId": client }))
+}
+
+/// `Bearer` + a valid token whose claims are `extra` over the defaults (issuer,
+/// audience, times, `sub`), signed as [`jwt_config`] accepts.
+pub fn bearer_with(extra: serde_json::Value) -> String {
+    let secret = std::fs::read(jwt_fixtures().join("keys/hs256.secret")).unwrap();
+    let mut claims = serde_json::json!({
+        "sub": "someone@test",
+        "iss": "https://issuer.test",
+        "aud": "legacy-api",
+        "iat": 1_767_225_600u64,
+        "exp": 4_102_444_800u64,
+    });
+    if let (Some(base), Some(more)) = (claims.as_object_mut(), extra.as_object()) {
+        for (k, v) in more {
+            base.insert(k.clone(), v.clone());
+        }
+    }
+    let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs-256".into());
+    let token = encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(secret.trim_ascii_end()),
+    )
+    .unwrap();
+    format!("Bearer {token}")
+}
