@@ -20,6 +20,10 @@
 # redis-server of the script's own (one EVALSHA per request). Their ratios to the
 # unlimited Tollgate are the cost of limiting; tg-redis / tg-local is the cost of
 # sharing the count across instances. Set LIMITS=0 to skip them.
+#
+# COMPARE="before=/path/to/tollgate other=/path/to/tollgate" adds, for each pair, the
+# same unlimited Tollgate run by another build (say, the previous commit's), so a change
+# is measured against its baseline in the same run: tollgate / tg-before is printed.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
@@ -128,7 +132,8 @@ backend be
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!)
 
-# tollgate NAME PORT LIMITS STORE: one Tollgate with the route's `limits` and [store].
+# tollgate NAME PORT LIMITS STORE [BINARY]: one Tollgate with the route's `limits` and
+# [store].
 tollgate() {
   mkdir -p "$WORK/$1/policies"
   cat > "$WORK/$1/policies/10-all.toml" <<CONF
@@ -156,7 +161,7 @@ access_log = ${ACCESS_LOG:-true}
 watch = false
 $4
 CONF
-  "$ROOT/target/release/tollgate" run --config "$WORK/$1/gateway.toml" >/dev/null 2>/dev/null & PIDS+=($!)
+  "${5:-$ROOT/target/release/tollgate}" run --config "$WORK/$1/gateway.toml" >/dev/null 2>/dev/null & PIDS+=($!)
 }
 tollgate tg "$TG" "" ""
 PORTS="$UP $NG $HA $TG"
@@ -169,6 +174,15 @@ redis_url = \"redis://127.0.0.1:$RD\""
   PORTS="$PORTS $TL $TR $RD"
   TARGETS="$TARGETS tg-local:$TL tg-redis:$TR"
 fi
+
+COMPARED=()
+for pair in ${COMPARE:-}; do
+  port=$(free_port)
+  tollgate "tg-${pair%%=*}" "$port" "" "" "${pair#*=}"
+  PORTS="$PORTS $port"
+  TARGETS="$TARGETS tg-${pair%%=*}:$port"
+  COMPARED+=("tg-${pair%%=*}")
+done
 
 for p in $PORTS; do wait_port "$p"; done
 
@@ -231,3 +245,7 @@ if [ "$LIMITS" = 1 ]; then
     printf "rate limit in redis   / no limit   requests/s: %.2fx, p99 %+.2f ms\n", r/t, rp-tp
     printf "rate limit in redis   / in process requests/s: %.2fx (target >= 0.85)\n", r/l }'
 fi
+for name in "${COMPARED[@]}"; do
+  awk -v t="${RPS[tollgate]}" -v c="${RPS[$name]}" -v tp="${P99[tollgate]}" -v cp="${P99[$name]}" -v n="$name" 'BEGIN {
+    printf "tollgate / %s requests/s: %.2fx, p99 %+.2f ms\n", n, t/c, tp-cp }'
+done

@@ -239,5 +239,9 @@ pass_api_key = true
     assert!(!out.contains("anonymous-on-purpose"), "{out}");
     assert!(!out.contains("gateway.toml:19"), "{out}");
     assert!(!out.contains("no [jwt]"), "{out}");
-    assert!(out.contains("7 error(s)"), "{out}");
+    // The summary says where the errors are: one in gateway.toml, six in a.toml.
+    assert!(
+        out.contains(&format!("7 error(s): 1 in {gw}, 6 in {a}")),
+        "{out}"
+    );
 }

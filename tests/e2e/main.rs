@@ -7,6 +7,7 @@
 mod attacks;
 mod auth;
 mod cli;
+mod endpoints;
 mod framing;
 mod jwks;
 mod lifecycle;

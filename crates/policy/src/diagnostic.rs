@@ -41,6 +41,14 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Where something was written (a route, a limit), for diagnostics and `explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
 /// Turns byte offsets of one file into diagnostics that carry line and column.
 pub(crate) struct SourceFile<'a> {
     pub path: &'a Path,
@@ -57,9 +65,9 @@ impl SourceFile<'_> {
     }
 
     /// Where `span` was written: for runtime objects that remember their place.
-    pub fn origin(&self, span: Range<usize>) -> crate::snapshot::Origin {
+    pub fn origin(&self, span: Range<usize>) -> Origin {
         let (line, column) = line_column(self.text, span.start);
-        crate::snapshot::Origin {
+        Origin {
             file: self.path.to_path_buf(),
             line,
             column,

@@ -366,13 +366,7 @@ impl RouteAuth {
     }
 }
 
-/// Where a route was written, for diagnostics and `explain`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-}
+pub use crate::diagnostic::Origin;
 
 /// One validated route.
 #[derive(Debug, Clone)]

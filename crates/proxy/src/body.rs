@@ -35,9 +35,6 @@ use crate::errors::{GatewayError, LimitError, RequestError};
 use crate::multipart::{Refusal, Scanner};
 use crate::part::{Build, Part};
 
-/// What the gateway answers with: the upstream's body streamed through, or its own.
-pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, crate::access_log::AccessLog>;
-
 /// A request body on its way through the stages: the client's stream, or bytes a stage
 /// had to read whole.
 pub type RequestBody = Either<Incoming, Held>;

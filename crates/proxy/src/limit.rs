@@ -86,7 +86,7 @@ pub struct Limiters {
 impl Part for Limiters {
     fn build(build: &Build, previous: Option<&Self>) -> Self {
         let snapshot = build.snapshot;
-        let shared = build.redis.and_then(|link| link.configured()).map(|redis| {
+        let shared = build.redis.configured().map(|redis| {
             let redis = redis.cloned().map_err(Clone::clone)?;
             // The same connection: keep its batch senders too.
             match previous.and_then(|p| p.shared.as_ref()) {

@@ -14,9 +14,9 @@ pub struct Build<'a> {
     pub snapshot: &'a Snapshot,
     /// Data-plane workers (each has its own connections).
     pub workers: usize,
-    /// The Redis connection of this snapshot's `[store]`, once built (parts that share
-    /// state through Redis are built after it).
-    pub redis: Option<&'a RedisLink>,
+    /// The Redis connection of this snapshot's `[store]` (built first; parts that share
+    /// state through Redis take it from here).
+    pub redis: &'a RedisLink,
     /// Called when a remote key set changes (clears verified tokens).
     pub on_keys_changed: &'a Arc<dyn Fn() + Send + Sync>,
 }

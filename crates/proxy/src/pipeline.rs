@@ -35,11 +35,12 @@ use hyper::body::Incoming;
 use tollgate_policy::RouteAction;
 
 use crate::access_log::AccessLog;
-use crate::body::{Outbound, ResponseBody};
+use crate::body::Outbound;
 use crate::endpoints::{self, Answer};
 use crate::errors::GatewayError;
 use crate::exchange::{Exchange, Scheme};
 use crate::metrics::Metrics;
+use crate::respond::ResponseBody;
 use crate::runtime::{Active, Runtime};
 use crate::{
     accept, authenticate, cors, forward, limit, meter, normalize, problem, request_id, respond,

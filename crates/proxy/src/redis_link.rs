@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tollgate_state::redis::{Redis, StoreError};
 
-use crate::part::{Build, Part};
+use tollgate_policy::Snapshot;
 
 /// `[store]`'s Redis: none, one, or one that cannot be used (every feature then follows
 /// its failure mode).
@@ -26,9 +26,11 @@ impl RedisLink {
     }
 }
 
-impl Part for RedisLink {
-    fn build(build: &Build, previous: Option<&Self>) -> Self {
-        let Some(settings) = build.snapshot.store.redis.as_ref() else {
+impl RedisLink {
+    /// The connection `snapshot`'s `[store]` names, the previous one if its settings did
+    /// not change. (Built before the parts, which are given it.)
+    pub fn connect(snapshot: &Snapshot, previous: Option<&Self>, workers: usize) -> Self {
+        let Some(settings) = snapshot.store.redis.as_ref() else {
             return RedisLink { redis: None };
         };
         if let Some(redis) = previous
@@ -39,7 +41,7 @@ impl Part for RedisLink {
                 redis: Some(Ok(Arc::clone(redis))),
             };
         }
-        let redis = match Redis::new(settings.clone(), build.workers) {
+        let redis = match Redis::new(settings.clone(), workers) {
             Ok(redis) => Ok(Arc::new(redis)),
             Err(e) => {
                 // Not a silent switch to this process: each feature's failure mode applies.
@@ -50,7 +52,8 @@ impl Part for RedisLink {
         RedisLink { redis: Some(redis) }
     }
 
-    fn render_metrics(&self, out: &mut String) {
+    /// The connection's metrics: errors and the circuit breaker.
+    pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
         use std::sync::atomic::Ordering;
         let Some(redis) = self.redis() else {

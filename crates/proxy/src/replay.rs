@@ -43,7 +43,7 @@ impl Part for Replay {
             ),
             shared: build
                 .redis
-                .and_then(|link| link.redis())
+                .redis()
                 .map(|redis| RedisNonces::new(Arc::clone(redis))),
             counts: previous.map_or_else(Arc::default, |p| Arc::clone(&p.counts)),
         }

@@ -10,7 +10,12 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::body::{Observed, ResponseBody};
+use crate::access_log::AccessLog;
+use crate::body::Observed;
+
+/// What the gateway answers with: the upstream's body streamed through, or its own,
+/// counted for the access log as it goes.
+pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, AccessLog>;
 use crate::exchange::{Exchange, Verdict};
 use crate::{cors, headers, meter, request_id};
 use tollgate_policy::snapshot::ApiKeySettings;

@@ -43,16 +43,12 @@ impl Active {
         workers: usize,
         on_keys_changed: &Arc<dyn Fn() + Send + Sync>,
     ) -> Active {
-        let base = Build {
+        let redis = RedisLink::connect(&snapshot, previous.map(|p| &p.redis), workers);
+        let build = Build {
             snapshot: &snapshot,
             workers,
-            redis: None,
+            redis: &redis,
             on_keys_changed,
-        };
-        let redis = RedisLink::build(&base, previous.map(|p| &p.redis));
-        let build = Build {
-            redis: Some(&redis),
-            ..base
         };
         let upstreams = Upstreams::build(&build, previous.map(|p| &p.upstreams));
         let tokens = Tokens::build(&build, previous.map(|p| &p.tokens));

@@ -173,7 +173,7 @@ fn load_printing(
             for d in &e.0 {
                 eprintln!("{d}");
             }
-            eprintln!("{}: {e}", config.display());
+            eprintln!("{}", error_summary(&e.0));
             None
         }
     }
@@ -198,11 +198,28 @@ fn check(config: &Path) -> ExitCode {
             for d in &e.0 {
                 println!("{d}");
             }
-            let errors = e.0.iter().filter(|d| d.severity == Severity::Error).count();
-            println!("{}: {errors} error(s)", config.display());
+            println!("{}", error_summary(&e.0));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `7 error(s): 1 in gateway.toml, 6 in policies/a.toml` — each file where its errors
+/// are, in the order the diagnostics name them.
+fn error_summary(diags: &[tollgate_policy::Diagnostic]) -> String {
+    let mut files: Vec<(&Path, usize)> = Vec::new();
+    for d in diags.iter().filter(|d| d.severity == Severity::Error) {
+        match files.iter_mut().find(|(f, _)| *f == d.file.as_path()) {
+            Some((_, n)) => *n += 1,
+            None => files.push((&d.file, 1)),
+        }
+    }
+    let total: usize = files.iter().map(|(_, n)| n).sum();
+    let per_file: Vec<String> = files
+        .iter()
+        .map(|(f, n)| format!("{n} in {}", f.display()))
+        .collect();
+    format!("{total} error(s): {}", per_file.join(", "))
 }
 
 fn explain(config: &Path, method: &str, path: &str) -> ExitCode {
