@@ -255,6 +255,9 @@ const REDACTED: &str = "[redacted]";
 /// The query with the value of every secret parameter (`secret_params`, folded names)
 /// and of every JWT-shaped value replaced.
 pub fn redact_query(query: &str, secret_params: &[String]) -> String {
+    if query.is_empty() {
+        return String::new();
+    }
     query
         .split('&')
         .map(|pair| match pair.split_once('=') {
@@ -270,6 +273,10 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
 
 /// The path with JWT-shaped segments and secret `;name=value` parameters replaced.
 pub fn redact_path(path: &str, secret_params: &[String]) -> String {
+    // Most paths hold neither: logged as they are, without splitting them.
+    if !path.contains("eyJ") && !path.contains(';') {
+        return path.to_owned();
+    }
     path.split('/')
         .map(|segment| {
             if looks_like_jwt(segment) {
@@ -304,7 +311,7 @@ fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
 /// Three base64url parts, the first starting like a JSON object (`eyJ`): a JWT, whatever
 /// the parameter it came in is called.
 fn looks_like_jwt(text: &str) -> bool {
-    let text = text.trim_start_matches("Bearer%20");
+    let text = text.strip_prefix("Bearer%20").unwrap_or(text);
     text.starts_with("eyJ")
         && text.split('.').count() == 3
         && text

@@ -384,7 +384,8 @@ impl Outbound {
         scanner: Option<Scanner>,
         stats: Arc<BodyStats>,
     ) -> Outbound {
-        let pacing = matches!(inner, Either::Left(_)).then(|| Pacing {
+        // Only a client's stream that still has bytes to come needs a deadline.
+        let pacing = (matches!(inner, Either::Left(_)) && !inner.is_end_stream()).then(|| Pacing {
             limits,
             waited: Duration::ZERO,
             waiting_since: None,
