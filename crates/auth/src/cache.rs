@@ -94,6 +94,8 @@ mod tests {
             subject: None,
             expires_at: exp,
             key_id: None,
+            session: None,
+            token_id: None,
         })
     }
 

@@ -272,6 +272,25 @@ impl VerifyKey {
     }
 }
 
+/// Whether `verify` accepts what `signing` signs. A private key configured beside the
+/// wrong public key would mint tokens that nobody, the gateway included, accepts.
+pub fn signs_for(signing: &crate::mint::SigningKey, verify: &VerifyKey) -> bool {
+    if !verify.algorithms.contains(&signing.algorithm) {
+        return false;
+    }
+    let header = jsonwebtoken::Header::new(signing.algorithm);
+    let Ok(token) = jsonwebtoken::encode(&header, &serde_json::json!({"probe": 1}), &signing.key)
+    else {
+        return false;
+    };
+    let mut validation = Validation::new(signing.algorithm);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Value>(&token, &verify.key, &validation).is_ok()
+}
+
 /// The claim rules every token must satisfy.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -297,6 +316,10 @@ pub struct Claims {
     /// `exp`, in seconds since the epoch.
     pub expires_at: u64,
     pub key_id: Option<String>,
+    /// `sid`: the login session a token the gateway issued belongs to.
+    pub session: Option<String>,
+    /// `jti`: the token's own id.
+    pub token_id: Option<String>,
 }
 
 /// The parts of the header that matter, read strictly.
@@ -475,12 +498,19 @@ fn check_claims(
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(JwtError::BadClaim("sub".into())),
     };
+    let short_string = |name: &str| match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) if (1..=256).contains(&s.len()) => Ok(Some(s.clone())),
+        Some(_) => Err(JwtError::BadClaim(name.into())),
+    };
     Ok(Claims {
         client_id,
         client_id_is_integer,
         subject,
         expires_at: exp,
         key_id,
+        session: short_string("sid")?,
+        token_id: short_string("jti")?,
     })
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - [`jwt`]: verifying access tokens against pinned keys (static or from a JWKS), with
 //!   every claim rule checked against an injected clock; [`cache`] remembers verified
-//!   tokens until they expire; [`mint`] signs tokens (operators, tests, later login).
+//!   tokens until they expire; [`mint`] signs access tokens (login, refresh, operators,
+//!   tests); [`random`] makes the unguessable ids they and the sessions carry.
 //! - [`api_key`]: legacy API keys, stored as SHA-256 hashes, compared in constant time.
 //! - [`plivo`]: Plivo's V3 callback signatures; [`secret`]: constant-time comparison
 //!   for shared secrets such as Exotel's callback-URL secret.
@@ -17,6 +18,7 @@ mod claims;
 pub mod jwt;
 pub mod mint;
 pub mod plivo;
+pub mod random;
 pub mod secret;
 
 pub use jsonwebtoken::Algorithm;

@@ -1,14 +1,22 @@
-//! Signing access tokens: for `tollgate token mint`, the tests, and later the login.
+//! Signing access tokens: the login and refresh endpoints, `tollgate token mint`, and
+//! the tests.
+//!
+//! Tokens follow RFC 9068 (JWT profile for OAuth 2.0 access tokens): header `typ` is
+//! `at+jwt` and names its key (`kid`); claims `iss`, `aud`, `sub`, the client id,
+//! `iat`, `exp`, a unique `jti` (so one token can be revoked), and `sid`, the login
+//! session it came from (so a whole session can be).
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
+use serde_json::{Map, Value};
 use thiserror::Error;
+
+use crate::random;
 
 /// A signing key pinned to one algorithm.
 pub struct SigningKey {
     pub kid: Option<String>,
     pub algorithm: Algorithm,
-    key: EncodingKey,
+    pub(crate) key: EncodingKey,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -26,6 +34,8 @@ pub enum MintError {
     BadKey(&'static str, String),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error(transparent)]
+    Random(#[from] random::RandomError),
 }
 
 impl SigningKey {
@@ -60,7 +70,57 @@ impl SigningKey {
     }
 }
 
-/// What to put in a token.
+/// What goes into an access token.
+#[derive(Debug, Clone)]
+pub struct AccessToken<'a> {
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub subject: &'a str,
+    /// The claim that carries the client id (`[jwt] client_id_claim`).
+    pub client_id_claim: &'a str,
+    /// The client id as a JSON string or integer: the type the legacy API gave it.
+    pub client_id: &'a Value,
+    pub issued_at: u64,
+    pub expires_at: u64,
+    /// `jti`: unique to this token.
+    pub token_id: &'a str,
+    /// `sid`: the login session (refresh-token family) the token was issued from.
+    pub session: Option<&'a str>,
+    /// More claims copied from the user record; they never replace the ones above.
+    pub extra: Option<&'a Map<String, Value>>,
+}
+
+/// Signs an access token (RFC 9068: `typ` is `at+jwt`).
+pub fn mint_access(token: &AccessToken, key: &SigningKey) -> Result<String, MintError> {
+    let mut claims = Map::new();
+    if let Some(extra) = token.extra {
+        for (name, value) in extra {
+            claims.insert(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in [
+        ("iss", token.issuer),
+        ("aud", token.audience),
+        ("sub", Some(token.subject)),
+        ("jti", Some(token.token_id)),
+        ("sid", token.session),
+    ] {
+        match value {
+            Some(v) => claims.insert(name.to_owned(), Value::String(v.to_owned())),
+            None => claims.remove(name),
+        };
+    }
+    claims.insert(token.client_id_claim.to_owned(), token.client_id.clone());
+    claims.insert("iat".into(), Value::from(token.issued_at));
+    claims.insert("exp".into(), Value::from(token.expires_at));
+    let mut header = Header::new(key.algorithm);
+    header.typ = Some("at+jwt".into());
+    header.kid = key.kid.clone();
+    jsonwebtoken::encode(&header, &Value::Object(claims), &key.key)
+        .map_err(|e| MintError::Signing(e.to_string()))
+}
+
+/// What `tollgate token mint` puts in a token.
 #[derive(Debug, Clone)]
 pub struct TokenSpec<'a> {
     pub client_id_claim: &'a str,
@@ -72,27 +132,104 @@ pub struct TokenSpec<'a> {
     pub ttl_secs: u64,
 }
 
+/// A token for an operator or a test: no session, a fresh `jti`, the client id as the
+/// subject unless one is given.
 pub fn mint(spec: &TokenSpec, key: &SigningKey) -> Result<String, MintError> {
-    let mut claims = json!({
-        "iat": spec.issued_at,
-        "exp": spec.issued_at.saturating_add(spec.ttl_secs),
-    });
-    if let Value::Object(map) = &mut claims {
-        map.insert(
-            spec.client_id_claim.to_owned(),
-            Value::String(spec.client_id.to_owned()),
-        );
-        for (name, value) in [
-            ("sub", spec.subject),
-            ("iss", spec.issuer),
-            ("aud", spec.audience),
-        ] {
-            if let Some(v) = value {
-                map.insert(name.to_owned(), Value::String(v.to_owned()));
-            }
+    let token_id = random::token(16)?;
+    let client_id = Value::String(spec.client_id.to_owned());
+    mint_access(
+        &AccessToken {
+            issuer: spec.issuer,
+            audience: spec.audience,
+            subject: spec.subject.unwrap_or(spec.client_id),
+            client_id_claim: spec.client_id_claim,
+            client_id: &client_id,
+            issued_at: spec.issued_at,
+            expires_at: spec.issued_at.saturating_add(spec.ttl_secs),
+            token_id: &token_id,
+            session: None,
+            extra: None,
+        },
+        key,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{verify, Rules, VerifyKey};
+    use std::sync::Arc;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn rules() -> Rules {
+        Rules {
+            issuer: Some("gw".into()),
+            audience: Some("api".into()),
+            leeway_secs: 0,
+            max_token_bytes: 8192,
+            client_id_claim: "clientId".into(),
         }
     }
-    let mut header = Header::new(key.algorithm);
-    header.kid = key.kid.clone();
-    jsonwebtoken::encode(&header, &claims, &key.key).map_err(|e| MintError::Signing(e.to_string()))
+
+    #[test]
+    fn access_tokens_follow_rfc_9068_and_verify() {
+        let key = SigningKey::from_secret(Some("k1".into()), Algorithm::HS256, SECRET);
+        let mut extra = Map::new();
+        extra.insert("name".into(), Value::String("Acme".into()));
+        // A user field may not stand in for a registered claim.
+        extra.insert("sub".into(), Value::String("someone-else".into()));
+        extra.insert("clientId".into(), Value::from(9));
+        let token = mint_access(
+            &AccessToken {
+                issuer: Some("gw"),
+                audience: Some("api"),
+                subject: "demo@acme.test",
+                client_id_claim: "clientId",
+                client_id: &Value::from(1001),
+                issued_at: 1_000,
+                expires_at: 2_000,
+                token_id: "t1",
+                session: Some("s1"),
+                extra: Some(&extra),
+            },
+            &key,
+        )
+        .unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+        assert_eq!(header.kid.as_deref(), Some("k1"));
+        let verify_key =
+            Arc::new(VerifyKey::from_secret(Some("k1".into()), Algorithm::HS256, SECRET).unwrap());
+        let claims = verify(&token, [&verify_key].into_iter(), &rules(), 1_500).unwrap();
+        assert_eq!(claims.client_id, "1001");
+        assert!(claims.client_id_is_integer);
+        assert_eq!(claims.subject.as_deref(), Some("demo@acme.test"));
+        assert_eq!(claims.session.as_deref(), Some("s1"));
+        assert_eq!(claims.token_id.as_deref(), Some("t1"));
+        assert_eq!(claims.expires_at, 2_000);
+    }
+
+    #[test]
+    fn every_minted_token_has_its_own_id() {
+        let key = SigningKey::from_secret(None, Algorithm::HS256, SECRET);
+        let spec = TokenSpec {
+            client_id_claim: "clientId",
+            client_id: "1001",
+            subject: None,
+            issuer: Some("gw"),
+            audience: Some("api"),
+            issued_at: 1_000,
+            ttl_secs: 60,
+        };
+        let a = mint(&spec, &key).unwrap();
+        let b = mint(&spec, &key).unwrap();
+        let verify_key = Arc::new(VerifyKey::from_secret(None, Algorithm::HS256, SECRET).unwrap());
+        let ca = verify(&a, [&verify_key].into_iter(), &rules(), 1_010).unwrap();
+        let cb = verify(&b, [&verify_key].into_iter(), &rules(), 1_010).unwrap();
+        assert!(ca.token_id.is_some());
+        assert_ne!(ca.token_id, cb.token_id);
+        assert_eq!(ca.subject.as_deref(), Some("1001"));
+        assert_eq!(ca.session, None);
+    }
 }

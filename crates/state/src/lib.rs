@@ -6,12 +6,14 @@
 //! - [`rate`]: rate limiting with GCRA ([`rate::RateStore`]) — in process with
 //!   `governor`, or in Redis as one atomic Lua script.
 //! - [`replay`]: callback nonces remembered for a window ([`replay::NonceStore`]).
+//! - [`sessions`]: login sessions — refresh-token families rotated with reuse
+//!   detection, and the revocation feed ([`sessions::SessionStore`]) — in a `redb` file
+//!   (durable, one instance) or in Redis.
 //! - [`redis`]: the one Redis connection layer every shared feature uses — a pipelined
 //!   connection per data-plane worker, short timeouts, and a [`breaker`] so an outage
 //!   costs no latency.
 //!
-//! Later kinds (the token ledger, refresh-token families, revocations) take the same
-//! shape. Nothing here speaks HTTP.
+//! The token ledger will take the same shape. Nothing here speaks HTTP.
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +21,7 @@ pub mod breaker;
 pub mod rate;
 pub mod redis;
 pub mod replay;
+pub mod sessions;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -87,11 +87,17 @@ impl Redis {
         );
         Ok(Redis {
             client,
-            connections: (0..workers.max(1)).map(|_| OnceLock::new()).collect(),
+            // One per worker, and one for background tasks (the revocation poller).
+            connections: (0..workers.max(1) + 1).map(|_| OnceLock::new()).collect(),
             breaker,
             errors: RedisErrors::default(),
             settings,
         })
+    }
+
+    /// The connection slot for work outside the data-plane workers.
+    pub fn background_worker(&self) -> usize {
+        self.connections.len() - 1
     }
 
     pub fn settings(&self) -> &RedisSettings {
