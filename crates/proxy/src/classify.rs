@@ -61,6 +61,9 @@ pub fn classify(
         return Ok(BodyClass::Form);
     }
     if essence == "multipart/form-data" {
+        // A charset could make a backend decode field names and values differently
+        // from the scanner (UTF-16); a repeated one is ambiguous.
+        utf8(&media)?;
         return match media.param("boundary").map_err(refusal)? {
             Some(boundary) if (1..=200).contains(&boundary.len()) => Ok(BodyClass::Multipart {
                 boundary: boundary.to_owned(),
@@ -178,6 +181,9 @@ mod tests {
             b"application/octet-stream",
             b"multipart/form-data",
             b"multipart/form-data; boundary=a; boundary=b",
+            // Found by the request_head fuzzer: a repeated charset on multipart.
+            b"multipart/form-data; charset=utf-8; boundary=a; charset=latin1",
+            b"multipart/form-data; charset=utf-16; boundary=a",
             b"multipart/mixed; boundary=a",
             b"application/json; charset=utf-8; charset=latin1",
             b"json",
