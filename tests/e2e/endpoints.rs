@@ -24,13 +24,14 @@ limits = ["keys-per-address"]
 fn setup() -> Setup {
     let keys = jwt_fixtures().join("keys");
     let ed = format!(
-        "[[jwt.key]]\nid = \"gateway-ed\"\nalgorithm = \"EdDSA\"\npublic_key_file = \"{}\"\nprivate_key_file = \"{}\"\n\n[[jwt.key]]\nid = \"idp-rsa\"\nalgorithms = [\"RS256\", \"PS256\"]\npublic_key_file = \"{}\"\n",
+        "[[jwt.key]]\nid = \"idp-rsa\"\nalgorithms = [\"RS256\", \"PS256\"]\npublic_key_file = \"{}\"\n\n[[jwt.key]]\nid = \"gateway-ed\"\nalgorithm = \"EdDSA\"\npublic_key_file = \"{}\"\nprivate_key_file = \"{}\"\n",
+        keys.join("rsa.pub.pem").display(),
         keys.join("ed25519.pub.pem").display(),
         keys.join("ed25519.key.pem").display(),
-        keys.join("rsa.pub.pem").display(),
     );
-    // The gateway's own signing key first: it is the one `token mint` signs with.
-    let jwt = jwt_config().replacen("\n[[jwt.key]]", &format!("\n{ed}\n[[jwt.key]]"), 1);
+    // The gateway's own signing key last: the newest key that can sign is the one
+    // `token mint` (and the login) signs with.
+    let jwt = format!("{}\n{ed}", jwt_config());
     Setup {
         policies: vec![("10-keys.toml".into(), POLICIES.into())],
         extra: jwt,

@@ -3,7 +3,8 @@
 //! - [`jwt`]: verifying access tokens against pinned keys (static or from a JWKS), with
 //!   every claim rule checked against an injected clock; [`cache`] remembers verified
 //!   tokens until they expire; [`mint`] signs access tokens (login, refresh, operators,
-//!   tests); [`random`] makes the unguessable ids they and the sessions carry.
+//!   tests); [`random`] makes the unguessable ids they and the sessions carry;
+//!   [`refresh`] makes, hashes and seals refresh tokens.
 //! - [`api_key`]: legacy API keys, stored as SHA-256 hashes, compared in constant time.
 //! - [`plivo`]: Plivo's V3 callback signatures; [`secret`]: constant-time comparison
 //!   for shared secrets such as Exotel's callback-URL secret.
@@ -19,6 +20,7 @@ pub mod jwt;
 pub mod mint;
 pub mod plivo;
 pub mod random;
+pub mod refresh;
 pub mod secret;
 
 pub use jsonwebtoken::Algorithm;

@@ -78,6 +78,20 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                         "outcome:    answered by the gateway ({endpoint:?} endpoint)"
                     );
                 }
+                RouteAction::Login => {
+                    let _ = writeln!(
+                        out,
+                        "outcome:    forwarded to http://{}{}{}; a successful login is answered with the gateway's tokens",
+                        snapshot.upstream.authority, snapshot.upstream.base_path, normalized
+                    );
+                }
+            }
+            if let Some(cors) = &route.cors {
+                let _ = writeln!(
+                    out,
+                    "  cors:     {} (preflights answered by the gateway)",
+                    cors.name
+                );
             }
         }
         RouteMatch::MethodNotAllowed => {

@@ -64,6 +64,19 @@ impl PathPattern {
         })
     }
 
+    /// The literal segments before the first `{param}` or `*`: every path the pattern
+    /// matches starts with them (`/gateway/auth/refresh` → `["gateway", "auth",
+    /// "refresh"]`).
+    pub fn literal_prefix(&self) -> Vec<&str> {
+        self.segments
+            .iter()
+            .map_while(|s| match s {
+                Segment::Literal(l) => Some(l.as_str()),
+                Segment::Param(_) => None,
+            })
+            .collect()
+    }
+
     /// `/*`: the pattern every path matches.
     pub fn any() -> PathPattern {
         PathPattern {

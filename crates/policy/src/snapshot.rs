@@ -50,12 +50,151 @@ pub struct Snapshot {
     pub store: Store,
     /// Every rate-limit policy defined, by name.
     pub limits: Vec<Arc<LimitPolicy>>,
+    /// `[sessions]`: the gateway's own login sessions (login, refresh, logout).
+    pub sessions: Option<Sessions>,
+    /// `[login]`: how the legacy login's answer is read.
+    pub login: Option<Login>,
+    /// The CORS policy of `[routing] cors`: for routes that name none, and for requests
+    /// no route matches.
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
-/// `[store]`: in this process, or in Redis shared by every instance.
+/// `[store]`: in this process (and, for sessions, a local file), or in Redis shared by
+/// every instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
     pub redis: Option<RedisSettings>,
+    /// The embedded store's file (sessions, without Redis).
+    pub path: PathBuf,
+}
+
+/// `[sessions]`: the gateway's own login sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sessions {
+    /// A refresh token unused for this long expires.
+    pub refresh_idle: Duration,
+    /// The session's absolute lifetime: past it, log in again.
+    pub lifetime: Duration,
+    /// A refresh token presented again this soon after it was rotated gets the same
+    /// successor (a client that lost the answer) instead of revoking the session.
+    pub reuse_grace: Duration,
+    pub tokens: TokenMode,
+}
+
+/// Where a browser keeps the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMode {
+    /// In the JSON answers; the page sends `Authorization: Bearer`.
+    Bearer,
+    /// The refresh token (and, with `access_token`, the access token) in `HttpOnly`
+    /// cookies; state-changing requests carry the CSRF token in a header.
+    Cookie { access_token: bool, secure: bool },
+}
+
+/// `[login]`: how the legacy login's answer is read (JSON pointers, RFC 6901).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Where the client id is.
+    pub client_id: String,
+    /// Where the user record is.
+    pub user: String,
+    /// Where the token's `sub` is; `None`: the client id.
+    pub subject: Option<String>,
+    /// The members of the user record returned to the page; `None`: all but secrets.
+    pub user_fields: Option<Vec<String>>,
+    /// The members of the user record copied into every access token.
+    pub token_claims: Vec<String>,
+    /// Member names (see [`Login::fold`]) removed from everything the gateway returns or
+    /// signs, at any depth.
+    pub secret_fields: Vec<String>,
+}
+
+impl Login {
+    /// A member name as secrets are compared: letters and digits only, in lower case, so
+    /// `apiKey`, `api_key`, `API-KEY` and `ApiKey` are one name.
+    pub fn fold(name: &str) -> String {
+        name.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    }
+
+    pub fn is_secret(&self, member: &str) -> bool {
+        let folded = Login::fold(member);
+        self.secret_fields.contains(&folded)
+    }
+}
+
+/// `[cors.NAME]`: which browser origins may call, and what they may read.
+#[derive(Debug, Clone)]
+pub struct CorsPolicy {
+    pub name: String,
+    pub origins: Vec<OriginPattern>,
+    /// Methods a preflight may ask for; `None`: the route's own.
+    pub methods: Option<Vec<Method>>,
+    /// Request headers a preflight may ask for (lower case).
+    pub headers: Vec<HeaderName>,
+    pub credentials: bool,
+    pub max_age: Duration,
+    /// Response headers page scripts may read.
+    pub expose: Vec<HeaderName>,
+    pub origin: Origin,
+}
+
+/// One allowed origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: any origin (never with credentials).
+    Any,
+    /// `https://app.example.com[:port]`, lower case.
+    Exact(String),
+    /// `https://*.example.com[:port]`: every subdomain, not the domain itself.
+    Subdomains {
+        scheme: String,
+        /// `.example.com`
+        suffix: String,
+        port: Option<u16>,
+    },
+}
+
+impl OriginPattern {
+    /// Whether a request's `Origin` header is allowed.
+    pub fn matches(&self, origin: &str) -> bool {
+        match self {
+            OriginPattern::Any => true,
+            OriginPattern::Exact(exact) => origin.eq_ignore_ascii_case(exact),
+            OriginPattern::Subdomains {
+                scheme,
+                suffix,
+                port,
+            } => {
+                let origin = origin.to_ascii_lowercase();
+                let Some(rest) = origin
+                    .strip_prefix(scheme.as_str())
+                    .and_then(|r| r.strip_prefix("://"))
+                else {
+                    return false;
+                };
+                let (host, origin_port) = match rest.rsplit_once(':') {
+                    Some((host, p)) => match p.parse::<u16>() {
+                        Ok(p) => (host, Some(p)),
+                        Err(_) => return false,
+                    },
+                    None => (rest, None),
+                };
+                let Some(label) = host.strip_suffix(suffix.as_str()) else {
+                    return false;
+                };
+                origin_port == *port
+                    && !label.is_empty()
+                    && !label.starts_with('.')
+                    && !label.ends_with('.')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            }
+        }
+    }
 }
 
 /// How to reach Redis and when to give up on it: the one settings type the state crate
@@ -251,7 +390,8 @@ pub struct Jwt {
     pub rules: Rules,
     /// Statically configured keys, each pinned to its algorithm.
     pub keys: Vec<Arc<VerifyKey>>,
-    /// The key `tollgate token mint` signs with: the first with a secret or private key.
+    /// The key the gateway signs with (login, refresh, `tollgate token mint`):
+    /// `[jwt] signing_key`, else the last `[[jwt.key]]` that can sign.
     pub signing: Option<Arc<SigningKey>>,
     /// The public halves of the asymmetric keys the gateway can sign with (those with a
     /// `private_key_file`), served at `/.well-known/jwks.json` by an `endpoint = "jwks"`
@@ -390,6 +530,9 @@ pub struct Route {
     /// The JSON members or form fields that may carry the submitted username (limits
     /// keyed by it): every one present counts; empty when none is set.
     pub username_fields: Vec<String>,
+    /// Which browser origins may call it (CORS); `None`: the gateway answers no
+    /// preflight for it and adds no CORS header.
+    pub cors: Option<Arc<CorsPolicy>>,
     pub origin: Origin,
 }
 
@@ -457,6 +600,9 @@ pub enum RouteAction {
     /// Answered by the gateway itself, after the same authentication and limits as any
     /// route.
     Serve(Endpoint),
+    /// Forwarded to the legacy login untouched; a successful answer is turned into the
+    /// gateway's login answer (a session, an access token, a refresh token).
+    Login,
 }
 
 /// The endpoints the gateway answers itself.
@@ -464,6 +610,10 @@ pub enum RouteAction {
 pub enum Endpoint {
     /// The public keys of the gateway's signing keys, as a JSON Web Key Set.
     Jwks,
+    /// `POST`: a refresh token for a new pair (rotation).
+    Refresh,
+    /// `POST`: ends the session and its access token.
+    Logout,
 }
 
 impl Route {

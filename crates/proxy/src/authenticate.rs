@@ -22,20 +22,24 @@ use sha2::{Digest, Sha256};
 use tollgate_auth::cache::TokenCache;
 use tollgate_auth::{plivo, secret, JwtError};
 use tollgate_policy::param;
-use tollgate_policy::snapshot::{ApiKeySettings, RouteAuth, Webhook};
+use tollgate_policy::snapshot::{ApiKeySettings, RouteAuth, TokenMode, Webhook};
 use tollgate_policy::Route;
 
 use crate::body::{self, Reading, RequestBody};
-use crate::errors::{AuthError, Bug, GatewayError, SignatureProblem};
+use crate::cookies;
+use crate::errors::{AuthError, Bug, GatewayError, SessionRefusal, SignatureProblem};
 use crate::exchange::{AuthMethod, Caller, Consumed, Exchange, Identity};
 use crate::jwks::Tokens;
 use crate::replay::Replay;
+use crate::sessions::Sessions;
 
 /// What authentication uses besides the request and the exchange.
 pub struct Keys<'a> {
     pub tokens: &'a Tokens,
     pub replay: &'a Replay,
     pub reading: &'a Reading,
+    /// Revoked sessions and access tokens.
+    pub sessions: &'a Sessions,
 }
 
 /// Authenticates the request by its route's rule and records the caller in the
@@ -55,7 +59,7 @@ pub async fn authenticate(
             return Ok(Request::from_parts(parts, body));
         }
     }
-    let caller = match decide(exchange, &parts, &route.auth, keys.tokens) {
+    let caller = match decide(exchange, &parts, &route.auth, keys) {
         // A kid we do not know may be a key the issuer just rotated in: refetch the
         // remote sets (each at most once per its `min_refetch`) and try once more.
         Err(GatewayError::Auth(AuthError::Token(JwtError::UnknownKey)))
@@ -67,7 +71,7 @@ pub async fn authenticate(
                     keys.tokens.cache().clear();
                 }
             }
-            decide(exchange, &parts, &route.auth, keys.tokens)
+            decide(exchange, &parts, &route.auth, keys)
         }
         other => other,
     };
@@ -80,21 +84,21 @@ fn decide(
     exchange: &mut Exchange<'_>,
     parts: &Parts,
     rule: &RouteAuth,
-    tokens: &Tokens,
+    keys: &Keys<'_>,
 ) -> Result<Caller, GatewayError> {
     let mut caller = Caller::default();
     match rule {
         RouteAuth::None => {}
         RouteAuth::Jwt => {
-            let token = bearer(parts)?.ok_or(AuthError::Required)?;
-            caller.identity = Some(verify_jwt(exchange, token, tokens)?);
+            let token = access_token(exchange, parts)?.ok_or(AuthError::Required)?;
+            caller.identity = Some(verify_jwt(exchange, token, keys)?);
             caller.method = AuthMethod::Jwt;
             caller.consumed.headers.push(AUTHORIZATION);
         }
         RouteAuth::ApiKey => verify_api_key(exchange, parts, &mut caller)?,
-        RouteAuth::JwtOrApiKey => match bearer(parts)? {
+        RouteAuth::JwtOrApiKey => match access_token(exchange, parts)? {
             Some(token) => {
-                caller.identity = Some(verify_jwt(exchange, token, tokens)?);
+                caller.identity = Some(verify_jwt(exchange, token, keys)?);
                 caller.method = AuthMethod::Jwt;
                 caller.consumed.headers.push(AUTHORIZATION);
             }
@@ -131,9 +135,41 @@ fn decide(
     Ok(caller)
 }
 
+/// The access token the request presents: `Authorization: Bearer`, else, in cookie
+/// mode, the access cookie, which on a request that changes state needs the CSRF
+/// header (see [`crate::cookies`]).
+fn access_token<'p>(
+    exchange: &Exchange<'_>,
+    parts: &'p Parts,
+) -> Result<Option<&'p str>, GatewayError> {
+    if let Some(token) = bearer(&parts.headers)? {
+        return Ok(Some(token));
+    }
+    let cookie_access = matches!(
+        exchange.snapshot.sessions.as_ref().map(|s| s.tokens),
+        Some(TokenMode::Cookie {
+            access_token: true,
+            ..
+        })
+    );
+    if !cookie_access {
+        return Ok(None);
+    }
+    match cookies::get(&parts.headers, cookies::ACCESS) {
+        Err(()) => Err(AuthError::Token(JwtError::Malformed).into()),
+        Ok(None) | Ok(Some("")) => Ok(None),
+        Ok(Some(token)) => {
+            if cookies::changes_state(&parts.method) && !cookies::csrf_ok(&parts.headers) {
+                return Err(SessionRefusal::CsrfInvalid.into());
+            }
+            Ok(Some(token))
+        }
+    }
+}
+
 /// The bearer token, if the request presents one. Another scheme is not a token.
-fn bearer(parts: &Parts) -> Result<Option<&str>, GatewayError> {
-    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };
@@ -156,11 +192,35 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, GatewayError> {
     Ok(Some(token))
 }
 
+/// Verifies an access token and refuses it if its session or the token itself was
+/// revoked.
 fn verify_jwt(
     exchange: &Exchange<'_>,
     token: &str,
-    tokens: &Tokens,
+    keys: &Keys<'_>,
 ) -> Result<Identity, GatewayError> {
+    let claims = verified_claims(exchange, token, keys.tokens)?;
+    if keys.sessions.is_revoked(
+        claims.session.as_deref(),
+        claims.token_id.as_deref(),
+        exchange.now,
+    ) {
+        return Err(AuthError::Revoked.into());
+    }
+    Ok(Identity {
+        client_id: claims.client_id.clone(),
+        integer: claims.client_id_is_integer,
+        key_id: None,
+    })
+}
+
+/// The claims of a token with a valid signature, issuer, audience and lifetime (from
+/// the cache of verified tokens when it is there); revocation is not looked at.
+pub(crate) fn verified_claims(
+    exchange: &Exchange<'_>,
+    token: &str,
+    tokens: &Tokens,
+) -> Result<std::sync::Arc<tollgate_auth::Claims>, GatewayError> {
     // Routes that need a JWT only load when `[jwt]` exists; this is a safety net.
     let jwt = exchange
         .snapshot
@@ -187,11 +247,7 @@ fn verify_jwt(
             claims
         }
     };
-    Ok(Identity {
-        client_id: claims.client_id.clone(),
-        integer: claims.client_id_is_integer,
-        key_id: None,
-    })
+    Ok(claims)
 }
 
 /// Where the request presents its key: the first configured header that is present,

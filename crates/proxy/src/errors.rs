@@ -244,6 +244,8 @@ pub enum AuthError {
     Replayed,
     #[error("the callback's source address is not allowed")]
     SourceNotAllowed,
+    #[error("the token was revoked: its session was logged out or ended")]
+    Revoked,
 }
 
 impl From<JwtError> for AuthError {
@@ -275,6 +277,7 @@ impl Problem for AuthError {
             AuthError::Signature(_) => "SIGNATURE_INVALID",
             AuthError::Replayed => "CALLBACK_REPLAYED",
             AuthError::SourceNotAllowed => "FORBIDDEN",
+            AuthError::Revoked => "TOKEN_REVOKED",
         }
     }
 
@@ -290,6 +293,7 @@ impl Problem for AuthError {
             AuthError::Signature(_) => "Invalid signature",
             AuthError::Replayed => "Callback replayed",
             AuthError::SourceNotAllowed => "Forbidden",
+            AuthError::Revoked => "Token revoked",
         }
     }
 
@@ -300,8 +304,100 @@ impl Problem for AuthError {
     fn token_error(&self) -> Option<String> {
         match self {
             AuthError::Token(e) => Some(e.to_string()),
+            AuthError::Revoked => Some(self.to_string()),
             _ => None,
         }
+    }
+}
+
+/// The gateway's own login, refresh and logout refused or could not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum SessionRefusal {
+    #[error("the username or password is not correct")]
+    InvalidCredentials,
+    #[error("the legacy login answered something the gateway cannot read")]
+    LoginAnswerUnreadable,
+    #[error("this endpoint needs a refresh token (or, for logout, an access token)")]
+    CredentialRequired,
+    #[error("send a JSON object such as {{\"refreshToken\": \"...\"}}")]
+    BodyInvalid,
+    #[error("the refresh token is not valid")]
+    RefreshInvalid,
+    #[error("this refresh token was already used: the session is revoked; log in again")]
+    RefreshReused,
+    #[error("the session has ended (idle too long, or past its lifetime); log in again")]
+    Expired,
+    #[error("the session was logged out; log in again")]
+    Revoked,
+    #[error(
+        "state-changing requests with session cookies need the X-CSRF-Token header of the session"
+    )]
+    CsrfInvalid,
+    #[error("the session store cannot be reached; retry in a moment")]
+    StoreUnavailable,
+}
+
+impl Problem for SessionRefusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            SessionRefusal::LoginAnswerUnreadable => StatusCode::BAD_GATEWAY,
+            SessionRefusal::BodyInvalid => StatusCode::BAD_REQUEST,
+            SessionRefusal::CsrfInvalid => StatusCode::FORBIDDEN,
+            SessionRefusal::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            SessionRefusal::InvalidCredentials => "INVALID_CREDENTIALS",
+            SessionRefusal::LoginAnswerUnreadable => "LOGIN_UPSTREAM_INVALID",
+            SessionRefusal::CredentialRequired => "AUTH_REQUIRED",
+            SessionRefusal::BodyInvalid => "INVALID_REQUEST_BODY",
+            SessionRefusal::RefreshInvalid => "REFRESH_TOKEN_INVALID",
+            SessionRefusal::RefreshReused => "REFRESH_REUSED",
+            SessionRefusal::Expired => "SESSION_EXPIRED",
+            SessionRefusal::Revoked => "SESSION_REVOKED",
+            SessionRefusal::CsrfInvalid => "CSRF_TOKEN_INVALID",
+            SessionRefusal::StoreUnavailable => "SESSION_STORE_UNAVAILABLE",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            SessionRefusal::InvalidCredentials => "Invalid credentials",
+            SessionRefusal::LoginAnswerUnreadable => "Login unavailable",
+            SessionRefusal::CredentialRequired => "Authentication required",
+            SessionRefusal::BodyInvalid => "Invalid request body",
+            SessionRefusal::RefreshInvalid => "Invalid refresh token",
+            SessionRefusal::RefreshReused => "Refresh token reused",
+            SessionRefusal::Expired => "Session expired",
+            SessionRefusal::Revoked => "Session revoked",
+            SessionRefusal::CsrfInvalid => "CSRF token invalid",
+            SessionRefusal::StoreUnavailable => "Session store unavailable",
+        }
+    }
+
+    fn family(&self) -> Family {
+        match self {
+            SessionRefusal::LoginAnswerUnreadable => Family::Upstream {
+                kind: "invalid_response",
+            },
+            SessionRefusal::StoreUnavailable => Family::Limit,
+            SessionRefusal::BodyInvalid => Family::Request,
+            SessionRefusal::CsrfInvalid => Family::Access,
+            _ => Family::Auth,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        (*self == SessionRefusal::StoreUnavailable).then_some(1)
+    }
+
+    fn extra(&self) -> Vec<(&'static str, Value)> {
+        self.retry_after()
+            .map(|secs| vec![("retryAfter", Value::from(secs))])
+            .unwrap_or_default()
     }
 }
 
@@ -318,6 +414,8 @@ pub enum AccessError {
     ClientIdMismatch,
     #[error("no backend credential is configured for this client")]
     NoBackendCredential,
+    #[error("the CORS policy does not allow this origin, method or header")]
+    CorsPreflightRefused,
 }
 
 impl Problem for AccessError {
@@ -335,6 +433,7 @@ impl Problem for AccessError {
             AccessError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             AccessError::RouteDenied | AccessError::NoBackendCredential => "FORBIDDEN",
             AccessError::ClientIdMismatch => "CLIENT_ID_MISMATCH",
+            AccessError::CorsPreflightRefused => "CORS_PREFLIGHT_REFUSED",
         }
     }
 
@@ -343,6 +442,7 @@ impl Problem for AccessError {
             AccessError::RouteNotFound => "Route not found",
             AccessError::MethodNotAllowed { .. } => "Method not allowed",
             AccessError::ClientIdMismatch => "Client id mismatch",
+            AccessError::CorsPreflightRefused => "CORS preflight refused",
             _ => "Forbidden",
         }
     }
@@ -480,6 +580,12 @@ pub enum Bug {
     WrongVerifier,
     #[error("a route's backend credential needs a caller the route does not identify")]
     CredentialWithoutCaller,
+    #[error("a session route runs without [sessions] or a signing key")]
+    SessionsWithoutSigning,
+    #[error("the operating system's random generator failed")]
+    Randomness,
+    #[error("an access token could not be signed")]
+    Signing,
 }
 
 impl Problem for Bug {
@@ -513,6 +619,8 @@ pub enum GatewayError {
     Limit(#[from] LimitError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Session(#[from] SessionRefusal),
     #[error("the gateway failed to handle this request")]
     Internal(#[from] Bug),
 }
@@ -525,6 +633,7 @@ impl GatewayError {
             GatewayError::Access(e) => e,
             GatewayError::Limit(e) => e,
             GatewayError::Upstream(e) => e,
+            GatewayError::Session(e) => e,
             GatewayError::Internal(e) => e,
         }
     }
@@ -602,6 +711,28 @@ mod tests {
             (LimitError::Overloaded.into(), 503, "GATEWAY_OVERLOADED"),
             (UpstreamError::Failed.into(), 502, "UPSTREAM_ERROR"),
             (Bug::NoPool.into(), 500, "INTERNAL"),
+            (AuthError::Revoked.into(), 401, "TOKEN_REVOKED"),
+            (
+                SessionRefusal::InvalidCredentials.into(),
+                401,
+                "INVALID_CREDENTIALS",
+            ),
+            (SessionRefusal::RefreshReused.into(), 401, "REFRESH_REUSED"),
+            (
+                SessionRefusal::CsrfInvalid.into(),
+                403,
+                "CSRF_TOKEN_INVALID",
+            ),
+            (
+                SessionRefusal::StoreUnavailable.into(),
+                503,
+                "SESSION_STORE_UNAVAILABLE",
+            ),
+            (
+                SessionRefusal::LoginAnswerUnreadable.into(),
+                502,
+                "LOGIN_UPSTREAM_INVALID",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!(

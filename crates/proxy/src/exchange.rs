@@ -63,6 +63,9 @@ pub struct Exchange<'a> {
     pub cors: Cors,
     /// What this request is charged (the metering stage).
     pub metering: Metering,
+    /// Whether the gateway wrote the answer itself (an endpoint, the login wrap): such
+    /// answers carry the gateway's security headers.
+    pub own_answer: bool,
     pub log: AccessLog,
 }
 
@@ -74,12 +77,21 @@ pub struct Verdict {
     pub decision: Decision,
 }
 
-/// The CORS decision for a request. The CORS stage does not decide anything yet: every
-/// request is `NotCors`, and responses carry no CORS headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The CORS decision for a request (the CORS stage).
+#[derive(Debug, Clone, Default)]
 pub enum Cors {
+    /// No `Origin`, or no policy for it: no CORS header is added or removed.
     #[default]
-    NotCors,
+    NotApplicable,
+    /// The policy allows the origin: its headers go on the response.
+    Allowed {
+        /// What `Access-Control-Allow-Origin` says: the origin, or `*`.
+        origin: http::HeaderValue,
+        policy: Arc<tollgate_policy::snapshot::CorsPolicy>,
+    },
+    /// A policy applies and does not allow the origin: the backend's CORS headers are
+    /// removed and none are added.
+    Refused,
 }
 
 /// What a request is charged in token credits. The metering stage charges nothing yet:

@@ -12,10 +12,11 @@
 //!   gateway's own `endpoints`;
 //! - what a request carries: `exchange`, `caller`;
 //! - what the stages use: `body` (held and streamed bodies), `classify`, `client_id`,
-//!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`;
+//!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`, `cookies`
+//!   (cookie mode and its CSRF check);
 //! - runtime state, one part per feature (`part`): `runtime`, `redis_link`,
-//!   `upstream`, `jwks`, `replay`, and the limiters and body budget of `limit` and
-//!   `body`;
+//!   `upstream`, `jwks`, `replay`, `sessions` (the session store and revocations), and
+//!   the limiters and body budget of `limit` and `body`;
 //! - errors: `errors` (a leaf) and `problem` (rendering);
 //! - operations: `server` (listeners), `admin`, `metrics`, `access_log`.
 
@@ -29,6 +30,7 @@ mod body;
 mod caller;
 mod classify;
 mod client_id;
+mod cookies;
 mod cors;
 mod endpoints;
 mod errors;
@@ -52,6 +54,7 @@ mod rewrite;
 mod route;
 mod runtime;
 mod server;
+mod sessions;
 mod upstream;
 mod username;
 mod x_forwarded;

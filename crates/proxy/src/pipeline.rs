@@ -87,12 +87,14 @@ pub async fn handle(
         rate_limit: None,
         cors: Default::default(),
         metering: Default::default(),
+        own_answer: false,
         log,
     };
     let response = match run(&mut exchange, request, &active, &runtime.metrics).await {
         Ok(response) => response,
         Err(error) => {
             runtime.metrics.count_problem(&error);
+            exchange.own_answer = true;
             problem::render(&error, &exchange.request_id)
         }
     };
@@ -125,7 +127,7 @@ async fn run(
     }
 
     // 4. cors
-    if let Some(answer) = cors::preflight(exchange, &request, &selection) {
+    if let Some(answer) = cors::preflight(exchange, &request, &path, &selection)? {
         return Ok(answer);
     }
     let route = selection.into_route()?;
@@ -136,6 +138,7 @@ async fn run(
         tokens: &active.tokens,
         replay: &active.replay,
         reading: &reading,
+        sessions: &active.sessions,
     };
     let request = authenticate::authenticate(exchange, route, request, &keys).await?;
     let caller = &exchange.caller;
@@ -154,7 +157,7 @@ async fn run(
     // 7. meter
     meter::reserve(exchange, route)?;
     if let RouteAction::Serve(endpoint) = route.action {
-        return endpoints::serve(exchange, endpoint, request).await;
+        return endpoints::serve(exchange, endpoint, request, active, &reading).await;
     }
 
     // 8. rewrite
@@ -180,7 +183,7 @@ async fn run(
     .await?;
 
     // 10. respond
-    Ok(endpoints::reshape(route, respond::from_upstream(response)))
+    endpoints::reshape(exchange, route, response, active).await
 }
 
 fn unix_now() -> u64 {

@@ -89,7 +89,8 @@ pub fn server_options() -> Response<Either<Incoming, Full<Bytes>>> {
 }
 
 /// Writes onto any response what the request accumulated: the request id, the
-/// rate-limit headers, the API-key notices, and what CORS and metering decided.
+/// rate-limit headers, the API-key notices, what CORS and metering decided, and the
+/// security headers.
 pub fn decorate<B>(response: &mut Response<B>, exchange: &Exchange<'_>) {
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         response.headers_mut().insert(request_id::HEADER, id);
@@ -105,6 +106,32 @@ pub fn decorate<B>(response: &mut Response<B>, exchange: &Exchange<'_>) {
     }
     cors::decorate(response, &exchange.cors);
     meter::decorate(response, &exchange.metering);
+    security_headers(response, exchange);
+}
+
+/// The gateway's own answers (endpoints, the login wrap, errors) are never sniffed
+/// into another type and leak no referrer; over TLS every response tells the browser
+/// to stay on TLS (HSTS). The upstream's own answers are otherwise left as they are.
+fn security_headers<B>(response: &mut Response<B>, exchange: &Exchange<'_>) {
+    let headers = response.headers_mut();
+    if exchange.own_answer {
+        headers.insert(
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            http::header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
+    if exchange.scheme == crate::exchange::Scheme::Https
+        && !headers.contains_key(http::header::STRICT_TRANSPORT_SECURITY)
+    {
+        headers.insert(
+            http::header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
 }
 
 /// Decorates the response and hands its body to the access log, which is written when

@@ -67,6 +67,10 @@ pub fn upstream_head(
         drop_params.extend(caller.consumed.params.iter().map(String::as_str));
     }
     h.remove(AUTHORIZATION);
+    // The gateway's session cookies are its credentials, never the backend's.
+    if snapshot.sessions.is_some() {
+        crate::cookies::strip_ours(h);
+    }
     if !passes_keys {
         match keys {
             Some(keys) => {

@@ -3,7 +3,7 @@
 //!
 //! [`Active`] is one published snapshot with its parts: the Redis connection, the
 //! upstream pools, the token verifier, the rate limiters, the callback nonces, the body
-//! budget. A reload builds a new `Active` from the new snapshot and the previous parts —
+//! budget, the session store and its revocations. A reload builds a new `Active` from the new snapshot and the previous parts —
 //! each part decides what carries over (counts whose numbers did not change, warm
 //! connections, remembered nonces) — and swaps it in whole: a request reads one `Active`
 //! once and uses only that. [`Runtime`] holds the current one, and what belongs to the
@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::part::{Build, Part};
 use crate::redis_link::RedisLink;
 use crate::replay::Replay;
+use crate::sessions::Sessions;
 use crate::upstream::Upstreams;
 
 /// One published configuration and the state built for it.
@@ -34,6 +35,7 @@ pub struct Active {
     pub limiters: Limiters,
     pub replay: Replay,
     pub bodies: Bodies,
+    pub sessions: Sessions,
 }
 
 impl Active {
@@ -55,6 +57,7 @@ impl Active {
         let limiters = Limiters::build(&build, previous.map(|p| &p.limiters));
         let replay = Replay::build(&build, previous.map(|p| &p.replay));
         let bodies = Bodies::build(&build, previous.map(|p| &p.bodies));
+        let sessions = Sessions::build(&build, previous.map(|p| &p.sessions));
         Active {
             snapshot: Arc::new(snapshot),
             redis,
@@ -63,6 +66,7 @@ impl Active {
             limiters,
             replay,
             bodies,
+            sessions,
         }
     }
 
@@ -74,6 +78,7 @@ impl Active {
         self.limiters.render_metrics(out);
         self.replay.render_metrics(out);
         self.bodies.render_metrics(out);
+        self.sessions.render_metrics(out);
     }
 }
 

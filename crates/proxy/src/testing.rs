@@ -29,6 +29,7 @@ pub fn route(path: &str) -> Route {
         max_upload_bytes: None,
         limits: Vec::new(),
         username_fields: Vec::new(),
+        cors: None,
         origin: Origin {
             file: PathBuf::from("test.toml"),
             line: 1,
@@ -93,6 +94,7 @@ pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
         rate_limit: None,
         cors: Default::default(),
         metering: Default::default(),
+        own_answer: false,
         log,
     }
 }

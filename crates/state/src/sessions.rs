@@ -63,6 +63,9 @@ pub struct Family {
     pub previous: Option<Spent>,
     /// Hashes of every earlier token (at most [`MAX_SPENT`]).
     pub spent: Vec<String>,
+    /// Cookie mode: the session's CSRF token, handed to the page again on refresh.
+    #[serde(default)]
+    pub csrf: Option<String>,
 }
 
 /// The token rotated last, and its successor sealed with it.
@@ -319,6 +322,7 @@ mod tests {
             current: "h0".into(),
             previous: None,
             spent: Vec::new(),
+            csrf: None,
         }
     }
 

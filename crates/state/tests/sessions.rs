@@ -42,6 +42,7 @@ fn family(id: &str, now: u64) -> Family {
         current: format!("{id}-h0"),
         previous: None,
         spent: Vec::new(),
+        csrf: None,
     }
 }
 

@@ -61,6 +61,9 @@ pub struct RoutingFile {
     pub policies: Spanned<String>,
     #[serde(default)]
     pub unmatched: UnmatchedFile,
+    /// The `[cors.NAME]` policy of routes that name none (and of requests no route
+    /// matches).
+    pub cors: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy)]
@@ -142,6 +145,74 @@ pub struct RouteFile {
     /// The JSON members or form fields that may hold the submitted username (a login
     /// route); every one present counts, for limits keyed by `username`.
     pub username_fields: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The `[cors.NAME]` policy for this route, or "none" (default: `[routing] cors`).
+    pub cors: Option<Spanned<String>>,
+}
+
+/// `[cors.NAME]` in a policy file: which browser origins may call the routes that name
+/// it, and what their scripts may read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    /// `https://app.example.com`, `https://*.example.com`, or `*` (not with credentials).
+    pub origins: Spanned<Vec<Spanned<String>>>,
+    /// Methods a preflight may ask for (default: the route's methods).
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Request headers a page may send (replaces the default list).
+    pub headers: Option<Vec<Spanned<String>>>,
+    /// Cookies (and `Authorization`) go with cross-origin requests: needed in cookie mode.
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long a browser may reuse a preflight's answer.
+    pub max_age: Option<Spanned<String>>,
+    /// Response headers scripts may read, beyond the gateway's own (rate limits, credits,
+    /// deprecation, request id).
+    pub expose_headers: Option<Vec<Spanned<String>>>,
+}
+
+/// `[sessions]` in `gateway.toml`: the gateway's own login sessions.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsFile {
+    /// A refresh token unused this long expires (default 7d).
+    pub refresh_idle: Option<Spanned<String>>,
+    /// The absolute lifetime of a session (default 30d).
+    pub lifetime: Option<Spanned<String>>,
+    /// A rotated refresh token presented again within this gets the same answer
+    /// (default 10s); later, it revokes the session.
+    pub reuse_grace: Option<Spanned<String>>,
+    /// "bearer" (default) or "cookie".
+    pub tokens: Option<TokenModeFile>,
+    /// Cookie mode: the access token in a cookie too (default true).
+    pub cookie_access_token: Option<bool>,
+    /// Cookie mode: the `Secure` attribute (default true; false only for plain-HTTP
+    /// development).
+    pub cookie_secure: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenModeFile {
+    Bearer,
+    Cookie,
+}
+
+/// `[login]` in `gateway.toml`: how the legacy login's answer is read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginFile {
+    /// JSON pointer to the client id (default `/0/clientId`).
+    pub client_id: Option<Spanned<String>>,
+    /// JSON pointer to the user record (default `/0`).
+    pub user: Option<Spanned<String>>,
+    /// JSON pointer to the token's subject (default: the client id).
+    pub subject: Option<Spanned<String>>,
+    /// Members of the user record returned to the page (default: all but secrets).
+    pub user_fields: Option<Vec<Spanned<String>>>,
+    /// Members of the user record copied into the access token (default: none).
+    pub token_claims: Option<Vec<Spanned<String>>>,
+    /// Member names never returned or signed, at any depth (replaces the default list).
+    pub secret_fields: Option<Vec<Spanned<String>>>,
 }
 
 /// `[limits.NAME]` in a policy file: a named rate-limit policy routes refer to.
@@ -194,6 +265,9 @@ pub struct StoreFile {
     pub breaker_failures: Option<Spanned<i64>>,
     pub breaker_cooldown: Option<Spanned<String>>,
     pub key_prefix: Option<Spanned<String>>,
+    /// The embedded store's file, relative to gateway.toml (default
+    /// `state/tollgate.redb`): sessions, when there is no Redis.
+    pub path: Option<Spanned<String>>,
 }
 
 /// `client_id = { ... }` on a route.
@@ -270,6 +344,8 @@ pub struct JwtFile {
     pub cache_entries: Option<Spanned<i64>>,
     /// Lifetime of tokens this gateway mints.
     pub access_ttl: Option<Spanned<String>>,
+    /// The `[[jwt.key]]` id the gateway signs with (default: the last key that can).
+    pub signing_key: Option<Spanned<String>>,
 }
 
 /// One `[[jwt.key]]`: a key pinned to one algorithm. Secrets come from the environment
@@ -381,6 +457,8 @@ pub enum ActionFile {
     Deny,
     /// Answered by the gateway itself: the route's `endpoint`.
     Serve,
+    /// The legacy login, forwarded; a success becomes the gateway's login answer.
+    Login,
 }
 
 /// An endpoint the gateway answers itself (`action = "serve"`).
@@ -389,4 +467,8 @@ pub enum ActionFile {
 pub enum EndpointFile {
     /// `GET /.well-known/jwks.json`: the public keys of the gateway's signing keys.
     Jwks,
+    /// `POST /gateway/auth/refresh`: rotates a refresh token.
+    Refresh,
+    /// `POST /gateway/auth/logout`: ends the session.
+    Logout,
 }

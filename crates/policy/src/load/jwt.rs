@@ -74,7 +74,7 @@ pub(crate) fn jwt(
         .collect();
 
     let mut verify_keys = Vec::new();
-    let mut signing = None;
+    let mut signing: Vec<(Option<String>, Arc<SigningKey>)> = Vec::new();
     let mut published = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     for key in keys.iter().flatten() {
@@ -90,16 +90,47 @@ pub(crate) fn jwt(
             ids.push(id.clone());
         }
         let fallback = key.id.as_ref().map_or(whole.clone(), |i| i.span());
-        if let Some((verify, sign)) = jwt_key(l, src, key, id, fallback) {
+        if let Some((verify, sign)) = jwt_key(l, src, key, id.clone(), fallback.clone()) {
+            if let Some(sign) = &sign {
+                if !tollgate_auth::jwt::signs_for(sign, &verify) {
+                    l.error(
+                        src,
+                        Some(fallback),
+                        "[[jwt.key]]: private_key_file is not the private half of public_key_file: tokens it signs would be refused",
+                    );
+                }
+            }
             if key.private_key_file.is_some() {
                 published.extend(verify.public_jwk());
             }
             verify_keys.push(Arc::new(verify));
-            if signing.is_none() {
-                signing = sign.map(Arc::new);
+            if let Some(sign) = sign {
+                signing.push((id, Arc::new(sign)));
             }
         }
     }
+    // Rotation adds a key at the end: the newest signs, the older ones keep verifying
+    // the tokens they signed until those expire.
+    let signing = match &f.signing_key {
+        None => signing.pop().map(|(_, key)| key),
+        Some(wanted) => match signing
+            .iter()
+            .find(|(id, _)| id.as_deref() == Some(wanted.get_ref()))
+        {
+            Some((_, key)) => Some(Arc::clone(key)),
+            None => {
+                l.error(
+                    src,
+                    Some(wanted.span()),
+                    format!(
+                        "[jwt] signing_key: no [[jwt.key]] with id `{}` that can sign (a secret, or a private_key_file)",
+                        wanted.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
     let jwks = sets
         .iter()
         .flatten()
@@ -457,6 +488,46 @@ mod tests {
         assert_eq!(
             e,
             ["gateway.toml:14:11: a duration must be greater than zero"]
+        );
+    }
+
+    #[test]
+    fn the_newest_key_signs_unless_one_is_named() {
+        let two = format!("[jwt]\nissuer = \"i\"\naudience = \"a\"\n\n[[jwt.key]]\nid = \"old\"\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n\n[[jwt.key]]\nid = \"new\"\nalgorithm = \"EdDSA\"\npublic_key_file = \"keys/ed.pub.pem\"\nprivate_key_file = \"keys/ed.pem\"\n\n[[jwt.key]]\nid = \"verify-only\"\nalgorithm = \"EdDSA\"\npublic_key_file = \"keys/other.pub.pem\"\n");
+        let s = load(&with(&two), &[]).unwrap();
+        let jwt = s.auth.jwt.unwrap();
+        assert_eq!(jwt.signing.unwrap().kid.as_deref(), Some("new"));
+        assert_eq!(jwt.keys.len(), 3);
+        // Only the asymmetric signing key is published.
+        assert_eq!(jwt.published.len(), 1);
+        let named = two.replace(
+            "audience = \"a\"\n",
+            "audience = \"a\"\nsigning_key = \"old\"\n",
+        );
+        let s = load(&with(&named), &[]).unwrap();
+        assert_eq!(
+            s.auth.jwt.unwrap().signing.unwrap().kid.as_deref(),
+            Some("old")
+        );
+        let unknown = two.replace(
+            "audience = \"a\"\n",
+            "audience = \"a\"\nsigning_key = \"verify-only\"\n",
+        );
+        let e = errors(&with(&unknown), &[]);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("no [[jwt.key]] with id `verify-only` that can sign"),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
+    fn a_private_key_that_is_not_the_public_keys_half_is_refused() {
+        let e = errors(&with("[jwt]\n\n[[jwt.key]]\nid = \"k\"\nalgorithm = \"EdDSA\"\npublic_key_file = \"keys/other.pub.pem\"\nprivate_key_file = \"keys/ed.pem\"\n"), &[]);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("private_key_file is not the private half of public_key_file"),
+            "{e:#?}"
         );
     }
 }

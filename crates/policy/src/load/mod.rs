@@ -7,14 +7,16 @@
 //! file, line and column it is about.
 //!
 //! One section, one file: [`server`], [`upstream`], [`routing`] (the policy files, with
-//! each [`route`] and its [`limits`]), [`admin`], [`log`], [`reload`], [`jwt`],
-//! [`api_keys`], [`credentials`], [`webhooks`], [`store`]. They share one
+//! each [`route`], its [`limits`] and its [`cors`] policy), [`admin`], [`log`],
+//! [`reload`], [`jwt`], [`api_keys`], [`credentials`], [`webhooks`], [`store`],
+//! [`sessions`] (with `[login]`). They share one
 //! [`context::Loader`] and its field readers, and read through [`Sources`], so every
 //! section is unit-tested from memory.
 
 mod admin;
 mod api_keys;
 mod context;
+mod cors;
 mod credentials;
 mod document;
 pub(crate) mod file;
@@ -25,6 +27,7 @@ mod reload;
 mod route;
 mod routing;
 mod server;
+mod sessions;
 mod store;
 mod upstream;
 mod webhooks;
@@ -44,7 +47,8 @@ use crate::sources::{Disk, Sources};
 use context::Loader;
 use document::section;
 use file::{
-    AdminFile, ApiKeysFile, LogFile, ReloadFile, RoutingFile, ServerFile, StoreFile, UpstreamFile,
+    AdminFile, ApiKeysFile, LogFile, LoginFile, ReloadFile, RoutingFile, ServerFile, SessionsFile,
+    StoreFile, UpstreamFile,
 };
 
 pub use context::DEV_KEYS_DIR;
@@ -61,6 +65,9 @@ pub(crate) struct Refs<'a> {
     /// Declared names; `None` for one that is invalid (already reported).
     pub credentials: &'a HashMap<String, Option<Arc<Credential>>>,
     pub webhooks: &'a HashMap<String, Option<Arc<Webhook>>>,
+    /// Whether `[sessions]` and `[login]` are declared (valid or not).
+    pub sessions: bool,
+    pub login: bool,
 }
 
 /// Reads `gateway.toml` at `config` and the policy files it names, and validates them.
@@ -101,6 +108,12 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         text: &text,
     };
     let mut sections = document::parse(l, &src)?;
+    // Declared, valid or not: an invalid section is reported once, where it is written,
+    // and not again at every route that needs it.
+    let (sessions_declared, login_declared) = (
+        sections.contains_key("sessions"),
+        sections.contains_key("login"),
+    );
     let mut take = |name: &str| sections.remove(name);
 
     let server = section::<ServerFile>(l, &src, take("server"), "server", true)
@@ -125,6 +138,10 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         .unwrap_or_default();
     let store = section::<StoreFile>(l, &src, take("store"), "store", false);
     let store = store::store(l, &src, store);
+    let sessions = section::<SessionsFile>(l, &src, take("sessions"), "sessions", false)
+        .and_then(|f| sessions::sessions(l, &src, f));
+    let login = section::<LoginFile>(l, &src, take("login"), "login", false)
+        .and_then(|f| sessions::login(l, &src, f));
     let auth = Auth { jwt, api_keys };
     let mut unknown: Vec<_> = sections.into_iter().collect();
     unknown.sort_by_key(|(_, (span, _))| span.start);
@@ -133,7 +150,7 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
             &src,
             Some(key_span),
             format!(
-                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store"
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store, sessions, login"
             ),
         );
     }
@@ -142,6 +159,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         auth: &auth,
         credentials: &credentials,
         webhooks: &webhooks,
+        sessions: sessions_declared,
+        login: login_declared,
     };
     let routing = routing.map(|f| routing::routing(l, &src, f, &refs))?;
     let mut log = log?;
@@ -163,7 +182,7 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
     Some(Snapshot {
         server: server?,
         upstream: upstream?,
-        fallback: routing::fallback_route(&routing.dir),
+        fallback: routing::fallback_route(&routing.dir, routing.cors.clone()),
         routes: routing.routes,
         unmatched: routing.unmatched,
         // An invalid `[admin]` is already an error, which stops the snapshot.
@@ -179,5 +198,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         warnings: Vec::new(),
         store: store?,
         limits: routing.limits,
+        sessions,
+        login,
+        cors: routing.cors,
     })
 }

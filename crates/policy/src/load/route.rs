@@ -10,11 +10,13 @@ use http::Method;
 use toml::Spanned;
 
 use super::context::Loader;
+use super::cors;
 use super::file::{
     ActionFile, AuthModeFile, ClientIdFile, EndpointFile, InjectTargetFile, JsonTypeFile,
     MismatchFile, RouteFile,
 };
-use super::limits::{route_limits, Defined};
+use super::limits::route_limits;
+use super::routing::Declared;
 use super::Refs;
 use crate::diagnostic::SourceFile;
 use crate::media::MediaRange;
@@ -29,9 +31,10 @@ pub(crate) fn route(
     f: RouteFile,
     span: Range<usize>,
     refs: &Refs,
-    defined: &Defined,
+    declared: &Declared,
     names: &mut HashMap<String, Origin>,
 ) -> Option<Route> {
+    let (defined, cors_choice) = (&declared.limits, &declared.cors);
     let mark = l.mark();
     let name = f.name.get_ref().clone();
     let origin = src.origin(f.name.span());
@@ -93,20 +96,25 @@ pub(crate) fn route(
     // A route that denies never reaches authentication, so it needs no auth settings.
     let route_auth = match f.action {
         ActionFile::Deny => Some(RouteAuth::None),
-        ActionFile::Forward | ActionFile::Serve => route_auth(l, src, &f, &name, refs),
+        ActionFile::Forward | ActionFile::Serve | ActionFile::Login => {
+            route_auth(l, src, &f, &name, refs)
+        }
     };
     let action = match (f.action, &f.endpoint) {
         (ActionFile::Forward, None) => Some(RouteAction::Forward),
         (ActionFile::Deny, None) => Some(RouteAction::Deny),
+        (ActionFile::Login, None) => Some(RouteAction::Login),
         (ActionFile::Serve, Some(endpoint)) => Some(RouteAction::Serve(match endpoint.get_ref() {
             EndpointFile::Jwks => Endpoint::Jwks,
+            EndpointFile::Refresh => Endpoint::Refresh,
+            EndpointFile::Logout => Endpoint::Logout,
         })),
         (ActionFile::Serve, None) => {
             l.error(
                 src,
                 Some(f.name.span()),
                 format!(
-                    "route `{name}`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks)"
+                    "route `{name}`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks, refresh, logout)"
                 ),
             );
             None
@@ -123,6 +131,25 @@ pub(crate) fn route(
     if let (ActionFile::Serve, Some(c)) = (f.action, &f.upstream_credential) {
         l.error(src, Some(c.span()), format!("route `{name}`: the gateway answers this route itself: no backend credential is sent"));
     }
+    sessions_needs(
+        l,
+        src,
+        &f,
+        &name,
+        action.as_ref(),
+        route_auth.as_ref(),
+        refs,
+    );
+    let route_cors = match &f.cors {
+        None => Ok(cors_choice.default.clone()),
+        Some(reference) => cors::reference(
+            l,
+            src,
+            reference,
+            &cors_choice.defined,
+            &format!("route `{name}` cors"),
+        ),
+    };
     let upstream_credential = match &f.upstream_credential {
         None => None,
         Some(c) => match refs.credentials.get(c.get_ref()) {
@@ -140,7 +167,7 @@ pub(crate) fn route(
             }
         },
     };
-    if let (Some(c), Some(RouteAuth::None), ActionFile::Forward) =
+    if let (Some(c), Some(RouteAuth::None), ActionFile::Forward | ActionFile::Login) =
         (&f.upstream_credential, &route_auth, f.action)
     {
         let per_client = upstream_credential
@@ -215,6 +242,7 @@ pub(crate) fn route(
     }
     Some(Route {
         auth: route_auth,
+        cors: route_cors.ok()?,
         opaque_body_types,
         client_id,
         max_upload_bytes,
@@ -228,6 +256,59 @@ pub(crate) fn route(
         action: action?,
         origin,
     })
+}
+
+/// What the session routes need: the login route and the refresh and logout endpoints
+/// mint tokens (a signing key, an issuer and an audience, `[sessions]`), and read their
+/// own credentials (so `auth = "none"`: a login has no token yet, and a refresh's
+/// access token has usually expired).
+fn sessions_needs(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: &RouteFile,
+    name: &str,
+    action: Option<&RouteAction>,
+    auth: Option<&RouteAuth>,
+    refs: &Refs,
+) {
+    let what = match action {
+        Some(RouteAction::Login) => "the login route",
+        Some(RouteAction::Serve(Endpoint::Refresh)) => "the refresh endpoint",
+        Some(RouteAction::Serve(Endpoint::Logout)) => "the logout endpoint",
+        _ => return,
+    };
+    let mut missing = Vec::new();
+    if !refs.sessions {
+        missing.push("a [sessions] section");
+    }
+    if matches!(action, Some(RouteAction::Login)) && !refs.login {
+        missing.push("a [login] section");
+    }
+    match &refs.auth.jwt {
+        None => missing.push("[jwt] with a signing key, an issuer and an audience"),
+        Some(jwt) => {
+            if jwt.signing.is_none() {
+                missing.push("a [[jwt.key]] that can sign (a secret or a private_key_file)");
+            }
+            if jwt.rules.issuer.is_none() || jwt.rules.audience.is_none() {
+                missing.push("[jwt] issuer and audience (RFC 9068 access tokens carry both)");
+            }
+        }
+    }
+    if !missing.is_empty() {
+        l.error(
+            src,
+            Some(f.name.span()),
+            format!("route `{name}`: {what} needs {}", missing.join(", ")),
+        );
+    }
+    if auth.is_some_and(|a| !matches!(a, RouteAuth::None)) {
+        l.error(
+            src,
+            f.auth.as_ref().map(|a| a.span()).or(Some(f.name.span())),
+            format!("route `{name}`: {what} reads its own credentials: write auth = \"none\""),
+        );
+    }
 }
 
 /// A route's `opaque_body_types`: media ranges, none of them a type the gateway inspects.
@@ -470,7 +551,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                "a.toml:2:8: route `a`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks)",
+                "a.toml:2:8: route `a`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks, refresh, logout)",
                 "a.toml:9:12: route `b`: `endpoint` is only used with action = \"serve\"",
             ]
         );

@@ -11,6 +11,7 @@ use http::Method;
 use toml::de::DeValue;
 
 use super::context::Loader;
+use super::cors::{self, CorsChoice, CorsDefined};
 use super::document::{deserialize, parse};
 use super::file::{RouteFile, RoutingFile, UnmatchedFile};
 use super::limits::{policies, Defined};
@@ -18,7 +19,13 @@ use super::route::route;
 use super::Refs;
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::pattern::PathPattern;
-use crate::snapshot::{LimitPolicy, Origin, Route, RouteAction, RouteAuth, Unmatched};
+use crate::snapshot::{CorsPolicy, LimitPolicy, Origin, Route, RouteAction, RouteAuth, Unmatched};
+
+/// What the policy files declare by name, for routes to refer to.
+pub(crate) struct Declared {
+    pub limits: Defined,
+    pub cors: CorsChoice,
+}
 
 /// What the policy directory holds.
 pub(crate) struct Routing {
@@ -27,6 +34,8 @@ pub(crate) struct Routing {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
     pub unmatched: Unmatched,
+    /// `[routing] cors`.
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 /// Reads the policy directory `[routing]` names.
@@ -58,6 +67,7 @@ pub(crate) fn routing(
                 dir,
                 files: Vec::new(),
                 unmatched,
+                cors: None,
             };
         }
     };
@@ -73,11 +83,27 @@ pub(crate) fn routing(
         }
     }
     let mut defined = Defined::new();
+    let mut cors_defined = CorsDefined::new();
     for (src, sections) in &mut parsed {
         if let Some((_, value)) = sections.remove("limits") {
             policies(l, src, value, &mut defined);
         }
+        if let Some((_, value)) = sections.remove("cors") {
+            cors::policies(l, src, value, &mut cors_defined);
+        }
     }
+    let default_cors = f
+        .cors
+        .as_ref()
+        .and_then(|name| cors::reference(l, gateway, name, &cors_defined, "[routing] cors").ok())
+        .flatten();
+    let declared = Declared {
+        limits: defined,
+        cors: CorsChoice {
+            defined: cors_defined,
+            default: default_cors.clone(),
+        },
+    };
     let mut routes: Vec<Route> = Vec::new();
     let mut names: HashMap<String, Origin> = HashMap::new();
     for (src, sections) in parsed {
@@ -86,7 +112,7 @@ pub(crate) fn routing(
                 l.error(
                     &src,
                     Some(key_span),
-                    format!("unknown key `{key}`; a policy file holds `[[route]]` and `[limits.NAME]` tables"),
+                    format!("unknown key `{key}`; a policy file holds `[[route]]`, `[limits.NAME]` and `[cors.NAME]` tables"),
                 );
                 continue;
             }
@@ -104,14 +130,14 @@ pub(crate) fn routing(
                 let Some(f) = deserialize::<RouteFile>(l, &src, item, "[[route]]") else {
                     continue;
                 };
-                if let Some(route) = route(l, &src, f, start, refs, &defined, &mut names) {
+                if let Some(route) = route(l, &src, f, start, refs, &declared, &mut names) {
                     routes.push(route);
                 }
             }
         }
     }
     shadowed_routes(l, &routes);
-    let mut limits: Vec<Arc<LimitPolicy>> = defined.into_values().flatten().collect();
+    let mut limits: Vec<Arc<LimitPolicy>> = declared.limits.into_values().flatten().collect();
     limits.sort_by(|a, b| a.name.cmp(&b.name));
     Routing {
         routes,
@@ -119,12 +145,13 @@ pub(crate) fn routing(
         dir,
         files,
         unmatched,
+        cors: default_cors,
     }
 }
 
 /// The route a request no route matches is forwarded by, with `unmatched = "forward"`:
 /// anyone may call it, it identifies nobody, and it adds nothing upstream.
-pub(crate) fn fallback_route(policy_dir: &std::path::Path) -> Route {
+pub(crate) fn fallback_route(policy_dir: &std::path::Path, cors: Option<Arc<CorsPolicy>>) -> Route {
     Route {
         name: "unmatched".into(),
         methods: None,
@@ -138,6 +165,7 @@ pub(crate) fn fallback_route(policy_dir: &std::path::Path) -> Route {
         max_upload_bytes: None,
         limits: Vec::new(),
         username_fields: Vec::new(),
+        cors,
         origin: Origin {
             file: policy_dir.to_path_buf(),
             line: 1,
@@ -293,7 +321,7 @@ mod tests {
             e,
             [
                 "a.toml:1:9: `route` must be an array of tables: write `[[route]]`",
-                "a.toml:3:2: unknown key `server`; a policy file holds `[[route]]` and `[limits.NAME]` tables",
+                "a.toml:3:2: unknown key `server`; a policy file holds `[[route]]`, `[limits.NAME]` and `[cors.NAME]` tables",
             ]
         );
         let e = errors(

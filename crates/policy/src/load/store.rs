@@ -1,5 +1,6 @@
 //! `[store]`: where state shared by instances lives — Redis when a URL is given, else
-//! this process. The URL may hold a password: it is checked without being echoed.
+//! this process (and, for login sessions, a local `redb` file at `path`). The URL may
+//! hold a password: it is checked without being echoed.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -9,10 +10,25 @@ use super::file::StoreFile;
 use crate::diagnostic::SourceFile;
 use crate::snapshot::{RedisSettings, Store};
 
+/// Where the embedded store lives unless `[store] path` says otherwise (relative to
+/// gateway.toml).
+pub const DEFAULT_PATH: &str = "state/tollgate.redb";
+
 /// `[store]`: Redis when a URL is given, else this process.
 pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> Option<Store> {
     let Some(f) = f else {
-        return Some(Store::default());
+        return Some(Store {
+            redis: None,
+            path: l.resolve(DEFAULT_PATH),
+        });
+    };
+    let path = match &f.path {
+        Some(p) if p.get_ref().trim().is_empty() => {
+            l.error(src, Some(p.span()), "[store] path: must not be empty");
+            l.resolve(DEFAULT_PATH)
+        }
+        Some(p) => l.resolve(p.get_ref()),
+        None => l.resolve(DEFAULT_PATH),
     };
     let mark = l.mark();
     let url = match (&f.redis_url, &f.redis_url_env) {
@@ -105,6 +121,7 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
             breaker_cooldown,
             key_prefix,
         }),
+        path,
     })
 }
 

@@ -13,6 +13,12 @@ pub const GATEWAY: &str = "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstream]\nu
 /// An environment variable holding a 32-byte HMAC secret.
 pub const HS256: &str = "HS256_SECRET";
 
+/// An Ed25519 key pair (`/t/keys/ed.pem`, `/t/keys/ed.pub.pem`), and the public half of
+/// another (`/t/keys/other.pub.pem`).
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGhcBCDer9fXXmR9/rjrcW1Yid29NIv/S43CvUfq3Dmu\n-----END PRIVATE KEY-----\n";
+const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAJY92Gt/T7JY8bMSPHJ+fECYkJXOLNdtLkH/oGXw5w/o=\n-----END PUBLIC KEY-----\n";
+const OTHER_ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEASubGOP4aaKD2oBrlGZVvokmLwCeKtLItW3p6A2ftnsQ=\n-----END PUBLIC KEY-----\n";
+
 fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
     let mut sources = InMemory::new()
         .file("/t/gateway.toml", gateway)
@@ -32,7 +38,11 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
         )
         .file("/t/keys/service.key", "svc-key\n")
         .file("/t/keys/client-keys.toml", "\"1001\" = \"k1\"\n")
+        .file("/t/keys/ed.pem", ED_PRIVATE)
+        .file("/t/keys/ed.pub.pem", ED_PUBLIC)
+        .file("/t/keys/other.pub.pem", OTHER_ED_PUBLIC)
         .var(HS256, "0123456789abcdef0123456789abcdef")
+        .var("HS256_TOO", "fedcba9876543210fedcba9876543210")
         .var("SHORT", "short")
         .var("PASSWORD", "p@ss")
         .var("PLIVO", "plivo-token")

@@ -1,22 +1,29 @@
 //! The endpoints the gateway answers itself (`action = "serve"`), dispatched after
 //! routing, authentication and limits like any route, and the hook that re-shapes an
-//! upstream's response for the routes that need it.
+//! upstream's response for the routes that need it (the login).
 //!
-//! One endpoint, one module: [`jwks`] today; the login, refresh, logout and token-credit
-//! endpoints join it.
+//! One endpoint, one module: [`jwks`] (the public signing keys), [`refresh`] and
+//! [`logout`] (sessions), and [`login`], the wrap of the legacy login's answer.
+//! [`tokens`] is what login and refresh hand out. The token-credit endpoints join them.
 
 mod jwks;
+mod login;
+mod logout;
+mod refresh;
+mod tokens;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tollgate_policy::snapshot::Endpoint;
-use tollgate_policy::Route;
+use tollgate_policy::{Route, RouteAction};
 
-use crate::body::RequestBody;
+use crate::body::{Reading, RequestBody};
 use crate::errors::GatewayError;
 use crate::exchange::Exchange;
+use crate::respond;
+use crate::runtime::Active;
 
 /// A response the gateway makes itself.
 pub type Answer = Response<Either<Incoming, Full<Bytes>>>;
@@ -26,14 +33,32 @@ pub async fn serve(
     exchange: &mut Exchange<'_>,
     endpoint: Endpoint,
     request: Request<RequestBody>,
+    active: &Active,
+    reading: &Reading,
 ) -> Result<Answer, GatewayError> {
+    exchange.own_answer = true;
     match endpoint {
         Endpoint::Jwks => jwks::serve(exchange, &request),
+        Endpoint::Refresh => refresh::serve(exchange, request, &active.sessions, reading).await,
+        Endpoint::Logout => {
+            logout::serve(exchange, request, &active.sessions, reading, &active.tokens).await
+        }
     }
 }
 
-/// Re-shapes an upstream's response for a route that asks for it (the login wrap will);
-/// every other response passes as it is.
-pub fn reshape(_route: &Route, response: Answer) -> Answer {
-    response
+/// The upstream's response as the client gets it: cleaned of hop-by-hop headers, and
+/// re-shaped for the routes that ask for it (the login's answer becomes the gateway's).
+pub async fn reshape(
+    exchange: &mut Exchange<'_>,
+    route: &Route,
+    response: Response<Incoming>,
+    active: &Active,
+) -> Result<Answer, GatewayError> {
+    match route.action {
+        RouteAction::Login => {
+            exchange.own_answer = true;
+            login::answer(exchange, response, &active.sessions).await
+        }
+        _ => Ok(respond::from_upstream(response)),
+    }
 }

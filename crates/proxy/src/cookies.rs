@@ -1,0 +1,199 @@
+//! The session cookies of cookie mode (`[sessions] tokens = "cookie"`), and the CSRF
+//! check that comes with them.
+//!
+//! In cookie mode the browser holds the tokens in `HttpOnly; SameSite=Strict` cookies,
+//! and page scripts never see them:
+//! - `tg_refresh`, scoped to the refresh and logout paths;
+//! - `tg_access`, unless `cookie_access_token = false`;
+//! - `tg_csrf`.
+//!
+//! A browser attaches cookies to any request for the gateway's site, including a
+//! request a hostile page starts. So a request that changes state must also carry the
+//! CSRF token in `X-CSRF-Token`, equal to the `tg_csrf` cookie (double submit). Another
+//! site cannot read the token, and it cannot set that header without a preflight this
+//! gateway's CORS policy refuses. The page gets the token in the login and refresh
+//! answers (`csrfToken`).
+//!
+//! These cookies are the gateway's credentials: they are removed from every request
+//! forwarded upstream, on every route.
+
+use http::header::{HeaderMap, HeaderValue, COOKIE};
+use http::Method;
+use tollgate_policy::snapshot::{Endpoint, RouteAction, Snapshot};
+
+pub const ACCESS: &str = "tg_access";
+pub const REFRESH: &str = "tg_refresh";
+pub const CSRF: &str = "tg_csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+const OURS: [&str; 3] = [ACCESS, REFRESH, CSRF];
+
+/// A cookie's value. `Err` when it is sent twice (another path or a sibling domain may
+/// have set one: which one is ours cannot be told).
+pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ()> {
+    let mut found = None;
+    for header in headers.get_all(COOKIE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let Some((key, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if key.trim() == name {
+                if found.is_some() {
+                    return Err(());
+                }
+                found = Some(value.trim());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the gateway's own cookies from the request's `Cookie` headers, keeping the
+/// rest for the backend.
+pub fn strip_ours(headers: &mut HeaderMap) {
+    if !headers.contains_key(COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+            !pair.is_empty() && !OURS.contains(&name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(COOKIE, value);
+        }
+    }
+}
+
+/// Whether a request with this method changes state (and so needs the CSRF header).
+pub fn changes_state(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Whether the request carries the session's CSRF token in the header, equal to the
+/// cookie (compared in constant time).
+pub fn csrf_ok(headers: &HeaderMap) -> bool {
+    let Ok(Some(cookie)) = get(headers, CSRF) else {
+        return false;
+    };
+    let mut presented = headers.get_all(CSRF_HEADER).iter();
+    let (Some(header), None) = (presented.next(), presented.next()) else {
+        return false;
+    };
+    !cookie.is_empty() && tollgate_auth::secret::equal(header.as_bytes(), cookie.as_bytes())
+}
+
+/// `Set-Cookie` for one of ours.
+pub fn set(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly{secure}; SameSite=Strict"
+    ))
+    .ok()
+}
+
+/// `Set-Cookie` that removes one of ours.
+pub fn clear(name: &str, path: &str, secure: bool) -> Option<HeaderValue> {
+    set(name, "", path, 0, secure)
+}
+
+/// The path the refresh cookie is scoped to: the longest common prefix of the refresh
+/// and logout routes (`/gateway/auth`), so the token travels with no other request.
+pub fn refresh_path(snapshot: &Snapshot) -> String {
+    let mut common: Option<Vec<&str>> = None;
+    for route in &snapshot.routes {
+        if !matches!(
+            route.action,
+            RouteAction::Serve(Endpoint::Refresh | Endpoint::Logout)
+        ) {
+            continue;
+        }
+        let prefix = route.path.literal_prefix();
+        common = Some(match common {
+            None => prefix,
+            Some(c) => c
+                .iter()
+                .zip(&prefix)
+                .take_while(|(a, b)| a == b)
+                .map(|(a, _)| *a)
+                .collect(),
+        });
+    }
+    match common {
+        Some(segments) if !segments.is_empty() => format!("/{}", segments.join("/")),
+        _ => "/".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn ours_are_read_once_and_never_forwarded() {
+        let mut h = headers(&["theme=dark; tg_access=abc", "tg_csrf=xyz;lang=en"]);
+        assert_eq!(get(&h, ACCESS), Ok(Some("abc")));
+        assert_eq!(get(&h, REFRESH), Ok(None));
+        strip_ours(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "theme=dark; lang=en");
+        let mut only = headers(&["tg_refresh=r"]);
+        strip_ours(&mut only);
+        assert!(!only.contains_key(COOKIE));
+        // Sent twice: ambiguous.
+        assert_eq!(
+            get(&headers(&["tg_access=a", "tg_access=b"]), ACCESS),
+            Err(())
+        );
+    }
+
+    #[test]
+    fn csrf_needs_the_header_equal_to_the_cookie() {
+        let mut h = headers(&["tg_csrf=token-1"]);
+        assert!(!csrf_ok(&h));
+        h.insert(CSRF_HEADER, HeaderValue::from_static("token-2"));
+        assert!(!csrf_ok(&h));
+        h.insert(CSRF_HEADER, HeaderValue::from_static("token-1"));
+        assert!(csrf_ok(&h));
+        h.append(CSRF_HEADER, HeaderValue::from_static("token-1"));
+        assert!(!csrf_ok(&h), "two headers are ambiguous");
+        let mut no_cookie = HeaderMap::new();
+        no_cookie.insert(CSRF_HEADER, HeaderValue::from_static(""));
+        assert!(!csrf_ok(&no_cookie));
+        assert!(changes_state(&Method::POST));
+        assert!(!changes_state(&Method::GET));
+    }
+
+    #[test]
+    fn cookies_are_http_only_and_strict() {
+        let v = set(REFRESH, "r", "/gateway/auth", 60, true).unwrap();
+        assert_eq!(
+            v,
+            "tg_refresh=r; Path=/gateway/auth; Max-Age=60; HttpOnly; Secure; SameSite=Strict"
+        );
+        assert_eq!(
+            clear(ACCESS, "/", false).unwrap(),
+            "tg_access=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+        );
+    }
+}

@@ -1,0 +1,346 @@
+//! The runtime part for login sessions: the session store `[store]` names, and this
+//! instance's copy of the revocations.
+//!
+//! The store is Redis when `[store]` has a URL; otherwise a `redb` file at
+//! `[store] path`. It is opened once and kept across reloads while that setting
+//! holds. redb locks its file, so reopening it on every reload would fail.
+//!
+//! Every access token the gateway issues carries its session (`sid`) and its own id
+//! (`jti`). [`Revocations`] holds the sessions and tokens that were revoked, until the
+//! tokens they cover expire. Verification checks this set, a hash lookup, and the
+//! store is never called on the request path. A poller reads the store's revocation
+//! feed every [`POLL`] into this set, so a logout on another instance is seen here
+//! within a second. A revocation made here is added at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use tollgate_policy::snapshot::RedisSettings;
+use tollgate_state::sessions::embedded::EmbeddedSessions;
+use tollgate_state::sessions::shared::SharedSessions;
+use tollgate_state::sessions::{Revocation, Revoked, SessionError, SessionStore};
+
+use crate::part::{Build, Part};
+
+/// How often the revocation feed is read.
+pub const POLL: Duration = Duration::from_millis(500);
+/// How often the store forgets what no longer matters.
+const PRUNE: Duration = Duration::from_secs(300);
+
+/// Which store a snapshot asks for: kept across reloads while this is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    Embedded(PathBuf),
+    Redis(RedisSettings),
+}
+
+/// Sessions and tokens revoked, each until the tokens it covers expire.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    sessions: RwLock<HashMap<String, u64>>,
+    tokens: RwLock<HashMap<String, u64>>,
+    /// Entries in both maps: lets the common case (nothing revoked) skip the locks.
+    count: AtomicU64,
+}
+
+impl Revocations {
+    pub fn add(&self, revocation: &Revocation) {
+        let map = match revocation.kind {
+            Revoked::Session => &self.sessions,
+            Revoked::Token => &self.tokens,
+        };
+        let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+        let until = map.entry(revocation.id.clone()).or_insert(0);
+        if *until == 0 {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        *until = (*until).max(revocation.until);
+    }
+
+    /// Whether a token of session `session` with id `token` is revoked at `now`.
+    pub fn is_revoked(&self, session: Option<&str>, token: Option<&str>, now: u64) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let hit = |map: &RwLock<HashMap<String, u64>>, id: Option<&str>| {
+            id.is_some_and(|id| {
+                map.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .is_some_and(|until| now < *until)
+            })
+        };
+        hit(&self.sessions, session) || hit(&self.tokens, token)
+    }
+
+    /// Forgets entries whose tokens have all expired.
+    pub fn prune(&self, now: u64) {
+        for map in [&self.sessions, &self.tokens] {
+            let mut map = map.write().unwrap_or_else(|p| p.into_inner());
+            let before = map.len();
+            map.retain(|_, until| now < *until);
+            self.count
+                .fetch_sub((before - map.len()) as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of the session endpoints, kept across reloads.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub logins: AtomicU64,
+    pub logins_refused: AtomicU64,
+    pub refreshes: AtomicU64,
+    pub grace_answers: AtomicU64,
+    pub reuses: AtomicU64,
+    pub logouts: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// An open store and what goes with it.
+pub struct SessionState {
+    location: Location,
+    /// `Err`: the store could not be opened; session endpoints answer 503.
+    pub store: Result<Arc<dyn SessionStore>, String>,
+    pub revoked: Arc<Revocations>,
+    /// The Redis connection slot for the poller (0 for the embedded store).
+    background: usize,
+}
+
+/// The part: `None` without `[sessions]`.
+pub struct Sessions {
+    state: Option<Arc<SessionState>>,
+    pub counters: Arc<SessionCounters>,
+}
+
+impl Sessions {
+    pub fn state(&self) -> Option<&Arc<SessionState>> {
+        self.state.as_ref()
+    }
+
+    /// Whether an access token is revoked (false without sessions).
+    pub fn is_revoked(&self, session: Option<&str>, token: Option<&str>, now: u64) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|s| s.revoked.is_revoked(session, token, now))
+    }
+}
+
+fn location(build: &Build) -> Option<Location> {
+    build.snapshot.sessions.as_ref()?;
+    Some(match &build.snapshot.store.redis {
+        Some(settings) => Location::Redis(settings.clone()),
+        None => Location::Embedded(build.snapshot.store.path.clone()),
+    })
+}
+
+fn open(build: &Build, location: &Location) -> (Result<Arc<dyn SessionStore>, String>, usize) {
+    match location {
+        Location::Embedded(path) => match EmbeddedSessions::open(path) {
+            Ok(store) => (Ok(Arc::new(store)), 0),
+            Err(e) => {
+                let message = format!("cannot open the session store {}: {e}", path.display());
+                tracing::error!("{message}");
+                (Err(message), 0)
+            }
+        },
+        Location::Redis(_) => match build.redis.redis() {
+            Some(redis) => {
+                // Revocations matter as long as the longest access token lives.
+                let retention = build
+                    .snapshot
+                    .auth
+                    .jwt
+                    .as_ref()
+                    .map_or(Duration::from_secs(24 * 3600), |j| {
+                        j.access_ttl + Duration::from_secs(j.rules.leeway_secs)
+                    });
+                let background = redis.background_worker();
+                (
+                    Ok(Arc::new(SharedSessions::new(Arc::clone(redis), retention))),
+                    background,
+                )
+            }
+            None => (Err("the configured redis cannot be used".to_owned()), 0),
+        },
+    }
+}
+
+impl Part for Sessions {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let counters = previous.map_or_else(Arc::default, |p| Arc::clone(&p.counters));
+        let Some(location) = location(build) else {
+            return Sessions {
+                state: None,
+                counters,
+            };
+        };
+        if let Some(state) = previous
+            .and_then(|p| p.state.as_ref())
+            .filter(|s| s.location == location && s.store.is_ok())
+        {
+            return Sessions {
+                state: Some(Arc::clone(state)),
+                counters,
+            };
+        }
+        let (store, background) = open(build, &location);
+        let revoked = previous
+            .and_then(|p| p.state.as_ref())
+            .map_or_else(Arc::default, |s| Arc::clone(&s.revoked));
+        let state = Arc::new(SessionState {
+            location,
+            store,
+            revoked,
+            background,
+        });
+        if state.store.is_ok() {
+            spawn_poller(Arc::downgrade(&state));
+        }
+        Sessions {
+            state: Some(state),
+            counters,
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let Some(state) = &self.state else {
+            return;
+        };
+        let c = &self.counters;
+        out.push_str("# HELP tollgate_sessions_total Session events: logins, refused logins, refreshes, grace answers, reused refresh tokens (sessions revoked), logouts, store errors.\n");
+        out.push_str("# TYPE tollgate_sessions_total counter\n");
+        for (event, counter) in [
+            ("login", &c.logins),
+            ("login_refused", &c.logins_refused),
+            ("refresh", &c.refreshes),
+            ("grace", &c.grace_answers),
+            ("reuse", &c.reuses),
+            ("logout", &c.logouts),
+            ("store_error", &c.store_errors),
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_sessions_total{{event=\"{event}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tollgate_revocations Revoked sessions and access tokens this instance refuses.\n");
+        out.push_str("# TYPE tollgate_revocations gauge\n");
+        let _ = writeln!(out, "tollgate_revocations {}", state.revoked.len());
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads the revocation feed into the instance's set every [`POLL`], and prunes now and
+/// then, for as long as the state is in use. The first read happens at once, so
+/// revocations made before a restart hold from the first requests on.
+fn spawn_poller(state: Weak<SessionState>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::error!("no runtime for the revocation poller: revocations from other instances will not be seen");
+        return;
+    };
+    runtime.spawn(async move {
+        let mut cursor = 0;
+        let mut last_prune = std::time::Instant::now();
+        let mut failing = false;
+        loop {
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            let Ok(store) = &state.store else {
+                return;
+            };
+            match store.revocations(state.background, cursor).await {
+                Ok(feed) => {
+                    for entry in &feed.entries {
+                        state.revoked.add(entry);
+                    }
+                    cursor = feed.cursor;
+                    if failing {
+                        tracing::info!("the revocation feed is readable again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot read the revocation feed; revocations from other instances are not seen until it answers");
+                        failing = true;
+                    }
+                }
+            }
+            if last_prune.elapsed() >= PRUNE {
+                last_prune = std::time::Instant::now();
+                let now = unix_now();
+                state.revoked.prune(now);
+                if let Err(e) = store.prune(state.background, now).await {
+                    tracing::warn!(error = %e, "cannot prune the session store");
+                }
+            }
+            drop(state);
+            tokio::time::sleep(POLL).await;
+        }
+    });
+}
+
+/// A store error as the endpoints report it (the store's own words go to the log only:
+/// they may name files or hosts).
+pub fn unavailable(
+    counters: &SessionCounters,
+    error: &SessionError,
+) -> crate::errors::GatewayError {
+    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(error = %error, "session store error");
+    crate::errors::SessionRefusal::StoreUnavailable.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocations_hold_until_their_tokens_expire() {
+        let r = Revocations::default();
+        assert!(!r.is_revoked(Some("s1"), Some("t1"), 100));
+        r.add(&Revocation {
+            kind: Revoked::Session,
+            id: "s1".into(),
+            until: 200,
+        });
+        r.add(&Revocation {
+            kind: Revoked::Token,
+            id: "t9".into(),
+            until: 150,
+        });
+        // Seen twice (the feed overlaps): counted once.
+        r.add(&Revocation {
+            kind: Revoked::Session,
+            id: "s1".into(),
+            until: 180,
+        });
+        assert_eq!(r.len(), 2);
+        assert!(r.is_revoked(Some("s1"), None, 100));
+        assert!(r.is_revoked(None, Some("t9"), 100));
+        assert!(r.is_revoked(Some("other"), Some("t9"), 149));
+        assert!(!r.is_revoked(Some("s2"), Some("t1"), 100));
+        assert!(!r.is_revoked(Some("s1"), None, 200));
+        r.prune(160);
+        assert_eq!(r.len(), 1);
+        r.prune(200);
+        assert_eq!(r.len(), 0);
+        assert!(!r.is_revoked(Some("s1"), Some("t9"), 100));
+    }
+}
