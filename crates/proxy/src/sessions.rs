@@ -141,14 +141,35 @@ fn location(build: &Build) -> Option<Location> {
     })
 }
 
-fn open(build: &Build, location: &Location) -> (Result<Arc<dyn SessionStore>, String>, usize) {
+/// Opens the store; for the embedded one, reads the revocations it holds into
+/// `revoked` before the first request (Redis's are read by the poller's first round).
+/// Returns the store, the poller's connection slot and where its feed continues.
+fn open(
+    build: &Build,
+    location: &Location,
+    revoked: &Revocations,
+) -> (Result<Arc<dyn SessionStore>, String>, usize, u64) {
     match location {
         Location::Embedded(path) => match EmbeddedSessions::open(path) {
-            Ok(store) => (Ok(Arc::new(store)), 0),
+            Ok(store) => {
+                let cursor = match store.revocations_now(0) {
+                    Ok(feed) => {
+                        for entry in &feed.entries {
+                            revoked.add(entry);
+                        }
+                        feed.cursor
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the revocations of the session store");
+                        0
+                    }
+                };
+                (Ok(Arc::new(store)), 0, cursor)
+            }
             Err(e) => {
                 let message = format!("cannot open the session store {}: {e}", path.display());
                 tracing::error!("{message}");
-                (Err(message), 0)
+                (Err(message), 0, 0)
             }
         },
         Location::Redis(_) => match build.redis.redis() {
@@ -166,9 +187,10 @@ fn open(build: &Build, location: &Location) -> (Result<Arc<dyn SessionStore>, St
                 (
                     Ok(Arc::new(SharedSessions::new(Arc::clone(redis), retention))),
                     background,
+                    0,
                 )
             }
-            None => (Err("the configured redis cannot be used".to_owned()), 0),
+            None => (Err("the configured redis cannot be used".to_owned()), 0, 0),
         },
     }
 }
@@ -191,10 +213,10 @@ impl Part for Sessions {
                 counters,
             };
         }
-        let (store, background) = open(build, &location);
-        let revoked = previous
+        let revoked: Arc<Revocations> = previous
             .and_then(|p| p.state.as_ref())
             .map_or_else(Arc::default, |s| Arc::clone(&s.revoked));
+        let (store, background, cursor) = open(build, &location, &revoked);
         let state = Arc::new(SessionState {
             location,
             store,
@@ -202,7 +224,7 @@ impl Part for Sessions {
             background,
         });
         if state.store.is_ok() {
-            spawn_poller(Arc::downgrade(&state));
+            spawn_poller(Arc::downgrade(&state), cursor);
         }
         Sessions {
             state: Some(state),
@@ -245,16 +267,15 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Reads the revocation feed into the instance's set every [`POLL`], and prunes now and
-/// then, for as long as the state is in use. The first read happens at once, so
-/// revocations made before a restart hold from the first requests on.
-fn spawn_poller(state: Weak<SessionState>) {
+/// Reads the revocation feed into the instance's set every [`POLL`], from `cursor`, and
+/// prunes now and then, for as long as the state is in use.
+fn spawn_poller(state: Weak<SessionState>, cursor: u64) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         tracing::error!("no runtime for the revocation poller: revocations from other instances will not be seen");
         return;
     };
     runtime.spawn(async move {
-        let mut cursor = 0;
+        let mut cursor = cursor;
         let mut last_prune = std::time::Instant::now();
         let mut failing = false;
         loop {

@@ -109,6 +109,31 @@ impl EmbeddedSessions {
     }
 }
 
+impl EmbeddedSessions {
+    /// [`SessionStore::revocations`], on the calling thread: for the first read at
+    /// startup, so revocations made before a restart hold from the first request on.
+    pub fn revocations_now(&self, cursor: u64) -> Result<Feed, SessionError> {
+        read_feed(&self.db, cursor)
+    }
+}
+
+fn read_feed(db: &Database, cursor: u64) -> Result<Feed, SessionError> {
+    let txn = db.begin_read().map_err(err)?;
+    let feed = txn.open_table(REVOCATIONS).map_err(err)?;
+    let mut out = Feed {
+        entries: Vec::new(),
+        cursor,
+    };
+    for item in feed.range(cursor.saturating_add(1)..).map_err(err)? {
+        let (seq, text) = item.map_err(err)?;
+        out.cursor = seq.value();
+        if let Some(entry) = Revocation::decode(text.value()) {
+            out.entries.push(entry);
+        }
+    }
+    Ok(out)
+}
+
 /// Appends one entry to the feed, under the next sequence number.
 fn append(txn: &redb::WriteTransaction, revocation: &Revocation) -> Result<(), SessionError> {
     let mut feed = txn.open_table(REVOCATIONS).map_err(err)?;
@@ -216,22 +241,7 @@ impl SessionStore for EmbeddedSessions {
         _worker: usize,
         cursor: u64,
     ) -> BoxFuture<'_, Result<Feed, SessionError>> {
-        self.blocking(move |db| {
-            let txn = db.begin_read().map_err(err)?;
-            let feed = txn.open_table(REVOCATIONS).map_err(err)?;
-            let mut out = Feed {
-                entries: Vec::new(),
-                cursor,
-            };
-            for item in feed.range(cursor.saturating_add(1)..).map_err(err)? {
-                let (seq, text) = item.map_err(err)?;
-                out.cursor = seq.value();
-                if let Some(entry) = Revocation::decode(text.value()) {
-                    out.entries.push(entry);
-                }
-            }
-            Ok(out)
-        })
+        self.blocking(move |db| read_feed(db, cursor))
     }
 
     fn prune(&self, _worker: usize, now: u64) -> BoxFuture<'_, Result<(), SessionError>> {
