@@ -15,5 +15,6 @@ mod limits;
 mod proxying;
 mod rewriting;
 mod robustness;
+mod sessions;
 mod shared_limits;
 mod support;

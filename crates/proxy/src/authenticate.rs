@@ -200,13 +200,11 @@ fn verify_jwt(
     keys: &Keys<'_>,
 ) -> Result<Identity, GatewayError> {
     let claims = verified_claims(exchange, token, keys.tokens)?;
-    if keys.sessions.is_revoked(
+    keys.sessions.check(
         claims.session.as_deref(),
         claims.token_id.as_deref(),
         exchange.now,
-    ) {
-        return Err(AuthError::Revoked.into());
-    }
+    )?;
     Ok(Identity {
         client_id: claims.client_id.clone(),
         integer: claims.client_id_is_integer,

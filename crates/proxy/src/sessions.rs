@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use tollgate_policy::snapshot::RedisSettings;
@@ -23,6 +23,7 @@ use tollgate_state::sessions::embedded::EmbeddedSessions;
 use tollgate_state::sessions::shared::SharedSessions;
 use tollgate_state::sessions::{Revocation, Revoked, SessionError, SessionStore};
 
+use crate::errors::{AuthError, GatewayError, SessionRefusal};
 use crate::part::{Build, Part};
 
 /// How often the revocation feed is read.
@@ -104,14 +105,26 @@ pub struct SessionCounters {
     pub store_errors: AtomicU64,
 }
 
-/// An open store and what goes with it.
+/// The store a snapshot names, and what goes with it.
 pub struct SessionState {
     location: Location,
-    /// `Err`: the store could not be opened; session endpoints answer 503.
-    pub store: Result<Arc<dyn SessionStore>, String>,
+    /// Set once the store is open and its revocations were read: until then session
+    /// endpoints answer 503, and so do the gateway's own tokens (whether one was
+    /// revoked cannot be known yet). The poller retries opening an embedded store
+    /// whose file another process still holds (a restart that overlaps).
+    store: OnceLock<Arc<dyn SessionStore>>,
     pub revoked: Arc<Revocations>,
     /// The Redis connection slot for the poller (0 for the embedded store).
     background: usize,
+    /// Redis's store, before its first feed read succeeded.
+    pending: Option<Arc<dyn SessionStore>>,
+}
+
+impl SessionState {
+    /// The store, once it is open and its revocations are known.
+    pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
+        self.store.get()
+    }
 }
 
 /// The part: `None` without `[sessions]`.
@@ -121,15 +134,34 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn state(&self) -> Option<&Arc<SessionState>> {
-        self.state.as_ref()
+    /// The open store, or 503.
+    pub fn store(&self) -> Result<(&SessionState, &Arc<dyn SessionStore>), GatewayError> {
+        let state = self
+            .state
+            .as_deref()
+            .ok_or(SessionRefusal::StoreUnavailable)?;
+        let store = state.store().ok_or(SessionRefusal::StoreUnavailable)?;
+        Ok((state, store))
     }
 
-    /// Whether an access token is revoked (false without sessions).
-    pub fn is_revoked(&self, session: Option<&str>, token: Option<&str>, now: u64) -> bool {
-        self.state
-            .as_ref()
-            .is_some_and(|s| s.revoked.is_revoked(session, token, now))
+    /// Refuses an access token whose session or id was revoked. A token of a session
+    /// (`sid`) is refused with 503 while the revocations are not known yet.
+    pub fn check(
+        &self,
+        session: Option<&str>,
+        token: Option<&str>,
+        now: u64,
+    ) -> Result<(), GatewayError> {
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        if session.is_some() && state.store().is_none() {
+            return Err(SessionRefusal::StoreUnavailable.into());
+        }
+        if state.revoked.is_revoked(session, token, now) {
+            return Err(AuthError::Revoked.into());
+        }
+        Ok(())
     }
 }
 
@@ -141,58 +173,39 @@ fn location(build: &Build) -> Option<Location> {
     })
 }
 
-/// Opens the store; for the embedded one, reads the revocations it holds into
-/// `revoked` before the first request (Redis's are read by the poller's first round).
-/// Returns the store, the poller's connection slot and where its feed continues.
-fn open(
-    build: &Build,
-    location: &Location,
+/// Opens the embedded store and reads the revocations it holds into `revoked`.
+/// Returns the store and where its feed continues.
+fn open_embedded(
+    path: &std::path::Path,
     revoked: &Revocations,
-) -> (Result<Arc<dyn SessionStore>, String>, usize, u64) {
-    match location {
-        Location::Embedded(path) => match EmbeddedSessions::open(path) {
-            Ok(store) => {
-                let cursor = match store.revocations_now(0) {
-                    Ok(feed) => {
-                        for entry in &feed.entries {
-                            revoked.add(entry);
-                        }
-                        feed.cursor
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot read the revocations of the session store");
-                        0
-                    }
-                };
-                (Ok(Arc::new(store)), 0, cursor)
-            }
-            Err(e) => {
-                let message = format!("cannot open the session store {}: {e}", path.display());
-                tracing::error!("{message}");
-                (Err(message), 0, 0)
-            }
-        },
-        Location::Redis(_) => match build.redis.redis() {
-            Some(redis) => {
-                // Revocations matter as long as the longest access token lives.
-                let retention = build
-                    .snapshot
-                    .auth
-                    .jwt
-                    .as_ref()
-                    .map_or(Duration::from_secs(24 * 3600), |j| {
-                        j.access_ttl + Duration::from_secs(j.rules.leeway_secs)
-                    });
-                let background = redis.background_worker();
-                (
-                    Ok(Arc::new(SharedSessions::new(Arc::clone(redis), retention))),
-                    background,
-                    0,
-                )
-            }
-            None => (Err("the configured redis cannot be used".to_owned()), 0, 0),
-        },
+) -> Result<(Arc<dyn SessionStore>, u64), String> {
+    let store = EmbeddedSessions::open(path)
+        .map_err(|e| format!("cannot open the session store {}: {e}", path.display()))?;
+    let feed = store
+        .revocations_now(0)
+        .map_err(|e| format!("cannot read the revocations in {}: {e}", path.display()))?;
+    for entry in &feed.entries {
+        revoked.add(entry);
     }
+    Ok((Arc::new(store), feed.cursor))
+}
+
+/// Redis's store (its feed is read by the poller's first round).
+fn shared_store(build: &Build) -> Option<(Arc<dyn SessionStore>, usize)> {
+    let redis = build.redis.redis()?;
+    // Revocations matter as long as the longest access token lives.
+    let retention = build
+        .snapshot
+        .auth
+        .jwt
+        .as_ref()
+        .map_or(Duration::from_secs(24 * 3600), |j| {
+            j.access_ttl + Duration::from_secs(j.rules.leeway_secs)
+        });
+    Some((
+        Arc::new(SharedSessions::new(Arc::clone(redis), retention)),
+        redis.background_worker(),
+    ))
 }
 
 impl Part for Sessions {
@@ -206,7 +219,7 @@ impl Part for Sessions {
         };
         if let Some(state) = previous
             .and_then(|p| p.state.as_ref())
-            .filter(|s| s.location == location && s.store.is_ok())
+            .filter(|s| s.location == location)
         {
             return Sessions {
                 state: Some(Arc::clone(state)),
@@ -216,16 +229,35 @@ impl Part for Sessions {
         let revoked: Arc<Revocations> = previous
             .and_then(|p| p.state.as_ref())
             .map_or_else(Arc::default, |s| Arc::clone(&s.revoked));
-        let (store, background, cursor) = open(build, &location, &revoked);
-        let state = Arc::new(SessionState {
-            location,
-            store,
+        let mut state = SessionState {
+            location: location.clone(),
+            store: OnceLock::new(),
             revoked,
-            background,
-        });
-        if state.store.is_ok() {
-            spawn_poller(Arc::downgrade(&state), cursor);
+            background: 0,
+            pending: None,
+        };
+        let mut cursor = 0;
+        match &location {
+            // Opened here, so a normal start serves sessions from the first request.
+            Location::Embedded(path) => match open_embedded(path, &state.revoked) {
+                Ok((store, at)) => {
+                    let _ = state.store.set(store);
+                    cursor = at;
+                }
+                Err(e) => tracing::error!("{e}; retrying every {POLL:?}"),
+            },
+            Location::Redis(_) => match shared_store(build) {
+                Some((store, background)) => {
+                    state.pending = Some(store);
+                    state.background = background;
+                }
+                None => tracing::error!(
+                    "the configured redis cannot be used: login sessions are unavailable"
+                ),
+            },
         }
+        let state = Arc::new(state);
+        spawn_poller(Arc::downgrade(&state), cursor);
         Sessions {
             state: Some(state),
             counters,
@@ -255,6 +287,13 @@ impl Part for Sessions {
                 counter.load(Ordering::Relaxed)
             );
         }
+        out.push_str("# HELP tollgate_sessions_store_ready Whether the session store is open and its revocations known.\n");
+        out.push_str("# TYPE tollgate_sessions_store_ready gauge\n");
+        let _ = writeln!(
+            out,
+            "tollgate_sessions_store_ready {}",
+            u8::from(state.store().is_some())
+        );
         out.push_str("# HELP tollgate_revocations Revoked sessions and access tokens this instance refuses.\n");
         out.push_str("# TYPE tollgate_revocations gauge\n");
         let _ = writeln!(out, "tollgate_revocations {}", state.revoked.len());
@@ -282,33 +321,51 @@ fn spawn_poller(state: Weak<SessionState>, cursor: u64) {
             let Some(state) = state.upgrade() else {
                 return;
             };
-            let Ok(store) = &state.store else {
-                return;
-            };
-            match store.revocations(state.background, cursor).await {
-                Ok(feed) => {
-                    for entry in &feed.entries {
-                        state.revoked.add(entry);
+            match state.store.get().or(state.pending.as_ref()) {
+                Some(store) => {
+                    match store.revocations(state.background, cursor).await {
+                        Ok(feed) => {
+                            for entry in &feed.entries {
+                                state.revoked.add(entry);
+                            }
+                            cursor = feed.cursor;
+                            if let Some(pending) = &state.pending {
+                                // Redis: ready once its revocations are known.
+                                let _ = state.store.set(Arc::clone(pending));
+                            }
+                            if failing {
+                                tracing::info!("the revocation feed is readable again");
+                                failing = false;
+                            }
+                        }
+                        Err(e) => {
+                            if !failing {
+                                tracing::warn!(error = %e, "cannot read the revocation feed; revocations from other instances are not seen until it answers");
+                                failing = true;
+                            }
+                        }
                     }
-                    cursor = feed.cursor;
-                    if failing {
-                        tracing::info!("the revocation feed is readable again");
-                        failing = false;
+                    if last_prune.elapsed() >= PRUNE {
+                        last_prune = std::time::Instant::now();
+                        let now = unix_now();
+                        state.revoked.prune(now);
+                        if let Err(e) = store.prune(state.background, now).await {
+                            tracing::warn!(error = %e, "cannot prune the session store");
+                        }
                     }
                 }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot read the revocation feed; revocations from other instances are not seen until it answers");
-                        failing = true;
+                None => {
+                    if let Location::Embedded(path) = &state.location {
+                        let (path, revoked) = (path.clone(), Arc::clone(&state.revoked));
+                        let opened =
+                            tokio::task::spawn_blocking(move || open_embedded(&path, &revoked))
+                                .await;
+                        if let Ok(Ok((store, at))) = opened {
+                            tracing::info!("the session store is open");
+                            let _ = state.store.set(store);
+                            cursor = at;
+                        }
                     }
-                }
-            }
-            if last_prune.elapsed() >= PRUNE {
-                last_prune = std::time::Instant::now();
-                let now = unix_now();
-                state.revoked.prune(now);
-                if let Err(e) = store.prune(state.background, now).await {
-                    tracing::warn!(error = %e, "cannot prune the session store");
                 }
             }
             drop(state);

@@ -271,7 +271,8 @@ pub fn decide_rotation(family: &mut Family, presented: &str, next: &Next, when: 
         return Rotation::Rotated(Box::new(family.clone()));
     }
     if let Some(previous) = previous {
-        let within = when.now <= previous.at.saturating_add(when.grace);
+        // Whole seconds: a grace of 10 s covers a retry up to 9.x s later.
+        let within = when.now < previous.at.saturating_add(when.grace);
         if within && family.current == previous.next_hash {
             let sealed_next = previous.sealed_next.clone();
             return Rotation::Grace {

@@ -62,11 +62,7 @@ pub async fn answer(
         part.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
         return Err(SessionRefusal::InvalidCredentials.into());
     };
-    let state = part.state().ok_or(SessionRefusal::StoreUnavailable)?;
-    let store = state
-        .store
-        .as_ref()
-        .map_err(|_| SessionRefusal::StoreUnavailable)?;
+    let (_, store) = part.store()?;
 
     let family_id = tollgate_auth::refresh::new_session_id().map_err(|_| Bug::Randomness)?;
     let refresh = tollgate_auth::refresh::issue(&family_id).map_err(|_| Bug::Randomness)?;

@@ -56,11 +56,7 @@ pub async fn serve(
     if claims.is_none() && presented_refresh.is_none() {
         return Err(SessionRefusal::CredentialRequired.into());
     }
-    let state = part.state().ok_or(SessionRefusal::StoreUnavailable)?;
-    let store = state
-        .store
-        .as_ref()
-        .map_err(|_| SessionRefusal::StoreUnavailable)?;
+    let (state, store) = part.store()?;
     let when = tokens::when(exchange, settings);
     let mut ended = false;
     if let Some(claims) = &claims {

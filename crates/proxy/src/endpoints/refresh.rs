@@ -45,11 +45,7 @@ pub async fn serve(
         .await?
         .ok_or(SessionRefusal::CredentialRequired)?;
     let family_id = refresh::session_of(&presented).ok_or(SessionRefusal::RefreshInvalid)?;
-    let state = part.state().ok_or(SessionRefusal::StoreUnavailable)?;
-    let store = state
-        .store
-        .as_ref()
-        .map_err(|_| SessionRefusal::StoreUnavailable)?;
+    let (state, store) = part.store()?;
     let next_token = refresh::issue(family_id).map_err(|_| Bug::Randomness)?;
     let next = Next {
         hash: refresh::hash(&next_token),

@@ -1,0 +1,545 @@
+//! The gateway's own login, refresh and logout against the demo backend's legacy login
+//! (a bare array, `[]` on bad credentials): the answer's shape, tokens the gateway's own
+//! JWT check accepts, rotation with reuse detection and a grace answer, concurrent
+//! refreshes, logout everywhere within a second (two instances sharing Redis), sessions
+//! that survive `kill -9`, and signing-key rotation.
+
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::support::{
+    eventually, jwt_config, jwt_fixtures, write_config, GatewayProcess, Harness, RawResponse,
+    RedisServer, Setup, TempDir,
+};
+
+pub const LOGIN_PATH: &str = "/interlogue/get-client";
+pub const DEMO_LOGIN: &str = r#"{"username":"demo@acme.test","password":"demo-password"}"#;
+
+pub const POLICIES: &str = r#"
+[limits.login-per-ip]
+rate = 1000
+period = "1m"
+key = ["ip"]
+
+[[route]]
+name = "login"
+methods = ["POST"]
+path = "/interlogue/get-client"
+auth = "none"
+action = "login"
+limits = ["login-per-ip"]
+
+[[route]]
+name = "refresh"
+methods = ["POST"]
+path = "/gateway/auth/refresh"
+auth = "none"
+action = "serve"
+endpoint = "refresh"
+
+[[route]]
+name = "logout"
+methods = ["POST"]
+path = "/gateway/auth/logout"
+auth = "none"
+action = "serve"
+endpoint = "logout"
+
+[[route]]
+name = "jwks"
+methods = ["GET"]
+path = "/.well-known/jwks.json"
+auth = "none"
+action = "serve"
+endpoint = "jwks"
+
+[[route]]
+name = "echo"
+path = "/echo/*"
+auth = "jwt"
+"#;
+
+/// `[jwt]` with the fixtures' HS256 key (for the other tests' tokens) and the gateway's
+/// Ed25519 signing key after it (the newest signs), `[sessions]` with `sessions` extra
+/// lines, and `[login]` for the demo backend.
+pub fn session_config(sessions: &str) -> String {
+    let keys = jwt_fixtures().join("keys");
+    format!(
+        "{}\n[[jwt.key]]\nid = \"gateway-ed\"\nalgorithm = \"EdDSA\"\npublic_key_file = \"{}\"\nprivate_key_file = \"{}\"\n\n[sessions]\nreuse_grace = \"2s\"\n{sessions}\n\n[login]\nsubject = \"/0/email\"\nuser_fields = [\"clientId\", \"name\", \"email\"]\ntoken_claims = [\"email\"]\n",
+        jwt_config(),
+        keys.join("ed25519.pub.pem").display(),
+        keys.join("ed25519.key.pem").display(),
+    )
+}
+
+fn setup(sessions: &str, extra: &str) -> Setup {
+    Setup {
+        policies: vec![("10-sessions.toml".into(), POLICIES.into())],
+        extra: format!("{}\n{extra}", session_config(sessions)),
+        ..Setup::default()
+    }
+}
+
+pub async fn post_json(
+    h: &Harness,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> RawResponse {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    h.send("POST", path, &all, body.as_bytes()).await
+}
+
+async fn login(h: &Harness) -> Value {
+    let r = post_json(h, LOGIN_PATH, &[], DEMO_LOGIN).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+async fn refresh(h: &Harness, token: &str) -> RawResponse {
+    post_json(
+        h,
+        "/gateway/auth/refresh",
+        &[],
+        &format!(r#"{{"refreshToken":"{token}"}}"#),
+    )
+    .await
+}
+
+async fn echo(h: &Harness, access: &str) -> RawResponse {
+    h.get(
+        "/echo/me",
+        &[("authorization", &format!("Bearer {access}"))],
+    )
+    .await
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
+}
+
+/// The header and claims of a JWT, unverified (the tests verify through the gateway).
+fn parts(token: &str) -> (Value, Value) {
+    let mut it = token.split('.');
+    let mut next = || -> Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(it.next().unwrap()).unwrap()).unwrap()
+    };
+    (next(), next())
+}
+
+#[tokio::test]
+async fn login_answers_with_a_session_whose_token_opens_protected_routes() {
+    let h = Harness::with(setup("", "")).await;
+    let r = post_json(&h, LOGIN_PATH, &[], DEMO_LOGIN).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    let text = String::from_utf8_lossy(&r.body).to_string();
+    // The legacy apiKey is nowhere: not in user, not in data, not in the token.
+    assert!(!text.contains("apiKey"), "{text}");
+    assert!(!text.contains("demo-legacy-key-1001"), "{text}");
+    let body = r.json();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["message"], "Login successful");
+    assert_eq!(
+        body["user"],
+        serde_json::json!({"clientId": "1001", "name": "Acme Telecom", "email": "demo@acme.test"})
+    );
+    assert_eq!(body["tokenType"], "Bearer");
+    assert_eq!(body["expiresIn"], "24h");
+    assert_eq!(body["data"][0]["clientId"], "1001");
+    assert_eq!(body["data"][0]["tokens"], 500);
+    // expiresAt is RFC 3339, and agrees with the token's exp.
+    let (header, claims) = parts(s(&body["token"]));
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], "gateway-ed");
+    assert_eq!(claims["iss"], "https://issuer.test");
+    assert_eq!(claims["aud"], "legacy-api");
+    assert_eq!(claims["sub"], "demo@acme.test");
+    assert_eq!(claims["clientId"], "1001");
+    assert_eq!(claims["email"], "demo@acme.test");
+    assert!(claims["jti"].is_string() && claims["sid"].is_string());
+    let exp = claims["exp"].as_u64().unwrap();
+    assert_eq!(exp - claims["iat"].as_u64().unwrap(), 24 * 3600);
+    let expires_at = s(&body["expiresAt"]);
+    assert_eq!(expires_at, rfc3339_by_httpdate(exp));
+    // The refresh token is opaque: no JWT, the session id and 256 bits.
+    let refresh_token = s(&body["refreshToken"]);
+    let (sid, secret) = refresh_token.split_once('.').unwrap();
+    assert_eq!(sid, s(&claims["sid"]));
+    assert_eq!(URL_SAFE_NO_PAD.decode(secret).unwrap().len(), 32);
+
+    // The gateway's own JWT check accepts its tokens with no more configuration, and
+    // the backend gets the caller's id.
+    let r = echo(&h, s(&body["token"])).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["query"], "clientId=1001");
+    assert!(r.echoed_header("authorization").is_empty());
+
+    // A form login works the same; the credentials reach the legacy login untouched.
+    let r = h
+        .send(
+            "POST",
+            LOGIN_PATH,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"email=ops%40globex.test&password=globex-password",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["user"]["clientId"], "1002");
+}
+
+/// RFC 3339 for `secs`, through another formatter (the HTTP date of `httpdate`).
+fn rfc3339_by_httpdate(secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let http = httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(secs));
+    // "Tue, 01 Dec 2026 04:32:34 GMT"
+    let f: Vec<&str> = http.split(' ').collect();
+    let month = MONTHS.iter().position(|m| *m == f[2]).unwrap() + 1;
+    format!("{}-{month:02}-{}T{}Z", f[3], f[1], f[4])
+}
+
+#[tokio::test]
+async fn a_refused_login_is_one_answer_whether_the_account_exists_or_not() {
+    let h = Harness::with(setup("", "")).await;
+    let mut answers = Vec::new();
+    for body in [
+        r#"{"username":"demo@acme.test","password":"wrong"}"#,
+        r#"{"username":"nobody@nowhere.test","password":"wrong"}"#,
+        r#"{"username":"","password":""}"#,
+    ] {
+        let r = post_json(&h, LOGIN_PATH, &[], body).await;
+        r.assert_problem(401, "INVALID_CREDENTIALS");
+        let mut problem = r.json();
+        problem.as_object_mut().unwrap().remove("requestId");
+        answers.push(problem);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("tollgate_sessions_total{event=\"login_refused\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_token_revokes_the_whole_session() {
+    let h = Harness::with(setup("", "")).await;
+    let first = login(&h).await;
+    let r0 = s(&first["refreshToken"]).to_owned();
+    let t0 = s(&first["token"]).to_owned();
+
+    let r = refresh(&h, &r0).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let second = r.json();
+    let r1 = s(&second["refreshToken"]).to_owned();
+    let t1 = s(&second["token"]).to_owned();
+    assert_ne!(r1, r0);
+    assert_ne!(t1, t0);
+    assert_eq!(second["user"]["clientId"], "1001");
+    assert_eq!(parts(&t1).1["sid"], parts(&t0).1["sid"], "same session");
+    assert_eq!(echo(&h, &t1).await.status, 200);
+
+    // The answer was lost: the same token again within the grace period gets the same
+    // successor (and a fresh access token), not a revocation.
+    let again = refresh(&h, &r0).await;
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(s(&again.json()["refreshToken"]), r1);
+
+    // Past the grace period the spent token is a stolen copy: the session ends, with
+    // every access token issued from it.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    refresh(&h, &r0).await.assert_problem(401, "REFRESH_REUSED");
+    refresh(&h, &r1)
+        .await
+        .assert_problem(401, "SESSION_REVOKED");
+    echo(&h, &t1).await.assert_problem(401, "TOKEN_REVOKED");
+    echo(&h, &t0).await.assert_problem(401, "TOKEN_REVOKED");
+    let www = echo(&h, &t1).await;
+    assert!(www
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+
+    // Other sessions are untouched.
+    let other = login(&h).await;
+    assert_eq!(echo(&h, s(&other["token"])).await.status, 200);
+
+    // Tokens that were never issued change nothing.
+    refresh(&h, "not-a-token")
+        .await
+        .assert_problem(401, "REFRESH_TOKEN_INVALID");
+    let sid = s(&parts(s(&other["token"])).1["sid"]).to_owned();
+    let guess = format!("{sid}.{}", "A".repeat(43));
+    refresh(&h, &guess)
+        .await
+        .assert_problem(401, "REFRESH_TOKEN_INVALID");
+    assert_eq!(refresh(&h, s(&other["refreshToken"])).await.status, 200);
+    post_json(&h, "/gateway/auth/refresh", &[], "[1]")
+        .await
+        .assert_problem(400, "INVALID_REQUEST_BODY");
+    post_json(&h, "/gateway/auth/refresh", &[], "{}")
+        .await
+        .assert_problem(401, "AUTH_REQUIRED");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("tollgate_sessions_total{event=\"reuse\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_sessions_total{event=\"grace\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_leave_one_live_successor() {
+    let h = std::sync::Arc::new(Harness::with(setup("", "")).await);
+    let first = login(&h).await;
+    let r0 = s(&first["refreshToken"]).to_owned();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let h = std::sync::Arc::clone(&h);
+        let r0 = r0.clone();
+        tasks.push(tokio::spawn(async move { refresh(&h, &r0).await }));
+    }
+    let mut successors = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        successors.push(s(&r.json()["refreshToken"]).to_owned());
+    }
+    successors.dedup();
+    assert_eq!(successors.len(), 1, "exactly one successor: {successors:?}");
+    assert_eq!(refresh(&h, &successors[0]).await.status, 200);
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_the_token_it_was_called_with() {
+    let h = Harness::with(setup("", "")).await;
+    let first = login(&h).await;
+    let t0 = s(&first["token"]).to_owned();
+    let r0 = s(&first["refreshToken"]).to_owned();
+    let bearer = format!("Bearer {t0}");
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["success"], true);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    echo(&h, &t0).await.assert_problem(401, "TOKEN_REVOKED");
+    refresh(&h, &r0)
+        .await
+        .assert_problem(401, "SESSION_REVOKED");
+    // Twice is fine.
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+
+    // With the refresh token alone (the access token has expired, say).
+    let second = login(&h).await;
+    let r = post_json(
+        &h,
+        "/gateway/auth/logout",
+        &[],
+        &format!(r#"{{"refreshToken":"{}"}}"#, s(&second["refreshToken"])),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    echo(&h, s(&second["token"]))
+        .await
+        .assert_problem(401, "TOKEN_REVOKED");
+
+    // Nothing to prove a session: refused.
+    h.send("POST", "/gateway/auth/logout", &[], b"")
+        .await
+        .assert_problem(401, "AUTH_REQUIRED");
+    let forged = format!("{}.{}", s(&parts(&t0).1["sid"]), "B".repeat(43));
+    post_json(
+        &h,
+        "/gateway/auth/logout",
+        &[],
+        &format!(r#"{{"refreshToken":"{forged}"}}"#),
+    )
+    .await
+    .assert_problem(401, "REFRESH_TOKEN_INVALID");
+    h.send(
+        "POST",
+        "/gateway/auth/logout",
+        &[("authorization", "Bearer not.a.jwt")],
+        b"",
+    )
+    .await
+    .assert_problem(401, "TOKEN_INVALID");
+}
+
+#[tokio::test]
+async fn sessions_and_revocations_survive_kill_9() {
+    let mut h = Harness::with(setup("", "")).await;
+    let kept = login(&h).await;
+    let ended = login(&h).await;
+    let bearer = format!("Bearer {}", s(&ended["token"]));
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // A second process on the same store while the first still holds it (a restart
+    // that overlaps): it cannot know the revocations yet, so it refuses session tokens
+    // with 503 rather than accept a revoked one.
+    let config = h.dir.path().join("gateway.toml");
+    let second = GatewayProcess::start(&config);
+    let early = Harness {
+        gateway: second,
+        backend: tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
+        dir: TempDir::new(),
+    };
+    echo(&early, s(&kept["token"]))
+        .await
+        .assert_problem(503, "SESSION_STORE_UNAVAILABLE");
+    // SIGKILL to the first: no chance to flush anything. The second opens the store.
+    h.gateway.signal("KILL");
+    assert!(h.gateway.wait_exit(Duration::from_secs(5)).is_some());
+    let opened = eventually(Duration::from_secs(5), || async {
+        echo(&early, s(&kept["token"])).await.status != 503
+    })
+    .await;
+    assert!(opened, "{}", early.gateway.stderr());
+    drop(early);
+    h.gateway = GatewayProcess::start(&config);
+    assert!(h.dir.path().join("state/tollgate.redb").exists());
+    // The revocation holds from the first request on.
+    echo(&h, s(&ended["token"]))
+        .await
+        .assert_problem(401, "TOKEN_REVOKED");
+    refresh(&h, s(&ended["refreshToken"]))
+        .await
+        .assert_problem(401, "SESSION_REVOKED");
+    // The other session goes on.
+    assert_eq!(echo(&h, s(&kept["token"])).await.status, 200);
+    let r = refresh(&h, s(&kept["refreshToken"])).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test]
+async fn a_logout_is_seen_by_every_instance_sharing_redis_within_a_second() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "[store]\nredis_url = \"{}\"\ntimeout = \"500ms\"\n",
+        redis.url()
+    );
+    let a = Harness::with(setup("", &store)).await;
+    let dir = TempDir::new();
+    write_config(dir.path(), &setup("", &store), a.backend.addr());
+    let b = Harness {
+        gateway: GatewayProcess::start(&dir.path().join("gateway.toml")),
+        backend: tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
+        dir,
+    };
+    let session = login(&a).await;
+    let token = s(&session["token"]).to_owned();
+    // One store: B refreshes what A issued, and A sees the rotation.
+    assert_eq!(echo(&b, &token).await.status, 200);
+    let rotated = refresh(&b, s(&session["refreshToken"])).await;
+    assert_eq!(
+        rotated.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&rotated.body)
+    );
+    let t1 = s(&rotated.json()["token"]).to_owned();
+    assert_eq!(echo(&b, &t1).await.status, 200);
+
+    let bearer = format!("Bearer {t1}");
+    let r = a
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let logged_out = Instant::now();
+    let seen = eventually(Duration::from_secs(3), || async {
+        echo(&b, &t1).await.status == 401
+    })
+    .await;
+    let took = logged_out.elapsed();
+    assert!(seen, "instance B never refused the revoked token");
+    assert!(took < Duration::from_secs(1), "seen after {took:?}");
+    echo(&b, &t1).await.assert_problem(401, "TOKEN_REVOKED");
+    echo(&b, &token).await.assert_problem(401, "TOKEN_REVOKED");
+    // The feed lives in Redis under the store's prefix.
+    assert_ne!(redis.cli(&["ZCARD", "tollgate:revocations"]), "0");
+}
+
+#[tokio::test]
+async fn a_new_signing_key_signs_while_the_old_one_keeps_verifying() {
+    let h = Harness::with(setup("", "")).await;
+    let before = login(&h).await;
+    assert_eq!(parts(s(&before["token"])).0["kid"], "gateway-ed");
+
+    // Rotation: a newer key is added at the end; the gateway reloads.
+    let keys = jwt_fixtures().join("keys");
+    let config = h.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let rotated = text.replacen(
+        "\n[sessions]",
+        &format!(
+            "\n[[jwt.key]]\nid = \"gateway-es\"\nalgorithm = \"ES256\"\npublic_key_file = \"{}\"\nprivate_key_file = \"{}\"\n\n[sessions]",
+            keys.join("ec256.pub.pem").display(),
+            keys.join("ec256.key.pem").display()
+        ),
+        1,
+    );
+    std::fs::write(&config, rotated).unwrap();
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        let r = h.get("/.well-known/jwks.json", &[]).await;
+        r.status == 200 && r.json()["keys"].as_array().is_some_and(|k| k.len() == 2)
+    })
+    .await;
+    assert!(reloaded, "{}", h.gateway.stderr());
+    let after = login(&h).await;
+    assert_eq!(parts(s(&after["token"])).0["kid"], "gateway-es");
+    assert_eq!(parts(s(&after["token"])).0["alg"], "ES256");
+    // Both verify: the old key's tokens live out their lifetime.
+    assert_eq!(echo(&h, s(&before["token"])).await.status, 200);
+    assert_eq!(echo(&h, s(&after["token"])).await.status, 200);
+    // A refresh of the old session is signed with the new key.
+    let r = refresh(&h, s(&before["refreshToken"])).await;
+    assert_eq!(parts(s(&r.json()["token"])).0["kid"], "gateway-es");
+}
