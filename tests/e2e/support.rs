@@ -66,6 +66,8 @@ pub struct Setup {
     /// Extra keys for `[upstream]`.
     pub upstream: String,
     pub unmatched: &'static str,
+    /// Extra keys for `[routing]`.
+    pub routing: String,
     pub reload: String,
     /// More of `gateway.toml`: `[jwt]`, `[api_keys]`, `[credentials.*]`, `[webhooks.*]`.
     pub extra: String,
@@ -83,6 +85,7 @@ impl Default for Setup {
             server: String::new(),
             upstream: String::new(),
             unmatched: "deny",
+            routing: String::new(),
             reload: "watch = true\npoll_interval = \"100ms\"".into(),
             extra: String::new(),
             upstream_addr: None,
@@ -178,6 +181,7 @@ url = "http://{upstream}"
 [routing]
 policies = "policies"
 unmatched = "{unmatched}"
+{routing}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -194,6 +198,7 @@ format = "json"
         server = setup.server,
         upstream_extra = setup.upstream,
         unmatched = setup.unmatched,
+        routing = setup.routing,
         reload = setup.reload,
         extra = setup.extra,
     );

@@ -1,0 +1,356 @@
+//! What a browser page on another origin sees: CORS preflights answered from policy
+//! (never reaching authentication, limits or the backend), CORS headers on answers and
+//! on errors, and cookie mode, where the page never holds a token and state-changing
+//! requests need the CSRF header.
+
+use crate::sessions::{post_json, session_config, DEMO_LOGIN, LOGIN_PATH, POLICIES};
+use crate::support::{Harness, RawResponse, Setup};
+
+const APP: &str = "http://localhost:5173";
+
+const CORS: &str = r#"
+[cors.app]
+origins = ["http://localhost:5173", "https://*.example.com"]
+credentials = true
+max_age = "5m"
+expose_headers = ["x-backend-build"]
+
+[[route]]
+name = "open-data"
+methods = ["GET"]
+path = "/pub/*"
+auth = "none"
+cors = "none"
+"#;
+
+fn setup(sessions: &str) -> Setup {
+    Setup {
+        policies: vec![
+            ("05-cors.toml".into(), CORS.into()),
+            ("10-sessions.toml".into(), POLICIES.into()),
+        ],
+        extra: session_config(sessions),
+        routing: "cors = \"app\"".into(),
+        ..Setup::default()
+    }
+}
+
+fn preflight_headers<'a>(
+    origin: &'a str,
+    method: &'a str,
+    headers: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut h = vec![
+        ("origin", origin),
+        ("access-control-request-method", method),
+    ];
+    if !headers.is_empty() {
+        h.push(("access-control-request-headers", headers));
+    }
+    h
+}
+
+fn assert_cors_allowed(r: &RawResponse, origin: &str) {
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some(origin),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    for name in [
+        "x-ratelimit-remaining",
+        "x-request-id",
+        "retry-after",
+        "x-token-balance",
+        "deprecation",
+        "x-backend-build",
+    ] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed}");
+    }
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("vary") && v.contains("origin")));
+}
+
+#[tokio::test]
+async fn preflights_are_answered_by_the_gateway_from_policy() {
+    let h = Harness::with(setup("")).await;
+    let before = h.backend.requests();
+    let r = h
+        .send(
+            "OPTIONS",
+            "/echo/x",
+            &preflight_headers(APP, "POST", "Authorization, Content-Type, X-Request-Id"),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    assert_cors_allowed(&r, APP);
+    assert_eq!(r.header("access-control-allow-methods"), Some("POST"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization, content-type, x-request-id")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("300"));
+    // No token, and yet 204: authentication never saw the preflight; nor did the backend.
+    assert_eq!(h.backend.requests(), before);
+    // A subdomain pattern.
+    let r = h
+        .send(
+            "OPTIONS",
+            "/echo/x",
+            &preflight_headers("https://app.example.com", "GET", ""),
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+
+    // Refused: another origin, a look-alike, a header or a method the policy does not
+    // allow. The browser gets no CORS header and stops there.
+    for (origin, method, headers) in [
+        ("https://evil.test", "POST", ""),
+        ("https://example.com.evil.test", "GET", ""),
+        ("https://example.com", "GET", ""),
+        ("null", "GET", ""),
+        (APP, "POST", "x-api-key"),
+        (APP, "POST", "authorization, x-something"),
+    ] {
+        let r = h
+            .send(
+                "OPTIONS",
+                "/echo/x",
+                &preflight_headers(origin, method, headers),
+                b"",
+            )
+            .await;
+        r.assert_problem(403, "CORS_PREFLIGHT_REFUSED");
+        assert!(
+            r.header("access-control-allow-origin").is_none(),
+            "{origin} {headers}"
+        );
+    }
+    // A method the route does not serve: the path's own answer.
+    let r = h
+        .send(
+            "OPTIONS",
+            "/gateway/auth/refresh",
+            &preflight_headers(APP, "DELETE", ""),
+            b"",
+        )
+        .await;
+    r.assert_problem(405, "METHOD_NOT_ALLOWED");
+    assert_eq!(h.backend.requests(), before);
+    // A route with cors = "none": the gateway does not answer for it.
+    let r = h
+        .send("OPTIONS", "/pub/x", &preflight_headers(APP, "GET", ""), b"")
+        .await;
+    assert!(r.header("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn answers_and_errors_carry_cors_headers_for_allowed_origins_only() {
+    let h = Harness::with(setup("")).await;
+    // An error from authentication still reaches the page's script.
+    let r = h.get("/echo/x", &[("origin", APP)]).await;
+    r.assert_problem(401, "AUTH_REQUIRED");
+    assert_cors_allowed(&r, APP);
+    // So does a 404 for a path no route matches (the default policy).
+    let r = h.get("/nowhere", &[("origin", APP)]).await;
+    r.assert_problem(404, "ROUTE_NOT_FOUND");
+    assert_cors_allowed(&r, APP);
+    // A login from the page: the token and the rate-limit headers are readable.
+    let r = post_json(&h, LOGIN_PATH, &[("origin", APP)], DEMO_LOGIN).await;
+    assert_eq!(r.status, 200);
+    assert_cors_allowed(&r, APP);
+    assert!(r.header("x-ratelimit-remaining").is_some());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let r = h
+        .get(
+            "/echo/x",
+            &[
+                ("origin", APP),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_cors_allowed(&r, APP);
+    // Another origin: the request is served (CORS is the browser's to enforce), but
+    // nothing tells the browser to share the answer.
+    let r = h
+        .get(
+            "/echo/x",
+            &[
+                ("origin", "https://evil.test"),
+                ("authorization", &format!("Bearer {token}")),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("access-control-allow-origin").is_none());
+    assert!(r.header("access-control-allow-credentials").is_none());
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("vary") && v.contains("origin")));
+    // No Origin: no CORS headers at all.
+    let r = h
+        .get("/echo/x", &[("authorization", &format!("Bearer {token}"))])
+        .await;
+    assert!(r.header("access-control-allow-origin").is_none());
+}
+
+/// Every `Set-Cookie` of a response, by cookie name.
+fn set_cookies(r: &RawResponse) -> Vec<(String, String)> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| {
+            let name = v.split('=').next().unwrap().to_owned();
+            (name, v.clone())
+        })
+        .collect()
+}
+
+fn cookie_value(set: &[(String, String)], name: &str) -> String {
+    let line = &set
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name}: {set:?}"))
+        .1;
+    line.split(';')
+        .next()
+        .unwrap()
+        .split_once('=')
+        .unwrap()
+        .1
+        .to_owned()
+}
+
+#[tokio::test]
+async fn in_cookie_mode_the_page_never_holds_a_token() {
+    let h = Harness::with(setup("tokens = \"cookie\"")).await;
+    let r = post_json(&h, LOGIN_PATH, &[("origin", APP)], DEMO_LOGIN).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert!(body.get("token").is_none(), "{body}");
+    assert!(body.get("refreshToken").is_none(), "{body}");
+    let csrf = body["csrfToken"].as_str().unwrap().to_owned();
+    assert_eq!(body["user"]["clientId"], "1001");
+    let set = set_cookies(&r);
+    for (name, path) in [
+        ("tg_refresh", "/gateway/auth"),
+        ("tg_access", "/"),
+        ("tg_csrf", "/"),
+    ] {
+        let line = &set.iter().find(|(n, _)| n == name).unwrap().1;
+        for attribute in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            &format!("Path={path};"),
+        ] {
+            assert!(line.contains(attribute), "{line} lacks {attribute}");
+        }
+    }
+    assert_eq!(cookie_value(&set, "tg_csrf"), csrf);
+    let access = cookie_value(&set, "tg_access");
+    let refresh = cookie_value(&set, "tg_refresh");
+    let cookies = format!("theme=dark; tg_access={access}; tg_csrf={csrf}");
+
+    // Reads need only the cookie; the backend never sees the gateway's cookies.
+    let r = h
+        .get("/echo/x", &[("origin", APP), ("cookie", &cookies)])
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["query"], "clientId=1001");
+    assert_eq!(r.echoed_header("cookie"), vec!["theme=dark".to_owned()]);
+    // Writes need the CSRF header too, equal to the session's.
+    let post = |headers: Vec<(&'static str, String)>| {
+        let h = &h;
+        async move {
+            let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            h.send("POST", "/echo/x", &refs, b"").await
+        }
+    };
+    post(vec![("cookie", cookies.clone())])
+        .await
+        .assert_problem(403, "CSRF_TOKEN_INVALID");
+    post(vec![
+        ("cookie", cookies.clone()),
+        ("x-csrf-token", "forged".into()),
+    ])
+    .await
+    .assert_problem(403, "CSRF_TOKEN_INVALID");
+    let r = post(vec![
+        ("cookie", cookies.clone()),
+        ("x-csrf-token", csrf.clone()),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // Refresh from the cookie, with the CSRF header; new cookies, the same CSRF token.
+    let refresh_cookie = format!("tg_refresh={refresh}; tg_csrf={csrf}");
+    h.send(
+        "POST",
+        "/gateway/auth/refresh",
+        &[("cookie", &refresh_cookie)],
+        b"",
+    )
+    .await
+    .assert_problem(403, "CSRF_TOKEN_INVALID");
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/refresh",
+            &[("cookie", &refresh_cookie), ("x-csrf-token", &csrf)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json().get("token").is_none());
+    assert_eq!(r.json()["csrfToken"], csrf.as_str());
+    let set = set_cookies(&r);
+    let new_refresh = cookie_value(&set, "tg_refresh");
+    let new_access = cookie_value(&set, "tg_access");
+    assert_ne!(new_refresh, refresh);
+
+    // Logout clears the cookies and ends the session.
+    let cookies = format!("tg_access={new_access}; tg_refresh={new_refresh}; tg_csrf={csrf}");
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("cookie", &cookies), ("x-csrf-token", &csrf)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let cleared = set_cookies(&r);
+    assert_eq!(cleared.len(), 3);
+    assert!(cleared.iter().all(|(_, line)| line.contains("Max-Age=0")));
+    let r = h
+        .get("/echo/x", &[("cookie", &format!("tg_access={new_access}"))])
+        .await;
+    r.assert_problem(401, "TOKEN_REVOKED");
+    // A cookie sent twice (a sibling domain may have set one) is no credential.
+    let r = h
+        .get(
+            "/echo/x",
+            &[(
+                "cookie",
+                &format!("tg_access={new_access}; tg_access=other"),
+            )],
+        )
+        .await;
+    r.assert_problem(401, "TOKEN_INVALID");
+}
