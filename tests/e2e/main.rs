@@ -6,6 +6,7 @@
 
 mod attacks;
 mod auth;
+mod browser;
 mod browser_side;
 mod cli;
 mod endpoints;

@@ -141,11 +141,14 @@ pub fn answer(
             secure,
         )];
         if access_in_cookie {
+            // The cookie outlives the token it holds: an expired token still reaches
+            // the gateway, which answers TOKEN_EXPIRED (refresh) rather than
+            // AUTH_REQUIRED (log in again).
             set.push(cookies::set(
                 cookies::ACCESS,
                 &access.token,
                 "/",
-                lifetime,
+                refresh_age,
                 secure,
             ));
         }
