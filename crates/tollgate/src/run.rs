@@ -124,17 +124,27 @@ fn announce(gateway: &Gateway, demo: Option<&Demo>) {
             out,
             r#"demo backend listening on http://{backend}
 
-A token for client 1001 (tollgate token mint --client 1001 makes more):
+Log in through the gateway: the legacy login, answered with a session's tokens:
+  LOGIN=$(curl -s http://{gw}/interlogue/get-client -H 'content-type: application/json' \
+          -d '{{"username":"demo@acme.test","password":"demo-password"}}'); echo "$LOGIN"
+  TOKEN=$(echo "$LOGIN" | sed 's/.*"token":"\([^"]*\)".*/\1/')
+  REFRESH=$(echo "$LOGIN" | sed 's/.*"refreshToken":"\([^"]*\)".*/\1/')
+  curl -i http://{gw}/echo/hello -H "authorization: Bearer $TOKEN"   # the backend sees clientId and x-api-key added
+  curl -s http://{gw}/gateway/auth/refresh -H 'content-type: application/json' \
+       -d "{{\"refreshToken\":\"$REFRESH\"}}"                        # a new pair; $REFRESH is spent
+  curl -i -X POST http://{gw}/gateway/auth/logout -H "authorization: Bearer $TOKEN"
+  curl -i http://{gw}/echo/hello -H "authorization: Bearer $TOKEN"   # 401 TOKEN_REVOKED
+
+Or a token minted for client 1001 (tollgate token mint --client 1001 makes more):
   TOKEN={token}
 
-Try these (the gateway is on {gw}):
-  curl -i http://{gw}/echo/hello -H "authorization: Bearer $TOKEN"   # the backend sees x-api-key added
+More to try:
   curl -i http://{gw}/echo/hello                                  # 401 AUTH_REQUIRED
   curl -i http://{gw}/echo/hello -H 'x-api-key: demo-legacy-key-1002'   # legacy key: Deprecation + Sunset
   printf 'name,phone\nAda,+15550100\n' > /tmp/contacts.csv
   curl -i http://{gw}/upload-csv -F file=@/tmp/contacts.csv -H "authorization: Bearer $TOKEN"
-  curl -i http://{gw}/interlogue/get-client -H 'content-type: application/json' \
-       -d '{{"username":"demo@acme.test","password":"demo-password"}}'
+  curl -i -X OPTIONS http://{gw}/campaigns -H 'origin: http://localhost:5173' \
+       -H 'access-control-request-method: POST'   # a CORS preflight, answered by the gateway
   curl -i http://{gw}/admin                  # 403 FORBIDDEN: a route that denies
   curl -i --path-as-is 'http://{gw}/pub/%2e%2e/admin'   # 403 too: normalized to /admin first
   curl -i http://{gw}/nowhere                # 404 ROUTE_NOT_FOUND: deny by default
