@@ -298,6 +298,18 @@ async fn in_cookie_mode_the_page_never_holds_a_token() {
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
+    // An attacker's own session gives them a valid CSRF token, but not the victim's:
+    // the header must match the cookie of the session that sent it.
+    let other = post_json(&h, LOGIN_PATH, &[], DEMO_LOGIN).await;
+    let attacker_csrf = other.json()["csrfToken"].as_str().unwrap().to_owned();
+    assert_ne!(attacker_csrf, csrf);
+    post(vec![
+        ("cookie", cookies.clone()),
+        ("x-csrf-token", attacker_csrf),
+    ])
+    .await
+    .assert_problem(403, "CSRF_TOKEN_INVALID");
+
     // Refresh from the cookie, with the CSRF header; new cookies, the same CSRF token.
     let refresh_cookie = format!("tg_refresh={refresh}; tg_csrf={csrf}");
     h.send(

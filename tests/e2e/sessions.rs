@@ -289,6 +289,26 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_session() {
         .await
         .assert_problem(401, "REFRESH_TOKEN_INVALID");
     assert_eq!(refresh(&h, s(&other["refreshToken"])).await.status, 200);
+    // A refresh token is read from the body only, never from the URL (where logs and
+    // referrers would keep it); one sent there anyway is not logged.
+    let leaked = s(&other["refreshToken"]).to_owned();
+    h.send(
+        "POST",
+        &format!("/gateway/auth/refresh?refreshToken={leaked}"),
+        &[],
+        b"",
+    )
+    .await
+    .assert_problem(401, "AUTH_REQUIRED");
+    assert!(
+        h.gateway
+            .wait_for_log("/gateway/auth/refresh", Duration::from_secs(2))
+            .await
+    );
+    assert!(
+        !h.gateway.stderr().contains(&leaked),
+        "a refresh token reached the log"
+    );
     post_json(&h, "/gateway/auth/refresh", &[], "[1]")
         .await
         .assert_problem(400, "INVALID_REQUEST_BODY");

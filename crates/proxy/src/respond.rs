@@ -245,4 +245,36 @@ mod tests {
         let v = verdict(5, Duration::from_millis(500), 5, Some(4));
         assert!(headers(&v).contains(&("ratelimit-policy".into(), "\"per-client\";q=5;w=1".into())));
     }
+
+    #[test]
+    fn security_headers_go_on_own_answers_and_hsts_only_over_tls() {
+        let snapshot = crate::testing::snapshot_with_route();
+        let mut exchange = crate::testing::exchange_for(&snapshot);
+        let mut upstream = Response::new(());
+        decorate(&mut upstream, &exchange);
+        assert!(upstream.headers().get("x-content-type-options").is_none());
+        assert!(upstream
+            .headers()
+            .get("strict-transport-security")
+            .is_none());
+        exchange.own_answer = true;
+        exchange.scheme = crate::exchange::Scheme::Https;
+        let mut own = Response::new(());
+        decorate(&mut own, &exchange);
+        assert_eq!(own.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(own.headers()["referrer-policy"], "no-referrer");
+        assert_eq!(
+            own.headers()["strict-transport-security"],
+            "max-age=31536000"
+        );
+        // An upstream's own HSTS is kept as it is.
+        exchange.own_answer = false;
+        let mut theirs = Response::new(());
+        theirs.headers_mut().insert(
+            "strict-transport-security",
+            HeaderValue::from_static("max-age=60"),
+        );
+        decorate(&mut theirs, &exchange);
+        assert_eq!(theirs.headers()["strict-transport-security"], "max-age=60");
+    }
 }

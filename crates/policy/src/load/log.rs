@@ -16,6 +16,11 @@ pub const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
     "token",
     "access_token",
     "refresh_token",
+    // The gateway's own login answers spell them in camel case.
+    "refreshtoken",
+    "accesstoken",
+    "csrf_token",
+    "csrftoken",
     "secret",
     "password",
     "signature",
