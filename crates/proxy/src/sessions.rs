@@ -27,7 +27,7 @@ use crate::errors::{AuthError, GatewayError, SessionRefusal};
 use crate::part::{Build, Part};
 
 /// How often the revocation feed is read.
-pub const POLL: Duration = Duration::from_millis(500);
+pub const POLL: Duration = Duration::from_millis(250);
 /// How often the store forgets what no longer matters.
 const PRUNE: Duration = Duration::from_secs(300);
 
