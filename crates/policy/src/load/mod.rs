@@ -18,6 +18,7 @@ mod api_keys;
 mod context;
 mod cors;
 mod credentials;
+mod declared;
 mod document;
 pub(crate) mod file;
 mod jwt;

@@ -11,12 +11,12 @@ use toml::Spanned;
 
 use super::context::Loader;
 use super::cors;
+use super::declared::Declared;
 use super::file::{
     ActionFile, AuthModeFile, ClientIdFile, EndpointFile, InjectTargetFile, JsonTypeFile,
     MismatchFile, RouteFile,
 };
 use super::limits::route_limits;
-use super::routing::Declared;
 use super::Refs;
 use crate::diagnostic::SourceFile;
 use crate::media::MediaRange;

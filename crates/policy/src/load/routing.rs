@@ -12,6 +12,7 @@ use toml::de::DeValue;
 
 use super::context::Loader;
 use super::cors::{self, CorsChoice, CorsDefined};
+use super::declared::Declared;
 use super::document::{deserialize, parse};
 use super::file::{RouteFile, RoutingFile, UnmatchedFile};
 use super::limits::{policies, Defined};
@@ -20,12 +21,6 @@ use super::Refs;
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::pattern::PathPattern;
 use crate::snapshot::{CorsPolicy, LimitPolicy, Origin, Route, RouteAction, RouteAuth, Unmatched};
-
-/// What the policy files declare by name, for routes to refer to.
-pub(crate) struct Declared {
-    pub limits: Defined,
-    pub cors: CorsChoice,
-}
 
 /// What the policy directory holds.
 pub(crate) struct Routing {
