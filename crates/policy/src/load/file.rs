@@ -184,10 +184,10 @@ pub struct SessionsFile {
     /// "bearer" (default) or "cookie".
     pub tokens: Option<TokenModeFile>,
     /// Cookie mode: the access token in a cookie too (default true).
-    pub cookie_access_token: Option<bool>,
+    pub cookie_access_token: Option<Spanned<bool>>,
     /// Cookie mode: the `Secure` attribute (default true; false only for plain-HTTP
     /// development).
-    pub cookie_secure: Option<bool>,
+    pub cookie_secure: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -49,26 +49,29 @@ pub(crate) fn sessions(l: &mut Loader, src: &SourceFile, f: SessionsFile) -> Opt
     }
     let tokens = match f.tokens.unwrap_or(TokenModeFile::Bearer) {
         TokenModeFile::Bearer => {
-            if f.cookie_access_token.is_some() || f.cookie_secure.is_some() {
+            for field in [&f.cookie_access_token, &f.cookie_secure]
+                .into_iter()
+                .flatten()
+            {
                 l.error(
                     src,
-                    None,
+                    Some(field.span()),
                     "[sessions]: cookie_access_token and cookie_secure are for tokens = \"cookie\"",
                 );
             }
             TokenMode::Bearer
         }
         TokenModeFile::Cookie => {
-            let secure = f.cookie_secure.unwrap_or(true);
-            if !secure {
+            let secure = f.cookie_secure.as_ref().is_none_or(|s| *s.get_ref());
+            if let Some(insecure) = f.cookie_secure.as_ref().filter(|s| !s.get_ref()) {
                 l.warning(
                     src,
-                    None,
+                    Some(insecure.span()),
                     "[sessions] cookie_secure = false: session cookies travel over plain HTTP; for local development only",
                 );
             }
             TokenMode::Cookie {
-                access_token: f.cookie_access_token.unwrap_or(true),
+                access_token: f.cookie_access_token.as_ref().is_none_or(|a| *a.get_ref()),
                 secure,
             }
         }
@@ -203,7 +206,7 @@ mod tests {
         );
         for expected in [
             "reuse_grace: at most 2m",
-            "cookie_access_token and cookie_secure are for tokens = \"cookie\"",
+            "gateway.toml:12:17: [sessions]: cookie_access_token and cookie_secure are for tokens = \"cookie\"",
             "a JSON pointer starts with `/`",
             "user_fields: `apiKey` is a secret field",
             "token_claims: `sub` is set by the gateway itself",
