@@ -448,6 +448,11 @@ async fn sessions_and_revocations_survive_kill_9() {
     echo(&early, s(&kept["token"]))
         .await
         .assert_problem(503, "SESSION_STORE_UNAVAILABLE");
+    assert_eq!(
+        early.gateway.readyz().await,
+        503,
+        "not ready while it cannot check"
+    );
     // SIGKILL to the first: no chance to flush anything. The second opens the store.
     h.gateway.signal("KILL");
     assert!(h.gateway.wait_exit(Duration::from_secs(5)).is_some());
@@ -456,6 +461,7 @@ async fn sessions_and_revocations_survive_kill_9() {
     })
     .await;
     assert!(opened, "{}", early.gateway.stderr());
+    assert_eq!(early.gateway.readyz().await, 200);
     drop(early);
     h.gateway = GatewayProcess::start(&config);
     assert!(h.dir.path().join("state/tollgate.redb").exists());
@@ -489,6 +495,10 @@ async fn a_logout_is_seen_by_every_instance_sharing_redis_within_a_second() {
             .unwrap(),
         dir,
     };
+    // Each is ready once it has read the revocation feed (a load balancer waits for
+    // /readyz; until then session tokens would get 503).
+    a.gateway.wait_ready().await;
+    b.gateway.wait_ready().await;
     let session = login(&a).await;
     let token = s(&session["token"]).to_owned();
     // One store: B refreshes what A issued, and A sees the rotation.

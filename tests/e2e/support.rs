@@ -268,6 +268,22 @@ impl GatewayProcess {
         self.stderr.lock().unwrap().join("\n")
     }
 
+    /// The admin listener's `/readyz` status.
+    pub async fn readyz(&self) -> u16 {
+        let request = b"GET /readyz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n";
+        raw(self.admin, request).await.status
+    }
+
+    /// Waits (bounded) until `/readyz` says the gateway takes traffic, as a load
+    /// balancer would.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.readyz().await != 200 {
+            assert!(Instant::now() < deadline, "never ready: {}", self.stderr());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])

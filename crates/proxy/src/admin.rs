@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
-//! `/readyz` (it accepts traffic; 503 while draining). Bind it to a private address.
+//! `/readyz` (it accepts traffic; 503 while draining, and while the session store's
+//! revocations are not known yet). Bind it to a private address.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -20,6 +21,11 @@ pub fn handle<B>(request: &Request<B>, runtime: &Runtime) -> Response<Full<Bytes
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "draining\n".to_owned(),
+        ),
+        (&Method::GET, "/readyz") if !runtime.active().sessions.ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "session store not ready\n".to_owned(),
         ),
         (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         _ => (

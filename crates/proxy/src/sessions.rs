@@ -134,6 +134,12 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    /// Whether session tokens can be checked: true without sessions, else once the
+    /// store is open and its revocations were read (`/readyz` waits for it).
+    pub fn ready(&self) -> bool {
+        self.state.as_ref().is_none_or(|s| s.store().is_some())
+    }
+
     /// The open store, or 503.
     pub fn store(&self) -> Result<(&SessionState, &Arc<dyn SessionStore>), GatewayError> {
         let state = self
