@@ -13,11 +13,16 @@
 //!   connection per data-plane worker, short timeouts, and a [`breaker`] so an outage
 //!   costs no latency.
 //!
-//! The token ledger will take the same shape. Nothing here speaks HTTP.
+//! - [`ledger`]: token credits — balances, two-phase reservations, the journal and
+//!   idempotency records ([`ledger::Ledger`]) — in a `redb` file with group commit, or
+//!   in Redis as one Lua script per change.
+//!
+//! Nothing here speaks HTTP.
 
 #![forbid(unsafe_code)]
 
 pub mod breaker;
+pub mod ledger;
 pub mod rate;
 pub mod redis;
 pub mod replay;

@@ -1,0 +1,702 @@
+//! The ledger in Redis, for several instances.
+//!
+//! Every change is one Lua script, so it is atomic: two instances reserving from the
+//! same balance at the same moment cannot both take its last token. Every key of a
+//! client shares the hash tag `{client}`, so a script touches one slot (Redis Cluster
+//! runs it on one node):
+//!
+//! - `{prefix}:ledger:{client}:account` — a hash: `available`, `held`, `seq` (the last
+//!   journal position) and `opened` (the opening balance is in);
+//! - `{prefix}:ledger:{client}:journal` — a list of movements (JSON), appended only;
+//!   movement `seq` is at index `seq - 1`;
+//! - `{prefix}:ledger:{client}:reservations` — a hash of the open reservations;
+//! - `{prefix}:ledger:{client}:idempotency:{key}` — a record, expiring on its own.
+//!
+//! Reservations also go into one index, `{prefix}:ledger:deadlines` (a sorted set by
+//! deadline), written *before* the reservation itself: an instance that dies between
+//! the two leaves an index entry that points at nothing, never a reservation nobody
+//! can find. Every instance sweeps the index for reservations past their deadline.
+//!
+//! Durability is Redis's: see `docs/operations.md` (money needs `appendonly yes` and
+//! `appendfsync always`).
+
+use std::sync::Arc;
+
+use super::{
+    check_client, judge_claim, Account, Adjust, Adjusted, Change, Claim, Claimed,
+    IdempotencyRecord, Ledger, LedgerError, Movement, Page, Report, Reservation, Reserved, Settle,
+    Settled, StoredAnswer, EXPIRED,
+};
+use crate::redis::Redis;
+use crate::BoxFuture;
+
+/// Builds a journal entry (JSON) inside a script; numbers are written as integers.
+const MOVEMENT_LUA: &str = r#"
+local function int(n) return string.format('%d', n) end
+local function movement(seq, client, kind, amount, held_change, balance, at, extra)
+  local parts = {
+    '"seq":' .. int(seq), '"client":' .. cjson.encode(client), '"kind":"' .. kind .. '"',
+    '"amount":' .. int(amount), '"heldChange":' .. int(held_change),
+    '"balance":' .. int(balance), '"at":' .. int(at)
+  }
+  for _, name in ipairs({'reservation', 'route', 'requestId', 'idempotencyKey', 'reason'}) do
+    local v = extra[name]
+    if v ~= nil and v ~= cjson.null and v ~= '' then
+      table.insert(parts, '"' .. name .. '":' .. cjson.encode(v))
+    end
+  end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+local function field(key, name) return tonumber(redis.call('HGET', key, name) or '0') end
+"#;
+
+/// KEYS: account, journal, reservations. ARGV: id, amount, now, client, reservation
+/// JSON. Returns {1, available} (held), {0, available} (short), {2, available} (an open
+/// reservation has this id already).
+const RESERVE_LUA: &str = r#"
+local amount = tonumber(ARGV[2])
+local available = field(KEYS[1], 'available')
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {2, available} end
+if available < amount then return {0, available} end
+local held = field(KEYS[1], 'held') + amount
+available = available - amount
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held))
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+local r = cjson.decode(ARGV[5])
+redis.call('RPUSH', KEYS[2], movement(seq, ARGV[4], 'reserve', -amount, amount, available,
+  tonumber(ARGV[3]), {reservation = ARGV[1], route = r.route, requestId = r.requestId,
+  idempotencyKey = r.idempotencyKey}))
+return {1, available}
+"#;
+
+/// KEYS: account, journal, reservations. ARGV: id, "post" or "void", amount (post),
+/// reason (void), now, client. Returns {1, charged, available} or {0, 0, 0} (gone).
+const SETTLE_LUA: &str = r#"
+local stored = redis.call('HGET', KEYS[3], ARGV[1])
+if not stored then return {0, 0, 0} end
+local r = cjson.decode(stored)
+redis.call('HDEL', KEYS[3], ARGV[1])
+local amount = tonumber(r.amount)
+local charged, kind, reason = 0, 'void', ARGV[4]
+if ARGV[2] == 'post' then
+  charged, kind, reason = math.min(tonumber(ARGV[3]), amount), 'post', ''
+elseif ARGV[4] == 'expired' then
+  kind = 'expire'
+end
+local back = amount - charged
+local available = field(KEYS[1], 'available') + back
+local held = math.max(0, field(KEYS[1], 'held') - amount)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held))
+redis.call('RPUSH', KEYS[2], movement(seq, ARGV[6], kind, back, -amount, available,
+  tonumber(ARGV[5]), {reservation = ARGV[1], route = r.route, requestId = r.requestId,
+  idempotencyKey = r.idempotencyKey, reason = reason}))
+return {1, charged, available}
+"#;
+
+/// KEYS: account, journal. ARGV: credit|debit|set|opening, amount, reason, now, client.
+/// Returns {1, available} (done), {0, available} (short), {2, available} (opened before).
+const ADJUST_LUA: &str = r#"
+local kind, n = ARGV[1], tonumber(ARGV[2])
+local before = field(KEYS[1], 'available')
+local available = before
+if kind == 'credit' then
+  available = before + n
+elseif kind == 'debit' then
+  if n > before then return {0, before} end
+  available = before - n
+elseif kind == 'set' then
+  available = n
+else
+  if redis.call('HEXISTS', KEYS[1], 'opened') == 1 then return {2, before} end
+  available = before + n
+  redis.call('HSET', KEYS[1], 'opened', '1')
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[1], 'available', int(available))
+if redis.call('HEXISTS', KEYS[1], 'held') == 0 then redis.call('HSET', KEYS[1], 'held', '0') end
+redis.call('RPUSH', KEYS[2], movement(seq, ARGV[5], kind, available - before, 0, available,
+  tonumber(ARGV[4]), {reason = ARGV[3]}))
+return {1, available}
+"#;
+
+/// KEYS: record. ARGV: new record, its expiry (ms). Nil when the key was free (and is
+/// this request's now), else the existing record.
+const CLAIM_LUA: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return false end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// KEYS: record. Deletes it unless it holds an answer.
+const RELEASE_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v).answer == nil then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
+/// A ledger in Redis.
+pub struct SharedLedger {
+    redis: Arc<Redis>,
+    reserve: redis::Script,
+    settle: redis::Script,
+    adjust: redis::Script,
+    claim: redis::Script,
+    release: redis::Script,
+}
+
+impl std::fmt::Debug for SharedLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLedger").finish_non_exhaustive()
+    }
+}
+
+fn with_movement(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{MOVEMENT_LUA}{body}"))
+}
+
+fn corrupt(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Corrupt(e.to_string())
+}
+
+/// The keys of one client.
+struct Keys {
+    account: String,
+    journal: String,
+    reservations: String,
+}
+
+impl SharedLedger {
+    pub fn new(redis: Arc<Redis>) -> SharedLedger {
+        SharedLedger {
+            redis,
+            reserve: with_movement(RESERVE_LUA),
+            settle: with_movement(SETTLE_LUA),
+            adjust: with_movement(ADJUST_LUA),
+            claim: redis::Script::new(CLAIM_LUA),
+            release: redis::Script::new(RELEASE_LUA),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.redis.settings().key_prefix
+    }
+
+    fn keys(&self, client: &str) -> Keys {
+        let tag = format!("{}:ledger:{{{client}}}", self.prefix());
+        Keys {
+            account: format!("{tag}:account"),
+            journal: format!("{tag}:journal"),
+            reservations: format!("{tag}:reservations"),
+        }
+    }
+
+    fn record_key(&self, client: &str, key: &str) -> String {
+        format!("{}:ledger:{{{client}}}:idempotency:{key}", self.prefix())
+    }
+
+    fn deadlines_key(&self) -> String {
+        format!("{}:ledger:deadlines", self.prefix())
+    }
+
+    async fn settle_now(
+        &self,
+        worker: usize,
+        client: &str,
+        id: &str,
+        settle: &Settle,
+        now_ms: u64,
+    ) -> Result<Settled, LedgerError> {
+        let keys = self.keys(client);
+        let (kind, amount, reason) = match settle {
+            Settle::Post { amount } => ("post", *amount, ""),
+            Settle::Void { reason } => ("void", 0, reason.as_str()),
+        };
+        let script = &self.settle;
+        let (done, charged, balance): (u8, u64, u64) = self
+            .redis
+            .call(worker, |mut c| {
+                let keys = &keys;
+                async move {
+                    script
+                        .key(&keys.account)
+                        .key(&keys.journal)
+                        .key(&keys.reservations)
+                        .arg(id)
+                        .arg(kind)
+                        .arg(amount)
+                        .arg(reason)
+                        .arg(now_ms)
+                        .arg(client)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        // The index entry is only a pointer: a lost removal costs the sweeper one look.
+        let index = self.deadlines_key();
+        let member = format!("{client}\n{id}");
+        let _: Result<i64, _> = self
+            .redis
+            .call(worker, |mut c| {
+                let (index, member) = (&index, &member);
+                async move {
+                    redis::cmd("ZREM")
+                        .arg(index)
+                        .arg(member)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await;
+        Ok(if done == 1 {
+            Settled::Done { charged, balance }
+        } else {
+            Settled::Gone
+        })
+    }
+
+    async fn account_now(&self, worker: usize, client: &str) -> Result<Account, LedgerError> {
+        let key = self.keys(client).account;
+        let (available, held): (Option<u64>, Option<u64>) = self
+            .redis
+            .call(worker, |mut c| {
+                let key = &key;
+                async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg("available")
+                        .arg("held")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(Account {
+            available: available.unwrap_or(0),
+            held: held.unwrap_or(0),
+        })
+    }
+
+    async fn journal_now(
+        &self,
+        worker: usize,
+        client: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let key = self.keys(client).journal;
+        let len: u64 = self
+            .redis
+            .call(worker, |mut c| {
+                let key = &key;
+                async move { redis::cmd("LLEN").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        // Movements with seq < before are at indices 0 ..= before - 2.
+        let newer_than_end = before.map_or(len, |b| b.saturating_sub(1).min(len));
+        if newer_than_end == 0 || limit == 0 {
+            return Ok(Page {
+                movements: Vec::new(),
+                next: None,
+            });
+        }
+        let end = newer_than_end - 1;
+        let start = end.saturating_sub(limit as u64 - 1);
+        let texts: Vec<String> = self
+            .redis
+            .call(worker, |mut c| {
+                let key = &key;
+                async move {
+                    redis::cmd("LRANGE")
+                        .arg(key)
+                        .arg(start)
+                        .arg(end)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let mut movements = texts
+            .iter()
+            .map(|t| serde_json::from_str::<Movement>(t).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        movements.reverse();
+        Ok(Page {
+            next: (start > 0).then_some(start + 1),
+            movements,
+        })
+    }
+
+    async fn verify_now(&self, worker: usize) -> Result<Report, LedgerError> {
+        let pattern = format!("{}:ledger:{{*}}:account", self.prefix());
+        let mut cursor: u64 = 0;
+        let mut accounts: Vec<String> = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .redis
+                .call(worker, |mut c| {
+                    let pattern = &pattern;
+                    async move {
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            accounts.extend(keys);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        accounts.sort();
+        accounts.dedup();
+        let head = format!("{}:ledger:{{", self.prefix());
+        let mut report = Report::default();
+        for key in accounts {
+            let Some(client) = key
+                .strip_prefix(&head)
+                .and_then(|rest| rest.strip_suffix("}:account"))
+            else {
+                continue;
+            };
+            let keys = self.keys(client);
+            let (available, held, texts, open): (
+                Option<u64>,
+                Option<u64>,
+                Vec<String>,
+                Vec<String>,
+            ) = self
+                .redis
+                .call(worker, |mut c| {
+                    let keys = &keys;
+                    async move {
+                        redis::pipe()
+                            .atomic()
+                            .cmd("HGET")
+                            .arg(&keys.account)
+                            .arg("available")
+                            .cmd("HGET")
+                            .arg(&keys.account)
+                            .arg("held")
+                            .cmd("LRANGE")
+                            .arg(&keys.journal)
+                            .arg(0)
+                            .arg(-1)
+                            .cmd("HVALS")
+                            .arg(&keys.reservations)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let movements = texts
+                .iter()
+                .map(|t| serde_json::from_str::<Movement>(t).map_err(corrupt))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut held_open = 0;
+            for text in &open {
+                let r: Reservation = serde_json::from_str(text).map_err(corrupt)?;
+                held_open += r.amount;
+                report.open_reservations += 1;
+            }
+            report.clients += 1;
+            report.movements += movements.len() as u64;
+            report.problems.extend(check_client(
+                client,
+                Account {
+                    available: available.unwrap_or(0),
+                    held: held.unwrap_or(0),
+                },
+                &movements,
+                held_open,
+            ));
+        }
+        Ok(report)
+    }
+}
+
+impl Ledger for SharedLedger {
+    fn reserve(
+        &self,
+        worker: usize,
+        reservation: Reservation,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Reserved, LedgerError>> {
+        Box::pin(async move {
+            let index = self.deadlines_key();
+            let member = format!("{}\n{}", reservation.client, reservation.id);
+            let deadline = reservation.deadline;
+            let _: i64 = self
+                .redis
+                .call(worker, |mut c| {
+                    let (index, member) = (&index, &member);
+                    async move {
+                        redis::cmd("ZADD")
+                            .arg(index)
+                            .arg(deadline)
+                            .arg(member)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let keys = self.keys(&reservation.client);
+            let json = serde_json::to_string(&reservation).map_err(corrupt)?;
+            let script = &self.reserve;
+            let (outcome, balance): (u8, u64) = self
+                .redis
+                .call(worker, |mut c| {
+                    let (keys, json, r) = (&keys, &json, &reservation);
+                    async move {
+                        script
+                            .key(&keys.account)
+                            .key(&keys.journal)
+                            .key(&keys.reservations)
+                            .arg(&r.id)
+                            .arg(r.amount)
+                            .arg(now_ms)
+                            .arg(&r.client)
+                            .arg(json)
+                            .invoke_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            match outcome {
+                1 => Ok(Reserved::Held { balance }),
+                0 => Ok(Reserved::Short { balance }),
+                _ => Err(LedgerError::Corrupt(format!(
+                    "reservation {} exists already",
+                    reservation.id
+                ))),
+            }
+        })
+    }
+
+    fn settle(
+        &self,
+        worker: usize,
+        client: &str,
+        reservation: &str,
+        settle: Settle,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Settled, LedgerError>> {
+        let (client, id) = (client.to_owned(), reservation.to_owned());
+        Box::pin(async move { self.settle_now(worker, &client, &id, &settle, now_ms).await })
+    }
+
+    fn adjust(
+        &self,
+        worker: usize,
+        adjust: Adjust,
+    ) -> BoxFuture<'_, Result<Adjusted, LedgerError>> {
+        Box::pin(async move {
+            let keys = self.keys(&adjust.client);
+            let (kind, amount) = match adjust.change {
+                Change::Credit(n) => ("credit", n),
+                Change::Debit(n) => ("debit", n),
+                Change::Set(n) => ("set", n),
+                Change::Opening(n) => ("opening", n),
+            };
+            let script = &self.adjust;
+            let (outcome, balance): (u8, u64) = self
+                .redis
+                .call(worker, |mut c| {
+                    let (keys, a) = (&keys, &adjust);
+                    async move {
+                        script
+                            .key(&keys.account)
+                            .key(&keys.journal)
+                            .arg(kind)
+                            .arg(amount)
+                            .arg(&a.reason)
+                            .arg(a.now_ms)
+                            .arg(&a.client)
+                            .invoke_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            Ok(match outcome {
+                1 => Adjusted::Done { balance },
+                0 => Adjusted::Short { balance },
+                _ => Adjusted::AlreadyOpened { balance },
+            })
+        })
+    }
+
+    fn account(&self, worker: usize, client: &str) -> BoxFuture<'_, Result<Account, LedgerError>> {
+        let client = client.to_owned();
+        Box::pin(async move { self.account_now(worker, &client).await })
+    }
+
+    fn journal(
+        &self,
+        worker: usize,
+        client: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, LedgerError>> {
+        let client = client.to_owned();
+        Box::pin(async move { self.journal_now(worker, &client, before, limit).await })
+    }
+
+    fn expire(
+        &self,
+        worker: usize,
+        now_ms: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<u64, LedgerError>> {
+        Box::pin(async move {
+            let index = self.deadlines_key();
+            let due: Vec<String> = self
+                .redis
+                .call(worker, |mut c| {
+                    let index = &index;
+                    async move {
+                        redis::cmd("ZRANGEBYSCORE")
+                            .arg(index)
+                            .arg("-inf")
+                            .arg(now_ms)
+                            .arg("LIMIT")
+                            .arg(0)
+                            .arg(max)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let mut voided = 0;
+            let void = Settle::Void {
+                reason: EXPIRED.to_owned(),
+            };
+            for member in due {
+                let Some((client, id)) = member.split_once('\n') else {
+                    continue;
+                };
+                if let Settled::Done { .. } =
+                    self.settle_now(worker, client, id, &void, now_ms).await?
+                {
+                    voided += 1;
+                }
+            }
+            Ok(voided)
+        })
+    }
+
+    fn claim(&self, worker: usize, claim: Claim) -> BoxFuture<'_, Result<Claimed, LedgerError>> {
+        Box::pin(async move {
+            let key = self.record_key(&claim.client, &claim.key);
+            let record = IdempotencyRecord {
+                fingerprint: claim.fingerprint.clone(),
+                until: claim.hold_until,
+                answer: None,
+            };
+            let json = serde_json::to_string(&record).map_err(corrupt)?;
+            let script = &self.claim;
+            let existing: Option<String> = self
+                .redis
+                .call(worker, |mut c| {
+                    let (key, json) = (&key, &json);
+                    async move {
+                        script
+                            .key(key)
+                            .arg(json)
+                            .arg(claim.hold_until)
+                            .invoke_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            let Some(text) = existing else {
+                return Ok(Claimed::New);
+            };
+            let record: IdempotencyRecord = serde_json::from_str(&text).map_err(corrupt)?;
+            // Redis expires records at their time; a clock behind another instance's
+            // may still see one: it is running, as far as this instance can tell.
+            Ok(judge_claim(&record, &claim).unwrap_or(Claimed::InFlight))
+        })
+    }
+
+    fn answer(
+        &self,
+        worker: usize,
+        client: &str,
+        key: &str,
+        answer: StoredAnswer,
+        until: u64,
+    ) -> BoxFuture<'_, Result<(), LedgerError>> {
+        let key = self.record_key(client, key);
+        Box::pin(async move {
+            let existing: Option<String> = self
+                .redis
+                .call(worker, |mut c| {
+                    let key = &key;
+                    async move { redis::cmd("GET").arg(key).query_async(&mut c).await }
+                })
+                .await?;
+            let Some(text) = existing else {
+                return Ok(());
+            };
+            let old: IdempotencyRecord = serde_json::from_str(&text).map_err(corrupt)?;
+            let record = IdempotencyRecord {
+                fingerprint: old.fingerprint,
+                until,
+                answer: Some(answer),
+            };
+            let json = serde_json::to_string(&record).map_err(corrupt)?;
+            let _: () = self
+                .redis
+                .call(worker, |mut c| {
+                    let (key, json) = (&key, &json);
+                    async move {
+                        redis::cmd("SET")
+                            .arg(key)
+                            .arg(json)
+                            .arg("PXAT")
+                            .arg(until)
+                            .query_async(&mut c)
+                            .await
+                    }
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn release(
+        &self,
+        worker: usize,
+        client: &str,
+        key: &str,
+    ) -> BoxFuture<'_, Result<(), LedgerError>> {
+        let key = self.record_key(client, key);
+        Box::pin(async move {
+            let script = &self.release;
+            let _: i64 = self
+                .redis
+                .call(worker, |mut c| {
+                    let key = &key;
+                    async move { script.key(key).invoke_async(&mut c).await }
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn prune(&self, _worker: usize, _now_ms: u64) -> BoxFuture<'_, Result<u64, LedgerError>> {
+        // Records carry their own expiry in Redis.
+        Box::pin(async { Ok(0) })
+    }
+
+    fn verify(&self, worker: usize) -> BoxFuture<'_, Result<Report, LedgerError>> {
+        Box::pin(async move { self.verify_now(worker).await })
+    }
+}

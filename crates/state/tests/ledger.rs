@@ -1,0 +1,515 @@
+//! One test suite for both ledgers: the embedded `redb` file and Redis (a real
+//! `redis-server` of our own on a free port). Both must reserve, post, void and expire
+//! exactly once, never take a balance below zero under any concurrency, journal every
+//! movement so that it sums to the balance, and keep idempotency records.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tollgate_state::ledger::embedded::EmbeddedLedger;
+use tollgate_state::ledger::shared::SharedLedger;
+use tollgate_state::ledger::{
+    Account, Adjust, Adjusted, Change, Claim, Claimed, Kind, Ledger, Reservation, Reserved, Settle,
+    Settled, StoredAnswer,
+};
+use tollgate_state::redis::{Redis, RedisSettings};
+use tollgate_testkit::{RedisServer, TempDir};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn redis_settings(server: &RedisServer) -> RedisSettings {
+    RedisSettings {
+        url: server.url(),
+        instances: NonZeroU32::MIN,
+        timeout: Duration::from_millis(500),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(300),
+        key_prefix: "test".into(),
+    }
+}
+
+fn shared(server: &RedisServer) -> SharedLedger {
+    SharedLedger::new(Arc::new(Redis::new(redis_settings(server), 2).unwrap()))
+}
+
+fn adjust(client: &str, change: Change) -> Adjust {
+    Adjust {
+        client: client.into(),
+        change,
+        reason: "test".into(),
+        now_ms: now_ms(),
+    }
+}
+
+fn reservation(client: &str, id: &str, amount: u64, deadline: u64) -> Reservation {
+    Reservation {
+        id: id.into(),
+        client: client.into(),
+        amount,
+        deadline,
+        route: Some("campaigns".into()),
+        request_id: Some(format!("req-{id}")),
+        idempotency_key: None,
+    }
+}
+
+async fn balance(ledger: &dyn Ledger, client: &str) -> Account {
+    ledger.account(0, client).await.unwrap()
+}
+
+/// Everything both ledgers must do alike.
+async fn suite(ledger: &dyn Ledger) {
+    let later = now_ms() + 60_000;
+    // Adjustments: credit, a debit too large, set, and an opening balance applied once.
+    assert_eq!(
+        ledger
+            .adjust(0, adjust("a", Change::Credit(10)))
+            .await
+            .unwrap(),
+        Adjusted::Done { balance: 10 }
+    );
+    assert_eq!(
+        ledger
+            .adjust(0, adjust("a", Change::Debit(11)))
+            .await
+            .unwrap(),
+        Adjusted::Short { balance: 10 }
+    );
+    assert_eq!(
+        ledger.adjust(0, adjust("a", Change::Set(8))).await.unwrap(),
+        Adjusted::Done { balance: 8 }
+    );
+    assert_eq!(
+        ledger
+            .adjust(0, adjust("a", Change::Opening(2)))
+            .await
+            .unwrap(),
+        Adjusted::Done { balance: 10 }
+    );
+    assert_eq!(
+        ledger
+            .adjust(0, adjust("a", Change::Opening(2)))
+            .await
+            .unwrap(),
+        Adjusted::AlreadyOpened { balance: 10 }
+    );
+
+    // Reserve, then post less than was held: the rest comes back.
+    assert_eq!(
+        ledger
+            .reserve(0, reservation("a", "r1", 6, later), now_ms())
+            .await
+            .unwrap(),
+        Reserved::Held { balance: 4 }
+    );
+    assert_eq!(
+        balance(ledger, "a").await,
+        Account {
+            available: 4,
+            held: 6
+        }
+    );
+    assert_eq!(
+        ledger
+            .reserve(0, reservation("a", "r2", 5, later), now_ms())
+            .await
+            .unwrap(),
+        Reserved::Short { balance: 4 }
+    );
+    assert_eq!(
+        ledger
+            .settle(0, "a", "r1", Settle::Post { amount: 4 }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Done {
+            charged: 4,
+            balance: 6
+        }
+    );
+    // Exactly once: a second settlement, a void after the post, another client's.
+    assert_eq!(
+        ledger
+            .settle(0, "a", "r1", Settle::Post { amount: 4 }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Gone
+    );
+    assert_eq!(
+        ledger
+            .settle(
+                0,
+                "a",
+                "r1",
+                Settle::Void {
+                    reason: "upstream_5xx".into()
+                },
+                now_ms()
+            )
+            .await
+            .unwrap(),
+        Settled::Gone
+    );
+    ledger
+        .reserve(0, reservation("a", "r3", 3, later), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .settle(0, "b", "r3", Settle::Void { reason: "x".into() }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Gone
+    );
+    assert_eq!(
+        ledger
+            .settle(
+                0,
+                "a",
+                "r3",
+                Settle::Void {
+                    reason: "upstream_5xx".into()
+                },
+                now_ms()
+            )
+            .await
+            .unwrap(),
+        Settled::Done {
+            charged: 0,
+            balance: 6
+        }
+    );
+    // A post never charges more than was held.
+    ledger
+        .reserve(0, reservation("a", "r4", 2, later), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger
+            .settle(0, "a", "r4", Settle::Post { amount: 100 }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Done {
+            charged: 2,
+            balance: 4
+        }
+    );
+
+    // A reservation past its deadline is voided by a sweep, once; it is gone after.
+    let past = now_ms() - 1;
+    ledger
+        .reserve(0, reservation("a", "r5", 4, past), now_ms())
+        .await
+        .unwrap();
+    ledger
+        .reserve(0, reservation("a", "r6", 0, later), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(ledger, "a").await,
+        Account {
+            available: 0,
+            held: 4
+        }
+    );
+    assert_eq!(ledger.expire(0, now_ms(), 100).await.unwrap(), 1);
+    assert_eq!(ledger.expire(0, now_ms(), 100).await.unwrap(), 0);
+    assert_eq!(
+        ledger
+            .settle(0, "a", "r5", Settle::Post { amount: 4 }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Gone
+    );
+    assert_eq!(
+        balance(ledger, "a").await,
+        Account {
+            available: 4,
+            held: 0
+        }
+    );
+
+    // The journal, newest first, in pages.
+    let first = ledger.journal(0, "a", None, 4).await.unwrap();
+    assert_eq!(first.movements.len(), 4);
+    assert_eq!(first.movements[0].kind, Kind::Expire);
+    assert_eq!(first.movements[0].reason.as_deref(), Some("expired"));
+    assert_eq!(first.movements[0].amount, 4);
+    assert_eq!(first.movements[0].held_change, -4);
+    assert_eq!(first.movements[0].balance, 4);
+    assert_eq!(first.movements[1].kind, Kind::Reserve); // r6, still open
+    assert!(first.movements.windows(2).all(|w| w[0].seq > w[1].seq));
+    let mut all = first.movements.clone();
+    let mut cursor = first.next;
+    while let Some(before) = cursor {
+        let page = ledger.journal(0, "a", Some(before), 4).await.unwrap();
+        assert!(page.movements.iter().all(|m| m.seq < before));
+        all.extend(page.movements);
+        cursor = page.next;
+    }
+    // 5 adjustments (one refused, one ignored: 3 journaled), 5 reservations held (one
+    // was short) and 4 settlements.
+    assert_eq!(all.len(), 3 + 5 + 4, "{all:#?}");
+    assert_eq!(all.last().unwrap().kind, Kind::Credit);
+    assert_eq!(all.iter().map(|m| m.amount).sum::<i64>(), 4);
+    assert!(all.iter().all(|m| m.client == "a"));
+    let reserve = all
+        .iter()
+        .find(|m| m.reservation.as_deref() == Some("r1"))
+        .unwrap();
+    assert_eq!(reserve.route.as_deref(), Some("campaigns"));
+    assert_eq!(reserve.request_id.as_deref(), Some("req-r1"));
+    assert!(ledger
+        .journal(0, "nobody", None, 10)
+        .await
+        .unwrap()
+        .movements
+        .is_empty());
+
+    // Idempotency records.
+    let claim = |key: &str, fingerprint: &str, hold: u64| Claim {
+        client: "a".into(),
+        key: key.into(),
+        fingerprint: fingerprint.into(),
+        now_ms: now_ms(),
+        hold_until: now_ms() + hold,
+    };
+    assert_eq!(
+        ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
+        Claimed::New
+    );
+    assert_eq!(
+        ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
+        Claimed::InFlight
+    );
+    assert_eq!(
+        ledger.claim(0, claim("k1", "f2", 60_000)).await.unwrap(),
+        Claimed::Mismatch
+    );
+    let answer = StoredAnswer {
+        status: 201,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Some("e30=".into()),
+        cost: 3,
+    };
+    ledger
+        .answer(0, "a", "k1", answer.clone(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    ledger.release(0, "a", "k1").await.unwrap(); // an answered key stays
+    assert_eq!(
+        ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
+        Claimed::Answered(answer)
+    );
+    assert_eq!(
+        ledger.claim(0, claim("k1", "f2", 60_000)).await.unwrap(),
+        Claimed::Mismatch
+    );
+    // Keys are per client.
+    let mut other = claim("k1", "f1", 60_000);
+    other.client = "b".into();
+    assert_eq!(ledger.claim(0, other).await.unwrap(), Claimed::New);
+    // A released key (the request was refunded) runs again.
+    assert_eq!(
+        ledger.claim(0, claim("k2", "f1", 60_000)).await.unwrap(),
+        Claimed::New
+    );
+    ledger.release(0, "a", "k2").await.unwrap();
+    assert_eq!(
+        ledger.claim(0, claim("k2", "f1", 60_000)).await.unwrap(),
+        Claimed::New
+    );
+    // A claim whose request died frees the key when its time is over.
+    assert_eq!(
+        ledger.claim(0, claim("k3", "f1", 150)).await.unwrap(),
+        Claimed::New
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ledger.prune(0, now_ms()).await.unwrap();
+    assert_eq!(
+        ledger.claim(0, claim("k3", "f1", 60_000)).await.unwrap(),
+        Claimed::New
+    );
+
+    let report = ledger.verify(0).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert_eq!(report.open_reservations, 1);
+    assert!(report.clients >= 1);
+}
+
+/// `requests` reservations of one token each, all at once, spread over `ledgers`,
+/// against a balance of `balance`: exactly `balance` are held.
+async fn concurrent_debits(ledgers: Vec<Arc<dyn Ledger>>, requests: usize, start: u64) {
+    ledgers[0]
+        .adjust(0, adjust("busy", Change::Credit(start)))
+        .await
+        .unwrap();
+    let later = now_ms() + 60_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..requests {
+        let ledger = Arc::clone(&ledgers[i % ledgers.len()]);
+        tasks.spawn(async move {
+            let id = format!("c{i}");
+            let outcome = ledger
+                .reserve(i % 2, reservation("busy", &id, 1, later), now_ms())
+                .await
+                .unwrap();
+            if let Reserved::Held { .. } = outcome {
+                let settled = ledger
+                    .settle(i % 2, "busy", &id, Settle::Post { amount: 1 }, now_ms())
+                    .await
+                    .unwrap();
+                assert!(matches!(settled, Settled::Done { charged: 1, .. }));
+                true
+            } else {
+                false
+            }
+        });
+    }
+    let mut won = 0;
+    while let Some(done) = tasks.join_next().await {
+        won += u64::from(done.unwrap());
+    }
+    assert_eq!(won, start);
+    assert_eq!(
+        ledgers[0].account(0, "busy").await.unwrap(),
+        Account {
+            available: 0,
+            held: 0
+        }
+    );
+    let report = ledgers[0].verify(0).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_ledger_passes_the_suite() {
+    let dir = TempDir::new();
+    let ledger = EmbeddedLedger::open(&dir.path().join("ledger.redb")).unwrap();
+    suite(&ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_ledger_passes_the_suite() {
+    let server = RedisServer::start();
+    suite(&shared(&server)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_debits_never_overdraw_the_embedded_ledger() {
+    let dir = TempDir::new();
+    let ledger = EmbeddedLedger::open(&dir.path().join("ledger.redb")).unwrap();
+    let ledger: Arc<dyn Ledger> = Arc::new(ledger);
+    concurrent_debits(vec![ledger], 1_000, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_debits_never_overdraw_redis_from_three_instances() {
+    let server = RedisServer::start();
+    let ledgers: Vec<Arc<dyn Ledger>> = (0..3)
+        .map(|_| Arc::new(shared(&server)) as Arc<dyn Ledger>)
+        .collect();
+    concurrent_debits(ledgers, 1_000, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_shares_commits_between_concurrent_changes() {
+    let dir = TempDir::new();
+    let ledger = Arc::new(EmbeddedLedger::open(&dir.path().join("ledger.redb")).unwrap());
+    let as_dyn: Arc<dyn Ledger> = Arc::clone(&ledger) as Arc<dyn Ledger>;
+    concurrent_debits(vec![as_dyn], 400, 400).await;
+    let stats = ledger.stats();
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let changes = stats.changes.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(changes, 1 + 400 + 400);
+    assert!(commits < changes, "{commits} commits for {changes} changes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_ledger_keeps_everything_across_a_restart() {
+    let dir = TempDir::new();
+    let path = dir.path().join("ledger.redb");
+    {
+        let ledger = EmbeddedLedger::open(&path).unwrap();
+        ledger
+            .adjust(0, adjust("a", Change::Credit(9)))
+            .await
+            .unwrap();
+        ledger
+            .reserve(0, reservation("a", "open", 4, now_ms() + 60_000), now_ms())
+            .await
+            .unwrap();
+    }
+    // The writer thread lets go of the file once its queue is closed.
+    let mut reopened = None;
+    for _ in 0..100 {
+        match EmbeddedLedger::open(&path) {
+            Ok(l) => {
+                reopened = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let ledger = reopened.expect("the ledger file reopens");
+    assert_eq!(
+        balance(&ledger, "a").await,
+        Account {
+            available: 5,
+            held: 4
+        }
+    );
+    assert_eq!(
+        ledger
+            .settle(
+                0,
+                "a",
+                "open",
+                Settle::Void { reason: "x".into() },
+                now_ms()
+            )
+            .await
+            .unwrap(),
+        Settled::Done {
+            charged: 0,
+            balance: 9
+        }
+    );
+    assert!(ledger.verify(0).await.unwrap().problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_an_error_never_a_grant() {
+    let server = RedisServer::start();
+    let ledger = shared(&server);
+    ledger
+        .adjust(0, adjust("a", Change::Credit(5)))
+        .await
+        .unwrap();
+    server.freeze();
+    assert!(ledger
+        .reserve(0, reservation("a", "r", 1, now_ms() + 60_000), now_ms())
+        .await
+        .is_err());
+    server.thaw();
+    // Recovers by itself once Redis answers (after the breaker's cooldown).
+    let mut held = false;
+    for _ in 0..50 {
+        if let Ok(Reserved::Held { .. }) = ledger
+            .reserve(0, reservation("a", "r2", 1, now_ms() + 60_000), now_ms())
+            .await
+        {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(held);
+}
