@@ -61,6 +61,34 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                     key.join("+")
                 );
             }
+            if let Some(cost) = &route.cost {
+                let amount = cost.for_method(method);
+                let metering = match &snapshot.credits {
+                    Some(c) if !c.enabled => " (metering is off: [credits] enabled = false)",
+                    _ => "",
+                };
+                let settle = cost
+                    .settle_header
+                    .as_ref()
+                    .map(|h| format!(", settled at the backend's `{h}` (at most this)"))
+                    .unwrap_or_default();
+                let refunds: Vec<String> = cost
+                    .refund
+                    .iter()
+                    .map(|(lo, hi)| {
+                        if lo == hi {
+                            lo.to_string()
+                        } else {
+                            format!("{lo}-{hi}")
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  cost:     {amount} token(s) reserved before forwarding (402 INSUFFICIENT_TOKENS when short){settle}; refunded on {}{metering}",
+                    refunds.join(", ")
+                );
+            }
             match route.action {
                 RouteAction::Forward => {
                     let _ = writeln!(

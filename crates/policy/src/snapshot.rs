@@ -57,6 +57,8 @@ pub struct Snapshot {
     /// The CORS policy of `[routing] cors`: for routes that name none, and for requests
     /// no route matches.
     pub cors: Option<Arc<CorsPolicy>>,
+    /// `[credits]`: token credits; `None`: every route is free.
+    pub credits: Option<Credits>,
 }
 
 /// `[store]`: in this process (and, for sessions, a local file), or in Redis shared by
@@ -353,6 +355,19 @@ pub enum Unmatched {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub listen: SocketAddr,
+    /// The admin API's bearer token; without it the admin API is closed (metrics and
+    /// health stay open).
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub Vec<u8>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,7 +548,50 @@ pub struct Route {
     /// Which browser origins may call it (CORS); `None`: the gateway answers no
     /// preflight for it and adds no CORS header.
     pub cors: Option<Arc<CorsPolicy>>,
+    /// What a request costs in token credits; `None`: free.
+    pub cost: Option<Arc<Cost>>,
     pub origin: Origin,
+}
+
+/// A route's price in token credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cost {
+    /// Per method; a method not listed is free. One entry with `None`: every method.
+    pub amounts: Vec<(Option<Method>, u64)>,
+    /// The response header in which the backend reports the real cost.
+    pub settle_header: Option<HeaderName>,
+    /// Upstream statuses that refund (inclusive ranges).
+    pub refund: Vec<(u16, u16)>,
+}
+
+impl Cost {
+    /// What a request with `method` costs.
+    pub fn for_method(&self, method: &Method) -> u64 {
+        self.amounts
+            .iter()
+            .find(|(m, _)| m.as_ref().is_none_or(|m| m == method))
+            .map_or(0, |(_, amount)| *amount)
+    }
+
+    /// Whether an upstream answer with `status` gives the tokens back.
+    pub fn refunds(&self, status: u16) -> bool {
+        self.refund.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+}
+
+/// `[credits]`: token credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credits {
+    /// `false`: every route is free (and the token endpoints say so).
+    pub enabled: bool,
+    /// The embedded ledger's file (without Redis).
+    pub path: PathBuf,
+    pub reservation_timeout: Duration,
+    pub idempotency_ttl: Duration,
+    /// Upstream statuses that refund, for routes that do not say (inclusive ranges).
+    pub refund_statuses: Vec<(u16, u16)>,
+    /// Opening balances to credit once per client at start.
+    pub opening_balances: Option<PathBuf>,
 }
 
 /// Where the caller's client id goes, and what happens to client-supplied ones.
@@ -614,6 +672,14 @@ pub enum Endpoint {
     Refresh,
     /// `POST`: ends the session and its access token.
     Logout,
+    /// `GET`: the caller's balance.
+    TokensBalance,
+    /// `GET`: every route's cost.
+    TokensCosts,
+    /// `POST`: what operations would cost.
+    TokensPreview,
+    /// `GET`: the caller's journal.
+    TokensHistory,
 }
 
 impl Route {

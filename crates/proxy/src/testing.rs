@@ -30,6 +30,7 @@ pub fn route(path: &str) -> Route {
         limits: Vec::new(),
         username_fields: Vec::new(),
         cors: None,
+        cost: None,
         origin: Origin {
             file: PathBuf::from("test.toml"),
             line: 1,

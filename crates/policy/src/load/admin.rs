@@ -1,12 +1,39 @@
-//! `[admin]`: the private listener for metrics and health.
+//! `[admin]`: the private listener for metrics and health, and the admin API's token.
 
 use super::context::Loader;
 use super::file::AdminFile;
 use crate::diagnostic::SourceFile;
-use crate::snapshot::Admin;
+use crate::snapshot::{Admin, AdminToken};
+
+/// Shorter tokens are refused: the admin API moves money.
+const MIN_TOKEN_BYTES: usize = 32;
 
 pub(crate) fn admin(l: &mut Loader, src: &SourceFile, f: AdminFile) -> Option<Admin> {
-    l.address(src, &f.listen).map(|listen| Admin { listen })
+    let listen = l.address(src, &f.listen);
+    let token = match (&f.token_env, &f.token_file) {
+        (None, None) => None,
+        _ => {
+            let span = f
+                .token_env
+                .as_ref()
+                .or(f.token_file.as_ref())
+                .map_or(0..0, |s| s.span());
+            let token = l.secret(src, &f.token_env, &f.token_file, span.clone(), "[admin] token")?;
+            if token.len() < MIN_TOKEN_BYTES {
+                l.error(
+                    src,
+                    Some(span),
+                    format!("[admin] token: at least {MIN_TOKEN_BYTES} characters (e.g. `openssl rand -hex 32`)"),
+                );
+                return None;
+            }
+            Some(AdminToken(token))
+        }
+    };
+    Some(Admin {
+        listen: listen?,
+        token,
+    })
 }
 
 #[cfg(test)]

@@ -79,6 +79,9 @@ pub enum UnmatchedFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Spanned<String>,
+    /// The bearer token of the admin API (the ledger), from the environment or a file.
+    pub token_env: Option<Spanned<String>>,
+    pub token_file: Option<Spanned<String>>,
 }
 
 /// `[log]` in `gateway.toml`.
@@ -147,6 +150,42 @@ pub struct RouteFile {
     pub username_fields: Option<Spanned<Vec<Spanned<String>>>>,
     /// The `[cors.NAME]` policy for this route, or "none" (default: `[routing] cors`).
     pub cors: Option<Spanned<String>>,
+    /// Token credits a request costs: a number, or one per method (`{ POST = 10 }`).
+    pub cost: Option<Spanned<CostFile>>,
+    /// A response header in which the backend reports what the request really cost
+    /// (never more than was reserved).
+    pub settle_header: Option<Spanned<String>>,
+    /// Upstream statuses that refund the cost (default: `[credits] refund_statuses`).
+    pub refund_statuses: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A route's `cost`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CostFile {
+    Flat(i64),
+    PerMethod(std::collections::BTreeMap<String, i64>),
+}
+
+/// `[credits]` in `gateway.toml`: token credits, metered before the backend is called.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditsFile {
+    /// `false` makes every route free (costs are still checked).
+    pub enabled: Option<bool>,
+    /// The embedded ledger's file, relative to gateway.toml (default
+    /// `state/ledger.redb`); with `[store] redis_url` the ledger is in Redis.
+    pub path: Option<Spanned<String>>,
+    /// A reservation nobody settled within this (the gateway died mid-request) is
+    /// refunded (default 15m; longer than any metered request can take).
+    pub reservation_timeout: Option<Spanned<String>>,
+    /// How long an `Idempotency-Key`'s answer is kept (default 24h).
+    pub idempotency_ttl: Option<Spanned<String>>,
+    /// Upstream statuses that refund the cost: `5xx`, `4xx` or a status (default `["5xx"]`).
+    pub refund_statuses: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Opening balances exported from the legacy system (CSV `clientId,balance` or
+    /// JSON), credited once per client when the gateway starts.
+    pub opening_balances: Option<Spanned<String>>,
 }
 
 /// `[cors.NAME]` in a policy file: which browser origins may call the routes that name
@@ -471,4 +510,12 @@ pub enum EndpointFile {
     Refresh,
     /// `POST /gateway/auth/logout`: ends the session.
     Logout,
+    /// `GET /gateway/tokens/balance`: the caller's token balance.
+    TokensBalance,
+    /// `GET /gateway/tokens/costs`: what every route costs.
+    TokensCosts,
+    /// `POST /gateway/tokens/preview`: what operations would cost the caller.
+    TokensPreview,
+    /// `GET /gateway/tokens/history`: the caller's own movements, newest first.
+    TokensHistory,
 }

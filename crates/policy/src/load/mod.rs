@@ -9,7 +9,7 @@
 //! One section, one file: [`server`], [`upstream`], [`routing`] (the policy files, with
 //! each [`route`], its [`limits`] and its [`cors`] policy), [`admin`], [`log`],
 //! [`reload`], [`jwt`], [`api_keys`], [`credentials`], [`webhooks`], [`store`],
-//! [`sessions`] (with `[login]`). They share one
+//! [`sessions`] (with `[login]`), [`credits`] (with each route's cost). They share one
 //! [`context::Loader`] and its field readers, and read through [`Sources`], so every
 //! section is unit-tested from memory.
 
@@ -18,6 +18,7 @@ mod api_keys;
 mod context;
 mod cors;
 mod credentials;
+mod credits;
 mod declared;
 mod document;
 pub(crate) mod file;
@@ -48,7 +49,7 @@ use crate::sources::{Disk, Sources};
 use context::Loader;
 use document::section;
 use file::{
-    AdminFile, ApiKeysFile, LogFile, LoginFile, ReloadFile, RoutingFile, ServerFile, SessionsFile,
+    AdminFile, ApiKeysFile, CreditsFile, LogFile, LoginFile, ReloadFile, RoutingFile, ServerFile, SessionsFile,
     StoreFile, UpstreamFile,
 };
 
@@ -69,6 +70,9 @@ pub(crate) struct Refs<'a> {
     /// Whether `[sessions]` and `[login]` are declared (valid or not).
     pub sessions: bool,
     pub login: bool,
+    /// `[credits]`, and whether it is declared (valid or not).
+    pub credits: Option<&'a crate::snapshot::Credits>,
+    pub credits_declared: bool,
 }
 
 /// Reads `gateway.toml` at `config` and the policy files it names, and validates them.
@@ -111,9 +115,10 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
     let mut sections = document::parse(l, &src)?;
     // Declared, valid or not: an invalid section is reported once, where it is written,
     // and not again at every route that needs it.
-    let (sessions_declared, login_declared) = (
+    let (sessions_declared, login_declared, credits_declared) = (
         sections.contains_key("sessions"),
         sections.contains_key("login"),
+        sections.contains_key("credits"),
     );
     let mut take = |name: &str| sections.remove(name);
 
@@ -143,6 +148,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         .and_then(|f| sessions::sessions(l, &src, f));
     let login = section::<LoginFile>(l, &src, take("login"), "login", false)
         .and_then(|f| sessions::login(l, &src, f));
+    let credits = section::<CreditsFile>(l, &src, take("credits"), "credits", false)
+        .and_then(|f| credits::credits(l, &src, f));
     let auth = Auth { jwt, api_keys };
     let mut unknown: Vec<_> = sections.into_iter().collect();
     unknown.sort_by_key(|(_, (span, _))| span.start);
@@ -151,7 +158,7 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
             &src,
             Some(key_span),
             format!(
-                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store, sessions, login"
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store, sessions, login, credits"
             ),
         );
     }
@@ -162,6 +169,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         webhooks: &webhooks,
         sessions: sessions_declared,
         login: login_declared,
+        credits: credits.as_ref(),
+        credits_declared,
     };
     let routing = routing.map(|f| routing::routing(l, &src, f, &refs))?;
     let mut log = log?;
@@ -202,5 +211,6 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         sessions,
         login,
         cors: routing.cors,
+        credits,
     })
 }

@@ -108,13 +108,17 @@ pub(crate) fn route(
             EndpointFile::Jwks => Endpoint::Jwks,
             EndpointFile::Refresh => Endpoint::Refresh,
             EndpointFile::Logout => Endpoint::Logout,
+            EndpointFile::TokensBalance => Endpoint::TokensBalance,
+            EndpointFile::TokensCosts => Endpoint::TokensCosts,
+            EndpointFile::TokensPreview => Endpoint::TokensPreview,
+            EndpointFile::TokensHistory => Endpoint::TokensHistory,
         })),
         (ActionFile::Serve, None) => {
             l.error(
                 src,
                 Some(f.name.span()),
                 format!(
-                    "route `{name}`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks, refresh, logout)"
+                    "route `{name}`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks, refresh, logout, tokens_balance, tokens_costs, tokens_preview, tokens_history)"
                 ),
             );
             None
@@ -139,6 +143,18 @@ pub(crate) fn route(
         action.as_ref(),
         route_auth.as_ref(),
         refs,
+    );
+    credits_needs(l, src, &f, &name, action.as_ref(), route_auth.as_ref(), refs);
+    let cost = super::credits::route_cost(
+        l,
+        src,
+        &f,
+        &name,
+        methods.as_deref(),
+        route_auth.as_ref(),
+        action.as_ref(),
+        refs.credits,
+        refs.credits_declared,
     );
     let route_cors = match &f.cors {
         None => Ok(cors_choice.default.clone()),
@@ -250,6 +266,7 @@ pub(crate) fn route(
         username_fields,
         upstream_credential,
         pass_api_key: f.pass_api_key,
+        cost,
         name,
         methods,
         path: path?,
@@ -307,6 +324,42 @@ fn sessions_needs(
             src,
             f.auth.as_ref().map(|a| a.span()).or(Some(f.name.span())),
             format!("route `{name}`: {what} reads its own credentials: write auth = \"none\""),
+        );
+    }
+}
+
+/// What the token endpoints need: `[credits]`, and (but for the cost table, which is
+/// the same for everyone) a caller whose balance they are about.
+fn credits_needs(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: &RouteFile,
+    name: &str,
+    action: Option<&RouteAction>,
+    auth: Option<&RouteAuth>,
+    refs: &Refs,
+) {
+    let Some(RouteAction::Serve(
+        endpoint @ (Endpoint::TokensBalance
+        | Endpoint::TokensCosts
+        | Endpoint::TokensPreview
+        | Endpoint::TokensHistory),
+    )) = action
+    else {
+        return;
+    };
+    if !refs.credits_declared {
+        l.error(
+            src,
+            Some(f.name.span()),
+            format!("route `{name}`: the token endpoints need a [credits] section in gateway.toml"),
+        );
+    }
+    if *endpoint != Endpoint::TokensCosts && auth.is_some_and(|a| !a.identifies_caller()) {
+        l.error(
+            src,
+            f.auth.as_ref().map(|a| a.span()).or(Some(f.name.span())),
+            format!("route `{name}`: this endpoint answers about the caller's own tokens: it needs auth = jwt, api_key or jwt_or_api_key"),
         );
     }
 }

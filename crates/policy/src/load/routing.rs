@@ -161,6 +161,7 @@ pub(crate) fn fallback_route(policy_dir: &std::path::Path, cors: Option<Arc<Cors
         limits: Vec::new(),
         username_fields: Vec::new(),
         cors,
+        cost: None,
         origin: Origin {
             file: policy_dir.to_path_buf(),
             line: 1,

@@ -1,0 +1,264 @@
+//! `[credits]` and a route's `cost`: token credits, metered before the backend is
+//! called.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use toml::Spanned;
+
+use super::context::{Loader, Zero};
+use super::file::{CostFile, CreditsFile, RouteFile};
+use crate::diagnostic::SourceFile;
+use crate::snapshot::{Cost, Credits, RouteAction, RouteAuth};
+
+/// What refunds when neither the route nor `[credits]` says: the backend failed.
+const DEFAULT_REFUND: (u16, u16) = (500, 599);
+
+pub(crate) fn credits(l: &mut Loader, src: &SourceFile, f: CreditsFile) -> Option<Credits> {
+    let mark = l.mark();
+    let reservation_timeout = l.duration(
+        src,
+        &f.reservation_timeout,
+        Duration::from_secs(15 * 60),
+        Zero::Refused,
+    );
+    let idempotency_ttl = l.duration(
+        src,
+        &f.idempotency_ttl,
+        Duration::from_secs(24 * 3600),
+        Zero::Refused,
+    );
+    let refund_statuses = match &f.refund_statuses {
+        None => vec![DEFAULT_REFUND],
+        Some(list) => statuses(l, src, list, "[credits] refund_statuses"),
+    };
+    let path = l.resolve(
+        f.path
+            .as_ref()
+            .map_or("state/ledger.redb", |p| p.get_ref().as_str()),
+    );
+    let opening_balances = f.opening_balances.as_ref().map(|p| l.resolve(p.get_ref()));
+    if l.errors_since(mark) {
+        return None;
+    }
+    Some(Credits {
+        enabled: f.enabled.unwrap_or(true),
+        path,
+        reservation_timeout,
+        idempotency_ttl,
+        refund_statuses,
+        opening_balances,
+    })
+}
+
+/// `5xx`, `4xx` or one status, each an inclusive range.
+fn statuses(
+    l: &mut Loader,
+    src: &SourceFile,
+    list: &Spanned<Vec<Spanned<String>>>,
+    what: &str,
+) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for item in list.get_ref() {
+        let text = item.get_ref().trim();
+        let range = match text.as_bytes() {
+            [d @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                let base = u16::from(d - b'0') * 100;
+                Some((base, base + 99))
+            }
+            _ => text
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .map(|s| (s, s)),
+        };
+        match range {
+            Some(r) => out.push(r),
+            None => l.error(
+                src,
+                Some(item.span()),
+                format!("{what}: `{text}` is not a status (`503`) or a class (`5xx`)"),
+            ),
+        }
+    }
+    out
+}
+
+/// A route's `cost`, `settle_header` and `refund_statuses`: `None` for a free route.
+/// Errors are reported; the caller checks [`Loader::errors_since`].
+pub(crate) fn route_cost(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: &RouteFile,
+    name: &str,
+    methods: Option<&[Method]>,
+    auth: Option<&RouteAuth>,
+    action: Option<&RouteAction>,
+    credits: Option<&Credits>,
+    credits_declared: bool,
+) -> Option<Arc<Cost>> {
+    let Some(cost) = &f.cost else {
+        for (field, span) in [
+            ("settle_header", f.settle_header.as_ref().map(|s| s.span())),
+            ("refund_statuses", f.refund_statuses.as_ref().map(|s| s.span())),
+        ] {
+            if let Some(span) = span {
+                l.error(
+                    src,
+                    Some(span),
+                    format!("route `{name}`: `{field}` is for routes with a `cost`"),
+                );
+            }
+        }
+        return None;
+    };
+    let span = cost.span();
+    if !credits_declared {
+        l.error(
+            src,
+            Some(span.clone()),
+            format!("route `{name}`: a cost needs a [credits] section in gateway.toml"),
+        );
+    }
+    if !matches!(action, Some(RouteAction::Forward)) {
+        l.error(
+            src,
+            Some(span.clone()),
+            format!("route `{name}`: only forwarded routes have a cost (the gateway's own endpoints, the login and denied routes are free)"),
+        );
+    }
+    if auth.is_some_and(|a| !a.identifies_caller()) {
+        l.error(
+            src,
+            Some(span.clone()),
+            format!("route `{name}`: a cost is charged to the caller's client: the route needs auth = jwt, api_key or jwt_or_api_key"),
+        );
+    }
+    let amount = |l: &mut Loader, n: i64, what: &str| -> u64 {
+        u64::try_from(n).unwrap_or_else(|_| {
+            l.error(
+                src,
+                Some(span.clone()),
+                format!("route `{name}`: {what} must be 0 or more tokens"),
+            );
+            0
+        })
+    };
+    let amounts = match cost.get_ref() {
+        CostFile::Flat(n) => vec![(None, amount(l, *n, "cost"))],
+        CostFile::PerMethod(map) => {
+            let mut out = Vec::new();
+            for (method, n) in map {
+                let valid = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(method.as_bytes()) {
+                    Ok(m) if valid => {
+                        if methods.is_some_and(|allowed| !allowed.contains(&m)) {
+                            l.error(
+                                src,
+                                Some(span.clone()),
+                                format!("route `{name}`: cost for {method}, which the route does not allow"),
+                            );
+                        }
+                        let n = amount(l, *n, &format!("the cost of {method}"));
+                        out.push((Some(m), n));
+                    }
+                    _ => l.error(
+                        src,
+                        Some(span.clone()),
+                        format!("route `{name}`: `{method}` is not an HTTP method (write it in upper case, e.g. `POST`)"),
+                    ),
+                }
+            }
+            out
+        }
+    };
+    let settle_header = f
+        .settle_header
+        .as_ref()
+        .and_then(|h| l.header_name(src, h));
+    let refund = match &f.refund_statuses {
+        Some(list) => statuses(l, src, list, &format!("route `{name}` refund_statuses")),
+        None => credits.map_or_else(|| vec![DEFAULT_REFUND], |c| c.refund_statuses.clone()),
+    };
+    Some(Arc::new(Cost {
+        amounts,
+        settle_header,
+        refund,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{errors, load, HS256};
+
+    const CREDITS: &str = "\n[credits]\npath = \"state/l.redb\"\n";
+
+    /// A gateway that verifies JWTs, so routes can identify their caller.
+    fn gateway() -> String {
+        format!(
+            "{}\n[jwt]\n\n[[jwt.key]]\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n",
+            super::super::testing::GATEWAY
+        )
+    }
+
+    fn route(extra: &str) -> String {
+        format!(
+            "[[route]]\nname = \"calls\"\nmethods = [\"GET\", \"POST\"]\npath = \"/calls\"\nauth = \"jwt\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn costs_per_route_and_per_method() {
+        let gateway = format!("{}{CREDITS}refund_statuses = [\"5xx\", \"408\"]\n", gateway());
+        let s = load(&gateway, &[("a.toml", &route("cost = { POST = 10 }"))]).unwrap();
+        let cost = s.routes[0].cost.as_ref().unwrap();
+        assert_eq!(cost.for_method(&http::Method::POST), 10);
+        assert_eq!(cost.for_method(&http::Method::GET), 0);
+        assert!(cost.refunds(503) && cost.refunds(408) && !cost.refunds(404));
+        let credits = s.credits.unwrap();
+        assert!(credits.enabled);
+        assert!(credits.path.ends_with("state/l.redb"));
+        assert_eq!(credits.reservation_timeout.as_secs(), 900);
+        let s = load(
+            &gateway,
+            &[(
+                "a.toml",
+                &route("cost = 3\nsettle_header = \"x-tokens-used\"\nrefund_statuses = [\"4xx\"]"),
+            )],
+        )
+        .unwrap();
+        let cost = s.routes[0].cost.as_ref().unwrap();
+        assert_eq!(cost.for_method(&http::Method::GET), 3);
+        assert_eq!(cost.settle_header.as_ref().unwrap(), "x-tokens-used");
+        assert!(cost.refunds(404) && !cost.refunds(503));
+    }
+
+    #[test]
+    fn what_a_cost_needs() {
+        let e = errors(&gateway(), &[("a.toml", &route("cost = 1"))]);
+        assert!(e[0].contains("a cost needs a [credits] section"), "{e:?}");
+        let with_credits = format!("{}{CREDITS}", gateway());
+        let e = errors(
+            &with_credits,
+            &[(
+                "a.toml",
+                "[[route]]\nname = \"open\"\npath = \"/open\"\nauth = \"none\"\ncost = 1\n",
+            )],
+        );
+        assert!(e[0].contains("needs auth = jwt"), "{e:?}");
+        let e = errors(&with_credits, &[("a.toml", &route("cost = { DELETE = 1, post = 2 }"))]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("DELETE, which the route does not allow"), "{e:?}");
+        assert!(e[1].contains("`post` is not an HTTP method"), "{e:?}");
+        let e = errors(&with_credits, &[("a.toml", &route("cost = -1"))]);
+        assert!(e[0].contains("0 or more"), "{e:?}");
+        let e = errors(&with_credits, &[("a.toml", &route("settle_header = \"x-used\""))]);
+        assert!(e[0].contains("for routes with a `cost`"), "{e:?}");
+        let e = errors(
+            &format!("{}{CREDITS}refund_statuses = [\"5xx\", \"teapot\"]\n", gateway()),
+            &[],
+        );
+        assert!(e[0].contains("`teapot` is not a status"), "{e:?}");
+    }
+}
