@@ -575,7 +575,9 @@ impl Cost {
 
     /// Whether an upstream answer with `status` gives the tokens back.
     pub fn refunds(&self, status: u16) -> bool {
-        self.refund.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        self.refund
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
     }
 }
 

@@ -27,6 +27,11 @@ pub fn handle<B>(request: &Request<B>, runtime: &Runtime) -> Response<Full<Bytes
             "text/plain",
             "session store not ready\n".to_owned(),
         ),
+        (&Method::GET, "/readyz") if !runtime.active().credits.ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "token ledger not ready\n".to_owned(),
+        ),
         (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         _ => (
             StatusCode::NOT_FOUND,

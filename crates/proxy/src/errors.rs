@@ -401,6 +401,97 @@ impl Problem for SessionRefusal {
     }
 }
 
+/// Token credits: the caller cannot pay, or a retry's `Idempotency-Key` does not fit.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CreditError {
+    #[error("this operation costs {required} token(s) and the balance is {balance}")]
+    Insufficient { required: u64, balance: u64 },
+    #[error("the token ledger cannot be reached; nothing was charged; retry in a moment")]
+    LedgerUnavailable,
+    #[error(
+        "Idempotency-Key must be 1 to 255 visible ASCII characters (a quoted string or a token)"
+    )]
+    KeyInvalid,
+    #[error("this Idempotency-Key was used for a different request")]
+    KeyMismatch,
+    #[error("a request with this Idempotency-Key is still running")]
+    KeyInFlight,
+    #[error("send {{\"operations\": [{{\"method\": \"POST\", \"path\": \"/campaigns\"}}]}} (1 to 100 operations)")]
+    PreviewInvalid,
+    #[error("limit is 1 to 500 and before a movement's seq, both whole numbers")]
+    HistoryQueryInvalid,
+}
+
+impl Problem for CreditError {
+    fn status(&self) -> StatusCode {
+        match self {
+            CreditError::Insufficient { .. } => StatusCode::PAYMENT_REQUIRED,
+            CreditError::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            CreditError::KeyInvalid => StatusCode::BAD_REQUEST,
+            CreditError::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            CreditError::KeyInFlight => StatusCode::CONFLICT,
+            CreditError::PreviewInvalid | CreditError::HistoryQueryInvalid => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            CreditError::Insufficient { .. } => "INSUFFICIENT_TOKENS",
+            CreditError::LedgerUnavailable => "LEDGER_UNAVAILABLE",
+            CreditError::KeyInvalid => "IDEMPOTENCY_KEY_INVALID",
+            CreditError::KeyMismatch => "IDEMPOTENCY_KEY_MISMATCH",
+            CreditError::KeyInFlight => "IDEMPOTENCY_KEY_IN_USE",
+            CreditError::PreviewInvalid => "INVALID_REQUEST_BODY",
+            CreditError::HistoryQueryInvalid => "INVALID_QUERY",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            CreditError::Insufficient { .. } => "Insufficient tokens",
+            CreditError::LedgerUnavailable => "Token ledger unavailable",
+            CreditError::KeyInvalid => "Invalid Idempotency-Key",
+            CreditError::KeyMismatch => "Idempotency-Key reused",
+            CreditError::KeyInFlight => "Request in progress",
+            CreditError::PreviewInvalid => "Invalid request body",
+            CreditError::HistoryQueryInvalid => "Invalid query",
+        }
+    }
+
+    fn family(&self) -> Family {
+        match self {
+            CreditError::KeyInvalid
+            | CreditError::KeyMismatch
+            | CreditError::PreviewInvalid
+            | CreditError::HistoryQueryInvalid => Family::Request,
+            _ => Family::Limit,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        matches!(
+            self,
+            CreditError::LedgerUnavailable | CreditError::KeyInFlight
+        )
+        .then_some(1)
+    }
+
+    fn extra(&self) -> Vec<(&'static str, Value)> {
+        match self {
+            CreditError::Insufficient { required, balance } => vec![
+                ("required", Value::from(*required)),
+                ("balance", Value::from(*balance)),
+            ],
+            _ => self
+                .retry_after()
+                .map(|secs| vec![("retryAfter", Value::from(secs))])
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The caller may not do this here.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AccessError {
@@ -586,6 +677,10 @@ pub enum Bug {
     Randomness,
     #[error("an access token could not be signed")]
     Signing,
+    #[error("a metered route runs without [credits]")]
+    NoCredits,
+    #[error("a stored record could not be read back")]
+    Corrupt,
 }
 
 impl Problem for Bug {
@@ -621,6 +716,8 @@ pub enum GatewayError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Session(#[from] SessionRefusal),
+    #[error(transparent)]
+    Credit(#[from] CreditError),
     #[error("the gateway failed to handle this request")]
     Internal(#[from] Bug),
 }
@@ -634,6 +731,7 @@ impl GatewayError {
             GatewayError::Limit(e) => e,
             GatewayError::Upstream(e) => e,
             GatewayError::Session(e) => e,
+            GatewayError::Credit(e) => e,
             GatewayError::Internal(e) => e,
         }
     }

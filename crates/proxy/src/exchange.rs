@@ -19,6 +19,7 @@ use tollgate_state::rate::Decision;
 
 use crate::access_log::AccessLog;
 pub use crate::caller::{AuthMethod, Caller, Consumed, Identity};
+use crate::reservation::{Hold, KeyClaim};
 
 /// How the client reached the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +62,12 @@ pub struct Exchange<'a> {
     pub rate_limit: Option<Verdict>,
     /// What CORS decided for this request (the CORS stage).
     pub cors: Cors,
-    /// What this request is charged (the metering stage).
+    /// What this request is charged (the metering stage), for the response headers.
     pub metering: Metering,
+    /// The open reservation, until the response head settles it.
+    pub hold: Option<Hold>,
+    /// The claim on the request's `Idempotency-Key`, until its answer is kept.
+    pub key_claim: Option<KeyClaim>,
     /// Whether the gateway wrote the answer itself (an endpoint, the login wrap): such
     /// answers carry the gateway's security headers.
     pub own_answer: bool,
@@ -94,10 +99,22 @@ pub enum Cors {
     Refused,
 }
 
-/// What a request is charged in token credits. The metering stage charges nothing yet:
-/// every request is `Free`.
+/// What a request is charged in token credits (balances are the available balance
+/// after the step).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Metering {
+    /// No cost, or metering is off: no credit headers.
     #[default]
     Free,
+    /// Reserved and not settled (the settlement could not be recorded: the reservation
+    /// expires, refunded).
+    Held { cost: u64, balance: u64 },
+    /// Posted: `cost` tokens spent.
+    Charged { cost: u64, balance: u64 },
+    /// Voided: nothing spent.
+    Refunded { balance: u64 },
+    /// Refused with 402: nothing reserved.
+    Short { balance: u64 },
+    /// Answered from an idempotency record: not charged again.
+    Replayed { balance: u64 },
 }

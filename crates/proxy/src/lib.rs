@@ -15,7 +15,8 @@
 //!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`, `cookies`
 //!   (cookie mode and its CSRF check);
 //! - runtime state, one part per feature (`part`): `runtime`, `redis_link`,
-//!   `upstream`, `jwks`, `replay`, `sessions` (the session store and revocations), and
+//!   `upstream`, `jwks`, `replay`, `sessions` (the session store and revocations),
+//!   `credits` (the token ledger; a request's open money is in `reservation`), and
 //!   the limiters and body budget of `limit` and `body`;
 //! - errors: `errors` (a leaf) and `problem` (rendering);
 //! - operations: `server` (listeners), `admin`, `metrics`, `access_log`.
@@ -32,6 +33,7 @@ mod classify;
 mod client_id;
 mod cookies;
 mod cors;
+mod credits;
 mod endpoints;
 mod errors;
 mod exchange;
@@ -49,6 +51,7 @@ mod problem;
 mod redis_link;
 mod replay;
 mod request_id;
+mod reservation;
 mod respond;
 mod rewrite;
 mod route;

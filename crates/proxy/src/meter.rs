@@ -1,27 +1,441 @@
-//! Stage 7 — meter: token credits. Reserves a route's cost before the request is
-//! forwarded (refusing what the caller cannot pay), then settles it from the upstream's
-//! answer; [`decorate`] tells the client what it cost.
+//! Stage 7 — meter: token credits, in two phases.
 //!
-//! The slot is wired — [`reserve`] runs after the limits and before the rewrite, and
-//! [`decorate`] on every response — but no route has a cost yet: every request is free.
+//! [`reserve`] holds a metered route's cost before anything reaches the backend, or
+//! refuses the request with 402 `INSUFFICIENT_TOKENS` (with `required` and `balance`).
+//! When the backend's response head arrives, [`settle`] posts the reservation (at the
+//! backend's own figure when the route names a `settle_header`, never above what was
+//! held) or voids it when the status is one that refunds (`4xx` and `5xx` unless the
+//! route says otherwise). A request that fails after reserving — the backend cannot be
+//! reached or times out, the gateway refuses the body — is refunded by [`refund`]; a
+//! client that goes away before the response head, by the reservation's own drop
+//! (see [`crate::reservation`]). [`decorate`] tells the client what the request cost
+//! and what is left (`X-Token-Cost`, `X-Token-Balance`).
+//!
+//! **Idempotency-Key** (draft-ietf-httpapi-idempotency-key-header): on a metered
+//! request the key is claimed, per client, before reserving. A retry of a charged
+//! request gets the first answer again (status, headers, body; `Idempotent-Replayed:
+//! true`) and is not charged; the same key on a different request is 422, and while the
+//! first is running, 409. A request that was not charged (refused, refunded) frees its
+//! key, so its retry runs. "The same request" is the method, the route, the target, the
+//! content type and the body: JSON and form bodies (which the gateway reads anyway) by
+//! their SHA-256, streamed bodies by their declared length.
+//!
+//! The ledger is never guessed: when it cannot be reached a metered request gets 503
+//! `LEDGER_UNAVAILABLE` and nothing is forwarded.
 
-use http::Response;
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either};
+use sha2::{Digest, Sha256};
 use tollgate_policy::Route;
+use tollgate_state::ledger::{Claim, Claimed, Reservation, Reserved, Settled, StoredAnswer};
 
-use crate::errors::GatewayError;
+use crate::body::{Reading, RequestBody};
+use crate::classify::{self, BodyClass};
+use crate::credits::{now_ms, Credits, VoidReason};
+use crate::endpoints::Answer;
+use crate::errors::{Bug, CreditError, GatewayError, Problem as _};
 use crate::exchange::{Exchange, Metering};
+use crate::reservation::{Hold, KeyClaim};
 
-/// Reserves what `route` costs the caller, or refuses the request.
-pub fn reserve(exchange: &mut Exchange<'_>, _route: &Route) -> Result<(), GatewayError> {
-    exchange.metering = Metering::Free;
-    Ok(())
+/// The request header that names a retry-safe operation.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header a replayed answer carries.
+pub const REPLAYED: &str = "idempotent-replayed";
+/// Answer bodies up to this size are kept for replays; larger ones are replayed as the
+/// status and headers alone.
+pub const MAX_KEPT_BODY: u64 = 1024 * 1024;
+/// Response headers a replay repeats.
+const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "content-language",
+    "location",
+    "etag",
+    "cache-control",
+];
+
+/// What stage 7 lets through.
+pub enum Reserve {
+    /// Go on: the cost is held (or the route is free).
+    Forward(Request<RequestBody>),
+    /// A retry of a charged request: its first answer.
+    Replay(Answer),
 }
 
-/// The credit headers a response carries, from what was reserved.
-pub fn decorate<B>(_response: &mut Response<B>, metering: &Metering) {
-    match metering {
-        Metering::Free => {}
+/// Reserves what the request costs the caller, or refuses it.
+pub async fn reserve(
+    exchange: &mut Exchange<'_>,
+    route: &Route,
+    request: Request<RequestBody>,
+    credits: &Credits,
+    reading: &Reading,
+) -> Result<Reserve, GatewayError> {
+    let cost = match (&route.cost, &exchange.snapshot.credits) {
+        (Some(cost), Some(settings)) if settings.enabled => cost.for_method(request.method()),
+        _ => 0,
+    };
+    let Some(client) = exchange
+        .caller
+        .identity
+        .as_ref()
+        .map(|i| i.client_id.clone())
+        .filter(|_| cost > 0)
+    else {
+        return Ok(Reserve::Forward(request));
+    };
+    let settings = exchange.snapshot.credits.as_ref().ok_or(Bug::NoCredits)?;
+    let ledger = std::sync::Arc::clone(credits.ledger()?);
+    let worker = exchange.worker;
+    let now = now_ms();
+    let hold_until = now.saturating_add(duration_ms(settings.reservation_timeout));
+
+    let (request, claim) = match idempotency_key(request.headers())? {
+        None => (request, None),
+        Some(key) => {
+            let (request, fingerprint) = fingerprint(route, request, reading).await?;
+            let claim = Claim {
+                client: client.clone(),
+                key: key.clone(),
+                fingerprint,
+                now_ms: now,
+                hold_until,
+            };
+            let started = std::time::Instant::now();
+            let claimed = ledger
+                .claim(worker, claim)
+                .await
+                .map_err(|e| credits.unavailable(&e))?;
+            credits.counters.latency.observe(started);
+            match claimed {
+                Claimed::New => {}
+                Claimed::InFlight => return Err(CreditError::KeyInFlight.into()),
+                Claimed::Mismatch => return Err(CreditError::KeyMismatch.into()),
+                Claimed::Answered(answer) => {
+                    credits
+                        .counters
+                        .replays
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let balance = ledger
+                        .account(worker, &client)
+                        .await
+                        .map_err(|e| credits.unavailable(&e))?
+                        .available;
+                    exchange.metering = Metering::Replayed { balance };
+                    return Ok(Reserve::Replay(replay(&answer)?));
+                }
+            }
+            let keep_until = now.saturating_add(duration_ms(settings.idempotency_ttl));
+            let claim = KeyClaim::new(
+                std::sync::Arc::clone(&ledger),
+                worker,
+                client.clone(),
+                key,
+                keep_until,
+            );
+            (request, Some(claim))
+        }
+    };
+
+    let id = tollgate_auth::random::token(16).map_err(|_| Bug::Randomness)?;
+    let reservation = Reservation {
+        id: id.clone(),
+        client: client.clone(),
+        amount: cost,
+        deadline: hold_until,
+        route: Some(route.name.clone()),
+        request_id: Some(exchange.request_id.clone()),
+        idempotency_key: None,
+    };
+    let started = std::time::Instant::now();
+    let reserved = ledger.reserve(worker, reservation, now).await;
+    credits.counters.latency.observe(started);
+    let reserved = match reserved {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(claim) = claim {
+                let _ = claim.release().await;
+            }
+            return Err(credits.unavailable(&e));
+        }
+    };
+    match reserved {
+        Reserved::Held { balance } => {
+            credits
+                .counters
+                .reservations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            exchange.metering = Metering::Held { cost, balance };
+            exchange.hold = Some(Hold::new(
+                ledger,
+                std::sync::Arc::clone(&credits.counters),
+                worker,
+                client,
+                id,
+                cost,
+            ));
+            exchange.key_claim = claim;
+            Ok(Reserve::Forward(request))
+        }
+        Reserved::Short { balance } => {
+            credits
+                .counters
+                .insufficient
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(claim) = claim {
+                let _ = claim.release().await;
+            }
+            exchange.metering = Metering::Short { balance };
+            Err(CreditError::Insufficient {
+                required: cost,
+                balance,
+            }
+            .into())
+        }
     }
+}
+
+fn duration_ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The request's `Idempotency-Key`: an sf-string (`"..."`) or a bare token of 1 to 255
+/// visible ASCII characters; one header only.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(CreditError::KeyInvalid.into());
+    }
+    let text = value.to_str().map_err(|_| CreditError::KeyInvalid)?.trim();
+    let key = match text.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"').ok_or(CreditError::KeyInvalid)?,
+        None => text,
+    };
+    let visible = key
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if key.is_empty() || key.len() > 255 || !visible {
+        return Err(CreditError::KeyInvalid.into());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// What makes two requests "the same" for an idempotency key; JSON and form bodies are
+/// read (they are read for the rewrite anyway) and hashed.
+async fn fingerprint(
+    route: &Route,
+    request: Request<RequestBody>,
+    reading: &Reading,
+) -> Result<(Request<RequestBody>, String), GatewayError> {
+    let (parts, body) = request.into_parts();
+    let mut hash = Sha256::new();
+    hash.update(parts.method.as_str());
+    hash.update(b"\n");
+    hash.update(route.name.as_bytes());
+    hash.update(b"\n");
+    hash.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
+    hash.update(b"\n");
+    for name in [CONTENT_TYPE, CONTENT_LENGTH] {
+        hash.update(parts.headers.get(&name).map_or(&b""[..], |v| v.as_bytes()));
+        hash.update(b"\n");
+    }
+    let class = classify::classify(
+        &parts.headers,
+        !http_body::Body::is_end_stream(&body),
+        route,
+    )?;
+    let body = match (class, &route.client_id) {
+        (BodyClass::Json | BodyClass::Form, Some(policy)) => {
+            let held =
+                crate::body::hold(&parts, body, policy.max_body_bytes as u64, reading).await?;
+            hash.update(held.bytes());
+            Either::Right(held)
+        }
+        _ => body,
+    };
+    let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((Request::from_parts(parts, body), digest))
+}
+
+/// A kept answer, answered again.
+fn replay(answer: &StoredAnswer) -> Result<Answer, GatewayError> {
+    let body = match &answer.body {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| Bug::Corrupt)?,
+        None => Vec::new(),
+    };
+    let mut response = Response::new(crate::body::full(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(answer.status).map_err(|_| Bug::Corrupt)?;
+    for (name, value) in &answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+        .headers_mut()
+        .insert(REPLAYED, HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+/// Settles the reservation from the backend's response head: post, or void when the
+/// status refunds.
+pub async fn settle(
+    exchange: &mut Exchange<'_>,
+    route: &Route,
+    status: StatusCode,
+    headers: &HeaderMap,
+) {
+    let Some(hold) = exchange.hold.take() else {
+        return;
+    };
+    let cost = route.cost.as_deref();
+    let refunds = cost.is_none_or(|c| c.refunds(status.as_u16()));
+    if refunds {
+        match hold.void(VoidReason::UpstreamStatus).await {
+            Ok(Settled::Done { balance, .. }) => exchange.metering = Metering::Refunded { balance },
+            Ok(Settled::Gone) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refund now; the reservation expires instead")
+            }
+        }
+        if let Some(claim) = exchange.key_claim.take() {
+            let _ = claim.release().await;
+        }
+        return;
+    }
+    let reserved = hold.cost;
+    let amount = match cost.and_then(|c| c.settle_header.as_ref()) {
+        None => reserved,
+        Some(name) => match headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim) {
+            Some(text) => text.parse::<u64>().unwrap_or_else(|_| {
+                tracing::warn!(header = %name, "the backend's settle header is not a whole number: charging what was reserved");
+                reserved
+            }),
+            None => reserved,
+        },
+    };
+    match hold.post(amount).await {
+        Ok(Settled::Done { charged, balance }) => {
+            exchange.metering = Metering::Charged {
+                cost: charged,
+                balance,
+            };
+            if let Some(claim) = &mut exchange.key_claim {
+                claim.charged(StoredAnswer {
+                    status: status.as_u16(),
+                    headers: kept_headers(headers),
+                    body: None,
+                    cost: charged,
+                });
+            }
+        }
+        // Expired under a request that ran past the reservation timeout: refunded.
+        Ok(Settled::Gone) => {
+            tracing::warn!("a reservation expired before its request was answered: not charged");
+            exchange.metering = Metering::Free;
+        }
+        Err(e) => {
+            // Not retried: the reservation is left to its deadline, which refunds it.
+            tracing::warn!(error = %e, "cannot post a reservation; it expires (refunded) instead");
+        }
+    }
+}
+
+fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    KEPT_HEADERS
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(*name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| ((*name).to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Refunds a request that failed after reserving; frees its idempotency key.
+pub async fn refund(exchange: &mut Exchange<'_>, error: &GatewayError) {
+    if let Some(hold) = exchange.hold.take() {
+        let reason = match error.family() {
+            crate::errors::Family::Upstream { .. } => VoidReason::UpstreamError,
+            _ => VoidReason::RequestRefused,
+        };
+        match hold.void(reason).await {
+            Ok(Settled::Done { balance, .. }) => exchange.metering = Metering::Refunded { balance },
+            Ok(Settled::Gone) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refund now; the reservation expires instead")
+            }
+        }
+    }
+    if let Some(claim) = exchange.key_claim.take() {
+        let _ = claim.release().await;
+    }
+}
+
+/// Keeps a charged request's answer for its retries: bodies up to [`MAX_KEPT_BODY`]
+/// with a declared length are read here and kept whole; others are kept as the status
+/// and headers alone.
+pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
+    let Some(claim) = exchange.key_claim.take() else {
+        return answer;
+    };
+    let Some(pending) = claim.pending_answer().cloned() else {
+        return answer;
+    };
+    let length = answer
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_none_or(|n| n > MAX_KEPT_BODY) {
+        if let Err(e) = claim.keep(pending).await {
+            tracing::warn!(error = %e, "cannot keep an idempotent answer");
+        }
+        return answer;
+    }
+    let (parts, body) = answer.into_parts();
+    let timeout = exchange.snapshot.upstream.response_timeout;
+    let bytes = match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        // The body broke off: the client gets what the upstream sent (nothing more
+        // can be read), and a retry the status alone (the claim keeps it when dropped).
+        _ => {
+            drop(claim);
+            return Response::from_parts(parts, crate::body::full(Bytes::new()));
+        }
+    };
+    let kept = StoredAnswer {
+        body: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+        ..pending
+    };
+    if let Err(e) = claim.keep(kept).await {
+        tracing::warn!(error = %e, "cannot keep an idempotent answer");
+    }
+    Response::from_parts(parts, crate::body::full(bytes))
+}
+
+/// The credit headers a response carries, from what metering did.
+pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
+    let (cost, balance) = match *metering {
+        Metering::Free => return,
+        Metering::Held { cost, balance } | Metering::Charged { cost, balance } => (cost, balance),
+        Metering::Refunded { balance }
+        | Metering::Short { balance }
+        | Metering::Replayed { balance } => (0, balance),
+    };
+    let headers = response.headers_mut();
+    headers.insert("x-token-cost", HeaderValue::from(cost));
+    headers.insert("x-token-balance", HeaderValue::from(balance));
 }
 
 #[cfg(test)]
@@ -30,13 +444,51 @@ mod tests {
     use crate::testing::{exchange_for, snapshot_with_route};
 
     #[test]
-    fn a_route_without_a_cost_is_free_and_says_nothing() {
+    fn a_route_without_a_cost_says_nothing() {
         let snapshot = snapshot_with_route();
-        let mut exchange = exchange_for(&snapshot);
-        assert!(reserve(&mut exchange, &snapshot.routes[0]).is_ok());
+        let exchange = exchange_for(&snapshot);
         assert_eq!(exchange.metering, Metering::Free);
         let mut response = Response::new(());
         decorate(&mut response, &exchange.metering);
         assert!(response.headers().is_empty());
+    }
+
+    #[test]
+    fn credit_headers_say_what_this_request_cost() {
+        let mut response = Response::new(());
+        decorate(
+            &mut response,
+            &Metering::Charged {
+                cost: 3,
+                balance: 7,
+            },
+        );
+        assert_eq!(response.headers()["x-token-cost"], "3");
+        assert_eq!(response.headers()["x-token-balance"], "7");
+        decorate(&mut response, &Metering::Refunded { balance: 10 });
+        assert_eq!(response.headers()["x-token-cost"], "0");
+        assert_eq!(response.headers()["x-token-balance"], "10");
+    }
+
+    #[test]
+    fn idempotency_keys_are_strings_or_tokens() {
+        let key = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(IDEMPOTENCY_KEY, HeaderValue::from_str(v).unwrap());
+            idempotency_key(&h)
+        };
+        assert_eq!(
+            key("\"8e03978e-40d5\"").unwrap().as_deref(),
+            Some("8e03978e-40d5")
+        );
+        assert_eq!(key("abc123").unwrap().as_deref(), Some("abc123"));
+        for bad in ["\"\"", "\"open", "a b", &"x".repeat(256), "\"q\\\"\""] {
+            assert!(key(bad).is_err(), "{bad}");
+        }
+        let mut two = HeaderMap::new();
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("a"));
+        two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
+        assert!(idempotency_key(&two).is_err());
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
     }
 }

@@ -13,7 +13,9 @@
 //!    callback's signature, or none; the caller goes into the exchange.
 //! 6. **limit** — the route's rate-limit policies, counted here or in Redis; the
 //!    decision closest to exhaustion goes into the exchange.
-//! 7. **meter** — token credits reserved before anything reaches the backend.
+//! 7. **meter** — token credits reserved before anything reaches the backend (402
+//!    when short; a retry with a kept `Idempotency-Key` is answered here). Settled
+//!    from the response head in stage 10, refunded when the request fails.
 //!    Routes the gateway serves itself (`action = "serve"`) are answered here, by
 //!    [`crate::endpoints`], after the same authentication and limits.
 //! 8. **rewrite** — strip hop-by-hop, spoofable and the caller's own credentials, then
@@ -87,12 +89,15 @@ pub async fn handle(
         rate_limit: None,
         cors: Default::default(),
         metering: Default::default(),
+        hold: None,
+        key_claim: None,
         own_answer: false,
         log,
     };
     let response = match run(&mut exchange, request, &active, &runtime.metrics).await {
         Ok(response) => response,
         Err(error) => {
+            meter::refund(&mut exchange, &error).await;
             runtime.metrics.count_problem(&error);
             exchange.own_answer = true;
             problem::render(&error, &exchange.request_id)
@@ -155,7 +160,10 @@ async fn run(
     let request = limit::check(exchange, route, request, &active.limiters, &reading).await?;
 
     // 7. meter
-    meter::reserve(exchange, route)?;
+    let request = match meter::reserve(exchange, route, request, &active.credits, &reading).await? {
+        meter::Reserve::Forward(request) => request,
+        meter::Reserve::Replay(answer) => return Ok(answer),
+    };
     if let RouteAction::Serve(endpoint) = route.action {
         return endpoints::serve(exchange, endpoint, request, active, &reading).await;
     }
@@ -183,7 +191,9 @@ async fn run(
     .await?;
 
     // 10. respond
-    endpoints::reshape(exchange, route, response, active).await
+    meter::settle(exchange, route, response.status(), response.headers()).await;
+    let answer = endpoints::reshape(exchange, route, response, active).await?;
+    Ok(meter::remember(exchange, answer).await)
 }
 
 fn unix_now() -> u64 {

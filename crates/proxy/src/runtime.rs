@@ -3,7 +3,7 @@
 //!
 //! [`Active`] is one published snapshot with its parts: the Redis connection, the
 //! upstream pools, the token verifier, the rate limiters, the callback nonces, the body
-//! budget, the session store and its revocations. A reload builds a new `Active` from the new snapshot and the previous parts —
+//! budget, the session store and its revocations, the token ledger. A reload builds a new `Active` from the new snapshot and the previous parts —
 //! each part decides what carries over (counts whose numbers did not change, warm
 //! connections, remembered nonces) — and swaps it in whole: a request reads one `Active`
 //! once and uses only that. [`Runtime`] holds the current one, and what belongs to the
@@ -17,6 +17,7 @@ use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
 use crate::body::Bodies;
+use crate::credits::Credits;
 use crate::jwks::Tokens;
 use crate::limit::Limiters;
 use crate::metrics::Metrics;
@@ -36,6 +37,7 @@ pub struct Active {
     pub replay: Replay,
     pub bodies: Bodies,
     pub sessions: Sessions,
+    pub credits: Credits,
 }
 
 impl Active {
@@ -58,6 +60,7 @@ impl Active {
         let replay = Replay::build(&build, previous.map(|p| &p.replay));
         let bodies = Bodies::build(&build, previous.map(|p| &p.bodies));
         let sessions = Sessions::build(&build, previous.map(|p| &p.sessions));
+        let credits = Credits::build(&build, previous.map(|p| &p.credits));
         Active {
             snapshot: Arc::new(snapshot),
             redis,
@@ -67,6 +70,7 @@ impl Active {
             replay,
             bodies,
             sessions,
+            credits,
         }
     }
 
@@ -79,6 +83,7 @@ impl Active {
         self.replay.render_metrics(out);
         self.bodies.render_metrics(out);
         self.sessions.render_metrics(out);
+        self.credits.render_metrics(out);
     }
 }
 

@@ -95,6 +95,8 @@ pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
         rate_limit: None,
         cors: Default::default(),
         metering: Default::default(),
+        hold: None,
+        key_claim: None,
         own_answer: false,
         log,
     }

@@ -26,6 +26,7 @@
 //!   hash slot (Cluster-ready).
 
 pub mod embedded;
+pub mod import;
 pub mod shared;
 
 use serde::{Deserialize, Serialize};

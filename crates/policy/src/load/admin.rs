@@ -18,7 +18,13 @@ pub(crate) fn admin(l: &mut Loader, src: &SourceFile, f: AdminFile) -> Option<Ad
                 .as_ref()
                 .or(f.token_file.as_ref())
                 .map_or(0..0, |s| s.span());
-            let token = l.secret(src, &f.token_env, &f.token_file, span.clone(), "[admin] token")?;
+            let token = l.secret(
+                src,
+                &f.token_env,
+                &f.token_file,
+                span.clone(),
+                "[admin] token",
+            )?;
             if token.len() < MIN_TOKEN_BYTES {
                 l.error(
                     src,

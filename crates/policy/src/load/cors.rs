@@ -43,6 +43,7 @@ pub const EXPOSED_HEADERS: &[&str] = &[
     "retry-after",
     "x-token-cost",
     "x-token-balance",
+    "idempotent-replayed",
     "deprecation",
     "sunset",
     "link",

@@ -101,7 +101,10 @@ pub(crate) fn route_cost(
     let Some(cost) = &f.cost else {
         for (field, span) in [
             ("settle_header", f.settle_header.as_ref().map(|s| s.span())),
-            ("refund_statuses", f.refund_statuses.as_ref().map(|s| s.span())),
+            (
+                "refund_statuses",
+                f.refund_statuses.as_ref().map(|s| s.span()),
+            ),
         ] {
             if let Some(span) = span {
                 l.error(
@@ -173,10 +176,7 @@ pub(crate) fn route_cost(
             out
         }
     };
-    let settle_header = f
-        .settle_header
-        .as_ref()
-        .and_then(|h| l.header_name(src, h));
+    let settle_header = f.settle_header.as_ref().and_then(|h| l.header_name(src, h));
     let refund = match &f.refund_statuses {
         Some(list) => statuses(l, src, list, &format!("route `{name}` refund_statuses")),
         None => credits.map_or_else(|| vec![DEFAULT_REFUND], |c| c.refund_statuses.clone()),
@@ -210,7 +210,10 @@ mod tests {
 
     #[test]
     fn costs_per_route_and_per_method() {
-        let gateway = format!("{}{CREDITS}refund_statuses = [\"5xx\", \"408\"]\n", gateway());
+        let gateway = format!(
+            "{}{CREDITS}refund_statuses = [\"5xx\", \"408\"]\n",
+            gateway()
+        );
         let s = load(&gateway, &[("a.toml", &route("cost = { POST = 10 }"))]).unwrap();
         let cost = s.routes[0].cost.as_ref().unwrap();
         assert_eq!(cost.for_method(&http::Method::POST), 10);
@@ -247,16 +250,28 @@ mod tests {
             )],
         );
         assert!(e[0].contains("needs auth = jwt"), "{e:?}");
-        let e = errors(&with_credits, &[("a.toml", &route("cost = { DELETE = 1, post = 2 }"))]);
+        let e = errors(
+            &with_credits,
+            &[("a.toml", &route("cost = { DELETE = 1, post = 2 }"))],
+        );
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].contains("DELETE, which the route does not allow"), "{e:?}");
+        assert!(
+            e[0].contains("DELETE, which the route does not allow"),
+            "{e:?}"
+        );
         assert!(e[1].contains("`post` is not an HTTP method"), "{e:?}");
         let e = errors(&with_credits, &[("a.toml", &route("cost = -1"))]);
         assert!(e[0].contains("0 or more"), "{e:?}");
-        let e = errors(&with_credits, &[("a.toml", &route("settle_header = \"x-used\""))]);
+        let e = errors(
+            &with_credits,
+            &[("a.toml", &route("settle_header = \"x-used\""))],
+        );
         assert!(e[0].contains("for routes with a `cost`"), "{e:?}");
         let e = errors(
-            &format!("{}{CREDITS}refund_statuses = [\"5xx\", \"teapot\"]\n", gateway()),
+            &format!(
+                "{}{CREDITS}refund_statuses = [\"5xx\", \"teapot\"]\n",
+                gateway()
+            ),
             &[],
         );
         assert!(e[0].contains("`teapot` is not a status"), "{e:?}");

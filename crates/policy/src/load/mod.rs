@@ -49,8 +49,8 @@ use crate::sources::{Disk, Sources};
 use context::Loader;
 use document::section;
 use file::{
-    AdminFile, ApiKeysFile, CreditsFile, LogFile, LoginFile, ReloadFile, RoutingFile, ServerFile, SessionsFile,
-    StoreFile, UpstreamFile,
+    AdminFile, ApiKeysFile, CreditsFile, LogFile, LoginFile, ReloadFile, RoutingFile, ServerFile,
+    SessionsFile, StoreFile, UpstreamFile,
 };
 
 pub use context::DEV_KEYS_DIR;

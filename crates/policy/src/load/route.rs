@@ -144,7 +144,15 @@ pub(crate) fn route(
         route_auth.as_ref(),
         refs,
     );
-    credits_needs(l, src, &f, &name, action.as_ref(), route_auth.as_ref(), refs);
+    credits_needs(
+        l,
+        src,
+        &f,
+        &name,
+        action.as_ref(),
+        route_auth.as_ref(),
+        refs,
+    );
     let cost = super::credits::route_cost(
         l,
         src,

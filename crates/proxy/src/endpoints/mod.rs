@@ -4,8 +4,10 @@
 //!
 //! One endpoint, one module: [`jwks`] (the public signing keys), [`refresh`] and
 //! [`logout`] (sessions), and [`login`], the wrap of the legacy login's answer.
-//! [`tokens`] is what login and refresh hand out. The token-credit endpoints join them.
+//! [`tokens`] is what login and refresh hand out. [`credits`] answers the frontend's
+//! token-credit questions (balance, costs, preview, history).
 
+mod credits;
 mod jwks;
 mod login;
 mod logout;
@@ -43,6 +45,12 @@ pub async fn serve(
         Endpoint::Logout => {
             logout::serve(exchange, request, &active.sessions, reading, &active.tokens).await
         }
+        Endpoint::TokensBalance => credits::balance(exchange, &active.credits).await,
+        Endpoint::TokensCosts => Ok(credits::costs(exchange)),
+        Endpoint::TokensPreview => {
+            credits::preview(exchange, request, &active.credits, reading).await
+        }
+        Endpoint::TokensHistory => credits::history(exchange, &request, &active.credits).await,
     }
 }
 

@@ -1,0 +1,425 @@
+//! The runtime part for token credits: the ledger `[credits]` and `[store]` name, its
+//! sweeper, and the counters of what metering did.
+//!
+//! The ledger is Redis when `[store]` has a URL; otherwise a `redb` file at
+//! `[credits] path`. It is opened once and kept across reloads while that setting
+//! holds (redb locks its file). The opening balances of `[credits] opening_balances`
+//! are credited when it opens, once per client ever; until then metered routes answer
+//! 503 and `/readyz` says not ready, so a fresh start never refuses a client the
+//! balance its legacy record shows.
+//!
+//! The sweeper voids reservations past their deadline (a gateway that died
+//! mid-request) every second, on every instance, and forgets old idempotency records.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tollgate_policy::snapshot::{Credits as CreditSettings, RedisSettings};
+use tollgate_state::ledger::embedded::EmbeddedLedger;
+use tollgate_state::ledger::shared::SharedLedger;
+use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger, LedgerError};
+
+use crate::errors::{CreditError, GatewayError};
+use crate::part::{Build, Part};
+
+/// How often reservations past their deadline are looked for.
+const SWEEP: Duration = Duration::from_secs(1);
+/// How often old idempotency records are forgotten.
+const PRUNE: Duration = Duration::from_secs(60);
+/// Expired reservations voided per sweep (the next sweep takes the rest).
+const SWEEP_MAX: usize = 1000;
+
+/// Which ledger a snapshot asks for: kept across reloads while this is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    Embedded(PathBuf),
+    Redis(RedisSettings),
+}
+
+/// Latency buckets of ledger calls, in microseconds.
+const BUCKETS_US: [u64; 10] = [
+    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// Ledger call latency, as a Prometheus histogram.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, since: Instant) {
+        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        for (bound, bucket) in BUCKETS_US.iter().zip(&self.buckets) {
+            if us <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Why a reservation was voided (the metrics' `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VoidReason {
+    /// The backend answered with a refunding status (5xx by default).
+    UpstreamStatus,
+    /// The backend could not be reached, or did not answer in time.
+    UpstreamError,
+    /// The gateway refused the request after reserving (a bad body, a spoofed id).
+    RequestRefused,
+    /// The client went away before the response head.
+    ClientAbort,
+}
+
+impl VoidReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoidReason::UpstreamStatus => "upstream_status",
+            VoidReason::UpstreamError => "upstream_error",
+            VoidReason::RequestRefused => "request_refused",
+            VoidReason::ClientAbort => "client_abort",
+        }
+    }
+
+    const ALL: [VoidReason; 4] = [
+        VoidReason::UpstreamStatus,
+        VoidReason::UpstreamError,
+        VoidReason::RequestRefused,
+        VoidReason::ClientAbort,
+    ];
+}
+
+/// What metering did, kept across reloads.
+#[derive(Debug, Default)]
+pub struct CreditCounters {
+    pub reservations: AtomicU64,
+    pub posts: AtomicU64,
+    pub tokens_charged: AtomicU64,
+    voids: [AtomicU64; 4],
+    pub insufficient: AtomicU64,
+    pub replays: AtomicU64,
+    pub expired: AtomicU64,
+    pub store_errors: AtomicU64,
+    pub latency: Latency,
+}
+
+impl CreditCounters {
+    pub fn count_void(&self, reason: VoidReason) {
+        if let Some(i) = VoidReason::ALL.iter().position(|r| *r == reason) {
+            self.voids[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The ledger a snapshot names, once it is open and the opening balances are in.
+pub struct LedgerState {
+    location: Location,
+    ledger: OnceLock<Arc<dyn Ledger>>,
+    /// The Redis connection slot of the sweeper (0 for the embedded ledger).
+    background: usize,
+}
+
+/// The part: `None` without `[credits]`.
+pub struct Credits {
+    state: Option<Arc<LedgerState>>,
+    pub counters: Arc<CreditCounters>,
+}
+
+impl Credits {
+    /// Whether metering can serve: true without `[credits]`, else once the ledger is
+    /// open and the opening balances are in (`/readyz` waits for it).
+    pub fn ready(&self) -> bool {
+        self.state.as_ref().is_none_or(|s| s.ledger.get().is_some())
+    }
+
+    /// The ledger, or 503.
+    pub fn ledger(&self) -> Result<&Arc<dyn Ledger>, GatewayError> {
+        self.state
+            .as_ref()
+            .and_then(|s| s.ledger.get())
+            .ok_or_else(|| CreditError::LedgerUnavailable.into())
+    }
+
+    /// A ledger error as a request sees it: 503, nothing charged (the ledger's own
+    /// words go to the log only: they may name files or hosts).
+    pub fn unavailable(&self, error: &LedgerError) -> GatewayError {
+        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %error, "token ledger error");
+        CreditError::LedgerUnavailable.into()
+    }
+}
+
+fn location(build: &Build) -> Option<Location> {
+    let credits = build.snapshot.credits.as_ref()?;
+    Some(match &build.snapshot.store.redis {
+        Some(settings) => Location::Redis(settings.clone()),
+        None => Location::Embedded(credits.path.clone()),
+    })
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Credits the opening balances of `settings` that are not in yet.
+async fn open_balances(
+    ledger: &dyn Ledger,
+    worker: usize,
+    settings: &CreditSettings,
+) -> Result<(), String> {
+    let Some(path) = &settings.opening_balances else {
+        return Ok(());
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("cannot read the opening balances {}: {e}", path.display()))?;
+    let openings = import::parse(&text).map_err(|problems| {
+        format!(
+            "the opening balances {} are not valid: {}",
+            path.display(),
+            problems.join("; ")
+        )
+    })?;
+    let mut credited = 0;
+    for opening in openings {
+        let adjust = Adjust {
+            client: opening.client,
+            change: Change::Opening(opening.balance),
+            reason: format!("opening balance from {}", path.display()),
+            now_ms: now_ms(),
+        };
+        match ledger.adjust(worker, adjust).await {
+            Ok(Adjusted::Done { .. }) => credited += 1,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot credit the opening balances: {e}")),
+        }
+    }
+    if credited > 0 {
+        tracing::info!(clients = credited, file = %path.display(), "opening balances credited");
+    }
+    Ok(())
+}
+
+impl Part for Credits {
+    fn build(build: &Build, previous: Option<&Self>) -> Self {
+        let counters = previous.map_or_else(Arc::default, |p| Arc::clone(&p.counters));
+        let (Some(location), Some(settings)) = (location(build), build.snapshot.credits.clone())
+        else {
+            return Credits {
+                state: None,
+                counters,
+            };
+        };
+        if let Some(state) = previous
+            .and_then(|p| p.state.as_ref())
+            .filter(|s| s.location == location)
+        {
+            return Credits {
+                state: Some(Arc::clone(state)),
+                counters,
+            };
+        }
+        let (pending, background): (Option<Arc<dyn Ledger>>, usize) = match &location {
+            Location::Embedded(_) => (None, 0),
+            Location::Redis(_) => match build.redis.redis() {
+                Some(redis) => (
+                    Some(Arc::new(SharedLedger::new(Arc::clone(redis)))),
+                    redis.background_worker(),
+                ),
+                None => {
+                    tracing::error!(
+                        "the configured redis cannot be used: metered routes answer 503"
+                    );
+                    (None, 0)
+                }
+            },
+        };
+        let state = Arc::new(LedgerState {
+            location,
+            ledger: OnceLock::new(),
+            background,
+        });
+        spawn_keeper(
+            Arc::downgrade(&state),
+            pending,
+            settings,
+            Arc::clone(&counters),
+        );
+        Credits {
+            state: Some(state),
+            counters,
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        let Some(_) = &self.state else {
+            return;
+        };
+        let c = &self.counters;
+        let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        };
+        counter(
+            out,
+            "tollgate_credit_reservations_total",
+            "Metered requests whose cost was reserved.",
+            &c.reservations,
+        );
+        counter(
+            out,
+            "tollgate_credit_posts_total",
+            "Reservations posted (the backend answered; the tokens are spent).",
+            &c.posts,
+        );
+        counter(
+            out,
+            "tollgate_credit_tokens_charged_total",
+            "Tokens spent by posted reservations.",
+            &c.tokens_charged,
+        );
+        counter(
+            out,
+            "tollgate_credit_insufficient_total",
+            "Requests refused with 402 INSUFFICIENT_TOKENS.",
+            &c.insufficient,
+        );
+        counter(
+            out,
+            "tollgate_credit_idempotent_replays_total",
+            "Requests answered from an Idempotency-Key's record, not charged again.",
+            &c.replays,
+        );
+        counter(
+            out,
+            "tollgate_credit_expired_total",
+            "Reservations nobody settled before their deadline, refunded by the sweeper.",
+            &c.expired,
+        );
+        counter(out, "tollgate_credit_ledger_errors_total", "Ledger calls that failed (the request got 503, or its settlement waits for the sweeper).", &c.store_errors);
+        out.push_str("# HELP tollgate_credit_voids_total Reservations voided (refunded in full), by reason.\n# TYPE tollgate_credit_voids_total counter\n");
+        for (reason, value) in VoidReason::ALL.iter().zip(&c.voids) {
+            let _ = writeln!(
+                out,
+                "tollgate_credit_voids_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tollgate_credit_ledger_seconds Latency of the ledger calls on the request path.\n# TYPE tollgate_credit_ledger_seconds histogram\n");
+        for (bound, bucket) in BUCKETS_US.iter().zip(&c.latency.buckets) {
+            let _ = writeln!(
+                out,
+                "tollgate_credit_ledger_seconds_bucket{{le=\"{}\"}} {}",
+                *bound as f64 / 1e6,
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = c.latency.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "tollgate_credit_ledger_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "tollgate_credit_ledger_seconds_sum {}",
+            c.latency.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "tollgate_credit_ledger_seconds_count {count}");
+        out.push_str("# HELP tollgate_credit_ledger_ready Whether the ledger is open and the opening balances are in.\n# TYPE tollgate_credit_ledger_ready gauge\n");
+        let _ = writeln!(
+            out,
+            "tollgate_credit_ledger_ready {}",
+            u8::from(self.ready())
+        );
+    }
+}
+
+/// Opens the ledger (retrying while another process holds the embedded file), credits
+/// the opening balances, then sweeps expired reservations for as long as the state is
+/// in use.
+fn spawn_keeper(
+    state: Weak<LedgerState>,
+    pending: Option<Arc<dyn Ledger>>,
+    settings: CreditSettings,
+    counters: Arc<CreditCounters>,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        tracing::error!("no runtime for the token ledger: metered routes answer 503");
+        return;
+    };
+    runtime.spawn(async move {
+        let mut pending = pending;
+        let mut last_prune = Instant::now();
+        let mut complained = false;
+        loop {
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            match state.ledger.get() {
+                None => {
+                    if pending.is_none() {
+                        if let Location::Embedded(path) = &state.location {
+                            let path = path.clone();
+                            match tokio::task::spawn_blocking(move || EmbeddedLedger::open(&path)).await {
+                                Ok(Ok(ledger)) => pending = Some(Arc::new(ledger)),
+                                Ok(Err(e)) if !complained => {
+                                    tracing::error!(error = %e, "cannot open the token ledger; retrying");
+                                    complained = true;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    if let Some(ledger) = &pending {
+                        match open_balances(ledger.as_ref(), state.background, &settings).await {
+                            Ok(()) => {
+                                let _ = state.ledger.set(Arc::clone(ledger));
+                                tracing::info!("the token ledger is open");
+                            }
+                            Err(e) if !complained => {
+                                tracing::error!("{e}; retrying");
+                                complained = true;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                }
+                Some(ledger) => {
+                    match ledger.expire(state.background, now_ms(), SWEEP_MAX).await {
+                        Ok(n) => {
+                            counters.expired.fetch_add(n, Ordering::Relaxed);
+                            if n > 0 {
+                                tracing::warn!(reservations = n, "refunded reservations nobody settled before their deadline");
+                            }
+                        }
+                        Err(e) => {
+                            counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(error = %e, "cannot sweep expired reservations");
+                        }
+                    }
+                    if last_prune.elapsed() >= PRUNE {
+                        last_prune = Instant::now();
+                        if let Err(e) = ledger.prune(state.background, now_ms()).await {
+                            tracing::debug!(error = %e, "cannot prune idempotency records");
+                        }
+                    }
+                }
+            }
+            drop(state);
+            tokio::time::sleep(SWEEP).await;
+        }
+    });
+}

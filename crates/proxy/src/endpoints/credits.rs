@@ -1,0 +1,231 @@
+//! The token-credit endpoints for the frontend, about the caller's own client:
+//!
+//! - `GET /gateway/tokens/balance` — the balance, and what running requests hold;
+//! - `GET /gateway/tokens/costs` — every metered route's cost, for client-side
+//!   prediction (routes not listed are free);
+//! - `POST /gateway/tokens/preview` — what one or several operations would cost, and
+//!   whether the balance covers them;
+//! - `GET /gateway/tokens/history?limit=&before=` — the caller's movements, newest
+//!   first, in pages.
+
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response};
+use serde_json::{json, Map, Value};
+use tollgate_policy::snapshot::{Cost, RouteMatch};
+
+use super::Answer;
+use crate::body::{self, Reading, RequestBody};
+use crate::credits::Credits;
+use crate::errors::{Bug, CreditError, GatewayError};
+use crate::exchange::Exchange;
+
+/// Operations one preview may ask about.
+const MAX_OPERATIONS: usize = 100;
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+fn json_answer(value: &Value) -> Answer {
+    let mut response = Response::new(crate::body::full(value.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn client(exchange: &Exchange<'_>) -> Result<String, GatewayError> {
+    exchange
+        .caller
+        .identity
+        .as_ref()
+        .map(|i| i.client_id.clone())
+        .ok_or_else(|| Bug::CredentialWithoutCaller.into())
+}
+
+fn metering(exchange: &Exchange<'_>) -> bool {
+    exchange
+        .snapshot
+        .credits
+        .as_ref()
+        .is_some_and(|c| c.enabled)
+}
+
+pub async fn balance(exchange: &Exchange<'_>, credits: &Credits) -> Result<Answer, GatewayError> {
+    let client = client(exchange)?;
+    let account = credits
+        .ledger()?
+        .account(exchange.worker, &client)
+        .await
+        .map_err(|e| credits.unavailable(&e))?;
+    Ok(json_answer(&json!({
+        "clientId": client,
+        "balance": account.available,
+        "held": account.held,
+        "metering": metering(exchange),
+    })))
+}
+
+fn costs_of(cost: &Cost) -> Map<String, Value> {
+    cost.amounts
+        .iter()
+        .map(|(method, amount)| {
+            let key = method.as_ref().map_or("*", Method::as_str).to_owned();
+            (key, Value::from(*amount))
+        })
+        .collect()
+}
+
+pub fn costs(exchange: &Exchange<'_>) -> Answer {
+    let routes: Vec<Value> = exchange
+        .snapshot
+        .routes
+        .iter()
+        .filter_map(|route| {
+            let cost = route.cost.as_ref()?;
+            let methods: Vec<&str> = route
+                .methods
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.iter().map(Method::as_str).collect());
+            Some(json!({
+                "route": route.name,
+                "path": route.path.to_string(),
+                "methods": methods,
+                "costs": costs_of(cost),
+                "settledByBackend": cost.settle_header.is_some(),
+            }))
+        })
+        .collect();
+    json_answer(&json!({
+        "metering": metering(exchange),
+        "unit": "token",
+        "routes": routes,
+    }))
+}
+
+pub async fn preview(
+    exchange: &Exchange<'_>,
+    request: Request<RequestBody>,
+    credits: &Credits,
+    reading: &Reading,
+) -> Result<Answer, GatewayError> {
+    let client = client(exchange)?;
+    let (parts, body) = request.into_parts();
+    let held = body::hold(&parts, body, MAX_BODY_BYTES, reading).await?;
+    let value: Value =
+        serde_json::from_slice(&held.bytes()).map_err(|_| CreditError::PreviewInvalid)?;
+    let operations = match &value {
+        Value::Object(o) if o.contains_key("operations") => match &o["operations"] {
+            Value::Array(list) => list.clone(),
+            _ => return Err(CreditError::PreviewInvalid.into()),
+        },
+        Value::Object(_) => vec![value.clone()],
+        Value::Array(list) => list.clone(),
+        _ => return Err(CreditError::PreviewInvalid.into()),
+    };
+    if operations.is_empty() || operations.len() > MAX_OPERATIONS {
+        return Err(CreditError::PreviewInvalid.into());
+    }
+    let snapshot = exchange.snapshot;
+    let on = metering(exchange);
+    let mut total: u64 = 0;
+    let mut priced = Vec::with_capacity(operations.len());
+    for op in &operations {
+        let method = op.get("method").and_then(Value::as_str);
+        let path = op.get("path").and_then(Value::as_str);
+        let (Some(method), Some(path)) = (method, path) else {
+            return Err(CreditError::PreviewInvalid.into());
+        };
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|_| CreditError::PreviewInvalid)?;
+        let path_only = path.split('?').next().unwrap_or(path);
+        let normalized =
+            tollgate_policy::path::normalize(path_only).map_err(|_| CreditError::PreviewInvalid)?;
+        let route = match snapshot.route(&method, &normalized) {
+            RouteMatch::Route(route) => Some(route),
+            _ => None,
+        };
+        let cost = route
+            .and_then(|r| r.cost.as_ref())
+            .filter(|_| on)
+            .map_or(0, |c| c.for_method(&method));
+        total = total.saturating_add(cost);
+        priced.push(json!({
+            "method": method.as_str(),
+            "path": path,
+            "route": route.map(|r| r.name.clone()),
+            "cost": cost,
+        }));
+    }
+    let account = credits
+        .ledger()?
+        .account(exchange.worker, &client)
+        .await
+        .map_err(|e| credits.unavailable(&e))?;
+    let sufficient = account.available >= total;
+    Ok(json_answer(&json!({
+        "operations": priced,
+        "total": total,
+        "balance": account.available,
+        "sufficient": sufficient,
+        "balanceAfter": if sufficient { Value::from(account.available - total) } else { Value::Null },
+        "shortBy": if sufficient { Value::from(0) } else { Value::from(total - account.available) },
+    })))
+}
+
+fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        if let Some((key, value)) = pair.split_once('=') {
+            if key == name {
+                return value
+                    .parse::<u64>()
+                    .map(Some)
+                    .map_err(|_| CreditError::HistoryQueryInvalid.into());
+            }
+        }
+    }
+    Ok(None)
+}
+
+pub async fn history<B>(
+    exchange: &Exchange<'_>,
+    request: &Request<B>,
+    credits: &Credits,
+) -> Result<Answer, GatewayError> {
+    let client = client(exchange)?;
+    let query = request.uri().query();
+    let limit = match query_number(query, "limit")? {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=MAX_PAGE as u64).contains(&n) => n as usize,
+        Some(_) => return Err(CreditError::HistoryQueryInvalid.into()),
+    };
+    let before = query_number(query, "before")?;
+    let page = credits
+        .ledger()?
+        .journal(exchange.worker, &client, before, limit)
+        .await
+        .map_err(|e| credits.unavailable(&e))?;
+    let movements: Vec<Value> = page
+        .movements
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut v {
+                // The caller's own: the client is the caller.
+                o.remove("client");
+                o.remove("heldChange");
+            }
+            v
+        })
+        .collect();
+    let next = page
+        .next
+        .map(|cursor| format!("{}?limit={limit}&before={cursor}", request.uri().path()));
+    Ok(json_answer(&json!({
+        "clientId": client,
+        "movements": movements,
+        "next": next,
+    })))
+}

@@ -1,0 +1,225 @@
+//! The money a request has open: its reservation ([`Hold`]) and its claim on an
+//! `Idempotency-Key` ([`KeyClaim`]). Both settle exactly once. Dropped unsettled —
+//! the client went away before the response head, and the request's future with it —
+//! they settle in the background: the reservation is voided (a full refund) and the key
+//! freed. A gateway that dies instead leaves them to the ledger's deadline.
+
+use std::sync::Arc;
+
+use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer};
+
+use crate::credits::{now_ms, CreditCounters, VoidReason};
+
+/// An open reservation.
+pub struct Hold {
+    ledger: Arc<dyn Ledger>,
+    counters: Arc<CreditCounters>,
+    worker: usize,
+    client: String,
+    id: String,
+    /// What was reserved.
+    pub cost: u64,
+    open: bool,
+}
+
+impl Hold {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        counters: Arc<CreditCounters>,
+        worker: usize,
+        client: String,
+        id: String,
+        cost: u64,
+    ) -> Hold {
+        Hold {
+            ledger,
+            counters,
+            worker,
+            client,
+            id,
+            cost,
+            open: true,
+        }
+    }
+
+    /// Spends `amount` of the reservation (at most what was reserved).
+    pub async fn post(mut self, amount: u64) -> Result<Settled, LedgerError> {
+        self.open = false;
+        let settled = self
+            .ledger
+            .settle(
+                self.worker,
+                &self.client,
+                &self.id,
+                Settle::Post { amount },
+                now_ms(),
+            )
+            .await?;
+        if let Settled::Done { charged, .. } = settled {
+            self.counters
+                .posts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.counters
+                .tokens_charged
+                .fetch_add(charged, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(settled)
+    }
+
+    /// Gives the whole reservation back.
+    pub async fn void(mut self, reason: VoidReason) -> Result<Settled, LedgerError> {
+        self.open = false;
+        void(
+            &*self.ledger,
+            &self.counters,
+            self.worker,
+            &self.client,
+            &self.id,
+            reason,
+        )
+        .await
+    }
+}
+
+async fn void(
+    ledger: &dyn Ledger,
+    counters: &CreditCounters,
+    worker: usize,
+    client: &str,
+    id: &str,
+    reason: VoidReason,
+) -> Result<Settled, LedgerError> {
+    let void = Settle::Void {
+        reason: reason.as_str().to_owned(),
+    };
+    let settled = ledger.settle(worker, client, id, void, now_ms()).await?;
+    if let Settled::Done { .. } = settled {
+        counters.count_void(reason);
+    }
+    Ok(settled)
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ledger, counters, worker) = (
+            Arc::clone(&self.ledger),
+            Arc::clone(&self.counters),
+            self.worker,
+        );
+        let (client, id) = (
+            std::mem::take(&mut self.client),
+            std::mem::take(&mut self.id),
+        );
+        runtime.spawn(async move {
+            if let Err(e) = void(&*ledger, &counters, worker, &client, &id, VoidReason::ClientAbort).await {
+                tracing::warn!(error = %e, "cannot refund an abandoned request now; its reservation expires instead");
+            }
+        });
+    }
+}
+
+/// A request's claim on its `Idempotency-Key`.
+pub struct KeyClaim {
+    ledger: Arc<dyn Ledger>,
+    worker: usize,
+    client: String,
+    key: String,
+    /// Until when an answer is kept (milliseconds).
+    keep_until: u64,
+    state: ClaimState,
+}
+
+enum ClaimState {
+    /// Not charged (yet): freed when dropped.
+    Open,
+    /// Charged: the answer must be kept; dropped before the body was read, the status
+    /// and headers are kept without it.
+    Charged(StoredAnswer),
+    Done,
+}
+
+impl KeyClaim {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        worker: usize,
+        client: String,
+        key: String,
+        keep_until: u64,
+    ) -> KeyClaim {
+        KeyClaim {
+            ledger,
+            worker,
+            client,
+            key,
+            keep_until,
+            state: ClaimState::Open,
+        }
+    }
+
+    /// The request was charged and answered so: from now on a retry gets this answer.
+    pub fn charged(&mut self, answer: StoredAnswer) {
+        self.state = ClaimState::Charged(answer);
+    }
+
+    /// The answer a charged request got, not yet kept.
+    pub fn pending_answer(&self) -> Option<&StoredAnswer> {
+        match &self.state {
+            ClaimState::Charged(answer) => Some(answer),
+            _ => None,
+        }
+    }
+
+    /// Keeps `answer` for retries.
+    pub async fn keep(mut self, answer: StoredAnswer) -> Result<(), LedgerError> {
+        self.state = ClaimState::Done;
+        self.ledger
+            .answer(
+                self.worker,
+                &self.client,
+                &self.key,
+                answer,
+                self.keep_until,
+            )
+            .await
+    }
+
+    /// Frees the key: the request was not charged, a retry runs.
+    pub async fn release(mut self) -> Result<(), LedgerError> {
+        self.state = ClaimState::Done;
+        self.ledger
+            .release(self.worker, &self.client, &self.key)
+            .await
+    }
+}
+
+impl Drop for KeyClaim {
+    fn drop(&mut self) {
+        let state = std::mem::replace(&mut self.state, ClaimState::Done);
+        if matches!(state, ClaimState::Done) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ledger, worker, until) = (Arc::clone(&self.ledger), self.worker, self.keep_until);
+        let (client, key) = (
+            std::mem::take(&mut self.client),
+            std::mem::take(&mut self.key),
+        );
+        runtime.spawn(async move {
+            let done = match state {
+                ClaimState::Charged(answer) => ledger.answer(worker, &client, &key, answer, until).await,
+                _ => ledger.release(worker, &client, &key).await,
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "cannot settle an idempotency key now; it frees itself at its deadline");
+            }
+        });
+    }
+}

@@ -1,0 +1,163 @@
+//! Opening balances exported from the legacy system, as CSV or JSON.
+//!
+//! - CSV: `clientId,balance` per line; a first line whose balance is not a number is a
+//!   header; blank lines and `#` comments are skipped; fields may be quoted.
+//! - JSON: an array of `{"clientId": ..., "balance": ...}` (`tokens` is read too, as the
+//!   legacy client records name it), or one object `{"<clientId>": <balance>, ...}`.
+//!
+//! Every problem is reported with its line (CSV) or entry (JSON); nothing is imported
+//! from a file with any problem.
+
+use serde_json::Value;
+
+/// One client's opening balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opening {
+    pub client: String,
+    pub balance: u64,
+}
+
+/// Reads `text`: JSON when it starts with `[` or `{`, CSV otherwise.
+pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
+    let trimmed = text.trim_start();
+    let (openings, mut problems) = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        json(trimmed)
+    } else {
+        csv(text)
+    };
+    let mut seen = std::collections::HashSet::new();
+    for o in &openings {
+        if !seen.insert(o.client.as_str()) {
+            problems.push(format!("client {} appears more than once", o.client));
+        }
+    }
+    if problems.is_empty() {
+        Ok(openings)
+    } else {
+        Err(problems)
+    }
+}
+
+fn unquote(field: &str) -> &str {
+    let f = field.trim();
+    f.strip_prefix('"')
+        .and_then(|f| f.strip_suffix('"'))
+        .unwrap_or(f)
+}
+
+fn csv(text: &str) -> (Vec<Opening>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let mut first = true;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(unquote).collect();
+        let header =
+            std::mem::take(&mut first) && fields.get(1).is_some_and(|b| b.parse::<u64>().is_err());
+        if header {
+            continue;
+        }
+        match fields.as_slice() {
+            [client, balance] if !client.is_empty() => match balance.parse::<u64>() {
+                Ok(balance) => out.push(Opening {
+                    client: (*client).to_owned(),
+                    balance,
+                }),
+                Err(_) => problems.push(format!(
+                    "line {}: `{balance}` is not a whole number of tokens",
+                    n + 1
+                )),
+            },
+            _ => problems.push(format!("line {}: expected `clientId,balance`", n + 1)),
+        }
+    }
+    (out, problems)
+}
+
+fn client_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) if n.is_u64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return (out, vec![format!("not JSON: {e}")]),
+    };
+    match value {
+        Value::Array(entries) => {
+            for (i, entry) in entries.iter().enumerate() {
+                let client = entry.get("clientId").and_then(client_text);
+                let balance = entry
+                    .get("balance")
+                    .or_else(|| entry.get("tokens"))
+                    .and_then(Value::as_u64);
+                match (client, balance) {
+                    (Some(client), Some(balance)) => out.push(Opening { client, balance }),
+                    _ => problems.push(format!(
+                        "entry {}: expected {{\"clientId\": ..., \"balance\": <whole number>}}",
+                        i + 1
+                    )),
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (client, balance) in map {
+                match balance.as_u64() {
+                    Some(balance) if !client.is_empty() => out.push(Opening { client, balance }),
+                    _ => problems.push(format!(
+                        "client {client}: the balance must be a whole number of tokens"
+                    )),
+                }
+            }
+        }
+        _ => problems.push("expected an array of entries or an object of balances".to_owned()),
+    }
+    (out, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(client: &str, balance: u64) -> Opening {
+        Opening {
+            client: client.into(),
+            balance,
+        }
+    }
+
+    #[test]
+    fn csv_with_or_without_a_header() {
+        let text = "clientId,balance\n# exported 2026-11-30\n1001,500\n\"1002\", 250\n\n";
+        assert_eq!(parse(text).unwrap(), [o("1001", 500), o("1002", 250)]);
+        assert_eq!(parse("7,1\n").unwrap(), [o("7", 1)]);
+        let e = parse("clientId,balance\n1001,-5\n1002\n1001,3\n").unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("line 2:"), "{e:?}");
+        assert!(e[1].starts_with("line 3:"), "{e:?}");
+        assert!(parse("1,5\n1,6\n").unwrap_err()[0].contains("more than once"));
+    }
+
+    #[test]
+    fn json_arrays_and_objects() {
+        let text = r#"[{"clientId": "1001", "tokens": 500}, {"clientId": 1002, "balance": 250}]"#;
+        assert_eq!(parse(text).unwrap(), [o("1001", 500), o("1002", 250)]);
+        assert_eq!(parse(r#"{"9": 3}"#).unwrap(), [o("9", 3)]);
+        assert_eq!(
+            parse(r#"[{"clientId": "1", "balance": 1.5}]"#)
+                .unwrap_err()
+                .len(),
+            1
+        );
+        assert!(parse("[1,").unwrap_err()[0].starts_with("not JSON"));
+    }
+}
