@@ -8,7 +8,9 @@
 //!   which want `x-api-key` too, and provider callbacks (`/callbacks/plivo/answer`,
 //!   `/callbacks/exotel/status`).
 //! - `/echo/*` — reports exactly what arrived: method, path, query, every header in
-//!   order, and the body's length and SHA-256. `?delay_ms=N` waits before answering.
+//!   order, and the body's length and SHA-256. `?delay_ms=N` waits before answering,
+//!   `?status=N` answers with that status, and `?tokens_used=N` reports what a bulk
+//!   operation cost in `X-Tokens-Used` (a route can settle its token cost at that).
 //!   Unknown paths answer 404 with the same report, so tests can see what was forwarded.
 
 #![forbid(unsafe_code)]
@@ -40,6 +42,8 @@ pub struct DemoClient {
     pub username: &'static str,
     pub password: &'static str,
     pub api_key: &'static str,
+    /// The token credits the legacy record shows (the gateway's opening balance).
+    pub tokens: u64,
 }
 
 /// The clients the demo backend knows. Development values, published on purpose.
@@ -50,6 +54,7 @@ pub const CLIENTS: &[DemoClient] = &[
         username: "demo@acme.test",
         password: "demo-password",
         api_key: "demo-legacy-key-1001",
+        tokens: 500,
     },
     DemoClient {
         client_id: "1002",
@@ -57,6 +62,7 @@ pub const CLIENTS: &[DemoClient] = &[
         username: "ops@globex.test",
         password: "globex-password",
         api_key: "demo-legacy-key-1002",
+        tokens: 250,
     },
 ];
 
@@ -278,7 +284,7 @@ async fn login(request: Request<Incoming>) -> Response<Full<Bytes>> {
                 "name": c.name,
                 "email": c.username,
                 "apiKey": c.api_key,
-                "tokens": 500,
+                "tokens": c.tokens,
                 "providers": ["plivo", "exotel"]
             })
         })
@@ -358,7 +364,19 @@ async fn echo(
     if status == StatusCode::NOT_FOUND {
         report["error"] = json!("Not found");
     }
-    json_response(status, report)
+    let status = query_param(parts.uri.query(), "status")
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|v| StatusCode::from_u16(v).ok())
+        .unwrap_or(status);
+    let mut response = json_response(status, report);
+    if let Some(used) =
+        query_param(parts.uri.query(), "tokens_used").and_then(|v| v.parse::<u64>().ok())
+    {
+        response
+            .headers_mut()
+            .insert("x-tokens-used", HeaderValue::from(used));
+    }
+    response
 }
 
 /// Bodies up to this size are echoed back as text.

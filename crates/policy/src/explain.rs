@@ -78,6 +78,8 @@ pub fn explain(snapshot: &Snapshot, method: &Method, raw_path: &str) -> String {
                     .map(|(lo, hi)| {
                         if lo == hi {
                             lo.to_string()
+                        } else if lo % 100 == 0 && *hi == lo + 99 {
+                            format!("{}xx", lo / 100)
                         } else {
                             format!("{lo}-{hi}")
                         }

@@ -492,6 +492,54 @@ impl Problem for CreditError {
     }
 }
 
+/// The admin API refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AdminError {
+    #[error("the admin API is off: set [admin] token_file or token_env")]
+    Disabled,
+    #[error("the admin API needs Authorization: Bearer with the [admin] token")]
+    Unauthorized,
+    #[error("no such admin resource")]
+    NotFound,
+    #[error("send a JSON object with a whole number (amount, or balance) and a reason")]
+    BodyInvalid,
+}
+
+impl Problem for AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Disabled | AdminError::NotFound => StatusCode::NOT_FOUND,
+            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::BodyInvalid => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            AdminError::Disabled => "ADMIN_API_DISABLED",
+            AdminError::Unauthorized => "ADMIN_UNAUTHORIZED",
+            AdminError::NotFound => "ROUTE_NOT_FOUND",
+            AdminError::BodyInvalid => "INVALID_REQUEST_BODY",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            AdminError::Disabled => "Admin API disabled",
+            AdminError::Unauthorized => "Admin token required",
+            AdminError::NotFound => "Not found",
+            AdminError::BodyInvalid => "Invalid request body",
+        }
+    }
+
+    fn family(&self) -> Family {
+        match self {
+            AdminError::Unauthorized => Family::Auth,
+            _ => Family::Request,
+        }
+    }
+}
+
 /// The caller may not do this here.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AccessError {
@@ -718,6 +766,8 @@ pub enum GatewayError {
     Session(#[from] SessionRefusal),
     #[error(transparent)]
     Credit(#[from] CreditError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     #[error("the gateway failed to handle this request")]
     Internal(#[from] Bug),
 }
@@ -732,6 +782,7 @@ impl GatewayError {
             GatewayError::Upstream(e) => e,
             GatewayError::Session(e) => e,
             GatewayError::Credit(e) => e,
+            GatewayError::Admin(e) => e,
             GatewayError::Internal(e) => e,
         }
     }

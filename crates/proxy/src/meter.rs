@@ -91,7 +91,8 @@ pub async fn reserve(
     let now = now_ms();
     let hold_until = now.saturating_add(duration_ms(settings.reservation_timeout));
 
-    let (request, claim) = match idempotency_key(request.headers())? {
+    let key = idempotency_key(request.headers())?;
+    let (request, claim) = match key.clone() {
         None => (request, None),
         Some(key) => {
             let (request, fingerprint) = fingerprint(route, request, reading).await?;
@@ -146,7 +147,7 @@ pub async fn reserve(
         deadline: hold_until,
         route: Some(route.name.clone()),
         request_id: Some(exchange.request_id.clone()),
-        idempotency_key: None,
+        idempotency_key: key,
     };
     let started = std::time::Instant::now();
     let reserved = ledger.reserve(worker, reservation, now).await;

@@ -292,8 +292,8 @@ async fn accept_loop(
             }
             Service::Admin => {
                 let svc = service_fn(move |request| {
-                    let response = admin::handle(&request, &conn_runtime);
-                    async move { Ok::<_, Infallible>(response) }
+                    let runtime = Arc::clone(&conn_runtime);
+                    async move { Ok::<_, Infallible>(admin::handle(request, &runtime).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(io, svc));
                 tokio::spawn(async move {

@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain` and `demo`.
+//! The command line: `run`, `check`, `explain`, `token`, `ledger` and `demo`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// The token ledger: balances, adjustments, opening balances, verification.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+        #[arg(long, default_value = "gateway.toml", global = true)]
+        config: PathBuf,
+    },
     /// Start the built-in demo backend and the gateway in front of it.
     Demo {
         #[arg(long, default_value = "gateway.toml")]
@@ -73,6 +80,50 @@ enum TokenCommand {
         #[arg(long, default_value = "gateway.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Add tokens to a client's balance.
+    Credit {
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        amount: u64,
+        /// Why (journaled).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Take tokens from a client's balance (never below zero).
+    Debit {
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Set a client's balance (the difference is journaled).
+    Set {
+        #[arg(long)]
+        client: String,
+        #[arg(long)]
+        balance: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A client's balance and latest movements.
+    Show {
+        #[arg(long)]
+        client: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Credit opening balances from the legacy system's export (CSV `clientId,balance`
+    /// or JSON), once per client.
+    Import { file: PathBuf },
+    /// Replay every journal and check that it sums to its balance; exit 1 if not.
+    Verify,
 }
 
 pub fn main() -> ExitCode {
@@ -109,6 +160,49 @@ pub fn main() -> ExitCode {
             },
             None => ExitCode::FAILURE,
         },
+        Command::Ledger { command, config } => {
+            let Some(snapshot) = load_quietly(&config) else {
+                return ExitCode::FAILURE;
+            };
+            use crate::ledger::Action;
+            use tollgate_state::ledger::Change;
+            let action = match &command {
+                LedgerCommand::Credit {
+                    client,
+                    amount,
+                    reason,
+                } => Action::Adjust {
+                    client,
+                    change: Change::Credit(*amount),
+                    reason,
+                },
+                LedgerCommand::Debit {
+                    client,
+                    amount,
+                    reason,
+                } => Action::Adjust {
+                    client,
+                    change: Change::Debit(*amount),
+                    reason,
+                },
+                LedgerCommand::Set {
+                    client,
+                    balance,
+                    reason,
+                } => Action::Adjust {
+                    client,
+                    change: Change::Set(*balance),
+                    reason,
+                },
+                LedgerCommand::Show { client, limit } => Action::Show {
+                    client,
+                    limit: *limit,
+                },
+                LedgerCommand::Import { file } => Action::Import { file },
+                LedgerCommand::Verify => Action::Verify,
+            };
+            crate::ledger::run(&snapshot, action)
+        }
         Command::Demo {
             backend_only: Some(addr),
             ..

@@ -12,8 +12,9 @@ use super::file::{CostFile, CreditsFile, RouteFile};
 use crate::diagnostic::SourceFile;
 use crate::snapshot::{Cost, Credits, RouteAction, RouteAuth};
 
-/// What refunds when neither the route nor `[credits]` says: the backend failed.
-const DEFAULT_REFUND: (u16, u16) = (500, 599);
+/// What refunds when neither the route nor `[credits]` says: any answer but a success
+/// (a 4xx did no work either).
+const DEFAULT_REFUND: (u16, u16) = (400, 599);
 
 pub(crate) fn credits(l: &mut Loader, src: &SourceFile, f: CreditsFile) -> Option<Credits> {
     let mark = l.mark();

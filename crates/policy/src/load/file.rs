@@ -181,7 +181,8 @@ pub struct CreditsFile {
     pub reservation_timeout: Option<Spanned<String>>,
     /// How long an `Idempotency-Key`'s answer is kept (default 24h).
     pub idempotency_ttl: Option<Spanned<String>>,
-    /// Upstream statuses that refund the cost: `5xx`, `4xx` or a status (default `["5xx"]`).
+    /// Upstream statuses that refund the cost: `5xx`, `4xx` or a status (default
+    /// `["4xx", "5xx"]`: only a success is charged).
     pub refund_statuses: Option<Spanned<Vec<Spanned<String>>>>,
     /// Opening balances exported from the legacy system (CSV `clientId,balance` or
     /// JSON), credited once per client when the gateway starts.

@@ -1,15 +1,25 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up) and
-//! `/readyz` (it accepts traffic; 503 while draining, and while the session store's
-//! revocations are not known yet). Bind it to a private address.
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process is up),
+//! `/readyz` (it accepts traffic; 503 while draining, while the session store's
+//! revocations are not known yet, and while the token ledger is not open), and the
+//! admin API of [`ledger`] behind `[admin] token`. Bind it to a private address.
+
+mod ledger;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 
 use crate::runtime::Runtime;
 
-pub fn handle<B>(request: &Request<B>, runtime: &Runtime) -> Response<Full<Bytes>> {
+/// What the admin listener answers with.
+pub type AdminResponse = Response<Either<Incoming, Full<Bytes>>>;
+
+pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+    if request.uri().path().starts_with("/ledger/") || request.uri().path() == "/ledger" {
+        return ledger::handle(request, runtime).await;
+    }
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -39,7 +49,7 @@ pub fn handle<B>(request: &Request<B>, runtime: &Runtime) -> Response<Full<Bytes
             "not found\n".to_owned(),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(crate::body::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -1,0 +1,254 @@
+//! The admin API of the token ledger, for operators: every call needs
+//! `Authorization: Bearer <[admin] token>` (compared in constant time); without a
+//! configured token the API is off (404). Every change is journaled with its reason.
+//!
+//! - `GET  /ledger/clients/{id}?limit=&before=` — balance, held, and the journal;
+//! - `POST /ledger/clients/{id}/credit` `{"amount": 100, "reason": "..."}`;
+//! - `POST /ledger/clients/{id}/debit`  `{"amount": 100, "reason": "..."}` (402 when
+//!   the balance is smaller);
+//! - `PUT  /ledger/clients/{id}/balance` `{"balance": 100, "reason": "..."}`;
+//! - `GET  /ledger/verify` — replays every journal against its balance.
+
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tollgate_state::ledger::{Adjust, Adjusted, Change, Movement};
+
+use super::AdminResponse;
+use crate::credits::now_ms;
+use crate::errors::{AdminError, CreditError, GatewayError};
+use crate::runtime::Runtime;
+
+const MAX_BODY_BYTES: usize = 16 * 1024;
+const MAX_PAGE: u64 = 1000;
+
+pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+    let request_id = crate::request_id::from_headers(request.headers());
+    match serve(request, runtime).await {
+        Ok(response) => response,
+        Err(error) => crate::problem::render(&error, &request_id),
+    }
+}
+
+fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> Result<(), GatewayError> {
+    let active = runtime.active();
+    let Some(token) = active
+        .snapshot
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+    else {
+        return Err(AdminError::Disabled.into());
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or(AdminError::Unauthorized)?;
+    // Hashed first, so the comparison takes the same time whatever the lengths.
+    let (a, b) = (
+        Sha256::digest(presented.trim().as_bytes()),
+        Sha256::digest(&token.0),
+    );
+    if tollgate_auth::secret::equal(&a, &b) {
+        Ok(())
+    } else {
+        Err(AdminError::Unauthorized.into())
+    }
+}
+
+fn json_answer(status: StatusCode, value: &Value) -> AdminResponse {
+    let mut response = Response::new(crate::body::full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
+    for pair in query.unwrap_or("").split('&') {
+        if let Some((key, value)) = pair.split_once('=') {
+            if key == name {
+                return value
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| CreditError::HistoryQueryInvalid.into());
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A change's body: the number under `field`, and a reason.
+async fn change_body(body: Incoming, field: &str) -> Result<(u64, String), GatewayError> {
+    let bytes = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|_| AdminError::BodyInvalid)?
+        .to_bytes();
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| AdminError::BodyInvalid)?;
+    let amount = value
+        .get(field)
+        .and_then(Value::as_u64)
+        .ok_or(AdminError::BodyInvalid)?;
+    let reason = value
+        .get("reason")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|r| !r.is_empty() && r.len() <= 500)
+        .ok_or(AdminError::BodyInvalid)?;
+    Ok((amount, reason.to_owned()))
+}
+
+async fn serve(
+    request: Request<Incoming>,
+    runtime: &Runtime,
+) -> Result<AdminResponse, GatewayError> {
+    authorized(&request, runtime)?;
+    let active = runtime.active();
+    let credits = &active.credits;
+    let worker = 0;
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (request.method().clone(), segments.as_slice()) {
+        (Method::GET, ["ledger", "verify"]) => {
+            let report = credits
+                .ledger()?
+                .verify(worker)
+                .await
+                .map_err(|e| credits.unavailable(&e))?;
+            let problems: Vec<Value> = report
+                .problems
+                .iter()
+                .map(|p| json!({"clientId": p.client, "problem": p.problem}))
+                .collect();
+            let status = if problems.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            Ok(json_answer(
+                status,
+                &json!({
+                    "clients": report.clients,
+                    "movements": report.movements,
+                    "openReservations": report.open_reservations,
+                    "problems": problems,
+                }),
+            ))
+        }
+        (Method::GET, ["ledger", "clients", client]) => {
+            let client = percent_decode(client)?;
+            let query = request.uri().query();
+            let limit = query_number(query, "limit")?
+                .unwrap_or(100)
+                .clamp(1, MAX_PAGE) as usize;
+            let before = query_number(query, "before")?;
+            let ledger = credits.ledger()?;
+            let account = ledger
+                .account(worker, &client)
+                .await
+                .map_err(|e| credits.unavailable(&e))?;
+            let page = ledger
+                .journal(worker, &client, before, limit)
+                .await
+                .map_err(|e| credits.unavailable(&e))?;
+            Ok(json_answer(
+                StatusCode::OK,
+                &json!({
+                    "clientId": client,
+                    "balance": account.available,
+                    "held": account.held,
+                    "movements": page.movements.iter().map(movement_json).collect::<Vec<_>>(),
+                    "next": page.next,
+                }),
+            ))
+        }
+        (method, ["ledger", "clients", client, action]) => {
+            let client = percent_decode(client)?;
+            let change = match (method, *action) {
+                (Method::POST, "credit") => {
+                    let (n, reason) = change_body(request.into_body(), "amount").await?;
+                    (Change::Credit(n), reason)
+                }
+                (Method::POST, "debit") => {
+                    let (n, reason) = change_body(request.into_body(), "amount").await?;
+                    (Change::Debit(n), reason)
+                }
+                (Method::PUT, "balance") => {
+                    let (n, reason) = change_body(request.into_body(), "balance").await?;
+                    (Change::Set(n), reason)
+                }
+                _ => return Err(AdminError::NotFound.into()),
+            };
+            let (change, reason) = change;
+            let adjust = Adjust {
+                client: client.clone(),
+                change,
+                reason: format!("admin: {reason}"),
+                now_ms: now_ms(),
+            };
+            let adjusted = credits
+                .ledger()?
+                .adjust(worker, adjust)
+                .await
+                .map_err(|e| credits.unavailable(&e))?;
+            match adjusted {
+                Adjusted::Done { balance } => {
+                    tracing::info!(client = %client, balance, "ledger adjusted by an operator");
+                    Ok(json_answer(
+                        StatusCode::OK,
+                        &json!({"clientId": client, "balance": balance}),
+                    ))
+                }
+                Adjusted::Short { balance } => Err(CreditError::Insufficient {
+                    required: match change {
+                        Change::Debit(n) => n,
+                        _ => 0,
+                    },
+                    balance,
+                }
+                .into()),
+                Adjusted::AlreadyOpened { balance } => Ok(json_answer(
+                    StatusCode::OK,
+                    &json!({"clientId": client, "balance": balance}),
+                )),
+            }
+        }
+        _ => Err(AdminError::NotFound.into()),
+    }
+}
+
+fn movement_json(m: &Movement) -> Value {
+    serde_json::to_value(m).unwrap_or(Value::Null)
+}
+
+/// A client id from the path: `%XX` escapes decoded (ids may hold any character).
+fn percent_decode(segment: &str) -> Result<String, GatewayError> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3).ok_or(AdminError::NotFound)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| AdminError::NotFound)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).map_err(|_| AdminError::NotFound)?;
+    if text.is_empty() {
+        return Err(AdminError::NotFound.into());
+    }
+    Ok(text)
+}

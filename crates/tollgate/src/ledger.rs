@@ -1,0 +1,199 @@
+//! `tollgate ledger ...`: the token ledger from the command line — credit, debit or set
+//! a balance (each journaled with its reason), show a client, import opening balances,
+//! verify every journal.
+//!
+//! It opens the ledger the configuration names. With Redis it runs beside live
+//! gateways. The embedded `redb` file is held by a running gateway (redb locks it):
+//! stop the gateway, or use the admin API of the running one.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tollgate_policy::Snapshot;
+use tollgate_state::ledger::embedded::EmbeddedLedger;
+use tollgate_state::ledger::shared::SharedLedger;
+use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger};
+use tollgate_state::redis::Redis;
+
+/// What to do.
+pub enum Action<'a> {
+    Adjust {
+        client: &'a str,
+        change: Change,
+        reason: &'a str,
+    },
+    Show {
+        client: &'a str,
+        limit: usize,
+    },
+    Import {
+        file: &'a Path,
+    },
+    Verify,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
+    let credits = snapshot
+        .credits
+        .as_ref()
+        .ok_or("the configuration has no [credits] section")?;
+    match &snapshot.store.redis {
+        Some(settings) => {
+            let redis = Redis::new(settings.clone(), 1).map_err(|e| format!("redis: {e}"))?;
+            Ok(Arc::new(SharedLedger::new(Arc::new(redis))))
+        }
+        None => EmbeddedLedger::open(&credits.path)
+            .map(|l| Arc::new(l) as Arc<dyn Ledger>)
+            .map_err(|e| {
+                format!(
+                    "cannot open {}: {e}\n(a running gateway holds the file: stop it, or use its admin API, POST /ledger/clients/ID/credit)",
+                    credits.path.display()
+                )
+            }),
+    }
+}
+
+pub fn run(snapshot: &Snapshot, action: Action) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ledger: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(act(snapshot, action)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ledger: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String> {
+    let ledger = open(snapshot)?;
+    let worker = 0;
+    match action {
+        Action::Adjust {
+            client,
+            change,
+            reason,
+        } => {
+            let reason = reason.trim();
+            if reason.is_empty() {
+                return Err("--reason must say why (it is journaled)".into());
+            }
+            let adjust = Adjust {
+                client: client.to_owned(),
+                change,
+                reason: format!("cli: {reason}"),
+                now_ms: now_ms(),
+            };
+            match ledger
+                .adjust(worker, adjust)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Adjusted::Done { balance } | Adjusted::AlreadyOpened { balance } => {
+                    println!("client {client}: balance {balance}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Adjusted::Short { balance } => Err(format!(
+                    "client {client} has {balance} token(s): nothing was debited"
+                )),
+            }
+        }
+        Action::Show { client, limit } => {
+            let account = ledger
+                .account(worker, client)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "client {client}: balance {}, held by running requests {}",
+                account.available, account.held
+            );
+            let page = ledger
+                .journal(worker, client, None, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            for m in &page.movements {
+                let at = httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.at),
+                );
+                println!(
+                    "#{:<6} {:<29} {:<8} {:>+8} -> {:<8} {} {}",
+                    m.seq,
+                    at,
+                    m.kind.as_str(),
+                    m.amount,
+                    m.balance,
+                    m.route.as_deref().or(m.reason.as_deref()).unwrap_or(""),
+                    m.request_id.as_deref().unwrap_or("")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Import { file } => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let openings = import::parse(&text).map_err(|problems| {
+                format!(
+                    "{} is not valid (nothing imported):\n  {}",
+                    file.display(),
+                    problems.join("\n  ")
+                )
+            })?;
+            let (mut credited, mut skipped) = (0, 0);
+            for o in openings {
+                let adjust = Adjust {
+                    client: o.client.clone(),
+                    change: Change::Opening(o.balance),
+                    reason: format!("opening balance from {}", file.display()),
+                    now_ms: now_ms(),
+                };
+                match ledger
+                    .adjust(worker, adjust)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    Adjusted::Done { .. } => credited += 1,
+                    _ => {
+                        skipped += 1;
+                        println!(
+                            "client {}: has its opening balance already; skipped",
+                            o.client
+                        );
+                    }
+                }
+            }
+            println!("{credited} opening balance(s) credited, {skipped} skipped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Verify => {
+            let report = ledger.verify(worker).await.map_err(|e| e.to_string())?;
+            println!(
+                "{} client(s), {} movement(s), {} open reservation(s)",
+                report.clients, report.movements, report.open_reservations
+            );
+            for p in &report.problems {
+                println!("client {}: {}", p.client, p.problem);
+            }
+            if report.problems.is_empty() {
+                println!("every journal sums to its balance");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
