@@ -9,6 +9,7 @@ mod auth;
 mod browser;
 mod browser_side;
 mod cli;
+mod credits;
 mod endpoints;
 mod framing;
 mod jwks;

@@ -69,6 +69,8 @@ pub struct Setup {
     /// Extra keys for `[routing]`.
     pub routing: String,
     pub reload: String,
+    /// Extra keys for `[admin]`.
+    pub admin: String,
     /// More of `gateway.toml`: `[jwt]`, `[api_keys]`, `[credentials.*]`, `[webhooks.*]`.
     pub extra: String,
     /// Upstream address; the demo backend's when `None`.
@@ -87,6 +89,7 @@ impl Default for Setup {
             unmatched: "deny",
             routing: String::new(),
             reload: "watch = true\npoll_interval = \"100ms\"".into(),
+            admin: String::new(),
             extra: String::new(),
             upstream_addr: None,
         }
@@ -185,6 +188,7 @@ unmatched = "{unmatched}"
 
 [admin]
 listen = "127.0.0.1:0"
+{admin}
 
 [log]
 level = "info"
@@ -200,6 +204,7 @@ format = "json"
         unmatched = setup.unmatched,
         routing = setup.routing,
         reload = setup.reload,
+        admin = setup.admin,
         extra = setup.extra,
     );
     std::fs::write(dir.join("gateway.toml"), config).unwrap();
@@ -396,6 +401,23 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     tokio::time::timeout(Duration::from_secs(20), read_response(&mut stream))
         .await
         .expect("response within 20s")
+}
+
+/// Sends `request` (with `connection: close`) and reads to the end: the response's
+/// status, or `None` when the connection failed or closed before a status line (a
+/// gateway that was killed).
+pub async fn try_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream.write_all(request).await.ok()?;
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf).await;
+    let line = buf.split(|b| *b == b'\n').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Reads one response from `stream`. Bytes read past its end (a pipelined response) are

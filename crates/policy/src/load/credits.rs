@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::context::{Loader, Zero};
 use super::file::{CostFile, CreditsFile, RouteFile};
+use super::Refs;
 use crate::diagnostic::SourceFile;
 use crate::snapshot::{Cost, Credits, RouteAction, RouteAuth};
 
@@ -92,13 +93,13 @@ pub(crate) fn route_cost(
     l: &mut Loader,
     src: &SourceFile,
     f: &RouteFile,
-    name: &str,
     methods: Option<&[Method]>,
     auth: Option<&RouteAuth>,
     action: Option<&RouteAction>,
-    credits: Option<&Credits>,
-    credits_declared: bool,
+    refs: &Refs,
 ) -> Option<Arc<Cost>> {
+    let name = f.name.get_ref();
+    let (credits, credits_declared) = (refs.credits, refs.credits_declared);
     let Some(cost) = &f.cost else {
         for (field, span) in [
             ("settle_header", f.settle_header.as_ref().map(|s| s.span())),

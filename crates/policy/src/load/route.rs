@@ -157,12 +157,10 @@ pub(crate) fn route(
         l,
         src,
         &f,
-        &name,
         methods.as_deref(),
         route_auth.as_ref(),
         action.as_ref(),
-        refs.credits,
-        refs.credits_declared,
+        refs,
     );
     let route_cors = match &f.cors {
         None => Ok(cors_choice.default.clone()),

@@ -27,10 +27,14 @@ const MAX_PAGE: u64 = 1000;
 
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
     let request_id = crate::request_id::from_headers(request.headers());
-    match serve(request, runtime).await {
+    let mut response = match serve(request, runtime).await {
         Ok(response) => response,
         Err(error) => crate::problem::render(&error, &request_id),
+    };
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(crate::request_id::HEADER, id);
     }
+    response
 }
 
 fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> Result<(), GatewayError> {

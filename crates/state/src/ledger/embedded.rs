@@ -755,6 +755,6 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn verify(&self, _worker: usize) -> BoxFuture<'_, Result<Report, LedgerError>> {
-        self.read(|db| verify_all(db))
+        self.read(verify_all)
     }
 }

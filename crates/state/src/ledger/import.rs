@@ -1,7 +1,8 @@
 //! Opening balances exported from the legacy system, as CSV or JSON.
 //!
-//! - CSV: `clientId,balance` per line; a first line whose balance is not a number is a
-//!   header; blank lines and `#` comments are skipped; fields may be quoted.
+//! - CSV: `clientId,balance` per line; a first line naming the columns (`balance` or
+//!   `tokens`) is a header; blank lines and `#` comments are skipped; fields may be
+//!   quoted.
 //! - JSON: an array of `{"clientId": ..., "balance": ...}` (`tokens` is read too, as the
 //!   legacy client records name it), or one object `{"<clientId>": <balance>, ...}`.
 //!
@@ -25,6 +26,9 @@ pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
     } else {
         csv(text)
     };
+    if openings.is_empty() && problems.is_empty() {
+        problems.push("the file holds no balances".to_owned());
+    }
     let mut seen = std::collections::HashSet::new();
     for o in &openings {
         if !seen.insert(o.client.as_str()) {
@@ -55,8 +59,10 @@ fn csv(text: &str) -> (Vec<Opening>, Vec<String>) {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(unquote).collect();
-        let header =
-            std::mem::take(&mut first) && fields.get(1).is_some_and(|b| b.parse::<u64>().is_err());
+        let header = std::mem::take(&mut first)
+            && fields
+                .get(1)
+                .is_some_and(|b| ["balance", "tokens"].contains(&b.to_ascii_lowercase().as_str()));
         if header {
             continue;
         }
@@ -145,6 +151,8 @@ mod tests {
         assert!(e[0].starts_with("line 2:"), "{e:?}");
         assert!(e[1].starts_with("line 3:"), "{e:?}");
         assert!(parse("1,5\n1,6\n").unwrap_err()[0].contains("more than once"));
+        assert!(parse("1003,ten\n").unwrap_err()[0].starts_with("line 1:"));
+        assert!(parse("clientId,balance\n").unwrap_err()[0].contains("no balances"));
     }
 
     #[test]

@@ -1,0 +1,974 @@
+//! Token credits end to end: the real gateway, the demo backend, a real `redb` file or a
+//! real `redis-server`. Costs are reserved before the backend is called (402 when short,
+//! the backend never sees the request), posted on success, refunded exactly once on
+//! every kind of failure, replayed for a repeated `Idempotency-Key`; concurrency never
+//! overdraws a balance (one instance, or three sharing Redis); `kill -9` loses no
+//! committed movement; a Redis outage fails closed and heals by itself.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{
+    bearer_for, closed_port, eventually, jwt_config, raw, write_config, GatewayProcess, Harness,
+    RawResponse, RedisServer, Setup, TempDir,
+};
+
+const POLICIES: &str = r#"
+[[route]]
+name = "metered"
+path = "/echo/metered/*"
+auth = "jwt"
+cost = 5
+opaque_body_types = ["text/csv"]
+
+[[route]]
+name = "settled"
+path = "/echo/settled/*"
+auth = "jwt"
+cost = 5
+settle_header = "x-tokens-used"
+
+[[route]]
+name = "strict"
+path = "/echo/strict/*"
+auth = "jwt"
+cost = 1
+refund_statuses = ["5xx"]
+
+[[route]]
+name = "one"
+path = "/echo/one/*"
+auth = "jwt"
+cost = 1
+
+[[route]]
+name = "per-method"
+path = "/echo/per-method/*"
+auth = "jwt"
+cost = { POST = 3 }
+
+[[route]]
+name = "free"
+path = "/echo/*"
+auth = "jwt"
+
+[[route]]
+name = "balance"
+methods = ["GET"]
+path = "/gateway/tokens/balance"
+auth = "jwt"
+action = "serve"
+endpoint = "tokens_balance"
+
+[[route]]
+name = "costs"
+methods = ["GET"]
+path = "/gateway/tokens/costs"
+auth = "jwt"
+action = "serve"
+endpoint = "tokens_costs"
+
+[[route]]
+name = "preview"
+methods = ["POST"]
+path = "/gateway/tokens/preview"
+auth = "jwt"
+action = "serve"
+endpoint = "tokens_preview"
+
+[[route]]
+name = "history"
+methods = ["GET"]
+path = "/gateway/tokens/history"
+auth = "jwt"
+action = "serve"
+endpoint = "tokens_history"
+"#;
+
+fn admin_token() -> String {
+    std::fs::read_to_string(admin_token_file())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn admin_token_file() -> std::path::PathBuf {
+    crate::support::jwt_fixtures().join("../admin-token")
+}
+
+/// A gateway with the policies above, `[credits]` with `credits` extra lines, and
+/// `store` (a `[store]` section, or nothing for the embedded ledger).
+fn setup(credits: &str, store: &str) -> Setup {
+    Setup {
+        policies: vec![("10-credits.toml".into(), POLICIES.into())],
+        admin: format!("token_file = \"{}\"", admin_token_file().display()),
+        extra: format!(
+            "{}\n[credits]\npath = \"state/ledger.redb\"\n{credits}\n\n{store}\n",
+            jwt_config()
+        ),
+        ..Default::default()
+    }
+}
+
+async fn start(credits: &str) -> Harness {
+    let h = Harness::with(setup(credits, "")).await;
+    h.gateway.wait_ready().await;
+    h
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawResponse {
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, &bytes).await
+}
+
+/// A metered call as `client`.
+async fn call(g: &GatewayProcess, method: &str, target: &str, client: &str) -> RawResponse {
+    let bearer = bearer_for(client);
+    send(g.addr, method, target, &[("authorization", &bearer)], b"").await
+}
+
+async fn admin(g: &GatewayProcess, method: &str, path: &str, body: &str) -> RawResponse {
+    let bearer = format!("Bearer {}", admin_token());
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    send(g.admin, method, path, &headers, body.as_bytes()).await
+}
+
+async fn credit(g: &GatewayProcess, client: &str, amount: u64) {
+    let r = admin(
+        g,
+        "POST",
+        &format!("/ledger/clients/{client}/credit"),
+        &format!("{{\"amount\": {amount}, \"reason\": \"test\"}}"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// The client's `(balance, held)`, from the admin API.
+async fn account(g: &GatewayProcess, client: &str) -> (u64, u64) {
+    let r = admin(g, "GET", &format!("/ledger/clients/{client}?limit=1"), "").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    (v["balance"].as_u64().unwrap(), v["held"].as_u64().unwrap())
+}
+
+async fn journal(g: &GatewayProcess, client: &str) -> Vec<Value> {
+    let r = admin(
+        g,
+        "GET",
+        &format!("/ledger/clients/{client}?limit=1000"),
+        "",
+    )
+    .await;
+    r.json()["movements"].as_array().unwrap().clone()
+}
+
+async fn assert_verified(g: &GatewayProcess) -> Value {
+    let r = admin(g, "GET", "/ledger/verify", "").await;
+    let v = r.json();
+    assert_eq!(r.status, 200, "{v}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    v
+}
+
+fn metric(metrics: &str, line_start: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_metered_request_is_charged_and_says_so() {
+    let h = start("").await;
+    credit(&h.gateway, "c1", 12).await;
+    let r = call(&h.gateway, "GET", "/echo/metered/a", "c1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-token-cost"), Some("5"));
+    assert_eq!(r.header("x-token-balance"), Some("7"));
+    assert_eq!(account(&h.gateway, "c1").await, (7, 0));
+
+    // Per-method costs: GET is free and says nothing; POST costs 3.
+    let r = call(&h.gateway, "GET", "/echo/per-method/x", "c1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-token-cost"), None);
+    let r = call(&h.gateway, "POST", "/echo/per-method/x", "c1").await;
+    assert_eq!(r.header("x-token-cost"), Some("3"));
+    assert_eq!(r.header("x-token-balance"), Some("4"));
+
+    // Short: 402 with what it costs and what there is; the backend never sees it.
+    let seen = h.backend.requests();
+    let r = call(&h.gateway, "GET", "/echo/metered/b", "c1").await;
+    r.assert_problem(402, "INSUFFICIENT_TOKENS");
+    let v = r.json();
+    assert_eq!(
+        (v["required"].as_u64(), v["balance"].as_u64()),
+        (Some(5), Some(4))
+    );
+    assert_eq!(r.header("x-token-balance"), Some("4"));
+    assert_eq!(h.backend.requests(), seen);
+    // A client nobody credited meets 402 at once.
+    call(&h.gateway, "GET", "/echo/one/x", "stranger")
+        .await
+        .assert_problem(402, "INSUFFICIENT_TOKENS");
+
+    // The frontend's view: balance, costs, preview, history.
+    let r = call(&h.gateway, "GET", "/gateway/tokens/balance", "c1").await;
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(
+        (v["clientId"].as_str(), v["balance"].as_u64()),
+        (Some("c1"), Some(4))
+    );
+    let costs = call(&h.gateway, "GET", "/gateway/tokens/costs", "c1")
+        .await
+        .json();
+    let routes = costs["routes"].as_array().unwrap();
+    let metered = routes.iter().find(|r| r["route"] == "metered").unwrap();
+    assert_eq!(metered["costs"]["*"], 5);
+    let per_method = routes.iter().find(|r| r["route"] == "per-method").unwrap();
+    assert_eq!(per_method["costs"], serde_json::json!({"POST": 3}));
+    assert!(routes.iter().all(|r| r["route"] != "free"));
+    let bearer = bearer_for("c1");
+    let body = br#"{"operations": [{"method": "GET", "path": "/echo/metered/z"}, {"method": "POST", "path": "/echo/per-method/q"}, {"method": "GET", "path": "/echo/free"}]}"#;
+    let r = send(
+        h.gateway.addr,
+        "POST",
+        "/gateway/tokens/preview",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let costs: Vec<u64> = v["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["cost"].as_u64().unwrap())
+        .collect();
+    assert_eq!(costs, [5, 3, 0]);
+    assert_eq!(v["total"], 8);
+    assert_eq!(v["sufficient"], false);
+    assert_eq!(v["shortBy"], 4);
+    let r = send(
+        h.gateway.addr,
+        "POST",
+        "/gateway/tokens/preview",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        b"{\"operations\": 3}",
+    )
+    .await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
+    let r = call(&h.gateway, "GET", "/gateway/tokens/history?limit=2", "c1").await;
+    let v = r.json();
+    let kinds: Vec<&str> = v["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["post", "reserve"]);
+    let next = v["next"].as_str().unwrap().to_owned();
+    let older = call(&h.gateway, "GET", &next, "c1").await.json();
+    assert_eq!(older["movements"].as_array().unwrap().len(), 2);
+    call(&h.gateway, "GET", "/gateway/tokens/history?limit=0", "c1")
+        .await
+        .assert_problem(400, "INVALID_QUERY");
+    // Another client's history is not reachable: it is always the caller's own.
+    let other = call(&h.gateway, "GET", "/gateway/tokens/history", "stranger")
+        .await
+        .json();
+    assert_eq!(other["movements"], serde_json::json!([]));
+    assert_verified(&h.gateway).await;
+    let metrics = h.metrics().await;
+    assert_eq!(metric(&metrics, "tollgate_credit_insufficient_total "), 2);
+    assert_eq!(metric(&metrics, "tollgate_credit_posts_total "), 2);
+}
+
+#[tokio::test]
+async fn every_kind_of_failure_refunds_exactly_once() {
+    let slow_upstream = Setup {
+        upstream: "response_timeout = \"700ms\"".into(),
+        ..setup("", "")
+    };
+    let h = Harness::with(slow_upstream).await;
+    h.gateway.wait_ready().await;
+    let g = &h.gateway;
+    credit(g, "c2", 100).await;
+
+    // The backend fails (5xx), or refuses (4xx: refunded by default).
+    let r = call(g, "GET", "/echo/metered/a?status=503", "c2").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-token-cost"), Some("0"));
+    assert_eq!(r.header("x-token-balance"), Some("100"));
+    let r = call(g, "GET", "/echo/metered/a?status=422", "c2").await;
+    assert_eq!((r.status, r.header("x-token-cost")), (422, Some("0")));
+    // ...unless the route charges for it.
+    let r = call(g, "GET", "/echo/strict/a?status=422", "c2").await;
+    assert_eq!((r.status, r.header("x-token-cost")), (422, Some("1")));
+    assert_eq!(account(g, "c2").await, (99, 0));
+    // The backend does not answer in time.
+    call(g, "GET", "/echo/metered/a?delay_ms=3000", "c2")
+        .await
+        .assert_problem(504, "UPSTREAM_TIMEOUT");
+    assert_eq!(account(g, "c2").await, (99, 0));
+    // The gateway refuses the request after reserving: a body naming another client.
+    let bearer = bearer_for("c2");
+    let r = send(
+        g.addr,
+        "POST",
+        "/echo/metered/a",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        br#"{"clientId": "someone-else"}"#,
+    )
+    .await;
+    r.assert_problem(403, "CLIENT_ID_MISMATCH");
+    assert_eq!(r.header("x-token-cost"), Some("0"));
+    assert_eq!(account(g, "c2").await, (99, 0));
+
+    // The client goes away before the response head.
+    let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let request = format!(
+        "GET /echo/metered/a?delay_ms=1500 HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(g, "c2").await == (94, 5)
+        })
+        .await
+    );
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(g, "c2").await == (99, 0)
+        })
+        .await
+    );
+
+    // The client goes away in the middle of an upload.
+    let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "POST /echo/metered/upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: text/csv\r\ncontent-length: 1000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; 50_000]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(g, "c2").await == (94, 5)
+        })
+        .await
+    );
+    drop(stream);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(g, "c2").await == (99, 0)
+        })
+        .await
+    );
+
+    // Each failure: one reserve and exactly one void.
+    let movements = journal(g, "c2").await;
+    let count = |kind: &str| movements.iter().filter(|m| m["kind"] == kind).count();
+    assert_eq!(count("reserve"), 7);
+    assert_eq!(count("void"), 6);
+    assert_eq!(count("post"), 1);
+    let reasons: Vec<&str> = movements
+        .iter()
+        .filter(|m| m["kind"] == "void")
+        .map(|m| m["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "upstream_status").count(),
+        2
+    );
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "upstream_error").count(),
+        1
+    );
+    assert!(reasons.contains(&"client_abort"), "{reasons:?}");
+    assert_verified(g).await;
+
+    // The backend cannot be reached at all.
+    let unreachable = Setup {
+        upstream_addr: Some(closed_port()),
+        ..setup("", "")
+    };
+    let h2 = Harness::with(unreachable).await;
+    h2.gateway.wait_ready().await;
+    credit(&h2.gateway, "c3", 5).await;
+    let r = call(&h2.gateway, "GET", "/echo/metered/a", "c3").await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-token-balance"), Some("5"));
+    assert_eq!(account(&h2.gateway, "c3").await, (5, 0));
+    let metrics = h2.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_credit_voids_total{reason=\"upstream_error\"}"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_route_settles_at_the_backends_figure_never_above_the_reservation() {
+    let h = start("").await;
+    let g = &h.gateway;
+    credit(g, "c4", 20).await;
+    let r = call(g, "POST", "/echo/settled/bulk?tokens_used=2", "c4").await;
+    assert_eq!(
+        (r.header("x-token-cost"), r.header("x-token-balance")),
+        (Some("2"), Some("18"))
+    );
+    let r = call(g, "POST", "/echo/settled/bulk?tokens_used=50", "c4").await;
+    assert_eq!(
+        (r.header("x-token-cost"), r.header("x-token-balance")),
+        (Some("5"), Some("13"))
+    );
+    // No figure: what was reserved.
+    let r = call(g, "POST", "/echo/settled/bulk", "c4").await;
+    assert_eq!(r.header("x-token-cost"), Some("5"));
+    assert_eq!(account(g, "c4").await, (8, 0));
+    assert_verified(g).await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_charged_once_and_replayed() {
+    let h = start("idempotency_ttl = \"2s\"").await;
+    let g = &h.gateway;
+    credit(g, "c5", 100).await;
+    let bearer = bearer_for("c5");
+    let post = |key: &'static str, body: &'static [u8], target: &'static str| {
+        let bearer = bearer.clone();
+        async move {
+            send(
+                g.addr,
+                "POST",
+                target,
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                    ("idempotency-key", key),
+                ],
+                body,
+            )
+            .await
+        }
+    };
+    let first = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-token-cost"), Some("5"));
+    let seen = h.backend.requests();
+    let again = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, first.body, "the same answer, byte for byte");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.header("content-type"), first.header("content-type"));
+    assert_eq!(again.header("x-token-cost"), Some("0"));
+    assert_eq!(
+        h.backend.requests(),
+        seen,
+        "a replay never reaches the backend"
+    );
+    assert_eq!(account(g, "c5").await, (95, 0));
+    // The same key on a different request: another body, another target.
+    post("\"k-1\"", br#"{"name":"b"}"#, "/echo/metered/c")
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/d")
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    // Keys are per client: another client's k-1 is its own.
+    let other = bearer_for("c6");
+    credit(g, "c6", 5).await;
+    let r = send(
+        g.addr,
+        "POST",
+        "/echo/metered/c",
+        &[
+            ("authorization", &other),
+            ("content-type", "application/json"),
+            ("idempotency-key", "\"k-1\""),
+        ],
+        br#"{"name":"a"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.header("x-token-cost")), (200, Some("5")));
+    // While the first is running: 409.
+    let slow = tokio::spawn({
+        let bearer = bearer.clone();
+        let addr = g.addr;
+        async move {
+            send(
+                addr,
+                "POST",
+                "/echo/metered/slow?delay_ms=800",
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                    ("idempotency-key", "k-2"),
+                ],
+                b"{}",
+            )
+            .await
+        }
+    });
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            account(g, "c5").await.1 == 5
+        })
+        .await
+    );
+    let r = post("k-2", b"{}", "/echo/metered/slow?delay_ms=800").await;
+    r.assert_problem(409, "IDEMPOTENCY_KEY_IN_USE");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(slow.await.unwrap().status, 200);
+    // A refunded request frees its key: the retry runs (and is charged once).
+    let failed = post("k-3", b"{}", "/echo/metered/c?status=500").await;
+    assert_eq!(failed.status, 500);
+    let retried = post("k-3", b"{}", "/echo/metered/c?status=500").await;
+    assert_eq!(retried.header("idempotent-replayed"), None);
+    // Bad keys.
+    post("\"unterminated", b"{}", "/echo/metered/c")
+        .await
+        .assert_problem(400, "IDEMPOTENCY_KEY_INVALID");
+    // After the retention, the key is new again (and charges again).
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let late = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;
+    assert_eq!(late.header("idempotent-replayed"), None);
+    assert_eq!(late.header("x-token-cost"), Some("5"));
+    assert_eq!(account(g, "c5").await, (85, 0));
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(&metrics, "tollgate_credit_idempotent_replays_total "),
+        1
+    );
+    assert_verified(g).await;
+}
+
+/// `requests` concurrent calls of cost 1, spread over `gateways`, against a balance of
+/// `balance`: exactly `balance` succeed.
+async fn overdraw(
+    gateways: &[&GatewayProcess],
+    backend: &tollgate_demo_backend::DemoBackend,
+    requests: usize,
+    balance: u64,
+) {
+    credit(gateways[0], "busy", balance).await;
+    let seen = backend.requests();
+    let bearer = bearer_for("busy");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..requests {
+        let addr = gateways[i % gateways.len()].addr;
+        let bearer = bearer.clone();
+        tasks.spawn(async move {
+            send(
+                addr,
+                "GET",
+                "/echo/one/x",
+                &[("authorization", &bearer)],
+                b"",
+            )
+            .await
+            .status
+        });
+    }
+    let (mut ok, mut short, mut other) = (0, 0, Vec::new());
+    while let Some(status) = tasks.join_next().await {
+        match status.unwrap() {
+            200 => ok += 1,
+            402 => short += 1,
+            s => other.push(s),
+        }
+    }
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(ok, balance);
+    assert_eq!(short, requests as u64 - balance);
+    assert_eq!(
+        backend.requests() - seen,
+        balance,
+        "the backend saw exactly the paid calls"
+    );
+    assert_eq!(account(gateways[0], "busy").await, (0, 0));
+    let report = assert_verified(gateways[0]).await;
+    // One credit, and a reserve and a post per paid call: a refused call moves nothing.
+    assert_eq!(report["movements"].as_u64(), Some(1 + 2 * balance));
+    assert_eq!(report["clients"].as_u64(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls_never_overdraw_a_balance_of_500() {
+    let h = start("").await;
+    overdraw(&[&h.gateway], &h.backend, 1_000, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_sharing_redis_never_overdraw_either() {
+    let redis = RedisServer::start();
+    let store = format!("[store]\nredis_url = \"{}\"\ntimeout = \"1s\"", redis.url());
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new()).collect();
+    let gateways: Vec<GatewayProcess> = dirs
+        .iter()
+        .map(|dir| {
+            write_config(dir.path(), &setup("", &store), backend.addr());
+            GatewayProcess::start(&dir.path().join("gateway.toml"))
+        })
+        .collect();
+    for g in &gateways {
+        g.wait_ready().await;
+    }
+    let refs: Vec<&GatewayProcess> = gateways.iter().collect();
+    overdraw(&refs, &backend, 1_000, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_committed_movement() {
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    write_config(
+        dir.path(),
+        &setup("reservation_timeout = \"2s\"", ""),
+        backend.addr(),
+    );
+    let config = dir.path().join("gateway.toml");
+    let gateway = GatewayProcess::start(&config);
+    gateway.wait_ready().await;
+    credit(&gateway, "load", 100_000).await;
+
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = tokio::task::JoinSet::new();
+    const LOOPS: u64 = 8;
+    for _ in 0..LOOPS {
+        let (ok, stop, addr) = (Arc::clone(&ok), Arc::clone(&stop), gateway.addr);
+        let bearer = bearer_for("load");
+        loops.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let request = format!(
+                    "GET /echo/one/x?delay_ms=5 HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\nconnection: close\r\n\r\n"
+                );
+                let Ok(Some(status)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    crate::support::try_status(addr, request.as_bytes()),
+                )
+                .await
+                else {
+                    continue;
+                };
+                if status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ok.load(Ordering::Relaxed) >= 200
+        })
+        .await
+    );
+    gateway.signal("KILL");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    while loops.join_next().await.is_some() {}
+    drop(gateway);
+    let answered = ok.load(Ordering::Relaxed);
+
+    let restarted = GatewayProcess::start(&config);
+    restarted.wait_ready().await;
+    // Reservations the dead instance left open are refunded after their deadline.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            account(&restarted, "load").await.1 == 0
+        })
+        .await,
+        "open reservations were never voided"
+    );
+    let (balance, _) = account(&restarted, "load").await;
+    let charged = 100_000 - balance;
+    // Every answer a client got is in the ledger; at most the requests in flight at the
+    // kill were charged without their answer arriving.
+    assert!(
+        charged >= answered,
+        "charged {charged}, answered {answered}"
+    );
+    assert!(
+        charged <= answered + LOOPS,
+        "charged {charged}, answered {answered}"
+    );
+    assert_verified(&restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_fails_closed_and_heals_by_itself() {
+    let redis = RedisServer::start();
+    let store = format!(
+        "[store]\nredis_url = \"{}\"\ntimeout = \"200ms\"\nbreaker_cooldown = \"300ms\"",
+        redis.url()
+    );
+    let h = Harness::with(setup("reservation_timeout = \"2s\"", &store)).await;
+    h.gateway.wait_ready().await;
+    let g = &h.gateway;
+    credit(g, "r1", 1_000).await;
+    let mut ok = 0;
+    for _ in 0..5 {
+        assert_eq!(call(g, "GET", "/echo/one/x", "r1").await.status, 200);
+        ok += 1;
+    }
+    redis.freeze();
+    let seen = h.backend.requests();
+    for _ in 0..5 {
+        let r = call(g, "GET", "/echo/one/x", "r1").await;
+        r.assert_problem(503, "LEDGER_UNAVAILABLE");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(
+        h.backend.requests(),
+        seen,
+        "nothing is forwarded on a guess"
+    );
+    redis.thaw();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            call(g, "GET", "/echo/one/x", "r1").await.status == 200
+        })
+        .await
+    );
+    ok += 1;
+    // A reservation Redis took while frozen (its caller gave up) expires, refunded.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            account(g, "r1").await.1 == 0
+        })
+        .await
+    );
+    assert_eq!(account(g, "r1").await.0, 1_000 - ok);
+    assert_verified(g).await;
+}
+
+#[tokio::test]
+async fn opening_balances_are_credited_once_and_metering_can_be_off() {
+    let dir_file = TempDir::new();
+    let file = dir_file.path().join("legacy.csv");
+    std::fs::write(&file, "clientId,balance\n1001,500\n1002,250\n").unwrap();
+    let credits = format!("opening_balances = \"{}\"", file.display());
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    write_config(dir.path(), &setup(&credits, ""), backend.addr());
+    let config = dir.path().join("gateway.toml");
+    {
+        let g = GatewayProcess::start(&config);
+        g.wait_ready().await;
+        assert_eq!(account(&g, "1001").await, (500, 0));
+        assert_eq!(account(&g, "1002").await, (250, 0));
+        assert_eq!(call(&g, "GET", "/echo/one/x", "1002").await.status, 200);
+    }
+    // A restart reads the file again and credits nothing twice.
+    let g = GatewayProcess::start(&config);
+    g.wait_ready().await;
+    assert_eq!(account(&g, "1002").await, (249, 0));
+    assert_eq!(account(&g, "1001").await, (500, 0));
+    drop(g);
+
+    // enabled = false: every route is free and says nothing.
+    let off = format!("{credits}\nenabled = false");
+    write_config(dir.path(), &setup(&off, ""), backend.addr());
+    let g = GatewayProcess::start(&config);
+    g.wait_ready().await;
+    let r = call(&g, "GET", "/echo/one/x", "stranger").await;
+    assert_eq!((r.status, r.header("x-token-cost")), (200, None));
+    let v = call(&g, "GET", "/gateway/tokens/balance", "1002")
+        .await
+        .json();
+    assert_eq!(
+        (v["balance"].as_u64(), v["metering"].as_bool()),
+        (Some(249), Some(false))
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token_and_journals_every_change() {
+    let h = start("").await;
+    let g = &h.gateway;
+    let unauthenticated = send(g.admin, "GET", "/ledger/verify", &[], b"").await;
+    unauthenticated.assert_problem(401, "ADMIN_UNAUTHORIZED");
+    let wrong = send(
+        g.admin,
+        "POST",
+        "/ledger/clients/a/credit",
+        &[(
+            "authorization",
+            "Bearer e2e-admin-token-0123456789abcdef0123456789abcdeX",
+        )],
+        br#"{"amount": 5, "reason": "x"}"#,
+    )
+    .await;
+    wrong.assert_problem(401, "ADMIN_UNAUTHORIZED");
+    credit(g, "a", 10).await;
+    let r = admin(
+        g,
+        "POST",
+        "/ledger/clients/a/debit",
+        r#"{"amount": 11, "reason": "refund"}"#,
+    )
+    .await;
+    r.assert_problem(402, "INSUFFICIENT_TOKENS");
+    let r = admin(
+        g,
+        "POST",
+        "/ledger/clients/a/debit",
+        r#"{"amount": 4, "reason": "refund"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["balance"], 6);
+    let r = admin(
+        g,
+        "PUT",
+        "/ledger/clients/a/balance",
+        r#"{"balance": 40, "reason": "migration fix"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["balance"], 40);
+    admin(g, "POST", "/ledger/clients/a/credit", r#"{"amount": 5}"#)
+        .await
+        .assert_problem(400, "INVALID_REQUEST_BODY");
+    admin(
+        g,
+        "POST",
+        "/ledger/clients/a/credit",
+        r#"{"amount": -5, "reason": "x"}"#,
+    )
+    .await
+    .assert_problem(400, "INVALID_REQUEST_BODY");
+    // A client id with any character, escaped in the path.
+    credit(g, "a%2Fb", 1).await;
+    assert_eq!(account(g, "a%2Fb").await, (1, 0));
+    let movements = journal(g, "a").await;
+    let reasons: Vec<&str> = movements
+        .iter()
+        .map(|m| m["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["admin: migration fix", "admin: refund", "admin: test"]
+    );
+    let kinds: Vec<&str> = movements
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["set", "debit", "credit"]);
+    assert_eq!(movements[0]["amount"], 34);
+    assert_verified(g).await;
+}
+
+#[tokio::test]
+async fn the_ledger_cli_credits_shows_imports_and_verifies() {
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    write_config(dir.path(), &setup("", ""), backend.addr());
+    let config = dir.path().join("gateway.toml");
+    let tollgate = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = tollgate(&[
+        "ledger", "credit", "--client", "1001", "--amount", "30", "--reason", "goodwill",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.contains("client 1001: balance 30"), "{out}");
+    let (ok, out) = tollgate(&[
+        "ledger", "debit", "--client", "1001", "--amount", "31", "--reason", "x",
+    ]);
+    assert!(!ok && out.contains("nothing was debited"), "{out}");
+    let export = dir.path().join("export.json");
+    std::fs::write(
+        &export,
+        r#"[{"clientId": "1001", "tokens": 500}, {"clientId": 1002, "balance": 250}]"#,
+    )
+    .unwrap();
+    let (ok, out) = tollgate(&["ledger", "import", export.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("2 opening balance(s) credited, 0 skipped"),
+        "{out}"
+    );
+    let (ok, out) = tollgate(&["ledger", "import", export.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("0 opening balance(s) credited, 2 skipped"),
+        "{out}"
+    );
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "1003,ten\n").unwrap();
+    let (ok, out) = tollgate(&["ledger", "import", bad.to_str().unwrap()]);
+    assert!(!ok && out.contains("line 1"), "{out}");
+    let (ok, out) = tollgate(&["ledger", "show", "--client", "1001"]);
+    assert!(ok && out.contains("balance 530"), "{out}");
+    assert!(
+        out.contains("opening") && out.contains("cli: goodwill"),
+        "{out}"
+    );
+    let (ok, out) = tollgate(&["ledger", "verify"]);
+    assert!(
+        ok && out.contains("every journal sums to its balance"),
+        "{out}"
+    );
+
+    // The gateway then serves from the same file; while it runs, the CLI says why it
+    // cannot open it.
+    let g = GatewayProcess::start(&config);
+    g.wait_ready().await;
+    assert_eq!(account(&g, "1002").await, (250, 0));
+    let (ok, out) = tollgate(&["ledger", "verify"]);
+    assert!(!ok && out.contains("admin API"), "{out}");
+}
