@@ -138,6 +138,12 @@ Log in through the gateway: the legacy login, answered with a session's tokens:
 Or a token minted for client 1001 (tollgate token mint --client 1001 makes more):
   TOKEN={token}
 
+Token credits (1001 opens with the 500 tokens of its legacy record):
+  curl -s http://{gw}/gateway/tokens/balance -H "authorization: Bearer $TOKEN"
+  curl -i -X POST http://{gw}/campaigns -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+       -H 'Idempotency-Key: "spring-1"' -d '{{"name":"Spring"}}'   # X-Token-Cost: 10; the same key again is not charged
+  curl -s http://{gw}/gateway/tokens/costs -H "authorization: Bearer $TOKEN"
+
 More to try:
   curl -i http://{gw}/echo/hello                                  # 401 AUTH_REQUIRED
   curl -i http://{gw}/echo/hello -H 'x-api-key: demo-legacy-key-1002'   # legacy key: Deprecation + Sunset
