@@ -21,6 +21,13 @@
 # unlimited Tollgate are the cost of limiting; tg-redis / tg-local is the cost of
 # sharing the count across instances. Set LIMITS=0 to skip them.
 #
+# Three more measure token credits on a JWT route (the same token every request):
+# `tg-jwt` (no cost), `tg-meter` (cost 1, the embedded redb ledger: reserve and post
+# committed durably, group-committed) and `tg-meter-redis` (cost 1, the ledger in the
+# same redis-server: two Lua scripts and a deadline index per request). Their ratios to
+# tg-jwt are the cost of metering (targets: embedded >= 0.90, Redis >= 0.85). Set
+# METERING=0 to skip them.
+#
 # COMPARE="before=/path/to/tollgate other=/path/to/tollgate" adds, for each pair, the
 # same unlimited Tollgate run by another build (say, the previous commit's), so a change
 # is measured against its baseline in the same run: tollgate / tg-before is printed.
@@ -44,6 +51,7 @@ need() {
   fi
 }
 LIMITS=${LIMITS:-1}
+METERING=${METERING:-1}
 need wrk:wrk haproxy:haproxy nginx:nginx-light redis-server:redis-server
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -71,6 +79,8 @@ echo "building tollgate (release)" >&2
 
 UP=$(free_port); NG=$(free_port); HA=$(free_port); TG=$(free_port)
 TL=$(free_port); TR=$(free_port); RD=$(free_port)
+TJ=$(free_port); TM=$(free_port); TMR=$(free_port)
+declare -A AUTHZ
 BODY='{"ok":true,"campaigns":[{"id":1,"name":"Spring outreach"},{"id":2,"name":"Renewals"}]}'
 
 # Upstream: one nginx worker.
@@ -132,8 +142,9 @@ backend be
 CONF
 haproxy -f "$WORK/haproxy.cfg" -db & PIDS+=($!)
 
-# tollgate NAME PORT LIMITS STORE [BINARY]: one Tollgate with the route's `limits` and
-# [store].
+# tollgate NAME PORT LIMITS STORE [BINARY] [ROUTE] [CONFIG]: one Tollgate with the
+# route's `limits` and [store]; ROUTE replaces `auth = "none"` (auth, cost), CONFIG is
+# more of gateway.toml ([jwt], [credits]).
 tollgate() {
   mkdir -p "$WORK/$1/policies"
   cat > "$WORK/$1/policies/10-all.toml" <<CONF
@@ -145,7 +156,7 @@ key = ["ip"]
 [[route]]
 name = "everything"
 path = "/*"
-auth = "none"
+${6:-auth = \"none\"}
 limits = [$3]
 CONF
   cat > "$WORK/$1/gateway.toml" <<CONF
@@ -160,18 +171,49 @@ access_log = ${ACCESS_LOG:-true}
 [reload]
 watch = false
 $4
+${7:-}
 CONF
   "${5:-$ROOT/target/release/tollgate}" run --config "$WORK/$1/gateway.toml" >/dev/null 2>/dev/null & PIDS+=($!)
 }
 tollgate tg "$TG" "" ""
 PORTS="$UP $NG $HA $TG"
 TARGETS="haproxy:$HA nginx:$NG tollgate:$TG"
-if [ "$LIMITS" = 1 ]; then
+if [ "$LIMITS" = 1 ] || [ "$METERING" = 1 ]; then
   redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
+  PORTS="$PORTS $RD"
+fi
+if [ "$METERING" = 1 ]; then
+  printf 'load-benchmark-hs256-secret-0123456789abcdef' > "$WORK/hs256.secret"
+  # A balance that never runs out.
+  printf 'bench,1000000000000000\n' > "$WORK/opening.csv"
+  JWT="[jwt]
+issuer = \"bench\"
+audience = \"bench\"
+[[jwt.key]]
+id = \"bench\"
+algorithm = \"HS256\"
+secret_file = \"$WORK/hs256.secret\""
+  METERED='auth = "jwt"
+cost = 1'
+  tollgate tg-jwt "$TJ" "" "" "" 'auth = "jwt"' "$JWT"
+  mkdir -p "$WORK/tg-meter" "$WORK/tg-meter-redis"
+  tollgate tg-meter "$TM" "" "" "" "$METERED" "$JWT
+[credits]
+path = \"$WORK/tg-meter/ledger.redb\"
+opening_balances = \"$WORK/opening.csv\""
+  tollgate tg-meter-redis "$TMR" "" "[store]
+redis_url = \"redis://127.0.0.1:$RD\"
+timeout = \"200ms\"" "" "$METERED" "$JWT
+[credits]
+opening_balances = \"$WORK/opening.csv\""
+  PORTS="$PORTS $TJ $TM $TMR"
+  TARGETS="$TARGETS tg-jwt:$TJ tg-meter:$TM tg-meter-redis:$TMR"
+fi
+if [ "$LIMITS" = 1 ]; then
   tollgate tg-local "$TL" '"per-address"' ""
   tollgate tg-redis "$TR" '"per-address"' "[store]
 redis_url = \"redis://127.0.0.1:$RD\""
-  PORTS="$PORTS $TL $TR $RD"
+  PORTS="$PORTS $TL $TR"
   TARGETS="$TARGETS tg-local:$TL tg-redis:$TR"
 fi
 
@@ -185,11 +227,23 @@ for pair in ${COMPARE:-}; do
 done
 
 for p in $PORTS; do wait_port "$p"; done
+if [ "$METERING" = 1 ]; then
+  TOKEN=$("$ROOT/target/release/tollgate" token mint --client bench --ttl 2h --config "$WORK/tg-jwt/gateway.toml" 2>/dev/null)
+  for name in tg-jwt tg-meter tg-meter-redis; do AUTHZ[$name]="authorization: Bearer $TOKEN"; done
+  # The ledgers open (and credit the opening balance) right after the listeners.
+  for p in $TM $TMR; do
+    for _ in $(seq 1 100); do
+      curl -s -o /dev/null -w '%{http_code}' -H "${AUTHZ[tg-jwt]}" "http://127.0.0.1:$p/campaigns" | grep -q 200 && break
+      sleep 0.05
+    done
+  done
+fi
 
 # Sanity: every proxy returns the upstream's body.
 for pair in $TARGETS; do
   p=${pair#*:}
-  got=$(curl -s "http://127.0.0.1:$p/campaigns")
+  h=${AUTHZ[${pair%%:*}]:-x-none: 1}
+  got=$(curl -s -H "$h" "http://127.0.0.1:$p/campaigns")
   [ "$got" = "$BODY" ] || { echo "proxy on $p returned: $got" >&2; exit 1; }
 done
 
@@ -197,8 +251,8 @@ to_ms() { # wrk latency like 1.23ms / 456.00us / 1.01s -> ms
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'
 }
 
-run() { # port -> "rps p50 p99"
-  local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$1/campaigns")
+run() { # port [header] -> "rps p50 p99"
+  local out; out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency ${2:+-H "$2"} "http://127.0.0.1:$1/campaigns")
   local errors; errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
   [ -z "$errors" ] || echo "port $1: $errors" >&2
   echo "$(awk '/^Requests\/sec:/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")"
@@ -207,7 +261,16 @@ run() { # port -> "rps p50 p99"
 median() { sort -g | awk '{ v[NR]=$1 } END { print v[int((NR+1)/2)] }'; }
 
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION x $ROUNDS rounds, $CORES cores, GET /campaigns ($(printf %s "$BODY" | wc -c) byte body)" >&2
-for pair in $TARGETS; do wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "http://127.0.0.1:${pair#*:}/campaigns" >/dev/null; done
+for pair in $TARGETS; do
+  h=${AUTHZ[${pair%%:*}]:-x-none: 1}
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -H "$h" "http://127.0.0.1:${pair#*:}/campaigns" >/dev/null
+done
+if [ "$METERING" = 1 ]; then
+  # The metered Tollgates really charge: one header check per store.
+  for p in $TM $TMR; do
+    curl -si -H "${AUTHZ[tg-jwt]}" "http://127.0.0.1:$p/campaigns" | grep -qi '^x-token-cost: 1' || { echo "port $p does not meter" >&2; exit 1; }
+  done
+fi
 if [ "$LIMITS" = 1 ]; then
   # The limited Tollgates really decide: one header check per store.
   curl -si "http://127.0.0.1:$TL/campaigns" | grep -qi '^x-ratelimit-limit: 1000000' || { echo "tg-local sends no rate-limit headers" >&2; exit 1; }
@@ -217,7 +280,7 @@ fi
 declare -A RESULTS
 for round in $(seq 1 "$ROUNDS"); do
   for pair in $TARGETS; do
-    r=$(run "${pair#*:}")
+    r=$(run "${pair#*:}" "${AUTHZ[${pair%%:*}]:-}")
     RESULTS[${pair%%:*}]+="$r"$'\n'
     echo "round $round ${pair%%:*}: $r" >&2
   done
@@ -244,6 +307,12 @@ if [ "$LIMITS" = 1 ]; then
     printf "rate limit in process / no limit   requests/s: %.2fx, p99 %+.2f ms\n", l/t, lp-tp
     printf "rate limit in redis   / no limit   requests/s: %.2fx, p99 %+.2f ms\n", r/t, rp-tp
     printf "rate limit in redis   / in process requests/s: %.2fx (target >= 0.85)\n", r/l }'
+fi
+if [ "$METERING" = 1 ]; then
+  awk -v j="${RPS[tg-jwt]}" -v m="${RPS[tg-meter]}" -v r="${RPS[tg-meter-redis]}" \
+      -v jp="${P99[tg-jwt]}" -v mp="${P99[tg-meter]}" -v rp="${P99[tg-meter-redis]}" 'BEGIN {
+    printf "metered (redb)  / unmetered jwt requests/s: %.2fx, p99 %+.2f ms (target >= 0.90)\n", m/j, mp-jp
+    printf "metered (redis) / unmetered jwt requests/s: %.2fx, p99 %+.2f ms (target >= 0.85)\n", r/j, rp-jp }'
 fi
 for name in "${COMPARED[@]}"; do
   awk -v t="${RPS[tollgate]}" -v c="${RPS[$name]}" -v tp="${P99[tollgate]}" -v cp="${P99[$name]}" -v n="$name" 'BEGIN {

@@ -610,7 +610,7 @@ mod tests {
         assert_eq!(
             e,
             [
-                "a.toml:2:8: route `a`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks, refresh, logout)",
+                "a.toml:2:8: route `a`: action = \"serve\" needs `endpoint = \"...\"` (one of: jwks, refresh, logout, tokens_balance, tokens_costs, tokens_preview, tokens_history)",
                 "a.toml:9:12: route `b`: `endpoint` is only used with action = \"serve\"",
             ]
         );
