@@ -196,7 +196,8 @@ const FLOW: &str = r#"
 const [mode, base] = [arguments[0], arguments[1]];
 const done = arguments[arguments.length - 1];
 (async () => {
-  const api = new window.TollgateClient({ baseUrl: base, mode });
+  /** @type {any} */ let unpaid = null;
+  const api = new window.TollgateClient({ baseUrl: base, mode, onPaymentRequired: (p) => { unpaid = p; } });
   let refreshes = 0;
   const refresh = api.refresh.bind(api);
   api.refresh = async () => { refreshes += 1; return refresh(); };
@@ -220,6 +221,9 @@ const done = arguments[arguments.length - 1];
   r = await api.fetch('/echo/me', { method: 'POST', headers: { 'Content-Type': 'application/json' },
                                     body: JSON.stringify({ note: 'from the page' }) });
   out.post = { status: r.status };
+  r = await api.fetch('/echo/paid', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+                                      body: JSON.stringify({ note: 'costs more than there is' }) });
+  out.paid = { status: r.status, balance: r.headers.get('X-Token-Balance'), problem: unpaid };
   await api.logout();
   r = await api.fetch('/echo/me');
   out.afterLogout = { status: r.status, code: (await r.json()).code };
@@ -243,6 +247,12 @@ name = "limited"
 path = "/echo/limited"
 auth = "jwt"
 limits = ["tight"]
+
+[[route]]
+name = "paid"
+path = "/echo/paid"
+auth = "jwt"
+cost = 1000
 "#;
 
 async fn page_flow(mode: &str) -> Value {
@@ -265,7 +275,7 @@ async fn page_flow(mode: &str) -> Value {
         "audience = \"legacy-api\"\n",
         "audience = \"legacy-api\"\naccess_ttl = \"3s\"\nleeway = \"0s\"\n",
         1,
-    );
+    ) + "\n[credits]\npath = \"state/ledger.redb\"\n";
     let h = Harness::with(Setup {
         policies: vec![
             ("05-page.toml".into(), format!("{cors}\n{LIMITED}")),
@@ -276,6 +286,7 @@ async fn page_flow(mode: &str) -> Value {
         ..Setup::default()
     })
     .await;
+    h.gateway.wait_ready().await;
     let gateway = format!("http://localhost:{}", h.gateway.addr.port());
 
     let profile = TempDir::new();
@@ -328,6 +339,15 @@ fn common(out: &Value) {
         "{out}"
     );
     assert_eq!(out["post"]["status"], 200, "{out}");
+    // Too few tokens: the client handed the 402 problem to the page, whose scripts can
+    // read the balance header.
+    assert_eq!(out["paid"]["status"], 402, "{out}");
+    assert_eq!(
+        out["paid"]["problem"]["code"], "INSUFFICIENT_TOKENS",
+        "{out}"
+    );
+    assert_eq!(out["paid"]["problem"]["required"], 1000, "{out}");
+    assert_eq!(out["paid"]["balance"], "0", "{out}");
     // Logged out: nothing the page holds opens the API any more.
     assert_eq!(out["afterLogout"]["status"], 401, "{out}");
     assert_eq!(out["afterLogout"]["code"], "AUTH_REQUIRED", "{out}");

@@ -4,7 +4,7 @@
 //! refuses the request with 402 `INSUFFICIENT_TOKENS` (with `required` and `balance`).
 //! When the backend's response head arrives, [`settle`] posts the reservation (at the
 //! backend's own figure when the route names a `settle_header`, never above what was
-//! held) or voids it when the status is one that refunds (`4xx` and `5xx` unless the
+//! held; written in the background: the answer does not wait for it) or voids it when the status is one that refunds (`4xx` and `5xx` unless the
 //! route says otherwise). A request that fails after reserving — the backend cannot be
 //! reached or times out, the gateway refuses the body — is refunded by [`refund`]; a
 //! client that goes away before the response head, by the reservation's own drop
@@ -175,6 +175,7 @@ pub async fn reserve(
                 client,
                 id,
                 cost,
+                balance,
             ));
             exchange.key_claim = claim;
             Ok(Reserve::Forward(request))
@@ -323,30 +324,36 @@ pub async fn settle(
             None => reserved,
         },
     };
-    match hold.post(amount).await {
-        Ok(Settled::Done { charged, balance }) => {
-            exchange.metering = Metering::Charged {
-                cost: charged,
-                balance,
-            };
-            if let Some(claim) = &mut exchange.key_claim {
-                claim.charged(StoredAnswer {
-                    status: status.as_u16(),
-                    headers: kept_headers(headers),
-                    body: None,
-                    cost: charged,
-                });
+    // The reservation is durable already; the post is written in the background, so
+    // the answer does not wait for a second commit. Should this gateway die before the
+    // post is committed, the reservation expires and is refunded: a crash can cost the
+    // operator a charge, never the client a double one.
+    let charged = amount.min(reserved);
+    let balance = hold.balance.saturating_add(reserved - charged);
+    tokio::spawn(async move {
+        match hold.post(amount).await {
+            Ok(Settled::Done { .. }) => {}
+            // Expired under a request that ran past the reservation timeout: refunded.
+            Ok(Settled::Gone) => {
+                tracing::warn!("a reservation expired before its request was answered: not charged")
+            }
+            // Not retried: the reservation is left to its deadline, which refunds it.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot post a reservation; it expires (refunded) instead")
             }
         }
-        // Expired under a request that ran past the reservation timeout: refunded.
-        Ok(Settled::Gone) => {
-            tracing::warn!("a reservation expired before its request was answered: not charged");
-            exchange.metering = Metering::Free;
-        }
-        Err(e) => {
-            // Not retried: the reservation is left to its deadline, which refunds it.
-            tracing::warn!(error = %e, "cannot post a reservation; it expires (refunded) instead");
-        }
+    });
+    exchange.metering = Metering::Charged {
+        cost: charged,
+        balance,
+    };
+    if let Some(claim) = &mut exchange.key_claim {
+        claim.charged(StoredAnswer {
+            status: status.as_u16(),
+            headers: kept_headers(headers),
+            body: None,
+            cost: charged,
+        });
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Hold {
     id: String,
     /// What was reserved.
     pub cost: u64,
+    /// The available balance right after the reservation.
+    pub balance: u64,
     open: bool,
 }
 
@@ -30,6 +32,7 @@ impl Hold {
         client: String,
         id: String,
         cost: u64,
+        balance: u64,
     ) -> Hold {
         Hold {
             ledger,
@@ -38,6 +41,7 @@ impl Hold {
             client,
             id,
             cost,
+            balance,
             open: true,
         }
     }

@@ -278,4 +278,33 @@ mod tests {
         );
         assert!(e[0].contains("`teapot` is not a status"), "{e:?}");
     }
+
+    #[test]
+    fn the_token_endpoints_need_credits_and_a_caller() {
+        let endpoint = |name: &str, auth: &str| {
+            format!("[[route]]\nname = \"{name}\"\npath = \"/gateway/tokens/{name}\"\nauth = \"{auth}\"\naction = \"serve\"\nendpoint = \"tokens_{name}\"\n")
+        };
+        let with_credits = format!("{}{CREDITS}", gateway());
+        let s = load(
+            &with_credits,
+            &[(
+                "a.toml",
+                &format!(
+                    "{}{}",
+                    endpoint("balance", "jwt"),
+                    endpoint("costs", "none")
+                ),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            s.routes[0].action,
+            crate::snapshot::RouteAction::Serve(crate::snapshot::Endpoint::TokensBalance)
+        );
+        let e = errors(&with_credits, &[("a.toml", &endpoint("history", "none"))]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("the caller's own tokens"), "{e:?}");
+        let e = errors(&gateway(), &[("a.toml", &endpoint("preview", "jwt"))]);
+        assert!(e[0].contains("need a [credits] section"), "{e:?}");
+    }
 }

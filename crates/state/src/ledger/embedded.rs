@@ -8,9 +8,9 @@
 //! interleaving can take a balance below zero. Reads use their own snapshots on Tokio's
 //! blocking pool and never wait for the writer.
 //!
-//! Tables: `accounts` (client → available, held), `journal` (sequence → movement),
-//! `journal_by_client` (client, sequence), `reservations` (id → reservation) and their
-//! `deadlines`, `opened` (clients whose opening balance is in), `idempotency` (client,
+//! Tables: `accounts` (client → available, held), `journal` ((client, sequence) →
+//! movement: a client's movements are one range), `reservations` (id → reservation; the
+//! open ones are the requests in flight, so a sweep reads them all), `opened` (clients whose opening balance is in), `idempotency` (client,
 //! key → record) and its `idempotency_expiry`, and `meta` (the next sequence number).
 
 use std::collections::HashMap;
@@ -30,10 +30,8 @@ use super::{
 use crate::BoxFuture;
 
 const ACCOUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("accounts");
-const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
-const BY_CLIENT: TableDefinition<(&str, u64), ()> = TableDefinition::new("journal_by_client");
+const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
 const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
-const DEADLINES: TableDefinition<(u64, &str), ()> = TableDefinition::new("deadlines");
 const OPENED: TableDefinition<&str, u64> = TableDefinition::new("opened");
 const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
 const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &str, &str), ()> =
@@ -211,10 +209,8 @@ fn apply_batch(db: &Database, batch: &mut [Job]) -> Result<Vec<Done>, LedgerErro
 
 struct Tables<'t> {
     accounts: Table<'t, &'static str, (u64, u64)>,
-    journal: Table<'t, u64, &'static [u8]>,
-    by_client: Table<'t, (&'static str, u64), ()>,
+    journal: Table<'t, (&'static str, u64), &'static [u8]>,
     reservations: Table<'t, &'static str, &'static [u8]>,
-    deadlines: Table<'t, (u64, &'static str), ()>,
     opened: Table<'t, &'static str, u64>,
     idempotency: Table<'t, (&'static str, &'static str), &'static [u8]>,
     expiry: Table<'t, (u64, &'static str, &'static str), ()>,
@@ -230,9 +226,7 @@ impl<'t> Tables<'t> {
         Ok(Tables {
             accounts: txn.open_table(ACCOUNTS).map_err(err)?,
             journal: txn.open_table(JOURNAL).map_err(err)?,
-            by_client: txn.open_table(BY_CLIENT).map_err(err)?,
             reservations: txn.open_table(RESERVATIONS).map_err(err)?,
-            deadlines: txn.open_table(DEADLINES).map_err(err)?,
             opened: txn.open_table(OPENED).map_err(err)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(err)?,
             expiry: txn.open_table(IDEMPOTENCY_EXPIRY).map_err(err)?,
@@ -291,10 +285,7 @@ impl<'t> Tables<'t> {
             .map_err(err)?;
         let bytes = serde_json::to_vec(&movement).map_err(corrupt)?;
         self.journal
-            .insert(self.seq, bytes.as_slice())
-            .map_err(err)?;
-        self.by_client
-            .insert((movement.client.as_str(), self.seq), ())
+            .insert((movement.client.as_str(), self.seq), bytes.as_slice())
             .map_err(err)?;
         Ok(())
     }
@@ -324,9 +315,6 @@ impl<'t> Tables<'t> {
         self.reservations
             .insert(r.id.as_str(), bytes.as_slice())
             .map_err(err)?;
-        self.deadlines
-            .insert((r.deadline, r.id.as_str()), ())
-            .map_err(err)?;
         Ok(Reserved::Held {
             balance: account.available,
         })
@@ -347,7 +335,6 @@ impl<'t> Tables<'t> {
             return Ok(Settled::Gone);
         }
         self.reservations.remove(id).map_err(err)?;
-        self.deadlines.remove((stored.deadline, id)).map_err(err)?;
         let mut account = self.account(client)?;
         let (kind, charged, back) = decide_settle(&mut account, stored.amount, settle);
         let reason = match settle {
@@ -397,15 +384,18 @@ impl<'t> Tables<'t> {
     }
 
     fn expire(&mut self, now_ms: u64, max: usize) -> Result<u64, LedgerError> {
+        // Open reservations are the requests in flight (and what dead gateways left):
+        // few enough to read them all.
         let mut due = Vec::new();
-        for item in self
-            .deadlines
-            .range(..(now_ms.saturating_add(1), ""))
-            .map_err(err)?
-            .take(max)
-        {
-            let (key, _) = item.map_err(err)?;
-            due.push(key.value().1.to_owned());
+        for item in self.reservations.iter().map_err(err)? {
+            let (id, bytes) = item.map_err(err)?;
+            let r: Reservation = serde_json::from_slice(bytes.value()).map_err(corrupt)?;
+            if r.deadline <= now_ms {
+                due.push(id.value().to_owned());
+                if due.len() == max {
+                    break;
+                }
+            }
         }
         let mut voided = 0;
         for id in due {
@@ -551,21 +541,21 @@ fn read_journal(
     limit: usize,
 ) -> Result<Page, LedgerError> {
     let txn = db.begin_read().map_err(err)?;
-    let index = txn.open_table(BY_CLIENT).map_err(err)?;
     let journal = txn.open_table(JOURNAL).map_err(err)?;
     let end = before.unwrap_or(u64::MAX);
     let mut movements = Vec::new();
     let mut next = None;
-    for item in index.range((client, 0)..(client, end)).map_err(err)?.rev() {
-        let (key, _) = item.map_err(err)?;
-        let seq = key.value().1;
+    for item in journal
+        .range((client, 0)..(client, end))
+        .map_err(err)?
+        .rev()
+    {
+        let (_, bytes) = item.map_err(err)?;
         if movements.len() == limit {
             next = movements.last().map(|m: &Movement| m.seq);
             break;
         }
-        if let Some(bytes) = journal.get(seq).map_err(err)? {
-            movements.push(serde_json::from_slice(bytes.value()).map_err(corrupt)?);
-        }
+        movements.push(serde_json::from_slice(bytes.value()).map_err(corrupt)?);
     }
     Ok(Page { movements, next })
 }
@@ -573,7 +563,6 @@ fn read_journal(
 fn verify_all(db: &Database) -> Result<Report, LedgerError> {
     let txn = db.begin_read().map_err(err)?;
     let accounts = txn.open_table(ACCOUNTS).map_err(err)?;
-    let index = txn.open_table(BY_CLIENT).map_err(err)?;
     let journal = txn.open_table(JOURNAL).map_err(err)?;
     let reservations = txn.open_table(RESERVATIONS).map_err(err)?;
     let mut open: HashMap<String, u64> = HashMap::new();
@@ -589,14 +578,12 @@ fn verify_all(db: &Database) -> Result<Report, LedgerError> {
         let client = client.value().to_owned();
         let (available, held) = value.value();
         let mut movements = Vec::new();
-        for entry in index
+        for entry in journal
             .range((client.as_str(), 0)..=(client.as_str(), u64::MAX))
             .map_err(err)?
         {
-            let (key, _) = entry.map_err(err)?;
-            if let Some(bytes) = journal.get(key.value().1).map_err(err)? {
-                movements.push(serde_json::from_slice::<Movement>(bytes.value()).map_err(corrupt)?);
-            }
+            let (_, bytes) = entry.map_err(err)?;
+            movements.push(serde_json::from_slice::<Movement>(bytes.value()).map_err(corrupt)?);
         }
         report.clients += 1;
         report.movements += movements.len() as u64;

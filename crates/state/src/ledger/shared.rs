@@ -27,79 +27,71 @@ use super::{
     IdempotencyRecord, Ledger, LedgerError, Movement, Page, Report, Reservation, Reserved, Settle,
     Settled, StoredAnswer, EXPIRED,
 };
-use crate::redis::Redis;
+use crate::redis::{Redis, StoreError};
 use crate::BoxFuture;
 
-/// Builds a journal entry (JSON) inside a script; numbers are written as integers.
+/// Builds a journal entry (JSON) inside a script. Strings arrive JSON-encoded from Rust
+/// (`client`, and `extra`: `,"route":"…",…`), so the script only joins them; numbers are
+/// written as integers.
 const MOVEMENT_LUA: &str = r#"
 local function int(n) return string.format('%d', n) end
 local function movement(seq, client, kind, amount, held_change, balance, at, extra)
-  local parts = {
-    '"seq":' .. int(seq), '"client":' .. cjson.encode(client), '"kind":"' .. kind .. '"',
-    '"amount":' .. int(amount), '"heldChange":' .. int(held_change),
-    '"balance":' .. int(balance), '"at":' .. int(at)
-  }
-  for _, name in ipairs({'reservation', 'route', 'requestId', 'idempotencyKey', 'reason'}) do
-    local v = extra[name]
-    if v ~= nil and v ~= cjson.null and v ~= '' then
-      table.insert(parts, '"' .. name .. '":' .. cjson.encode(v))
-    end
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
+  return '{"seq":' .. int(seq) .. ',"client":' .. client .. ',"kind":"' .. kind ..
+    '","amount":' .. int(amount) .. ',"heldChange":' .. int(held_change) ..
+    ',"balance":' .. int(balance) .. ',"at":' .. int(at) .. extra .. '}'
 end
-local function field(key, name) return tonumber(redis.call('HGET', key, name) or '0') end
+local function account(key)
+  local a = redis.call('HMGET', key, 'available', 'held')
+  return tonumber(a[1] or '0'), tonumber(a[2] or '0')
+end
 "#;
 
-/// KEYS: account, journal, reservations. ARGV: id, amount, now, client, reservation
-/// JSON. Returns {1, available} (held), {0, available} (short), {2, available} (an open
+/// KEYS: account, journal, reservations. ARGV: id, amount, now, client (JSON), extra
+/// (JSON members), deadline. The reservation is kept as `amount \n deadline \n extra`.
+/// Returns {1, available} (held), {0, available} (short), {2, available} (an open
 /// reservation has this id already).
 const RESERVE_LUA: &str = r#"
 local amount = tonumber(ARGV[2])
-local available = field(KEYS[1], 'available')
+local available, held = account(KEYS[1])
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {2, available} end
 if available < amount then return {0, available} end
-local held = field(KEYS[1], 'held') + amount
-available = available - amount
+available, held = available - amount, held + amount
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held))
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
-local r = cjson.decode(ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2] .. '\n' .. ARGV[6] .. '\n' .. ARGV[5])
 redis.call('RPUSH', KEYS[2], movement(seq, ARGV[4], 'reserve', -amount, amount, available,
-  tonumber(ARGV[3]), {reservation = ARGV[1], route = r.route, requestId = r.requestId,
-  idempotencyKey = r.idempotencyKey}))
+  tonumber(ARGV[3]), ARGV[5]))
 return {1, available}
 "#;
 
-/// KEYS: account, journal, reservations. ARGV: id, "post" or "void", amount (post),
-/// reason (void), now, client. Returns {1, charged, available} or {0, 0, 0} (gone).
+/// KEYS: account, journal, reservations. ARGV: id, post|void|expire, amount (post),
+/// reason (JSON members, or empty), now, client (JSON). Returns {1, charged, available}
+/// or {0, 0, 0} (gone).
 const SETTLE_LUA: &str = r#"
 local stored = redis.call('HGET', KEYS[3], ARGV[1])
 if not stored then return {0, 0, 0} end
-local r = cjson.decode(stored)
 redis.call('HDEL', KEYS[3], ARGV[1])
-local amount = tonumber(r.amount)
-local charged, kind, reason = 0, 'void', ARGV[4]
-if ARGV[2] == 'post' then
-  charged, kind, reason = math.min(tonumber(ARGV[3]), amount), 'post', ''
-elseif ARGV[4] == 'expired' then
-  kind = 'expire'
-end
+local first = string.find(stored, '\n', 1, true)
+local second = string.find(stored, '\n', first + 1, true)
+local amount = tonumber(string.sub(stored, 1, first - 1))
+local charged, kind = 0, ARGV[2]
+if kind == 'post' then charged = math.min(tonumber(ARGV[3]), amount) end
 local back = amount - charged
-local available = field(KEYS[1], 'available') + back
-local held = math.max(0, field(KEYS[1], 'held') - amount)
+local available, held = account(KEYS[1])
+available, held = available + back, math.max(0, held - amount)
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held))
 redis.call('RPUSH', KEYS[2], movement(seq, ARGV[6], kind, back, -amount, available,
-  tonumber(ARGV[5]), {reservation = ARGV[1], route = r.route, requestId = r.requestId,
-  idempotencyKey = r.idempotencyKey, reason = reason}))
+  tonumber(ARGV[5]), string.sub(stored, second + 1) .. ARGV[4]))
 return {1, charged, available}
 "#;
 
-/// KEYS: account, journal. ARGV: credit|debit|set|opening, amount, reason, now, client.
-/// Returns {1, available} (done), {0, available} (short), {2, available} (opened before).
+/// KEYS: account, journal. ARGV: credit|debit|set|opening, amount, reason (JSON
+/// members), now, client (JSON). Returns {1, available} (done), {0, available} (short),
+/// {2, available} (opened before).
 const ADJUST_LUA: &str = r#"
 local kind, n = ARGV[1], tonumber(ARGV[2])
-local before = field(KEYS[1], 'available')
+local before, held = account(KEYS[1])
 local available = before
 if kind == 'credit' then
   available = before + n
@@ -114,10 +106,9 @@ else
   redis.call('HSET', KEYS[1], 'opened', '1')
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('HSET', KEYS[1], 'available', int(available))
-if redis.call('HEXISTS', KEYS[1], 'held') == 0 then redis.call('HSET', KEYS[1], 'held', '0') end
+redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held))
 redis.call('RPUSH', KEYS[2], movement(seq, ARGV[5], kind, available - before, 0, available,
-  tonumber(ARGV[4]), {reason = ARGV[3]}))
+  tonumber(ARGV[4]), ARGV[3]))
 return {1, available}
 "#;
 
@@ -155,6 +146,34 @@ fn with_movement(body: &str) -> redis::Script {
     redis::Script::new(&format!("{MOVEMENT_LUA}{body}"))
 }
 
+/// `value` as a JSON string.
+fn json_string(value: &str) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// `,"name":"value"` for every value present: members appended to a journal entry.
+fn members(fields: &[(&str, Option<&str>)]) -> String {
+    let mut out = String::new();
+    for (name, value) in fields {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
+            out.push_str(",\"");
+            out.push_str(name);
+            out.push_str("\":");
+            out.push_str(&json_string(value));
+        }
+    }
+    out
+}
+
+/// The amount an open reservation (`amount \n deadline \n members`) holds.
+fn held_by(stored: &str) -> Result<u64, LedgerError> {
+    stored
+        .split('\n')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| LedgerError::Corrupt(format!("reservation `{stored}`")))
+}
+
 fn corrupt(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Corrupt(e.to_string())
 }
@@ -164,6 +183,29 @@ struct Keys {
     account: String,
     journal: String,
     reservations: String,
+}
+
+/// Runs `pipe`, which calls `script` by its hash, on worker `worker`'s connection; a
+/// Redis that does not know the script yet (a restart, a new node) is taught it once.
+async fn pipelined<T: redis::FromRedisValue>(
+    redis: &Redis,
+    worker: usize,
+    script: &redis::Script,
+    pipe: &redis::Pipeline,
+) -> Result<T, StoreError> {
+    redis
+        .call(worker, |mut c| async move {
+            match pipe.query_async(&mut c).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.prepare_invoke().load_async(&mut c).await?;
+                    pipe.query_async(&mut c).await
+                }
+                other => other,
+            }
+        })
+        .await
 }
 
 impl SharedLedger {
@@ -209,46 +251,33 @@ impl SharedLedger {
     ) -> Result<Settled, LedgerError> {
         let keys = self.keys(client);
         let (kind, amount, reason) = match settle {
-            Settle::Post { amount } => ("post", *amount, ""),
-            Settle::Void { reason } => ("void", 0, reason.as_str()),
+            Settle::Post { amount } => ("post", *amount, String::new()),
+            Settle::Void { reason } if reason == EXPIRED => {
+                ("expire", 0, members(&[("reason", Some(reason))]))
+            }
+            Settle::Void { reason } => ("void", 0, members(&[("reason", Some(reason))])),
         };
-        let script = &self.settle;
-        let (done, charged, balance): (u8, u64, u64) = self
-            .redis
-            .call(worker, |mut c| {
-                let keys = &keys;
-                async move {
-                    script
-                        .key(&keys.account)
-                        .key(&keys.journal)
-                        .key(&keys.reservations)
-                        .arg(id)
-                        .arg(kind)
-                        .arg(amount)
-                        .arg(reason)
-                        .arg(now_ms)
-                        .arg(client)
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        // The index entry is only a pointer: a lost removal costs the sweeper one look.
-        let index = self.deadlines_key();
-        let member = format!("{client}\n{id}");
-        let _: Result<i64, _> = self
-            .redis
-            .call(worker, |mut c| {
-                let (index, member) = (&index, &member);
-                async move {
-                    redis::cmd("ZREM")
-                        .arg(index)
-                        .arg(member)
-                        .query_async(&mut c)
-                        .await
-                }
-            })
-            .await;
+        // The index entry goes in the same round trip: it is only a pointer, and a lost
+        // removal costs the sweeper one look.
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVALSHA")
+            .arg(self.settle.get_hash())
+            .arg(3)
+            .arg(&keys.account)
+            .arg(&keys.journal)
+            .arg(&keys.reservations)
+            .arg(id)
+            .arg(kind)
+            .arg(amount)
+            .arg(&reason)
+            .arg(now_ms)
+            .arg(json_string(client))
+            .cmd("ZREM")
+            .arg(self.deadlines_key())
+            .arg(format!("{client}\n{id}"))
+            .ignore();
+        let ((done, charged, balance),): ((u8, u64, u64),) =
+            pipelined(&self.redis, worker, &self.settle, &pipe).await?;
         Ok(if done == 1 {
             Settled::Done { charged, balance }
         } else {
@@ -402,8 +431,7 @@ impl SharedLedger {
                 .collect::<Result<Vec<_>, _>>()?;
             let mut held_open = 0;
             for text in &open {
-                let r: Reservation = serde_json::from_str(text).map_err(corrupt)?;
-                held_open += r.amount;
+                held_open += held_by(text)?;
                 report.open_reservations += 1;
             }
             report.clients += 1;
@@ -430,45 +458,36 @@ impl Ledger for SharedLedger {
         now_ms: u64,
     ) -> BoxFuture<'_, Result<Reserved, LedgerError>> {
         Box::pin(async move {
-            let index = self.deadlines_key();
-            let member = format!("{}\n{}", reservation.client, reservation.id);
-            let deadline = reservation.deadline;
-            let _: i64 = self
-                .redis
-                .call(worker, |mut c| {
-                    let (index, member) = (&index, &member);
-                    async move {
-                        redis::cmd("ZADD")
-                            .arg(index)
-                            .arg(deadline)
-                            .arg(member)
-                            .query_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
+            // The deadline index first, in the same round trip: an instance that dies
+            // between the two leaves a pointer to nothing, never a reservation no sweep
+            // can find.
             let keys = self.keys(&reservation.client);
-            let json = serde_json::to_string(&reservation).map_err(corrupt)?;
-            let script = &self.reserve;
-            let (outcome, balance): (u8, u64) = self
-                .redis
-                .call(worker, |mut c| {
-                    let (keys, json, r) = (&keys, &json, &reservation);
-                    async move {
-                        script
-                            .key(&keys.account)
-                            .key(&keys.journal)
-                            .key(&keys.reservations)
-                            .arg(&r.id)
-                            .arg(r.amount)
-                            .arg(now_ms)
-                            .arg(&r.client)
-                            .arg(json)
-                            .invoke_async(&mut c)
-                            .await
-                    }
-                })
-                .await?;
+            let extra = members(&[
+                ("reservation", Some(&reservation.id)),
+                ("route", reservation.route.as_deref()),
+                ("requestId", reservation.request_id.as_deref()),
+                ("idempotencyKey", reservation.idempotency_key.as_deref()),
+            ]);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD")
+                .arg(self.deadlines_key())
+                .arg(reservation.deadline)
+                .arg(format!("{}\n{}", reservation.client, reservation.id))
+                .ignore()
+                .cmd("EVALSHA")
+                .arg(self.reserve.get_hash())
+                .arg(3)
+                .arg(&keys.account)
+                .arg(&keys.journal)
+                .arg(&keys.reservations)
+                .arg(&reservation.id)
+                .arg(reservation.amount)
+                .arg(now_ms)
+                .arg(json_string(&reservation.client))
+                .arg(&extra)
+                .arg(reservation.deadline);
+            let ((outcome, balance),): ((u8, u64),) =
+                pipelined(&self.redis, worker, &self.reserve, &pipe).await?;
             match outcome {
                 1 => Ok(Reserved::Held { balance }),
                 0 => Ok(Reserved::Short { balance }),
@@ -516,9 +535,9 @@ impl Ledger for SharedLedger {
                             .key(&keys.journal)
                             .arg(kind)
                             .arg(amount)
-                            .arg(&a.reason)
+                            .arg(members(&[("reason", Some(&a.reason))]))
                             .arg(a.now_ms)
-                            .arg(&a.client)
+                            .arg(json_string(&a.client))
                             .invoke_async(&mut c)
                             .await
                     }
