@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# CPU per request: what one Tollgate (and its redis-server) spend per request under wrk,
+# from the processes' own CPU accounting (/proc/PID/stat), so the cost of a feature is
+# seen apart from the load generator and the upstream sharing the machine.
+#
+#   MODE=jwt|meter|meter-redis tests/bench/cpu_per_request.sh
+#   C=200 D=8s PERF=1 MODE=meter tests/bench/cpu_per_request.sh   # PERF=1: perf record -g
+#
+# jwt: a JWT route; meter: the same with cost = 1 on the embedded redb ledger;
+# meter-redis: cost = 1 on a redis-server of the script's own. Needs a release build,
+# nginx (the upstream), wrk, redis-server, curl, python3.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+MODE=${MODE:-jwt}
+W=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
+fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(fp); TG=$(fp); RD=$(fp)
+cat > $W/up.conf <<CONF
+worker_processes 1; pid $W/up.pid; error_log $W/up.err;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $W; proxy_temp_path $W; fastcgi_temp_path $W; uwsgi_temp_path $W; scgi_temp_path $W; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '{"ok":true}'; } } }
+CONF
+nginx -c $W/up.conf -g 'daemon off;' & PIDS+=($!)
+redis-server --port $RD --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!); RPID=$!
+printf 'load-benchmark-hs256-secret-0123456789abcdef' > $W/s
+printf 'bench,1000000000000000\n' > $W/o.csv
+mkdir -p $W/p
+COST=""; CRED=""; STORE=""
+case $MODE in
+  meter) COST="cost = 1"; CRED="[credits]
+path = \"$W/l.redb\"
+opening_balances = \"$W/o.csv\"";;
+  meter-redis) COST="cost = 1"; CRED="[credits]
+opening_balances = \"$W/o.csv\""; STORE="[store]
+redis_url = \"redis://127.0.0.1:$RD\"
+timeout = \"200ms\"";;
+esac
+cat > $W/p/a.toml <<CONF
+[[route]]
+name = "all"
+path = "/*"
+auth = "jwt"
+$COST
+CONF
+cat > $W/g.toml <<CONF
+[server]
+listen = ["127.0.0.1:$TG"]
+[upstream]
+url = "http://127.0.0.1:$UP"
+[routing]
+policies = "p"
+[reload]
+watch = false
+[jwt]
+issuer = "bench"
+audience = "bench"
+[[jwt.key]]
+id = "bench"
+algorithm = "HS256"
+secret_file = "$W/s"
+$CRED
+$STORE
+CONF
+$ROOT/target/release/tollgate run --config $W/g.toml >/dev/null 2>&1 & PIDS+=($!); TPID=$!
+sleep 1.5
+T=$($ROOT/target/release/tollgate token mint --client bench --ttl 1h --config $W/g.toml 2>/dev/null)
+curl -s -o /dev/null -w '%{http_code} ' -H "authorization: Bearer $T" http://127.0.0.1:$TG/x; echo
+cpu() { awk '{print $14+$15}' /proc/$1/stat; }
+t0=$(cpu $TPID); r0=$(cpu $RPID)
+if [ -n "${PERF:-}" ]; then perf record -F 999 -g -p $TPID -o "${PERF_OUT:-perf.data}" -- sleep 5 >/dev/null 2>&1 & fi
+OUT=$(wrk -t2 -c${C:-50} -d${D:-8s} -H "authorization: Bearer $T" http://127.0.0.1:$TG/x)
+t1=$(cpu $TPID); r1=$(cpu $RPID)
+REQ=$(awk '/requests in/ {print $1}' <<<"$OUT")
+echo "$MODE: $(awk '/Requests\/sec/ {print $2}' <<<"$OUT") rps; tollgate cpu $(( t1 - t0 )) ticks, redis $(( r1 - r0 )) ticks, for $REQ requests => tollgate $(python3 -c "print(round(($t1-$t0)*10000/$REQ,1))") us/req, redis $(python3 -c "print(round(($r1-$r0)*10000/$REQ,1))") us/req"
