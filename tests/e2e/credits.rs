@@ -752,6 +752,70 @@ async fn kill_9_under_load_loses_no_committed_movement() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_under_load_posts_every_answered_request() {
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    // The default reservation timeout (15 minutes): nothing expires during the test, so
+    // what the restarted gateway shows is what the stopped one committed.
+    write_config(dir.path(), &setup("", ""), backend.addr());
+    let config = dir.path().join("gateway.toml");
+    let mut gateway = GatewayProcess::start(&config);
+    gateway.wait_ready().await;
+    credit(&gateway, "drain", 100_000).await;
+
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (ok, stop, addr) = (Arc::clone(&ok), Arc::clone(&stop), gateway.addr);
+        let bearer = bearer_for("drain");
+        loops.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let request = format!(
+                    "GET /echo/one/x?delay_ms=5 HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\nconnection: close\r\n\r\n"
+                );
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    crate::support::try_status(addr, request.as_bytes()),
+                )
+                .await
+                {
+                    Ok(Some(200)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Some(_)) => {}
+                    // Refused: the gateway stopped accepting.
+                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        });
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ok.load(Ordering::Relaxed) >= 200
+        })
+        .await
+    );
+    gateway.signal("TERM");
+    let exited = tokio::task::spawn_blocking(move || gateway.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    stop.store(true, Ordering::Relaxed);
+    while loops.join_next().await.is_some() {}
+    let answered = ok.load(Ordering::Relaxed);
+
+    let restarted = GatewayProcess::start(&config);
+    restarted.wait_ready().await;
+    // Every answered request was posted before the process ended: nothing is left
+    // held for the expiry to refund, and the charges are exactly the answers.
+    assert_eq!(account(&restarted, "drain").await, (100_000 - answered, 0));
+    assert_verified(&restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_fails_closed_and_heals_by_itself() {
     let redis = RedisServer::start();
     let store = format!(

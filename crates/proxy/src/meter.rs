@@ -330,8 +330,9 @@ pub async fn settle(
     // operator a charge, never the client a double one.
     let charged = amount.min(reserved);
     let balance = hold.balance.saturating_add(reserved - charged);
+    let posted = hold.post_detached(amount);
     tokio::spawn(async move {
-        match hold.post(amount).await {
+        match posted.await {
             Ok(Settled::Done { .. }) => {}
             // Expired under a request that ran past the reservation timeout: refunded.
             Ok(Settled::Gone) => {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer};
+use tollgate_state::BoxFuture;
 
 use crate::credits::{now_ms, CreditCounters, VoidReason};
 
@@ -68,6 +69,38 @@ impl Hold {
                 .fetch_add(charged, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(settled)
+    }
+
+    /// [`Hold::post`], handed to the ledger now: the embedded ledger commits it even if
+    /// the returned future is never polled (a worker that stops right after answering).
+    pub fn post_detached(
+        mut self,
+        amount: u64,
+    ) -> BoxFuture<'static, Result<Settled, LedgerError>> {
+        let detached = self.ledger.settle_detached(
+            self.worker,
+            &self.client,
+            &self.id,
+            Settle::Post { amount },
+            now_ms(),
+        );
+        let Some(posted) = detached else {
+            return Box::pin(self.post(amount));
+        };
+        self.open = false;
+        let counters = Arc::clone(&self.counters);
+        Box::pin(async move {
+            let settled = posted.await?;
+            if let Settled::Done { charged, .. } = settled {
+                counters
+                    .posts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters
+                    .tokens_charged
+                    .fetch_add(charged, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(settled)
+        })
     }
 
     /// Gives the whole reservation back.

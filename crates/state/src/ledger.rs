@@ -295,6 +295,21 @@ pub trait Ledger: Send + Sync {
         now_ms: u64,
     ) -> BoxFuture<'_, Result<Settled, LedgerError>>;
 
+    /// [`Ledger::settle`], handed to the store at once: the change happens whether or
+    /// not anyone polls the returned future (the embedded ledger queues it for its next
+    /// commit, which a graceful stop still makes). `None` when the store cannot do that;
+    /// the caller then drives [`Ledger::settle`] itself.
+    fn settle_detached(
+        &self,
+        _worker: usize,
+        _client: &str,
+        _reservation: &str,
+        _settle: Settle,
+        _now_ms: u64,
+    ) -> Option<BoxFuture<'static, Result<Settled, LedgerError>>> {
+        None
+    }
+
     /// An operator's credit, debit, set, or an opening balance.
     fn adjust(&self, worker: usize, adjust: Adjust)
         -> BoxFuture<'_, Result<Adjusted, LedgerError>>;

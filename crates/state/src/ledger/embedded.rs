@@ -101,8 +101,21 @@ pub struct GroupStats {
 /// A ledger in a local file.
 pub struct EmbeddedLedger {
     db: Arc<Database>,
-    jobs: mpsc::Sender<Job>,
+    /// `None` once dropping: the writer then commits what is queued and ends.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
     stats: Arc<GroupStats>,
+}
+
+impl Drop for EmbeddedLedger {
+    /// Waits for the writer to commit every change already queued (a graceful stop
+    /// loses no settlement), then lets go of the file.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedLedger {
@@ -126,11 +139,16 @@ impl EmbeddedLedger {
         let stats = Arc::new(GroupStats::default());
         let writer_db = Arc::clone(&db);
         let writer_stats = Arc::clone(&stats);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("tollgate-ledger".into())
             .spawn(move || write_loop(&writer_db, &queue, &writer_stats))
             .map_err(err)?;
-        Ok(EmbeddedLedger { db, jobs, stats })
+        Ok(EmbeddedLedger {
+            db,
+            jobs: Some(jobs),
+            writer: Some(writer),
+            stats,
+        })
     }
 
     pub fn stats(&self) -> &GroupStats {
@@ -139,7 +157,10 @@ impl EmbeddedLedger {
 
     fn submit(&self, op: Op) -> BoxFuture<'static, Result<Done, LedgerError>> {
         let (reply, answer) = oneshot::channel();
-        let sent = self.jobs.send(Job { op, reply });
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(Job { op, reply }).map_err(|_| ()),
+            None => Err(()),
+        };
         Box::pin(async move {
             sent.map_err(|_| LedgerError::Stopped)?;
             answer.await.map_err(|_| LedgerError::Stopped)?
@@ -634,6 +655,28 @@ impl Ledger for EmbeddedLedger {
                 _ => Err(LedgerError::Stopped),
             }
         })
+    }
+
+    fn settle_detached(
+        &self,
+        _worker: usize,
+        client: &str,
+        reservation: &str,
+        settle: Settle,
+        now_ms: u64,
+    ) -> Option<BoxFuture<'static, Result<Settled, LedgerError>>> {
+        let done = self.submit(Op::Settle {
+            client: client.to_owned(),
+            id: reservation.to_owned(),
+            settle,
+            now_ms,
+        });
+        Some(Box::pin(async move {
+            match done.await? {
+                Done::Settled(s) => Ok(s),
+                _ => Err(LedgerError::Stopped),
+            }
+        }))
     }
 
     fn adjust(
