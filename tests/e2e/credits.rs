@@ -456,6 +456,97 @@ async fn every_kind_of_failure_refunds_exactly_once() {
 }
 
 #[tokio::test]
+async fn with_on_client_abort_settle_a_client_that_hangs_up_cannot_have_work_done_for_free() {
+    let h = start("on_client_abort = \"settle\"").await;
+    let g = &h.gateway;
+    credit(g, "c7", 100).await;
+    let bearer = bearer_for("c7");
+    // An ordinary request is charged as ever, and answered.
+    let r = call(g, "GET", "/echo/metered/a", "c7").await;
+    assert_eq!((r.status, r.header("x-token-cost")), (200, Some("5")));
+    settled(g, "c7", (95, 0)).await;
+
+    // Sends the whole request, waits until it is reserved, then hangs up.
+    let hang_up = |target: &str, key: Option<&str>| {
+        let key = key
+            .map(|k| format!("idempotency-key: {k}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\n{key}content-length: 2\r\n\r\n{{}}"
+        );
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            assert!(
+                eventually(Duration::from_secs(3), || async {
+                    account(g, "c7").await.1 == 5
+                })
+                .await
+            );
+            drop(stream);
+        }
+    };
+    // The backend did the work: charged, although nobody read the answer.
+    let seen = h.backend.requests();
+    hang_up("/echo/metered/b?delay_ms=600", None).await;
+    settled(g, "c7", (90, 0)).await;
+    assert_eq!(h.backend.requests(), seen + 1);
+    // The backend failed: refunded.
+    hang_up("/echo/metered/b?delay_ms=600&status=503", None).await;
+    settled(g, "c7", (90, 0)).await;
+    // With a key: the retry after hanging up is answered from the record, not charged.
+    hang_up("/echo/metered/k?delay_ms=600", Some("\"hung-up\"")).await;
+    settled(g, "c7", (85, 0)).await;
+    let retry = send(
+        g.addr,
+        "POST",
+        "/echo/metered/k?delay_ms=600",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+            ("idempotency-key", "\"hung-up\""),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(
+        (retry.status, retry.header("idempotent-replayed")),
+        (200, Some("true"))
+    );
+    assert_eq!(account(g, "c7").await, (85, 0));
+    // A client that leaves in the middle of its upload is refunded: the backend never
+    // had the whole request.
+    let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "POST /echo/metered/upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: text/csv\r\ncontent-length: 1000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; 50_000]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(g, "c7").await == (80, 5)
+        })
+        .await
+    );
+    drop(stream);
+    settled(g, "c7", (85, 0)).await;
+
+    let movements = journal(g, "c7").await;
+    let reasons: Vec<&str> = movements
+        .iter()
+        .filter(|m| m["kind"] == "void")
+        .map(|m| m["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["client_abort", "upstream_status"],
+        "{movements:#?}"
+    );
+    assert_eq!(movements.iter().filter(|m| m["kind"] == "post").count(), 3);
+    assert_verified(g).await;
+}
+
+#[tokio::test]
 async fn a_route_settles_at_the_backends_figure_never_above_the_reservation() {
     let h = start("").await;
     let g = &h.gateway;

@@ -594,6 +594,20 @@ pub struct Credits {
     pub refund_statuses: Vec<(u16, u16)>,
     /// Opening balances to credit once per client at start.
     pub opening_balances: Option<PathBuf>,
+    pub on_client_abort: ClientAbort,
+}
+
+/// What a metered request whose client left before the response head costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAbort {
+    /// Nothing: the reservation is voided, and the upstream request abandoned.
+    #[default]
+    Refund,
+    /// Once the whole request went upstream, the exchange with the backend goes on and
+    /// its answer settles the reservation, as if the client had waited (a client that
+    /// hangs up cannot have an operation done for free). An abort during the upload
+    /// still refunds.
+    Settle,
 }
 
 /// Where the caller's client id goes, and what happens to client-supplied ones.

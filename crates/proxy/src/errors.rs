@@ -727,6 +727,8 @@ pub enum Bug {
     Signing,
     #[error("a metered route runs without [credits]")]
     NoCredits,
+    #[error("a backend exchange running on its own task ended without an answer")]
+    Detached,
     #[error("a stored record could not be read back")]
     Corrupt,
 }

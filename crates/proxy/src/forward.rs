@@ -1,5 +1,7 @@
 //! Stage 9 — forward: send the rewritten request to the legacy upstream over the
-//! worker's pool and wait (bounded) for its response head; bodies stream both ways. A
+//! worker's pool and wait (bounded) for its response head; bodies stream both ways.
+//! With `[credits] on_client_abort = "settle"`, a metered exchange runs on a task of
+//! its own that outlives a client who hangs up, and its answer settles the cost. A
 //! request body cut off on the client's side (too large, too slow, broken, a multipart
 //! field naming another client) is the client's error, whatever the upstream connection
 //! then reported.
@@ -7,32 +9,57 @@
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tollgate_policy::Route;
+
 use crate::body::{CutOff, Outbound};
 use crate::errors::{AccessError, Bug, GatewayError, RequestError};
 use crate::exchange::Exchange;
+use crate::meter;
 use crate::upstream::Upstreams;
 
 /// Sends the request; the upstream's response head, or why there is none.
 pub async fn forward(
-    exchange: &Exchange<'_>,
+    exchange: &mut Exchange<'_>,
+    route: &Route,
     request: Request<Outbound>,
     upload_limit: Option<u64>,
     upstreams: &Upstreams,
 ) -> Result<Response<Incoming>, GatewayError> {
     let stats = exchange.log.bytes_in();
     let upstream = upstreams.for_worker(exchange.worker).ok_or(Bug::NoPool)?;
-    upstream
-        .send(request, exchange.snapshot.upstream.response_timeout, &stats)
-        .await
-        .map_err(|e| match stats.cut_off() {
-            CutOff::None => e,
-            CutOff::OverLimit => RequestError::PayloadTooLarge {
-                limit: upload_limit.unwrap_or_default(),
-            }
-            .into(),
-            CutOff::TooSlow => RequestError::BodyTooSlow.into(),
-            CutOff::Failed => RequestError::BodyInvalid.into(),
-            CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
-            CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
-        })
+    let timeout = exchange.snapshot.upstream.response_timeout;
+    let sent = match meter::outlive_client(exchange, route) {
+        None => upstream.send(request, timeout, &stats).await,
+        Some(orphan) => {
+            // A metered exchange runs on a task of its own, so a client that hangs up
+            // cannot stop it: when nobody waits for the answer, the answer settles it.
+            let (answer, waiting) = oneshot::channel();
+            let (upstream, task_stats) = (upstream.clone(), Arc::clone(&stats));
+            tokio::spawn(async move {
+                let sent = upstream.send(request, timeout, &task_stats).await;
+                if let Err((sent, orphan)) = answer.send((sent, orphan)) {
+                    let head = sent.as_ref().ok().map(|r| (r.status(), r.headers()));
+                    let cut_off = task_stats.cut_off() != CutOff::None;
+                    orphan.settle_alone(head, cut_off).await;
+                }
+            });
+            let (sent, orphan) = waiting.await.map_err(|_| Bug::Detached)?;
+            orphan.adopt(exchange);
+            sent
+        }
+    };
+    sent.map_err(|e| match stats.cut_off() {
+        CutOff::None => e,
+        CutOff::OverLimit => RequestError::PayloadTooLarge {
+            limit: upload_limit.unwrap_or_default(),
+        }
+        .into(),
+        CutOff::TooSlow => RequestError::BodyTooSlow.into(),
+        CutOff::Failed => RequestError::BodyInvalid.into(),
+        CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
+        CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
+    })
 }

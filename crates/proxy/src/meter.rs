@@ -29,6 +29,9 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use tollgate_policy::snapshot::{ClientAbort, Cost};
 use tollgate_policy::Route;
 use tollgate_state::ledger::{Claim, Claimed, Reservation, Reserved, Settled, StoredAnswer};
 
@@ -36,7 +39,7 @@ use crate::body::{Reading, RequestBody};
 use crate::classify::{self, BodyClass};
 use crate::credits::{now_ms, Credits, VoidReason};
 use crate::endpoints::Answer;
-use crate::errors::{Bug, CreditError, GatewayError, Problem as _};
+use crate::errors::{Bug, CreditError, GatewayError, Problem as _, RequestError};
 use crate::exchange::{Exchange, Metering};
 use crate::reservation::{Hold, KeyClaim};
 
@@ -314,16 +317,7 @@ pub async fn settle(
         return;
     }
     let reserved = hold.cost;
-    let amount = match cost.and_then(|c| c.settle_header.as_ref()) {
-        None => reserved,
-        Some(name) => match headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim) {
-            Some(text) => text.parse::<u64>().unwrap_or_else(|_| {
-                tracing::warn!(header = %name, "the backend's settle header is not a whole number: charging what was reserved");
-                reserved
-            }),
-            None => reserved,
-        },
-    };
+    let amount = settled_amount(cost, reserved, headers);
     // The reservation is durable already; the post is written in the background, so
     // the answer does not wait for a second commit. Should this gateway die before the
     // post is committed, the reservation expires and is refunded: a crash can cost the
@@ -358,6 +352,88 @@ pub async fn settle(
     }
 }
 
+/// What the backend says the request cost (`settle_header`), else what was reserved.
+fn settled_amount(cost: Option<&Cost>, reserved: u64, headers: &HeaderMap) -> u64 {
+    match cost.and_then(|c| c.settle_header.as_ref()) {
+        None => reserved,
+        Some(name) => match headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim) {
+            Some(text) => text.parse::<u64>().unwrap_or_else(|_| {
+                tracing::warn!(header = %name, "the backend's settle header is not a whole number: charging what was reserved");
+                reserved
+            }),
+            None => reserved,
+        },
+    }
+}
+
+/// A reservation whose exchange with the backend runs on its own task
+/// (`[credits] on_client_abort = "settle"`): handed back to the request when it is
+/// still waiting, else settled by the backend's answer alone.
+pub struct Orphan {
+    hold: Hold,
+    claim: Option<KeyClaim>,
+    cost: Option<Arc<Cost>>,
+}
+
+/// Takes the request's reservation for a backend exchange that must outlive the
+/// client, when the configuration asks for it.
+pub fn outlive_client(exchange: &mut Exchange<'_>, route: &Route) -> Option<Orphan> {
+    let settings = exchange.snapshot.credits.as_ref()?;
+    if settings.on_client_abort != ClientAbort::Settle {
+        return None;
+    }
+    let hold = exchange.hold.take()?;
+    Some(Orphan {
+        hold,
+        claim: exchange.key_claim.take(),
+        cost: route.cost.clone(),
+    })
+}
+
+impl Orphan {
+    /// The request is still there: it settles as usual.
+    pub fn adopt(self, exchange: &mut Exchange<'_>) {
+        exchange.hold = Some(self.hold);
+        exchange.key_claim = self.claim;
+    }
+
+    /// Nobody waits for the answer: the backend's answer (or its failure) settles the
+    /// reservation; a failure while the client's upload was still arriving refunds it
+    /// as a client abort. A charged request's idempotency key keeps its status, so the
+    /// client's retry is not charged again.
+    pub async fn settle_alone(
+        self,
+        answer: Option<(StatusCode, &HeaderMap)>,
+        upload_cut_off: bool,
+    ) {
+        let Orphan { hold, claim, cost } = self;
+        let outcome = match answer {
+            Some((status, headers))
+                if !cost.as_deref().is_none_or(|c| c.refunds(status.as_u16())) =>
+            {
+                let amount = settled_amount(cost.as_deref(), hold.cost, headers);
+                let posted = hold.post(amount).await;
+                if let (Ok(Settled::Done { charged, .. }), Some(mut claim)) = (&posted, claim) {
+                    claim.charged(StoredAnswer {
+                        status: status.as_u16(),
+                        headers: kept_headers(headers),
+                        body: None,
+                        cost: *charged,
+                    });
+                    // Dropped: the kept answer is written in the background.
+                }
+                posted.map(|_| ())
+            }
+            Some(_) => hold.void(VoidReason::UpstreamStatus).await.map(|_| ()),
+            None if upload_cut_off => hold.void(VoidReason::ClientAbort).await.map(|_| ()),
+            None => hold.void(VoidReason::UpstreamError).await.map(|_| ()),
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %e, "cannot settle a request whose client left; its reservation expires instead");
+        }
+    }
+}
+
 fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     KEPT_HEADERS
         .iter()
@@ -374,9 +450,13 @@ fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
 /// Refunds a request that failed after reserving; frees its idempotency key.
 pub async fn refund(exchange: &mut Exchange<'_>, error: &GatewayError) {
     if let Some(hold) = exchange.hold.take() {
-        let reason = match error.family() {
-            crate::errors::Family::Upstream { .. } => VoidReason::UpstreamError,
-            _ => VoidReason::RequestRefused,
+        let reason = match error {
+            // The client's body broke off on its side: it went away mid-upload.
+            GatewayError::Request(RequestError::BodyInvalid) => VoidReason::ClientAbort,
+            _ => match error.family() {
+                crate::errors::Family::Upstream { .. } => VoidReason::UpstreamError,
+                _ => VoidReason::RequestRefused,
+            },
         };
         match hold.void(reason).await {
             Ok(Settled::Done { balance, .. }) => exchange.metering = Metering::Refunded { balance },

@@ -184,6 +184,7 @@ async fn run(
     // 9. forward
     let response = forward::forward(
         exchange,
+        route,
         Request::from_parts(head, outbound),
         route.max_upload_bytes,
         &active.upstreams,

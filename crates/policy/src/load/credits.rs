@@ -8,10 +8,10 @@ use http::Method;
 use toml::Spanned;
 
 use super::context::{Loader, Zero};
-use super::file::{CostFile, CreditsFile, RouteFile};
+use super::file::{ClientAbortFile, CostFile, CreditsFile, RouteFile};
 use super::Refs;
 use crate::diagnostic::SourceFile;
-use crate::snapshot::{Cost, Credits, RouteAction, RouteAuth};
+use crate::snapshot::{ClientAbort, Cost, Credits, RouteAction, RouteAuth};
 
 /// What refunds when neither the route nor `[credits]` says: any answer but a success
 /// (a 4xx did no work either).
@@ -51,6 +51,10 @@ pub(crate) fn credits(l: &mut Loader, src: &SourceFile, f: CreditsFile) -> Optio
         idempotency_ttl,
         refund_statuses,
         opening_balances,
+        on_client_abort: match f.on_client_abort {
+            Some(ClientAbortFile::Settle) => ClientAbort::Settle,
+            Some(ClientAbortFile::Refund) | None => ClientAbort::Refund,
+        },
     })
 }
 

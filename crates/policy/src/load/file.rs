@@ -187,6 +187,16 @@ pub struct CreditsFile {
     /// Opening balances exported from the legacy system (CSV `clientId,balance` or
     /// JSON), credited once per client when the gateway starts.
     pub opening_balances: Option<Spanned<String>>,
+    /// A client that leaves after its whole request went upstream: "refund" (the
+    /// default) or "settle" (the backend's answer decides, as if the client had waited).
+    pub on_client_abort: Option<ClientAbortFile>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAbortFile {
+    Refund,
+    Settle,
 }
 
 /// `[cors.NAME]` in a policy file: which browser origins may call the routes that name
