@@ -593,6 +593,14 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
     };
     let first = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;
     assert_eq!(first.status, 200);
+    // The body read for the fingerprint reached the backend rewritten as on any route:
+    // the caller's client id set, the key passed on.
+    let echoed = first.json();
+    assert_eq!(
+        echoed["body"]["text"], r#"{"name":"a","clientId":"c5"}"#,
+        "{echoed}"
+    );
+    assert_eq!(first.echoed_header("idempotency-key"), ["\"k-1\""]);
     assert_eq!(first.header("x-token-cost"), Some("5"));
     let seen = h.backend.requests();
     let again = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;

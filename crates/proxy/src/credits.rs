@@ -111,6 +111,11 @@ pub struct CreditCounters {
 }
 
 impl CreditCounters {
+    pub fn count_post(&self, charged: u64) {
+        self.posts.fetch_add(1, Ordering::Relaxed);
+        self.tokens_charged.fetch_add(charged, Ordering::Relaxed);
+    }
+
     pub fn count_void(&self, reason: VoidReason) {
         if let Some(i) = VoidReason::ALL.iter().position(|r| *r == reason) {
             self.voids[i].fetch_add(1, Ordering::Relaxed);

@@ -61,12 +61,7 @@ impl Hold {
             )
             .await?;
         if let Settled::Done { charged, .. } = settled {
-            self.counters
-                .posts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.counters
-                .tokens_charged
-                .fetch_add(charged, std::sync::atomic::Ordering::Relaxed);
+            self.counters.count_post(charged);
         }
         Ok(settled)
     }
@@ -92,12 +87,7 @@ impl Hold {
         Box::pin(async move {
             let settled = posted.await?;
             if let Settled::Done { charged, .. } = settled {
-                counters
-                    .posts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                counters
-                    .tokens_charged
-                    .fetch_add(charged, std::sync::atomic::Ordering::Relaxed);
+                counters.count_post(charged);
             }
             Ok(settled)
         })

@@ -9,8 +9,8 @@
 //! - `PUT  /ledger/clients/{id}/balance` `{"balance": 100, "reason": "..."}`;
 //! - `GET  /ledger/verify` — replays every journal against its balance.
 
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{HeaderValue, AUTHORIZATION};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
@@ -19,10 +19,13 @@ use tollgate_state::ledger::{Adjust, Adjusted, Change, Movement};
 
 use super::AdminResponse;
 use crate::credits::now_ms;
-use crate::errors::{AdminError, CreditError, GatewayError};
+use crate::endpoints::credits::{json_answer, query_number};
+use crate::errors::{AdminError, CreditError, GatewayError, RequestError};
 use crate::runtime::Runtime;
 
 const MAX_BODY_BYTES: usize = 16 * 1024;
+/// A change's body must arrive within this (a stalled client holds no task for long).
+const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_PAGE: u64 = 1000;
 
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
@@ -68,34 +71,11 @@ fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> Result<(), Gate
     }
 }
 
-fn json_answer(status: StatusCode, value: &Value) -> AdminResponse {
-    let mut response = Response::new(crate::body::full(value.to_string()));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
-    for pair in query.unwrap_or("").split('&') {
-        if let Some((key, value)) = pair.split_once('=') {
-            if key == name {
-                return value
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| CreditError::HistoryQueryInvalid.into());
-            }
-        }
-    }
-    Ok(None)
-}
-
 /// A change's body: the number under `field`, and a reason.
 async fn change_body(body: Incoming, field: &str) -> Result<(u64, String), GatewayError> {
-    let bytes = Limited::new(body, MAX_BODY_BYTES)
-        .collect()
+    let bytes = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, MAX_BODY_BYTES).collect())
         .await
+        .map_err(|_| RequestError::BodyTooSlow)?
         .map_err(|_| AdminError::BodyInvalid)?
         .to_bytes();
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| AdminError::BodyInvalid)?;

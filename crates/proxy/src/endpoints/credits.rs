@@ -9,7 +9,7 @@
 //!   first, in pages.
 
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tollgate_policy::snapshot::{Cost, RouteMatch};
 
@@ -25,8 +25,10 @@ const MAX_BODY_BYTES: u64 = 64 * 1024;
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
-fn json_answer(value: &Value) -> Answer {
+/// A JSON answer nobody caches: the token endpoints' and the ledger admin API's.
+pub(crate) fn json_answer(status: StatusCode, value: &Value) -> Answer {
     let mut response = Response::new(crate::body::full(value.to_string()));
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -57,12 +59,15 @@ pub async fn balance(exchange: &Exchange<'_>, credits: &Credits) -> Result<Answe
         .account(exchange.worker, &client)
         .await
         .map_err(|e| credits.unavailable(&e))?;
-    Ok(json_answer(&json!({
-        "clientId": client,
-        "balance": account.available,
-        "held": account.held,
-        "metering": metering(exchange),
-    })))
+    Ok(json_answer(
+        StatusCode::OK,
+        &json!({
+            "clientId": client,
+            "balance": account.available,
+            "held": account.held,
+            "metering": metering(exchange),
+        }),
+    ))
 }
 
 fn costs_of(cost: &Cost) -> Map<String, Value> {
@@ -95,11 +100,14 @@ pub fn costs(exchange: &Exchange<'_>) -> Answer {
             }))
         })
         .collect();
-    json_answer(&json!({
-        "metering": metering(exchange),
-        "unit": "token",
-        "routes": routes,
-    }))
+    json_answer(
+        StatusCode::OK,
+        &json!({
+            "metering": metering(exchange),
+            "unit": "token",
+            "routes": routes,
+        }),
+    )
 }
 
 pub async fn preview(
@@ -162,21 +170,22 @@ pub async fn preview(
         .await
         .map_err(|e| credits.unavailable(&e))?;
     let sufficient = account.available >= total;
-    Ok(json_answer(&json!({
-        "operations": priced,
-        "total": total,
-        "balance": account.available,
-        "sufficient": sufficient,
-        "balanceAfter": if sufficient { Value::from(account.available - total) } else { Value::Null },
-        "shortBy": if sufficient { Value::from(0) } else { Value::from(total - account.available) },
-    })))
+    Ok(json_answer(
+        StatusCode::OK,
+        &json!({
+            "operations": priced,
+            "total": total,
+            "balance": account.available,
+            "sufficient": sufficient,
+            "balanceAfter": if sufficient { Value::from(account.available - total) } else { Value::Null },
+            "shortBy": if sufficient { Value::from(0) } else { Value::from(total - account.available) },
+        }),
+    ))
 }
 
-fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    for pair in query.split('&') {
+/// The first `name=` of a query as a whole number (400 `INVALID_QUERY` if it is not one).
+pub(crate) fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
+    for pair in query.unwrap_or("").split('&') {
         if let Some((key, value)) = pair.split_once('=') {
             if key == name {
                 return value
@@ -223,9 +232,12 @@ pub async fn history<B>(
     let next = page
         .next
         .map(|cursor| format!("{}?limit={limit}&before={cursor}", request.uri().path()));
-    Ok(json_answer(&json!({
-        "clientId": client,
-        "movements": movements,
-        "next": next,
-    })))
+    Ok(json_answer(
+        StatusCode::OK,
+        &json!({
+            "clientId": client,
+            "movements": movements,
+            "next": next,
+        }),
+    ))
 }

@@ -7,7 +7,7 @@
 //! [`tokens`] is what login and refresh hand out. [`credits`] answers the frontend's
 //! token-credit questions (balance, costs, preview, history).
 
-mod credits;
+pub(crate) mod credits;
 mod jwks;
 mod login;
 mod logout;

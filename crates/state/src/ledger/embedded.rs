@@ -167,6 +167,36 @@ impl EmbeddedLedger {
         })
     }
 
+    /// Submits `op` and reads its outcome with `pick` (a mismatch means the writer is
+    /// broken: reported as stopped).
+    fn submit_as<T: Send + 'static>(
+        &self,
+        op: Op,
+        pick: fn(Done) -> Option<T>,
+    ) -> BoxFuture<'static, Result<T, LedgerError>> {
+        let done = self.submit(op);
+        Box::pin(async move { pick(done.await?).ok_or(LedgerError::Stopped) })
+    }
+
+    fn settle_op(
+        &self,
+        client: &str,
+        reservation: &str,
+        settle: Settle,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Settled, LedgerError>> {
+        let op = Op::Settle {
+            client: client.to_owned(),
+            id: reservation.to_owned(),
+            settle,
+            now_ms,
+        };
+        self.submit_as(op, |d| match d {
+            Done::Settled(s) => Some(s),
+            _ => None,
+        })
+    }
+
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, LedgerError> + Send + 'static,
@@ -533,6 +563,14 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// The outcome of a change that counts.
+fn count(done: Done) -> Option<u64> {
+    match done {
+        Done::Count(n) => Some(n),
+        _ => None,
+    }
+}
+
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -626,12 +664,9 @@ impl Ledger for EmbeddedLedger {
         reservation: Reservation,
         now_ms: u64,
     ) -> BoxFuture<'_, Result<Reserved, LedgerError>> {
-        let done = self.submit(Op::Reserve(reservation, now_ms));
-        Box::pin(async move {
-            match done.await? {
-                Done::Reserved(r) => Ok(r),
-                _ => Err(LedgerError::Stopped),
-            }
+        self.submit_as(Op::Reserve(reservation, now_ms), |d| match d {
+            Done::Reserved(r) => Some(r),
+            _ => None,
         })
     }
 
@@ -643,18 +678,7 @@ impl Ledger for EmbeddedLedger {
         settle: Settle,
         now_ms: u64,
     ) -> BoxFuture<'_, Result<Settled, LedgerError>> {
-        let done = self.submit(Op::Settle {
-            client: client.to_owned(),
-            id: reservation.to_owned(),
-            settle,
-            now_ms,
-        });
-        Box::pin(async move {
-            match done.await? {
-                Done::Settled(s) => Ok(s),
-                _ => Err(LedgerError::Stopped),
-            }
-        })
+        self.settle_op(client, reservation, settle, now_ms)
     }
 
     fn settle_detached(
@@ -665,18 +689,7 @@ impl Ledger for EmbeddedLedger {
         settle: Settle,
         now_ms: u64,
     ) -> Option<BoxFuture<'static, Result<Settled, LedgerError>>> {
-        let done = self.submit(Op::Settle {
-            client: client.to_owned(),
-            id: reservation.to_owned(),
-            settle,
-            now_ms,
-        });
-        Some(Box::pin(async move {
-            match done.await? {
-                Done::Settled(s) => Ok(s),
-                _ => Err(LedgerError::Stopped),
-            }
-        }))
+        Some(self.settle_op(client, reservation, settle, now_ms))
     }
 
     fn adjust(
@@ -684,12 +697,9 @@ impl Ledger for EmbeddedLedger {
         _worker: usize,
         adjust: Adjust,
     ) -> BoxFuture<'_, Result<Adjusted, LedgerError>> {
-        let done = self.submit(Op::Adjust(adjust));
-        Box::pin(async move {
-            match done.await? {
-                Done::Adjusted(a) => Ok(a),
-                _ => Err(LedgerError::Stopped),
-            }
+        self.submit_as(Op::Adjust(adjust), |d| match d {
+            Done::Adjusted(a) => Some(a),
+            _ => None,
         })
     }
 
@@ -725,22 +735,13 @@ impl Ledger for EmbeddedLedger {
         now_ms: u64,
         max: usize,
     ) -> BoxFuture<'_, Result<u64, LedgerError>> {
-        let done = self.submit(Op::Expire { now_ms, max });
-        Box::pin(async move {
-            match done.await? {
-                Done::Count(n) => Ok(n),
-                _ => Err(LedgerError::Stopped),
-            }
-        })
+        self.submit_as(Op::Expire { now_ms, max }, count)
     }
 
     fn claim(&self, _worker: usize, claim: Claim) -> BoxFuture<'_, Result<Claimed, LedgerError>> {
-        let done = self.submit(Op::Claim(claim));
-        Box::pin(async move {
-            match done.await? {
-                Done::Claimed(c) => Ok(c),
-                _ => Err(LedgerError::Stopped),
-            }
+        self.submit_as(Op::Claim(claim), |d| match d {
+            Done::Claimed(c) => Some(c),
+            _ => None,
         })
     }
 
@@ -775,13 +776,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn prune(&self, _worker: usize, now_ms: u64) -> BoxFuture<'_, Result<u64, LedgerError>> {
-        let done = self.submit(Op::Prune(now_ms));
-        Box::pin(async move {
-            match done.await? {
-                Done::Count(n) => Ok(n),
-                _ => Err(LedgerError::Stopped),
-            }
-        })
+        self.submit_as(Op::Prune(now_ms), count)
     }
 
     fn verify(&self, _worker: usize) -> BoxFuture<'_, Result<Report, LedgerError>> {
