@@ -29,6 +29,7 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
 use sha2::{Digest, Sha256};
+use std::future::Future as _;
 use std::sync::Arc;
 
 use tollgate_policy::snapshot::{ClientAbort, Cost};
@@ -142,7 +143,7 @@ pub async fn reserve(
         }
     };
 
-    let id = tollgate_auth::random::token(16).map_err(|_| Bug::Randomness)?;
+    let id = reservation_id()?;
     let reservation = Reservation {
         id: id.clone(),
         client: client.clone(),
@@ -199,6 +200,23 @@ pub async fn reserve(
             .into())
         }
     }
+}
+
+/// A reservation id unique across instances and restarts: 96 random bits drawn once
+/// per process, then a counter. (A fresh random id per request cost a `getrandom`
+/// system call on the metered path.)
+fn reservation_id() -> Result<String, GatewayError> {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = match PREFIX.get() {
+        Some(p) => p,
+        None => {
+            let drawn = tollgate_auth::random::token(12).map_err(|_| Bug::Randomness)?;
+            PREFIX.get_or_init(|| drawn)
+        }
+    };
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(format!("{prefix}.{n:x}"))
 }
 
 fn duration_ms(d: std::time::Duration) -> u64 {
@@ -324,20 +342,16 @@ pub async fn settle(
     // operator a charge, never the client a double one.
     let charged = amount.min(reserved);
     let balance = hold.balance.saturating_add(reserved - charged);
-    let posted = hold.post_detached(amount);
-    tokio::spawn(async move {
-        match posted.await {
-            Ok(Settled::Done { .. }) => {}
-            // Expired under a request that ran past the reservation timeout: refunded.
-            Ok(Settled::Gone) => {
-                tracing::warn!("a reservation expired before its request was answered: not charged")
-            }
-            // Not retried: the reservation is left to its deadline, which refunds it.
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot post a reservation; it expires (refunded) instead")
-            }
+    let mut posted = hold.post_detached(amount);
+    // The embedded ledger decides a post at once (its log write is the writer's), so
+    // one poll finishes it; a store that must wait gets a task of its own.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match posted.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(outcome) => report_post(outcome),
+        std::task::Poll::Pending => {
+            tokio::spawn(async move { report_post(posted.await) });
         }
-    });
+    }
     exchange.metering = Metering::Charged {
         cost: charged,
         balance,
@@ -349,6 +363,20 @@ pub async fn settle(
             body: None,
             cost: charged,
         });
+    }
+}
+
+fn report_post(outcome: Result<Settled, tollgate_state::ledger::LedgerError>) {
+    match outcome {
+        Ok(Settled::Done { .. }) => {}
+        // Expired under a request that ran past the reservation timeout: refunded.
+        Ok(Settled::Gone) => {
+            tracing::warn!("a reservation expired before its request was answered: not charged")
+        }
+        // Not retried: the reservation is left to its deadline, which refunds it.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot post a reservation; it expires (refunded) instead")
+        }
     }
 }
 

@@ -513,3 +513,185 @@ async fn a_redis_outage_is_an_error_never_a_grant() {
     }
     assert!(held);
 }
+
+/// Copies the ledger's files as a `kill -9` would leave them on disk.
+fn copy_ledger(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+fn log_segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".wal-"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_keeps_every_movement_the_log_made_durable() {
+    let live = TempDir::new();
+    let path = live.path().join("ledger.redb");
+    // No checkpoint while it runs: everything after opening is in the log alone.
+    let ledger = EmbeddedLedger::open_with(&path, Duration::from_secs(3600)).unwrap();
+    ledger
+        .adjust(0, adjust("a", Change::Credit(100)))
+        .await
+        .unwrap();
+    let later = now_ms() + 60_000;
+    for (id, amount) in [("r1", 10), ("r2", 5), ("r3", 1)] {
+        ledger
+            .reserve(0, reservation("a", id, amount, later), now_ms())
+            .await
+            .unwrap();
+    }
+    ledger
+        .settle(0, "a", "r1", Settle::Post { amount: 7 }, now_ms())
+        .await
+        .unwrap();
+    ledger
+        .settle(
+            0,
+            "a",
+            "r3",
+            Settle::Void {
+                reason: "upstream_error".into(),
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    // Settlements are not waited for; they are on disk once the writer wrote them.
+    for _ in 0..200 {
+        if ledger
+            .stats()
+            .changes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 6
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        ledger
+            .stats()
+            .changes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        6
+    );
+    let crashed = TempDir::new();
+    copy_ledger(live.path(), crashed.path());
+    // A record torn by the crash after the last durable one changes nothing.
+    let segments = log_segments(crashed.path());
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let mut torn = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segments[0])
+        .unwrap();
+    std::io::Write::write_all(&mut torn, &[90, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7]).unwrap();
+    drop(torn);
+
+    let recovered = EmbeddedLedger::open(&crashed.path().join("ledger.redb")).unwrap();
+    // Recovery checkpointed the log into the file and started a fresh segment.
+    let fresh = log_segments(crashed.path());
+    assert_eq!(fresh.len(), 1);
+    assert_ne!(fresh, segments);
+    assert_eq!(
+        balance(&recovered, "a").await,
+        Account {
+            available: 88,
+            held: 5
+        }
+    );
+    let page = recovered.journal(0, "a", None, 10).await.unwrap();
+    let kinds: Vec<Kind> = page.movements.iter().map(|m| m.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            Kind::Void,
+            Kind::Post,
+            Kind::Reserve,
+            Kind::Reserve,
+            Kind::Reserve,
+            Kind::Credit
+        ]
+    );
+    // The open reservation survived with its deadline: it settles once, and expires
+    // only after its deadline.
+    assert_eq!(recovered.expire(0, now_ms(), 10).await.unwrap(), 0);
+    assert_eq!(recovered.expire(0, later + 1, 10).await.unwrap(), 1);
+    assert_eq!(
+        recovered
+            .settle(0, "a", "r2", Settle::Post { amount: 5 }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Gone
+    );
+    let report = recovered.verify(0).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert_eq!(report.movements, 7);
+    drop(ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_move_the_log_into_the_file_and_retire_its_segments() {
+    let dir = TempDir::new();
+    let path = dir.path().join("ledger.redb");
+    let ledger = EmbeddedLedger::open_with(&path, Duration::from_millis(20)).unwrap();
+    ledger
+        .adjust(0, adjust("a", Change::Credit(1_000)))
+        .await
+        .unwrap();
+    let later = now_ms() + 60_000;
+    for round in 0..5 {
+        for i in 0..20 {
+            let id = format!("r{round}-{i}");
+            ledger
+                .reserve(0, reservation("a", &id, 1, later), now_ms())
+                .await
+                .unwrap();
+            ledger
+                .settle(0, "a", &id, Settle::Post { amount: 1 }, now_ms())
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    // Five rounds of writes and checkpoints leave the current segment and at most one
+    // the next checkpoint retires.
+    let segments = log_segments(dir.path());
+    assert!(
+        (1..=2).contains(&segments.len()),
+        "{} segments: {segments:?}",
+        segments.len()
+    );
+    // History pages run across checkpointed chunks and the log alike.
+    let mut seen = 0;
+    let mut before = None;
+    loop {
+        let page = ledger.journal(0, "a", before, 7).await.unwrap();
+        seen += page.movements.len();
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 1 + 5 * 20 * 2);
+    let report = ledger.verify(0).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert_eq!(report.movements, 201);
+    drop(ledger);
+    let reopened = EmbeddedLedger::open(&path).unwrap();
+    assert_eq!(
+        balance(&reopened, "a").await,
+        Account {
+            available: 900,
+            held: 0
+        }
+    );
+}

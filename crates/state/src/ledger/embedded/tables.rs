@@ -1,0 +1,435 @@
+//! The redb file: the checkpointed ledger, and the idempotency records.
+//!
+//! A checkpoint replays a run of log lines onto the tables in one durable transaction:
+//! the accounts as they stand after the last line, the reservations still open (one
+//! opened and settled within the run is never written), the clients whose opening
+//! balance is in, the journal, and `meta.seq`. The file is therefore always the ledger
+//! exactly as of `meta.seq`, and reading it back plus the log's later lines rebuilds the
+//! ledger after any stop.
+//!
+//! The journal is keyed by (client, first sequence number of a chunk): a checkpoint
+//! writes each client's new movements as one chunk of log records, so a busy client
+//! costs one insert per checkpoint, not one per movement. Rows of one JSON movement
+//! (files written before chunks) still read.
+//!
+//! Tables: `accounts` (client → available, held), `journal`, `reservations` (id →
+//! reservation, JSON), `opened` (client → sequence number of its opening balance),
+//! `idempotency` ((client, key) → record) and its `idempotency_expiry`, and `meta`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use super::super::{
+    check_client, judge_claim, Account, Claim, Claimed, IdempotencyRecord, Kind, LedgerError,
+    Movement, Report, Reservation, StoredAnswer,
+};
+use super::wal::{self, Line};
+
+const ACCOUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("accounts");
+const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
+const RESERVATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reservations");
+const OPENED: TableDefinition<&str, u64> = TableDefinition::new("opened");
+const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
+const IDEMPOTENCY_EXPIRY: TableDefinition<(u64, &str, &str), ()> =
+    TableDefinition::new("idempotency_expiry");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most idempotency records pruned in one go.
+const PRUNE_MAX: usize = 1024;
+
+pub(super) fn err(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Embedded(e.to_string())
+}
+
+pub(super) fn corrupt(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Corrupt(e.to_string())
+}
+
+/// Everything a decision needs, as the file holds it.
+#[derive(Debug, Default)]
+pub(super) struct Loaded {
+    pub accounts: HashMap<String, Account>,
+    pub opened: HashSet<String>,
+    pub reservations: HashMap<String, Reservation>,
+    pub seq: u64,
+}
+
+/// Creates the tables if needed and reads what the ledger's decisions need.
+pub(super) fn load(db: &Database) -> Result<Loaded, LedgerError> {
+    let txn = db.begin_write().map_err(err)?;
+    let mut loaded = Loaded::default();
+    {
+        let accounts = txn.open_table(ACCOUNTS).map_err(err)?;
+        for item in accounts.iter().map_err(err)? {
+            let (client, value) = item.map_err(err)?;
+            let (available, held) = value.value();
+            loaded
+                .accounts
+                .insert(client.value().to_owned(), Account { available, held });
+        }
+        let opened = txn.open_table(OPENED).map_err(err)?;
+        for item in opened.iter().map_err(err)? {
+            loaded
+                .opened
+                .insert(item.map_err(err)?.0.value().to_owned());
+        }
+        let reservations = txn.open_table(RESERVATIONS).map_err(err)?;
+        for item in reservations.iter().map_err(err)? {
+            let (id, bytes) = item.map_err(err)?;
+            let r: Reservation = serde_json::from_slice(bytes.value()).map_err(corrupt)?;
+            loaded.reservations.insert(id.value().to_owned(), r);
+        }
+        txn.open_table(JOURNAL).map_err(err)?;
+        txn.open_table(IDEMPOTENCY).map_err(err)?;
+        txn.open_table(IDEMPOTENCY_EXPIRY).map_err(err)?;
+        let meta = txn.open_table(META).map_err(err)?;
+        loaded.seq = meta.get("seq").map_err(err)?.map_or(0, |v| v.value());
+    }
+    txn.commit().map_err(err)?;
+    Ok(loaded)
+}
+
+/// The reservation a `reserve` line opened.
+pub(super) fn reservation_of(line: &Line) -> Option<Reservation> {
+    let m = &line.movement;
+    (m.kind == Kind::Reserve).then(|| Reservation {
+        id: m.reservation.clone().unwrap_or_default(),
+        client: m.client.clone(),
+        amount: u64::try_from(m.held_change).unwrap_or(0),
+        deadline: line.deadline,
+        route: m.route.clone(),
+        request_id: m.request_id.clone(),
+        idempotency_key: m.idempotency_key.clone(),
+    })
+}
+
+/// `held` after a movement that changed it by `change`.
+pub(super) fn held_after(held: u64, change: i64) -> u64 {
+    held.saturating_add_signed(change)
+}
+
+/// Writes `lines` (consecutive, oldest first) into the file in one durable transaction.
+pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerError> {
+    let Some(last) = lines.last() else {
+        return Ok(());
+    };
+    let txn = db.begin_write().map_err(err)?;
+    {
+        let mut accounts = txn.open_table(ACCOUNTS).map_err(err)?;
+        let mut journal = txn.open_table(JOURNAL).map_err(err)?;
+        let mut reservations = txn.open_table(RESERVATIONS).map_err(err)?;
+        let mut opened = txn.open_table(OPENED).map_err(err)?;
+        let mut meta = txn.open_table(META).map_err(err)?;
+
+        let mut touched: HashMap<&str, Account> = HashMap::new();
+        // id -> the reservation if it is open at the end of the run, None if it closed.
+        let mut changed: HashMap<&str, Option<Reservation>> = HashMap::new();
+        // client -> (first sequence number, its records), in the order they came.
+        let mut chunks: BTreeMap<&str, (u64, Vec<u8>)> = BTreeMap::new();
+        for line in lines {
+            let m = &line.movement;
+            let held = match touched.get(m.client.as_str()) {
+                Some(a) => a.held,
+                None => accounts
+                    .get(m.client.as_str())
+                    .map_err(err)?
+                    .map_or(0, |v| v.value().1),
+            };
+            touched.insert(
+                &m.client,
+                Account {
+                    available: m.balance,
+                    held: held_after(held, m.held_change),
+                },
+            );
+            match (m.kind, m.reservation.as_deref()) {
+                (Kind::Reserve, Some(id)) => {
+                    changed.insert(id, reservation_of(line));
+                }
+                (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => {
+                    changed.insert(id, None);
+                }
+                (Kind::Opening, _) => {
+                    opened.insert(m.client.as_str(), m.seq).map_err(err)?;
+                }
+                _ => {}
+            }
+            let chunk = chunks
+                .entry(&m.client)
+                .or_insert_with(|| (m.seq, Vec::new()));
+            wal::encode(line, &mut chunk.1);
+        }
+        for (client, account) in touched {
+            accounts
+                .insert(client, (account.available, account.held))
+                .map_err(err)?;
+        }
+        for (id, open) in changed {
+            match open {
+                Some(r) => {
+                    let bytes = serde_json::to_vec(&r).map_err(corrupt)?;
+                    reservations.insert(id, bytes.as_slice()).map_err(err)?;
+                }
+                None => {
+                    reservations.remove(id).map_err(err)?;
+                }
+            }
+        }
+        for (client, (first, bytes)) in chunks {
+            journal
+                .insert((client, first), bytes.as_slice())
+                .map_err(err)?;
+        }
+        meta.insert("seq", last.movement.seq).map_err(err)?;
+    }
+    txn.commit().map_err(err)
+}
+
+/// The movements of one journal row, oldest first.
+fn movements_of(bytes: &[u8]) -> Result<Vec<Movement>, LedgerError> {
+    if bytes.first() == Some(&b'{') {
+        return Ok(vec![serde_json::from_slice(bytes).map_err(corrupt)?]);
+    }
+    let lines = wal::decode_all(bytes);
+    if lines.is_empty() {
+        return Err(corrupt("an empty or damaged journal chunk"));
+    }
+    Ok(lines.into_iter().map(|l| l.movement).collect())
+}
+
+/// Up to `limit` of the client's checkpointed movements older than `before`, newest
+/// first.
+pub(super) fn read_journal(
+    db: &Database,
+    client: &str,
+    before: u64,
+    limit: usize,
+) -> Result<Vec<Movement>, LedgerError> {
+    let txn = db.begin_read().map_err(err)?;
+    let journal = txn.open_table(JOURNAL).map_err(err)?;
+    let mut movements = Vec::new();
+    for item in journal
+        .range((client, 0)..(client, before))
+        .map_err(err)?
+        .rev()
+    {
+        let (_, bytes) = item.map_err(err)?;
+        for m in movements_of(bytes.value())?.into_iter().rev() {
+            if m.seq < before {
+                movements.push(m);
+            }
+        }
+        if movements.len() >= limit {
+            break;
+        }
+    }
+    movements.truncate(limit);
+    Ok(movements)
+}
+
+/// Replays every client's checkpointed journal against its balance and open
+/// reservations.
+pub(super) fn verify(db: &Database) -> Result<Report, LedgerError> {
+    let txn = db.begin_read().map_err(err)?;
+    let accounts = txn.open_table(ACCOUNTS).map_err(err)?;
+    let journal = txn.open_table(JOURNAL).map_err(err)?;
+    let reservations = txn.open_table(RESERVATIONS).map_err(err)?;
+    let mut open: HashMap<String, u64> = HashMap::new();
+    let mut report = Report::default();
+    for item in reservations.iter().map_err(err)? {
+        let (_, bytes) = item.map_err(err)?;
+        let r: Reservation = serde_json::from_slice(bytes.value()).map_err(corrupt)?;
+        *open.entry(r.client).or_default() += r.amount;
+        report.open_reservations += 1;
+    }
+    for item in accounts.iter().map_err(err)? {
+        let (client, value) = item.map_err(err)?;
+        let client = client.value().to_owned();
+        let (available, held) = value.value();
+        let mut movements = Vec::new();
+        for entry in journal
+            .range((client.as_str(), 0)..=(client.as_str(), u64::MAX))
+            .map_err(err)?
+        {
+            let (_, bytes) = entry.map_err(err)?;
+            movements.extend(movements_of(bytes.value())?);
+        }
+        report.clients += 1;
+        report.movements += movements.len() as u64;
+        let held_open = open.get(&client).copied().unwrap_or(0);
+        report.problems.extend(check_client(
+            &client,
+            Account { available, held },
+            &movements,
+            held_open,
+        ));
+    }
+    Ok(report)
+}
+
+/// A change of idempotency records, as the redb thread applies it.
+pub(super) enum KeyOp {
+    Claim(Claim),
+    Answer {
+        client: String,
+        key: String,
+        answer: StoredAnswer,
+        until: u64,
+    },
+    Release {
+        client: String,
+        key: String,
+    },
+    Prune(u64),
+}
+
+/// What a [`KeyOp`] came to.
+pub(super) enum KeyDone {
+    Claimed(Claimed),
+    Count(u64),
+    Unit,
+}
+
+/// Applies idempotency changes in one durable transaction.
+pub(super) fn apply_keys(db: &Database, ops: Vec<KeyOp>) -> Result<Vec<KeyDone>, LedgerError> {
+    let txn = db.begin_write().map_err(err)?;
+    let outcomes = {
+        let mut keys = Keys::open(&txn)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            outcomes.push(keys.apply(op)?);
+        }
+        outcomes
+    };
+    txn.commit().map_err(err)?;
+    Ok(outcomes)
+}
+
+struct Keys<'t> {
+    idempotency: Table<'t, (&'static str, &'static str), &'static [u8]>,
+    expiry: Table<'t, (u64, &'static str, &'static str), ()>,
+}
+
+impl<'t> Keys<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Keys<'t>, LedgerError> {
+        Ok(Keys {
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(err)?,
+            expiry: txn.open_table(IDEMPOTENCY_EXPIRY).map_err(err)?,
+        })
+    }
+
+    fn apply(&mut self, op: KeyOp) -> Result<KeyDone, LedgerError> {
+        Ok(match op {
+            KeyOp::Claim(claim) => KeyDone::Claimed(self.claim(claim)?),
+            KeyOp::Answer {
+                client,
+                key,
+                answer,
+                until,
+            } => {
+                self.answer(&client, &key, answer, until)?;
+                KeyDone::Unit
+            }
+            KeyOp::Release { client, key } => {
+                self.release(&client, &key)?;
+                KeyDone::Unit
+            }
+            KeyOp::Prune(now_ms) => KeyDone::Count(self.prune(now_ms)?),
+        })
+    }
+
+    fn record_of(&self, client: &str, key: &str) -> Result<Option<IdempotencyRecord>, LedgerError> {
+        match self.idempotency.get((client, key)).map_err(err)? {
+            Some(bytes) => Ok(Some(
+                serde_json::from_slice(bytes.value()).map_err(corrupt)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn put_record(
+        &mut self,
+        client: &str,
+        key: &str,
+        old: Option<&IdempotencyRecord>,
+        record: &IdempotencyRecord,
+    ) -> Result<(), LedgerError> {
+        if let Some(old) = old {
+            self.expiry.remove((old.until, client, key)).map_err(err)?;
+        }
+        let bytes = serde_json::to_vec(record).map_err(corrupt)?;
+        self.idempotency
+            .insert((client, key), bytes.as_slice())
+            .map_err(err)?;
+        self.expiry
+            .insert((record.until, client, key), ())
+            .map_err(err)?;
+        Ok(())
+    }
+
+    fn claim(&mut self, c: Claim) -> Result<Claimed, LedgerError> {
+        let old = self.record_of(&c.client, &c.key)?;
+        if let Some(outcome) = old.as_ref().and_then(|r| judge_claim(r, &c)) {
+            return Ok(outcome);
+        }
+        let record = IdempotencyRecord {
+            fingerprint: c.fingerprint.clone(),
+            until: c.hold_until,
+            answer: None,
+        };
+        self.put_record(&c.client, &c.key, old.as_ref(), &record)?;
+        Ok(Claimed::New)
+    }
+
+    fn answer(
+        &mut self,
+        client: &str,
+        key: &str,
+        answer: StoredAnswer,
+        until: u64,
+    ) -> Result<(), LedgerError> {
+        let Some(old) = self.record_of(client, key)? else {
+            return Ok(());
+        };
+        let record = IdempotencyRecord {
+            fingerprint: old.fingerprint.clone(),
+            until,
+            answer: Some(answer),
+        };
+        self.put_record(client, key, Some(&old), &record)
+    }
+
+    fn release(&mut self, client: &str, key: &str) -> Result<(), LedgerError> {
+        if let Some(old) = self.record_of(client, key)? {
+            if old.answer.is_none() {
+                self.idempotency.remove((client, key)).map_err(err)?;
+                self.expiry.remove((old.until, client, key)).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, now_ms: u64) -> Result<u64, LedgerError> {
+        let mut due = Vec::new();
+        for item in self
+            .expiry
+            .range(..(now_ms.saturating_add(1), "", ""))
+            .map_err(err)?
+            .take(PRUNE_MAX)
+        {
+            let (key, _) = item.map_err(err)?;
+            let (until, client, key) = key.value();
+            due.push((until, client.to_owned(), key.to_owned()));
+        }
+        for (until, client, key) in &due {
+            self.expiry
+                .remove((*until, client.as_str(), key.as_str()))
+                .map_err(err)?;
+            self.idempotency
+                .remove((client.as_str(), key.as_str()))
+                .map_err(err)?;
+        }
+        Ok(due.len() as u64)
+    }
+}
