@@ -29,7 +29,6 @@ use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
 use sha2::{Digest, Sha256};
-use std::future::Future as _;
 use std::sync::Arc;
 
 use tollgate_policy::snapshot::{ClientAbort, Cost};
