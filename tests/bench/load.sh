@@ -22,8 +22,8 @@
 # sharing the count across instances. Set LIMITS=0 to skip them.
 #
 # Three more measure token credits on a JWT route (the same token every request):
-# `tg-jwt` (no cost), `tg-meter` (cost 1, the embedded redb ledger: reserve and post
-# committed durably, group-committed) and `tg-meter-redis` (cost 1, the ledger in the
+# `tg-jwt` (no cost), `tg-meter` (cost 1, the embedded ledger: the reservation durable
+# in its group-committed log before forwarding, the post logged after) and `tg-meter-redis` (cost 1, the ledger in the
 # same redis-server: two Lua scripts and a deadline index per request). Their ratios to
 # tg-jwt are the cost of metering (targets: embedded >= 0.90, Redis >= 0.85). Set
 # METERING=0 to skip them.

@@ -19,9 +19,10 @@
 //!
 //! [`Ledger`] has two implementations that pass one test suite:
 //!
-//! - [`embedded`]: one `redb` file. A writer thread commits the movements of every
-//!   request waiting at that moment in one durable transaction (group commit), so a
-//!   request is answered only once its movement is on disk, without one fsync each.
+//! - [`embedded`]: decisions in memory, every movement appended to a write-ahead log
+//!   that one writer thread makes durable for everything waiting at once (group
+//!   commit), checkpointed into a `redb` file every half second. A reservation is
+//!   answered only once its movement is on disk, without one fsync each.
 //! - [`shared`]: Redis, one Lua script per operation, every key of a client in one
 //!   hash slot (Cluster-ready).
 

@@ -14,8 +14,8 @@
 //!   costs no latency.
 //!
 //! - [`ledger`]: token credits — balances, two-phase reservations, the journal and
-//!   idempotency records ([`ledger::Ledger`]) — in a `redb` file with group commit, or
-//!   in Redis as one Lua script per change.
+//!   idempotency records ([`ledger::Ledger`]) — in memory over a group-committed log
+//!   and a `redb` file, or in Redis as one Lua script per change.
 //!
 //! Nothing here speaks HTTP.
 
