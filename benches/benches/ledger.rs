@@ -121,7 +121,7 @@ fn embedded(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("tollgate-ledger-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let ledger = EmbeddedLedger::open(&dir.join("ledger.redb")).unwrap();
-    measure(c, "embedded (redb, group commit)", Arc::new(ledger));
+    measure(c, "embedded (log + redb checkpoints, group commit)", Arc::new(ledger));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
