@@ -595,6 +595,19 @@ pub struct Credits {
     /// Opening balances to credit once per client at start.
     pub opening_balances: Option<PathBuf>,
     pub on_client_abort: ClientAbort,
+    /// When the embedded ledger's movements are on disk (read when it opens).
+    pub sync: LedgerSync,
+}
+
+/// When the embedded ledger makes a movement durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LedgerSync {
+    /// A reservation is on disk before its request is forwarded (group-committed).
+    #[default]
+    BeforeForwarding,
+    /// Everything logged is synced once per interval, and a request does not wait for
+    /// it: a crash can forgive the charges of the last interval, never charge twice.
+    Interval(Duration),
 }
 
 /// What a metered request whose client left before the response head costs.

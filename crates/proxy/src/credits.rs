@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tollgate_policy::snapshot::{Credits as CreditSettings, RedisSettings};
-use tollgate_state::ledger::embedded::EmbeddedLedger;
+use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger, LedgerError};
 
@@ -378,7 +378,8 @@ fn spawn_keeper(
                     if pending.is_none() {
                         if let Location::Embedded(path) = &state.location {
                             let path = path.clone();
-                            match tokio::task::spawn_blocking(move || EmbeddedLedger::open(&path)).await {
+                            let options = Options::for_sync(settings.sync);
+                            match tokio::task::spawn_blocking(move || EmbeddedLedger::open_with(&path, options)).await {
                                 Ok(Ok(ledger)) => pending = Some(Arc::new(ledger)),
                                 Ok(Err(e)) if !complained => {
                                     tracing::error!(error = %e, "cannot open the token ledger; retrying");

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_state::ledger::embedded::EmbeddedLedger;
+use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{
     Account, Adjust, Adjusted, Change, Claim, Claimed, Kind, Ledger, Reservation, Reserved, Settle,
@@ -514,6 +514,14 @@ async fn a_redis_outage_is_an_error_never_a_grant() {
     assert!(held);
 }
 
+/// No checkpoint while a test runs: everything after opening is in the log alone.
+fn long_checkpoints() -> Options {
+    Options {
+        checkpoint_every: Duration::from_secs(3600),
+        ..Options::default()
+    }
+}
+
 /// Copies the ledger's files as a `kill -9` would leave them on disk.
 fn copy_ledger(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {
@@ -537,7 +545,7 @@ async fn a_crash_keeps_every_movement_the_log_made_durable() {
     let live = TempDir::new();
     let path = live.path().join("ledger.redb");
     // No checkpoint while it runs: everything after opening is in the log alone.
-    let ledger = EmbeddedLedger::open_with(&path, Duration::from_secs(3600)).unwrap();
+    let ledger = EmbeddedLedger::open_with(&path, long_checkpoints()).unwrap();
     ledger
         .adjust(0, adjust("a", Change::Credit(100)))
         .await
@@ -642,7 +650,14 @@ async fn a_crash_keeps_every_movement_the_log_made_durable() {
 async fn checkpoints_move_the_log_into_the_file_and_retire_its_segments() {
     let dir = TempDir::new();
     let path = dir.path().join("ledger.redb");
-    let ledger = EmbeddedLedger::open_with(&path, Duration::from_millis(20)).unwrap();
+    let ledger = EmbeddedLedger::open_with(
+        &path,
+        Options {
+            checkpoint_every: Duration::from_millis(20),
+            ..Options::default()
+        },
+    )
+    .unwrap();
     ledger
         .adjust(0, adjust("a", Change::Credit(1_000)))
         .await
@@ -694,4 +709,75 @@ async fn checkpoints_move_the_log_into_the_file_and_retire_its_segments() {
             held: 0
         }
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_interval_requests_do_not_wait_for_the_disk_but_operators_do() {
+    let commits = |l: &EmbeddedLedger| l.stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+    let later = now_ms() + 60_000;
+
+    // The default: each reservation waits for a sync of its own when none is shared.
+    let strict_dir = TempDir::new();
+    let strict = EmbeddedLedger::open(&strict_dir.path().join("ledger.redb")).unwrap();
+    strict
+        .adjust(0, adjust("a", Change::Credit(100)))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        strict
+            .reserve(0, reservation("a", &format!("s{i}"), 1, later), now_ms())
+            .await
+            .unwrap();
+    }
+    assert!(commits(&strict) >= 11, "{} syncs", commits(&strict));
+
+    // An hour between syncs: nothing reaches the disk on the timer during the test.
+    let live = TempDir::new();
+    let path = live.path().join("ledger.redb");
+    let options = Options {
+        sync_every: Some(Duration::from_secs(3600)),
+        checkpoint_every: Duration::from_secs(3600),
+    };
+    let ledger = EmbeddedLedger::open_with(&path, options).unwrap();
+    // An operator's credit still waits for its sync.
+    ledger
+        .adjust(0, adjust("a", Change::Credit(100)))
+        .await
+        .unwrap();
+    assert_eq!(commits(&ledger), 1);
+    for i in 0..50 {
+        assert_eq!(
+            ledger
+                .reserve(0, reservation("a", &format!("r{i}"), 1, later), now_ms())
+                .await
+                .unwrap(),
+            Reserved::Held { balance: 99 - i }
+        );
+    }
+    assert_eq!(commits(&ledger), 1, "a reservation waited for the disk");
+
+    // A crash now forgives the unsynced reservations; it never loses the credit.
+    let crashed = TempDir::new();
+    copy_ledger(live.path(), crashed.path());
+    let recovered = EmbeddedLedger::open(&crashed.path().join("ledger.redb")).unwrap();
+    assert_eq!(
+        balance(&recovered, "a").await,
+        Account {
+            available: 100,
+            held: 0
+        }
+    );
+    assert!(recovered.verify(0).await.unwrap().problems.is_empty());
+
+    // A graceful stop syncs everything first.
+    drop(ledger);
+    let reopened = EmbeddedLedger::open(&path).unwrap();
+    assert_eq!(
+        balance(&reopened, "a").await,
+        Account {
+            available: 50,
+            held: 50
+        }
+    );
+    assert!(reopened.verify(0).await.unwrap().problems.is_empty());
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tollgate_policy::Snapshot;
-use tollgate_state::ledger::embedded::EmbeddedLedger;
+use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger};
 use tollgate_state::redis::Redis;
@@ -49,7 +49,7 @@ fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
             let redis = Redis::new(settings.clone(), 1).map_err(|e| format!("redis: {e}"))?;
             Ok(Arc::new(SharedLedger::new(Arc::new(redis))))
         }
-        None => EmbeddedLedger::open(&credits.path)
+        None => EmbeddedLedger::open_with(&credits.path, Options::for_sync(credits.sync))
             .map(|l| Arc::new(l) as Arc<dyn Ledger>)
             .map_err(|e| {
                 format!(

@@ -8,17 +8,29 @@ use http::Method;
 use toml::Spanned;
 
 use super::context::{Loader, Zero};
-use super::file::{ClientAbortFile, CostFile, CreditsFile, RouteFile};
+use super::file::{ClientAbortFile, CostFile, CreditsFile, LedgerSyncFile, RouteFile};
 use super::Refs;
 use crate::diagnostic::SourceFile;
-use crate::snapshot::{ClientAbort, Cost, Credits, RouteAction, RouteAuth};
+use crate::snapshot::{ClientAbort, Cost, Credits, LedgerSync, RouteAction, RouteAuth};
 
 /// What refunds when neither the route nor `[credits]` says: any answer but a success
 /// (a 4xx did no work either).
 const DEFAULT_REFUND: (u16, u16) = (400, 599);
 
-pub(crate) fn credits(l: &mut Loader, src: &SourceFile, f: CreditsFile) -> Option<Credits> {
+/// The default and the bounds of `[credits] sync_interval`.
+const SYNC_INTERVAL: Duration = Duration::from_millis(10);
+const SYNC_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(1);
+
+/// `[credits]`; `redis`: the ledger lives in Redis (`[store] redis_url`).
+pub(crate) fn credits(
+    l: &mut Loader,
+    src: &SourceFile,
+    f: CreditsFile,
+    redis: bool,
+) -> Option<Credits> {
     let mark = l.mark();
+    let sync = sync(l, src, &f, redis);
     let reservation_timeout = l.duration(
         src,
         &f.reservation_timeout,
@@ -55,7 +67,38 @@ pub(crate) fn credits(l: &mut Loader, src: &SourceFile, f: CreditsFile) -> Optio
             Some(ClientAbortFile::Settle) => ClientAbort::Settle,
             Some(ClientAbortFile::Refund) | None => ClientAbort::Refund,
         },
+        sync,
     })
+}
+
+/// `sync` and `sync_interval`: the embedded ledger's durability.
+fn sync(l: &mut Loader, src: &SourceFile, f: &CreditsFile, redis: bool) -> LedgerSync {
+    let interval = l.duration(src, &f.sync_interval, SYNC_INTERVAL, Zero::Refused);
+    if let Some(value) = &f.sync_interval {
+        if !SYNC_INTERVAL_RANGE.contains(&interval) {
+            l.error(src, Some(value.span()), "sync_interval must be 1ms to 1s");
+        }
+    }
+    let chosen = f.sync.as_ref().map(|s| *s.get_ref());
+    if let (Some(sync), true) = (&f.sync, redis) {
+        l.error(
+            src,
+            Some(sync.span()),
+            "`sync` is the embedded ledger's; with [store] redis_url the ledger is in Redis, whose persistence (appendfsync) decides",
+        );
+    }
+    match (chosen, &f.sync_interval) {
+        (Some(LedgerSyncFile::Interval), _) => LedgerSync::Interval(interval),
+        (_, Some(value)) => {
+            l.error(
+                src,
+                Some(value.span()),
+                "sync_interval applies only with sync = \"interval\"",
+            );
+            LedgerSync::BeforeForwarding
+        }
+        _ => LedgerSync::BeforeForwarding,
+    }
 }
 
 /// `5xx`, `4xx` or one status, each an inclusive range.
@@ -197,6 +240,8 @@ pub(crate) fn route_cost(
 #[cfg(test)]
 mod tests {
     use super::super::testing::{errors, load, HS256};
+    use crate::snapshot::LedgerSync;
+    use std::time::Duration;
 
     const CREDITS: &str = "\n[credits]\npath = \"state/l.redb\"\n";
 
@@ -281,6 +326,35 @@ mod tests {
             &[],
         );
         assert!(e[0].contains("`teapot` is not a status"), "{e:?}");
+    }
+
+    #[test]
+    fn the_embedded_ledger_syncs_before_forwarding_unless_told_otherwise() {
+        let with = |extra: &str| format!("{}{CREDITS}{extra}\n", gateway());
+        let s = load(&with(""), &[]).unwrap();
+        assert_eq!(s.credits.unwrap().sync, LedgerSync::BeforeForwarding);
+        let s = load(&with("sync = \"interval\""), &[]).unwrap();
+        assert_eq!(
+            s.credits.unwrap().sync,
+            LedgerSync::Interval(Duration::from_millis(10))
+        );
+        let s = load(&with("sync = \"interval\"\nsync_interval = \"50ms\""), &[]).unwrap();
+        assert_eq!(
+            s.credits.unwrap().sync,
+            LedgerSync::Interval(Duration::from_millis(50))
+        );
+        let e = errors(&with("sync_interval = \"50ms\""), &[]);
+        assert!(e[0].contains("only with sync = \"interval\""), "{e:?}");
+        let e = errors(&with("sync = \"interval\"\nsync_interval = \"5s\""), &[]);
+        assert!(e[0].contains("1ms to 1s"), "{e:?}");
+        let e = errors(&with("sync = \"sometimes\""), &[]);
+        assert!(e[0].contains("sometimes"), "{e:?}");
+        let redis = format!(
+            "{}\n[store]\nredis_url = \"redis://127.0.0.1:6399\"\n{CREDITS}sync = \"interval\"\n",
+            gateway()
+        );
+        let e = errors(&redis, &[]);
+        assert!(e[0].contains("the ledger is in Redis"), "{e:?}");
     }
 
     #[test]

@@ -190,6 +190,13 @@ pub struct CreditsFile {
     /// A client that leaves after its whole request went upstream: "refund" (the
     /// default) or "settle" (the backend's answer decides, as if the client had waited).
     pub on_client_abort: Option<ClientAbortFile>,
+    /// When the embedded ledger's movements reach the disk: "before_forwarding" (the
+    /// default: a reservation is durable before its request goes upstream) or
+    /// "interval" (synced every `sync_interval`; a crash can forgive the charges of
+    /// the last interval, never charge twice). Not with Redis: its persistence decides.
+    pub sync: Option<Spanned<LedgerSyncFile>>,
+    /// With `sync = "interval"`: how often (default 10ms, 1ms to 1s).
+    pub sync_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +204,13 @@ pub struct CreditsFile {
 pub enum ClientAbortFile {
     Refund,
     Settle,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerSyncFile {
+    BeforeForwarding,
+    Interval,
 }
 
 /// `[cors.NAME]` in a policy file: which browser origins may call the routes that name

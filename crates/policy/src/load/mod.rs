@@ -148,8 +148,11 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         .and_then(|f| sessions::sessions(l, &src, f));
     let login = section::<LoginFile>(l, &src, take("login"), "login", false)
         .and_then(|f| sessions::login(l, &src, f));
-    let credits = section::<CreditsFile>(l, &src, take("credits"), "credits", false)
-        .and_then(|f| credits::credits(l, &src, f));
+    let credits =
+        section::<CreditsFile>(l, &src, take("credits"), "credits", false).and_then(|f| {
+            let redis = store.as_ref().is_some_and(|s| s.redis.is_some());
+            credits::credits(l, &src, f, redis)
+        });
     let auth = Auth { jwt, api_keys };
     let mut unknown: Vec<_> = sections.into_iter().collect();
     unknown.sort_by_key(|(_, (span, _))| span.start);

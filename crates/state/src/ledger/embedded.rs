@@ -8,7 +8,9 @@
 //! answered only once its record is on disk, so a request is forwarded only after what
 //! it holds would survive `kill -9`. Settlements and sweeps are logged the same way but
 //! not waited for (the reservation is durable already; one lost to a crash expires,
-//! which refunds it).
+//! which refunds it). With [`Options::sync_every`] the log is synced on a timer
+//! instead and no request waits for it: faster, at the price of forgiving the charges
+//! of the last interval after a crash.
 //!
 //! A keeper thread checkpoints the log into the redb file ([`tables`]) every half
 //! second, in one transaction, and deletes the log segments the checkpoint covered.
@@ -33,9 +35,10 @@ use std::time::{Duration, Instant};
 
 use redb::Database;
 use tokio::sync::oneshot;
+use tollgate_policy::snapshot::LedgerSync;
 
 use self::tables::{corrupt, err, held_after, reservation_of, KeyDone, KeyOp};
-use self::wal::{Line, Pending, Segment};
+use self::wal::{Line, Pending, Segment, Writer};
 use super::{
     decide_adjust, decide_settle, Account, Adjust, Adjusted, Claim, Claimed, Kind, Ledger,
     LedgerError, Movement, Page, Report, Reservation, Reserved, Settle, Settled, StoredAnswer,
@@ -51,6 +54,40 @@ const CHECKPOINT_LINES: usize = 100_000;
 const KEEPER_TICK: Duration = Duration::from_millis(50);
 /// Most idempotency changes committed together.
 const MAX_KEY_BATCH: usize = 1024;
+
+/// How an embedded ledger makes movements durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `None`: a reservation is answered once its record is on disk, every record
+    /// waiting at a sync sharing it (group commit). `Some(every)`: records are synced
+    /// once per `every` and only operators' adjustments wait for it; a crash forgives
+    /// the charges logged in the last interval and never charges twice.
+    pub sync_every: Option<Duration>,
+    /// How often the log is checkpointed into the file.
+    pub checkpoint_every: Duration,
+}
+
+impl Options {
+    /// What `[credits] sync` asks for.
+    pub fn for_sync(sync: LedgerSync) -> Options {
+        Options {
+            sync_every: match sync {
+                LedgerSync::BeforeForwarding => None,
+                LedgerSync::Interval(every) => Some(every),
+            },
+            ..Options::default()
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            sync_every: None,
+            checkpoint_every: CHECKPOINT_EVERY,
+        }
+    }
+}
 
 /// How the group commit is doing: log writes, and the movements they carried.
 #[derive(Debug, Default)]
@@ -242,7 +279,7 @@ struct Inner {
     wake: Condvar,
     db: Database,
     stats: GroupStats,
-    checkpoint_every: Duration,
+    options: Options,
 }
 
 impl Inner {
@@ -272,7 +309,12 @@ impl Inner {
             book.wal.waiters.push(tx);
             Durable(rx)
         });
-        let wake = appended && !book.wal.writer_busy;
+        let wake = appended
+            && match book.wal.writer {
+                Writer::Idle => true,
+                Writer::Timer => durable.is_some(),
+                Writer::Writing => false,
+            };
         drop(book);
         if wake {
             self.wake.notify_one();
@@ -335,15 +377,11 @@ impl EmbeddedLedger {
     /// replays the log's later records, checkpoints them, and starts the writer and
     /// the keeper.
     pub fn open(path: &Path) -> Result<EmbeddedLedger, LedgerError> {
-        EmbeddedLedger::open_with(path, CHECKPOINT_EVERY)
+        EmbeddedLedger::open_with(path, Options::default())
     }
 
-    /// [`EmbeddedLedger::open`], checkpointing every `checkpoint_every` (tests use a
-    /// long one to find everything in the log after a crash).
-    pub fn open_with(
-        path: &Path,
-        checkpoint_every: Duration,
-    ) -> Result<EmbeddedLedger, LedgerError> {
+    /// [`EmbeddedLedger::open`] with other [`Options`].
+    pub fn open_with(path: &Path, options: Options) -> Result<EmbeddedLedger, LedgerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -395,7 +433,7 @@ impl EmbeddedLedger {
             wake: Condvar::new(),
             db,
             stats: GroupStats::default(),
-            checkpoint_every,
+            options,
         });
         let (jobs, queue) = mpsc::channel();
         let writer_inner = Arc::clone(&inner);
@@ -457,26 +495,42 @@ impl EmbeddedLedger {
 /// them, then answers whoever waits for them. Ends once stopping and nothing is left.
 fn write_loop(inner: &Inner, mut segment: Segment) {
     let mut bytes = Vec::new();
+    let mut last_sync = Instant::now();
     loop {
         let (rotate, waiters, records) = {
             let mut book = inner.lock();
             loop {
-                let work = !book.wal.bytes.is_empty()
-                    || !book.wal.waiters.is_empty()
-                    || book.wal.rotate_at.is_some();
-                if work {
+                let pending = !book.wal.bytes.is_empty() || book.wal.rotate_at.is_some();
+                if !book.wal.waiters.is_empty() || (pending && book.stopping) {
                     break;
+                }
+                if pending {
+                    let Some(every) = inner.options.sync_every else {
+                        break;
+                    };
+                    let due = last_sync + every;
+                    let now = Instant::now();
+                    if now >= due {
+                        break;
+                    }
+                    book.wal.writer = Writer::Timer;
+                    book = inner
+                        .wake
+                        .wait_timeout(book, due - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    continue;
                 }
                 if book.stopping {
                     return;
                 }
-                book.wal.writer_busy = false;
+                book.wal.writer = Writer::Idle;
                 book = inner
                     .wake
                     .wait(book)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            book.wal.writer_busy = true;
+            book.wal.writer = Writer::Writing;
             std::mem::swap(&mut bytes, &mut book.wal.bytes);
             (
                 book.wal.rotate_at.take(),
@@ -485,6 +539,7 @@ fn write_loop(inner: &Inner, mut segment: Segment) {
             )
         };
         let written = segment.write(&bytes, rotate.map(|(at, _)| at));
+        last_sync = Instant::now();
         bytes.clear();
         match written {
             Ok(retired) => {
@@ -568,7 +623,8 @@ fn keep_loop(inner: &Inner, queue: &mpsc::Receiver<Job>) {
             }
         }
         let waiting = inner.lock().recent.len();
-        if waiting >= CHECKPOINT_LINES || (waiting > 0 && last.elapsed() >= inner.checkpoint_every)
+        if waiting >= CHECKPOINT_LINES
+            || (waiting > 0 && last.elapsed() >= inner.options.checkpoint_every)
         {
             if let Err(e) = checkpoint(inner) {
                 tracing::error!(error = %e, "the ledger cannot checkpoint; the log keeps everything meanwhile");
@@ -593,7 +649,7 @@ fn checkpoint(inner: &Inner) -> Result<(), LedgerError> {
             if book.wal.rotate_at.is_none() {
                 book.wal.rotate_at = Some((book.wal.bytes.len(), upto));
             }
-            let wake = !book.wal.writer_busy;
+            let wake = book.wal.writer == Writer::Idle;
             Some((lines, upto, wake))
         }
     };
@@ -665,9 +721,10 @@ impl Ledger for EmbeddedLedger {
         reservation: Reservation,
         now_ms: u64,
     ) -> BoxFuture<'_, Result<Reserved, LedgerError>> {
+        let wait = self.inner.options.sync_every.is_none();
         let changed = self
             .inner
-            .change(true, |book| book.reserve(reservation, now_ms));
+            .change(wait, |book| book.reserve(reservation, now_ms));
         Box::pin(async move {
             let (reserved, durable) = changed?;
             Durable::wait(durable).await?;

@@ -40,8 +40,20 @@ pub(super) struct Pending {
     /// sequence number) is in redb.
     pub rotate_at: Option<(usize, u64)>,
     pub waiters: Vec<oneshot::Sender<Result<(), LedgerError>>>,
-    /// The writer is between a take and its next wait: appending needs no wake-up.
-    pub writer_busy: bool,
+    pub writer: Writer,
+}
+
+/// What the writer thread is doing, so an append wakes it only when it must.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Writer {
+    /// Between a take and its next wait: it looks again before waiting.
+    #[default]
+    Writing,
+    /// Waiting for anything to write.
+    Idle,
+    /// Waiting for the next sync time (interval mode): only someone who waits for
+    /// durability wakes it early.
+    Timer,
 }
 
 impl Pending {
