@@ -3,15 +3,18 @@
 # from the processes' own CPU accounting (/proc/PID/stat), so the cost of a feature is
 # seen apart from the load generator and the upstream sharing the machine.
 #
-#   MODE=jwt|meter|meter-redis tests/bench/cpu_per_request.sh
+#   MODE=jwt|meter|meter-interval|meter-redis tests/bench/cpu_per_request.sh
+#   BIN=/path/to/other/tollgate MODE=meter tests/bench/cpu_per_request.sh   # another build
 #   C=200 D=8s PERF=1 MODE=meter tests/bench/cpu_per_request.sh   # PERF=1: perf record -g
 #
 # jwt: a JWT route; meter: the same with cost = 1 on the embedded redb ledger;
-# meter-redis: cost = 1 on a redis-server of the script's own. Needs a release build,
+# meter-interval: the same with `sync = "interval"`; meter-redis: cost = 1 on a
+# redis-server of the script's own. Needs a release build,
 # nginx (the upstream), wrk, redis-server, curl, python3.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODE=${MODE:-jwt}
+BIN=${BIN:-$ROOT/target/release/tollgate}
 W=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
@@ -33,6 +36,10 @@ case $MODE in
   meter) COST="cost = 1"; CRED="[credits]
 path = \"$W/l.redb\"
 opening_balances = \"$W/o.csv\"";;
+  meter-interval) COST="cost = 1"; CRED="[credits]
+path = \"$W/l.redb\"
+opening_balances = \"$W/o.csv\"
+sync = \"interval\"";;
   meter-redis) COST="cost = 1"; CRED="[credits]
 opening_balances = \"$W/o.csv\""; STORE="[store]
 redis_url = \"redis://127.0.0.1:$RD\"
@@ -64,9 +71,9 @@ secret_file = "$W/s"
 $CRED
 $STORE
 CONF
-$ROOT/target/release/tollgate run --config $W/g.toml >/dev/null 2>&1 & PIDS+=($!); TPID=$!
+$BIN run --config $W/g.toml >/dev/null 2>&1 & PIDS+=($!); TPID=$!
 sleep 1.5
-T=$($ROOT/target/release/tollgate token mint --client bench --ttl 1h --config $W/g.toml 2>/dev/null)
+T=$($BIN token mint --client bench --ttl 1h --config $W/g.toml 2>/dev/null)
 curl -s -o /dev/null -w '%{http_code} ' -H "authorization: Bearer $T" http://127.0.0.1:$TG/x; echo
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 t0=$(cpu $TPID); r0=$(cpu $RPID)

@@ -23,7 +23,9 @@
 #
 # Three more measure token credits on a JWT route (the same token every request):
 # `tg-jwt` (no cost), `tg-meter` (cost 1, the embedded ledger: the reservation durable
-# in its group-committed log before forwarding, the post logged after) and `tg-meter-redis` (cost 1, the ledger in the
+# in its group-committed log before forwarding, the post logged after),
+# `tg-meter-interval` (the same ledger with `sync = "interval"`: the log synced every
+# 10 ms, nobody waiting for it) and `tg-meter-redis` (cost 1, the ledger in the
 # same redis-server: two Lua scripts and a deadline index per request). Their ratios to
 # tg-jwt are the cost of metering (targets: embedded >= 0.90, Redis >= 0.85). Set
 # METERING=0 to skip them.
@@ -79,7 +81,7 @@ echo "building tollgate (release)" >&2
 
 UP=$(free_port); NG=$(free_port); HA=$(free_port); TG=$(free_port)
 TL=$(free_port); TR=$(free_port); RD=$(free_port)
-TJ=$(free_port); TM=$(free_port); TMR=$(free_port)
+TJ=$(free_port); TM=$(free_port); TMR=$(free_port); TMI=$(free_port)
 declare -A AUTHZ
 BODY='{"ok":true,"campaigns":[{"id":1,"name":"Spring outreach"},{"id":2,"name":"Renewals"}]}'
 
@@ -196,18 +198,23 @@ secret_file = \"$WORK/hs256.secret\""
   METERED='auth = "jwt"
 cost = 1'
   tollgate tg-jwt "$TJ" "" "" "" 'auth = "jwt"' "$JWT"
-  mkdir -p "$WORK/tg-meter" "$WORK/tg-meter-redis"
+  mkdir -p "$WORK/tg-meter" "$WORK/tg-meter-redis" "$WORK/tg-meter-interval"
   tollgate tg-meter "$TM" "" "" "" "$METERED" "$JWT
 [credits]
 path = \"$WORK/tg-meter/ledger.redb\"
 opening_balances = \"$WORK/opening.csv\""
+  tollgate tg-meter-interval "$TMI" "" "" "" "$METERED" "$JWT
+[credits]
+path = \"$WORK/tg-meter-interval/ledger.redb\"
+opening_balances = \"$WORK/opening.csv\"
+sync = \"interval\""
   tollgate tg-meter-redis "$TMR" "" "[store]
 redis_url = \"redis://127.0.0.1:$RD\"
 timeout = \"200ms\"" "" "$METERED" "$JWT
 [credits]
 opening_balances = \"$WORK/opening.csv\""
-  PORTS="$PORTS $TJ $TM $TMR"
-  TARGETS="$TARGETS tg-jwt:$TJ tg-meter:$TM tg-meter-redis:$TMR"
+  PORTS="$PORTS $TJ $TM $TMR $TMI"
+  TARGETS="$TARGETS tg-jwt:$TJ tg-meter:$TM tg-meter-interval:$TMI tg-meter-redis:$TMR"
 fi
 if [ "$LIMITS" = 1 ]; then
   tollgate tg-local "$TL" '"per-address"' ""
@@ -229,9 +236,9 @@ done
 for p in $PORTS; do wait_port "$p"; done
 if [ "$METERING" = 1 ]; then
   TOKEN=$("$ROOT/target/release/tollgate" token mint --client bench --ttl 2h --config "$WORK/tg-jwt/gateway.toml" 2>/dev/null)
-  for name in tg-jwt tg-meter tg-meter-redis; do AUTHZ[$name]="authorization: Bearer $TOKEN"; done
+  for name in tg-jwt tg-meter tg-meter-interval tg-meter-redis; do AUTHZ[$name]="authorization: Bearer $TOKEN"; done
   # The ledgers open (and credit the opening balance) right after the listeners.
-  for p in $TM $TMR; do
+  for p in $TM $TMI $TMR; do
     for _ in $(seq 1 100); do
       curl -s -o /dev/null -w '%{http_code}' -H "${AUTHZ[tg-jwt]}" "http://127.0.0.1:$p/campaigns" | grep -q 200 && break
       sleep 0.05
@@ -267,7 +274,7 @@ for pair in $TARGETS; do
 done
 if [ "$METERING" = 1 ]; then
   # The metered Tollgates really charge: one header check per store.
-  for p in $TM $TMR; do
+  for p in $TM $TMI $TMR; do
     curl -si -H "${AUTHZ[tg-jwt]}" "http://127.0.0.1:$p/campaigns" | grep -qi '^x-token-cost: 1' || { echo "port $p does not meter" >&2; exit 1; }
   done
 fi
@@ -309,10 +316,11 @@ if [ "$LIMITS" = 1 ]; then
     printf "rate limit in redis   / in process requests/s: %.2fx (target >= 0.85)\n", r/l }'
 fi
 if [ "$METERING" = 1 ]; then
-  awk -v j="${RPS[tg-jwt]}" -v m="${RPS[tg-meter]}" -v r="${RPS[tg-meter-redis]}" \
-      -v jp="${P99[tg-jwt]}" -v mp="${P99[tg-meter]}" -v rp="${P99[tg-meter-redis]}" 'BEGIN {
-    printf "metered (redb)  / unmetered jwt requests/s: %.2fx, p99 %+.2f ms (target >= 0.90)\n", m/j, mp-jp
-    printf "metered (redis) / unmetered jwt requests/s: %.2fx, p99 %+.2f ms (target >= 0.85)\n", r/j, rp-jp }'
+  awk -v j="${RPS[tg-jwt]}" -v m="${RPS[tg-meter]}" -v r="${RPS[tg-meter-redis]}" -v i="${RPS[tg-meter-interval]}" \
+      -v jp="${P99[tg-jwt]}" -v mp="${P99[tg-meter]}" -v rp="${P99[tg-meter-redis]}" -v ip="${P99[tg-meter-interval]}" 'BEGIN {
+    printf "metered (embedded)  / unmetered jwt requests/s: %.2fx, p99 %+.2f ms (target >= 0.90)\n", m/j, mp-jp
+    printf "metered (interval)  / unmetered jwt requests/s: %.2fx, p99 %+.2f ms\n", i/j, ip-jp
+    printf "metered (redis)     / unmetered jwt requests/s: %.2fx, p99 %+.2f ms (target >= 0.85)\n", r/j, rp-jp }'
 fi
 for name in "${COMPARED[@]}"; do
   awk -v t="${RPS[tollgate]}" -v c="${RPS[$name]}" -v tp="${P99[tollgate]}" -v cp="${P99[$name]}" -v n="$name" 'BEGIN {
