@@ -221,3 +221,96 @@ async fn the_drain_is_bounded_by_the_grace_period() {
     );
     assert!(h.gateway.stderr().contains("grace period ended"));
 }
+
+/// The value of the series `series` (its exact name and labels) in a scrape.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+}
+
+#[tokio::test]
+async fn latency_is_kept_per_route_method_and_class_across_a_reload() {
+    let h = Harness::with(Setup {
+        reload: "watch = false".into(),
+        ..Setup::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(h.get("/echo/a?delay_ms=30", &[]).await.status, 200);
+    }
+    assert_eq!(h.send("POST", "/echo/b", &[], b"x").await.status, 200);
+    assert_eq!(h.get("/admin/x", &[]).await.status, 403);
+    assert_eq!(h.get("/nowhere", &[]).await.status, 404);
+
+    let scrape = h.metrics().await;
+    let echo_get =
+        "tollgate_request_duration_seconds_count{route=\"echo\",method=\"GET\",class=\"2xx\"}";
+    assert_eq!(sample(&scrape, echo_get), 3.0);
+    // The backend waited 30 ms each time: no GET to the echo route finished within 25 ms.
+    let fast = "tollgate_request_duration_seconds_bucket{route=\"echo\",method=\"GET\",class=\"2xx\",le=\"0.025\"}";
+    assert_eq!(sample(&scrape, fast), 0.0);
+    let sum = sample(
+        &scrape,
+        "tollgate_request_duration_seconds_sum{route=\"echo\",method=\"GET\",class=\"2xx\"}",
+    );
+    assert!(sum >= 0.09, "{sum}");
+    let inf = "tollgate_request_duration_seconds_bucket{route=\"echo\",method=\"GET\",class=\"2xx\",le=\"+Inf\"}";
+    assert_eq!(sample(&scrape, inf), 3.0);
+    assert_eq!(
+        sample(
+            &scrape,
+            "tollgate_request_duration_seconds_count{route=\"echo\",method=\"POST\",class=\"2xx\"}"
+        ),
+        1.0
+    );
+    // Refusals count under their route, or `-` before any route matched; only
+    // forwarded requests have an upstream time.
+    assert_eq!(
+        sample(
+            &scrape,
+            "tollgate_request_duration_seconds_count{route=\"admin-closed\",method=\"GET\",class=\"4xx\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "tollgate_request_duration_seconds_count{route=\"-\",method=\"GET\",class=\"4xx\"}"
+        ),
+        1.0
+    );
+    let upstream = "tollgate_upstream_response_seconds_count{route=\"echo\"}";
+    assert_eq!(sample(&scrape, upstream), 4.0);
+    let upstream_sum = sample(
+        &scrape,
+        "tollgate_upstream_response_seconds_sum{route=\"echo\"}",
+    );
+    assert!(
+        upstream_sum >= 0.09 && upstream_sum <= sum + 1.0,
+        "{upstream_sum}"
+    );
+    assert!(!scrape.contains("tollgate_upstream_response_seconds_count{route=\"admin-closed\"}"));
+
+    // A reload (here one that closes the route) keeps what was counted.
+    std::fs::write(h.policy_path("10-closed.toml"), DENY_ECHO).unwrap();
+    h.gateway.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            h.get("/echo/a", &[]).await.status == 403
+        })
+        .await
+    );
+    // (The loop above may have reached the echo route once more before the reload.)
+    let after = h.metrics().await;
+    assert!(sample(&after, echo_get) >= 3.0, "{after}");
+    assert!(sample(&after, upstream) >= 4.0, "{after}");
+    assert!(
+        sample(
+            &after,
+            "tollgate_request_duration_seconds_count{route=\"echo-closed\",method=\"GET\",class=\"4xx\"}"
+        ) >= 1.0
+    );
+}

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
 use tollgate_policy::snapshot::LogFormat;
@@ -42,6 +42,8 @@ pub struct AccessLog {
     status: StatusCode,
     bytes_in: Arc<BodyStats>,
     bytes_out: u64,
+    /// How long the upstream took to answer the head, when the request was forwarded.
+    upstream: Option<Duration>,
 }
 
 impl AccessLog {
@@ -72,6 +74,7 @@ impl AccessLog {
             status: StatusCode::OK,
             bytes_in: Arc::new(BodyStats::default()),
             bytes_out: 0,
+            upstream: None,
         }
     }
 
@@ -97,6 +100,10 @@ impl AccessLog {
     pub fn set_status(&mut self, status: StatusCode) {
         self.status = status;
     }
+
+    pub fn set_upstream_time(&mut self, elapsed: Duration) {
+        self.upstream = Some(elapsed);
+    }
 }
 
 impl Observer for AccessLog {
@@ -108,6 +115,13 @@ impl Observer for AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         self.metrics.count_response(self.status);
+        self.metrics.observe_request(
+            self.route.as_deref().unwrap_or("-"),
+            &self.method,
+            self.status,
+            self.started.elapsed(),
+            self.upstream,
+        );
         if self.snapshot.log.access_log {
             (self.sink)(self.line());
         }

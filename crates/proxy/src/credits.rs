@@ -23,6 +23,7 @@ use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger, LedgerError};
 
 use crate::errors::{CreditError, GatewayError};
+use crate::histogram::Histogram;
 use crate::part::{Build, Part};
 
 /// How often reservations past their deadline are looked for.
@@ -37,32 +38,6 @@ const SWEEP_MAX: usize = 1000;
 enum Location {
     Embedded(PathBuf),
     Redis(RedisSettings),
-}
-
-/// Latency buckets of ledger calls, in microseconds.
-const BUCKETS_US: [u64; 10] = [
-    250, 500, 1_000, 2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
-];
-
-/// Ledger call latency, as a Prometheus histogram.
-#[derive(Debug, Default)]
-pub struct Latency {
-    buckets: [AtomicU64; BUCKETS_US.len()],
-    count: AtomicU64,
-    sum_us: AtomicU64,
-}
-
-impl Latency {
-    pub fn observe(&self, since: Instant) {
-        let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
-        for (bound, bucket) in BUCKETS_US.iter().zip(&self.buckets) {
-            if us <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
 }
 
 /// Why a reservation was voided (the metrics' `reason`).
@@ -107,7 +82,8 @@ pub struct CreditCounters {
     pub replays: AtomicU64,
     pub expired: AtomicU64,
     pub store_errors: AtomicU64,
-    pub latency: Latency,
+    /// Latency of the ledger calls on the request path.
+    pub latency: Histogram,
 }
 
 impl CreditCounters {
@@ -324,25 +300,7 @@ impl Part for Credits {
             );
         }
         out.push_str("# HELP tollgate_credit_ledger_seconds Latency of the ledger calls on the request path.\n# TYPE tollgate_credit_ledger_seconds histogram\n");
-        for (bound, bucket) in BUCKETS_US.iter().zip(&c.latency.buckets) {
-            let _ = writeln!(
-                out,
-                "tollgate_credit_ledger_seconds_bucket{{le=\"{}\"}} {}",
-                *bound as f64 / 1e6,
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = c.latency.count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "tollgate_credit_ledger_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "tollgate_credit_ledger_seconds_sum {}",
-            c.latency.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "tollgate_credit_ledger_seconds_count {count}");
+        c.latency.render(out, "tollgate_credit_ledger_seconds", "");
         out.push_str("# HELP tollgate_credit_ledger_ready Whether the ledger is open and the opening balances are in.\n# TYPE tollgate_credit_ledger_ready gauge\n");
         let _ = writeln!(
             out,

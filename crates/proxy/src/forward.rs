@@ -31,6 +31,7 @@ pub async fn forward(
     let stats = exchange.log.bytes_in();
     let upstream = upstreams.for_worker(exchange.worker).ok_or(Bug::NoPool)?;
     let timeout = exchange.snapshot.upstream.response_timeout;
+    let started = std::time::Instant::now();
     let sent = match meter::outlive_client(exchange, route) {
         None => upstream.send(request, timeout, &stats).await,
         Some(orphan) => {
@@ -51,6 +52,7 @@ pub async fn forward(
             sent
         }
     };
+    exchange.log.set_upstream_time(started.elapsed());
     sent.map_err(|e| match stats.cut_off() {
         CutOff::None => e,
         CutOff::OverLimit => RequestError::PayloadTooLarge {

@@ -39,6 +39,7 @@ mod errors;
 mod exchange;
 mod forward;
 mod headers;
+mod histogram;
 mod jwks;
 mod limit;
 mod meter;

@@ -111,7 +111,7 @@ pub async fn reserve(
                 .claim(worker, claim)
                 .await
                 .map_err(|e| credits.unavailable(&e))?;
-            credits.counters.latency.observe(started);
+            credits.counters.latency.observe(started.elapsed());
             match claimed {
                 Claimed::New => {}
                 Claimed::InFlight => return Err(CreditError::KeyInFlight.into()),
@@ -154,7 +154,7 @@ pub async fn reserve(
     };
     let started = std::time::Instant::now();
     let reserved = ledger.reserve(worker, reservation, now).await;
-    credits.counters.latency.observe(started);
+    credits.counters.latency.observe(started.elapsed());
     let reserved = match reserved {
         Ok(r) => r,
         Err(e) => {

@@ -1,14 +1,21 @@
 //! Process metrics, rendered in the Prometheus text format on the admin listener.
 //!
 //! Plain atomic counters: the set is small and fixed, so a registry would add weight
-//! without adding anything.
+//! without adding anything. Latency is kept per route ([`Histogram`]s): the whole
+//! request by method and status class, and the upstream's response head. Labels are
+//! bounded: route names from the configuration (`-` before a route was found), eight
+//! method names (`other` for the rest) and five status classes; never paths or
+//! client ids. The metrics live as long as the process, so a reload keeps them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
+
+use crate::histogram::Histogram;
 
 use crate::caller::AuthMethod;
 use crate::errors::{Family, Problem};
@@ -32,9 +39,100 @@ pub struct Metrics {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Requests per API key id: who still has to migrate.
     api_key_use: Mutex<BTreeMap<String, u64>>,
+    /// Latency by route name.
+    times: RwLock<BTreeMap<String, Box<RouteTimes>>>,
+}
+
+/// The method labels of the duration histograms.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+/// One route's latency.
+#[derive(Debug, Default)]
+struct RouteTimes {
+    /// The whole request, by method and status class.
+    requests: [[Histogram; 5]; METHODS.len()],
+    /// From sending the request upstream to the response head (or the failure).
+    upstream: Histogram,
+}
+
+fn method_index(method: &Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// A label value as the exposition format wants it.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
+    /// Records a finished request: how long it took in all, and how long the upstream
+    /// took to answer its head when it was forwarded.
+    pub fn observe_request(
+        &self,
+        route: &str,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+        upstream: Option<Duration>,
+    ) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let method = method_index(method);
+        let record = |times: &RouteTimes| {
+            times.requests[method][class].observe(elapsed);
+            if let Some(upstream) = upstream {
+                times.upstream.observe(upstream);
+            }
+        };
+        if let Some(times) = self
+            .times
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route)
+        {
+            record(times);
+            return;
+        }
+        let mut times = self.times.write().unwrap_or_else(PoisonError::into_inner);
+        record(times.entry(route.to_owned()).or_default());
+    }
+
+    fn render_times(&self, out: &mut String) {
+        let times = self.times.read().unwrap_or_else(PoisonError::into_inner);
+        out.push_str("# HELP tollgate_request_duration_seconds Time from the request head to the end of the response, by route, method and status class.\n");
+        out.push_str("# TYPE tollgate_request_duration_seconds histogram\n");
+        for (route, t) in times.iter() {
+            let route = label(route);
+            for (method, by_class) in METHODS.iter().zip(&t.requests) {
+                for (class, h) in by_class.iter().enumerate() {
+                    if h.count() > 0 {
+                        let labels = format!(
+                            "route=\"{route}\",method=\"{method}\",class=\"{}xx\"",
+                            class + 1
+                        );
+                        h.render(out, "tollgate_request_duration_seconds", &labels);
+                    }
+                }
+            }
+        }
+        out.push_str("# HELP tollgate_upstream_response_seconds Time from sending a request upstream to its response head (or failure), by route.\n");
+        out.push_str("# TYPE tollgate_upstream_response_seconds histogram\n");
+        for (route, t) in times.iter() {
+            if t.upstream.count() > 0 {
+                let labels = format!("route=\"{}\"", label(route));
+                t.upstream
+                    .render(out, "tollgate_upstream_response_seconds", &labels);
+            }
+        }
+    }
+
     pub fn count_response(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
@@ -202,6 +300,7 @@ impl Metrics {
             "tollgate_connections_refused_total {}",
             get(&self.connections_refused)
         );
+        self.render_times(&mut out);
         out
     }
 }
