@@ -6,6 +6,8 @@
 //! bounded: route names from the configuration (`-` before a route was found), eight
 //! method names (`other` for the rest) and five status classes; never paths or
 //! client ids. The metrics live as long as the process, so a reload keeps them.
+//! Recording a request's latency costs about 800 instructions (callgrind,
+//! `tests/bench/instructions.sh`: 69,952 → 70,749 per anonymous request, +1.1%).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
