@@ -327,3 +327,86 @@ async fn unmatched_forward_never_bypasses_a_route_by_method() {
     assert_eq!(r.json()["path"], "/elsewhere");
     assert_eq!(h.backend.requests(), 1);
 }
+
+/// The access line of the request with id `request_id`.
+fn access_line(h: &Harness, request_id: &str) -> serde_json::Value {
+    let logs = h.gateway.stderr();
+    let line = logs
+        .lines()
+        .find(|l| l.contains(request_id) && l.contains("tollgate::access"))
+        .unwrap_or_else(|| panic!("no access line for {request_id}:\n{logs}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test]
+async fn the_clients_trace_is_continued_to_the_backend_and_logged() {
+    let h = Harness::start().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let response = h
+        .get(
+            "/echo/traced",
+            &[
+                ("traceparent", &sent),
+                ("tracestate", "congo=t61rcWkgMzE"),
+                ("tracestate", "rojo=00f067aa0ba902b7"),
+                ("x-request-id", "trace-test-1"),
+            ],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    let parent = response.echoed_header("traceparent");
+    assert_eq!(parent.len(), 1, "{parent:?}");
+    let parent = &parent[0];
+    // Same trace and sampled flag; the gateway's own span as the parent.
+    assert!(parent.starts_with(&format!("00-{trace}-")), "{parent}");
+    assert!(parent.ends_with("-01"), "{parent}");
+    assert_ne!(parent, &sent);
+    assert_ne!(&parent[36..52], "0000000000000000");
+    assert_eq!(
+        response.echoed_header("tracestate"),
+        ["congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"]
+    );
+    assert!(
+        h.gateway
+            .wait_for_log("trace-test-1", Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(access_line(&h, "trace-test-1")["trace_id"], trace);
+}
+
+#[tokio::test]
+async fn a_malformed_or_missing_trace_starts_a_new_one() {
+    let h = Harness::start().await;
+    let forged = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+    let response = h
+        .get(
+            "/echo/forged",
+            &[
+                ("traceparent", forged),
+                ("tracestate", "evil=1"),
+                ("x-request-id", "trace-test-2"),
+            ],
+        )
+        .await;
+    let parent = response.echoed_header("traceparent");
+    assert_eq!(parent.len(), 1, "{parent:?}");
+    assert!(!parent[0].to_ascii_lowercase().contains("4bf92f3577b34da6"));
+    assert!(parent[0].ends_with("-00"), "a new trace is not sampled");
+    assert!(response.echoed_header("tracestate").is_empty());
+
+    // Without one, every request gets a trace of its own, and the log names it.
+    let a = h.get("/echo/a", &[("x-request-id", "trace-test-3")]).await;
+    let b = h.get("/echo/b", &[]).await;
+    let (a, b) = (
+        a.echoed_header("traceparent")[0].clone(),
+        b.echoed_header("traceparent")[0].clone(),
+    );
+    assert_ne!(a[3..35], b[3..35]);
+    assert!(
+        h.gateway
+            .wait_for_log("trace-test-3", Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(access_line(&h, "trace-test-3")["trace_id"], a[3..35]);
+}

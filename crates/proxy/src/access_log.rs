@@ -44,6 +44,8 @@ pub struct AccessLog {
     bytes_out: u64,
     /// How long the upstream took to answer the head, when the request was forwarded.
     upstream: Option<Duration>,
+    /// The W3C trace the request belongs to.
+    trace_id: Option<[u8; 16]>,
 }
 
 impl AccessLog {
@@ -75,6 +77,7 @@ impl AccessLog {
             bytes_in: Arc::new(BodyStats::default()),
             bytes_out: 0,
             upstream: None,
+            trace_id: None,
         }
     }
 
@@ -99,6 +102,10 @@ impl AccessLog {
 
     pub fn set_status(&mut self, status: StatusCode) {
         self.status = status;
+    }
+
+    pub fn set_trace_id(&mut self, trace_id: [u8; 16]) {
+        self.trace_id = Some(trace_id);
     }
 
     pub fn set_upstream_time(&mut self, elapsed: Duration) {
@@ -137,8 +144,12 @@ impl AccessLog {
             .map(|q| bounded(redact_query(q, &log.redact_query_params)))
             .unwrap_or_default();
         let path = bounded(redact_path(&self.path, &log.redact_query_params));
-        let fields: [(&str, Value); 12] = [
+        let trace_id = self
+            .trace_id
+            .map_or_else(|| "-".to_owned(), |id| crate::trace_context::hex(&id));
+        let fields: [(&str, Value); 13] = [
             ("request_id", Value::Text(&self.request_id)),
+            ("trace_id", Value::Text(&trace_id)),
             ("route", Value::Text(self.route.as_deref().unwrap_or("-"))),
             ("method", Value::Text(self.method.as_str())),
             ("path", Value::Text(&path)),

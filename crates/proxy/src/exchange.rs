@@ -20,6 +20,7 @@ use tollgate_state::rate::Decision;
 use crate::access_log::AccessLog;
 pub use crate::caller::{AuthMethod, Caller, Consumed, Identity};
 use crate::reservation::{Hold, KeyClaim};
+use crate::trace_context::TraceContext;
 
 /// How the client reached the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +53,8 @@ pub struct Exchange<'a> {
     pub client: IpAddr,
     pub scheme: Scheme,
     pub request_id: String,
+    /// The W3C trace it belongs to, continued to the backend.
+    pub trace: TraceContext,
     /// Seconds since the epoch when the request arrived.
     pub now: u64,
     /// The route, once routing has chosen one.

@@ -44,6 +44,7 @@ use crate::exchange::{Exchange, Scheme};
 use crate::metrics::Metrics;
 use crate::respond::ResponseBody;
 use crate::runtime::{Active, Runtime};
+use crate::trace_context::TraceContext;
 use crate::{
     accept, authenticate, cors, forward, limit, meter, normalize, problem, request_id, respond,
     rewrite, route, x_forwarded,
@@ -61,12 +62,13 @@ pub async fn handle(
     let active = runtime.active();
     let snapshot = &active.snapshot;
     let request_id = request_id::from_headers(request.headers());
+    let trace = TraceContext::from_headers(request.headers());
     let client = x_forwarded::client_addr(
         peer.ip(),
         request.headers(),
         &snapshot.server.trusted_proxies,
     );
-    let log = AccessLog::start(
+    let mut log = AccessLog::start(
         std::sync::Arc::clone(&runtime.access_sink),
         std::sync::Arc::clone(snapshot),
         std::sync::Arc::clone(&runtime.metrics),
@@ -76,6 +78,7 @@ pub async fn handle(
         request.uri().query(),
         client,
     );
+    log.set_trace_id(trace.trace_id);
     let mut exchange = Exchange {
         snapshot,
         worker,
@@ -83,6 +86,7 @@ pub async fn handle(
         client,
         scheme,
         request_id,
+        trace,
         now: unix_now(),
         route: None,
         caller: Default::default(),

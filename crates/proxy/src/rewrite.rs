@@ -30,7 +30,7 @@ use crate::client_id::{self, Caller as ClientCaller};
 use crate::errors::{AccessError, Bug, GatewayError, RequestError};
 use crate::exchange::{AuthMethod, Exchange};
 use crate::multipart::Scanner;
-use crate::{headers, request_id, x_forwarded};
+use crate::{headers, request_id, trace_context, x_forwarded};
 
 /// The header a legacy API key comes in when `[api_keys]` names none.
 const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -114,6 +114,13 @@ pub fn upstream_head(
     );
     if let Ok(id) = HeaderValue::from_str(&exchange.request_id) {
         h.insert(request_id::HEADER, id);
+    }
+    // The client's trace headers are replaced by the continued (or new) trace: the
+    // backend never sees a traceparent the gateway did not check.
+    h.insert(trace_context::TRACEPARENT, exchange.trace.traceparent());
+    h.remove(trace_context::TRACESTATE);
+    if let Some(state) = &exchange.trace.state {
+        h.insert(trace_context::TRACESTATE, state.clone());
     }
     if let Ok(host) = HeaderValue::from_str(snapshot.upstream.authority.as_str()) {
         h.insert(HOST, host);

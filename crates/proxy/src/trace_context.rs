@@ -1,0 +1,261 @@
+//! W3C Trace Context (<https://www.w3.org/TR/trace-context/>): the trace a request
+//! belongs to, continued to the backend.
+//!
+//! A valid `traceparent` from the client is continued: the backend gets the same trace
+//! id and sampled flag, with the gateway's own span id as the parent, and the client's
+//! `tracestate` as it came (several header lines joined with commas). A missing or
+//! malformed `traceparent` starts a new trace (not sampled: the gateway records no
+//! spans; the backend may decide to) and its `tracestate` is dropped, as the
+//! specification asks. Either way the trace id is in the access line, so a request can
+//! be followed from the client's trace through the gateway into the backend's logs.
+//!
+//! New ids come from a per-thread SplitMix64 generator seeded once from the operating
+//! system's randomness: unique enough for tracing, with no system call per request.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::fmt::Write as _;
+use std::hash::{BuildHasher, Hasher};
+
+use http::{HeaderMap, HeaderValue};
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+/// The sampled flag, the only one version 00 defines.
+const SAMPLED: u8 = 0x01;
+
+/// The trace of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The gateway's own span: the parent the backend sees.
+    pub span_id: [u8; 8],
+    pub flags: u8,
+    /// The client's `tracestate`, kept only with a valid `traceparent`.
+    pub state: Option<HeaderValue>,
+}
+
+impl TraceContext {
+    /// Continues the client's trace, or starts one.
+    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        let mut parents = headers.get_all(TRACEPARENT).iter();
+        let parsed = match (parents.next(), parents.next()) {
+            (Some(value), None) => parse(value.as_bytes()),
+            _ => None,
+        };
+        match parsed {
+            Some((trace_id, flags)) => TraceContext {
+                trace_id,
+                span_id: span_id(),
+                flags,
+                state: joined(headers, TRACESTATE),
+            },
+            None => TraceContext {
+                trace_id: trace_id(),
+                span_id: span_id(),
+                flags: 0,
+                state: None,
+            },
+        }
+    }
+
+    /// The `traceparent` the backend gets.
+    pub fn traceparent(&self) -> HeaderValue {
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        hex_into(&mut text, &self.trace_id);
+        text.push('-');
+        hex_into(&mut text, &self.span_id);
+        let _ = write!(text, "-{:02x}", self.flags);
+        // Hex digits and dashes only: always a valid header value.
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// An id as lowercase hex (the access line's `trace_id`).
+pub fn hex(id: &[u8]) -> String {
+    let mut text = String::with_capacity(2 * id.len());
+    hex_into(&mut text, id);
+    text
+}
+
+/// A `traceparent`'s trace id and flags (only the sampled bit is kept: the gateway
+/// speaks version 00), or `None` when it is not valid.
+fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
+    let version = hex_byte(value.get(0..2)?)?;
+    // Version 255 is invalid; 00 has exactly 55 characters; a later version may add
+    // fields after a dash, and its first four are read as version 00's.
+    let length_ok = match version {
+        0xff => false,
+        0x00 => value.len() == 55,
+        _ => value.len() == 55 || (value.len() > 55 && value[55] == b'-'),
+    };
+    if !length_ok || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let mut trace_id = [0u8; 16];
+    for (i, byte) in trace_id.iter_mut().enumerate() {
+        *byte = hex_byte(&value[3 + 2 * i..5 + 2 * i])?;
+    }
+    let mut parent = [0u8; 8];
+    for (i, byte) in parent.iter_mut().enumerate() {
+        *byte = hex_byte(&value[36 + 2 * i..38 + 2 * i])?;
+    }
+    let flags = hex_byte(&value[53..55])?;
+    if trace_id == [0; 16] || parent == [0; 8] {
+        return None;
+    }
+    Some((trace_id, flags & SAMPLED))
+}
+
+/// Two lowercase hex digits (the specification allows no uppercase).
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    match pair {
+        [hi, lo] => Some(digit(*hi)? << 4 | digit(*lo)?),
+        _ => None,
+    }
+}
+
+fn hex_into(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+}
+
+/// Every line of header `name`, joined with commas.
+fn joined(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first.clone());
+    };
+    let mut all = first.as_bytes().to_vec();
+    for value in std::iter::once(second).chain(values) {
+        all.push(b',');
+        all.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_bytes(&all).ok()
+}
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(RandomState::new().build_hasher().finish());
+}
+
+/// The next number of this thread's SplitMix64 sequence.
+fn next() -> u64 {
+    STATE.with(|state| {
+        let s = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+fn nonzero(mut draw: impl FnMut() -> u64) -> u64 {
+    loop {
+        let n = draw();
+        if n != 0 {
+            return n;
+        }
+    }
+}
+
+fn trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&nonzero(next).to_be_bytes());
+    id[8..].copy_from_slice(&next().to_be_bytes());
+    id
+}
+
+fn span_id() -> [u8; 8] {
+    nonzero(next).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn context(lines: &[(&str, &str)]) -> TraceContext {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        TraceContext::from_headers(&headers)
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_continued_under_the_gateways_own_span() {
+        let t = context(&[
+            (TRACEPARENT, VALID),
+            (TRACESTATE, "congo=t61rcWkgMzE"),
+            (TRACESTATE, "rojo=00f067aa0ba902b7"),
+        ]);
+        assert_eq!(hex(&t.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.flags, 1);
+        let parent = t.traceparent();
+        let parent = parent.to_str().unwrap();
+        assert!(parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(parent.ends_with("-01"));
+        assert_eq!(parent.len(), 55);
+        assert_ne!(&parent[36..52], "00f067aa0ba902b7");
+        assert_ne!(&parent[36..52], "0000000000000000");
+        assert_eq!(t.state.unwrap(), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7");
+        // A later version's first four fields are read; unknown flags are dropped.
+        let later = context(&[(
+            TRACEPARENT,
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-what-comes-next",
+        )]);
+        assert_eq!(hex(&later.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(later.flags, 1);
+    }
+
+    #[test]
+    fn anything_malformed_starts_a_new_trace_and_drops_the_state() {
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "",
+        ] {
+            let t = context(&[(TRACEPARENT, bad), (TRACESTATE, "a=1")]);
+            assert_ne!(
+                hex(&t.trace_id),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad:?}"
+            );
+            assert_eq!(t.state, None, "{bad:?}");
+            assert_eq!(t.flags, 0);
+        }
+        // Two traceparent lines: which one is meant cannot be known.
+        let two = context(&[(TRACEPARENT, VALID), (TRACEPARENT, VALID)]);
+        assert_ne!(hex(&two.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn new_traces_differ() {
+        let a = context(&[]);
+        let b = context(&[]);
+        assert_ne!(a.trace_id, b.trace_id);
+        assert_ne!(a.span_id, b.span_id);
+        assert_ne!(a.trace_id, [0; 16]);
+        assert!(a.traceparent().to_str().unwrap().ends_with("-00"));
+    }
+}
