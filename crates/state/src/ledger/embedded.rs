@@ -917,3 +917,73 @@ impl Ledger for EmbeddedLedger {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_testkit::TempDir;
+
+    fn credit(seq: u64, balance: u64) -> Line {
+        let mut movement = movement("a", seq);
+        movement.seq = seq;
+        movement.amount = 1;
+        movement.balance = balance;
+        Line {
+            movement,
+            deadline: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn segments_a_checkpoint_covered_are_skipped_and_later_records_replayed() {
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            tables::load(&db).unwrap();
+            let lines: Vec<Line> = (1..=20).map(|s| credit(s, s)).collect();
+            tables::checkpoint(&db, &lines).unwrap();
+        }
+        let segment = |number: u64, seqs: &mut dyn Iterator<Item = u64>| {
+            let mut bytes = Vec::new();
+            for s in seqs {
+                wal::encode(&credit(s, s), &mut bytes);
+            }
+            std::fs::write(dir.path().join(format!("ledger.redb.wal-{number}")), bytes).unwrap();
+        };
+        // A crash between a checkpoint's commit and the deletion of the segments it
+        // covered leaves them behind: their records are skipped, the later ones replayed.
+        segment(2, &mut (3..=9));
+        segment(4, &mut (10..=25));
+        segment(5, &mut (26..=30));
+
+        let ledger = EmbeddedLedger::open(&path).unwrap();
+        assert_eq!(
+            ledger.account(0, "a").await.unwrap(),
+            Account {
+                available: 30,
+                held: 0
+            }
+        );
+        let report = ledger.verify(0).await.unwrap();
+        assert!(report.problems.is_empty(), "{report:#?}");
+        assert_eq!(report.movements, 30);
+    }
+
+    #[tokio::test]
+    async fn a_record_missing_from_the_middle_stops_the_start() {
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        let mut bytes = Vec::new();
+        for s in [1, 2, 4] {
+            wal::encode(&credit(s, s), &mut bytes);
+        }
+        std::fs::write(dir.path().join("ledger.redb.wal-1"), bytes).unwrap();
+        match EmbeddedLedger::open(&path) {
+            Err(LedgerError::Corrupt(why)) => {
+                assert!(why.contains("jumps from movement 2 to 4"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
