@@ -118,7 +118,7 @@ pub fn upstream_head(
     // The client's trace headers are replaced by the continued (or new) trace: the
     // backend never sees a traceparent the gateway did not check.
     h.insert(trace_context::TRACEPARENT, exchange.trace.traceparent());
-    h.remove(trace_context::TRACESTATE);
+    h.remove(&trace_context::TRACESTATE);
     if let Some(state) = &exchange.trace.state {
         h.insert(trace_context::TRACESTATE, state.clone());
     }
