@@ -11,6 +11,9 @@
 //!
 //! New ids come from a per-thread SplitMix64 generator seeded once from the operating
 //! system's randomness: unique enough for tracing, with no system call per request.
+//! All of it costs about 2,900 instructions a request (callgrind,
+//! `tests/bench/instructions.sh`: 70,749 → 73,670 anonymous), most of it the extra
+//! header on the way upstream and the log field.
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;
