@@ -468,6 +468,35 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_one_json_movement_from_older_files_still_read() {
+        let dir = TempDir::new();
+        let db = Database::create(dir.path().join("l.redb")).unwrap();
+        load(&db).unwrap();
+        // As the ledger wrote its journal before chunks: one JSON movement a row, and
+        // the account beside it.
+        let old = credit(1, "a", 1).movement;
+        let txn = db.begin_write().unwrap();
+        {
+            let mut journal = txn.open_table(JOURNAL).unwrap();
+            let json = serde_json::to_vec(&old).unwrap();
+            journal.insert(("a", 1), json.as_slice()).unwrap();
+            let mut accounts = txn.open_table(ACCOUNTS).unwrap();
+            accounts.insert("a", (1, 0)).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("seq", 1).unwrap();
+        }
+        txn.commit().unwrap();
+        checkpoint(&db, &[credit(2, "a", 2)]).unwrap();
+        let seqs: Vec<u64> = read_journal(&db, "a", u64::MAX, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, [2, 1]);
+        assert!(verify(&db).unwrap().problems.is_empty());
+    }
+
+    #[test]
     fn history_pages_run_across_chunks_and_checkpoints() {
         let dir = TempDir::new();
         let db = Database::create(dir.path().join("l.redb")).unwrap();
