@@ -468,3 +468,42 @@ async fn a_per_account_limit_cannot_be_dodged_by_naming_the_account_differently(
         .await
         .assert_problem(400, "LOGIN_AMBIGUOUS");
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_a_limits_numbers_keeps_its_metric_counting() {
+    let h = harness("").await;
+    let alice = bearer_for("alice");
+    for _ in 0..3 {
+        let r = h.get("/echo/one/x", &[("authorization", &alice)]).await;
+        assert_eq!(r.status, 200);
+    }
+    let allowed = "tollgate_rate_limit_decisions_total{policy=\"per-client\",store=\"local\",outcome=\"allowed\"}";
+    assert!(h.metrics().await.contains(&format!("{allowed} 3\n")));
+    // 3 per hour becomes 5 per hour: the allowance starts afresh (new numbers), the
+    // counter of decisions does not go back to zero.
+    let path = h.policy_path("10.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replacen("rate = 3\nperiod = \"1h\"", "rate = 5\nperiod = \"1h\"", 1),
+    )
+    .unwrap();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            h.get("/echo/one/x", &[("authorization", &alice)])
+                .await
+                .header("x-ratelimit-limit")
+                == Some("5")
+        })
+        .await,
+        "the edit was not picked up"
+    );
+    let metrics = h.metrics().await;
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(allowed)?.trim().parse().ok())
+        .unwrap();
+    // Three before the reload, at least the one that saw the new limit after it (plus
+    // any the wait sent before the edit landed, which were refused).
+    assert!(count >= 4, "{metrics}");
+}
