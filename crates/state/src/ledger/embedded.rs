@@ -37,7 +37,7 @@ use redb::Database;
 use tokio::sync::oneshot;
 use tollgate_policy::snapshot::LedgerSync;
 
-use self::tables::{corrupt, err, held_after, reservation_of, KeyDone, KeyOp};
+use self::tables::{account_after, corrupt, effect, err, Effect, KeyDone, KeyOp};
 use self::wal::{Line, Pending, Segment, Writer};
 use super::{
     decide_adjust, decide_settle, Account, Adjust, Adjusted, Claim, Claimed, Kind, Ledger,
@@ -141,21 +141,18 @@ impl Book {
     fn replay(&mut self, line: Line) {
         let m = &line.movement;
         let account = self.accounts.entry(m.client.clone()).or_default();
-        account.available = m.balance;
-        account.held = held_after(account.held, m.held_change);
-        match (m.kind, &m.reservation) {
-            (Kind::Reserve, Some(id)) => {
-                if let Some(r) = reservation_of(&line) {
-                    self.reservations.insert(id.clone(), r);
-                }
+        *account = account_after(&line, *account);
+        match effect(&line) {
+            Effect::Opens(r) => {
+                self.reservations.insert(r.id.clone(), r);
             }
-            (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => {
+            Effect::Closes(id) => {
                 self.reservations.remove(id);
             }
-            (Kind::Opening, _) => {
+            Effect::Opening => {
                 self.opened.insert(m.client.clone());
             }
-            _ => {}
+            Effect::Nothing => {}
         }
         self.seq = m.seq;
         self.recent.push(line);

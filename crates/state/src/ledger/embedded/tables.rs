@@ -93,23 +93,42 @@ pub(super) fn load(db: &Database) -> Result<Loaded, LedgerError> {
     Ok(loaded)
 }
 
-/// The reservation a `reserve` line opened.
-pub(super) fn reservation_of(line: &Line) -> Option<Reservation> {
-    let m = &line.movement;
-    (m.kind == Kind::Reserve).then(|| Reservation {
-        id: m.reservation.clone().unwrap_or_default(),
-        client: m.client.clone(),
-        amount: u64::try_from(m.held_change).unwrap_or(0),
-        deadline: line.deadline,
-        route: m.route.clone(),
-        request_id: m.request_id.clone(),
-        idempotency_key: m.idempotency_key.clone(),
-    })
+/// What a logged movement does besides setting its client's account: the one rule
+/// that rebuilding the ledger in memory and checkpointing it into the file both follow.
+pub(super) enum Effect<'a> {
+    /// A reservation opens.
+    Opens(Reservation),
+    /// The reservation with this id is posted, voided or expired.
+    Closes(&'a str),
+    /// The client's opening balance is in.
+    Opening,
+    Nothing,
 }
 
-/// `held` after a movement that changed it by `change`.
-pub(super) fn held_after(held: u64, change: i64) -> u64 {
-    held.saturating_add_signed(change)
+pub(super) fn effect(line: &Line) -> Effect<'_> {
+    let m = &line.movement;
+    match (m.kind, m.reservation.as_deref()) {
+        (Kind::Reserve, Some(id)) => Effect::Opens(Reservation {
+            id: id.to_owned(),
+            client: m.client.clone(),
+            amount: u64::try_from(m.held_change).unwrap_or(0),
+            deadline: line.deadline,
+            route: m.route.clone(),
+            request_id: m.request_id.clone(),
+            idempotency_key: m.idempotency_key.clone(),
+        }),
+        (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => Effect::Closes(id),
+        (Kind::Opening, _) => Effect::Opening,
+        _ => Effect::Nothing,
+    }
+}
+
+/// The client's account after the movement, from the one before it.
+pub(super) fn account_after(line: &Line, before: Account) -> Account {
+    Account {
+        available: line.movement.balance,
+        held: before.held.saturating_add_signed(line.movement.held_change),
+    }
 }
 
 /// Writes `lines` (consecutive, oldest first) into the file in one durable transaction.
@@ -130,31 +149,28 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
         let mut changed: HashMap<&str, Option<Reservation>> = HashMap::with_capacity(lines.len());
         for line in lines {
             let m = &line.movement;
-            let held = match touched.get(m.client.as_str()) {
-                Some(a) => a.held,
-                None => accounts
-                    .get(m.client.as_str())
-                    .map_err(err)?
-                    .map_or(0, |v| v.value().1),
+            let before = match touched.get(m.client.as_str()) {
+                Some(a) => *a,
+                None => accounts.get(m.client.as_str()).map_err(err)?.map_or_else(
+                    Account::default,
+                    |v| {
+                        let (available, held) = v.value();
+                        Account { available, held }
+                    },
+                ),
             };
-            touched.insert(
-                &m.client,
-                Account {
-                    available: m.balance,
-                    held: held_after(held, m.held_change),
-                },
-            );
-            match (m.kind, m.reservation.as_deref()) {
-                (Kind::Reserve, Some(id)) => {
-                    changed.insert(id, reservation_of(line));
+            touched.insert(&m.client, account_after(line, before));
+            match effect(line) {
+                Effect::Opens(r) => {
+                    changed.insert(m.reservation.as_deref().unwrap_or_default(), Some(r));
                 }
-                (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => {
+                Effect::Closes(id) => {
                     changed.insert(id, None);
                 }
-                (Kind::Opening, _) => {
+                Effect::Opening => {
                     opened.insert(m.client.as_str(), m.seq).map_err(err)?;
                 }
-                _ => {}
+                Effect::Nothing => {}
             }
         }
         for (client, account) in touched {
