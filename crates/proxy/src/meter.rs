@@ -142,7 +142,7 @@ pub async fn reserve(
         }
     };
 
-    let id = reservation_id()?;
+    let id = crate::request_id::generate();
     let reservation = Reservation {
         id: id.clone(),
         client: client.clone(),
@@ -199,23 +199,6 @@ pub async fn reserve(
             .into())
         }
     }
-}
-
-/// A reservation id unique across instances and restarts: 96 random bits drawn once
-/// per process, then a counter. (A fresh random id per request cost a `getrandom`
-/// system call on the metered path.)
-fn reservation_id() -> Result<String, GatewayError> {
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = match PREFIX.get() {
-        Some(p) => p,
-        None => {
-            let drawn = tollgate_auth::random::token(12).map_err(|_| Bug::Randomness)?;
-            PREFIX.get_or_init(|| drawn)
-        }
-    };
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(format!("{prefix}.{n:x}"))
 }
 
 fn duration_ms(d: std::time::Duration) -> u64 {

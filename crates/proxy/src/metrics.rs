@@ -59,6 +59,11 @@ struct RouteTimes {
     upstream: Histogram,
 }
 
+/// The status class, 1xx..5xx, as an index 0..5.
+fn class_index(status: StatusCode) -> usize {
+    usize::from(status.as_u16() / 100).clamp(1, 5) - 1
+}
+
 fn method_index(method: &Method) -> usize {
     METHODS
         .iter()
@@ -85,7 +90,7 @@ impl Metrics {
         elapsed: Duration,
         upstream: Option<Duration>,
     ) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let class = class_index(status);
         let method = method_index(method);
         let record = |times: &RouteTimes| {
             times.requests[method][class].observe(elapsed);
@@ -136,8 +141,7 @@ impl Metrics {
     }
 
     pub fn count_response(&self, status: StatusCode) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.responses[class_index(status)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_auth(&self, method: AuthMethod, key_id: Option<&str>) {

@@ -27,8 +27,9 @@ fn is_acceptable(id: &str) -> bool {
 }
 
 /// A process-unique id: a random 64-bit prefix drawn once per process (so ids from
-/// several instances do not collide) and a counter.
-fn generate() -> String {
+/// several instances do not collide) and a counter. Request ids and reservation ids
+/// (`meter`) both come from here: neither costs a system call per request.
+pub fn generate() -> String {
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     // `RandomState` is seeded from the operating system's randomness.
