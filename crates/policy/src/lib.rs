@@ -23,5 +23,5 @@ pub mod snapshot;
 pub mod sources;
 
 pub use diagnostic::{Diagnostic, Severity};
-pub use load::{load, load_from, LoadError, DEV_KEYS_DIR};
+pub use load::{client_config, load, load_from, LoadError, DEV_KEYS_DIR};
 pub use snapshot::{Route, RouteAction, RouteMatch, Snapshot};

@@ -302,6 +302,37 @@ pub struct Server {
     pub bodies: BodyLimits,
     /// Client connections open at once in this process; more are closed on accept.
     pub max_connections: usize,
+    /// Plain listeners also take HTTP/2 with prior knowledge (h2c). Fixed at start-up.
+    pub h2c: bool,
+    /// Peers whose connections start with a PROXY protocol v2 header naming the client.
+    pub proxy_protocol_from: Vec<Cidr>,
+    /// `[server.tls]`: its listeners are fixed at start-up; its certificates follow
+    /// every reload (a changed certificate file is a reload).
+    pub tls: Option<Tls>,
+}
+
+/// Listeners that terminate TLS (1.2 and 1.3), offering HTTP/2 and HTTP/1.1 by ALPN.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: Vec<SocketAddr>,
+    /// Chosen by the name the client asks for (SNI); the first when it asks for none, or
+    /// for a name no certificate is for.
+    pub certificates: Vec<ServedCertificate>,
+    /// Sent on every response over TLS.
+    pub strict_transport_security: Option<HeaderValue>,
+}
+
+/// A certificate chain with its private key, checked to belong together.
+#[derive(Clone)]
+pub struct ServedCertificate {
+    pub cert_file: PathBuf,
+    pub key: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl std::fmt::Debug for ServedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServedCertificate({})", self.cert_file.display())
+    }
 }
 
 /// What happens to a request header whose name contains `_`: CGI, WSGI, PHP and many
@@ -342,6 +373,32 @@ pub struct Upstream {
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle: usize,
+    /// `Some` for an https URL.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How the gateway reaches an https upstream: whom it trusts, what it presents. The
+/// host name of the URL is the name sent (SNI) and the name its certificate must be for.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The bytes of the files it was made from: a reload that changes none of them keeps
+    /// the pool and its connections.
+    pub source: Vec<u8>,
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for UpstreamTls {}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamTls(..)")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,7 +14,7 @@
 //! hyper as RFC 9112 §6.3 says: chunked wins, `Content-Length` is removed before we see
 //! the request, and the connection is closed after the response.)
 
-use http::header::{CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::{Method, Request, Uri, Version};
 use tollgate_policy::snapshot::{Server, Underscores};
 
@@ -94,6 +94,21 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
     Ok(())
 }
 
+/// An HTTP/2 request names its host in `:authority` and may send no `Host`; the stages
+/// after this one, and the backend (always spoken to in HTTP/1.1), read it as `Host`.
+pub fn host_from_authority<B>(request: &mut Request<B>) {
+    if request.version() != Version::HTTP_2 || request.headers().contains_key(HOST) {
+        return;
+    }
+    let host = request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        request.headers_mut().insert(HOST, host);
+    }
+}
+
 /// Whether this is `OPTIONS *`, a question about the server itself.
 pub fn is_server_options<B>(request: &Request<B>) -> bool {
     request.method() == Method::OPTIONS && request.uri().path() == "*"
@@ -143,6 +158,9 @@ mod tests {
                 max_buffered: 1,
             },
             max_connections: 1,
+            h2c: false,
+            proxy_protocol_from: Vec::new(),
+            tls: None,
         }
     }
 
@@ -194,6 +212,22 @@ mod tests {
         // HTTP/1.1 still needs Host.
         let r = request("GET", "https://gw/a", &[]);
         assert!(check(&r, &limits(), Scheme::Https).is_err());
+    }
+
+    #[test]
+    fn an_http2_authority_becomes_the_host_the_later_stages_read() {
+        let mut r = request("GET", "https://gw.example:8443/a", &[]);
+        *r.version_mut() = Version::HTTP_2;
+        host_from_authority(&mut r);
+        assert_eq!(r.headers()[HOST], "gw.example:8443");
+        // A Host the client sent (and `check` found equal) stays; HTTP/1.1 is untouched.
+        let mut r = request("GET", "https://gw/a", &[("host", "GW")]);
+        *r.version_mut() = Version::HTTP_2;
+        host_from_authority(&mut r);
+        assert_eq!(r.headers()[HOST], "GW");
+        let mut r = request("GET", "https://gw/a", &[]);
+        host_from_authority(&mut r);
+        assert!(!r.headers().contains_key(HOST));
     }
 
     #[test]

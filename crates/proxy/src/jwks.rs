@@ -71,23 +71,14 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 fn client(
     ca_pem: Option<&[u8]>,
 ) -> Result<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("ca_file: {e}"))?;
-                roots.add(cert).map_err(|e| format!("ca_file: {e}"))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let roots = match ca_pem {
+        Some(pem) => CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("ca_file: {e}"))?,
+        None => Vec::new(),
+    };
+    let config =
+        tollgate_policy::client_config(roots, None).map_err(|e| format!("ca_file: {e}"))?;
     let connector = HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()

@@ -19,7 +19,9 @@
 //!   `credits` (the token ledger; a request's open money is in `reservation`), and
 //!   the limiters and body budget of `limit` and `body`;
 //! - errors: `errors` (a leaf) and `problem` (rendering);
-//! - operations: `server` (listeners), `admin`, `metrics`, `access_log`.
+//! - operations: `server` (listeners, HTTP/1.1 and HTTP/2), `tls` (termination),
+//!   `proxy_protocol` (client addresses from a load balancer), `admin`, `metrics`,
+//!   `access_log`.
 
 #![forbid(unsafe_code)]
 
@@ -49,6 +51,7 @@ mod normalize;
 mod part;
 mod pipeline;
 mod problem;
+mod proxy_protocol;
 mod redis_link;
 mod replay;
 mod request_id;
@@ -59,6 +62,7 @@ mod route;
 mod runtime;
 mod server;
 mod sessions;
+mod tls;
 mod trace_context;
 mod upstream;
 mod username;

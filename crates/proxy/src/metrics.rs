@@ -35,6 +35,10 @@ pub struct Metrics {
     connections_open: AtomicI64,
     /// Connections closed on accept: `server.max_connections` were open.
     connections_refused: AtomicU64,
+    /// TLS handshakes: completed with HTTP/1.1, completed with HTTP/2, failed.
+    tls_handshakes: [AtomicU64; 3],
+    /// Connections from `server.proxy_protocol_from` closed for a missing or bad header.
+    proxy_headers_refused: AtomicU64,
     /// Authenticated requests by method: none, jwt, api_key, webhook.
     authenticated: [AtomicU64; 4],
     /// Refused requests by problem code.
@@ -207,6 +211,21 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A TLS handshake: `Some(h2)` when it completed (and whether ALPN chose HTTP/2),
+    /// `None` when it failed or timed out.
+    pub fn tls_handshake(&self, completed: Option<bool>) {
+        let i = match completed {
+            Some(false) => 0,
+            Some(true) => 1,
+            None => 2,
+        };
+        self.tls_handshakes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn proxy_header_refused(&self) {
+        self.proxy_headers_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(1024);
@@ -305,6 +324,25 @@ impl Metrics {
             out,
             "tollgate_connections_refused_total {}",
             get(&self.connections_refused)
+        );
+        out.push_str("# HELP tollgate_tls_handshakes_total TLS handshakes on the gateway's listeners, by result and the protocol ALPN chose.\n");
+        out.push_str("# TYPE tollgate_tls_handshakes_total counter\n");
+        for (labels, c) in [
+            "result=\"success\",protocol=\"http/1.1\"",
+            "result=\"success\",protocol=\"h2\"",
+            "result=\"failure\",protocol=\"\"",
+        ]
+        .iter()
+        .zip(&self.tls_handshakes)
+        {
+            let _ = writeln!(out, "tollgate_tls_handshakes_total{{{labels}}} {}", get(c));
+        }
+        out.push_str("# HELP tollgate_proxy_protocol_refused_total Connections from server.proxy_protocol_from closed for a missing or invalid PROXY protocol header.\n");
+        out.push_str("# TYPE tollgate_proxy_protocol_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "tollgate_proxy_protocol_refused_total {}",
+            get(&self.proxy_headers_refused)
         );
         self.render_times(&mut out);
         out

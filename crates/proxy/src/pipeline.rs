@@ -112,7 +112,7 @@ pub async fn handle(
 
 async fn run(
     exchange: &mut Exchange<'_>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     active: &Active,
     metrics: &Metrics,
 ) -> Result<Answer, GatewayError> {
@@ -120,6 +120,7 @@ async fn run(
 
     // 1. accept
     accept::check(&request, &snapshot.server, exchange.scheme)?;
+    accept::host_from_authority(&mut request);
     if accept::is_server_options(&request) {
         return Ok(respond::server_options());
     }

@@ -124,13 +124,16 @@ fn security_headers<B>(response: &mut Response<B>, exchange: &Exchange<'_>) {
             HeaderValue::from_static("no-referrer"),
         );
     }
-    if exchange.scheme == crate::exchange::Scheme::Https
-        && !headers.contains_key(http::header::STRICT_TRANSPORT_SECURITY)
-    {
-        headers.insert(
-            http::header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
-        );
+    let hsts = exchange
+        .snapshot
+        .server
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.strict_transport_security.as_ref());
+    if let (crate::exchange::Scheme::Https, Some(hsts)) = (exchange.scheme, hsts) {
+        if !headers.contains_key(http::header::STRICT_TRANSPORT_SECURITY) {
+            headers.insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
     }
 }
 
@@ -248,7 +251,15 @@ mod tests {
 
     #[test]
     fn security_headers_go_on_own_answers_and_hsts_only_over_tls() {
-        let snapshot = crate::testing::snapshot_with_route();
+        let mut snapshot = (*crate::testing::snapshot_with_route()).clone();
+        snapshot.server.tls = Some(tollgate_policy::snapshot::Tls {
+            listen: Vec::new(),
+            certificates: Vec::new(),
+            strict_transport_security: Some(HeaderValue::from_static(
+                "max-age=63072000; includeSubDomains",
+            )),
+        });
+        let snapshot = std::sync::Arc::new(snapshot);
         let mut exchange = crate::testing::exchange_for(&snapshot);
         let mut upstream = Response::new(());
         decorate(&mut upstream, &exchange);
@@ -265,7 +276,7 @@ mod tests {
         assert_eq!(own.headers()["referrer-policy"], "no-referrer");
         assert_eq!(
             own.headers()["strict-transport-security"],
-            "max-age=31536000"
+            "max-age=63072000; includeSubDomains"
         );
         // An upstream's own HSTS is kept as it is.
         exchange.own_answer = false;

@@ -44,6 +44,8 @@ pub fn upstream_head(
 ) -> Result<(), GatewayError> {
     let snapshot = exchange.snapshot;
     let caller = &exchange.caller;
+    // The backend is spoken to in HTTP/1.1, whichever version the client used.
+    parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     // `Expect: 100-continue` was answered (or not) by this hop; the body is sent as is.
@@ -201,8 +203,12 @@ pub fn upstream_uri(
     // The path came out of a valid URI and only had unreserved escapes decoded, so it is
     // still a valid one; failure here would be the gateway's bug.
     let path_and_query = PathAndQuery::try_from(target).map_err(|_| Bug::UpstreamTarget)?;
+    let scheme = match upstream.tls {
+        Some(_) => http::uri::Scheme::HTTPS,
+        None => http::uri::Scheme::HTTP,
+    };
     Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(scheme)
         .authority(upstream.authority.clone())
         .path_and_query(path_and_query)
         .build()
@@ -287,6 +293,7 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
+            tls: None,
         }
     }
 

@@ -1,6 +1,6 @@
-//! The listeners: binds, accepts, serves HTTP/1.1 connections through the pipeline, and
-//! drains gracefully. What lives across requests (the published snapshot and its state)
-//! is [`crate::runtime`]'s; this module only moves connections.
+//! The listeners: binds, accepts, serves HTTP/1.1 and HTTP/2 connections through the
+//! pipeline, and drains gracefully. What lives across requests (the published snapshot
+//! and its state) is [`crate::runtime`]'s; this module only moves connections.
 //!
 //! The data plane runs one worker per core, nginx-style: each worker is a thread with a
 //! single-threaded runtime, its own listening socket on the shared address
@@ -9,6 +9,12 @@
 //! client connection, the pool and the upstream connection. Measured on 2 cores, this
 //! serves about 1.2x the requests of one work-stealing runtime (`tests/bench/load.sh`).
 //! The admin listener, signals and reload run on the main runtime.
+//!
+//! A client connection goes through, in order: the PROXY protocol header (only from
+//! `server.proxy_protocol_from`), the TLS handshake (on `[server.tls]` listeners, within
+//! `header_read_timeout`), then HTTP: HTTP/2 when ALPN chose `h2` (or, with
+//! `server.h2c`, when a plain connection opens with the HTTP/2 preface), else HTTP/1.1.
+//! Both versions feed the same pipeline.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,25 +24,35 @@ use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tollgate_policy::snapshot::Server;
 use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
 use crate::exchange::Scheme;
+use crate::proxy_protocol::{self, Origin};
 use crate::runtime::{Runtime, SnapshotHandle};
-use crate::{admin, pipeline};
+use crate::{admin, pipeline, tls};
+
+/// HTTP/2 streams one client may have open at once (nginx's and Envoy's default order
+/// of magnitude); each is a request in the pipeline.
+const H2_MAX_STREAMS: u32 = 128;
 
 /// A bound, not yet serving gateway.
 pub struct Gateway {
     runtime: Arc<Runtime>,
-    /// For each worker, one socket per configured address.
-    worker_listeners: Vec<Vec<std::net::TcpListener>>,
+    /// For each worker, one socket per configured address, plain or TLS.
+    worker_listeners: Vec<Vec<(std::net::TcpListener, Scheme)>>,
     admin: Option<std::net::TcpListener>,
+    /// Shared by every TLS listener; `None` without `[server.tls]`.
+    tls: Option<TlsAcceptor>,
 }
 
 impl Gateway {
@@ -44,15 +60,17 @@ impl Gateway {
     /// admin listener, if configured). Access-log lines go to `access_sink`.
     pub async fn bind(snapshot: Snapshot, access_sink: AccessSink) -> io::Result<Self> {
         let workers = snapshot.server.workers.max(1);
-        let mut worker_listeners: Vec<Vec<std::net::TcpListener>> =
+        let mut worker_listeners: Vec<Vec<(std::net::TcpListener, Scheme)>> =
             (0..workers).map(|_| Vec::new()).collect();
-        for addr in &snapshot.server.listen {
+        let plain = snapshot.server.listen.iter().map(|a| (a, Scheme::Http));
+        let tls_listen = snapshot.server.tls.iter().flat_map(|t| &t.listen);
+        for (addr, scheme) in plain.chain(tls_listen.map(|a| (a, Scheme::Https))) {
             // The first bind resolves port 0; the others share the port it got.
             let first = reuse_port_listener(*addr)?;
             let bound = first.local_addr()?;
-            worker_listeners[0].push(first);
+            worker_listeners[0].push((first, scheme));
             for listeners in worker_listeners.iter_mut().skip(1) {
-                listeners.push(reuse_port_listener(bound)?);
+                listeners.push((reuse_port_listener(bound)?, scheme));
             }
         }
         let admin = match &snapshot.admin {
@@ -63,21 +81,37 @@ impl Gateway {
             }
             None => None,
         };
+        let serves_tls = snapshot.server.tls.is_some();
         let runtime = Runtime::new(snapshot, workers, access_sink);
+        let tls = match serves_tls {
+            true => Some(tls::acceptor(Arc::clone(&runtime)).map_err(io::Error::other)?),
+            false => None,
+        };
         Ok(Gateway {
             runtime,
             worker_listeners,
             admin,
+            tls,
         })
     }
 
-    /// The addresses actually bound (useful with port 0).
+    /// The plain (HTTP) addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.bound(Scheme::Http)
+    }
+
+    /// The TLS addresses actually bound.
+    pub fn tls_addrs(&self) -> Vec<SocketAddr> {
+        self.bound(Scheme::Https)
+    }
+
+    fn bound(&self, scheme: Scheme) -> Vec<SocketAddr> {
         self.worker_listeners
             .first()
             .into_iter()
             .flatten()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|(_, s)| *s == scheme)
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -99,6 +133,7 @@ impl Gateway {
             let (done_tx, done_rx) = oneshot::channel();
             let runtime_state = Arc::clone(&self.runtime);
             let stop = stop_rx.clone();
+            let tls = self.tls.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("tollgate-worker-{index}"))
                 .spawn(move || {
@@ -107,7 +142,7 @@ impl Gateway {
                         .build()
                     {
                         Ok(runtime) => {
-                            runtime.block_on(worker(index, listeners, runtime_state, stop))
+                            runtime.block_on(worker(index, listeners, runtime_state, tls, stop))
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot start a worker runtime");
@@ -132,6 +167,7 @@ impl Gateway {
                     graceful,
                     stop_rx.clone(),
                     Service::Admin,
+                    None,
                 ))
             });
 
@@ -192,13 +228,18 @@ fn reuse_port_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// One worker: accept on its sockets until told to stop, then drain its connections.
 async fn worker(
     index: usize,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<(std::net::TcpListener, Scheme)>,
     runtime: Arc<Runtime>,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
     let graceful = Arc::new(GracefulShutdown::new());
     let mut accept_loops = JoinSet::new();
-    for listener in listeners {
+    for (listener, scheme) in listeners {
+        let tls = match scheme {
+            Scheme::Https => tls.clone(),
+            Scheme::Http => None,
+        };
         match TcpListener::from_std(listener) {
             Ok(listener) => {
                 accept_loops.spawn(accept_loop(
@@ -207,6 +248,7 @@ async fn worker(
                     Arc::clone(&graceful),
                     stop.clone(),
                     Service::Gateway { worker: index },
+                    tls,
                 ));
             }
             Err(e) => tracing::error!(error = %e, worker = index, "cannot register a listener"),
@@ -236,6 +278,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
     service: Service,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -251,55 +294,202 @@ async fn accept_loop(
                 continue;
             }
         };
-        let server = runtime.active().snapshot.server.clone();
-        if let Service::Gateway { .. } = service {
-            // Past the cap a connection is closed at once: slow clients cannot take every
-            // file descriptor (held bodies and idle connections also have deadlines).
-            if runtime.metrics.connections() >= server.max_connections {
-                runtime.metrics.connection_refused();
-                drop(stream);
-                continue;
-            }
-        }
         let _ = stream.set_nodelay(true);
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            // Our own limits answer with problem+json; hyper's hard limit sits above them.
-            .max_buf_size((server.max_header_bytes + server.max_uri_bytes) * 2 + 16 * 1024);
-        let io = TokioIo::new(stream);
-        let conn_runtime = Arc::clone(&runtime);
-        let metrics = Arc::clone(&runtime.metrics);
+        let snapshot = Arc::clone(&runtime.active().snapshot);
         match service {
             Service::Gateway { worker } => {
-                let svc = service_fn(move |request| {
-                    let runtime = Arc::clone(&conn_runtime);
-                    async move {
-                        Ok::<_, Infallible>(
-                            pipeline::handle(request, peer, worker, Scheme::Http, &runtime).await,
-                        )
-                    }
-                });
-                let conn = graceful.watch(builder.serve_connection(io, svc));
+                // Past the cap a connection is closed at once: slow clients cannot take
+                // every file descriptor (held bodies and idle connections also have
+                // deadlines).
+                if runtime.metrics.connections() >= snapshot.server.max_connections {
+                    runtime.metrics.connection_refused();
+                    drop(stream);
+                    continue;
+                }
+                let client = Client {
+                    stream,
+                    peer,
+                    worker,
+                    tls: tls.clone(),
+                    snapshot,
+                    runtime: Arc::clone(&runtime),
+                    watcher: graceful.watcher(),
+                };
+                let metrics = Arc::clone(&runtime.metrics);
                 metrics.connection_opened();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "client connection ended with an error");
-                    }
+                    client.serve().await;
                     metrics.connection_closed();
                 });
             }
             Service::Admin => {
+                let conn_runtime = Arc::clone(&runtime);
                 let svc = service_fn(move |request| {
                     let runtime = Arc::clone(&conn_runtime);
                     async move { Ok::<_, Infallible>(admin::handle(request, &runtime).await) }
                 });
-                let conn = graceful.watch(builder.serve_connection(io, svc));
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(snapshot.server.header_read_timeout);
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
             }
+        }
+    }
+}
+
+/// An accepted client connection of the data plane.
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    worker: usize,
+    /// `Some` on a TLS listener.
+    tls: Option<TlsAcceptor>,
+    /// The configuration published when it was accepted (its limits hold for the
+    /// connection; each request reads the snapshot live).
+    snapshot: Arc<Snapshot>,
+    runtime: Arc<Runtime>,
+    watcher: Watcher,
+}
+
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// HTTP/2 if it opens with the HTTP/2 preface, else HTTP/1.1 (h2c).
+    Either,
+}
+
+impl Client {
+    async fn serve(self) {
+        let Client {
+            mut stream,
+            mut peer,
+            worker,
+            tls,
+            snapshot,
+            runtime,
+            watcher,
+        } = self;
+        let server = &snapshot.server;
+        // What happens before the first request is bounded like a request head.
+        let deadline = server.header_read_timeout;
+        if server
+            .proxy_protocol_from
+            .iter()
+            .any(|cidr| cidr.contains(peer.ip()))
+        {
+            match tokio::time::timeout(deadline, proxy_protocol::read(&mut stream)).await {
+                Ok(Ok(Origin::Client(client))) => peer = client,
+                Ok(Ok(Origin::Local)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "connection closed: bad PROXY protocol header");
+                    runtime.metrics.proxy_header_refused();
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "connection closed: no PROXY protocol header in time");
+                    runtime.metrics.proxy_header_refused();
+                    return;
+                }
+            }
+        }
+        let http = Http {
+            peer,
+            worker,
+            server,
+            runtime: &runtime,
+            watcher,
+        };
+        let Some(acceptor) = tls else {
+            let protocol = match server.h2c {
+                true => Protocol::Either,
+                false => Protocol::Http1,
+            };
+            return http.serve(stream, protocol, Scheme::Http).await;
+        };
+        let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                runtime.metrics.tls_handshake(None);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                runtime.metrics.tls_handshake(None);
+                return;
+            }
+        };
+        let protocol = match stream.get_ref().1.alpn_protocol() {
+            Some(tls::ALPN_H2) => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        runtime
+            .metrics
+            .tls_handshake(Some(protocol == Protocol::Http2));
+        http.serve(stream, protocol, Scheme::Https).await;
+    }
+}
+
+/// Serving HTTP on a connection that is ready for it.
+struct Http<'a> {
+    peer: SocketAddr,
+    worker: usize,
+    server: &'a Server,
+    runtime: &'a Arc<Runtime>,
+    watcher: Watcher,
+}
+
+impl Http<'_> {
+    async fn serve<S>(self, stream: S, protocol: Protocol, scheme: Scheme)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Http {
+            peer,
+            worker,
+            server,
+            runtime,
+            watcher,
+        } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            // Our own limits answer with problem+json; hyper's hard limit sits above them.
+            .max_buf_size((server.max_header_bytes + server.max_uri_bytes) * 2 + 16 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            // As for HTTP/1.1: our limits answer first, hyper's sit above them.
+            .max_header_list_size(
+                u32::try_from((server.max_header_bytes + server.max_uri_bytes) * 2)
+                    .unwrap_or(u32::MAX),
+            )
+            .keep_alive_interval(server.header_read_timeout)
+            .keep_alive_timeout(server.header_read_timeout);
+        let builder = match protocol {
+            Protocol::Http1 => builder.http1_only(),
+            Protocol::Http2 => builder.http2_only(),
+            Protocol::Either => builder,
+        };
+        let conn_runtime = Arc::clone(runtime);
+        let svc = service_fn(move |request| {
+            let runtime = Arc::clone(&conn_runtime);
+            async move {
+                Ok::<_, Infallible>(pipeline::handle(request, peer, worker, scheme, &runtime).await)
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, %peer, "client connection ended with an error");
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The upstream client: pooled HTTP/1.1 connections to the legacy API, one pool per
-//! data-plane worker, kept across reloads while their settings hold (a runtime part).
+//! The upstream client: pooled HTTP/1.1 connections to the legacy API, plain or over
+//! TLS (`https://`, with its own CA bundle and client certificate if configured), one
+//! pool per data-plane worker, kept across reloads while their settings hold (a
+//! runtime part).
 //!
 //! The response timeout counts from the request body's last movement, not from the
 //! start: a long upload is not the upstream's delay, while an upstream that stops taking
@@ -11,10 +13,11 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tollgate_policy::snapshot::Upstream;
+use tollgate_policy::snapshot::{Upstream, UpstreamTls};
 
 use crate::body::{BodyStats, CutOff, Outbound};
 use crate::errors::{GatewayError, UpstreamError};
@@ -23,7 +26,8 @@ use crate::part::{Build, Part};
 /// A pooled HTTP/1.1 client for one upstream configuration.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, Outbound>,
+    /// Plain http passes through the TLS connector untouched.
+    client: Client<HttpsConnector<HttpConnector>, Outbound>,
     pool_key: PoolSettings,
 }
 
@@ -34,6 +38,8 @@ struct PoolSettings {
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
+    /// Rotating the CA bundle or the client certificate replaces the pool.
+    tls: Option<UpstreamTls>,
 }
 
 impl PoolSettings {
@@ -42,32 +48,47 @@ impl PoolSettings {
             connect_timeout: upstream.connect_timeout,
             pool_idle_timeout: upstream.pool_idle_timeout,
             pool_max_idle: upstream.pool_max_idle,
+            tls: upstream.tls.clone(),
         }
     }
 }
 
+/// What the pool trusts over TLS: the loader's configuration for an https upstream;
+/// for a plain one, the connector passes connections through and this is never used.
+fn tls_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, rustls::Error> {
+    match tls {
+        Some(tls) => Ok(rustls::ClientConfig::clone(&tls.config)),
+        None => tollgate_policy::client_config(Vec::new(), None),
+    }
+}
+
 impl UpstreamClient {
-    pub fn new(upstream: &Upstream) -> Self {
+    pub fn new(upstream: &Upstream) -> Result<Self, rustls::Error> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(upstream.tls.as_ref())?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(upstream.pool_idle_timeout)
             .pool_max_idle_per_host(upstream.pool_max_idle)
             .set_host(false)
             .build(connector);
-        UpstreamClient {
+        Ok(UpstreamClient {
             client,
             pool_key: PoolSettings::of(upstream),
-        }
+        })
     }
 
     /// This client if it fits `upstream`, else a new one.
-    pub fn reuse_or_new(&self, upstream: &Upstream) -> Self {
+    pub fn reuse_or_new(&self, upstream: &Upstream) -> Result<Self, rustls::Error> {
         if self.pool_key == PoolSettings::of(upstream) {
-            self.clone()
+            Ok(self.clone())
         } else {
             UpstreamClient::new(upstream)
         }
@@ -138,10 +159,18 @@ impl Upstreams {
 impl Part for Upstreams {
     fn build(build: &Build, previous: Option<&Self>) -> Self {
         let upstream = &build.snapshot.upstream;
+        // The loader built and checked the TLS configuration; a failure here (rustls
+        // refusing what it accepted there) leaves the worker without a pool, and its
+        // requests are answered 500 `INTERNAL` with this logged.
         let clients = (0..build.workers)
-            .map(|i| match previous.and_then(|p| p.clients.get(i)) {
-                Some(client) => client.reuse_or_new(upstream),
-                None => UpstreamClient::new(upstream),
+            .filter_map(|i| {
+                let client = match previous.and_then(|p| p.clients.get(i)) {
+                    Some(client) => client.reuse_or_new(upstream),
+                    None => UpstreamClient::new(upstream),
+                };
+                client
+                    .map_err(|e| tracing::error!(error = %e, "cannot build the upstream pool"))
+                    .ok()
             })
             .collect();
         Upstreams { clients }

@@ -33,6 +33,33 @@ pub struct ServerFile {
     pub max_buffered_body_bytes: Option<Spanned<i64>>,
     /// Client connections open at once, per process; more are closed at once.
     pub max_connections: Option<Spanned<i64>>,
+    /// Plain listeners also take HTTP/2 with prior knowledge (h2c), for local use.
+    pub h2c: Option<bool>,
+    /// Load balancers (CIDRs) whose connections start with a PROXY protocol v2 header
+    /// naming the client; connections from anyone else are taken as they come.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
+    pub tls: Option<TlsFile>,
+}
+
+/// `[server.tls]`: listeners that terminate TLS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: Vec<Spanned<String>>,
+    /// Served by SNI; the first also to clients that name no host, or one none is for.
+    pub certificates: Spanned<Vec<CertificateFile>>,
+    /// Sent on every response over TLS; `""` sends none.
+    pub strict_transport_security: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFile {
+    /// PEM: the certificate, then its intermediates.
+    pub cert_file: Spanned<String>,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +78,12 @@ pub struct UpstreamFile {
     pub response_timeout: Option<Spanned<String>>,
     pub pool_idle_timeout: Option<Spanned<String>>,
     pub pool_max_idle: Option<Spanned<i64>>,
+    /// For an https URL: trust only the CA certificates in this PEM file instead of the
+    /// public web roots.
+    pub ca_file: Option<Spanned<String>>,
+    /// For an https URL: the certificate (PEM chain) the gateway presents (mutual TLS).
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
 }
 
 /// `[routing]` in `gateway.toml`.

@@ -31,6 +31,9 @@ mod routing;
 mod server;
 mod sessions;
 mod store;
+mod tls;
+
+pub use tls::client_config;
 mod upstream;
 mod webhooks;
 

@@ -62,6 +62,18 @@ pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<
             ),
         }
     }
+    let mut proxy_protocol_from = Vec::new();
+    for c in &f.proxy_protocol_from {
+        match c.get_ref().parse::<Cidr>() {
+            Ok(cidr) => proxy_protocol_from.push(cidr),
+            Err(e) => l.error(
+                src,
+                Some(c.span()),
+                format!("[server] proxy_protocol_from: {e}"),
+            ),
+        }
+    }
+    let tls = f.tls.and_then(|tls| super::tls::server_tls(l, src, tls));
     let strip_request_headers = match &f.strip_request_headers {
         None => DEFAULT_STRIPPED_REQUEST_HEADERS
             .iter()
@@ -118,6 +130,9 @@ pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<
             ),
         },
         max_connections: l.size(src, &f.max_connections, 10_000, 1..=10_000_000),
+        h2c: f.h2c.unwrap_or(false),
+        proxy_protocol_from,
+        tls,
     };
     (!l.errors_since(mark)).then_some(server)
 }

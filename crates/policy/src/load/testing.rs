@@ -19,6 +19,15 @@ const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIGhcB
 const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAJY92Gt/T7JY8bMSPHJ+fECYkJXOLNdtLkH/oGXw5w/o=\n-----END PUBLIC KEY-----\n";
 const OTHER_ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEASubGOP4aaKD2oBrlGZVvokmLwCeKtLItW3p6A2ftnsQ=\n-----END PUBLIC KEY-----\n";
 
+/// The test CA and certificates of `tests/fixtures/tls`, as `/t/tls/*.pem`.
+const TLS_CA: &str = include_str!("../../../../tests/fixtures/tls/ca.pem");
+const TLS_SERVER: &str = include_str!("../../../../tests/fixtures/tls/server.pem");
+const TLS_SERVER_KEY: &str = include_str!("../../../../tests/fixtures/tls/server.key.pem");
+const TLS_OTHER: &str = include_str!("../../../../tests/fixtures/tls/other.pem");
+const TLS_OTHER_KEY: &str = include_str!("../../../../tests/fixtures/tls/other.key.pem");
+const TLS_CLIENT: &str = include_str!("../../../../tests/fixtures/tls/client.pem");
+const TLS_CLIENT_KEY: &str = include_str!("../../../../tests/fixtures/tls/client.key.pem");
+
 fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
     let mut sources = InMemory::new()
         .file("/t/gateway.toml", gateway)
@@ -41,6 +50,13 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
         .file("/t/keys/ed.pem", ED_PRIVATE)
         .file("/t/keys/ed.pub.pem", ED_PUBLIC)
         .file("/t/keys/other.pub.pem", OTHER_ED_PUBLIC)
+        .file("/t/tls/ca.pem", TLS_CA)
+        .file("/t/tls/server.pem", TLS_SERVER)
+        .file("/t/tls/server.key.pem", TLS_SERVER_KEY)
+        .file("/t/tls/other.pem", TLS_OTHER)
+        .file("/t/tls/other.key.pem", TLS_OTHER_KEY)
+        .file("/t/tls/client.pem", TLS_CLIENT)
+        .file("/t/tls/client.key.pem", TLS_CLIENT_KEY)
         .var(HS256, "0123456789abcdef0123456789abcdef")
         .var("HS256_TOO", "fedcba9876543210fedcba9876543210")
         .var("SHORT", "short")

@@ -12,30 +12,36 @@ use crate::snapshot::Upstream;
 pub(crate) fn upstream(l: &mut Loader, src: &SourceFile, f: UpstreamFile) -> Option<Upstream> {
     let mark = l.mark();
     let url_error = "[upstream] url:";
-    let (authority, base_path) = match f.url.get_ref().parse::<Uri>() {
+    let (authority, base_path, https) = match f.url.get_ref().parse::<Uri>() {
         Ok(uri) => match (uri.scheme_str(), uri.authority()) {
-            (Some("http"), Some(authority)) if uri.query().is_none() => {
+            (Some(scheme @ ("http" | "https")), Some(authority))
+                if uri.query().is_none() && authority.as_str().rsplit('@').nth(1).is_none() =>
+            {
                 let base = uri.path().trim_end_matches('/').to_owned();
-                (Some(authority.clone()), base)
-            }
-            (Some("https"), _) => {
-                l.error(src, Some(f.url.span()), format!("{url_error} https upstreams are not supported yet; use http:// on a private network"));
-                (None, String::new())
+                (Some(authority.clone()), base, scheme == "https")
             }
             _ => {
                 l.error(
                     src,
                     Some(f.url.span()),
-                    format!("{url_error} expected `http://host:port[/base/path]` without a query"),
+                    format!("{url_error} expected `http[s]://host[:port][/base/path]` without a query or user"),
                 );
-                (None, String::new())
+                (None, String::new(), false)
             }
         },
         Err(e) => {
             l.error(src, Some(f.url.span()), format!("{url_error} {e}"));
-            (None, String::new())
+            (None, String::new(), false)
         }
     };
+    let tls = super::tls::upstream_tls(
+        l,
+        src,
+        https,
+        &f.ca_file,
+        &f.client_cert_file,
+        &f.client_key_file,
+    );
     let upstream = Upstream {
         authority: authority.unwrap_or_else(|| Authority::from_static("invalid")),
         base_path,
@@ -58,6 +64,7 @@ pub(crate) fn upstream(l: &mut Loader, src: &SourceFile, f: UpstreamFile) -> Opt
             Zero::Refused,
         ),
         pool_max_idle: l.size(src, &f.pool_max_idle, 256, 0..=65_536),
+        tls,
     };
     (!l.errors_since(mark)).then_some(upstream)
 }
@@ -83,12 +90,13 @@ mod tests {
     #[test]
     fn urls_it_cannot_use() {
         for (url, message) in [
-            ("https://backend", "https upstreams are not supported yet"),
             (
                 "http://backend/?q=1",
-                "expected `http://host:port[/base/path]` without a query",
+                "expected `http[s]://host[:port][/base/path]` without a query",
             ),
-            ("backend:80", "expected `http://host:port[/base/path]`"),
+            ("backend:80", "expected `http[s]://host[:port][/base/path]`"),
+            ("ftp://backend", "expected `http[s]://"),
+            ("https://user:pw@backend", "without a query or user"),
         ] {
             let e = errors(&GATEWAY.replace("http://127.0.0.1:9", url), &[]);
             assert_eq!(e.len(), 1, "{e:?}");
