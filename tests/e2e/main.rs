@@ -21,3 +21,4 @@ mod robustness;
 mod sessions;
 mod shared_limits;
 mod support;
+mod tls;

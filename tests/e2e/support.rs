@@ -75,6 +75,10 @@ pub struct Setup {
     pub extra: String,
     /// Upstream address; the demo backend's when `None`.
     pub upstream_addr: Option<SocketAddr>,
+    /// `http` or `https`.
+    pub upstream_scheme: &'static str,
+    /// More files, by path relative to `gateway.toml` (certificates, keys).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for Setup {
@@ -92,6 +96,8 @@ impl Default for Setup {
             admin: String::new(),
             extra: String::new(),
             upstream_addr: None,
+            upstream_scheme: "http",
+            files: Vec::new(),
         }
     }
 }
@@ -171,6 +177,11 @@ pub fn write_config(dir: &Path, setup: &Setup, upstream: SocketAddr) {
     for (name, text) in &setup.policies {
         std::fs::write(policies.join(name), text).unwrap();
     }
+    for (name, bytes) in &setup.files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
     let config = format!(
         r#"
 [server]
@@ -178,7 +189,7 @@ listen = ["127.0.0.1:0"]
 {server}
 
 [upstream]
-url = "http://{upstream}"
+url = "{scheme}://{upstream}"
 {upstream_extra}
 
 [routing]
@@ -200,6 +211,7 @@ format = "json"
 {extra}
 "#,
         server = setup.server,
+        scheme = setup.upstream_scheme,
         upstream_extra = setup.upstream,
         unmatched = setup.unmatched,
         routing = setup.routing,
@@ -214,6 +226,8 @@ format = "json"
 pub struct GatewayProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The first `[server.tls]` listener, if any.
+    pub tls: Option<SocketAddr>,
     pub admin: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
 }
@@ -245,6 +259,8 @@ impl GatewayProcess {
         });
         let mut addr = None;
         let mut admin = None;
+        let mut tls = None;
+        // The listeners are announced before the admin listener.
         while addr.is_none() || admin.is_none() {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
@@ -257,6 +273,9 @@ impl GatewayProcess {
             if let Some(a) = line.strip_prefix("tollgate listening on http://") {
                 addr = Some(a.parse().unwrap());
             }
+            if let Some(a) = line.strip_prefix("tollgate listening on https://") {
+                tls = tls.or(Some(a.parse().unwrap()));
+            }
             if let Some(a) = line.strip_prefix("tollgate admin on http://") {
                 admin = Some(a.parse().unwrap());
             }
@@ -264,6 +283,7 @@ impl GatewayProcess {
         GatewayProcess {
             child,
             addr: addr.unwrap(),
+            tls,
             admin: admin.unwrap(),
             stderr,
         }

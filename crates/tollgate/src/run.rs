@@ -112,6 +112,9 @@ fn announce(gateway: &Gateway, demo: Option<&Demo>) {
     for addr in gateway.local_addrs() {
         let _ = writeln!(out, "tollgate listening on http://{addr}");
     }
+    for addr in gateway.tls_addrs() {
+        let _ = writeln!(out, "tollgate listening on https://{addr}");
+    }
     if let Some(addr) = gateway.admin_addr() {
         let _ = writeln!(out, "tollgate admin on http://{addr}");
     }
