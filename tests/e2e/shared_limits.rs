@@ -363,3 +363,55 @@ async fn redis_killed_mid_load_each_mode_holds_and_recovers() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn two_gateways_share_a_redis_over_tls_with_client_certificates() {
+    let redis = RedisServer::start_tls();
+    let fixture = |name: &str| crate::support::tls_fixture(name).display().to_string();
+    let store = format!(
+        "[store]\nredis_url = \"{}\"\ninstances = 2\ntimeout = \"2s\"\nredis_ca_file = \"{}\"\nredis_client_cert_file = \"{}\"\nredis_client_key_file = \"{}\"\n",
+        redis.url(),
+        fixture("ca.pem"),
+        fixture("client.pem"),
+        fixture("client.key.pem"),
+    );
+    assert!(redis.url().starts_with("rediss://"));
+    let policy = EXACT_POLICY.replace("rate = 500", "rate = 5");
+    let setup = || Setup {
+        policies: vec![("10.toml".into(), policy.clone())],
+        extra: format!("{}\n{store}", jwt_config()),
+        ..Setup::default()
+    };
+    let first = Harness::with(setup()).await;
+    let dir = TempDir::new();
+    write_config(dir.path(), &setup(), first.backend.addr());
+    let second = GatewayProcess::start(&dir.path().join("gateway.toml"));
+
+    let token = bearer_for("tls-client");
+    let responses = hammer(
+        &[first.gateway.addr, second.addr],
+        12,
+        2,
+        "/echo/campaigns/list",
+        &[("authorization", &token)],
+        None,
+    )
+    .await;
+    let admitted = responses
+        .iter()
+        .filter(|t| t.response.status == 200)
+        .count();
+    let refused = responses
+        .iter()
+        .filter(|t| t.response.status == 429)
+        .count();
+    assert_eq!(
+        (admitted, refused),
+        (5, 7),
+        "one allowance, counted in Redis over TLS"
+    );
+    assert_eq!(
+        redis.cli(&["EXISTS", "tollgate:rl:{client=tls-client}:per-client"]),
+        "1"
+    );
+}

@@ -215,6 +215,17 @@ pub struct RedisSettings {
     pub breaker_cooldown: Duration,
     /// Prefix of every key Tollgate writes.
     pub key_prefix: String,
+    /// For a `rediss://` URL: a CA bundle to trust instead of the system's, and a client
+    /// certificate. `None` for `redis://`.
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis: PEM bytes as the Redis client takes them, checked when loaded.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    /// Certificate chain and private key (never printed).
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -226,6 +237,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("key_prefix", &self.key_prefix)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }

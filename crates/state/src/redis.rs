@@ -19,7 +19,7 @@ use thiserror::Error;
 
 use crate::breaker::{Admission, Breaker};
 
-pub use tollgate_policy::snapshot::RedisSettings;
+pub use tollgate_policy::snapshot::{RedisSettings, RedisTls};
 
 /// Why a Redis call gave no answer.
 #[derive(Debug, Error, Clone)]
@@ -79,7 +79,22 @@ impl Redis {
             .as_str()
             .into_connection_info()?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info)?;
+        let client = match &settings.tls {
+            None => redis::Client::open(info)?,
+            Some(tls) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: tls
+                        .client_pem
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                    root_cert: tls.ca_pem.clone(),
+                },
+            )?,
+        };
         let breaker = Breaker::new(
             settings.breaker_failures,
             settings.breaker_cooldown,

@@ -33,6 +33,7 @@ fn redis_settings(server: &RedisServer) -> RedisSettings {
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(300),
         key_prefix: "test".into(),
+        tls: None,
     }
 }
 

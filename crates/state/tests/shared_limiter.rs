@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tollgate_state::rate::local::LocalLimiter;
 use tollgate_state::rate::shared::{key, SharedLimiter};
 use tollgate_state::rate::Quota;
-use tollgate_state::redis::{Redis, RedisSettings, StoreError};
+use tollgate_state::redis::{Redis, RedisSettings, RedisTls, StoreError};
 use tollgate_testkit::RedisServer;
 
 /// Settings for a test server: short timeouts, a quick breaker.
@@ -22,6 +22,7 @@ fn settings(server: &RedisServer) -> RedisSettings {
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(300),
         key_prefix: "test".into(),
+        tls: None,
     }
 }
 
@@ -234,4 +235,34 @@ async fn concurrent_decisions_batched_together_stay_exact_per_key() {
         .parse()
         .unwrap();
     assert!(runs < 20, "{runs} EVALSHA for 40 decisions");
+}
+
+#[tokio::test]
+async fn over_tls_with_a_client_certificate() {
+    let server = RedisServer::start_tls();
+    let pem = |name: &str| std::fs::read(tollgate_testkit::tls_fixture(name)).unwrap();
+    let with = |client: Option<(Vec<u8>, Vec<u8>)>| RedisSettings {
+        tls: Some(RedisTls {
+            ca_pem: Some(pem("ca.pem")),
+            client_pem: client,
+        }),
+        ..settings(&server)
+    };
+    let q = quota(5, Duration::from_secs(3600), 2);
+    let k = key("test", "p", "client=tls", "");
+
+    let identified = with(Some((pem("client.pem"), pem("client.key.pem"))));
+    let shared = SharedLimiter::new(Arc::new(Redis::new(identified, 1).unwrap()), 1);
+    assert_eq!(shared.check(0, k.clone(), &q).await.unwrap().remaining, 1);
+    assert_eq!(shared.check(0, k.clone(), &q).await.unwrap().remaining, 0);
+    assert!(!shared.check(0, k.clone(), &q).await.unwrap().allowed);
+    assert_eq!(server.cli(&["EXISTS", &k]), "1");
+
+    // Redis checks clients: without a certificate the handshake is refused, and the
+    // store reports a failure (it never decides on a guess).
+    let anonymous = SharedLimiter::new(Arc::new(Redis::new(with(None), 1).unwrap()), 1);
+    assert!(matches!(
+        anonymous.check(0, k.clone(), &q).await,
+        Err(StoreError::Redis(_) | StoreError::Timeout(_))
+    ));
 }

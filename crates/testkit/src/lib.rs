@@ -18,6 +18,8 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 pub struct RedisServer {
     child: Child,
     port: u16,
+    /// Serves TLS only, and only to clients with a certificate from the test CA.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -27,9 +29,30 @@ impl RedisServer {
 
     /// On a given port: the restart after an outage.
     pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        RedisServer::spawn(port, false)
+    }
+
+    /// TLS only (`rediss://`), with the test CA's `server.pem`, and clients must present
+    /// a certificate the test CA signed (`tls-auth-clients yes`).
+    pub fn start_tls() -> RedisServer {
+        RedisServer::spawn(free_port(), true)
+    }
+
+    fn spawn(port: u16, tls: bool) -> RedisServer {
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        if tls {
+            let f = |name: &str| tls_fixture(name).display().to_string();
+            command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cert-file", &f("server.pem")])
+                .args(["--tls-key-file", &f("server.key.pem")])
+                .args(["--tls-ca-cert-file", &f("ca.pem")])
+                .args(["--tls-auth-clients", "yes"]);
+        } else {
+            command.args(["--port", &port.to_string()]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (Debian: redis-server)");
@@ -38,7 +61,7 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        RedisServer { child, port }
+        RedisServer { child, port, tls }
     }
 
     pub fn port(&self) -> u16 {
@@ -46,7 +69,11 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            // By name: the certificate is checked against it.
+            true => format!("rediss://localhost:{}", self.port),
+            false => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Stops it now (the outage); the port can be started on again.
@@ -80,11 +107,18 @@ impl RedisServer {
 
     /// `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if self.tls {
+            let f = |name: &str| tls_fixture(name).display().to_string();
+            command.args(["--tls", "--cacert", &f("ca.pem")]).args([
+                "--cert",
+                &f("client.pem"),
+                "--key",
+                &f("client.key.pem"),
+            ]);
+        }
+        let out = command.args(args).output().unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
@@ -93,6 +127,13 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A file of the test CA and its certificates (`tests/fixtures/tls`).
+pub fn tls_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tls")
+        .join(name)
 }
 
 /// A local port nothing listens on (for now).

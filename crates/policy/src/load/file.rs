@@ -362,6 +362,12 @@ pub struct StoreFile {
     pub breaker_failures: Option<Spanned<i64>>,
     pub breaker_cooldown: Option<Spanned<String>>,
     pub key_prefix: Option<Spanned<String>>,
+    /// For `rediss://`: trust only the CA certificates in this PEM file instead of the
+    /// system's.
+    pub redis_ca_file: Option<Spanned<String>>,
+    /// For `rediss://` to a Redis that checks clients (`tls-auth-clients yes`).
+    pub redis_client_cert_file: Option<Spanned<String>>,
+    pub redis_client_key_file: Option<Spanned<String>>,
     /// The embedded store's file, relative to gateway.toml (default
     /// `state/tollgate.redb`): sessions, when there is no Redis.
     pub path: Option<Spanned<String>>,

@@ -54,12 +54,7 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
     };
     if let Some((url, span)) = &url {
         // The URL itself may hold a password: never echo it.
-        if url.starts_with("rediss://") {
-            l.diags.push(src.error(
-                Some(span.clone()),
-                "[store]: TLS to Redis (rediss://) is not built in; reach Redis over a private network or a local TLS tunnel with redis://",
-            ));
-        } else if let Some(problem) = redis_url_problem(url) {
+        if let Some(problem) = redis_url_problem(url) {
             l.diags
                 .push(src.error(Some(span.clone()), format!("[store]: {problem}")));
         }
@@ -109,11 +104,21 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
         Duration::from_secs(2),
         Zero::Refused,
     );
+    let tls = super::tls::redis_tls(
+        l,
+        src,
+        url.as_ref()
+            .is_some_and(|(u, _)| u.starts_with("rediss://")),
+        &f.redis_ca_file,
+        &f.redis_client_cert_file,
+        &f.redis_client_key_file,
+    );
     if l.errors_since(mark) {
         return None;
     }
     Some(Store {
         redis: url.map(|(url, _)| RedisSettings {
+            tls,
             url,
             instances,
             timeout,
@@ -126,11 +131,18 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
 }
 
 /// What is wrong with a Redis URL, without echoing it (it may hold a password):
-/// `redis://[user[:password]@]host[:port][/db][?options]`.
+/// `redis[s]://[user[:password]@]host[:port][/db][?options]`.
 fn redis_url_problem(url: &str) -> Option<&'static str> {
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return Some("the Redis URL must start with redis://");
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Some("the Redis URL must start with redis:// or rediss://");
     };
+    // The Redis client reads `#insecure` as "do not check the server's certificate".
+    if rest.contains('#') {
+        return Some("the Redis URL must not have a fragment (`#insecure` would turn off certificate checks)");
+    }
     let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
     let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -170,12 +182,47 @@ mod tests {
             ("redis://127.0.0.1:6379", 3, 20)
         );
         assert!(load(GATEWAY, &[]).unwrap().store.redis.is_none());
-        let e = errors(&format!("{GATEWAY}\n[store]\nredis_url = \"rediss://:pw@host\"\nbreaker_failures = 0\nkey_prefix = \"a{{b}}\"\n"), &[]);
+        let e = errors(&format!("{GATEWAY}\n[store]\nredis_url = \"rediss://:pw@host#insecure\"\nbreaker_failures = 0\nkey_prefix = \"a{{b}}\"\n"), &[]);
         assert_eq!(e.len(), 3, "{e:?}");
+        assert!(
+            e[0].contains("`#insecure` would turn off certificate checks"),
+            "{e:?}"
+        );
         assert!(
             e.iter().all(|e| !e.contains("pw@")),
             "the URL is never echoed: {e:?}"
         );
+    }
+
+    #[test]
+    fn rediss_with_a_private_ca_and_a_client_certificate() {
+        let s = load(&format!("{GATEWAY}\n[store]\nredis_url = \"rediss://localhost:6380\"\nredis_ca_file = \"tls/ca.pem\"\nredis_client_cert_file = \"tls/client.pem\"\nredis_client_key_file = \"tls/client.key.pem\"\n"), &[]).unwrap();
+        let tls = s.store.redis.unwrap().tls.unwrap();
+        assert!(tls
+            .ca_pem
+            .unwrap()
+            .starts_with(b"-----BEGIN CERTIFICATE-----"));
+        let (cert, key) = tls.client_pem.unwrap();
+        assert!(cert.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert!(key.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+        // The system's roots, no client certificate.
+        let s = load(
+            &format!("{GATEWAY}\n[store]\nredis_url = \"rediss://localhost:6380\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(s.store.redis.unwrap().tls.unwrap() == Default::default());
+
+        for (extra, message) in [
+            ("redis_url = \"redis://localhost\"\nredis_ca_file = \"tls/ca.pem\"", "gateway.toml:12:17: [store]: TLS files are for a rediss:// URL"),
+            ("redis_url = \"rediss://localhost\"\nredis_client_key_file = \"tls/client.key.pem\"", "gateway.toml:12:25: [store]: a Redis client certificate needs both"),
+            ("redis_url = \"rediss://localhost\"\nredis_client_cert_file = \"tls/client.pem\"\nredis_client_key_file = \"tls/other.key.pem\"", "gateway.toml:13:25: [store] redis_client_key_file: `tls/other.key.pem` is not the key of `tls/client.pem`"),
+            ("redis_url = \"rediss://localhost\"\nredis_ca_file = \"tls/client.key.pem\"", "gateway.toml:12:17: [store] redis_ca_file: no PEM certificate in it"),
+        ] {
+            let e = errors(&format!("{GATEWAY}\n[store]\n{extra}\n"), &[]);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(e[0].starts_with(message), "{e:?}");
+        }
     }
 
     #[test]
@@ -185,6 +232,7 @@ mod tests {
             "redis://redis",
             "redis://:secret@redis:6379/2",
             "redis://user:p%40ss@[::1]:6380/0?protocol=resp3",
+            "rediss://:secret@redis.internal:6380/1",
         ] {
             assert_eq!(redis_url_problem(ok), None, "{ok}");
         }
@@ -196,6 +244,7 @@ mod tests {
             "redis://host:0",
             "redis://host:6379/db",
             "redis://[::1:6379",
+            "rediss://host/#insecure",
         ] {
             assert!(redis_url_problem(bad).is_some(), "{bad}");
         }

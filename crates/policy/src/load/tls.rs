@@ -16,7 +16,7 @@ use toml::Spanned;
 use super::context::Loader;
 use super::file::{CertificateFile, TlsFile};
 use crate::diagnostic::SourceFile;
-use crate::snapshot::{ServedCertificate, Tls, UpstreamTls};
+use crate::snapshot::{RedisTls, ServedCertificate, Tls, UpstreamTls};
 
 /// HSTS for a year, the value browsers' preload lists ask for.
 const DEFAULT_HSTS: &str = "max-age=31536000";
@@ -202,6 +202,63 @@ pub fn client_config(
     }
 }
 
+/// TLS to Redis (`rediss://`): the CA bundle and client certificate as PEM, each file
+/// checked here; errors for TLS files named beside a `redis://` URL.
+pub(crate) fn redis_tls(
+    l: &mut Loader,
+    src: &SourceFile,
+    rediss: bool,
+    ca_file: &Option<Spanned<String>>,
+    cert_file: &Option<Spanned<String>>,
+    key_file: &Option<Spanned<String>>,
+) -> Option<RedisTls> {
+    if !rediss {
+        for file in [ca_file, cert_file, key_file].into_iter().flatten() {
+            l.error(
+                src,
+                Some(file.span()),
+                "[store]: TLS files are for a rediss:// URL",
+            );
+        }
+        return None;
+    }
+    let ca_pem = ca_file
+        .as_ref()
+        .and_then(|file| chain_pem(l, src, file, "[store] redis_ca_file"))
+        .map(|(_, pem)| pem);
+    let client_pem = match (cert_file, key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let chain = chain_pem(l, src, cert, "[store] redis_client_cert_file");
+            let private = private_key_pem(l, src, key, "[store] redis_client_key_file");
+            let ((chain, cert_pem), (private, key_pem)) = (chain?, private?);
+            let provider = rustls::crypto::ring::default_provider();
+            if let Err(e) = CertifiedKey::from_der(chain, private, &provider) {
+                l.error(
+                    src,
+                    Some(key.span()),
+                    format!(
+                        "[store] redis_client_key_file: `{}` is not the key of `{}` ({e})",
+                        key.get_ref(),
+                        cert.get_ref()
+                    ),
+                );
+                return None;
+            }
+            Some((cert_pem, key_pem))
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            l.error(
+                src,
+                Some(one.span()),
+                "[store]: a Redis client certificate needs both redis_client_cert_file and redis_client_key_file",
+            );
+            return None;
+        }
+    };
+    Some(RedisTls { ca_pem, client_pem })
+}
+
 /// Every certificate of a PEM file, in order; an error if it holds none.
 fn chain(
     l: &mut Loader,
@@ -209,9 +266,19 @@ fn chain(
     file: &Spanned<String>,
     what: &str,
 ) -> Option<Vec<CertificateDer<'static>>> {
+    chain_pem(l, src, file, what).map(|(chain, _)| chain)
+}
+
+/// [`chain`], and the file's bytes.
+fn chain_pem(
+    l: &mut Loader,
+    src: &SourceFile,
+    file: &Spanned<String>,
+    what: &str,
+) -> Option<(Vec<CertificateDer<'static>>, Vec<u8>)> {
     let (_, pem) = l.read_named(src, file, what)?;
     match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
-        Ok(chain) if !chain.is_empty() => Some(chain),
+        Ok(chain) if !chain.is_empty() => Some((chain, pem)),
         Ok(_) => {
             l.error(
                 src,
@@ -233,9 +300,19 @@ fn private_key(
     file: &Spanned<String>,
     what: &str,
 ) -> Option<PrivateKeyDer<'static>> {
+    private_key_pem(l, src, file, what).map(|(key, _)| key)
+}
+
+/// [`private_key`], and the file's bytes.
+fn private_key_pem(
+    l: &mut Loader,
+    src: &SourceFile,
+    file: &Spanned<String>,
+    what: &str,
+) -> Option<(PrivateKeyDer<'static>, Vec<u8>)> {
     let (_, pem) = l.read_named(src, file, what)?;
     match PrivateKeyDer::from_pem_slice(&pem) {
-        Ok(key) => Some(key),
+        Ok(key) => Some((key, pem)),
         // The parser's own message could quote the file; say only what is wrong.
         Err(_) => {
             l.error(
