@@ -218,6 +218,8 @@ pub struct RedisSettings {
     /// For a `rediss://` URL: a CA bundle to trust instead of the system's, and a client
     /// certificate. `None` for `redis://`.
     pub tls: Option<RedisTls>,
+    /// The URL names one node of a Redis Cluster; the others are discovered from it.
+    pub cluster: bool,
 }
 
 /// TLS to Redis: PEM bytes as the Redis client takes them, checked when loaded.
@@ -238,6 +240,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("key_prefix", &self.key_prefix)
             .field("tls", &self.tls.is_some())
+            .field("cluster", &self.cluster)
             .finish()
     }
 }

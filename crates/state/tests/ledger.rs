@@ -16,7 +16,7 @@ use tollgate_state::ledger::{
     Settled, StoredAnswer,
 };
 use tollgate_state::redis::{Redis, RedisSettings};
-use tollgate_testkit::{RedisServer, TempDir};
+use tollgate_testkit::{RedisCluster, RedisServer, TempDir};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -26,14 +26,19 @@ fn now_ms() -> u64 {
 }
 
 fn redis_settings(server: &RedisServer) -> RedisSettings {
+    settings_for(server.url())
+}
+
+fn settings_for(url: String) -> RedisSettings {
     RedisSettings {
-        url: server.url(),
+        url,
         instances: NonZeroU32::MIN,
         timeout: Duration::from_millis(500),
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(300),
         key_prefix: "test".into(),
         tls: None,
+        cluster: false,
     }
 }
 
@@ -401,6 +406,35 @@ async fn the_embedded_ledger_passes_the_suite() {
 async fn the_redis_ledger_passes_the_suite() {
     let server = RedisServer::start();
     suite(&shared(&server)).await;
+}
+
+/// The suite, and 1,000 debits against 500 from three instances, on a Redis Cluster of
+/// three primaries: each client's keys share a slot, the deadline index has its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_ledger_passes_the_suite_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let settings = || RedisSettings {
+        cluster: true,
+        timeout: Duration::from_secs(2),
+        ..settings_for(cluster.url())
+    };
+    let ledger = SharedLedger::new(Arc::new(Redis::new(settings(), 2).unwrap()));
+    suite(&ledger).await;
+    let ledgers: Vec<Arc<dyn Ledger>> = (0..3)
+        .map(|_| {
+            Arc::new(SharedLedger::new(Arc::new(
+                Redis::new(settings(), 2).unwrap(),
+            ))) as Arc<dyn Ledger>
+        })
+        .collect();
+    concurrent_debits(ledgers, 1_000, 500).await;
+    // The clients' keys landed on more than one primary.
+    let holding = cluster
+        .primaries()
+        .iter()
+        .filter(|(_, keys)| *keys > 0)
+        .count();
+    assert!(holding >= 2, "{:?}", cluster.primaries());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,7 @@ fn redis_settings(server: &RedisServer) -> RedisSettings {
         breaker_cooldown: Duration::from_millis(300),
         key_prefix: "test".into(),
         tls: None,
+        cluster: false,
     }
 }
 

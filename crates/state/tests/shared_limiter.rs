@@ -23,6 +23,7 @@ fn settings(server: &RedisServer) -> RedisSettings {
         breaker_cooldown: Duration::from_millis(300),
         key_prefix: "test".into(),
         tls: None,
+        cluster: false,
     }
 }
 
@@ -265,4 +266,44 @@ async fn over_tls_with_a_client_certificate() {
         anonymous.check(0, k.clone(), &q).await,
         Err(StoreError::Redis(_) | StoreError::Timeout(_))
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_spreads_the_keys_and_decides_exactly() {
+    let cluster = tollgate_testkit::RedisCluster::start();
+    let settings = RedisSettings {
+        url: cluster.url(),
+        cluster: true,
+        timeout: Duration::from_secs(2),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(300),
+        instances: NonZeroU32::MIN,
+        key_prefix: "test".into(),
+        tls: None,
+    };
+    let shared = Arc::new(SharedLimiter::new(
+        Arc::new(Redis::new(settings, 1).unwrap()),
+        1,
+    ));
+    let q = quota(3, Duration::from_secs(3600), 3);
+    // 40 clients asking 5 times each, all at once: batches mix tags on every node.
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..40 {
+        for _ in 0..5 {
+            let shared = Arc::clone(&shared);
+            tasks.spawn(async move {
+                let k = key("test", "p", &format!("client=c{client}"), "");
+                (client, shared.check(0, k, &q).await.unwrap().allowed)
+            });
+        }
+    }
+    let mut allowed = [0u32; 40];
+    while let Some(done) = tasks.join_next().await {
+        let (client, ok) = done.unwrap();
+        allowed[client] += u32::from(ok);
+    }
+    assert!(allowed.iter().all(|&n| n == 3), "{allowed:?}");
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    assert!(primaries.iter().all(|(_, keys)| *keys > 0), "{primaries:?}");
 }

@@ -129,6 +129,140 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of the test's own: three primaries with one replica each, six
+/// `redis-server` processes on free ports (no persistence), a node timeout of one
+/// second so a replica takes over a killed primary's slots within a few seconds.
+pub struct RedisCluster {
+    nodes: Vec<(u16, Child)>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = TempDir::new();
+        let ports = cluster_ports(6);
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .arg("--cluster-config-file")
+                .arg(dir.path().join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (Debian: redis-server)");
+            nodes.push((port, child));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &port in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = RedisCluster { nodes, _dir: dir };
+        cluster.wait_healthy(Duration::from_secs(20));
+        cluster
+    }
+
+    /// A seed node's URL (the client discovers the others).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.nodes[0].0)
+    }
+
+    /// `redis-cli -c` (following redirections) through a node still running.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let port = self.nodes.first().map(|(p, _)| *p).unwrap();
+        cli_on(port, &["-c"], args)
+    }
+
+    /// The ports of the primaries, each with the number of keys it holds.
+    pub fn primaries(&self) -> Vec<(u16, u64)> {
+        self.nodes
+            .iter()
+            .filter(|(port, _)| cli_on(*port, &[], &["ROLE"]).starts_with("master"))
+            .map(|(port, _)| (*port, cli_on(*port, &[], &["DBSIZE"]).parse().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Kills one node at once (`SIGKILL`): its replica takes its slots after the node
+    /// timeout.
+    pub fn kill(&mut self, port: u16) {
+        let at = self.nodes.iter().position(|(p, _)| *p == port).unwrap();
+        let (_, mut child) = self.nodes.remove(at);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits until every running node says the cluster is ok and every slot is served.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self.nodes.iter().all(|(port, _)| {
+                let info = cli_on(*port, &[], &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never became healthy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn cli_on(port: u16, flags: &[&str], args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(flags)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Free ports whose cluster bus port (+10000) is free and valid too.
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let port = free_port();
+        let bus = port.checked_add(10_000);
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if bus.is_some_and(free) && !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
 /// A file of the test CA and its certificates (`tests/fixtures/tls`).
 pub fn tls_fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

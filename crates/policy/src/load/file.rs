@@ -362,6 +362,8 @@ pub struct StoreFile {
     pub breaker_failures: Option<Spanned<i64>>,
     pub breaker_cooldown: Option<Spanned<String>>,
     pub key_prefix: Option<Spanned<String>>,
+    /// `redis_url` is one node of a Redis Cluster (the others are discovered).
+    pub cluster: Option<Spanned<bool>>,
     /// For `rediss://`: trust only the CA certificates in this PEM file instead of the
     /// system's.
     pub redis_ca_file: Option<Spanned<String>>,

@@ -113,12 +113,31 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
         &f.redis_client_cert_file,
         &f.redis_client_key_file,
     );
+    let cluster = f.cluster.as_ref().is_some_and(|c| *c.get_ref());
+    if let (Some(c), None) = (&f.cluster, &url) {
+        l.error(src, Some(c.span()), "[store] cluster: needs a redis_url");
+    }
+    if let (true, Some((url, span))) = (cluster, &url) {
+        if url.contains('?')
+            || url
+                .rsplit('/')
+                .next()
+                .is_some_and(|db| db.parse::<u32>().is_ok_and(|n| n > 0))
+        {
+            l.error(
+                src,
+                Some(span.clone()),
+                "[store]: a Redis Cluster has one database (no `/N`) and takes no URL options",
+            );
+        }
+    }
     if l.errors_since(mark) {
         return None;
     }
     Some(Store {
         redis: url.map(|(url, _)| RedisSettings {
             tls,
+            cluster,
             url,
             instances,
             timeout,

@@ -220,6 +220,28 @@ impl SharedLedger {
         }
     }
 
+    /// Puts the deadline index entry before the reservation: in the same round trip on
+    /// one server; on a cluster, where the index lives in a slot of its own, as a call
+    /// of its own first. Either way an instance that dies between the two leaves a
+    /// pointer to nothing, never a reservation no sweep can find.
+    async fn index_first(
+        &self,
+        worker: usize,
+        pipe: &mut redis::Pipeline,
+        index: redis::Cmd,
+    ) -> Result<(), StoreError> {
+        if !self.redis.is_cluster() {
+            pipe.add_command(index).ignore();
+            return Ok(());
+        }
+        self.redis
+            .call(worker, |mut c| {
+                let index = &index;
+                async move { index.query_async::<()>(&mut c).await }
+            })
+            .await
+    }
+
     fn prefix(&self) -> &str {
         &self.redis.settings().key_prefix
     }
@@ -271,13 +293,28 @@ impl SharedLedger {
             .arg(amount)
             .arg(&reason)
             .arg(now_ms)
-            .arg(json_string(client))
-            .cmd("ZREM")
+            .arg(json_string(client));
+        let mut unindex = redis::cmd("ZREM");
+        unindex
             .arg(self.deadlines_key())
-            .arg(format!("{client}\n{id}"))
-            .ignore();
+            .arg(format!("{client}\n{id}"));
+        let cluster = self.redis.is_cluster();
+        if !cluster {
+            pipe.add_command(unindex.clone()).ignore();
+        }
         let ((done, charged, balance),): ((u8, u64, u64),) =
             pipelined(&self.redis, worker, &self.settle, &pipe).await?;
+        if cluster {
+            // The index lives in a slot of its own: its entry goes after the settlement,
+            // and a lost removal costs the sweeper one look.
+            let _ = self
+                .redis
+                .call(worker, |mut c| {
+                    let unindex = &unindex;
+                    async move { unindex.query_async::<()>(&mut c).await }
+                })
+                .await;
+        }
         Ok(if done == 1 {
             Settled::Done { charged, balance }
         } else {
@@ -468,13 +505,14 @@ impl Ledger for SharedLedger {
                 ("requestId", reservation.request_id.as_deref()),
                 ("idempotencyKey", reservation.idempotency_key.as_deref()),
             ]);
-            let mut pipe = redis::pipe();
-            pipe.cmd("ZADD")
+            let mut index = redis::cmd("ZADD");
+            index
                 .arg(self.deadlines_key())
                 .arg(reservation.deadline)
-                .arg(format!("{}\n{}", reservation.client, reservation.id))
-                .ignore()
-                .cmd("EVALSHA")
+                .arg(format!("{}\n{}", reservation.client, reservation.id));
+            let mut pipe = redis::pipe();
+            self.index_first(worker, &mut pipe, index).await?;
+            pipe.cmd("EVALSHA")
                 .arg(self.reserve.get_hash())
                 .arg(3)
                 .arg(&keys.account)

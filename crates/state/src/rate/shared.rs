@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Decide, Decision, Quota};
-use crate::redis::{Redis, StoreError};
+use crate::redis::{Link, Redis, StoreError};
 
 const GCRA: &str = include_str!("gcra.lua");
 
@@ -145,14 +145,23 @@ impl SharedLimiter {
         }
         let script = &self.script;
         let pipe = &pipe;
+        let cluster = self.redis.is_cluster();
         let result: Result<Vec<Vec<i64>>, StoreError> = self
             .redis
             .call(worker, |mut connection| async move {
-                match pipe.query_async(&mut connection).await {
+                let sent = match cluster {
+                    false => pipe.query_async(&mut connection).await,
+                    // Each tag's script goes to its own node, all at once.
+                    true => each_on_its_node(pipe, &connection).await,
+                };
+                match sent {
                     // Redis restarted and lost the script: load it, then try again.
                     Err(e) if e.code() == Some("NOSCRIPT") => {
                         script.prepare_invoke().load_async(&mut connection).await?;
-                        pipe.query_async(&mut connection).await
+                        match cluster {
+                            false => pipe.query_async(&mut connection).await,
+                            true => each_on_its_node(pipe, &connection).await,
+                        }
                     }
                     other => other,
                 }
@@ -237,6 +246,22 @@ impl super::RateStore for Arc<SharedLimiter> {
     ) -> crate::BoxFuture<'a, Result<Decision, StoreError>> {
         Box::pin(self.check(worker, key, quota))
     }
+}
+
+/// The pipeline's commands (one script call per hash tag), each sent on its own and
+/// all awaited together: on a cluster the tags live on different nodes.
+async fn each_on_its_node(
+    pipe: &redis::Pipeline,
+    connection: &Link,
+) -> redis::RedisResult<Vec<Vec<i64>>> {
+    let calls = pipe.cmd_iter().map(|command| {
+        let mut connection = connection.clone();
+        async move { command.query_async::<Vec<i64>>(&mut connection).await }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
