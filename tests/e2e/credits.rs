@@ -1165,3 +1165,104 @@ async fn the_ledger_cli_credits_shows_imports_and_verifies() {
     let (ok, out) = tollgate(&["ledger", "verify"]);
     assert!(!ok && out.contains("admin API"), "{out}");
 }
+
+/// A primary of a three-primary Redis Cluster is killed under metered load: its replica
+/// takes its slots. Meanwhile requests whose client lives there are refused 503 (money
+/// is never granted on a guess) and every other one is served; nothing answers 500 or
+/// hangs; afterwards every client is served again, nobody was charged for an answer
+/// they did not get, and the journals still sum to the balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_primary_fails_over_under_load_without_a_500() {
+    let mut cluster = crate::support::RedisCluster::start();
+    let store = format!(
+        "[store]\nredis_url = \"{}\"\ncluster = true\ncluster_nodes = {:?}\ntimeout = \"300ms\"\nbreaker_cooldown = \"300ms\"",
+        cluster.url(),
+        cluster.addresses()
+    );
+    let h = Harness::with(setup("reservation_timeout = \"2s\"", &store)).await;
+    h.gateway.wait_ready().await;
+    let g = &h.gateway;
+    let clients: Vec<String> = (0..12).map(|i| format!("fo{i}")).collect();
+    for c in &clients {
+        credit(g, c, 10_000).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for c in clients.clone() {
+        let (addr, stop) = (g.addr, Arc::clone(&stop));
+        load.spawn(async move {
+            let bearer = bearer_for(&c);
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    send(
+                        addr,
+                        "GET",
+                        "/echo/one/x",
+                        &[("authorization", &bearer)],
+                        b"",
+                    ),
+                )
+                .await
+                .expect("no request hangs through a failover");
+                statuses.push(r.status);
+            }
+            (c, statuses)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (victim, keys) = cluster
+        .primaries()
+        .into_iter()
+        .max_by_key(|(_, keys)| *keys)
+        .unwrap();
+    assert!(keys > 0);
+    cluster.kill(victim);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut answered = std::collections::HashMap::new();
+    let mut refused = 0;
+    while let Some(done) = load.join_next().await {
+        let (client, statuses) = done.unwrap();
+        for &s in &statuses {
+            assert!(s == 200 || s == 503, "{client}: {s}");
+        }
+        refused += statuses.iter().filter(|&&s| s == 503).count();
+        answered.insert(
+            client,
+            statuses.iter().filter(|&&s| s == 200).count() as u64,
+        );
+    }
+    assert!(
+        refused > 0,
+        "the killed primary's clients were refused while it was away"
+    );
+
+    cluster.wait_healthy(Duration::from_secs(20));
+    for c in &clients {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                call(g, "GET", "/echo/one/x", c).await.status == 200
+            })
+            .await,
+            "{c} is served again after the failover"
+        );
+        *answered.get_mut(c).unwrap() += 1;
+    }
+    // Reservations stranded by the failover expire (2 s), refunded.
+    for c in &clients {
+        let drained = eventually(Duration::from_secs(8), || async {
+            account(g, c).await.1 == 0
+        })
+        .await;
+        assert!(drained, "{c}: nothing stays held");
+        let charged = 10_000 - account(g, c).await.0;
+        assert!(
+            charged <= answered[c],
+            "{c}: charged {charged} for {} answers",
+            answered[c]
+        );
+    }
+    assert_verified(g).await;
+}

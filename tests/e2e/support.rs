@@ -15,7 +15,8 @@ use tokio::net::TcpStream;
 use tollgate_demo_backend::DemoBackend;
 
 pub use tollgate_testkit::{
-    bearer_for, bearer_with, jwt_config, jwt_fixtures, tls_fixture, RedisServer, TempDir,
+    bearer_for, bearer_with, jwt_config, jwt_fixtures, tls_fixture, RedisCluster, RedisServer,
+    TempDir,
 };
 
 /// The policies most tests run against.

@@ -220,6 +220,8 @@ pub struct RedisSettings {
     pub tls: Option<RedisTls>,
     /// The URL names one node of a Redis Cluster; the others are discovered from it.
     pub cluster: bool,
+    /// The URLs of more nodes to start from (`url` with another `host:port`).
+    pub cluster_seeds: Vec<String>,
 }
 
 /// TLS to Redis: PEM bytes as the Redis client takes them, checked when loaded.

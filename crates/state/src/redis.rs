@@ -97,7 +97,8 @@ impl ConnectionLike for Link {
     }
 }
 
-/// Where the connections go.
+/// Where the connections go. (One per process: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Single {
         client: redis::Client,
@@ -150,7 +151,11 @@ impl Redis {
         // One per worker, and one for background tasks (the revocation poller).
         let slots = workers.max(1) + 1;
         let target = if settings.cluster {
-            let mut builder = ClusterClient::builder([info])
+            let mut seeds = vec![info];
+            for seed in &settings.cluster_seeds {
+                seeds.push(seed.as_str().into_connection_info()?);
+            }
+            let mut builder = ClusterClient::builder(seeds)
                 .connection_timeout(settings.timeout)
                 .response_timeout(settings.timeout)
                 // A moved slot is followed at once; waiting out a failover is the

@@ -39,6 +39,7 @@ fn settings_for(url: String) -> RedisSettings {
         key_prefix: "test".into(),
         tls: None,
         cluster: false,
+        cluster_seeds: Vec::new(),
     }
 }
 
@@ -427,7 +428,18 @@ async fn the_redis_ledger_passes_the_suite_on_a_cluster() {
             ))) as Arc<dyn Ledger>
         })
         .collect();
-    concurrent_debits(ledgers, 1_000, 500).await;
+    concurrent_debits(Vec::clone(&ledgers), 1_000, 500).await;
+    // Verification finds every client, whichever primary holds it.
+    for i in 0..20 {
+        let spread = format!("spread-{i}");
+        ledgers[0]
+            .adjust(0, adjust(&spread, Change::Credit(1)))
+            .await
+            .unwrap();
+    }
+    let report = ledgers[0].verify(0).await.unwrap();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(report.clients >= 21, "{report:#?}");
     // The clients' keys landed on more than one primary.
     let holding = cluster
         .primaries()

@@ -71,6 +71,7 @@ fn redis_settings(server: &RedisServer) -> RedisSettings {
         key_prefix: "test".into(),
         tls: None,
         cluster: false,
+        cluster_seeds: Vec::new(),
     }
 }
 

@@ -24,6 +24,7 @@ fn settings(server: &RedisServer) -> RedisSettings {
         key_prefix: "test".into(),
         tls: None,
         cluster: false,
+        cluster_seeds: Vec::new(),
     }
 }
 
@@ -274,6 +275,7 @@ async fn a_cluster_spreads_the_keys_and_decides_exactly() {
     let settings = RedisSettings {
         url: cluster.url(),
         cluster: true,
+        cluster_seeds: Vec::new(),
         timeout: Duration::from_secs(2),
         breaker_failures: 3,
         breaker_cooldown: Duration::from_millis(300),

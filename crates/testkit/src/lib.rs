@@ -147,6 +147,10 @@ impl RedisCluster {
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                // Replicas sync at once (not after the default 5 s wait for more), and may
+                // take over whatever the age of their data.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--cluster-replica-validity-factor", "0"])
                 .arg("--cluster-config-file")
                 .arg(dir.path().join(format!("nodes-{port}.conf")))
                 .arg("--dir")
@@ -178,12 +182,31 @@ impl RedisCluster {
         );
         let cluster = RedisCluster { nodes, _dir: dir };
         cluster.wait_healthy(Duration::from_secs(20));
+        // Every replica has its primary's data before a test kills one.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for (port, _) in &cluster.nodes {
+            while cli_on(*port, &[], &["ROLE"]).starts_with("slave")
+                && !cli_on(*port, &[], &["INFO", "replication"]).contains("master_link_status:up")
+            {
+                assert!(Instant::now() < deadline, "a replica never synced");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         cluster
     }
 
     /// A seed node's URL (the client discovers the others).
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.nodes[0].0)
+    }
+
+    /// Every node as `127.0.0.1:port` (seeds for a client that must start while one is
+    /// down).
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(port, _)| format!("127.0.0.1:{port}"))
+            .collect()
     }
 
     /// `redis-cli -c` (following redirections) through a node still running.

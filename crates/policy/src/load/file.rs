@@ -364,6 +364,9 @@ pub struct StoreFile {
     pub key_prefix: Option<Spanned<String>>,
     /// `redis_url` is one node of a Redis Cluster (the others are discovered).
     pub cluster: Option<Spanned<bool>>,
+    /// More nodes of the cluster (`host:port`, reached like `redis_url`), so the
+    /// gateway can connect while the first is down.
+    pub cluster_nodes: Option<Vec<Spanned<String>>>,
     /// For `rediss://`: trust only the CA certificates in this PEM file instead of the
     /// system's.
     pub redis_ca_file: Option<Spanned<String>>,

@@ -131,6 +131,27 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
             );
         }
     }
+    let mut cluster_seeds = Vec::new();
+    for node in f.cluster_nodes.iter().flatten() {
+        match (&url, cluster) {
+            (Some((url, _)), true) => match with_authority(url, node.get_ref()) {
+                Some(seed) if redis_url_problem(&seed).is_none() => cluster_seeds.push(seed),
+                _ => l.error(
+                    src,
+                    Some(node.span()),
+                    format!(
+                        "[store] cluster_nodes: `{}` is not a host:port",
+                        node.get_ref()
+                    ),
+                ),
+            },
+            _ => l.error(
+                src,
+                Some(node.span()),
+                "[store] cluster_nodes: only with cluster = true",
+            ),
+        }
+    }
     if l.errors_since(mark) {
         return None;
     }
@@ -138,6 +159,7 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
         redis: url.map(|(url, _)| RedisSettings {
             tls,
             cluster,
+            cluster_seeds,
             url,
             instances,
             timeout,
@@ -147,6 +169,23 @@ pub(crate) fn store(l: &mut Loader, src: &SourceFile, f: Option<StoreFile>) -> O
         }),
         path,
     })
+}
+
+/// `url` with its `host:port` replaced by `authority` (scheme, credentials and
+/// database kept); `None` when `authority` is not a bare `host:port`.
+fn with_authority(url: &str, authority: &str) -> Option<String> {
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#']) || !authority.contains(':')
+    {
+        return None;
+    }
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (current, path) = rest.split_at(end);
+    let credentials = current.rsplit_once('@').map(|(c, _)| format!("{c}@"));
+    Some(format!(
+        "{scheme}://{}{authority}{path}",
+        credentials.unwrap_or_default()
+    ))
 }
 
 /// What is wrong with a Redis URL, without echoing it (it may hold a password):
@@ -242,6 +281,28 @@ mod tests {
             assert_eq!(e.len(), 1, "{e:?}");
             assert!(e[0].starts_with(message), "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_cluster_starts_from_several_nodes_reached_alike() {
+        let s = load(&format!("{GATEWAY}\n[store]\nredis_url = \"rediss://:pw@r1:7000\"\ncluster = true\ncluster_nodes = [\"r2:7000\", \"[::1]:7001\"]\n"), &[]).unwrap();
+        let r = s.store.redis.unwrap();
+        assert!(r.cluster);
+        assert_eq!(
+            r.cluster_seeds,
+            ["rediss://:pw@r2:7000", "rediss://:pw@[::1]:7001"]
+        );
+        let e = errors(&format!("{GATEWAY}\n[store]\nredis_url = \"redis://r1:7000/2\"\ncluster = true\ncluster_nodes = [\"r2\", \"u@r3:1\"]\n"), &[]);
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert!(e[0].contains("a Redis Cluster has one database"), "{e:?}");
+        assert!(
+            e[1].contains("`r2` is not a host:port")
+                && e[2].contains("`u@r3:1` is not a host:port"),
+            "{e:?}"
+        );
+        let e = errors(&format!("{GATEWAY}\n[store]\nredis_url = \"redis://r1:7000\"\ncluster_nodes = [\"r2:7000\"]\n"), &[]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains("only with cluster = true"), "{e:?}");
     }
 
     #[test]

@@ -224,6 +224,12 @@ impl SharedLedger {
     /// one server; on a cluster, where the index lives in a slot of its own, as a call
     /// of its own first. Either way an instance that dies between the two leaves a
     /// pointer to nothing, never a reservation no sweep can find.
+    ///
+    /// On a cluster the entry must also outlive a failover of its node, which may lose
+    /// writes its replica had not received yet while the reservation (on another node)
+    /// survives: so it is confirmed by a replica (`WAIT 1`, on the same node) before the
+    /// reservation is written. Without a replica that wait runs out (`timeout`) and the
+    /// reservation goes ahead, as on one server.
     async fn index_first(
         &self,
         worker: usize,
@@ -234,12 +240,25 @@ impl SharedLedger {
             pipe.add_command(index).ignore();
             return Ok(());
         }
-        self.redis
+        let wait_ms = self.redis.settings().timeout.as_millis() / 2;
+        let mut confirmed = redis::pipe();
+        confirmed
+            .add_command(index)
+            .ignore()
+            .cmd("WAIT")
+            .arg(1)
+            .arg(u64::try_from(wait_ms).unwrap_or(u64::MAX).max(1));
+        let (replicas,): (u64,) = self
+            .redis
             .call(worker, |mut c| {
-                let index = &index;
-                async move { index.query_async::<()>(&mut c).await }
+                let confirmed = &confirmed;
+                async move { confirmed.query_async(&mut c).await }
             })
-            .await
+            .await?;
+        if replicas == 0 {
+            tracing::debug!("the deadline index entry reached no replica");
+        }
+        Ok(())
     }
 
     fn prefix(&self) -> &str {
@@ -398,7 +417,19 @@ impl SharedLedger {
         let pattern = format!("{}:ledger:{{*}}:account", self.prefix());
         let mut cursor: u64 = 0;
         let mut accounts: Vec<String> = Vec::new();
-        loop {
+        if self.redis.is_cluster() {
+            // SCAN walks one node; KEYS is sent to every primary and the answers joined.
+            // It blocks each primary while it runs: verification is an operator's
+            // occasional check, not traffic.
+            accounts = self
+                .redis
+                .call(worker, |mut c| {
+                    let pattern = &pattern;
+                    async move { redis::cmd("KEYS").arg(pattern).query_async(&mut c).await }
+                })
+                .await?;
+        }
+        while !self.redis.is_cluster() {
             let (next, keys): (u64, Vec<String>) = self
                 .redis
                 .call(worker, |mut c| {
