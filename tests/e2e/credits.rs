@@ -181,7 +181,12 @@ async fn settled(g: &GatewayProcess, client: &str, expected: (u64, u64)) {
     })
     .await;
     let last = account(g, client).await;
-    assert!(reached, "{client}: {last:?}, expected {expected:?}");
+    assert!(
+        reached,
+        "{client}: {last:?}, expected {expected:?}; journal {:?}; gateway log:\n{}",
+        journal(g, client).await,
+        g.stderr()
+    );
 }
 
 async fn journal(g: &GatewayProcess, client: &str) -> Vec<Value> {
@@ -474,12 +479,16 @@ async fn with_on_client_abort_settle_a_client_that_hangs_up_cannot_have_work_don
         let request = format!(
             "POST {target} HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\n{key}content-length: 2\r\n\r\n{{}}"
         );
+        let backend = &h.backend;
         async move {
+            let before = backend.requests();
             let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
             stream.write_all(request.as_bytes()).await.unwrap();
+            // Hangs up while the backend works on it: after the reservation, and after
+            // the request reached the backend (leaving earlier is the refund case below).
             assert!(
                 eventually(Duration::from_secs(3), || async {
-                    account(g, "c7").await.1 == 5
+                    account(g, "c7").await.1 == 5 && backend.requests() > before
                 })
                 .await
             );

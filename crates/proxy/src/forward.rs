@@ -12,6 +12,8 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+
+use crate::body::BodyStats;
 use tollgate_policy::Route;
 
 use crate::body::{CutOff, Outbound};
@@ -42,12 +44,14 @@ pub async fn forward(
             tokio::spawn(async move {
                 let sent = upstream.send(request, timeout, &task_stats).await;
                 if let Err((sent, orphan)) = answer.send((sent, orphan)) {
-                    let head = sent.as_ref().ok().map(|r| (r.status(), r.headers()));
-                    let cut_off = task_stats.cut_off() != CutOff::None;
-                    orphan.settle_alone(head, cut_off).await;
+                    settle_alone(sent, orphan, &task_stats).await;
                 }
             });
-            let (sent, orphan) = waiting.await.map_err(|_| Bug::Detached)?;
+            let mut waiting = Unclaimed {
+                waiting,
+                stats: Arc::clone(&stats),
+            };
+            let (sent, orphan) = (&mut waiting.waiting).await.map_err(|_| Bug::Detached)?;
             orphan.adopt(exchange);
             sent
         }
@@ -64,4 +68,34 @@ pub async fn forward(
         CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
         CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
     })
+}
+
+type Sent = (Result<Response<Incoming>, GatewayError>, meter::Orphan);
+
+async fn settle_alone(
+    sent: Result<Response<Incoming>, GatewayError>,
+    orphan: meter::Orphan,
+    stats: &BodyStats,
+) {
+    let head = sent.as_ref().ok().map(|r| (r.status(), r.headers()));
+    let cut_off = stats.cut_off() != CutOff::None;
+    orphan.settle_alone(head, cut_off).await;
+}
+
+/// The request's end of a detached exchange. The answer can arrive in the instant the
+/// client hangs up: sent (so the task no longer has it), but never taken, because the
+/// request was dropped before it looked. Then it is settled here, as the task would
+/// have, instead of leaving the reservation held until it expires.
+struct Unclaimed {
+    waiting: oneshot::Receiver<Sent>,
+    stats: Arc<BodyStats>,
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Ok((sent, orphan)) = self.waiting.try_recv() {
+            let stats = Arc::clone(&self.stats);
+            tokio::spawn(async move { settle_alone(sent, orphan, &stats).await });
+        }
+    }
 }
