@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::HeaderName;
+use toml::Spanned;
 
 use super::context::{Loader, Zero};
 use super::file::{ServerFile, UnderscoresFile};
@@ -51,28 +52,8 @@ pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<
         l.error(src, None, "[server] listen: give at least one address");
     }
     let listen: Vec<SocketAddr> = f.listen.iter().filter_map(|a| l.address(src, a)).collect();
-    let mut trusted_proxies = Vec::new();
-    for c in &f.trusted_proxies {
-        match c.get_ref().parse::<Cidr>() {
-            Ok(cidr) => trusted_proxies.push(cidr),
-            Err(e) => l.error(
-                src,
-                Some(c.span()),
-                format!("[server] trusted_proxies: {e}"),
-            ),
-        }
-    }
-    let mut proxy_protocol_from = Vec::new();
-    for c in &f.proxy_protocol_from {
-        match c.get_ref().parse::<Cidr>() {
-            Ok(cidr) => proxy_protocol_from.push(cidr),
-            Err(e) => l.error(
-                src,
-                Some(c.span()),
-                format!("[server] proxy_protocol_from: {e}"),
-            ),
-        }
-    }
+    let trusted_proxies = cidrs(l, src, &f.trusted_proxies, "trusted_proxies");
+    let proxy_protocol_from = cidrs(l, src, &f.proxy_protocol_from, "proxy_protocol_from");
     let tls = f.tls.and_then(|tls| super::tls::server_tls(l, src, tls));
     let strip_request_headers = match &f.strip_request_headers {
         None => DEFAULT_STRIPPED_REQUEST_HEADERS
@@ -135,6 +116,19 @@ pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<
         tls,
     };
     (!l.errors_since(mark)).then_some(server)
+}
+
+/// The CIDRs of a `[server]` list; an error at each one that does not parse.
+fn cidrs(l: &mut Loader, src: &SourceFile, list: &[Spanned<String>], field: &str) -> Vec<Cidr> {
+    list.iter()
+        .filter_map(|c| match c.get_ref().parse::<Cidr>() {
+            Ok(cidr) => Some(cidr),
+            Err(e) => {
+                l.error(src, Some(c.span()), format!("[server] {field}: {e}"));
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

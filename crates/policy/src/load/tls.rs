@@ -72,24 +72,97 @@ fn served(l: &mut Loader, src: &SourceFile, f: &CertificateFile) -> Option<Serve
     let what = "[server.tls] certificates";
     let chain = chain(l, src, &f.cert_file, &format!("{what} cert_file"));
     let key = private_key(l, src, &f.key_file, &format!("{what} key_file"));
-    let (chain, key) = (chain?, key?);
+    let key = certified(l, src, what, &f.cert_file, &f.key_file, chain?, key?)?;
+    Some(ServedCertificate {
+        cert_file: l.resolve(f.cert_file.get_ref()),
+        key: Arc::new(key),
+    })
+}
+
+/// The chain and key, checked to belong together; an error at the key file if not.
+fn certified(
+    l: &mut Loader,
+    src: &SourceFile,
+    what: &str,
+    cert_file: &Spanned<String>,
+    key_file: &Spanned<String>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Option<CertifiedKey> {
     match CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider()) {
-        Ok(key) => Some(ServedCertificate {
-            cert_file: l.resolve(f.cert_file.get_ref()),
-            key: Arc::new(key),
-        }),
+        Ok(key) => Some(key),
         Err(e) => {
             l.error(
                 src,
-                Some(f.key_file.span()),
+                Some(key_file.span()),
                 format!(
                     "{what}: `{}` is not the key of `{}` ({e})",
-                    f.key_file.get_ref(),
-                    f.cert_file.get_ref()
+                    key_file.get_ref(),
+                    cert_file.get_ref()
                 ),
             );
             None
         }
+    }
+}
+
+/// A client certificate: its chain and key, parsed, checked to belong together, and the
+/// bytes of both files.
+struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+/// The client certificate named by `cert_file` and `key_file` (`what` names them in
+/// errors): `Some(None)` when neither is named, `None` after an error (both or neither;
+/// files that parse; a key that is the certificate's).
+fn identity(
+    l: &mut Loader,
+    src: &SourceFile,
+    (cert_file, cert_what): (&Option<Spanned<String>>, &str),
+    (key_file, key_what): (&Option<Spanned<String>>, &str),
+    pair_error: &str,
+) -> Option<Option<Identity>> {
+    match (cert_file, key_file) {
+        (None, None) => Some(None),
+        (Some(cert), Some(key)) => {
+            let chain = chain_pem(l, src, cert, cert_what);
+            let private = private_key_pem(l, src, key, key_what);
+            let ((chain, cert_pem), (private, key_pem)) = (chain?, private?);
+            certified(
+                l,
+                src,
+                key_what,
+                cert,
+                key,
+                chain.clone(),
+                private.clone_key(),
+            )?;
+            Some(Some(Identity {
+                chain,
+                key: private,
+                cert_pem,
+                key_pem,
+            }))
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            l.error(src, Some(one.span()), pair_error);
+            None
+        }
+    }
+}
+
+/// Errors for TLS files named where the URL does not use TLS.
+fn refuse_files(
+    l: &mut Loader,
+    src: &SourceFile,
+    files: [&Option<Spanned<String>>; 3],
+    message: &str,
+) {
+    for file in files.into_iter().flatten() {
+        l.error(src, Some(file.span()), message);
     }
 }
 
@@ -103,74 +176,42 @@ pub(crate) fn upstream_tls(
     key_file: &Option<Spanned<String>>,
 ) -> Option<UpstreamTls> {
     if !https {
-        for file in [ca_file, cert_file, key_file].into_iter().flatten() {
-            l.error(
-                src,
-                Some(file.span()),
-                "[upstream]: TLS files are for an https:// url",
-            );
-        }
+        let files = [ca_file, cert_file, key_file];
+        refuse_files(
+            l,
+            src,
+            files,
+            "[upstream]: TLS files are for an https:// url",
+        );
         return None;
     }
-    let mut source = Vec::new();
     let roots = match ca_file {
         None => Vec::new(),
         Some(file) => chain(l, src, file, "[upstream] ca_file").unwrap_or_default(),
     };
-    let identity = match (cert_file, key_file) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => {
-            let chain = chain(l, src, cert, "[upstream] client_cert_file");
-            let private = private_key(l, src, key, "[upstream] client_key_file");
-            let (chain, private) = (chain?, private?);
-            let provider = rustls::crypto::ring::default_provider();
-            if let Err(e) = CertifiedKey::from_der(chain.clone(), private.clone_key(), &provider) {
-                l.error(
-                    src,
-                    Some(key.span()),
-                    format!(
-                        "[upstream] client_key_file: `{}` is not the key of `{}` ({e})",
-                        key.get_ref(),
-                        cert.get_ref()
-                    ),
-                );
-                return None;
-            }
-            Some((cert, key, chain, private))
-        }
-        (Some(one), None) | (None, Some(one)) => {
-            l.error(
-                src,
-                Some(one.span()),
-                "[upstream]: mutual TLS needs both client_cert_file and client_key_file",
-            );
-            return None;
-        }
-    };
-    for der in &roots {
-        source.extend_from_slice(der);
+    let identity = identity(
+        l,
+        src,
+        (cert_file, "[upstream] client_cert_file"),
+        (key_file, "[upstream] client_key_file"),
+        "[upstream]: mutual TLS needs both client_cert_file and client_key_file",
+    )?;
+    let mut source: Vec<u8> = roots.iter().flat_map(|der| der.to_vec()).collect();
+    if let Some(identity) = &identity {
+        source.extend(identity.chain.iter().flat_map(|der| der.to_vec()));
+        source.extend_from_slice(identity.key.secret_der());
     }
-    let identity = identity.map(|(cert, key, chain, private)| {
-        for der in &chain {
-            source.extend_from_slice(der);
-        }
-        source.extend_from_slice(private.secret_der());
-        (cert, key, chain, private)
-    });
-    let (files, identity) = match identity {
-        Some((cert, key, chain, private)) => (Some((cert, key)), Some((chain, private))),
-        None => (None, None),
-    };
+    let files = identity.as_ref().map(|_| key_file).unwrap_or(ca_file);
+    let identity = identity.map(|i| (i.chain, i.key));
     match client_config(roots, identity) {
         Ok(config) => Some(UpstreamTls {
             config: Arc::new(config),
             source,
         }),
         Err(e) => {
-            let file = files.map(|(_, key)| key).or(ca_file.as_ref());
             l.error(
                 src,
-                file.map(|f| f.span()),
+                files.as_ref().map(|f| f.span()),
                 format!("[upstream]: the TLS files do not load: {e}"),
             );
             None
@@ -213,49 +254,22 @@ pub(crate) fn redis_tls(
     key_file: &Option<Spanned<String>>,
 ) -> Option<RedisTls> {
     if !rediss {
-        for file in [ca_file, cert_file, key_file].into_iter().flatten() {
-            l.error(
-                src,
-                Some(file.span()),
-                "[store]: TLS files are for a rediss:// URL",
-            );
-        }
+        let files = [ca_file, cert_file, key_file];
+        refuse_files(l, src, files, "[store]: TLS files are for a rediss:// URL");
         return None;
     }
     let ca_pem = ca_file
         .as_ref()
         .and_then(|file| chain_pem(l, src, file, "[store] redis_ca_file"))
         .map(|(_, pem)| pem);
-    let client_pem = match (cert_file, key_file) {
-        (None, None) => None,
-        (Some(cert), Some(key)) => {
-            let chain = chain_pem(l, src, cert, "[store] redis_client_cert_file");
-            let private = private_key_pem(l, src, key, "[store] redis_client_key_file");
-            let ((chain, cert_pem), (private, key_pem)) = (chain?, private?);
-            let provider = rustls::crypto::ring::default_provider();
-            if let Err(e) = CertifiedKey::from_der(chain, private, &provider) {
-                l.error(
-                    src,
-                    Some(key.span()),
-                    format!(
-                        "[store] redis_client_key_file: `{}` is not the key of `{}` ({e})",
-                        key.get_ref(),
-                        cert.get_ref()
-                    ),
-                );
-                return None;
-            }
-            Some((cert_pem, key_pem))
-        }
-        (Some(one), None) | (None, Some(one)) => {
-            l.error(
-                src,
-                Some(one.span()),
-                "[store]: a Redis client certificate needs both redis_client_cert_file and redis_client_key_file",
-            );
-            return None;
-        }
-    };
+    let client_pem = identity(
+        l,
+        src,
+        (cert_file, "[store] redis_client_cert_file"),
+        (key_file, "[store] redis_client_key_file"),
+        "[store]: a Redis client certificate needs both redis_client_cert_file and redis_client_key_file",
+    )?
+    .map(|i| (i.cert_pem, i.key_pem));
     Some(RedisTls { ca_pem, client_pem })
 }
 
