@@ -331,6 +331,74 @@ async fn a_metered_request_is_charged_and_says_so() {
     assert_eq!(metric(&metrics, "tollgate_credit_posts_total "), 2);
 }
 
+/// Clients that hang up at every instant around the reservation: right after the
+/// request head, while the ledger is still making the reservation durable, while the
+/// backend works. Whatever was held comes back, once each; none waits for its deadline.
+async fn hang_ups_leave_nothing_held(g: &GatewayProcess) {
+    credit(g, "c7", 100).await;
+    let bearer = bearer_for("c7");
+    let target = "/echo/metered/a?delay_ms=300";
+    // Every fourth request carries an idempotency key: its claim must be freed too.
+    let key = |round: u64| round.is_multiple_of(4).then(|| format!("hang-up-{round}"));
+    for round in 0..40u64 {
+        let mut request =
+            format!("GET {target} HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\n");
+        if let Some(key) = key(round) {
+            request.push_str(&format!("idempotency-key: {key}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // From no wait at all to a few milliseconds: across the ledger's commit.
+        tokio::time::sleep(Duration::from_micros(round * 150)).await;
+        drop(stream);
+    }
+    settled(g, "c7", (100, 0)).await;
+    let movements = journal(g, "c7").await;
+    let reserves = movements.iter().filter(|m| m["kind"] == "reserve").count();
+    let voids: Vec<&Value> = movements.iter().filter(|m| m["kind"] == "void").collect();
+    assert_eq!(reserves, voids.len(), "{movements:?}");
+    assert!(
+        voids.iter().all(|m| m["reason"] == "client_abort"),
+        "{voids:?}"
+    );
+    assert_verified(g).await;
+
+    // No key is left "in flight": each retry runs, and is charged once.
+    let mut retries = tokio::task::JoinSet::new();
+    for key in (0..40).filter_map(key) {
+        let (addr, bearer) = (g.addr, bearer.clone());
+        retries.spawn(async move {
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("idempotency-key", key.as_str()),
+            ];
+            send(addr, "GET", target, &headers, b"").await
+        });
+    }
+    while let Some(r) = retries.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    settled(g, "c7", (50, 0)).await;
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_during_its_reservation_is_refunded_at_once() {
+    // The reservation timeout is far beyond the test: only a refund can pass it.
+    let h = start("reservation_timeout = \"10m\"").await;
+    hang_ups_leave_nothing_held(&h.gateway).await;
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_during_its_reservation_is_refunded_at_once_on_redis() {
+    let redis = RedisServer::start();
+    let store = format!("[store]\nredis_url = \"{}\"\ntimeout = \"1s\"", redis.url());
+    let h = Harness::with(setup("reservation_timeout = \"10m\"", &store)).await;
+    h.gateway.wait_ready().await;
+    hang_ups_leave_nothing_held(&h.gateway).await;
+}
+
 #[tokio::test]
 async fn every_kind_of_failure_refunds_exactly_once() {
     let slow_upstream = Setup {

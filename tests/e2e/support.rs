@@ -238,7 +238,10 @@ impl GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .args(["run", "--config"])
             .arg(config)
+            // The gateway logs at its own default level; TG_RUST_LOG=debug
+            // (set when running the tests) turns its debug log on to chase a failure.
             .env_remove("RUST_LOG")
+            .envs(std::env::var("TG_RUST_LOG").map(|v| ("RUST_LOG", v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

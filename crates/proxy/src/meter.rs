@@ -99,19 +99,39 @@ pub async fn reserve(
         None => (request, None),
         Some(key) => {
             let (request, fingerprint) = fingerprint(route, request, reading).await?;
+            // Generated here, never the client's `X-Request-Id`: only this request may
+            // free what it claims.
+            let owner = crate::request_id::generate();
+            let keep_until = now.saturating_add(duration_ms(settings.idempotency_ttl));
+            // Armed before the ledger is asked, as the reservation below is: a client
+            // that hangs up while the key is being claimed frees its claim (and only
+            // its own) instead of leaving the key "in flight" until `hold_until`.
+            let mut guard = KeyClaim::new(
+                std::sync::Arc::clone(&ledger),
+                worker,
+                client.clone(),
+                key.clone(),
+                owner.clone(),
+                keep_until,
+            );
             let claim = Claim {
                 client: client.clone(),
                 key: key.clone(),
                 fingerprint,
                 now_ms: now,
                 hold_until,
+                owner,
             };
             let started = std::time::Instant::now();
-            let claimed = ledger
-                .claim(worker, claim)
-                .await
-                .map_err(|e| credits.unavailable(&e))?;
+            let claimed = ledger.claim(worker, claim).await;
             credits.counters.latency.observe(started.elapsed());
+            let claimed = claimed.map_err(|e| {
+                guard.disarm();
+                credits.unavailable(&e)
+            })?;
+            if !matches!(claimed, Claimed::New) {
+                guard.disarm();
+            }
             match claimed {
                 Claimed::New => {}
                 Claimed::InFlight => return Err(CreditError::KeyInFlight.into()),
@@ -130,15 +150,7 @@ pub async fn reserve(
                     return Ok(Reserve::Replay(replay(&answer)?));
                 }
             }
-            let keep_until = now.saturating_add(duration_ms(settings.idempotency_ttl));
-            let claim = KeyClaim::new(
-                std::sync::Arc::clone(&ledger),
-                worker,
-                client.clone(),
-                key,
-                keep_until,
-            );
-            (request, Some(claim))
+            (request, Some(guard))
         }
     };
 
@@ -152,12 +164,25 @@ pub async fn reserve(
         request_id: Some(exchange.request_id.clone()),
         idempotency_key: key,
     };
+    // Armed before the ledger is asked: a client that hangs up while the reservation is
+    // being made (it may already be held, even durable) drops this future, and the guard
+    // voids whatever was held instead of leaving it to the reservation's deadline.
+    let mut hold = Hold::new(
+        std::sync::Arc::clone(&ledger),
+        std::sync::Arc::clone(&credits.counters),
+        worker,
+        client,
+        id,
+        cost,
+    );
     let started = std::time::Instant::now();
     let reserved = ledger.reserve(worker, reservation, now).await;
     credits.counters.latency.observe(started.elapsed());
     let reserved = match reserved {
         Ok(r) => r,
         Err(e) => {
+            // Nothing is held, or the ledger cannot be told now: the deadline frees it.
+            hold.disarm();
             if let Some(claim) = claim {
                 let _ = claim.release().await;
             }
@@ -171,19 +196,13 @@ pub async fn reserve(
                 .reservations
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             exchange.metering = Metering::Held { cost, balance };
-            exchange.hold = Some(Hold::new(
-                ledger,
-                std::sync::Arc::clone(&credits.counters),
-                worker,
-                client,
-                id,
-                cost,
-                balance,
-            ));
+            hold.balance = balance;
+            exchange.hold = Some(hold);
             exchange.key_claim = claim;
             Ok(Reserve::Forward(request))
         }
         Reserved::Short { balance } => {
+            hold.disarm();
             credits
                 .counters
                 .insufficient
@@ -244,15 +263,20 @@ async fn fingerprint(
     hash.update(b"\n");
     hash.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
     hash.update(b"\n");
-    for name in [CONTENT_TYPE, CONTENT_LENGTH] {
-        hash.update(parts.headers.get(&name).map_or(&b""[..], |v| v.as_bytes()));
+    let empty = http_body::Body::is_end_stream(&body);
+    let content_type = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
+    // No body is no body, however it was framed: a retry that adds `Content-Length: 0`
+    // (or drops it) is the same request.
+    let length = match parts.headers.get(CONTENT_LENGTH) {
+        _ if empty => &b"0"[..],
+        Some(v) => v.as_bytes(),
+        None => b"",
+    };
+    for value in [content_type.unwrap_or(b""), length] {
+        hash.update(value);
         hash.update(b"\n");
     }
-    let class = classify::classify(
-        &parts.headers,
-        !http_body::Body::is_end_stream(&body),
-        route,
-    )?;
+    let class = classify::classify(&parts.headers, !empty, route)?;
     let body = match (class, &route.client_id) {
         (BodyClass::Json | BodyClass::Form, Some(policy)) => {
             let held =

@@ -1,7 +1,7 @@
 //! The money a request has open: its reservation ([`Hold`]) and its claim on an
 //! `Idempotency-Key` ([`KeyClaim`]). Both settle exactly once. Dropped unsettled —
-//! the client went away before the response head, and the request's future with it —
-//! they settle in the background: the reservation is voided (a full refund) and the key
+//! the client went away before the response head, and the request's future with it,
+//! even while the reservation was still being made — they settle in the background: the reservation is voided (a full refund) and the key
 //! freed. A gateway that dies instead leaves them to the ledger's deadline.
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ pub struct Hold {
     id: String,
     /// What was reserved.
     pub cost: u64,
-    /// The available balance right after the reservation.
+    /// The available balance right after the reservation (0 until it is made).
     pub balance: u64,
     open: bool,
 }
@@ -33,7 +33,6 @@ impl Hold {
         client: String,
         id: String,
         cost: u64,
-        balance: u64,
     ) -> Hold {
         Hold {
             ledger,
@@ -42,9 +41,15 @@ impl Hold {
             client,
             id,
             cost,
-            balance,
+            balance: 0,
             open: true,
         }
+    }
+
+    /// Nothing is held under this reservation (the ledger refused it, or failed): there
+    /// is nothing to give back when this is dropped.
+    pub fn disarm(&mut self) {
+        self.open = false;
     }
 
     /// Spends `amount` of the reservation (at most what was reserved).
@@ -157,6 +162,8 @@ pub struct KeyClaim {
     worker: usize,
     client: String,
     key: String,
+    /// The claim's owner: see `IdempotencyRecord::owner`.
+    owner: String,
     /// Until when an answer is kept (milliseconds).
     keep_until: u64,
     state: ClaimState,
@@ -177,6 +184,7 @@ impl KeyClaim {
         worker: usize,
         client: String,
         key: String,
+        owner: String,
         keep_until: u64,
     ) -> KeyClaim {
         KeyClaim {
@@ -184,6 +192,7 @@ impl KeyClaim {
             worker,
             client,
             key,
+            owner,
             keep_until,
             state: ClaimState::Open,
         }
@@ -220,8 +229,14 @@ impl KeyClaim {
     pub async fn release(mut self) -> Result<(), LedgerError> {
         self.state = ClaimState::Done;
         self.ledger
-            .release(self.worker, &self.client, &self.key)
+            .release(self.worker, &self.client, &self.key, &self.owner)
             .await
+    }
+
+    /// The key was not claimed by this request (in flight elsewhere, answered, or the
+    /// ledger failed): there is nothing of ours to free when this is dropped.
+    pub fn disarm(&mut self) {
+        self.state = ClaimState::Done;
     }
 }
 
@@ -235,14 +250,15 @@ impl Drop for KeyClaim {
             return;
         };
         let (ledger, worker, until) = (Arc::clone(&self.ledger), self.worker, self.keep_until);
-        let (client, key) = (
+        let (client, key, owner) = (
             std::mem::take(&mut self.client),
             std::mem::take(&mut self.key),
+            std::mem::take(&mut self.owner),
         );
         runtime.spawn(async move {
             let done = match state {
                 ClaimState::Charged(answer) => ledger.answer(worker, &client, &key, answer, until).await,
-                _ => ledger.release(worker, &client, &key).await,
+                _ => ledger.release(worker, &client, &key, &owner).await,
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "cannot settle an idempotency key now; it frees itself at its deadline");

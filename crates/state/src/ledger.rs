@@ -214,6 +214,11 @@ pub struct IdempotencyRecord {
     pub until: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<StoredAnswer>,
+    /// The request that claimed the key (a gateway-generated id): only it may free the
+    /// key, so a request that learned nothing of its claim (its client hung up while the
+    /// ledger answered) can free its own and never another's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 /// Claiming a key for a request.
@@ -225,6 +230,8 @@ pub struct Claim {
     pub now_ms: u64,
     /// How long the claim holds while the request runs.
     pub hold_until: u64,
+    /// Who claims it: see [`IdempotencyRecord::owner`].
+    pub owner: String,
 }
 
 /// What claiming a key came to.
@@ -347,12 +354,14 @@ pub trait Ledger: Send + Sync {
         until: u64,
     ) -> BoxFuture<'_, Result<(), LedgerError>>;
 
-    /// Frees a key whose request was not charged (refused, or refunded), so a retry runs.
+    /// Frees a key whose request was not charged (refused, or refunded), so a retry runs:
+    /// only while it is in flight and claimed by `owner`.
     fn release(
         &self,
         worker: usize,
         client: &str,
         key: &str,
+        owner: &str,
     ) -> BoxFuture<'_, Result<(), LedgerError>>;
 
     /// Forgets idempotency records past their time; returns how many.

@@ -287,6 +287,7 @@ async fn suite(ledger: &dyn Ledger) {
         fingerprint: fingerprint.into(),
         now_ms: now_ms(),
         hold_until: now_ms() + hold,
+        owner: format!("r-{key}"),
     };
     assert_eq!(
         ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
@@ -310,7 +311,7 @@ async fn suite(ledger: &dyn Ledger) {
         .answer(0, "a", "k1", answer.clone(), now_ms() + 60_000)
         .await
         .unwrap();
-    ledger.release(0, "a", "k1").await.unwrap(); // an answered key stays
+    ledger.release(0, "a", "k1", "r-k1").await.unwrap(); // an answered key stays
     assert_eq!(
         ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
         Claimed::Answered(answer)
@@ -328,7 +329,14 @@ async fn suite(ledger: &dyn Ledger) {
         ledger.claim(0, claim("k2", "f1", 60_000)).await.unwrap(),
         Claimed::New
     );
-    ledger.release(0, "a", "k2").await.unwrap();
+    // ...freed only by the request that claimed it: one that met it in flight and then
+    // lost its client must not free it for a third.
+    ledger.release(0, "a", "k2", "r-other").await.unwrap();
+    assert_eq!(
+        ledger.claim(0, claim("k2", "f1", 60_000)).await.unwrap(),
+        Claimed::InFlight
+    );
+    ledger.release(0, "a", "k2", "r-k2").await.unwrap();
     assert_eq!(
         ledger.claim(0, claim("k2", "f1", 60_000)).await.unwrap(),
         Claimed::New

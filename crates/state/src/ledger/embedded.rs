@@ -879,10 +879,12 @@ impl Ledger for EmbeddedLedger {
         _worker: usize,
         client: &str,
         key: &str,
+        owner: &str,
     ) -> BoxFuture<'_, Result<(), LedgerError>> {
         let done = self.keys(KeyOp::Release {
             client: client.to_owned(),
             key: key.to_owned(),
+            owner: owner.to_owned(),
         });
         Box::pin(async move { done.await.map(|_| ()) })
     }

@@ -119,10 +119,13 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return false 
 return redis.call('GET', KEYS[1])
 "#;
 
-/// KEYS: record. Deletes it unless it holds an answer.
+/// KEYS: record; ARGV: owner. Deletes it while it is in flight and `owner`'s.
 const RELEASE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
-if v and cjson.decode(v).answer == nil then redis.call('DEL', KEYS[1]) end
+if v then
+  local r = cjson.decode(v)
+  if r.answer == nil and r.owner == ARGV[1] then redis.call('DEL', KEYS[1]) end
+end
 return 1
 "#;
 
@@ -686,6 +689,7 @@ impl Ledger for SharedLedger {
                 fingerprint: claim.fingerprint.clone(),
                 until: claim.hold_until,
                 answer: None,
+                owner: claim.owner.clone(),
             };
             let json = serde_json::to_string(&record).map_err(corrupt)?;
             let script = &self.claim;
@@ -738,6 +742,7 @@ impl Ledger for SharedLedger {
                 fingerprint: old.fingerprint,
                 until,
                 answer: Some(answer),
+                owner: old.owner,
             };
             let json = serde_json::to_string(&record).map_err(corrupt)?;
             let _: () = self
@@ -764,15 +769,17 @@ impl Ledger for SharedLedger {
         worker: usize,
         client: &str,
         key: &str,
+        owner: &str,
     ) -> BoxFuture<'_, Result<(), LedgerError>> {
         let key = self.record_key(client, key);
+        let owner = owner.to_owned();
         Box::pin(async move {
             let script = &self.release;
             let _: i64 = self
                 .redis
                 .call(worker, |mut c| {
-                    let key = &key;
-                    async move { script.key(key).invoke_async(&mut c).await }
+                    let (key, owner) = (&key, &owner);
+                    async move { script.key(key).arg(owner).invoke_async(&mut c).await }
                 })
                 .await?;
             Ok(())

@@ -304,6 +304,7 @@ pub(super) enum KeyOp {
     Release {
         client: String,
         key: String,
+        owner: String,
     },
     Prune(u64),
 }
@@ -355,8 +356,8 @@ impl<'t> Keys<'t> {
                 self.answer(&client, &key, answer, until)?;
                 KeyDone::Unit
             }
-            KeyOp::Release { client, key } => {
-                self.release(&client, &key)?;
+            KeyOp::Release { client, key, owner } => {
+                self.release(&client, &key, &owner)?;
                 KeyDone::Unit
             }
             KeyOp::Prune(now_ms) => KeyDone::Count(self.prune(now_ms)?),
@@ -401,6 +402,7 @@ impl<'t> Keys<'t> {
             fingerprint: c.fingerprint.clone(),
             until: c.hold_until,
             answer: None,
+            owner: c.owner.clone(),
         };
         self.put_record(&c.client, &c.key, old.as_ref(), &record)?;
         Ok(Claimed::New)
@@ -420,13 +422,14 @@ impl<'t> Keys<'t> {
             fingerprint: old.fingerprint.clone(),
             until,
             answer: Some(answer),
+            owner: old.owner.clone(),
         };
         self.put_record(client, key, Some(&old), &record)
     }
 
-    fn release(&mut self, client: &str, key: &str) -> Result<(), LedgerError> {
+    fn release(&mut self, client: &str, key: &str, owner: &str) -> Result<(), LedgerError> {
         if let Some(old) = self.record_of(client, key)? {
-            if old.answer.is_none() {
+            if old.answer.is_none() && old.owner == owner {
                 self.idempotency.remove((client, key)).map_err(err)?;
                 self.expiry.remove((old.until, client, key)).map_err(err)?;
             }
