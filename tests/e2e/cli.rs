@@ -83,21 +83,59 @@ fn check_reports_every_error_with_file_line_and_column() {
 }
 
 #[test]
-fn explain_shows_normalization_and_the_matching_route() {
+fn explain_plays_the_request_and_shows_the_route_s_policy() {
     let config = repo_file("gateway.toml");
     let (ok, out) = tollgate(&["explain", "GET", "/pub/%2e%2e/admin", "--config", &config]);
     assert!(ok, "{out}");
     assert!(out.contains("normalized: /admin"), "{out}");
     assert!(out.contains("`admin-closed`"), "{out}");
-    assert!(out.contains("403 FORBIDDEN"), "{out}");
+    assert!(out.contains("outcome:    403 FORBIDDEN"), "{out}");
 
+    // Without a token the route's 401, with the rule that asks for one.
     let (_, out) = tollgate(&["explain", "GET", "/campaigns/42?x=1", "--config", &config]);
     assert!(
         out.contains("`campaign`") && out.contains("params:   id=42"),
         "{out}"
     );
+    assert!(out.contains("auth:     a JWT, or an API key"), "{out}");
+    assert!(out.contains("outcome:    401 AUTH_REQUIRED"), "{out}");
+    assert!(!out.contains("backend receives"), "{out}");
+
+    // With one: what the backend is given, the credential's value never printed.
+    let args = ["explain", "GET", "/campaigns/42?x=1", "--token", "1001"];
+    let (_, out) = tollgate(&[&args[..], &["--config", &config]].concat());
+    assert!(out.contains("outcome:    200 from the backend"), "{out}");
     assert!(
-        out.contains("forwarded to http://127.0.0.1:8081/campaigns/42"),
+        out.contains("backend receives: GET /campaigns/42?x=1&clientId=1001"),
+        "{out}"
+    );
+    assert!(out.contains("  + x-client-id: 1001"), "{out}");
+    assert!(out.contains("  + x-api-key: <secret>"), "{out}");
+    assert!(out.contains("  removed: authorization"), "{out}");
+    assert!(out.contains("limit:    per-client"), "{out}");
+    assert!(
+        out.contains("adds:     credential `legacy-client-key`"),
+        "{out}"
+    );
+    assert!(out.contains("client id: `clientId`"), "{out}");
+
+    // A metered route: the cost, and the headers the client is told.
+    let args = [
+        "explain",
+        "POST",
+        "/campaigns",
+        "--token",
+        "1001",
+        "-H",
+        "Content-Type: application/json",
+        "--body",
+        "{}",
+    ];
+    let (_, out) = tollgate(&[&args[..], &["--config", &config]].concat());
+    assert!(out.contains("cost:     10 token(s)"), "{out}");
+    assert!(out.contains("response: x-token-balance: 490"), "{out}");
+    assert!(
+        out.contains("body rewritten: {\"clientId\":\"1001\"}"),
         "{out}"
     );
 
@@ -106,6 +144,17 @@ fn explain_shows_normalization_and_the_matching_route() {
 
     let (_, out) = tollgate(&["explain", "GET", "/pub/..%2fadmin", "--config", &config]);
     assert!(out.contains("400 PATH_INVALID"), "{out}");
+
+    // The targets `explain` used to judge differently from the gateway: now the same
+    // bytes go through the same parser and pipeline (policies/tests/10-paths.toml pins
+    // each outcome, and the end-to-end suite replays it against `tollgate run`).
+    let (_, out) = tollgate(&["explain", "OPTIONS", "*", "--config", &config]);
+    assert!(out.contains("outcome:    204"), "{out}");
+    let (_, out) = tollgate(&["explain", "GET", "/pub/a b", "--config", &config]);
+    assert!(
+        out.contains("outcome:    400 (HTTP refused the request"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod framing;
 mod jwks;
 mod lifecycle;
 mod limits;
+mod policy_cases;
 mod proxying;
 mod rewriting;
 mod robustness;

@@ -293,6 +293,23 @@ impl GatewayProcess {
         }
     }
 
+    /// The access-log line of request `id` (with `[log] format = "json"`), once written
+    /// (within 5 s).
+    pub fn access_line(&self, id: &str) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let found = self.stderr.lock().unwrap().iter().find_map(|line| {
+                let json: serde_json::Value = serde_json::from_str(line).ok()?;
+                (json["request_id"] == id).then_some(json)
+            });
+            if found.is_some() {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

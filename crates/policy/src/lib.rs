@@ -2,12 +2,14 @@
 //!
 //! This crate owns everything an operator writes: the TOML file structs (`file`), their
 //! validation into one immutable [`Snapshot`] (`load`), request-path normalization
-//! (`path`), route patterns and matching (`pattern`, `snapshot`) and the text of
-//! `tollgate explain` (`explain`). It does no networking: the proxy crate enforces what
+//! (`path`), route patterns and matching (`pattern`, `snapshot`), the route descriptions
+//! of `tollgate explain` (`explain`) and the policy test cases of `tollgate test`
+//! (`cases`). It does no networking: the proxy crate enforces what
 //! this crate describes, and a snapshot is only ever built whole or not at all.
 
 #![forbid(unsafe_code)]
 
+pub mod cases;
 pub mod cidr;
 pub mod diagnostic;
 pub mod duration;

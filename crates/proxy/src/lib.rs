@@ -21,7 +21,8 @@
 //! - errors: `errors` (a leaf) and `problem` (rendering);
 //! - operations: `server` (listeners, HTTP/1.1 and HTTP/2), `tls` (termination),
 //!   `proxy_protocol` (client addresses from a load balancer), `admin`, `metrics`,
-//!   `access_log`.
+//!   `access_log`;
+//! - `rehearsal`: the pipeline played in process, for `tollgate test` and `explain`.
 
 #![forbid(unsafe_code)]
 
@@ -53,6 +54,7 @@ mod pipeline;
 mod problem;
 mod proxy_protocol;
 mod redis_link;
+pub mod rehearsal;
 mod replay;
 mod request_id;
 mod reservation;

@@ -436,6 +436,24 @@ impl Client {
     }
 }
 
+/// Serves one plain HTTP/1.1 connection that is not a socket (an in-process stream, for
+/// [`crate::rehearsal`]) exactly as a plain listener would serve a client at `peer`.
+pub(crate) async fn serve_stream<S>(stream: S, peer: SocketAddr, runtime: &Arc<Runtime>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let snapshot = runtime.active().snapshot.clone();
+    let graceful = GracefulShutdown::new();
+    let http = Http {
+        peer,
+        worker: 0,
+        server: &snapshot.server,
+        runtime,
+        watcher: graceful.watcher(),
+    };
+    http.serve(stream, Protocol::Http1, Scheme::Http).await;
+}
+
 /// Serving HTTP on a connection that is ready for it.
 struct Http<'a> {
     peer: SocketAddr,

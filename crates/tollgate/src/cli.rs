@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain`, `token`, `ledger` and `demo`.
+//! The command line: `run`, `check`, `explain`, `test`, `token`, `ledger` and `demo`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,14 +32,41 @@ enum Command {
         #[arg(long, default_value = "gateway.toml")]
         config: PathBuf,
     },
-    /// Show which route a request lands on after normalization, and what happens to it.
+    /// Play one request through the pipeline (in this process, in front of a stand-in
+    /// backend) and show what happens to it, what the backend receives, and the policy
+    /// of the route it lands on.
     Explain {
         /// HTTP method, e.g. GET.
         method: String,
-        /// Request target as a client would send it, e.g. /pub/%2e%2e/admin?x=1.
-        path: String,
+        /// Request target exactly as a client would send it, e.g. /pub/%2e%2e/admin?x=1.
+        target: String,
+        /// Send a JWT for this client id (signed with the configuration's key).
+        #[arg(long, value_name = "CLIENT_ID")]
+        token: Option<String>,
+        /// A request header, `Name: value` (an API key, a Content-Type); repeatable.
+        #[arg(short = 'H', long = "header", value_name = "HEADER")]
+        headers: Vec<String>,
+        /// The request body.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// The address the request comes from (a trusted proxy, say).
+        #[arg(long, value_name = "IP")]
+        peer: Option<std::net::IpAddr>,
+        /// The status the stand-in backend answers with.
+        #[arg(long, default_value_t = 200)]
+        backend_status: u16,
         #[arg(long, default_value = "gateway.toml")]
         config: PathBuf,
+    },
+    /// Play the policy test cases (policies/tests/*.toml) through the pipeline in this
+    /// process and report every outcome that differs from what a case expects; exit 1
+    /// if one does.
+    Test {
+        #[arg(long, default_value = "gateway.toml")]
+        config: PathBuf,
+        /// The directory of cases (default: tests/ in the policy directory).
+        #[arg(long)]
+        cases: Option<PathBuf>,
     },
     /// Tokens for operators and tests.
     Token {
@@ -136,9 +163,40 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Explain {
             method,
-            path,
+            target,
+            token,
+            headers,
+            body,
+            peer,
+            backend_status,
             config,
-        } => explain(&config, &method, &path),
+        } => {
+            let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+                eprintln!("`{method}` is not an HTTP method");
+                return ExitCode::FAILURE;
+            };
+            let Some(snapshot) = load_quietly(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let request = crate::rehearse::Request {
+                method: &method,
+                target: &target,
+                headers: &headers,
+                body: &body,
+                token_client: token.as_deref(),
+                peer,
+                backend_status,
+            };
+            crate::rehearse::explain(&snapshot, &request)
+        }
+        Command::Test { config, cases } => match load_quietly(&config) {
+            Some(snapshot) => {
+                let dir = cases
+                    .unwrap_or_else(|| tollgate_policy::cases::default_dir(&snapshot.policy_dir));
+                crate::rehearse::test(&snapshot, &dir)
+            }
+            None => ExitCode::FAILURE,
+        },
         Command::Token {
             command:
                 TokenCommand::Mint {
@@ -314,23 +372,6 @@ fn error_summary(diags: &[tollgate_policy::Diagnostic]) -> String {
         .map(|(f, n)| format!("{n} in {}", f.display()))
         .collect();
     format!("{total} error(s): {}", per_file.join(", "))
-}
-
-fn explain(config: &Path, method: &str, path: &str) -> ExitCode {
-    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        eprintln!("`{method}` is not an HTTP method");
-        return ExitCode::FAILURE;
-    };
-    match load(config) {
-        Some(snapshot) => {
-            print!(
-                "{}",
-                tollgate_policy::explain::explain(&snapshot, &method, path)
-            );
-            ExitCode::SUCCESS
-        }
-        None => ExitCode::FAILURE,
-    }
 }
 
 /// Signs a token with the configuration's signing key.
