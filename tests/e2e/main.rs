@@ -10,6 +10,7 @@ mod browser;
 mod browser_side;
 mod cli;
 mod credits;
+mod deploy;
 mod endpoints;
 mod framing;
 mod jwks;

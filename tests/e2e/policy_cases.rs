@@ -4,7 +4,6 @@
 //! the same pipeline (this replays each case against a real `tollgate run` to prove it).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,46 +12,7 @@ use tollgate_policy::cases::{self, Observed};
 use tollgate_proxy::rehearsal::{self, StandIn};
 
 use crate::cli::tollgate;
-use crate::support::{GatewayProcess, TempDir};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The shipped `gateway.toml` in `dir`: its files found in the repository, its policy
-/// files copied (each through `edit`), state in `dir`, listeners on free ports, and the
-/// backend at `upstream`.
-fn shipped_config(dir: &Path, upstream: &str, edit: impl Fn(&str, String) -> String) -> PathBuf {
-    let repo = repo().canonicalize().unwrap();
-    let text = std::fs::read_to_string(repo.join("gateway.toml"))
-        .unwrap()
-        .replace("\"dev-keys/", &format!("\"{}/dev-keys/", repo.display()))
-        .replace("\"credits/", &format!("\"{}/credits/", repo.display()))
-        .replace(
-            "listen = [\"127.0.0.1:8080\"]",
-            "listen = [\"127.0.0.1:0\"]",
-        )
-        .replace("listen = \"127.0.0.1:9901\"", "listen = \"127.0.0.1:0\"")
-        .replace(
-            "url = \"http://127.0.0.1:8081\"",
-            &format!("url = \"{upstream}\""),
-        )
-        .replace("watch = true", "watch = false");
-    assert!(text.contains(upstream), "the shipped upstream moved");
-    let policies = dir.join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for file in std::fs::read_dir(repo.join("policies")).unwrap() {
-        let path = file.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let policy = edit(&name, std::fs::read_to_string(&path).unwrap());
-            std::fs::write(policies.join(&name), policy).unwrap();
-        }
-    }
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, text).unwrap();
-    config
-}
+use crate::support::{repo, shipped_config, GatewayProcess, TempDir};
 
 fn shipped_cases() -> Vec<cases::Case> {
     cases::load(&repo().join("policies/tests")).unwrap_or_else(|d| panic!("{d:?}"))

@@ -581,3 +581,47 @@ pub fn closed_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The shipped `gateway.toml` in `dir`: its files found in the repository, its policy
+/// files copied (each through `edit`), state in `dir`, listeners on free ports, and the
+/// backend at `upstream`.
+pub fn shipped_config(
+    dir: &Path,
+    upstream: &str,
+    edit: impl Fn(&str, String) -> String,
+) -> PathBuf {
+    let repo = repo().canonicalize().unwrap();
+    let text = std::fs::read_to_string(repo.join("gateway.toml"))
+        .unwrap()
+        .replace("\"dev-keys/", &format!("\"{}/dev-keys/", repo.display()))
+        .replace("\"credits/", &format!("\"{}/credits/", repo.display()))
+        .replace(
+            "listen = [\"127.0.0.1:8080\"]",
+            "listen = [\"127.0.0.1:0\"]",
+        )
+        .replace("listen = \"127.0.0.1:9901\"", "listen = \"127.0.0.1:0\"")
+        .replace(
+            "url = \"http://127.0.0.1:8081\"",
+            &format!("url = \"{upstream}\""),
+        )
+        .replace("watch = true", "watch = false");
+    assert!(text.contains(upstream), "the shipped upstream moved");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for file in std::fs::read_dir(repo.join("policies")).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let policy = edit(&name, std::fs::read_to_string(&path).unwrap());
+            std::fs::write(policies.join(&name), policy).unwrap();
+        }
+    }
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, text).unwrap();
+    config
+}
