@@ -11,6 +11,7 @@ mod browser_side;
 mod cli;
 mod credits;
 mod deploy;
+mod doc_examples;
 mod endpoints;
 mod framing;
 mod jwks;
