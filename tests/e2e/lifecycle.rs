@@ -293,6 +293,15 @@ async fn latency_is_kept_per_route_method_and_class_across_a_reload() {
         "{upstream_sum}"
     );
     assert!(!scrape.contains("tollgate_upstream_response_seconds_count{route=\"admin-closed\"}"));
+    // Four forwarded requests over pooled connections: at least one connect, at most one
+    // each, none failed.
+    let connects = sample(
+        &scrape,
+        "tollgate_upstream_connect_seconds_count{result=\"ok\"}",
+    );
+    assert!((1.0..=4.0).contains(&connects), "{connects}");
+    let failed = "tollgate_upstream_connect_seconds_count{result=\"error\"}";
+    assert_eq!(sample(&scrape, failed), 0.0);
 
     // A reload (here one that closes the route) keeps what was counted.
     std::fs::write(h.policy_path("10-closed.toml"), DENY_ECHO).unwrap();

@@ -9,6 +9,7 @@ mod auth;
 mod browser;
 mod browser_side;
 mod cli;
+mod contract;
 mod credits;
 mod deploy;
 mod doc_examples;

@@ -198,10 +198,11 @@ async fn an_unreachable_upstream_is_502() {
     .await;
     let response = h.get("/echo/x", &[]).await;
     response.assert_problem(502, "UPSTREAM_UNAVAILABLE");
-    assert!(h
-        .metrics()
-        .await
-        .contains("tollgate_upstream_errors_total{kind=\"unavailable\"} 1"));
+    let metrics = h.metrics().await;
+    assert!(metrics.contains("tollgate_upstream_errors_total{kind=\"unavailable\"} 1"));
+    // The refused connect is timed as a failed one.
+    assert!(metrics.contains("tollgate_upstream_connect_seconds_count{result=\"error\"} 1"));
+    assert!(metrics.contains("tollgate_upstream_connect_seconds_count{result=\"ok\"} 0"));
 }
 
 #[tokio::test]

@@ -6,28 +6,81 @@
 //! The response timeout counts from the request body's last movement, not from the
 //! start: a long upload is not the upstream's delay, while an upstream that stops taking
 //! the body, or answering once it has it, runs out of time.
+//!
+//! Every new connection's TCP connect is timed (`tollgate_upstream_connect_seconds`):
+//! with pooling, connects are rare, so a rising count or latency is the backend (or the
+//! network to it) struggling before requests show it.
 
 use std::error::Error as _;
+use std::fmt::Write as _;
+use std::future::Future;
 use std::io;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioIo;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tollgate_policy::snapshot::{Upstream, UpstreamTls};
 
 use crate::body::{BodyStats, CutOff, Outbound};
 use crate::errors::{GatewayError, UpstreamError};
+use crate::histogram::Histogram;
 use crate::part::{Build, Part};
+
+/// How long TCP connects to the upstream take, by outcome; kept across reloads.
+#[derive(Debug, Default)]
+pub struct Connects {
+    ok: Histogram,
+    failed: Histogram,
+}
+
+/// The plain connector, timing each connect into [`Connects`].
+#[derive(Clone)]
+pub struct TimedConnector {
+    inner: HttpConnector,
+    connects: Arc<Connects>,
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxedConnectError>> + Send>>;
+type BoxedConnectError = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+
+impl tower_service::Service<http::Uri> for TimedConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxedConnectError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let started = Instant::now();
+        let connecting = self.inner.call(uri);
+        let connects = Arc::clone(&self.connects);
+        Box::pin(async move {
+            let connected = connecting.await;
+            match &connected {
+                Ok(_) => connects.ok.observe(started.elapsed()),
+                Err(_) => connects.failed.observe(started.elapsed()),
+            }
+            connected
+        })
+    }
+}
 
 /// A pooled HTTP/1.1 client for one upstream configuration.
 #[derive(Clone)]
 pub struct UpstreamClient {
     /// Plain http passes through the TLS connector untouched.
-    client: Client<HttpsConnector<HttpConnector>, Outbound>,
+    client: Client<HttpsConnector<TimedConnector>, Outbound>,
     pool_key: PoolSettings,
 }
 
@@ -63,11 +116,15 @@ fn tls_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, rustls:
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: &Upstream) -> Result<Self, rustls::Error> {
+    pub fn new(upstream: &Upstream, connects: &Arc<Connects>) -> Result<Self, rustls::Error> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(upstream.connect_timeout));
         connector.set_nodelay(true);
         connector.enforce_http(false);
+        let connector = TimedConnector {
+            inner: connector,
+            connects: Arc::clone(connects),
+        };
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(upstream.tls.as_ref())?)
             .https_or_http()
@@ -86,11 +143,15 @@ impl UpstreamClient {
     }
 
     /// This client if it fits `upstream`, else a new one.
-    pub fn reuse_or_new(&self, upstream: &Upstream) -> Result<Self, rustls::Error> {
+    pub fn reuse_or_new(
+        &self,
+        upstream: &Upstream,
+        connects: &Arc<Connects>,
+    ) -> Result<Self, rustls::Error> {
         if self.pool_key == PoolSettings::of(upstream) {
             Ok(self.clone())
         } else {
-            UpstreamClient::new(upstream)
+            UpstreamClient::new(upstream, connects)
         }
     }
 
@@ -148,6 +209,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {
 /// One client per data-plane worker (a request never leaves its worker's pool).
 pub struct Upstreams {
     clients: Vec<UpstreamClient>,
+    connects: Arc<Connects>,
 }
 
 impl Upstreams {
@@ -159,20 +221,31 @@ impl Upstreams {
 impl Part for Upstreams {
     fn build(build: &Build, previous: Option<&Self>) -> Self {
         let upstream = &build.snapshot.upstream;
+        let connects = previous.map_or_else(Arc::default, |p| Arc::clone(&p.connects));
         // The loader built and checked the TLS configuration; a failure here (rustls
         // refusing what it accepted there) leaves the worker without a pool, and its
         // requests are answered 500 `INTERNAL` with this logged.
         let clients = (0..build.workers)
             .filter_map(|i| {
                 let client = match previous.and_then(|p| p.clients.get(i)) {
-                    Some(client) => client.reuse_or_new(upstream),
-                    None => UpstreamClient::new(upstream),
+                    Some(client) => client.reuse_or_new(upstream, &connects),
+                    None => UpstreamClient::new(upstream, &connects),
                 };
                 client
                     .map_err(|e| tracing::error!(error = %e, "cannot build the upstream pool"))
                     .ok()
             })
             .collect();
-        Upstreams { clients }
+        Upstreams { clients, connects }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        let name = "tollgate_upstream_connect_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} TCP connects to the upstream (new pooled connections), by result.\n# TYPE {name} histogram"
+        );
+        self.connects.ok.render(out, name, "result=\"ok\"");
+        self.connects.failed.render(out, name, "result=\"error\"");
     }
 }
