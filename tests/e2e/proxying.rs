@@ -411,3 +411,98 @@ async fn a_malformed_or_missing_trace_starts_a_new_one() {
     );
     assert_eq!(access_line(&h, "trace-test-3")["trace_id"], a[3..35]);
 }
+
+/// With `[tracing] otlp_url`, a sampled request's span reaches the collector: the
+/// gateway's hop, parented by the client's span, and itself the parent the backend got.
+#[tokio::test]
+async fn sampled_spans_are_exported_to_the_collector_as_the_backend_s_parent() {
+    let collector = tollgate_proxy::rehearsal::StandIn::start().await.unwrap();
+    let h = Harness::with(Setup {
+        extra: format!(
+            "[tracing]\notlp_url = \"http://{}/v1/traces\"\nservice_name = \"edge-gw\"\n",
+            collector.addr
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let response = h
+        .get(
+            "/echo/spanned?x=1",
+            &[("traceparent", &sent), ("x-request-id", "span-test-1")],
+        )
+        .await;
+    assert_eq!(response.status, 200);
+    let upstream_parent = response.echoed_header("traceparent")[0][36..52].to_owned();
+    // An unsampled request is not exported.
+    let unsampled = format!("00-{trace}-00f067aa0ba902b8-00");
+    h.get("/echo/quiet", &[("traceparent", &unsampled)]).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let received = loop {
+        if let Some(r) = collector.take() {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no spans within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (received.method.as_str(), received.target.as_str()),
+        ("POST", "/v1/traces")
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&received.body).unwrap();
+    let resource = &doc["resourceSpans"][0];
+    assert_eq!(
+        resource["resource"]["attributes"][0]["value"]["stringValue"],
+        "edge-gw"
+    );
+    let spans = resource["scopeSpans"][0]["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 1, "only the sampled request: {spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["traceId"], trace);
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    assert_eq!(span["spanId"], upstream_parent.as_str());
+    assert_eq!(span["name"], "GET echo");
+    assert_eq!(span["kind"], 2);
+    let start: u128 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    let end: u128 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+    assert!(
+        end >= start && end - start < 10_000_000_000,
+        "{start} {end}"
+    );
+    let attribute = |key: &str| {
+        span["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+    };
+    assert_eq!(
+        attribute("url.path"),
+        Some(serde_json::json!({"stringValue": "/echo/spanned"}))
+    );
+    assert_eq!(
+        attribute("http.response.status_code"),
+        Some(serde_json::json!({"intValue": "200"}))
+    );
+    assert_eq!(
+        attribute("tollgate.request_id"),
+        Some(serde_json::json!({"stringValue": "span-test-1"}))
+    );
+    // Counted once the collector has answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !h
+        .metrics()
+        .await
+        .contains("tollgate_otlp_spans_exported_total 1")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            h.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

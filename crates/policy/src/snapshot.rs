@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub cors: Option<Arc<CorsPolicy>>,
     /// `[credits]`: token credits; `None`: every route is free.
     pub credits: Option<Credits>,
+    /// `[tracing]`: where the gateway's spans go, and how new traces are sampled.
+    pub tracing: Tracing,
 }
 
 /// `[store]`: in this process (and, for sessions, a local file), or in Redis shared by
@@ -459,6 +461,25 @@ pub struct Log {
     /// Query parameters whose values are replaced by `[redacted]` in logs (folded, see
     /// [`crate::param::fold`]).
     pub redact_query_params: Vec<String>,
+}
+
+/// `[tracing]`: span export and the sampling of new traces.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tracing {
+    /// `None`: no spans leave the process.
+    pub export: Option<OtlpExport>,
+    /// The share of requests without a valid `traceparent` whose new trace is sampled
+    /// (a client's own sampled flag is always followed).
+    pub sample_new: f64,
+}
+
+/// Where spans go: an OpenTelemetry collector's OTLP/HTTP endpoint (JSON encoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpExport {
+    pub url: Uri,
+    pub https: bool,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
 }
 
 #[derive(Debug, Clone)]

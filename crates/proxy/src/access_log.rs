@@ -22,6 +22,8 @@ use tollgate_policy::Snapshot;
 
 use crate::body::{BodyStats, Observer};
 use crate::metrics::Metrics;
+use crate::otlp::{Exporter, Span};
+use crate::trace_context::TraceContext;
 
 /// Where access-log lines go: one complete line, newline included, at a time.
 pub type AccessSink = Arc<dyn Fn(String) + Send + Sync>;
@@ -45,7 +47,10 @@ pub struct AccessLog {
     /// How long the upstream took to answer the head, when the request was forwarded.
     upstream: Option<Duration>,
     /// The W3C trace the request belongs to.
-    trace_id: Option<[u8; 16]>,
+    trace: Option<TraceContext>,
+    /// Where the request's span goes, when it is sampled and spans are exported.
+    exporter: Option<Arc<Exporter>>,
+    started_at: SystemTime,
 }
 
 impl AccessLog {
@@ -59,6 +64,7 @@ impl AccessLog {
         raw_path: &str,
         query: Option<&str>,
         client: IpAddr,
+        exporter: Option<Arc<Exporter>>,
     ) -> Self {
         AccessLog {
             sink,
@@ -77,7 +83,9 @@ impl AccessLog {
             bytes_in: Arc::new(BodyStats::default()),
             bytes_out: 0,
             upstream: None,
-            trace_id: None,
+            trace: None,
+            exporter,
+            started_at: SystemTime::now(),
         }
     }
 
@@ -104,8 +112,8 @@ impl AccessLog {
         self.status = status;
     }
 
-    pub fn set_trace_id(&mut self, trace_id: [u8; 16]) {
-        self.trace_id = Some(trace_id);
+    pub fn set_trace(&mut self, trace: &TraceContext) {
+        self.trace = Some(trace.clone());
     }
 
     pub fn set_upstream_time(&mut self, elapsed: Duration) {
@@ -132,6 +140,24 @@ impl Drop for AccessLog {
         if self.snapshot.log.access_log {
             (self.sink)(self.line());
         }
+        if let (Some(exporter), Some(trace)) = (&self.exporter, &self.trace) {
+            if trace.sampled() {
+                let path = redact_path(&self.path, &self.snapshot.log.redact_query_params);
+                exporter.record(&Span {
+                    trace_id: trace.trace_id,
+                    span_id: trace.span_id,
+                    parent: trace.parent,
+                    start: self.started_at,
+                    end: self.started_at + self.started.elapsed(),
+                    method: &self.method,
+                    path: &path,
+                    route: self.route.as_deref(),
+                    status: self.status,
+                    request_id: &self.request_id,
+                    auth: self.auth,
+                });
+            }
+        }
     }
 }
 
@@ -144,9 +170,10 @@ impl AccessLog {
             .map(|q| bounded(redact_query(q, &log.redact_query_params)))
             .unwrap_or_default();
         let path = bounded(redact_path(&self.path, &log.redact_query_params));
-        let trace_id = self
-            .trace_id
-            .map_or_else(|| "-".to_owned(), |id| crate::trace_context::hex(&id));
+        let trace_id = self.trace.as_ref().map_or_else(
+            || "-".to_owned(),
+            |t| crate::trace_context::hex(&t.trace_id),
+        );
         let fields: [(&str, Value); 13] = [
             ("request_id", Value::Text(&self.request_id)),
             ("trace_id", Value::Text(&trace_id)),

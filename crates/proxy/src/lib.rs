@@ -13,7 +13,7 @@
 //! - what a request carries: `exchange`, `caller`;
 //! - what the stages use: `body` (held and streamed bodies), `classify`, `client_id`,
 //!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`,
-//!   `trace_context` (W3C trace context), `cookies` (cookie mode and its CSRF check);
+//!   `trace_context` (W3C trace context) and `otlp` (its spans, exported), `cookies` (cookie mode and its CSRF check);
 //! - runtime state, one part per feature (`part`): `runtime`, `redis_link`,
 //!   `upstream`, `jwks`, `replay`, `sessions` (the session store and revocations),
 //!   `credits` (the token ledger; a request's open money is in `reservation`), and
@@ -49,6 +49,7 @@ mod meter;
 mod metrics;
 mod multipart;
 mod normalize;
+mod otlp;
 mod part;
 mod pipeline;
 mod problem;

@@ -62,7 +62,7 @@ pub async fn handle(
     let active = runtime.active();
     let snapshot = &active.snapshot;
     let request_id = request_id::from_headers(request.headers());
-    let trace = TraceContext::from_headers(request.headers());
+    let trace = TraceContext::from_headers(request.headers(), snapshot.tracing.sample_new);
     let client = x_forwarded::client_addr(
         peer.ip(),
         request.headers(),
@@ -77,8 +77,9 @@ pub async fn handle(
         request.uri().path(),
         request.uri().query(),
         client,
+        active.traces.exporter(),
     );
-    log.set_trace_id(trace.trace_id);
+    log.set_trace(&trace);
     let mut exchange = Exchange {
         snapshot,
         worker,

@@ -8,9 +8,9 @@
 //! - state starts empty in a private directory: no `[store]` Redis, a fresh ledger
 //!   with the opening balances credited, fresh rate-limit counts. A test must never
 //!   spend a real client's tokens or allowance;
-//! - remote key sets are not fetched (no network): tokens are signed with the
-//!   configuration's signing key, or, without one, with a key of the rehearsal's own
-//!   that is added to the keys it trusts. Every rule a token is checked by (issuer,
+//! - nothing leaves the process: no spans are exported, and remote key sets are not
+//!   fetched: tokens are signed with the configuration's signing key, or, without one,
+//!   with a key of the rehearsal's own that is added to the keys it trusts. Every rule a token is checked by (issuer,
 //!   audience, lifetime, claims) stays the configured one;
 //! - the backend is a stand-in on a loopback port, so the `Host` it sees is that
 //!   address; the upstream's base path is kept.
@@ -89,6 +89,8 @@ impl Rehearsal {
         if let Some(credits) = &mut snapshot.credits {
             credits.path = dir.0.join("ledger.redb");
         }
+        // No spans leave a rehearsal.
+        snapshot.tracing.export = None;
         snapshot.log.access_log = true;
         snapshot.log.format = LogFormat::Json;
         snapshot.server.workers = 1;

@@ -3,7 +3,7 @@
 //!
 //! [`Active`] is one published snapshot with its parts: the Redis connection, the
 //! upstream pools, the token verifier, the rate limiters, the callback nonces, the body
-//! budget, the session store and its revocations, the token ledger. A reload builds a new `Active` from the new snapshot and the previous parts —
+//! budget, the session store and its revocations, the token ledger, the span exporter. A reload builds a new `Active` from the new snapshot and the previous parts —
 //! each part decides what carries over (counts whose numbers did not change, warm
 //! connections, remembered nonces) — and swaps it in whole: a request reads one `Active`
 //! once and uses only that. [`Runtime`] holds the current one, and what belongs to the
@@ -21,6 +21,7 @@ use crate::credits::Credits;
 use crate::jwks::Tokens;
 use crate::limit::Limiters;
 use crate::metrics::Metrics;
+use crate::otlp::Traces;
 use crate::part::{Build, Part};
 use crate::redis_link::RedisLink;
 use crate::replay::Replay;
@@ -38,6 +39,7 @@ pub struct Active {
     pub bodies: Bodies,
     pub sessions: Sessions,
     pub credits: Credits,
+    pub traces: Traces,
 }
 
 impl Active {
@@ -61,6 +63,7 @@ impl Active {
         let bodies = Bodies::build(&build, previous.map(|p| &p.bodies));
         let sessions = Sessions::build(&build, previous.map(|p| &p.sessions));
         let credits = Credits::build(&build, previous.map(|p| &p.credits));
+        let traces = Traces::build(&build, previous.map(|p| &p.traces));
         Active {
             snapshot: Arc::new(snapshot),
             redis,
@@ -71,6 +74,7 @@ impl Active {
             bodies,
             sessions,
             credits,
+            traces,
         }
     }
 
@@ -84,6 +88,7 @@ impl Active {
         self.bodies.render_metrics(out);
         self.sessions.render_metrics(out);
         self.credits.render_metrics(out);
+        self.traces.render_metrics(out);
     }
 }
 

@@ -81,6 +81,7 @@ pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
         "/x",
         None,
         client,
+        None,
     );
     Exchange {
         snapshot,
@@ -89,7 +90,7 @@ pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
         client,
         scheme: Scheme::Http,
         request_id: "test-1".into(),
-        trace: crate::trace_context::TraceContext::from_headers(&http::HeaderMap::new()),
+        trace: crate::trace_context::TraceContext::from_headers(&http::HeaderMap::new(), 0.0),
         now: 0,
         route: None,
         caller: Default::default(),

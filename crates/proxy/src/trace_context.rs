@@ -4,9 +4,9 @@
 //! A valid `traceparent` from the client is continued: the backend gets the same trace
 //! id and sampled flag, with the gateway's own span id as the parent, and the client's
 //! `tracestate` as it came (several header lines joined with commas). A missing or
-//! malformed `traceparent` starts a new trace (not sampled: the gateway records no
-//! spans; the backend may decide to) and its `tracestate` is dropped, as the
-//! specification asks. Either way the trace id is in the access line, so a request can
+//! malformed `traceparent` starts a new trace, sampled for `[tracing] sample_new` of
+//! them (none by default: the backend may decide), and its `tracestate` is dropped, as
+//! the specification asks. A sampled request's span is exported by [`crate::otlp`]. Either way the trace id is in the access line, so a request can
 //! be followed from the client's trace through the gateway into the backend's logs.
 //!
 //! New ids come from a per-thread SplitMix64 generator seeded once from the operating
@@ -34,33 +34,46 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// The gateway's own span: the parent the backend sees.
     pub span_id: [u8; 8],
+    /// The client's span, from its `traceparent`.
+    pub parent: Option<[u8; 8]>,
     pub flags: u8,
     /// The client's `tracestate`, kept only with a valid `traceparent`.
     pub state: Option<HeaderValue>,
 }
 
 impl TraceContext {
-    /// Continues the client's trace, or starts one.
-    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+    /// Continues the client's trace, or starts one, sampled for `sample_new` (0 to 1)
+    /// of new traces.
+    pub fn from_headers(headers: &HeaderMap, sample_new: f64) -> TraceContext {
         let mut parents = headers.get_all(&TRACEPARENT).iter();
         let parsed = match (parents.next(), parents.next()) {
             (Some(value), None) => parse(value.as_bytes()),
             _ => None,
         };
         match parsed {
-            Some((trace_id, flags)) => TraceContext {
+            Some((trace_id, parent, flags)) => TraceContext {
                 trace_id,
                 span_id: span_id(),
+                parent: Some(parent),
                 flags,
                 state: joined(headers, &TRACESTATE),
             },
             None => TraceContext {
                 trace_id: trace_id(),
                 span_id: span_id(),
-                flags: 0,
+                parent: None,
+                flags: match sample_new > 0.0 && (next() as f64) < sample_new * u64::MAX as f64 {
+                    true => SAMPLED,
+                    false => 0,
+                },
                 state: None,
             },
         }
+    }
+
+    /// Whether the trace is sampled (its spans are recorded).
+    pub fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
     }
 
     /// The `traceparent` the backend gets.
@@ -82,9 +95,9 @@ pub fn hex(id: &[u8]) -> String {
     String::from_utf8(text).unwrap_or_default()
 }
 
-/// A `traceparent`'s trace id and flags (only the sampled bit is kept: the gateway
-/// speaks version 00), or `None` when it is not valid.
-fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
+/// A `traceparent`'s trace id, parent span and flags (only the sampled bit is kept:
+/// the gateway speaks version 00), or `None` when it is not valid.
+fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     let version = hex_byte(value.get(0..2)?)?;
     // Version 255 is invalid; 00 has exactly 55 characters; a later version may add
     // fields after a dash, and its first four are read as version 00's.
@@ -108,7 +121,7 @@ fn parse(value: &[u8]) -> Option<([u8; 16], u8)> {
     if trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((trace_id, flags & SAMPLED))
+    Some((trace_id, parent, flags & SAMPLED))
 }
 
 /// Two lowercase hex digits (the specification allows no uppercase).
@@ -199,7 +212,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        TraceContext::from_headers(&headers)
+        TraceContext::from_headers(&headers, 0.0)
     }
 
     #[test]
@@ -211,6 +224,10 @@ mod tests {
         ]);
         assert_eq!(hex(&t.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.flags, 1);
+        assert_eq!(
+            t.parent.map(|p| hex(&p)).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         let parent = t.traceparent();
         let parent = parent.to_str().unwrap();
         assert!(parent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -263,5 +280,27 @@ mod tests {
         assert_ne!(a.span_id, b.span_id);
         assert_ne!(a.trace_id, [0; 16]);
         assert!(a.traceparent().to_str().unwrap().ends_with("-00"));
+        assert_eq!(a.parent, None);
+    }
+
+    #[test]
+    fn new_traces_are_sampled_at_the_configured_share_and_a_client_s_flag_is_followed() {
+        let none = HeaderMap::new();
+        let sampled = |share: f64| {
+            (0..2000)
+                .filter(|_| TraceContext::from_headers(&none, share).sampled())
+                .count()
+        };
+        assert_eq!(sampled(0.0), 0);
+        assert_eq!(sampled(1.0), 2000);
+        let quarter = sampled(0.25);
+        assert!((400..600).contains(&quarter), "{quarter}");
+        // The client decided: sampling new traces never overrides it.
+        let mut unsampled = HeaderMap::new();
+        unsampled.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        assert!(!TraceContext::from_headers(&unsampled, 1.0).sampled());
     }
 }

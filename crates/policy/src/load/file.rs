@@ -136,6 +136,17 @@ pub enum LogFormatFile {
     Text,
 }
 
+/// `[tracing]` in `gateway.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// The collector's OTLP/HTTP traces endpoint (JSON encoding).
+    pub otlp_url: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
+    /// The share of requests without a `traceparent` that start a sampled trace.
+    pub sample_new: Option<Spanned<f64>>,
+}
+
 /// `[reload]` in `gateway.toml`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

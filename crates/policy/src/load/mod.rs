@@ -32,6 +32,7 @@ mod server;
 mod sessions;
 mod store;
 mod tls;
+mod tracing;
 
 pub use tls::client_config;
 mod upstream;
@@ -53,7 +54,7 @@ use context::Loader;
 use document::section;
 use file::{
     AdminFile, ApiKeysFile, CreditsFile, LogFile, LoginFile, ReloadFile, RoutingFile, ServerFile,
-    SessionsFile, StoreFile, UpstreamFile,
+    SessionsFile, StoreFile, TracingFile, UpstreamFile,
 };
 
 pub use context::DEV_KEYS_DIR;
@@ -136,6 +137,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
     let log = log::log(l, &src, log);
     let reload = section::<ReloadFile>(l, &src, take("reload"), "reload", false);
     let reload = reload::reload(l, &src, reload);
+    let tracing = section::<TracingFile>(l, &src, take("tracing"), "tracing", false);
+    let tracing = tracing::tracing(l, &src, tracing);
     let jwt = take("jwt").and_then(|(span, value)| jwt::jwt(l, &src, span, value));
     let api_keys = section::<ApiKeysFile>(l, &src, take("api_keys"), "api_keys", false)
         .and_then(|f| api_keys::api_keys(l, &src, f));
@@ -164,7 +167,7 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
             &src,
             Some(key_span),
             format!(
-                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store, sessions, login, credits"
+                "unknown section `{name}`; expected one of: server, upstream, routing, admin, log, reload, jwt, api_keys, credentials, webhooks, store, sessions, login, credits, tracing"
             ),
         );
     }
@@ -218,5 +221,6 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         login,
         cors: routing.cors,
         credits,
+        tracing: tracing?,
     })
 }
