@@ -31,7 +31,7 @@ impl Contract {
     }
 
     /// Checks one real answer to `method template`: its status is documented (exactly,
-    /// by class such as `4XX`, or as `default`), its content type is one the document
+    /// or by class such as `4XX`), its content type is one the document
     /// lists for it, and a JSON body validates against that schema.
     fn check(&self, method: &str, template: &str, response: &RawResponse) -> Result<(), String> {
         let what = format!("{method} {template} → {}", response.status);
@@ -39,9 +39,11 @@ impl Contract {
         if operation.is_null() {
             return Err(format!("{what}: the operation is not documented"));
         }
+        // The status itself or its class (`4XX`); never `default`, which would let any
+        // status through.
         let status = response.status.to_string();
         let class = format!("{}XX", response.status / 100);
-        let key = [status.as_str(), class.as_str(), "default"]
+        let key = [status.as_str(), class.as_str()]
             .into_iter()
             .find(|k| !operation["responses"][*k].is_null())
             .ok_or_else(|| format!("{what}: status not documented"))?;
@@ -111,8 +113,11 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Sends one request; the answer must have status `expect` and match the document.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &mut self,
+        expect: u16,
         addr: std::net::SocketAddr,
         method: &str,
         template: &str,
@@ -133,6 +138,13 @@ impl Checker<'_> {
         request.push_str("connection: close\r\n\r\n");
         request.push_str(body);
         let response = raw(addr, request.as_bytes()).await;
+        if response.status != expect {
+            self.failures.push(format!(
+                "{method} {target}: expected {expect}, got {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ));
+        }
         if let Err(e) = self.contract.check(method, template, &response) {
             self.failures.push(e);
         }
@@ -166,7 +178,7 @@ async fn real_answers_match_the_openapi_document() {
     // Login, refresh, logout.
     let login = "/interlogue/get-client";
     let creds = r#"{"username":"demo@acme.test","password":"demo-password"}"#;
-    let session = c.call(gw, "POST", login, login, &[], creds).await;
+    let session = c.call(200, gw, "POST", login, login, &[], creds).await;
     assert_eq!(session.status, 200);
     let session = session.json();
     let access = format!("Bearer {}", session["token"].as_str().unwrap());
@@ -175,40 +187,51 @@ async fn real_answers_match_the_openapi_document() {
         session["refreshToken"].as_str().unwrap()
     );
     let wrong = r#"{"username":"demo@acme.test","password":"nope"}"#;
-    c.call(gw, "POST", login, login, &[], wrong).await;
+    c.call(401, gw, "POST", login, login, &[], wrong).await;
     let refresh = "/gateway/auth/refresh";
     let renewed = c
-        .call(gw, "POST", refresh, refresh, &[], &refresh_body)
+        .call(200, gw, "POST", refresh, refresh, &[], &refresh_body)
         .await;
     assert_eq!(renewed.status, 200);
-    // The spent token again, after the grace: here at once, so the grace answer.
-    c.call(gw, "POST", refresh, refresh, &[], &refresh_body)
+    // The spent token again within the grace: the same successor again.
+    c.call(200, gw, "POST", refresh, refresh, &[], &refresh_body)
         .await;
-    c.call(gw, "POST", refresh, refresh, &[], r#"{"refreshToken":"x"}"#)
-        .await;
-    c.call(gw, "POST", refresh, refresh, &[], "[]").await;
+    c.call(
+        401,
+        gw,
+        "POST",
+        refresh,
+        refresh,
+        &[],
+        r#"{"refreshToken":"x"}"#,
+    )
+    .await;
+    c.call(400, gw, "POST", refresh, refresh, &[], "[]").await;
 
     // The key set.
     let jwks = "/.well-known/jwks.json";
-    c.call(gw, "GET", jwks, jwks, &[], "").await;
+    c.call(200, gw, "GET", jwks, jwks, &[], "").await;
 
     // Token credits, as 1001 (500 tokens) and as a client with none.
     let bearer = [("authorization", access.as_str())];
     let balance = "/gateway/tokens/balance";
-    c.call(gw, "GET", balance, balance, &bearer, "").await;
-    c.call(gw, "GET", balance, balance, &[], "").await;
+    c.call(200, gw, "GET", balance, balance, &bearer, "").await;
+    c.call(401, gw, "GET", balance, balance, &[], "").await;
     let key = [("x-api-key", "demo-legacy-key-1002")];
-    c.call(gw, "GET", balance, balance, &key, "").await;
+    c.call(200, gw, "GET", balance, balance, &key, "").await;
     let costs = "/gateway/tokens/costs";
-    c.call(gw, "GET", costs, costs, &bearer, "").await;
+    c.call(200, gw, "GET", costs, costs, &bearer, "").await;
     let preview = "/gateway/tokens/preview";
     let ops = r#"{"operations":[{"method":"POST","path":"/campaigns"},{"method":"GET","path":"/campaigns"}]}"#;
-    c.call(gw, "POST", preview, preview, &bearer, ops).await;
+    c.call(200, gw, "POST", preview, preview, &bearer, ops)
+        .await;
     let one = r#"{"method":"POST","path":"/plivo/call"}"#;
-    c.call(gw, "POST", preview, preview, &bearer, one).await;
+    c.call(200, gw, "POST", preview, preview, &bearer, one)
+        .await;
     let many = r#"[{"method":"POST","path":"/campaigns"}]"#;
-    c.call(gw, "POST", preview, preview, &bearer, many).await;
-    c.call(gw, "POST", preview, preview, &bearer, r#"{"nope":1}"#)
+    c.call(200, gw, "POST", preview, preview, &bearer, many)
+        .await;
+    c.call(400, gw, "POST", preview, preview, &bearer, r#"{"nope":1}"#)
         .await;
     // A movement for the history: a metered call.
     let created = c_post_campaign(gw, &access).await;
@@ -216,6 +239,7 @@ async fn real_answers_match_the_openapi_document() {
     let history = "/gateway/tokens/history";
     let page = c
         .call(
+            200,
             gw,
             "GET",
             history,
@@ -226,6 +250,7 @@ async fn real_answers_match_the_openapi_document() {
         .await;
     assert_eq!(page.status, 200);
     c.call(
+        400,
         gw,
         "GET",
         history,
@@ -239,16 +264,17 @@ async fn real_answers_match_the_openapi_document() {
     let logout = "/gateway/auth/logout";
     let new_access = format!("Bearer {}", renewed.json()["token"].as_str().unwrap());
     let out = [("authorization", new_access.as_str())];
-    c.call(gw, "POST", logout, logout, &out, "").await;
-    c.call(gw, "GET", balance, balance, &out, "").await;
+    c.call(200, gw, "POST", logout, logout, &out, "").await;
+    c.call(401, gw, "GET", balance, balance, &out, "").await;
 
     // The admin listener.
     for path in ["/healthz", "/readyz", "/metrics"] {
-        c.call(admin, "GET", path, path, &[], "").await;
+        c.call(200, admin, "GET", path, path, &[], "").await;
     }
     let auth = [("authorization", admin_auth.as_str())];
     let client = "/ledger/clients/{id}";
     c.call(
+        200,
         admin,
         "GET",
         client,
@@ -257,11 +283,12 @@ async fn real_answers_match_the_openapi_document() {
         "",
     )
     .await;
-    c.call(admin, "GET", client, "/ledger/clients/1001", &[], "")
+    c.call(401, admin, "GET", client, "/ledger/clients/1001", &[], "")
         .await;
     let credit = "/ledger/clients/{id}/credit";
     let change = r#"{"amount":5,"reason":"contract test"}"#;
     c.call(
+        200,
         admin,
         "POST",
         credit,
@@ -271,6 +298,7 @@ async fn real_answers_match_the_openapi_document() {
     )
     .await;
     c.call(
+        400,
         admin,
         "POST",
         credit,
@@ -282,6 +310,7 @@ async fn real_answers_match_the_openapi_document() {
     let debit = "/ledger/clients/{id}/debit";
     let too_much = r#"{"amount":1000000,"reason":"contract test"}"#;
     c.call(
+        402,
         admin,
         "POST",
         debit,
@@ -291,6 +320,7 @@ async fn real_answers_match_the_openapi_document() {
     )
     .await;
     c.call(
+        200,
         admin,
         "POST",
         debit,
@@ -301,10 +331,18 @@ async fn real_answers_match_the_openapi_document() {
     .await;
     let set = "/ledger/clients/{id}/balance";
     let to = r#"{"balance":7,"reason":"contract test"}"#;
-    c.call(admin, "PUT", set, "/ledger/clients/4242/balance", &auth, to)
-        .await;
+    c.call(
+        200,
+        admin,
+        "PUT",
+        set,
+        "/ledger/clients/4242/balance",
+        &auth,
+        to,
+    )
+    .await;
     let verify = "/ledger/verify";
-    c.call(admin, "GET", verify, verify, &auth, "").await;
+    c.call(200, admin, "GET", verify, verify, &auth, "").await;
 
     assert!(
         c.failures.is_empty(),

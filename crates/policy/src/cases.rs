@@ -254,7 +254,9 @@ impl Case {
 
     /// Every way `observed` differs from what the case expects, one line each; empty
     /// when the case passes.
-    pub fn compare(&self, observed: &Observed) -> Vec<String> {
+    /// Values of the backend headers named in `secret_headers` (the credentials the
+    /// gateway adds) are never printed, only whether they matched.
+    pub fn compare(&self, observed: &Observed, secret_headers: &[String]) -> Vec<String> {
         let expect = &self.expect;
         let mut diffs = Vec::new();
         if let Some(status) = expect.status.filter(|s| *s != observed.status) {
@@ -303,14 +305,14 @@ impl Case {
             _ => {}
         }
         if let (Some(want), Some(got)) = (&expect.upstream, &observed.upstream) {
-            want.compare(got, &mut diffs);
+            want.compare(got, secret_headers, &mut diffs);
         }
         diffs
     }
 }
 
 impl UpstreamExpect {
-    fn compare(&self, got: &Received, diffs: &mut Vec<String>) {
+    fn compare(&self, got: &Received, secret_headers: &[String], diffs: &mut Vec<String>) {
         if let Some(method) = self.method.as_ref().filter(|m| **m != got.method) {
             diffs.push(format!(
                 "backend method: expected {method}, got {}",
@@ -344,9 +346,14 @@ impl UpstreamExpect {
         for (name, value) in &self.headers {
             let seen = find(&got.headers, name);
             if seen != Some(value.as_str()) {
+                let secret = secret_headers.iter().any(|s| s.eq_ignore_ascii_case(name));
+                let (want, seen) = match (secret, seen) {
+                    (true, Some(_)) => ("<secret>".to_owned(), "another value".to_owned()),
+                    (true, None) => ("<secret>".to_owned(), shown(None)),
+                    (false, _) => (format!("{value:?}"), shown(seen)),
+                };
                 diffs.push(format!(
-                    "backend header {name}: expected {value:?}, got {}",
-                    shown(seen)
+                    "backend header {name}: expected {want}, got {seen}"
                 ));
             }
         }
@@ -481,6 +488,19 @@ pub fn parse(path: &Path, text: &str, cases: &mut Vec<Case>, diags: &mut Vec<Dia
                 DEFAULT_PEER
             }
         };
+        let expect = &entry.expect;
+        let checks_nothing = expect.status.is_none()
+            && expect.code.is_none()
+            && expect.route.is_none()
+            && expect.headers.is_empty()
+            && expect.forwarded.is_none()
+            && expect.upstream.is_none();
+        if checks_nothing {
+            bad(format!(
+                "case `{}`: [case.expect] checks nothing (give at least a status)",
+                entry.name
+            ));
+        }
         let token = entry
             .token
             .map(|claims| match serde_json::to_value(claims) {
@@ -534,7 +554,7 @@ mod tests {
 
     #[test]
     fn a_post_is_framed_and_carries_its_token() {
-        let case = one("[[case]]\nname = \"x\"\nmethod = \"POST\"\ntarget = \"/a\"\nbody = \"{}\"\ntoken = { clientId = \"1001\" }\n[case.expect]\n");
+        let case = one("[[case]]\nname = \"x\"\nmethod = \"POST\"\ntarget = \"/a\"\nbody = \"{}\"\ntoken = { clientId = \"1001\" }\n[case.expect]\nstatus = 200\n");
         assert_eq!(case.token.as_ref().unwrap()["clientId"], "1001");
         let raw = String::from_utf8(case.raw_request(Some("t0k"))).unwrap();
         assert!(raw.contains("Authorization: Bearer t0k\r\n"), "{raw}");
@@ -559,11 +579,41 @@ mod tests {
         diags.clear();
         parse(
             Path::new("t.toml"),
-            "\n[[case]]\nname = \"x\"\nmethod = \"G T\"\ntarget = \"/\"\n[case.expect]\n",
+            "\n[[case]]\nname = \"x\"\nmethod = \"G T\"\ntarget = \"/\"\n[case.expect]\nstatus = 400\n",
             &mut cases,
             &mut diags,
         );
         assert_eq!((diags.len(), diags[0].line), (1, 2), "{diags:?}");
+        // A case that checks nothing would always pass: refused.
+        diags.clear();
+        parse(
+            Path::new("t.toml"),
+            "[[case]]\nname = \"idle\"\ntarget = \"/\"\n[case.expect]\n",
+            &mut cases,
+            &mut diags,
+        );
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(diags[0].message.contains("checks nothing"), "{}", diags[0]);
+    }
+
+    #[test]
+    fn a_credential_s_value_is_never_printed() {
+        let case = one("[[case]]\nname = \"x\"\ntarget = \"/a\"\n[case.expect.upstream]\nheaders = { X-Api-Key = \"old-key\" }\n");
+        let observed = Observed {
+            status: 200,
+            upstream: Some(Received {
+                headers: vec![("x-api-key".into(), "the-real-backend-key".into())],
+                ..Received::default()
+            }),
+            ..Observed::default()
+        };
+        let diffs = case.compare(&observed, &["X-API-KEY".to_owned()]);
+        assert_eq!(
+            diffs,
+            ["backend header X-Api-Key: expected <secret>, got another value"]
+        );
+        let shown = case.compare(&observed, &[]);
+        assert!(shown[0].contains("the-real-backend-key"), "{shown:?}");
     }
 
     #[test]
@@ -596,7 +646,7 @@ json = { clientId = "1001" }
                 body: br#"{"clientId":1001}"#.to_vec(),
             }),
         };
-        let diffs = case.compare(&observed);
+        let diffs = case.compare(&observed, &[]);
         for want in [
             "status: expected 200, got 401",
             "route: expected `a`, got (no route)",
@@ -628,10 +678,10 @@ json = { clientId = "1001" }
             ],
             body: br#"{"clientId":"1001"}"#.to_vec(),
         });
-        assert_eq!(case.compare(&fixed), Vec::<String>::new());
+        assert_eq!(case.compare(&fixed, &[]), Vec::<String>::new());
         fixed.upstream = None;
         assert_eq!(
-            case.compare(&fixed),
+            case.compare(&fixed, &[]),
             ["backend: expected the request forwarded, it was not"]
         );
     }

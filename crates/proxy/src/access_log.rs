@@ -142,7 +142,10 @@ impl Drop for AccessLog {
         }
         if let (Some(exporter), Some(trace)) = (&self.exporter, &self.trace) {
             if trace.sampled() {
-                let path = redact_path(&self.path, &self.snapshot.log.redact_query_params);
+                let path = bounded(redact_path(
+                    &self.path,
+                    &self.snapshot.log.redact_query_params,
+                ));
                 exporter.record(&Span {
                     trace_id: trace.trace_id,
                     span_id: trace.span_id,

@@ -125,10 +125,15 @@ pub async fn reserve(
             let started = std::time::Instant::now();
             let claimed = ledger.claim(worker, claim).await;
             credits.counters.latency.observe(started.elapsed());
-            let claimed = claimed.map_err(|e| {
-                guard.disarm();
-                credits.unavailable(&e)
-            })?;
+            let claimed = match claimed {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    // A timeout may come after the claim was made (Redis ran the script):
+                    // the refund releases it, and only if it is ours.
+                    exchange.key_claim = Some(guard);
+                    return Err(credits.unavailable(&e));
+                }
+            };
             if !matches!(claimed, Claimed::New) {
                 guard.disarm();
             }
@@ -181,11 +186,11 @@ pub async fn reserve(
     let reserved = match reserved {
         Ok(r) => r,
         Err(e) => {
-            // Nothing is held, or the ledger cannot be told now: the deadline frees it.
-            hold.disarm();
-            if let Some(claim) = claim {
-                let _ = claim.release().await;
-            }
+            // The reservation may be held even so (a timeout after Redis ran the
+            // script): the refund voids it (`request_refused`; an id never held is
+            // `Gone`, nothing counted) and frees the key, or the deadline does.
+            exchange.hold = Some(hold);
+            exchange.key_claim = claim;
             return Err(credits.unavailable(&e));
         }
     };

@@ -85,7 +85,8 @@ impl Traces {
 impl Exporter {
     /// Offers one span to the exporter; dropped (and counted) when the queue is full.
     pub fn record(&self, span: &Span) {
-        if self.queue.try_send(span_json(span)).is_err() {
+        // A full queue drops the span before it is formatted.
+        if self.queue.capacity() == 0 || self.queue.try_send(span_json(span)).is_err() {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -165,7 +166,12 @@ async fn export(settings: OtlpExport, mut spans: mpsc::Receiver<String>, counter
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(HttpConnector::new());
+        .wrap_connector({
+            // The TLS connector hands it https URIs too: it must not refuse them.
+            let mut connector = HttpConnector::new();
+            connector.enforce_http(false);
+            connector
+        });
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let head = resource_head(&settings.service_name);
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
@@ -193,7 +199,11 @@ async fn export(settings: OtlpExport, mut spans: mpsc::Receiver<String>, counter
                 .body(Full::new(Bytes::from(body)));
             let sent = match request {
                 Ok(request) => tokio::time::timeout(POST_TIMEOUT, client.request(request)).await,
-                Err(_) => return,
+                Err(e) => {
+                    // The URL was checked at load; this would be our bug.
+                    tracing::error!(error = %e, "cannot build a request to [tracing] otlp_url: no spans exported");
+                    return;
+                }
             };
             let n = batch.len() as u64;
             match sent {

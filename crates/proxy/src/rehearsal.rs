@@ -13,7 +13,10 @@
 //!   with a key of the rehearsal's own that is added to the keys it trusts. Every rule a token is checked by (issuer,
 //!   audience, lifetime, claims) stays the configured one;
 //! - the backend is a stand-in on a loopback port, so the `Host` it sees is that
-//!   address; the upstream's base path is kept.
+//!   address; the upstream's base path is kept;
+//! - a request arrives over plain HTTP/1.1 from its case's peer: what depends on TLS
+//!   (`Strict-Transport-Security`, `X-Forwarded-Proto: https`) or on HTTP/2 is not
+//!   played.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -172,21 +175,26 @@ impl Rehearsal {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let runtime = Arc::clone(&self.runtime);
         let peer = SocketAddr::new(peer, 40_000);
-        tokio::spawn(async move { crate::server::serve_stream(server, peer, &runtime).await });
+        let serving =
+            tokio::spawn(async move { crate::server::serve_stream(server, peer, &runtime).await });
         let (mut reader, mut writer) = tokio::io::split(client);
         let raw = raw.to_vec();
+        let (read, done) = tokio::sync::oneshot::channel::<()>();
         // Written beside the read: a gateway that answers before taking the whole body
-        // (413, 401) must not leave the writer waiting.
-        tokio::spawn(async move {
+        // (413, 401) must not leave the writer waiting. Kept open until the answer is
+        // read: a half-close could read as a client that left.
+        let writing = tokio::spawn(async move {
             let _ = writer.write_all(&raw).await;
             let _ = writer.flush().await;
-            // Kept open until the answer is read: a half-close could read as a client
-            // that left.
-            tokio::time::sleep(REQUEST_DEADLINE).await;
+            let _ = done.await;
         });
         let mut bytes = Vec::new();
-        tokio::time::timeout(REQUEST_DEADLINE, reader.read_to_end(&mut bytes))
-            .await
+        let answered = tokio::time::timeout(REQUEST_DEADLINE, reader.read_to_end(&mut bytes)).await;
+        let _ = read.send(());
+        // Nothing of this request outlives it (a gateway that never answered included).
+        serving.abort();
+        writing.abort();
+        answered
             .map_err(|_| RehearsalError::NoAnswer)?
             .map_err(RehearsalError::Setup)?;
         let mut observed = Observed::from_response(&bytes).ok_or(RehearsalError::BadAnswer)?;

@@ -7,7 +7,8 @@
 //! start: a long upload is not the upstream's delay, while an upstream that stops taking
 //! the body, or answering once it has it, runs out of time.
 //!
-//! Every new connection's TCP connect is timed (`tollgate_upstream_connect_seconds`):
+//! Every new connection's connect (name resolution and TCP connect; the TLS handshake is
+//! not in it) is timed (`tollgate_upstream_connect_seconds`):
 //! with pooling, connects are rare, so a rising count or latency is the backend (or the
 //! network to it) struggling before requests show it.
 
@@ -34,7 +35,8 @@ use crate::errors::{GatewayError, UpstreamError};
 use crate::histogram::Histogram;
 use crate::part::{Build, Part};
 
-/// How long TCP connects to the upstream take, by outcome; kept across reloads.
+/// How long connects to the upstream take (resolution and TCP), by outcome; kept across
+/// reloads. A connect abandoned before it ends (its request cancelled) is not counted.
 #[derive(Debug, Default)]
 pub struct Connects {
     ok: Histogram,
@@ -243,7 +245,7 @@ impl Part for Upstreams {
         let name = "tollgate_upstream_connect_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} TCP connects to the upstream (new pooled connections), by result.\n# TYPE {name} histogram"
+            "# HELP {name} Connects to the upstream (name resolution and TCP; new pooled connections), by result.\n# TYPE {name} histogram"
         );
         self.connects.ok.render(out, name, "result=\"ok\"");
         self.connects.failed.render(out, name, "result=\"error\"");

@@ -171,7 +171,8 @@ pub fn main() -> ExitCode {
             backend_status,
             config,
         } => {
-            let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+            // `explain get /x` means GET: methods are upper case on the wire.
+            let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
                 eprintln!("`{method}` is not an HTTP method");
                 return ExitCode::FAILURE;
             };
