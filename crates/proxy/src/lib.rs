@@ -12,8 +12,9 @@
 //!   gateway's own `endpoints`;
 //! - what a request carries: `exchange`, `caller`;
 //! - what the stages use: `body` (held and streamed bodies), `classify`, `client_id`,
-//!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`,
-//!   `trace_context` (W3C trace context) and `otlp` (its spans, exported), `cookies` (cookie mode and its CSRF check);
+//!   `multipart`, `username`, `headers`, `x_forwarded`, `request_id`, `trace_context`
+//!   (W3C trace context) and `otlp` (its spans, exported), `cookies` (cookie mode and
+//!   its CSRF check);
 //! - runtime state, one part per feature (`part`): `runtime`, `redis_link`,
 //!   `upstream`, `jwks`, `replay`, `sessions` (the session store and revocations),
 //!   `credits` (the token ledger; a request's open money is in `reservation`), and

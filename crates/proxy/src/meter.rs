@@ -4,12 +4,13 @@
 //! refuses the request with 402 `INSUFFICIENT_TOKENS` (with `required` and `balance`).
 //! When the backend's response head arrives, [`settle`] posts the reservation (at the
 //! backend's own figure when the route names a `settle_header`, never above what was
-//! held; written in the background: the answer does not wait for it) or voids it when the status is one that refunds (`4xx` and `5xx` unless the
-//! route says otherwise). A request that fails after reserving — the backend cannot be
-//! reached or times out, the gateway refuses the body — is refunded by [`refund`]; a
-//! client that goes away before the response head, by the reservation's own drop
-//! (see [`crate::reservation`]). [`decorate`] tells the client what the request cost
-//! and what is left (`X-Token-Cost`, `X-Token-Balance`).
+//! held; written in the background: the answer does not wait for it) or voids it when
+//! the status is one that refunds (`4xx` and `5xx` unless the route says otherwise). A
+//! request that fails after reserving — the backend cannot be reached or times out, the
+//! gateway refuses the body — is refunded by [`refund`]; a client that goes away before
+//! the response head, by the reservation's own drop (see [`crate::reservation`]).
+//! [`decorate`] tells the client what the request cost and what is left
+//! (`X-Token-Cost`, `X-Token-Balance`).
 //!
 //! **Idempotency-Key** (draft-ietf-httpapi-idempotency-key-header): on a metered
 //! request the key is claimed, per client, before reserving. A retry of a charged

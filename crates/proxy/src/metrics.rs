@@ -308,7 +308,8 @@ impl Metrics {
         {
             let _ = writeln!(
                 out,
-                "tollgate_api_key_requests_total{{key_id=\"{key}\"}} {n}"
+                "tollgate_api_key_requests_total{{key_id=\"{}\"}} {n}",
+                label(key)
             );
         }
         out.push_str("# HELP tollgate_connections_open Client connections currently open.\n");

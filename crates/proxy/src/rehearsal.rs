@@ -10,8 +10,9 @@
 //!   spend a real client's tokens or allowance;
 //! - nothing leaves the process: no spans are exported, and remote key sets are not
 //!   fetched: tokens are signed with the configuration's signing key, or, without one,
-//!   with a key of the rehearsal's own that is added to the keys it trusts. Every rule a token is checked by (issuer,
-//!   audience, lifetime, claims) stays the configured one;
+//!   with a key of the rehearsal's own that is added to the keys it trusts. Every rule
+//!   a token is checked by (issuer, audience, lifetime, claims) stays the configured
+//!   one;
 //! - the backend is a stand-in on a loopback port, so the `Host` it sees is that
 //!   address; the upstream's base path is kept;
 //! - a request arrives over plain HTTP/1.1 from its case's peer: what depends on TLS

@@ -1,8 +1,9 @@
 //! The money a request has open: its reservation ([`Hold`]) and its claim on an
-//! `Idempotency-Key` ([`KeyClaim`]). Both settle exactly once. Dropped unsettled —
-//! the client went away before the response head, and the request's future with it,
-//! even while the reservation was still being made — they settle in the background: the reservation is voided (a full refund) and the key
-//! freed. A gateway that dies instead leaves them to the ledger's deadline.
+//! `Idempotency-Key` ([`KeyClaim`]). Both settle exactly once. Dropped unsettled — the
+//! client went away before the response head, and the request's future with it, even
+//! while the reservation was still being made — they settle in the background: the
+//! reservation is voided (a full refund) and the key freed. A gateway that dies instead
+//! leaves them to the ledger's deadline.
 
 use std::sync::Arc;
 

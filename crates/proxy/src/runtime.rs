@@ -3,11 +3,13 @@
 //!
 //! [`Active`] is one published snapshot with its parts: the Redis connection, the
 //! upstream pools, the token verifier, the rate limiters, the callback nonces, the body
-//! budget, the session store and its revocations, the token ledger, the span exporter. A reload builds a new `Active` from the new snapshot and the previous parts —
-//! each part decides what carries over (counts whose numbers did not change, warm
-//! connections, remembered nonces) — and swaps it in whole: a request reads one `Active`
-//! once and uses only that. [`Runtime`] holds the current one, and what belongs to the
-//! process rather than to a snapshot: metrics, the draining flag, the access-log sink.
+//! budget, the session store and its revocations, the token ledger, the span exporter.
+//! A reload builds a new `Active` from the new snapshot and the previous parts — each
+//! part decides what carries over (counts whose numbers did not change, warm
+//! connections, remembered nonces) — and swaps it in whole: a request reads one
+//! `Active` once and uses only that. [`Runtime`] holds the current one, and what
+//! belongs to the process rather than to a snapshot: metrics, the draining flag, the
+//! access-log sink.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -6,8 +6,9 @@
 //! `tracestate` as it came (several header lines joined with commas). A missing or
 //! malformed `traceparent` starts a new trace, sampled for `[tracing] sample_new` of
 //! them (none by default: the backend may decide), and its `tracestate` is dropped, as
-//! the specification asks. A sampled request's span is exported by [`crate::otlp`]. Either way the trace id is in the access line, so a request can
-//! be followed from the client's trace through the gateway into the backend's logs.
+//! the specification asks. A sampled request's span is exported by [`crate::otlp`].
+//! Either way the trace id is in the access line, so a request can be followed from the
+//! client's trace through the gateway into the backend's logs.
 //!
 //! New ids come from a per-thread SplitMix64 generator seeded once from the operating
 //! system's randomness: unique enough for tracing, with no system call per request.
