@@ -50,7 +50,6 @@ pub struct AccessLog {
     trace: Option<TraceContext>,
     /// Where the request's span goes, when it is sampled and spans are exported.
     exporter: Option<Arc<Exporter>>,
-    started_at: SystemTime,
 }
 
 impl AccessLog {
@@ -85,7 +84,6 @@ impl AccessLog {
             upstream: None,
             trace: None,
             exporter,
-            started_at: SystemTime::now(),
         }
     }
 
@@ -142,6 +140,7 @@ impl Drop for AccessLog {
         }
         if let (Some(exporter), Some(trace)) = (&self.exporter, &self.trace) {
             if trace.sampled() {
+                let end = SystemTime::now();
                 let path = bounded(redact_path(
                     &self.path,
                     &self.snapshot.log.redact_query_params,
@@ -150,8 +149,10 @@ impl Drop for AccessLog {
                     trace_id: trace.trace_id,
                     span_id: trace.span_id,
                     parent: trace.parent,
-                    start: self.started_at,
-                    end: self.started_at + self.started.elapsed(),
+                    // Wall-clock times only for an exported span: no clock read per
+                    // request otherwise.
+                    start: end.checked_sub(self.started.elapsed()).unwrap_or(end),
+                    end,
                     method: &self.method,
                     path: &path,
                     route: self.route.as_deref(),

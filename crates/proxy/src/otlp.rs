@@ -22,7 +22,6 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnectorBuilder;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
@@ -166,12 +165,9 @@ async fn export(settings: OtlpExport, mut spans: mpsc::Receiver<String>, counter
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
-        .wrap_connector({
-            // The TLS connector hands it https URIs too: it must not refuse them.
-            let mut connector = HttpConnector::new();
-            connector.enforce_http(false);
-            connector
-        });
+        // The builder's own TCP connector, which passes https URIs on (as the JWKS
+        // client's does); a plain `HttpConnector` would refuse them.
+        .build();
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let head = resource_head(&settings.service_name);
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);

@@ -41,7 +41,7 @@ pub(crate) fn tracing(l: &mut Loader, src: &SourceFile, f: Option<TracingFile>) 
     let export = f.otlp_url.as_ref().and_then(|url| {
         let parsed = url.get_ref().parse::<Uri>().ok().filter(|u| {
             matches!(u.scheme_str(), Some("http" | "https"))
-                && u.authority().is_some_and(|a| a.as_str().find('@').is_none())
+                && u.authority().is_some_and(|a| !a.as_str().contains('@'))
         });
         match parsed {
             Some(uri) => Some(OtlpExport {
