@@ -271,6 +271,12 @@ async fn real_answers_match_the_openapi_document() {
     for path in ["/healthz", "/readyz", "/metrics"] {
         c.call(200, admin, "GET", path, path, &[], "").await;
     }
+    let openmetrics = [(
+        "accept",
+        "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+    )];
+    c.call(200, admin, "GET", "/metrics", "/metrics", &openmetrics, "")
+        .await;
     let auth = [("authorization", admin_auth.as_str())];
     let client = "/ledger/clients/{id}";
     c.call(

@@ -61,6 +61,15 @@ async fn the_dashboard_graphs_only_metrics_the_gateway_exports() {
     std::fs::write(&config, text).unwrap();
     let gateway = GatewayProcess::start(&config);
     gateway.wait_ready().await;
+    // Series appear once something was counted: a legacy-key call (forwarded to an
+    // upstream that is not there: a 502 and an upstream latency) and a refused key.
+    for key in ["demo-legacy-key-1001", "not-a-key"] {
+        let request = format!(
+            "GET /campaigns/42 HTTP/1.1\r\nhost: gateway.test\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"
+        );
+        let status = raw(gateway.addr, request.as_bytes()).await.status;
+        assert!(status == 502 || status == 401, "{key}: {status}");
+    }
     let metrics = raw(
         gateway.admin,
         b"GET /metrics HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",

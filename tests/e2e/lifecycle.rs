@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{eventually, Harness, Setup};
+use crate::support::{eventually, raw, Harness, Setup};
 
 const DENY_ECHO: &str = r#"
 [[route]]
@@ -321,5 +321,90 @@ async fn latency_is_kept_per_route_method_and_class_across_a_reload() {
             &after,
             "tollgate_request_duration_seconds_count{route=\"echo-closed\",method=\"GET\",class=\"4xx\"}"
         ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_scraper_that_asks_for_openmetrics_gets_it_with_the_same_series() {
+    let h = Harness::start().await;
+    assert_eq!(h.get("/echo/a", &[]).await.status, 200);
+    assert_eq!(h.get("/admin/x", &[]).await.status, 403);
+    let scrape = |accept: &'static str| {
+        let admin = h.gateway.admin;
+        async move {
+            let request = format!(
+                "GET /metrics HTTP/1.1\r\nhost: admin\r\n{accept}connection: close\r\n\r\n"
+            );
+            raw(admin, request.as_bytes()).await
+        }
+    };
+    let plain = scrape("").await;
+    assert_eq!(
+        plain.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    // Prometheus's own Accept header.
+    let open = scrape("accept: application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2\r\n").await;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    // Refused with q=0: the plain format.
+    let refused = scrape("accept: application/openmetrics-text;q=0, text/plain\r\n").await;
+    assert_eq!(
+        refused.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+
+    let plain = String::from_utf8(plain.body).unwrap();
+    let open = String::from_utf8(open.body).unwrap();
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(!plain.contains("# EOF"), "{plain}");
+    // A series as a name and its labels in order of name, bucket bounds as numbers:
+    // OpenMetrics puts `le` first and writes `1.0` where the other writes `1`.
+    let series = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+            .map(|s| {
+                let Some((name, labels)) = s.split_once('{') else {
+                    return s.to_owned();
+                };
+                let mut labels: Vec<String> = labels
+                    .trim_end_matches('}')
+                    .split("\",")
+                    .map(|l| {
+                        let (key, value) = l.split_once("=\"").unwrap();
+                        let value = value.trim_end_matches('"');
+                        match value.parse::<f64>() {
+                            Ok(n) if key == "le" => format!("le={n}"),
+                            _ => format!("{key}={value}"),
+                        }
+                    })
+                    .collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            })
+            .collect()
+    };
+    let plain_series = series(&plain);
+    assert_eq!(plain_series, series(&open));
+    for expected in [
+        "tollgate_responses_total{class=2xx}",
+        "tollgate_responses_total{class=4xx}",
+        "tollgate_request_duration_seconds_count{class=2xx,method=GET,route=echo}",
+        "tollgate_request_duration_seconds_bucket{class=4xx,le=0.001,method=GET,route=admin-closed}",
+        "tollgate_request_duration_seconds_bucket{class=4xx,le=inf,method=GET,route=admin-closed}",
+        "tollgate_problems_total{code=FORBIDDEN}",
+    ] {
+        assert!(plain_series.contains(expected), "{expected} in {plain_series:?}");
+    }
+    assert!(
+        open.contains("# TYPE tollgate_responses counter\n"),
+        "{open}"
+    );
+    assert!(
+        plain.contains("# TYPE tollgate_responses_total counter\n"),
+        "{plain}"
     );
 }

@@ -28,6 +28,8 @@ use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::time::{Instant, Sleep};
 use tollgate_policy::snapshot::BodyLimits;
 
@@ -80,14 +82,12 @@ impl Part for Bodies {
         Bodies { budget }
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        out.push_str("# HELP tollgate_request_body_buffered_bytes Memory held by request bodies the gateway reads whole (capped by server.max_buffered_body_bytes).\n");
-        out.push_str("# TYPE tollgate_request_body_buffered_bytes gauge\n");
-        let _ = writeln!(
-            out,
-            "tollgate_request_body_buffered_bytes {}",
-            self.budget.held()
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "tollgate_request_body_buffered",
+            "Memory held by request bodies the gateway reads whole (capped by server.max_buffered_body_bytes)",
+            Unit::Bytes,
+            ConstGauge::new(i64::try_from(self.budget.held()).unwrap_or(i64::MAX)),
         );
     }
 }

@@ -11,19 +11,21 @@
 //! The sweeper voids reservations past their deadline (a gateway that died
 //! mid-request) every second, on every instance, and forgets old idempotency records.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 use tollgate_policy::snapshot::{Credits as CreditSettings, RedisSettings};
 use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger, LedgerError};
 
 use crate::errors::{CreditError, GatewayError};
-use crate::histogram::Histogram;
+use crate::metrics::{self, Labeled};
 use crate::part::{Build, Part};
 
 /// How often reservations past their deadline are looked for.
@@ -72,29 +74,45 @@ impl VoidReason {
 }
 
 /// What metering did, kept across reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CreditCounters {
-    pub reservations: AtomicU64,
-    pub posts: AtomicU64,
-    pub tokens_charged: AtomicU64,
-    voids: [AtomicU64; 4],
-    pub insufficient: AtomicU64,
-    pub replays: AtomicU64,
-    pub expired: AtomicU64,
-    pub store_errors: AtomicU64,
+    pub reservations: Counter,
+    pub posts: Counter,
+    pub tokens_charged: Counter,
+    voids: Labeled<4>,
+    pub insufficient: Counter,
+    pub replays: Counter,
+    pub expired: Counter,
+    pub store_errors: Counter,
     /// Latency of the ledger calls on the request path.
     pub latency: Histogram,
 }
 
+impl Default for CreditCounters {
+    fn default() -> CreditCounters {
+        CreditCounters {
+            reservations: Counter::default(),
+            posts: Counter::default(),
+            tokens_charged: Counter::default(),
+            voids: Labeled::new("reason", VoidReason::ALL.map(VoidReason::as_str)),
+            insufficient: Counter::default(),
+            replays: Counter::default(),
+            expired: Counter::default(),
+            store_errors: Counter::default(),
+            latency: metrics::latency(),
+        }
+    }
+}
+
 impl CreditCounters {
     pub fn count_post(&self, charged: u64) {
-        self.posts.fetch_add(1, Ordering::Relaxed);
-        self.tokens_charged.fetch_add(charged, Ordering::Relaxed);
+        self.posts.inc();
+        self.tokens_charged.inc_by(charged);
     }
 
     pub fn count_void(&self, reason: VoidReason) {
         if let Some(i) = VoidReason::ALL.iter().position(|r| *r == reason) {
-            self.voids[i].fetch_add(1, Ordering::Relaxed);
+            self.voids.at(i).inc();
         }
     }
 }
@@ -131,7 +149,7 @@ impl Credits {
     /// A ledger error as a request sees it: 503, nothing charged (the ledger's own
     /// words go to the log only: they may name files or hosts).
     pub fn unavailable(&self, error: &LedgerError) -> GatewayError {
-        self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.store_errors.inc();
         tracing::warn!(error = %error, "token ledger error");
         CreditError::LedgerUnavailable.into()
     }
@@ -241,71 +259,65 @@ impl Part for Credits {
         }
     }
 
-    fn render_metrics(&self, out: &mut String) {
+    fn register_metrics(&self, registry: &mut Registry) {
         let Some(_) = &self.state else {
             return;
         };
         let c = &self.counters;
-        let counter = |out: &mut String, name: &str, help: &str, value: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        };
-        counter(
-            out,
-            "tollgate_credit_reservations_total",
-            "Metered requests whose cost was reserved.",
-            &c.reservations,
-        );
-        counter(
-            out,
-            "tollgate_credit_posts_total",
-            "Reservations posted (the backend answered; the tokens are spent).",
-            &c.posts,
-        );
-        counter(
-            out,
-            "tollgate_credit_tokens_charged_total",
-            "Tokens spent by posted reservations.",
-            &c.tokens_charged,
-        );
-        counter(
-            out,
-            "tollgate_credit_insufficient_total",
-            "Requests refused with 402 INSUFFICIENT_TOKENS.",
-            &c.insufficient,
-        );
-        counter(
-            out,
-            "tollgate_credit_idempotent_replays_total",
-            "Requests answered from an Idempotency-Key's record, not charged again.",
-            &c.replays,
-        );
-        counter(
-            out,
-            "tollgate_credit_expired_total",
-            "Reservations nobody settled before their deadline, refunded by the sweeper.",
-            &c.expired,
-        );
-        counter(out, "tollgate_credit_ledger_errors_total", "Ledger calls that failed (the request got 503, or its settlement waits for the sweeper).", &c.store_errors);
-        out.push_str("# HELP tollgate_credit_voids_total Reservations voided (refunded in full), by reason.\n# TYPE tollgate_credit_voids_total counter\n");
-        for (reason, value) in VoidReason::ALL.iter().zip(&c.voids) {
-            let _ = writeln!(
-                out,
-                "tollgate_credit_voids_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                value.load(Ordering::Relaxed)
-            );
+        for (name, help, counter) in [
+            (
+                "tollgate_credit_reservations",
+                "Metered requests whose cost was reserved",
+                &c.reservations,
+            ),
+            (
+                "tollgate_credit_posts",
+                "Reservations posted (the backend answered; the tokens are spent)",
+                &c.posts,
+            ),
+            (
+                "tollgate_credit_tokens_charged",
+                "Tokens spent by posted reservations",
+                &c.tokens_charged,
+            ),
+            (
+                "tollgate_credit_insufficient",
+                "Requests refused with 402 INSUFFICIENT_TOKENS",
+                &c.insufficient,
+            ),
+            (
+                "tollgate_credit_idempotent_replays",
+                "Requests answered from an Idempotency-Key's record, not charged again",
+                &c.replays,
+            ),
+            (
+                "tollgate_credit_expired",
+                "Reservations nobody settled before their deadline, refunded by the sweeper",
+                &c.expired,
+            ),
+            (
+                "tollgate_credit_ledger_errors",
+                "Ledger calls that failed (the request got 503, or its settlement waits for the sweeper)",
+                &c.store_errors,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
         }
-        out.push_str("# HELP tollgate_credit_ledger_seconds Latency of the ledger calls on the request path.\n# TYPE tollgate_credit_ledger_seconds histogram\n");
-        c.latency.render(out, "tollgate_credit_ledger_seconds", "");
-        out.push_str("# HELP tollgate_credit_ledger_ready Whether the ledger is open and the opening balances are in.\n# TYPE tollgate_credit_ledger_ready gauge\n");
-        let _ = writeln!(
-            out,
-            "tollgate_credit_ledger_ready {}",
-            u8::from(self.ready())
+        registry.register(
+            "tollgate_credit_voids",
+            "Reservations voided (refunded in full), by reason",
+            c.voids.family(),
+        );
+        registry.register_with_unit(
+            "tollgate_credit_ledger",
+            "Latency of the ledger calls on the request path",
+            Unit::Seconds,
+            c.latency.clone(),
+        );
+        registry.register(
+            "tollgate_credit_ledger_ready",
+            "Whether the ledger is open and the opening balances are in",
+            ConstGauge::new(i64::from(self.ready())),
         );
     }
 }
@@ -364,13 +376,13 @@ fn spawn_keeper(
                 Some(ledger) => {
                     match ledger.expire(state.background, now_ms(), SWEEP_MAX).await {
                         Ok(n) => {
-                            counters.expired.fetch_add(n, Ordering::Relaxed);
+                            counters.expired.inc_by(n);
                             if n > 0 {
                                 tracing::warn!(reservations = n, "refunded reservations nobody settled before their deadline");
                             }
                         }
                         Err(e) => {
-                            counters.store_errors.fetch_add(1, Ordering::Relaxed);
+                            counters.store_errors.inc();
                             tracing::debug!(error = %e, "cannot sweep expired reservations");
                         }
                     }

@@ -43,7 +43,6 @@ mod errors;
 mod exchange;
 mod forward;
 mod headers;
-mod histogram;
 mod jwks;
 mod limit;
 mod meter;

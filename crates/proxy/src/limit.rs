@@ -16,12 +16,14 @@
 //! worker's pipeline in flight, then its own) until the circuit opens; then not at all.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::Request;
+use prometheus_client::metrics::counter as prometheus;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy};
 use tollgate_policy::Route;
 use tollgate_state::rate::local::LocalLimiter;
@@ -133,40 +135,44 @@ impl Part for Limiters {
         Limiters { policies, shared }
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        out.push_str("# HELP tollgate_rate_limit_decisions_total Rate-limit decisions, by policy, where they were made (local, redis, fallback: here while redis was away; none: uncounted) and outcome.\n");
-        out.push_str("# TYPE tollgate_rate_limit_decisions_total counter\n");
-        let mut names: Vec<&String> = self.policies.keys().collect();
-        names.sort();
-        for name in names {
-            let Some(limiter) = self.policies.get(name) else {
-                continue;
-            };
+    fn register_metrics(&self, registry: &mut Registry) {
+        // The counts live in the policies (carried across reloads by name); the family is
+        // filled from them for this scrape.
+        let decisions = Family::<[(&'static str, String); 3], prometheus::Counter>::default();
+        let count = |policy: &str, store: &str, outcome: &str, n: u64| {
+            decisions
+                .get_or_create(&[
+                    ("policy", policy.to_owned()),
+                    ("store", store.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
+                .inc_by(n);
+        };
+        for (name, limiter) in &self.policies {
             let c = &limiter.counts;
-            for (source, label) in [
+            for (source, store) in [
                 (Source::Local, "local"),
                 (Source::Redis, "redis"),
                 (Source::Fallback, "fallback"),
             ] {
                 for (index, outcome) in ["allowed", "limited"].iter().enumerate() {
                     let n = c.decided[source as usize][index].load(Ordering::Relaxed);
-                    let _ = writeln!(
-                        out,
-                        "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"{label}\",outcome=\"{outcome}\"}} {n}"
-                    );
+                    count(name, store, outcome, n);
                 }
             }
-            let _ = writeln!(
-                out,
-                "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"none\",outcome=\"allowed\"}} {}",
-                c.open.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "tollgate_rate_limit_decisions_total{{policy=\"{name}\",store=\"none\",outcome=\"unavailable\"}} {}",
-                c.unavailable.load(Ordering::Relaxed)
+            count(name, "none", "allowed", c.open.load(Ordering::Relaxed));
+            count(
+                name,
+                "none",
+                "unavailable",
+                c.unavailable.load(Ordering::Relaxed),
             );
         }
+        registry.register(
+            "tollgate_rate_limit_decisions",
+            "Rate-limit decisions, by policy, where they were made (local, redis, fallback: here while redis was away; none: uncounted) and outcome",
+            decisions,
+        );
     }
 }
 

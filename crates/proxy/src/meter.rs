@@ -42,6 +42,7 @@ use crate::credits::{now_ms, Credits, VoidReason};
 use crate::endpoints::Answer;
 use crate::errors::{Bug, CreditError, GatewayError, Problem as _, RequestError};
 use crate::exchange::{Exchange, Metering};
+use crate::metrics;
 use crate::reservation::{Hold, KeyClaim};
 
 /// The request header that names a retry-safe operation.
@@ -125,7 +126,7 @@ pub async fn reserve(
             };
             let started = std::time::Instant::now();
             let claimed = ledger.claim(worker, claim).await;
-            credits.counters.latency.observe(started.elapsed());
+            metrics::observe(&credits.counters.latency, started.elapsed());
             let claimed = match claimed {
                 Ok(claimed) => claimed,
                 Err(e) => {
@@ -143,10 +144,7 @@ pub async fn reserve(
                 Claimed::InFlight => return Err(CreditError::KeyInFlight.into()),
                 Claimed::Mismatch => return Err(CreditError::KeyMismatch.into()),
                 Claimed::Answered(answer) => {
-                    credits
-                        .counters
-                        .replays
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    credits.counters.replays.inc();
                     let balance = ledger
                         .account(worker, &client)
                         .await
@@ -183,7 +181,7 @@ pub async fn reserve(
     );
     let started = std::time::Instant::now();
     let reserved = ledger.reserve(worker, reservation, now).await;
-    credits.counters.latency.observe(started.elapsed());
+    metrics::observe(&credits.counters.latency, started.elapsed());
     let reserved = match reserved {
         Ok(r) => r,
         Err(e) => {
@@ -197,10 +195,7 @@ pub async fn reserve(
     };
     match reserved {
         Reserved::Held { balance } => {
-            credits
-                .counters
-                .reservations
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            credits.counters.reservations.inc();
             exchange.metering = Metering::Held { cost, balance };
             hold.balance = balance;
             exchange.hold = Some(hold);
@@ -209,10 +204,7 @@ pub async fn reserve(
         }
         Reserved::Short { balance } => {
             hold.disarm();
-            credits
-                .counters
-                .insufficient
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            credits.counters.insufficient.inc();
             if let Some(claim) = claim {
                 let _ = claim.release().await;
             }

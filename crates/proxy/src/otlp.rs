@@ -14,7 +14,6 @@
 //! latency.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +23,8 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tollgate_policy::snapshot::OtlpExport;
 
@@ -58,9 +59,9 @@ pub struct Span<'a> {
 
 #[derive(Default)]
 struct Counters {
-    exported: AtomicU64,
-    dropped: AtomicU64,
-    failed_batches: AtomicU64,
+    exported: Counter,
+    dropped: Counter,
+    failed_batches: Counter,
 }
 
 /// The part: `None` without `[tracing] otlp_url`.
@@ -86,7 +87,7 @@ impl Exporter {
     pub fn record(&self, span: &Span) {
         // A full queue drops the span before it is formatted.
         if self.queue.capacity() == 0 || self.queue.try_send(span_json(span)).is_err() {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.counters.dropped.inc();
         }
     }
 }
@@ -122,33 +123,29 @@ impl Part for Traces {
         }
     }
 
-    fn render_metrics(&self, out: &mut String) {
+    fn register_metrics(&self, registry: &mut Registry) {
         if self.exporter.is_none() {
             return;
         }
         let c = &self.counters;
-        for (name, help, value) in [
+        for (name, help, counter) in [
             (
-                "tollgate_otlp_spans_exported_total",
-                "Spans the collector accepted.",
+                "tollgate_otlp_spans_exported",
+                "Spans the collector accepted",
                 &c.exported,
             ),
             (
-                "tollgate_otlp_spans_dropped_total",
-                "Spans dropped: the queue was full, or the collector refused their batch.",
+                "tollgate_otlp_spans_dropped",
+                "Spans dropped: the queue was full, or the collector refused their batch",
                 &c.dropped,
             ),
             (
-                "tollgate_otlp_export_failures_total",
-                "Batches the collector did not accept (unreachable, timeout, non-2xx).",
+                "tollgate_otlp_export_failures",
+                "Batches the collector did not accept (unreachable, timeout, non-2xx)",
                 &c.failed_batches,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            registry.register(name, help, counter.clone());
         }
     }
 }
@@ -204,11 +201,11 @@ async fn export(settings: OtlpExport, mut spans: mpsc::Receiver<String>, counter
             let n = batch.len() as u64;
             match sent {
                 Ok(Ok(response)) if response.status().is_success() => {
-                    counters.exported.fetch_add(n, Ordering::Relaxed);
+                    counters.exported.inc_by(n);
                 }
                 outcome => {
-                    counters.failed_batches.fetch_add(1, Ordering::Relaxed);
-                    counters.dropped.fetch_add(n, Ordering::Relaxed);
+                    counters.failed_batches.inc();
+                    counters.dropped.inc_by(n);
                     match outcome {
                         Ok(Ok(response)) => {
                             tracing::warn!(status = %response.status(), "the OTLP collector refused a batch of spans")

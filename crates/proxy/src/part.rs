@@ -1,10 +1,11 @@
 //! The shape of runtime state: one part per feature, built for each published snapshot,
-//! carrying over from the previous one whatever still holds, and rendering its own
-//! metrics. [`crate::runtime::Active`] is made of parts; adding a feature that keeps
+//! carrying over from the previous one whatever still holds, and registering its own
+//! metrics at each scrape. [`crate::runtime::Active`] is made of parts; adding a feature that keeps
 //! state (the ledger, the session store) is one more part.
 
 use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
 use tollgate_policy::Snapshot;
 
 use crate::redis_link::RedisLink;
@@ -26,6 +27,7 @@ pub trait Part: Sized {
     /// The state for `build.snapshot`, carrying over what still holds from `previous`.
     fn build(build: &Build, previous: Option<&Self>) -> Self;
 
-    /// Appends the feature's metrics, in the Prometheus text format.
-    fn render_metrics(&self, _out: &mut String) {}
+    /// Registers the feature's metrics for one scrape: handles to its counters (which
+    /// outlive the registry), or values read now.
+    fn register_metrics(&self, _registry: &mut Registry) {}
 }

@@ -4,9 +4,16 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
 use tollgate_state::redis::{Redis, StoreError};
 
 use tollgate_policy::Snapshot;
+
+use crate::metrics::Label;
 
 /// `[store]`'s Redis: none, one, or one that cannot be used (every feature then follows
 /// its failure mode).
@@ -53,41 +60,36 @@ impl RedisLink {
     }
 
     /// The connection's metrics: errors and the circuit breaker.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    pub fn register_metrics(&self, registry: &mut Registry) {
         use std::sync::atomic::Ordering;
         let Some(redis) = self.redis() else {
             return;
         };
         let errors = redis.errors();
-        out.push_str("# HELP tollgate_redis_errors_total Redis calls that gave no answer, by reason (skipped: the circuit was open).\n");
-        out.push_str("# TYPE tollgate_redis_errors_total counter\n");
+        let by_reason = Family::<Label, Counter>::default();
         for (reason, counter) in [
             ("timeout", &errors.timeouts),
             ("error", &errors.failures),
             ("skipped", &errors.skipped),
         ] {
-            let _ = writeln!(
-                out,
-                "tollgate_redis_errors_total{{reason=\"{reason}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
+            by_reason
+                .get_or_create(&[("reason", reason)])
+                .inc_by(counter.load(Ordering::Relaxed));
         }
-        out.push_str("# HELP tollgate_redis_circuit_open Whether Redis is being skipped after repeated failures.\n");
-        out.push_str("# TYPE tollgate_redis_circuit_open gauge\n");
-        let _ = writeln!(
-            out,
-            "tollgate_redis_circuit_open {}",
-            u8::from(redis.breaker().is_open())
+        registry.register(
+            "tollgate_redis_errors",
+            "Redis calls that gave no answer, by reason (skipped: the circuit was open)",
+            by_reason,
         );
-        out.push_str(
-            "# HELP tollgate_redis_circuit_opened_total Times the Redis circuit opened.\n",
+        registry.register(
+            "tollgate_redis_circuit_open",
+            "Whether Redis is being skipped after repeated failures",
+            ConstGauge::new(i64::from(redis.breaker().is_open())),
         );
-        out.push_str("# TYPE tollgate_redis_circuit_opened_total counter\n");
-        let _ = writeln!(
-            out,
-            "tollgate_redis_circuit_opened_total {}",
-            redis.breaker().times_opened()
+        registry.register(
+            "tollgate_redis_circuit_opened",
+            "Times the Redis circuit opened",
+            ConstCounter::new(redis.breaker().times_opened()),
         );
     }
 }

@@ -7,9 +7,11 @@
 //! another instance during an outage would pass, which is counted and logged — refusing
 //! every callback instead would lose the provider's status updates.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use tollgate_state::replay::{LocalNonces, NonceStore, RedisNonces};
 
@@ -29,9 +31,9 @@ pub struct Replay {
 /// Outcomes, kept across reloads.
 #[derive(Debug, Default)]
 pub struct ReplayCounts {
-    pub replayed: AtomicU64,
+    pub replayed: Counter,
     /// Decided in process alone because Redis could not answer.
-    pub fallback: AtomicU64,
+    pub fallback: Counter,
 }
 
 impl Part for Replay {
@@ -49,21 +51,16 @@ impl Part for Replay {
         }
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        out.push_str("# HELP tollgate_callback_replays_total Provider callbacks refused because their nonce was seen before.\n");
-        out.push_str("# TYPE tollgate_callback_replays_total counter\n");
-        let _ = writeln!(
-            out,
-            "tollgate_callback_replays_total {}",
-            self.counts.replayed.load(Ordering::Relaxed)
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "tollgate_callback_replays",
+            "Provider callbacks refused because their nonce was seen before",
+            self.counts.replayed.clone(),
         );
-        out.push_str("# HELP tollgate_callback_nonce_fallbacks_total Callback nonces checked in this process alone because Redis could not answer.\n");
-        out.push_str("# TYPE tollgate_callback_nonce_fallbacks_total counter\n");
-        let _ = writeln!(
-            out,
-            "tollgate_callback_nonce_fallbacks_total {}",
-            self.counts.fallback.load(Ordering::Relaxed)
+        registry.register(
+            "tollgate_callback_nonce_fallbacks",
+            "Callback nonces checked in this process alone because Redis could not answer",
+            self.counts.fallback.clone(),
         );
     }
 }
@@ -77,14 +74,14 @@ impl Replay {
             Some(shared) => match shared.first_use(worker, key, window).await {
                 Ok(everywhere) => here && everywhere,
                 Err(e) => {
-                    self.counts.fallback.fetch_add(1, Ordering::Relaxed);
+                    self.counts.fallback.inc();
                     tracing::warn!(error = %e, "callback nonce checked in this process only: redis did not answer");
                     here
                 }
             },
         };
         if !first {
-            self.counts.replayed.fetch_add(1, Ordering::Relaxed);
+            self.counts.replayed.inc();
         }
         first
     }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
 use tollgate_policy::Snapshot;
 
 use crate::access_log::AccessSink;
@@ -81,16 +82,16 @@ impl Active {
     }
 
     /// Every part's metrics.
-    pub fn render_metrics(&self, out: &mut String) {
-        self.redis.render_metrics(out);
-        self.upstreams.render_metrics(out);
-        self.tokens.render_metrics(out);
-        self.limiters.render_metrics(out);
-        self.replay.render_metrics(out);
-        self.bodies.render_metrics(out);
-        self.sessions.render_metrics(out);
-        self.credits.render_metrics(out);
-        self.traces.render_metrics(out);
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.redis.register_metrics(registry);
+        self.upstreams.register_metrics(registry);
+        self.tokens.register_metrics(registry);
+        self.limiters.register_metrics(registry);
+        self.replay.register_metrics(registry);
+        self.bodies.register_metrics(registry);
+        self.sessions.register_metrics(registry);
+        self.credits.register_metrics(registry);
+        self.traces.register_metrics(registry);
     }
 }
 
@@ -154,11 +155,13 @@ impl Runtime {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// The Prometheus text: the process's metrics and every part's.
-    pub fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render();
-        self.active.load().render_metrics(&mut text);
-        text
+    /// The exposition of the process's metrics and every part's, as OpenMetrics text
+    /// when `openmetrics` (else the Prometheus text format), with its `Content-Type`.
+    pub fn render_metrics(&self, openmetrics: bool) -> (String, &'static str) {
+        let mut registry = Registry::default();
+        self.metrics.register(&mut registry);
+        self.active.load().register_metrics(&mut registry);
+        crate::metrics::encode(&registry, openmetrics)
     }
 }
 

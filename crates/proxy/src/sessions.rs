@@ -18,12 +18,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use tollgate_policy::snapshot::RedisSettings;
 use tollgate_state::sessions::embedded::EmbeddedSessions;
 use tollgate_state::sessions::shared::SharedSessions;
 use tollgate_state::sessions::{Revocation, Revoked, SessionError, SessionStore};
 
 use crate::errors::{AuthError, GatewayError, SessionRefusal};
+use crate::metrics::Label;
 use crate::part::{Build, Part};
 
 /// How often the revocation feed is read.
@@ -93,16 +98,35 @@ impl Revocations {
     }
 }
 
-/// Counters of the session endpoints, kept across reloads.
-#[derive(Debug, Default)]
+/// Counters of the session endpoints, kept across reloads: one family by `event`, each
+/// event's counter resolved once.
+#[derive(Debug)]
 pub struct SessionCounters {
-    pub logins: AtomicU64,
-    pub logins_refused: AtomicU64,
-    pub refreshes: AtomicU64,
-    pub grace_answers: AtomicU64,
-    pub reuses: AtomicU64,
-    pub logouts: AtomicU64,
-    pub store_errors: AtomicU64,
+    events: Family<Label, Counter>,
+    pub logins: Counter,
+    pub logins_refused: Counter,
+    pub refreshes: Counter,
+    pub grace_answers: Counter,
+    pub reuses: Counter,
+    pub logouts: Counter,
+    pub store_errors: Counter,
+}
+
+impl Default for SessionCounters {
+    fn default() -> SessionCounters {
+        let events = Family::<Label, Counter>::default();
+        let event = |name| events.get_or_create_owned(&[("event", name)]);
+        SessionCounters {
+            logins: event("login"),
+            logins_refused: event("login_refused"),
+            refreshes: event("refresh"),
+            grace_answers: event("grace"),
+            reuses: event("reuse"),
+            logouts: event("logout"),
+            store_errors: event("store_error"),
+            events,
+        }
+    }
 }
 
 /// The store a snapshot names, and what goes with it.
@@ -270,39 +294,25 @@ impl Part for Sessions {
         }
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    fn register_metrics(&self, registry: &mut Registry) {
         let Some(state) = &self.state else {
             return;
         };
-        let c = &self.counters;
-        out.push_str("# HELP tollgate_sessions_total Session events: logins, refused logins, refreshes, grace answers, reused refresh tokens (sessions revoked), logouts, store errors.\n");
-        out.push_str("# TYPE tollgate_sessions_total counter\n");
-        for (event, counter) in [
-            ("login", &c.logins),
-            ("login_refused", &c.logins_refused),
-            ("refresh", &c.refreshes),
-            ("grace", &c.grace_answers),
-            ("reuse", &c.reuses),
-            ("logout", &c.logouts),
-            ("store_error", &c.store_errors),
-        ] {
-            let _ = writeln!(
-                out,
-                "tollgate_sessions_total{{event=\"{event}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP tollgate_sessions_store_ready Whether the session store is open and its revocations known.\n");
-        out.push_str("# TYPE tollgate_sessions_store_ready gauge\n");
-        let _ = writeln!(
-            out,
-            "tollgate_sessions_store_ready {}",
-            u8::from(state.store().is_some())
+        registry.register(
+            "tollgate_sessions",
+            "Session events: logins, refused logins, refreshes, grace answers, reused refresh tokens (sessions revoked), logouts, store errors",
+            self.counters.events.clone(),
         );
-        out.push_str("# HELP tollgate_revocations Revoked sessions and access tokens this instance refuses.\n");
-        out.push_str("# TYPE tollgate_revocations gauge\n");
-        let _ = writeln!(out, "tollgate_revocations {}", state.revoked.len());
+        registry.register(
+            "tollgate_sessions_store_ready",
+            "Whether the session store is open and its revocations known",
+            ConstGauge::new(i64::from(state.store().is_some())),
+        );
+        registry.register(
+            "tollgate_revocations",
+            "Revoked sessions and access tokens this instance refuses",
+            ConstGauge::new(i64::try_from(state.revoked.len()).unwrap_or(i64::MAX)),
+        );
     }
 }
 
@@ -386,7 +396,7 @@ pub fn unavailable(
     counters: &SessionCounters,
     error: &SessionError,
 ) -> crate::errors::GatewayError {
-    counters.store_errors.fetch_add(1, Ordering::Relaxed);
+    counters.store_errors.inc();
     tracing::warn!(error = %error, "session store error");
     crate::errors::SessionRefusal::StoreUnavailable.into()
 }

@@ -13,7 +13,6 @@
 //! network to it) struggling before requests show it.
 
 use std::error::Error as _;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -32,15 +31,31 @@ use tollgate_policy::snapshot::{Upstream, UpstreamTls};
 
 use crate::body::{BodyStats, CutOff, Outbound};
 use crate::errors::{GatewayError, UpstreamError};
-use crate::histogram::Histogram;
+use crate::metrics::{self, Label, NewHistogram};
 use crate::part::{Build, Part};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 /// How long connects to the upstream take (resolution and TCP), by outcome; kept across
 /// reloads. A connect abandoned before it ends (its request cancelled) is not counted.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connects {
+    family: Family<Label, Histogram, NewHistogram>,
     ok: Histogram,
     failed: Histogram,
+}
+
+impl Default for Connects {
+    fn default() -> Connects {
+        let family =
+            Family::<Label, Histogram, NewHistogram>::new_with_constructor(metrics::latency);
+        Connects {
+            ok: family.get_or_create_owned(&[("result", "ok")]),
+            failed: family.get_or_create_owned(&[("result", "error")]),
+            family,
+        }
+    }
 }
 
 /// The plain connector, timing each connect into [`Connects`].
@@ -70,8 +85,8 @@ impl tower_service::Service<http::Uri> for TimedConnector {
         Box::pin(async move {
             let connected = connecting.await;
             match &connected {
-                Ok(_) => connects.ok.observe(started.elapsed()),
-                Err(_) => connects.failed.observe(started.elapsed()),
+                Ok(_) => metrics::observe(&connects.ok, started.elapsed()),
+                Err(_) => metrics::observe(&connects.failed, started.elapsed()),
             }
             connected
         })
@@ -241,13 +256,12 @@ impl Part for Upstreams {
         Upstreams { clients, connects }
     }
 
-    fn render_metrics(&self, out: &mut String) {
-        let name = "tollgate_upstream_connect_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Connects to the upstream (name resolution and TCP; new pooled connections), by result.\n# TYPE {name} histogram"
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "tollgate_upstream_connect",
+            "Connects to the upstream (name resolution and TCP; new pooled connections), by result",
+            Unit::Seconds,
+            self.connects.family.clone(),
         );
-        self.connects.ok.render(out, name, "result=\"ok\"");
-        self.connects.failed.render(out, name, "result=\"error\"");
     }
 }

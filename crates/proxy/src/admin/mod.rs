@@ -21,11 +21,10 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
         return ledger::handle(request, runtime).await;
     }
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            runtime.render_metrics(),
-        ),
+        (&Method::GET, "/metrics") => {
+            let (body, content_type) = runtime.render_metrics(wants_openmetrics(&request));
+            (StatusCode::OK, content_type, body)
+        }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") if runtime.draining() => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -55,4 +54,25 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Whether a scraper asks for OpenMetrics (Prometheus does when it may): its `Accept`
+/// names `application/openmetrics-text` with a quality above zero.
+fn wants_openmetrics(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            media.eq_ignore_ascii_case("application/openmetrics-text")
+                && !parts.any(|p| {
+                    p.split_once('=').is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+                    })
+                })
+        })
 }

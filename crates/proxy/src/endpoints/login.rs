@@ -19,7 +19,6 @@
 //! the same work either way. A legacy 5xx, or an answer that cannot be read, is 502.
 //! The credentials themselves are never read, logged or stored here.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::Response;
@@ -54,12 +53,12 @@ pub async fn answer(
     }
     let payload = read_json(response.into_body(), snapshot.upstream.response_timeout).await;
     if !status.is_success() {
-        part.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
+        part.counters.logins_refused.inc();
         return Err(SessionRefusal::InvalidCredentials.into());
     }
     let payload = payload?;
     let Some(account) = Account::read(&payload, login) else {
-        part.counters.logins_refused.fetch_add(1, Ordering::Relaxed);
+        part.counters.logins_refused.inc();
         return Err(SessionRefusal::InvalidCredentials.into());
     };
     let (_, store) = part.store()?;
@@ -78,7 +77,7 @@ pub async fn answer(
         .await
         .map_err(|e| sessions::unavailable(&part.counters, &e))?;
     let access = tokens::access_token(exchange, &family)?;
-    part.counters.logins.fetch_add(1, Ordering::Relaxed);
+    part.counters.logins.inc();
     Ok(tokens::answer(
         exchange,
         settings,

@@ -8,8 +8,6 @@
 //! feed until the access token would have expired, so every instance refuses them
 //! within a second. Logging out twice is not an error.
 
-use std::sync::atomic::Ordering;
-
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response};
 use serde_json::json;
@@ -104,7 +102,7 @@ pub async fn serve(
         // Neither credential belonged to any session this gateway knows.
         return Err(SessionRefusal::RefreshInvalid.into());
     }
-    part.counters.logouts.fetch_add(1, Ordering::Relaxed);
+    part.counters.logouts.inc();
     let body = json!({"success": true, "message": "Logged out"});
     let mut response = Response::new(crate::body::full(body.to_string()));
     let headers = response.headers_mut();

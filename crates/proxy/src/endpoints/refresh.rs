@@ -12,8 +12,6 @@
 //! Bearer mode reads `{"refreshToken": "..."}`. Cookie mode reads the `tg_refresh`
 //! cookie and needs the CSRF header.
 
-use std::sync::atomic::Ordering;
-
 use http::Request;
 use serde_json::Value;
 use tollgate_auth::refresh;
@@ -64,7 +62,7 @@ pub async fn serve(
         .map_err(|e| sessions::unavailable(&part.counters, &e))?;
     let (family, token) = match outcome {
         Rotation::Rotated(family) => {
-            part.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+            part.counters.refreshes.inc();
             (family, next_token)
         }
         Rotation::Grace {
@@ -74,11 +72,11 @@ pub async fn serve(
             let token = refresh::unseal(&sealed_next, &presented)
                 .filter(|t| refresh::hash(t) == family.current)
                 .ok_or(SessionRefusal::RefreshInvalid)?;
-            part.counters.grace_answers.fetch_add(1, Ordering::Relaxed);
+            part.counters.grace_answers.inc();
             (family, token)
         }
         Rotation::Reused { family } => {
-            part.counters.reuses.fetch_add(1, Ordering::Relaxed);
+            part.counters.reuses.inc();
             tracing::warn!(session = %family, "a spent refresh token was presented again: the session is revoked");
             state.revoked.add(&Revocation {
                 kind: Revoked::Session,
