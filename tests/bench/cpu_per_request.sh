@@ -19,7 +19,7 @@ W=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$W"' EXIT
 fp() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(fp); TG=$(fp); RD=$(fp)
+UP=$(fp); TG=$(fp); RD=$(fp); AD=$(fp)
 cat > $W/up.conf <<CONF
 worker_processes 1; pid $W/up.pid; error_log $W/up.err;
 events { worker_connections 4096; }
@@ -61,6 +61,8 @@ url = "http://127.0.0.1:$UP"
 policies = "p"
 [reload]
 watch = false
+[admin]
+listen = "127.0.0.1:$AD"
 [jwt]
 issuer = "bench"
 audience = "bench"
@@ -82,3 +84,6 @@ OUT=$(wrk -t2 -c${C:-50} -d${D:-8s} -H "authorization: Bearer $T" http://127.0.0
 t1=$(cpu $TPID); r1=$(cpu $RPID)
 REQ=$(awk '/requests in/ {print $1}' <<<"$OUT")
 echo "$MODE: $(awk '/Requests\/sec/ {print $2}' <<<"$OUT") rps; tollgate cpu $(( t1 - t0 )) ticks, redis $(( r1 - r0 )) ticks, for $REQ requests => tollgate $(python3 -c "print(round(($t1-$t0)*10000/$REQ,1))") us/req, redis $(python3 -c "print(round(($r1-$r0)*10000/$REQ,1))") us/req"
+# The embedded ledger's commit groups: movements per log write (each write one fdatasync).
+curl -s http://127.0.0.1:$AD/metrics | awk '/^tollgate_credit_log_writes_total/ {w=$2} /^tollgate_credit_log_movements_total/ {m=$2}
+  END { if (w > 0) printf "log writes %d, movements %d => %.1f movements per fdatasync\n", w, m, m/w }'

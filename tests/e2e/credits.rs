@@ -329,6 +329,14 @@ async fn a_metered_request_is_charged_and_says_so() {
     let metrics = h.metrics().await;
     assert_eq!(metric(&metrics, "tollgate_credit_insufficient_total "), 2);
     assert_eq!(metric(&metrics, "tollgate_credit_posts_total "), 2);
+    // The embedded ledger says how its group commit does (that groups form under
+    // concurrency is the ledger suite's test): the reservations were all written.
+    let writes = metric(&metrics, "tollgate_credit_log_writes_total ");
+    let movements = metric(&metrics, "tollgate_credit_log_movements_total ");
+    assert!(
+        writes >= 1 && movements >= 4,
+        "{writes} writes carried {movements} movements"
+    );
 }
 
 /// Clients that hang up at every instant around the reservation: right after the

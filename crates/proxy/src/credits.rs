@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
@@ -314,6 +314,23 @@ impl Part for Credits {
             Unit::Seconds,
             c.latency.clone(),
         );
+        if let Some((writes, movements)) = self
+            .state
+            .as_ref()
+            .and_then(|s| s.ledger.get())
+            .and_then(|l| l.group_commits())
+        {
+            registry.register(
+                "tollgate_credit_log_writes",
+                "Writes (each with its fdatasync) of the embedded ledger's log",
+                ConstCounter::new(writes),
+            );
+            registry.register(
+                "tollgate_credit_log_movements",
+                "Movements those writes carried: divided by the writes, the size of a commit group",
+                ConstCounter::new(movements),
+            );
+        }
         registry.register(
             "tollgate_credit_ledger_ready",
             "Whether the ledger is open and the opening balances are in",

@@ -369,6 +369,12 @@ pub trait Ledger: Send + Sync {
 
     /// Replays every client's journal against its balance and open reservations.
     fn verify(&self, worker: usize) -> BoxFuture<'_, Result<Report, LedgerError>>;
+
+    /// `(log writes, movements they carried)` for a store that commits in groups: how
+    /// well group commit is doing. `None` for a store that does not.
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Applies an adjustment to `account`: the movement to journal (without its `seq`,

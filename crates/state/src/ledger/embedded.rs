@@ -728,6 +728,14 @@ fn key_outcome<T>(pick: fn(KeyDone) -> Option<T>, done: KeyDone) -> Result<T, Le
 }
 
 impl Ledger for EmbeddedLedger {
+    fn group_commits(&self) -> Option<(u64, u64)> {
+        let stats = &self.inner.stats;
+        Some((
+            stats.commits.load(Ordering::Relaxed),
+            stats.changes.load(Ordering::Relaxed),
+        ))
+    }
+
     fn reserve(
         &self,
         _worker: usize,
