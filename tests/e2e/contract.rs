@@ -313,6 +313,18 @@ async fn real_answers_match_the_openapi_document() {
         "{}",
     )
     .await;
+    // Over 16 KiB: refused as too large, not as malformed.
+    let huge = format!(r#"{{"amount":5,"reason":"{}"}}"#, "x".repeat(17 * 1024));
+    c.call(
+        413,
+        admin,
+        "POST",
+        credit,
+        "/ledger/clients/1001/credit",
+        &auth,
+        &huge,
+    )
+    .await;
     let debit = "/ledger/clients/{id}/debit";
     let too_much = r#"{"amount":1000000,"reason":"contract test"}"#;
     c.call(

@@ -76,7 +76,16 @@ async fn change_body(body: Incoming, field: &str) -> Result<(u64, String), Gatew
     let bytes = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, MAX_BODY_BYTES).collect())
         .await
         .map_err(|_| RequestError::BodyTooSlow)?
-        .map_err(|_| AdminError::BodyInvalid)?
+        .map_err(|e| -> GatewayError {
+            if e.is::<http_body_util::LengthLimitError>() {
+                RequestError::PayloadTooLarge {
+                    limit: MAX_BODY_BYTES as u64,
+                }
+                .into()
+            } else {
+                AdminError::BodyInvalid.into()
+            }
+        })?
         .to_bytes();
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| AdminError::BodyInvalid)?;
     let amount = value
