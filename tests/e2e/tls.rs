@@ -424,35 +424,39 @@ async fn certificates_rotate_under_load_without_a_failed_handshake() {
     );
 }
 
-/// A TLS terminator in front of the demo backend that accepts only clients presenting
-/// a certificate from the test CA, and counts the TLS connections it accepted.
-struct MutualTlsBackend {
+/// A TLS terminator (the test CA's server certificate) in front of `backend`, which
+/// counts the TLS connections it accepted; with `client_certificates`, it accepts only
+/// clients presenting a certificate from the test CA.
+struct TlsFront {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
     refused: Arc<AtomicU64>,
 }
 
-impl MutualTlsBackend {
-    async fn start(backend: SocketAddr) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der("ca.pem")).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .unwrap();
+impl TlsFront {
+    async fn start(backend: SocketAddr, client_certificates: bool) -> Self {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if client_certificates {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(der("ca.pem")).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
         let chain = CertificateDer::pem_file_iter(fixture("server.pem"))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = PrivateKeyDer::from_pem_file(fixture("server.key.pem")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .unwrap();
+        let config = builder.with_single_cert(chain, key).unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -472,7 +476,7 @@ impl MutualTlsBackend {
                 });
             }
         });
-        MutualTlsBackend {
+        TlsFront {
             addr,
             connections,
             refused,
@@ -485,7 +489,7 @@ async fn an_https_upstream_with_a_private_ca_and_a_client_certificate() {
     let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let front = MutualTlsBackend::start(backend.addr()).await;
+    let front = TlsFront::start(backend.addr(), true).await;
     // By address: the certificate names 127.0.0.1 too, and is checked against it.
     let upstream = front.addr.to_string();
     let h = Harness::with(Setup {
@@ -594,4 +598,70 @@ async fn the_proxy_protocol_is_read_only_from_trusted_balancers() {
     assert!(!String::from_utf8_lossy(&answer).contains("203.0.113.9"));
     let r = raw(untrusted.gateway.addr, request).await;
     assert_eq!(r.echoed_header("x-forwarded-for"), ["127.0.0.1"]);
+}
+
+/// Spans go to an https collector whose certificate comes from a private CA named by
+/// `[tracing] ca_file`; without it the handshake fails, and that is counted, never
+/// passed off as an export.
+#[tokio::test]
+async fn spans_reach_an_https_collector_behind_a_private_ca() {
+    let collector = tollgate_proxy::rehearsal::StandIn::start().await.unwrap();
+    let front = TlsFront::start(collector.addr, false).await;
+    let tracing = format!(
+        "[tracing]\notlp_url = \"https://{}/v1/traces\"\nca_file = \"{}\"\n",
+        front.addr,
+        fixture_str("ca.pem")
+    );
+    let h = Harness::with(Setup {
+        extra: tracing.clone(),
+        ..Setup::default()
+    })
+    .await;
+    let sampled = [(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )];
+    assert_eq!(h.get("/echo/over-tls", &sampled).await.status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let received = loop {
+        if let Some(r) = collector.take() {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spans within 10 s: {}",
+            h.gateway.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(received.target, "/v1/traces");
+    let doc: serde_json::Value = serde_json::from_slice(&received.body).unwrap();
+    let span = &doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(front.connections.load(Ordering::SeqCst) >= 1);
+
+    // Without the private CA the collector's certificate is not trusted: the handshake
+    // is refused and the batch counted as failed.
+    let config = h.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without = text
+        .lines()
+        .filter(|l| !l.starts_with("ca_file"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, without).unwrap();
+    h.gateway.signal("HUP");
+    let failed = || async {
+        h.get("/echo/over-tls", &sampled).await;
+        let metrics = h.metrics().await;
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_otlp_export_failures_total ") && !l.ends_with(" 0"))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), failed).await,
+        "{}",
+        h.metrics().await
+    );
+    assert!(front.refused.load(Ordering::SeqCst) >= 1);
 }

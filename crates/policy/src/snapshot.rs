@@ -478,6 +478,9 @@ pub struct Tracing {
 pub struct OtlpExport {
     pub url: Uri,
     pub https: bool,
+    /// Roots trusted for an https collector: `[tracing] ca_file`, or the public web
+    /// roots when empty.
+    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The `service.name` resource attribute.
     pub service_name: String,
 }

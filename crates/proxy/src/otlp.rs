@@ -153,7 +153,7 @@ impl Part for Traces {
 /// The exporter task: batches spans and posts them until every sender is gone (the
 /// settings changed, or the process ends).
 async fn export(settings: OtlpExport, mut spans: mpsc::Receiver<String>, counters: Arc<Counters>) {
-    let tls = tollgate_policy::client_config(Vec::new(), None);
+    let tls = tollgate_policy::client_config(settings.roots.clone(), None);
     let Ok(tls) = tls else {
         tracing::error!("cannot build the TLS client for [tracing] otlp_url: no spans exported");
         return;

@@ -145,6 +145,8 @@ pub struct TracingFile {
     pub service_name: Option<Spanned<String>>,
     /// The share of requests without a `traceparent` that start a sampled trace.
     pub sample_new: Option<Spanned<f64>>,
+    /// PEM roots for an https collector with a private CA.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[reload]` in `gateway.toml`.

@@ -274,7 +274,7 @@ pub(crate) fn redis_tls(
 }
 
 /// Every certificate of a PEM file, in order; an error if it holds none.
-fn chain(
+pub(crate) fn chain(
     l: &mut Loader,
     src: &SourceFile,
     file: &Spanned<String>,

@@ -48,6 +48,7 @@ pub(crate) fn tracing(l: &mut Loader, src: &SourceFile, f: Option<TracingFile>) 
                 https: uri.scheme() == Some(&Scheme::HTTPS),
                 url: uri,
                 service_name: service_name.clone(),
+                roots: Vec::new(),
             }),
             None => {
                 l.error(
@@ -59,6 +60,20 @@ pub(crate) fn tracing(l: &mut Loader, src: &SourceFile, f: Option<TracingFile>) 
             }
         }
     });
+    let mut export = export;
+    if let Some(file) = &f.ca_file {
+        match export.as_mut() {
+            Some(export) if export.https => {
+                export.roots =
+                    super::tls::chain(l, src, file, "[tracing] ca_file").unwrap_or_default();
+            }
+            _ => l.error(
+                src,
+                Some(file.span()),
+                "[tracing] ca_file is for an https:// otlp_url",
+            ),
+        }
+    }
     if f.otlp_url.is_none() && f.service_name.is_some() {
         l.warning(
             src,
@@ -105,5 +120,28 @@ mod tests {
         );
         let e = errors(&format!("{GATEWAY}\n[tracing]\nexport = true\n"), &[]);
         assert!(e[0].contains("unknown field `export`"), "{e:?}");
+        // A private CA, for an https collector only.
+        let s = load(
+            &format!("{GATEWAY}\n[tracing]\notlp_url = \"https://otel:4318/v1/traces\"\nca_file = \"tls/ca.pem\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.tracing.export.unwrap().roots.len(), 1);
+        let e = errors(
+            &format!("{GATEWAY}\n[tracing]\notlp_url = \"http://otel:4318/v1/traces\"\nca_file = \"tls/ca.pem\"\n"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            ["gateway.toml:12:11: [tracing] ca_file is for an https:// otlp_url"]
+        );
+        let e = errors(
+            &format!("{GATEWAY}\n[tracing]\notlp_url = \"https://otel:4318/v1/traces\"\nca_file = \"nowhere.pem\"\n"),
+            &[],
+        );
+        assert!(
+            e.len() == 1 && e[0].starts_with("gateway.toml:12:11: [tracing] ca_file"),
+            "{e:?}"
+        );
     }
 }
