@@ -506,3 +506,40 @@ async fn sampled_spans_are_exported_to_the_collector_as_the_backend_s_parent() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The flags of the `traceparent` the backend got for a request the client sent as
+/// sampled.
+async fn flags_upstream(h: &Harness) -> String {
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sampled = format!("00-{trace}-00f067aa0ba902b7-01");
+    let r = h.get("/echo/t", &[("traceparent", &sampled)]).await;
+    assert_eq!(r.status, 200);
+    let sent = r.echoed_header("traceparent")[0].clone();
+    // The same trace, whoever decides.
+    assert_eq!(&sent[3..35], trace);
+    sent[53..55].to_owned()
+}
+
+/// `[tracing] follow_sampled = "trusted_proxies"`: a client's sampled flag is kept only
+/// from a trusted proxy; from anyone else the trace continues, unsampled (here
+/// `sample_new` is 0), so an unauthenticated client cannot make the gateway export.
+#[tokio::test]
+async fn only_trusted_proxies_decide_sampling_when_configured() {
+    let tracing = "[tracing]\nfollow_sampled = \"trusted_proxies\"\n";
+    let untrusted = Harness::with(Setup {
+        extra: tracing.into(),
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(flags_upstream(&untrusted).await, "00");
+    let trusted = Harness::with(Setup {
+        server: "trusted_proxies = [\"127.0.0.0/8\"]".into(),
+        extra: tracing.into(),
+        ..Setup::default()
+    })
+    .await;
+    assert_eq!(flags_upstream(&trusted).await, "01");
+    // The default follows anyone, as W3C parent-based sampling does.
+    let default = Harness::start().await;
+    assert_eq!(flags_upstream(&default).await, "01");
+}

@@ -469,8 +469,24 @@ pub struct Tracing {
     /// `None`: no spans leave the process.
     pub export: Option<OtlpExport>,
     /// The share of requests without a valid `traceparent` whose new trace is sampled
-    /// (a client's own sampled flag is always followed).
+    /// (and of those whose sampled flag is not followed).
     pub sample_new: f64,
+    /// Whose `traceparent` sampled flag decides.
+    pub follow_sampled: FollowSampled,
+}
+
+/// `[tracing] follow_sampled`: whose sampled flag a continued trace keeps. Anyone's can
+/// make the gateway export a span; where the clients are the open internet, following
+/// only the balancer in front keeps them from crowding the export queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FollowSampled {
+    /// Every client's (W3C parent-based sampling; a browser's own tracing decides).
+    #[default]
+    Anyone,
+    /// Only a peer in `[server] trusted_proxies`.
+    TrustedProxies,
+    /// Nobody's: `sample_new` decides for every request (the trace id is still kept).
+    Nobody,
 }
 
 /// Where spans go: an OpenTelemetry collector's OTLP/HTTP endpoint (JSON encoding).

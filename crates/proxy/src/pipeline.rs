@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tollgate_policy::snapshot::FollowSampled;
 use tollgate_policy::RouteAction;
 
 use crate::access_log::AccessLog;
@@ -62,7 +63,18 @@ pub async fn handle(
     let active = runtime.active();
     let snapshot = &active.snapshot;
     let request_id = request_id::from_headers(request.headers());
-    let trace = TraceContext::from_headers(request.headers(), snapshot.tracing.sample_new);
+    let follow_sampled = match snapshot.tracing.follow_sampled {
+        FollowSampled::Anyone => true,
+        FollowSampled::TrustedProxies => {
+            x_forwarded::trusted(peer.ip(), &snapshot.server.trusted_proxies)
+        }
+        FollowSampled::Nobody => false,
+    };
+    let trace = TraceContext::from_headers(
+        request.headers(),
+        snapshot.tracing.sample_new,
+        follow_sampled,
+    );
     let client = x_forwarded::client_addr(
         peer.ip(),
         request.headers(),

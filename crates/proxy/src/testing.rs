@@ -90,7 +90,7 @@ pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
         client,
         scheme: Scheme::Http,
         request_id: "test-1".into(),
-        trace: crate::trace_context::TraceContext::from_headers(&http::HeaderMap::new(), 0.0),
+        trace: crate::trace_context::TraceContext::from_headers(&http::HeaderMap::new(), 0.0, true),
         now: 0,
         route: None,
         caller: Default::default(),

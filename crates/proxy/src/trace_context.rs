@@ -3,7 +3,9 @@
 //!
 //! A valid `traceparent` from the client is continued: the backend gets the same trace
 //! id and sampled flag, with the gateway's own span id as the parent, and the client's
-//! `tracestate` as it came (several header lines joined with commas). A missing or
+//! `tracestate` as it came (several header lines joined with commas). The sampled flag
+//! is the client's only where `[tracing] follow_sampled` trusts it; otherwise it is
+//! decided as a new trace's, so an anonymous client cannot force spans. A missing or
 //! malformed `traceparent` starts a new trace, sampled for `[tracing] sample_new` of
 //! them (none by default: the backend may decide), and its `tracestate` is dropped, as
 //! the specification asks. A sampled request's span is exported by [`crate::otlp`].
@@ -44,8 +46,13 @@ pub struct TraceContext {
 
 impl TraceContext {
     /// Continues the client's trace, or starts one, sampled for `sample_new` (0 to 1)
-    /// of new traces.
-    pub fn from_headers(headers: &HeaderMap, sample_new: f64) -> TraceContext {
+    /// of new traces. A continued trace keeps the client's sampled flag when
+    /// `follow_sampled`, else it is decided as a new one's.
+    pub fn from_headers(
+        headers: &HeaderMap,
+        sample_new: f64,
+        follow_sampled: bool,
+    ) -> TraceContext {
         let mut parents = headers.get_all(&TRACEPARENT).iter();
         let parsed = match (parents.next(), parents.next()) {
             (Some(value), None) => parse(value.as_bytes()),
@@ -56,17 +63,17 @@ impl TraceContext {
                 trace_id,
                 span_id: span_id(),
                 parent: Some(parent),
-                flags,
+                flags: match follow_sampled {
+                    true => flags,
+                    false => flags & !SAMPLED | sample(sample_new),
+                },
                 state: joined(headers, &TRACESTATE),
             },
             None => TraceContext {
                 trace_id: trace_id(),
                 span_id: span_id(),
                 parent: None,
-                flags: match sample_new > 0.0 && (next() as f64) < sample_new * u64::MAX as f64 {
-                    true => SAMPLED,
-                    false => 0,
-                },
+                flags: sample(sample_new),
                 state: None,
             },
         }
@@ -86,6 +93,14 @@ impl TraceContext {
         hex_into(&mut text[53..55], &[self.flags]);
         // Hex digits and dashes only: always a valid header value.
         HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+}
+
+/// The sampled flag for `share` (0 to 1) of the traces this gateway decides.
+fn sample(share: f64) -> u8 {
+    match share > 0.0 && (next() as f64) < share * u64::MAX as f64 {
+        true => SAMPLED,
+        false => 0,
     }
 }
 
@@ -213,7 +228,7 @@ mod tests {
                 HeaderValue::from_str(value).unwrap(),
             );
         }
-        TraceContext::from_headers(&headers, 0.0)
+        TraceContext::from_headers(&headers, 0.0, true)
     }
 
     #[test]
@@ -289,7 +304,7 @@ mod tests {
         let none = HeaderMap::new();
         let sampled = |share: f64| {
             (0..2000)
-                .filter(|_| TraceContext::from_headers(&none, share).sampled())
+                .filter(|_| TraceContext::from_headers(&none, share, true).sampled())
                 .count()
         };
         assert_eq!(sampled(0.0), 0);
@@ -302,6 +317,27 @@ mod tests {
             TRACEPARENT,
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
         );
-        assert!(!TraceContext::from_headers(&unsampled, 1.0).sampled());
+        assert!(!TraceContext::from_headers(&unsampled, 1.0, true).sampled());
+    }
+
+    #[test]
+    fn a_client_s_flag_not_followed_is_decided_like_a_new_trace_s() {
+        let mut sampled = HeaderMap::new();
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        sampled.insert(TRACEPARENT, HeaderValue::from_static(parent));
+        let followed = TraceContext::from_headers(&sampled, 0.0, true);
+        assert!(followed.sampled());
+        let decided = TraceContext::from_headers(&sampled, 0.0, false);
+        assert!(!decided.sampled());
+        // The trace itself is still continued: same trace, the client's span as parent.
+        assert_eq!(decided.trace_id, followed.trace_id);
+        assert_eq!(decided.parent, followed.parent);
+        assert!(decided.traceparent().to_str().unwrap().ends_with("-00"));
+        let mut unsampled = HeaderMap::new();
+        unsampled.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+        );
+        assert!(TraceContext::from_headers(&unsampled, 1.0, false).sampled());
     }
 }

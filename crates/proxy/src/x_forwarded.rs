@@ -17,7 +17,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-fn trusted(addr: IpAddr, proxies: &[Cidr]) -> bool {
+/// Whether `addr` is one of `[server] trusted_proxies`.
+pub fn trusted(addr: IpAddr, proxies: &[Cidr]) -> bool {
     proxies.iter().any(|c| c.contains(addr))
 }
 

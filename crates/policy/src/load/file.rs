@@ -147,6 +147,8 @@ pub struct TracingFile {
     pub sample_new: Option<Spanned<f64>>,
     /// PEM roots for an https collector with a private CA.
     pub ca_file: Option<Spanned<String>>,
+    /// `"anyone"`, `"trusted_proxies"` or `"nobody"`.
+    pub follow_sampled: Option<Spanned<String>>,
 }
 
 /// `[reload]` in `gateway.toml`.

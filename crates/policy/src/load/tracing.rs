@@ -1,13 +1,14 @@
 //! `[tracing]`: exporting the gateway's request spans to an OpenTelemetry collector
-//! (OTLP over HTTP, JSON encoding), and how new traces are sampled. Without the section
-//! nothing is exported and a request without a sampled `traceparent` stays unsampled.
+//! (OTLP over HTTP, JSON encoding), how new traces are sampled, and whose sampled flag
+//! a continued trace keeps. Without the section nothing is exported, a client's sampled
+//! flag is followed and a request without one stays unsampled.
 
 use http::uri::{Scheme, Uri};
 
 use super::file::TracingFile;
 use crate::diagnostic::SourceFile;
 use crate::load::context::Loader;
-use crate::snapshot::{OtlpExport, Tracing};
+use crate::snapshot::{FollowSampled, OtlpExport, Tracing};
 
 pub(crate) fn tracing(l: &mut Loader, src: &SourceFile, f: Option<TracingFile>) -> Option<Tracing> {
     let Some(f) = f else {
@@ -81,12 +82,30 @@ pub(crate) fn tracing(l: &mut Loader, src: &SourceFile, f: Option<TracingFile>) 
             "[tracing] service_name has no effect without otlp_url",
         );
     }
-    (!l.errors_since(mark)).then_some(Tracing { export, sample_new })
+    let follow_sampled = match f.follow_sampled.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "anyone")) => FollowSampled::Anyone,
+        Some((_, "trusted_proxies")) => FollowSampled::TrustedProxies,
+        Some((_, "nobody")) => FollowSampled::Nobody,
+        Some((value, _)) => {
+            l.error(
+                src,
+                Some(value.span()),
+                "[tracing] follow_sampled: \"anyone\", \"trusted_proxies\" or \"nobody\"",
+            );
+            FollowSampled::Anyone
+        }
+    };
+    (!l.errors_since(mark)).then_some(Tracing {
+        export,
+        sample_new,
+        follow_sampled,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{errors, load, GATEWAY};
+    use crate::snapshot::FollowSampled;
 
     #[test]
     fn an_export_is_an_http_url_and_sampling_a_share() {
@@ -100,6 +119,21 @@ mod tests {
         assert_eq!(export.url.path(), "/v1/traces");
         assert_eq!(export.service_name, "tollgate");
         assert_eq!(s.tracing.sample_new, 0.25);
+        assert_eq!(s.tracing.follow_sampled, FollowSampled::Anyone);
+        let s = load(
+            &format!("{GATEWAY}\n[tracing]\nfollow_sampled = \"trusted_proxies\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.tracing.follow_sampled, FollowSampled::TrustedProxies);
+        let e = errors(
+            &format!("{GATEWAY}\n[tracing]\nfollow_sampled = \"everyone\"\n"),
+            &[],
+        );
+        assert!(
+            e == ["gateway.toml:11:18: [tracing] follow_sampled: \"anyone\", \"trusted_proxies\" or \"nobody\""],
+            "{e:?}"
+        );
         assert!(load(GATEWAY, &[]).unwrap().tracing.export.is_none());
         let e = errors(
             &format!("{GATEWAY}\n[tracing]\notlp_url = \"ftp://x/v1\"\nsample_new = 2.0\nservice_name = \" \"\n"),
