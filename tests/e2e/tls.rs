@@ -536,7 +536,14 @@ async fn an_https_upstream_with_a_private_ca_and_a_client_certificate() {
         "{}",
         h.gateway.stderr()
     );
-    assert!(front.refused.load(Ordering::SeqCst) >= 1);
+    // The terminator counts its side of the failed handshake after the alert it sent or
+    // received, which can be after the gateway has already reported its side.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            front.refused.load(Ordering::SeqCst) >= 1
+        })
+        .await
+    );
 }
 
 /// A PROXY protocol v2 header for a TCP client over IPv4.
@@ -663,5 +670,12 @@ async fn spans_reach_an_https_collector_behind_a_private_ca() {
         "{}",
         h.metrics().await
     );
-    assert!(front.refused.load(Ordering::SeqCst) >= 1);
+    // The terminator counts its side of the failed handshake after the alert it sent or
+    // received, which can be after the gateway has already reported its side.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            front.refused.load(Ordering::SeqCst) >= 1
+        })
+        .await
+    );
 }
