@@ -10,6 +10,9 @@
 # jwt: a JWT route; meter: the same with cost = 1 on the embedded redb ledger;
 # meter-interval: the same with `sync = "interval"`; meter-redis: cost = 1 on a
 # redis-server of the script's own. Needs a release build,
+# For the metered modes it also prints the mean time a request waits in the ledger
+# (`tollgate_credit_ledger_seconds`): with wrk's fixed number of connections, requests/s
+# is connections / latency, so this wait is what a closed-loop run loses (Little's law).
 # nginx (the upstream), wrk, redis-server, curl, python3.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -86,4 +89,6 @@ REQ=$(awk '/requests in/ {print $1}' <<<"$OUT")
 echo "$MODE: $(awk '/Requests\/sec/ {print $2}' <<<"$OUT") rps; tollgate cpu $(( t1 - t0 )) ticks, redis $(( r1 - r0 )) ticks, for $REQ requests => tollgate $(python3 -c "print(round(($t1-$t0)*10000/$REQ,1))") us/req, redis $(python3 -c "print(round(($r1-$r0)*10000/$REQ,1))") us/req"
 # The embedded ledger's commit groups: movements per log write (each write one fdatasync).
 curl -s http://127.0.0.1:$AD/metrics | awk '/^tollgate_credit_log_writes_total/ {w=$2} /^tollgate_credit_log_movements_total/ {m=$2}
-  END { if (w > 0) printf "log writes %d, movements %d => %.1f movements per fdatasync\n", w, m, m/w }'
+  /^tollgate_credit_ledger_seconds_sum/ {ls=$2} /^tollgate_credit_ledger_seconds_count/ {lc=$2}
+  END { if (w > 0) printf "log writes %d, movements %d => %.1f movements per fdatasync\n", w, m, m/w
+        if (lc > 0) printf "ledger calls on the request path: %d, mean %.0f us\n", lc, ls*1e6/lc }'
