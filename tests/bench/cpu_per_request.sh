@@ -10,10 +10,11 @@
 # jwt: a JWT route; meter: the same with cost = 1 on the embedded redb ledger;
 # meter-interval: the same with `sync = "interval"`; meter-redis: cost = 1 on a
 # redis-server of the script's own. Needs a release build,
+# nginx (the upstream), wrk, redis-server, curl, python3.
+#
 # For the metered modes it also prints the mean time a request waits in the ledger
 # (`tollgate_credit_ledger_seconds`): with wrk's fixed number of connections, requests/s
 # is connections / latency, so this wait is what a closed-loop run loses (Little's law).
-# nginx (the upstream), wrk, redis-server, curl, python3.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 MODE=${MODE:-jwt}
