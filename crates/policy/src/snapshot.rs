@@ -719,8 +719,9 @@ pub enum LedgerSync {
     /// A reservation is on disk before its request is forwarded (group-committed).
     #[default]
     BeforeForwarding,
-    /// Everything logged is synced once per interval, and a request does not wait for
-    /// it: a crash can forgive the charges of the last interval, never charge twice.
+    /// Everything logged is written at once but synced once per interval, and a
+    /// request does not wait for the sync: `kill -9` loses nothing, a crash of the
+    /// machine can forgive the charges of the last interval, never charge twice.
     Interval(Duration),
 }
 

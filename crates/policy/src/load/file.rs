@@ -240,8 +240,8 @@ pub struct CreditsFile {
     pub on_client_abort: Option<ClientAbortFile>,
     /// When the embedded ledger's movements reach the disk: "before_forwarding" (the
     /// default: a reservation is durable before its request goes upstream) or
-    /// "interval" (synced every `sync_interval`; a crash can forgive the charges of
-    /// the last interval, never charge twice). Not with Redis: its persistence decides.
+    /// "interval" (written before answering, synced every `sync_interval`: a crash of
+    /// the machine can forgive the charges of the last interval, never charge twice). Not with Redis: its persistence decides.
     pub sync: Option<Spanned<LedgerSyncFile>>,
     /// With `sync = "interval"`: how often (default 10ms, 1ms to 1s).
     pub sync_interval: Option<Spanned<String>>,

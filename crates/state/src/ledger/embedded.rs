@@ -9,8 +9,9 @@
 //! it holds would survive `kill -9`. Settlements and sweeps are logged the same way but
 //! not waited for (the reservation is durable already; one lost to a crash expires,
 //! which refunds it). With [`Options::sync_every`] the log is synced on a timer
-//! instead and no request waits for it: faster, at the price of forgiving the charges
-//! of the last interval after a crash.
+//! instead and no request waits for it: each change writes its own records to the
+//! segment before it returns (a `write`, no sync), so a `kill -9` still loses nothing,
+//! and only a crash of the machine forgives the charges of the last interval.
 //!
 //! A keeper thread checkpoints the log into the redb file ([`tables`]) every half
 //! second, in one transaction, and deletes the log segments the checkpoint covered.
@@ -59,9 +60,10 @@ const MAX_KEY_BATCH: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// `None`: a reservation is answered once its record is on disk, every record
-    /// waiting at a sync sharing it (group commit). `Some(every)`: records are synced
-    /// once per `every` and only operators' adjustments wait for it; a crash forgives
-    /// the charges logged in the last interval and never charges twice.
+    /// waiting at a sync sharing it (group commit). `Some(every)`: records are written
+    /// as they are made and synced once per `every`; only operators' adjustments wait
+    /// for the sync. A `kill -9` loses nothing; a crash of the machine forgives the
+    /// charges of the last interval and never charges twice.
     pub sync_every: Option<Duration>,
     /// How often the log is checkpointed into the file.
     pub checkpoint_every: Duration,
@@ -277,6 +279,9 @@ struct Inner {
     book: Mutex<Book>,
     /// Wakes the log writer.
     wake: Condvar,
+    /// The log segment being written. Locked while the book is still held, so records
+    /// reach it in the order they were numbered; never held across an `fdatasync`.
+    segment: Mutex<Segment>,
     db: Database,
     stats: GroupStats,
     options: Options,
@@ -287,8 +292,31 @@ impl Inner {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_segment(&self) -> MutexGuard<'_, Segment> {
+        self.segment.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The disk refused a log write: what the book holds may never be durable. Refuses
+    /// everything from now on (a restart rebuilds from what is) and answers everyone
+    /// waiting for the disk.
+    fn fail(&self, e: &std::io::Error, mut waiters: Vec<oneshot::Sender<Result<(), LedgerError>>>) {
+        tracing::error!(error = %e, "the ledger log cannot be written: metering stops until a restart");
+        let failure = format!("the ledger log cannot be written: {e}");
+        let mut book = self.lock();
+        book.failed = Some(failure.clone());
+        waiters.append(&mut book.wal.waiters);
+        drop(book);
+        self.wake.notify_all();
+        for waiter in waiters {
+            let _ = waiter.send(Err(LedgerError::Embedded(failure.clone())));
+        }
+    }
+
     /// Runs `decide` on the book. What it logged is written by the writer; with
-    /// `durable`, the returned receiver says when it is on disk.
+    /// `durable`, the returned receiver says when it is on disk. With
+    /// `sync = "interval"`, a change nobody waits for writes its records itself before
+    /// it returns: a `kill -9` then loses nothing (the kernel has them), and only a
+    /// crash of the machine forgives what the last interval's sync had not covered.
     fn change<T>(
         &self,
         durable: bool,
@@ -304,6 +332,35 @@ impl Inner {
         let before = book.wal.bytes.len();
         let decided = decide(&mut book);
         let appended = book.wal.bytes.len() != before;
+        if appended && !durable && self.options.sync_every.is_some() {
+            let bytes = std::mem::take(&mut book.wal.bytes);
+            let rotate = book.wal.rotate_at.take();
+            let records = std::mem::take(&mut book.wal.records);
+            book.wal.unsynced += records;
+            let wake = book.wal.writer == Writer::Idle;
+            let mut segment = self.lock_segment();
+            drop(book);
+            // A rotation here syncs the segment it leaves: once per checkpoint.
+            let written = segment.write(&bytes, rotate.map(|(at, _)| at));
+            drop(segment);
+            if wake {
+                self.wake.notify_one();
+            }
+            return match written {
+                Ok(retired) => {
+                    if let (Some(path), Some((_, upto))) = (retired, rotate) {
+                        self.lock().retired.push((path, upto));
+                    }
+                    Ok((decided, None))
+                }
+                Err(e) => {
+                    self.fail(&e, Vec::new());
+                    Err(LedgerError::Embedded(format!(
+                        "the ledger log cannot be written: {e}"
+                    )))
+                }
+            };
+        }
         let durable = (durable && appended).then(|| {
             let (tx, rx) = oneshot::channel();
             book.wal.waiters.push(tx);
@@ -432,6 +489,7 @@ impl EmbeddedLedger {
         let inner = Arc::new(Inner {
             book: Mutex::new(book),
             wake: Condvar::new(),
+            segment: Mutex::new(segment),
             db,
             stats: GroupStats::default(),
             options,
@@ -440,7 +498,7 @@ impl EmbeddedLedger {
         let writer_inner = Arc::clone(&inner);
         let writer = std::thread::Builder::new()
             .name("tollgate-ledger-log".into())
-            .spawn(move || write_loop(&writer_inner, segment))
+            .spawn(move || write_loop(&writer_inner))
             .map_err(err)?;
         let keeper_inner = Arc::clone(&inner);
         let keeper = std::thread::Builder::new()
@@ -493,15 +551,22 @@ impl EmbeddedLedger {
 }
 
 /// The writer: takes every record appended since its last write, writes and syncs
-/// them, then answers whoever waits for them. Ends once stopping and nothing is left.
-fn write_loop(inner: &Inner, mut segment: Segment) {
+/// them (with `sync = "interval"`, also what changes wrote themselves), then answers
+/// whoever waits for them. Ends once stopping and nothing is left, or once the log has
+/// failed.
+fn write_loop(inner: &Inner) {
     let mut bytes = Vec::new();
     let mut last_sync = Instant::now();
     loop {
-        let (rotate, waiters, records) = {
+        let (rotate, waiters, records, mut segment) = {
             let mut book = inner.lock();
             loop {
-                let pending = !book.wal.bytes.is_empty() || book.wal.rotate_at.is_some();
+                if book.failed.is_some() {
+                    return;
+                }
+                let pending = !book.wal.bytes.is_empty()
+                    || book.wal.rotate_at.is_some()
+                    || book.wal.unsynced > 0;
                 if !book.wal.waiters.is_empty() || (pending && book.stopping) {
                     break;
                 }
@@ -533,16 +598,21 @@ fn write_loop(inner: &Inner, mut segment: Segment) {
             }
             book.wal.writer = Writer::Writing;
             std::mem::swap(&mut bytes, &mut book.wal.bytes);
-            (
-                book.wal.rotate_at.take(),
-                std::mem::take(&mut book.wal.waiters),
-                std::mem::take(&mut book.wal.records),
-            )
+            let records =
+                std::mem::take(&mut book.wal.records) + std::mem::take(&mut book.wal.unsynced);
+            let rotate = book.wal.rotate_at.take();
+            let waiters = std::mem::take(&mut book.wal.waiters);
+            // Taken before the book is let go: a change that wrote its own records
+            // counted in `unsynced` has finished writing them once this is ours.
+            (rotate, waiters, records, inner.lock_segment())
         };
         let written = segment.write(&bytes, rotate.map(|(at, _)| at));
+        let file = segment.file();
+        drop(segment);
+        let synced = written.and_then(|retired| file.sync_data().map(|()| retired));
         last_sync = Instant::now();
         bytes.clear();
-        match written {
+        match synced {
             Ok(retired) => {
                 inner.stats.commits.fetch_add(1, Ordering::Relaxed);
                 inner.stats.changes.fetch_add(records, Ordering::Relaxed);
@@ -551,18 +621,7 @@ fn write_loop(inner: &Inner, mut segment: Segment) {
                 }
             }
             Err(e) => {
-                // The disk refused: what the book holds may never be durable. Refuse
-                // everything from now on; a restart rebuilds from what is.
-                tracing::error!(error = %e, "the ledger log cannot be written: metering stops until a restart");
-                let failure = format!("the ledger log cannot be written: {e}");
-                let mut book = inner.lock();
-                book.failed = Some(failure.clone());
-                let mut late = std::mem::take(&mut book.wal.waiters);
-                drop(book);
-                late.extend(waiters);
-                for waiter in late {
-                    let _ = waiter.send(Err(LedgerError::Embedded(failure.clone())));
-                }
+                inner.fail(&e, waiters);
                 return;
             }
         }

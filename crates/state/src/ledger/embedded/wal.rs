@@ -3,6 +3,8 @@
 //!
 //! A movement is appended to the current segment file as one binary record and made
 //! durable by one `fdatasync` shared by every record appended meanwhile (group commit).
+//! With `sync = "interval"` each change writes its records itself and the sync follows
+//! on a timer.
 //! A checkpoint copies the records into redb and retires the segments it covered, so
 //! the log holds about one checkpoint interval.
 //!
@@ -16,6 +18,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -35,6 +38,9 @@ pub(super) struct Line {
 pub(super) struct Pending {
     pub bytes: Vec<u8>,
     pub records: u64,
+    /// Records written to the segment but not yet synced (with `sync = "interval"`,
+    /// changes write their own records; the writer thread syncs them on its timer).
+    pub unsynced: u64,
     /// A checkpoint covers everything up to this point: the bytes from `.0` on start a
     /// new segment, and the old one can go once the checkpoint of `.1` (its last
     /// sequence number) is in redb.
@@ -239,7 +245,9 @@ fn file_name(ledger: &Path) -> String {
 pub(super) struct Segment {
     ledger: PathBuf,
     number: u64,
-    file: File,
+    /// Shared so the writer thread can sync it without holding the segment, which
+    /// changes in interval mode write to meanwhile.
+    file: Arc<File>,
 }
 
 impl Segment {
@@ -254,7 +262,7 @@ impl Segment {
         Ok(Segment {
             ledger: ledger.to_path_buf(),
             number,
-            file,
+            file: Arc::new(file),
         })
     }
 
@@ -262,27 +270,31 @@ impl Segment {
         directory(ledger).join(format!("{}.wal-{number}", file_name(ledger)))
     }
 
-    /// Writes `bytes` durably. With `rotate_at`, the bytes before it end this segment
-    /// and the rest begin the next one; the retired segment's path is returned.
+    /// Writes `bytes` after the records already written; [`Segment::file`] then syncs
+    /// them. With `rotate_at`, the bytes before it end this segment, which is synced
+    /// before it is left (so the log never has a later segment on disk without every
+    /// record of an earlier one), and the rest begin the next; the retired segment's
+    /// path is returned.
     pub fn write(
         &mut self,
         bytes: &[u8],
         rotate_at: Option<usize>,
     ) -> std::io::Result<Option<PathBuf>> {
         let Some(at) = rotate_at.filter(|at| *at <= bytes.len()) else {
-            self.file.write_all(bytes)?;
-            self.file.sync_data()?;
+            (&*self.file).write_all(bytes)?;
             return Ok(None);
         };
-        self.file.write_all(&bytes[..at])?;
+        (&*self.file).write_all(&bytes[..at])?;
         self.file.sync_data()?;
         let retired = Segment::path_of(&self.ledger, self.number);
         *self = Segment::create(&self.ledger, self.number + 1)?;
-        if at < bytes.len() {
-            self.file.write_all(&bytes[at..])?;
-            self.file.sync_data()?;
-        }
+        (&*self.file).write_all(&bytes[at..])?;
         Ok(Some(retired))
+    }
+
+    /// The segment's file, to sync what was written to it.
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
     }
 }
 
