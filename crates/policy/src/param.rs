@@ -9,6 +9,11 @@
 //! unmatched `[` to `_` (`client.id` reaches PHP as `client_id`), without leading
 //! whitespace, and cut at a NUL (C string APIs stop there). A name the gateway treats as
 //! the same as a protected one may be a different name to the backend; never the reverse.
+//!
+//! Parameters are split the same way: at `&`, and at `;` too, where Rack 2, Go before
+//! 1.17 and Python before 3.9.2 split (`a=1;clientId=2` names `clientId` to them). Only
+//! a signature defined over `&`-separated pairs (Plivo's) reads them strictly
+//! ([`strict_pairs`]).
 
 /// Percent-decodes one form or query component (`+` is a space; a broken escape is kept
 /// as written; bytes that are not UTF-8 become U+FFFD).
@@ -75,43 +80,96 @@ pub fn same_name(raw: &[u8], configured: &str) -> bool {
     canonical(raw) == fold(configured)
 }
 
-/// The `name=value` pairs of a query or form body, decoded, in order.
+/// Whether a backend may split parameters at `b`.
+fn separates(b: u8) -> bool {
+    b == b'&' || b == b';'
+}
+
+/// The raw (still encoded) `name=value` pieces of a query or form body, empty ones
+/// skipped, split wherever some backend splits.
+pub fn pieces(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|b| separates(*b)).filter(|p| !p.is_empty())
+}
+
+fn decoded_pair(piece: &[u8]) -> (String, String) {
+    let mut parts = piece.splitn(2, |b| *b == b'=');
+    let name = parts.next().unwrap_or_default();
+    let value = parts.next().unwrap_or_default();
+    (decode(name), decode(value))
+}
+
+/// The raw name of one piece (before its first `=`).
+pub fn raw_name(piece: &[u8]) -> &[u8] {
+    piece.split(|b| *b == b'=').next().unwrap_or_default()
+}
+
+/// The `name=value` pairs of a query or form body, decoded, in order, split wherever
+/// some backend splits (see the module docs).
 pub fn pairs(text: &[u8]) -> Vec<(String, String)> {
+    pieces(text).map(decoded_pair).collect()
+}
+
+/// The pairs as split at `&` only: for a signature computed over exactly those.
+pub fn strict_pairs(text: &[u8]) -> Vec<(String, String)> {
     text.split(|b| *b == b'&')
         .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let mut parts = pair.splitn(2, |b| *b == b'=');
-            let name = parts.next().unwrap_or_default();
-            let value = parts.next().unwrap_or_default();
-            (decode(name), decode(value))
-        })
+        .map(decoded_pair)
         .collect()
 }
 
 /// The values of every parameter of `text` that means `configured`, in order.
 pub fn values_of(text: &[u8], configured: &str) -> Vec<String> {
     let want = fold(configured);
-    text.split(|b| *b == b'&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let mut parts = pair.splitn(2, |b| *b == b'=');
-            let name = parts.next().unwrap_or_default();
-            (canonical(name) == want).then(|| decode(parts.next().unwrap_or_default()))
-        })
+    pieces(text)
+        .filter(|piece| canonical(raw_name(piece)) == want)
+        .map(|piece| decoded_pair(piece).1)
         .collect()
+}
+
+/// `text` with only the pieces `keep` accepts (the first error stops it). Kept pieces are
+/// rejoined with the separator that stood between them, `&` where a removed piece held
+/// both: a backend that splits only at `&` sees every remaining parameter whole.
+pub fn retain<E>(
+    text: &[u8],
+    mut keep: impl FnMut(&[u8]) -> Result<bool, E>,
+) -> Result<Vec<u8>, E> {
+    let mut out = Vec::with_capacity(text.len());
+    // The strongest separator since the last kept piece: `&` wins over `;`.
+    let mut between: Option<u8> = None;
+    let mut rest = text;
+    loop {
+        let end = rest
+            .iter()
+            .position(|b| separates(*b))
+            .unwrap_or(rest.len());
+        let piece = &rest[..end];
+        if !piece.is_empty() && keep(piece)? {
+            if !out.is_empty() {
+                out.push(between.unwrap_or(b'&'));
+            }
+            out.extend_from_slice(piece);
+            between = None;
+        }
+        let Some(&sep) = rest.get(end) else { break };
+        if between != Some(b'&') {
+            between = Some(sep);
+        }
+        rest = &rest[end + 1..];
+    }
+    Ok(out)
 }
 
 /// The query without the parameters that mean any of `remove` (configured names).
 pub fn without(query: &str, remove: &[&str]) -> String {
     let folded: Vec<String> = remove.iter().map(|r| fold(r)).collect();
-    query
-        .split('&')
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            !folded.contains(&canonical(name.as_bytes()))
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    let kept = retain(query.as_bytes(), |piece| {
+        Ok::<_, std::convert::Infallible>(!folded.contains(&canonical(raw_name(piece))))
+    });
+    // Split at ASCII bytes and rejoined with them: still UTF-8.
+    kept.map_or_else(
+        |e| match e {},
+        |bytes| String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -171,5 +229,26 @@ mod tests {
         );
         assert_eq!(without("secret=x", &["secret"]), "");
         assert_eq!(values_of(b"a=1&%73ecret=s&secret=t", "secret"), ["s", "t"]);
+    }
+
+    #[test]
+    fn a_semicolon_separates_parameters_as_some_backends_read_them() {
+        assert_eq!(values_of(b"a=1;secret=s&b=2", "secret"), ["s"]);
+        assert_eq!(values_of(b"secret=s;t", "secret"), ["s"]);
+        assert_eq!(
+            pairs(b"a=1;b=2&c"),
+            [("a", "1"), ("b", "2"), ("c", "")].map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        assert_eq!(
+            strict_pairs(b"a=1;b=2"),
+            [("a".to_owned(), "1;b=2".to_owned())]
+        );
+        // What stays keeps its separators; where a removed piece stood between `&` and
+        // `;`, a backend that splits at `&` only must not see the rest glued to a value.
+        assert_eq!(without("a=1;secret=x;b=2", &["secret"]), "a=1;b=2");
+        assert_eq!(without("a=1&secret=x;b=2", &["secret"]), "a=1&b=2");
+        assert_eq!(without("a=1;secret=x&b=2", &["secret"]), "a=1&b=2");
+        assert_eq!(without(";secret=x;;a=1;", &["secret"]), "a=1");
+        assert_eq!(without("a=1;b=2&&c=3", &[]), "a=1;b=2&c=3");
     }
 }

@@ -309,22 +309,27 @@ fn bounded(mut text: String) -> String {
 const REDACTED: &str = "[redacted]";
 
 /// The query with the value of every secret parameter (`secret_params`, folded names)
-/// and of every JWT-shaped value replaced.
+/// and of every JWT-shaped value replaced. Parameters are split at `;` as well as `&`,
+/// as some backends split them ([`tollgate_policy::param`]).
 pub fn redact_query(query: &str, secret_params: &[String]) -> String {
-    if query.is_empty() {
-        return String::new();
-    }
-    query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
+    let mut out = String::with_capacity(query.len());
+    for piece in query.split_inclusive(['&', ';']) {
+        let (pair, separator) = match piece.strip_suffix(['&', ';']) {
+            Some(pair) => (pair, &piece[pair.len()..]),
+            None => (piece, ""),
+        };
+        match pair.split_once('=') {
             Some((name, value)) if is_secret(name, secret_params) || looks_like_jwt(value) => {
-                format!("{name}={REDACTED}")
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
             }
-            _ if looks_like_jwt(pair) => REDACTED.to_owned(),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+            _ if looks_like_jwt(pair) => out.push_str(REDACTED),
+            _ => out.push_str(pair),
+        }
+        out.push_str(separator);
+    }
+    out
 }
 
 /// The path with JWT-shaped segments and secret `;name=value` parameters replaced.
@@ -415,6 +420,11 @@ mod tests {
             let logged = redact_query(query, &params);
             assert!(!logged.contains("s3cret"), "{query}: {logged}");
         }
+        // A `;` separates parameters for some backends: a secret after one is one.
+        assert_eq!(
+            redact_query("a=1;secret=s3cret&b=2;", &params),
+            "a=1;secret=[redacted]&b=2;"
+        );
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
         let logged = redact_query(&format!("x={jwt}&{jwt}"), &params);
         assert!(!logged.contains("eyJ"), "{logged}");

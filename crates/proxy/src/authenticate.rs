@@ -383,7 +383,7 @@ async fn plivo_v3(
         if !bytes.is_empty() {
             return Err(SignatureProblem::UnsignedBody.into());
         }
-        param::pairs(raw_query.as_bytes())
+        param::strict_pairs(raw_query.as_bytes())
     } else {
         let is_form = parts
             .headers
@@ -393,7 +393,7 @@ async fn plivo_v3(
         if !bytes.is_empty() && !is_form {
             return Err(SignatureProblem::UnsignedBody.into());
         }
-        param::pairs(&bytes)
+        param::strict_pairs(&bytes)
     };
     let mut names: Vec<String> = params.iter().map(|(k, _)| param::fold(k)).collect();
     let total = names.len();

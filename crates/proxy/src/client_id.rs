@@ -45,25 +45,16 @@ fn judge(policy: &ClientIdPolicy, supplied: &str, caller: Caller) -> Result<(), 
 }
 
 /// The query with client-supplied ids judged and removed, and ours added if injected.
+/// Parameters are split at `;` as well as `&` ([`tollgate_policy::param`]): some
+/// backends read `a=1;clientId=2` as naming a client.
 pub fn query(
     raw: Option<&str>,
     policy: &ClientIdPolicy,
     caller: Caller,
 ) -> Result<Option<String>, GatewayError> {
-    let mut kept: Vec<&str> = Vec::new();
-    for pair in raw.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if policy.is_raw_name(name.as_bytes()) {
-            judge(
-                policy,
-                &tollgate_policy::param::decode(value.as_bytes()),
-                caller,
-            )?;
-        } else {
-            kept.push(pair);
-        }
-    }
-    let mut out = kept.join("&");
+    let kept = without_supplied(raw.unwrap_or_default().as_bytes(), policy, caller)?;
+    // Split at ASCII bytes and rejoined with them: still UTF-8.
+    let mut out = String::from_utf8_lossy(&kept).into_owned();
     if policy.query {
         if !out.is_empty() {
             out.push('&');
@@ -74,6 +65,23 @@ pub fn query(
         out.push_str(caller.id);
     }
     Ok((!out.is_empty()).then_some(out))
+}
+
+/// A query or form body without its client-id parameters, each judged first.
+fn without_supplied(
+    text: &[u8],
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<Vec<u8>, GatewayError> {
+    tollgate_policy::param::retain(text, |piece| {
+        let mut parts = piece.splitn(2, |b| *b == b'=');
+        if !policy.is_raw_name(parts.next().unwrap_or_default()) {
+            return Ok(true);
+        }
+        let value = tollgate_policy::param::decode(parts.next().unwrap_or_default());
+        judge(policy, &value, caller)?;
+        Ok(false)
+    })
 }
 
 /// Judges and removes client-supplied id headers (the configured header and any header
@@ -111,17 +119,7 @@ pub fn form_body(
     policy: &ClientIdPolicy,
     caller: Caller,
 ) -> Result<Bytes, GatewayError> {
-    let mut kept: Vec<&[u8]> = Vec::new();
-    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
-        let mut parts = pair.splitn(2, |b| *b == b'=');
-        if policy.is_raw_name(parts.next().unwrap_or_default()) {
-            let value = tollgate_policy::param::decode(parts.next().unwrap_or_default());
-            judge(policy, &value, caller)?;
-        } else {
-            kept.push(pair);
-        }
-    }
-    let mut out = kept.join(&b'&');
+    let mut out = without_supplied(body, policy, caller)?;
     if policy.form {
         if !out.is_empty() {
             out.push(b'&');
@@ -483,13 +481,29 @@ mod tests {
             "clientId%00x=1002",
             "clientId[]=1002",
             "clientId%5B0%5D=1002",
+            // Rack 2, Go before 1.17 and Python before 3.9.2 split at `;` too.
+            "a=1;clientId=1002",
+            "clientId=1001;clientId=1002",
+            "a=1;client_id=1002&b=2",
         ] {
             assert!(refused(query(Some(spoof), &p, ME)), "{spoof}");
         }
+        assert_eq!(
+            query(Some("a=1;clientId=1001;b=2"), &p, ME)
+                .unwrap()
+                .as_deref(),
+            Some("a=1;b=2&clientId=1001")
+        );
         let o = policy(Mismatch::Overwrite);
         assert_eq!(
             query(Some("clientId=1002&b=2"), &o, ME).unwrap().as_deref(),
             Some("b=2&clientId=1001")
+        );
+        assert_eq!(
+            query(Some("a=1&clientId=1002;b=2"), &o, ME)
+                .unwrap()
+                .as_deref(),
+            Some("a=1&b=2&clientId=1001")
         );
     }
 
@@ -652,6 +666,7 @@ mod tests {
             b"client%5Fid=8",
             b"+clientId=8",
             b"clientId[x]=8",
+            b"a=1;clientId=8",
         ] {
             assert!(
                 refused(form_body(spoof, &p, nine)),
@@ -801,9 +816,10 @@ mod tests {
                 name in form_name(),
                 encode_value in prop::bool::ANY,
                 before in "[a-z]{1,4}=[a-z0-9]{0,4}",
+                separator in prop_oneof![Just('&'), Just(';')],
             ) {
                 let value = if encode_value { "%31002" } else { "1002" };
-                let body = format!("{before}&{name}={value}");
+                let body = format!("{before}{separator}{name}={value}");
                 let reject = policy(Mismatch::Reject);
                 prop_assert!(
                     refused(form_body(body.as_bytes(), &reject, ME)),
