@@ -80,6 +80,10 @@ async fn path_and_framing_table() {
         ("truncated escape", get("/echo/%4"), Refused(400, "PATH_INVALID")),
         ("invalid UTF-8", get("/echo/%ff%fe"), Refused(400, "PATH_INVALID")),
         ("servlet dot-dot-semicolon", get("/pub/..;/admin"), Refused(400, "PATH_INVALID")),
+        ("segment of parameters only", get("/;x/admin"), Refused(400, "PATH_INVALID")),
+        // Servlet containers and Spring route `/admin;x/users` as `/admin/users`.
+        ("path parameters judged with their segment", get("/admin;jsessionid=1/users"), Refused(403, "FORBIDDEN")),
+        ("path parameters kept when forwarded", get("/echo/a;v=1/b"), Forwarded(200, "/echo/a;v=1/b")),
         // Request targets and Host.
         ("absolute-form, same host", get("http://gw.test/echo/abs"), Forwarded(200, "/echo/abs")),
         ("absolute-form, other host", get("http://evil.test/echo/abs"), Refused(400, "REQUEST_INVALID")),

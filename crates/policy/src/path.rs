@@ -8,8 +8,12 @@
 //! - duplicate slashes are merged and `.`/`..` segments resolved (RFC 3986 §5.2.4; `..`
 //!   never climbs above `/`);
 //! - an encoded `/` or `\`, any `\`, NUL or other control character, a broken escape,
-//!   bytes that do not decode to UTF-8 and a `..;`/`.;` segment (read as `..` by some
-//!   servlet containers) are refused outright.
+//!   bytes that do not decode to UTF-8, a `..;`/`.;` segment (read as `..` by some
+//!   servlet containers) and a segment of parameters only (`/;x/`, read as an empty
+//!   segment by them) are refused outright.
+//!
+//! A segment's `;parameters` are otherwise kept: route patterns compare a literal segment
+//! without them ([`crate::pattern`]), as servlet containers and Spring route.
 //!
 //! Case is significant: `/ADMIN` and `/admin` are different paths, as RFC 3986 says.
 
@@ -34,6 +38,8 @@ pub enum PathError {
     InvalidUtf8,
     #[error("the path contains a dot segment with parameters (`..;`)")]
     DotSegmentParameter,
+    #[error("the path contains a segment of parameters only (`/;`)")]
+    ParametersOnly,
 }
 
 /// Normalizes an origin-form path (without the query). See the module docs for the rules.
@@ -93,12 +99,16 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
 }
 
 /// Most paths need no work: no escapes, no backslash or control bytes, no empty or dot
-/// segments. For them the full pass below would return the input unchanged.
+/// segments, no segment of parameters only. For them the full pass below would return
+/// the input unchanged.
 fn is_already_normal(bytes: &[u8]) -> bool {
     let plain = !bytes
         .iter()
         .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f);
-    plain && !bytes.windows(2).any(|w| w == b"//" || w == b"/.")
+    plain
+        && !bytes
+            .windows(2)
+            .any(|w| w == b"//" || w == b"/." || w == b"/;")
 }
 
 /// Merges duplicate slashes and resolves `.` and `..`; keeps a trailing slash.
@@ -117,6 +127,7 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
             s if s.starts_with("..;") || s.starts_with(".;") => {
                 return Err(PathError::DotSegmentParameter)
             }
+            s if s.starts_with(';') => return Err(PathError::ParametersOnly),
             s => segments.push(s),
         }
     }
@@ -204,6 +215,8 @@ mod tests {
             ("/a%C3", PathError::InvalidUtf8),
             ("/pub/..;/admin", PathError::DotSegmentParameter),
             ("/pub/%2e%2e;x/admin", PathError::DotSegmentParameter),
+            ("/;x/admin", PathError::ParametersOnly),
+            ("/pub/;/admin", PathError::ParametersOnly),
         ];
         for (raw, want) in cases {
             assert_eq!(normalize(raw), Err(want), "{raw}");

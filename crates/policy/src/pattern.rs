@@ -5,7 +5,9 @@
 //! `*` matches zero or more segments, so `/api/*` matches `/api`, `/api/` and `/api/a/b`.
 //! A single trailing slash on the request path is ignored when matching (`/admin/` is
 //! judged like `/admin`), because backends commonly serve both alike and a policy that
-//! guards one must guard the other.
+//! guards one must guard the other. For the same reason a literal segment is compared
+//! without the `;parameters` a request adds to it: servlet containers and Spring route
+//! `/admin;x=1/users` as `/admin/users`, so `/admin/*` must judge it.
 
 use std::fmt;
 
@@ -129,13 +131,18 @@ impl PathPattern {
                 return false;
             };
             match segment {
-                Segment::Literal(lit) if lit == actual => {}
+                Segment::Literal(lit) if lit == without_parameters(actual) => {}
                 Segment::Param(name) if !actual.is_empty() => on_param(name, actual),
                 _ => return false,
             }
         }
         self.rest || request.next().is_none()
     }
+}
+
+/// A path segment without its `;parameters` (`admin;jsessionid=1` → `admin`).
+fn without_parameters(segment: &str) -> &str {
+    segment.split(';').next().unwrap_or(segment)
 }
 
 fn parse_segment(source: &str, part: &str) -> Result<Segment, String> {
@@ -160,6 +167,12 @@ fn parse_segment(source: &str, part: &str) -> Result<Segment, String> {
         return Err(format!(
             "path pattern `{source}`: segment `{part}` mixes `{{`, `}}` or `*` with text; \
              `{{param}}` must be a whole segment and `*` only the last one"
+        ));
+    }
+    if part.contains(';') {
+        return Err(format!(
+            "path pattern `{source}`: segment `{part}` holds `;`; a request's `;parameters` \
+             are not compared, so write the segment without them"
         ));
     }
     if part == "." || part == ".." {
@@ -229,6 +242,21 @@ mod tests {
     }
 
     #[test]
+    fn literal_segments_are_compared_without_their_parameters() {
+        let admin = p("/admin/*");
+        for path in [
+            "/admin;x=1",
+            "/admin;/users",
+            "/admin;jsessionid=1/users;v=2",
+        ] {
+            assert!(admin.matches(path), "{path}");
+        }
+        assert!(p("/campaigns/{id}").matches("/campaigns;v=1/42"));
+        assert!(!admin.matches("/admins;x/users"));
+        assert!(!admin.matches("/x;admin/users"));
+    }
+
+    #[test]
     fn params_match_one_segment() {
         let pat = p("/campaigns/{id}/contacts");
         assert_eq!(
@@ -265,6 +293,7 @@ mod tests {
             "/%61",
             "/a%2Fb",
             "/x{id}",
+            "/a;b",
         ] {
             assert!(
                 PathPattern::parse(bad).is_err(),
