@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CPU per request: what one Tollgate (and its redis-server) spend per request under wrk,
+# CPU per request: what one Tollgate (and its redis-server) spend per request under wrk
+# (and Tollgate's peak resident memory),
 # from the processes' own CPU accounting (/proc/PID/stat), so the cost of a feature is
 # seen apart from the load generator and the upstream sharing the machine.
 #
@@ -87,7 +88,9 @@ if [ -n "${PERF:-}" ]; then perf record -F 999 -g -p $TPID -o "${PERF_OUT:-perf.
 OUT=$(wrk -t2 -c${C:-50} -d${D:-8s} -H "authorization: Bearer $T" http://127.0.0.1:$TG/x)
 t1=$(cpu $TPID); r1=$(cpu $RPID)
 REQ=$(awk '/requests in/ {print $1}' <<<"$OUT")
-echo "$MODE: $(awk '/Requests\/sec/ {print $2}' <<<"$OUT") rps; tollgate cpu $(( t1 - t0 )) ticks, redis $(( r1 - r0 )) ticks, for $REQ requests => tollgate $(python3 -c "print(round(($t1-$t0)*10000/$REQ,1))") us/req, redis $(python3 -c "print(round(($r1-$r0)*10000/$REQ,1))") us/req"
+# Peak resident memory: a store that caches what it writes shows here, not in CPU.
+HWM=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$TPID/status)
+echo "$MODE: $(awk '/Requests\/sec/ {print $2}' <<<"$OUT") rps; tollgate cpu $(( t1 - t0 )) ticks, redis $(( r1 - r0 )) ticks, for $REQ requests => tollgate $(python3 -c "print(round(($t1-$t0)*10000/$REQ,1))") us/req, redis $(python3 -c "print(round(($r1-$r0)*10000/$REQ,1))") us/req; tollgate peak RSS $HWM MiB"
 # The embedded ledger's commit groups: movements per log write (each write one fdatasync).
 curl -s http://127.0.0.1:$AD/metrics | awk '/^tollgate_credit_log_writes_total/ {w=$2} /^tollgate_credit_log_movements_total/ {m=$2}
   /^tollgate_credit_ledger_seconds_sum/ {ls=$2} /^tollgate_credit_ledger_seconds_count/ {lc=$2}

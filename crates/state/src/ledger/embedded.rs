@@ -443,7 +443,7 @@ impl EmbeddedLedger {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         // The file's lock is taken first: the log is only touched by its holder.
-        let db = Database::create(path).map_err(err)?;
+        let db = crate::open_redb(path).map_err(err)?;
         let loaded = tables::load(&db)?;
         let mut book = Book {
             accounts: loaded.accounts,

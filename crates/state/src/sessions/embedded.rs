@@ -51,7 +51,7 @@ impl EmbeddedSessions {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let db = Database::create(path).map_err(err)?;
+        let db = crate::open_redb(path).map_err(err)?;
         // Create the tables, so that readers find them.
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(FAMILIES).map_err(err)?;
