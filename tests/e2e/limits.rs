@@ -456,6 +456,29 @@ async fn a_per_account_limit_cannot_be_dodged_by_naming_the_account_differently(
     r.assert_problem(429, "RATE_LIMITED");
     let r = post(FORM, "email=decoy4&USERNAME=Victim%40ACME.test".to_owned()).await;
     r.assert_problem(429, "RATE_LIMITED");
+    // A value a backend coerces to the name is the name: JavaScript's String(["x"]) is "x".
+    let r = post(JSON, r#"{"username":["victim@acme.test"]}"#.to_owned()).await;
+    r.assert_problem(429, "RATE_LIMITED");
+    // Nor does naming it in the query beside a decoy body (PHP's $_REQUEST, Spring).
+    let r = h
+        .send(
+            "POST",
+            "/echo/login2?username=victim%40acme.test",
+            &[("content-type", FORM)],
+            b"username=decoy5",
+        )
+        .await;
+    r.assert_problem(429, "RATE_LIMITED");
+    // A phone number sent as a JSON number is one account, however it is typed.
+    for body in [
+        r#"{"username":5551234}"#,
+        r#"{"username":"5551234"}"#,
+        r#"{"username":[5551234]}"#,
+    ] {
+        assert_eq!(post(JSON, body.to_owned()).await.status, 200, "{body}");
+    }
+    let r = post(JSON, r#"{"username":5551234}"#.to_owned()).await;
+    r.assert_problem(429, "RATE_LIMITED");
     // The decoys were counted too, each once so far.
     let r = post(JSON, r#"{"username":"decoy1"}"#.to_owned()).await;
     assert_eq!(

@@ -5,7 +5,12 @@
 //! each member or field named like one of the route's `username_fields` (names compared
 //! case-insensitively; repeated JSON members and repeated form fields all included),
 //! each value trimmed, NFKC-normalised and case-folded. The body is read both as JSON and
-//! as a form whatever its `Content-Type` says, since a backend may parse it either way.
+//! as a form whatever its `Content-Type` says, since a backend may parse it either way,
+//! and the query's parameters count as well (PHP's `$_REQUEST`, Spring's `@RequestParam`).
+//! A JSON value that is not a string still names someone to a backend that coerces it
+//! (`5551234` is a phone number, `["alice"]` is `"alice"` to JavaScript's `String`): a
+//! number counts as its digits, an array as each of its elements, anything else as its
+//! JSON text.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -36,9 +41,12 @@ pub async fn submitted(
     let held = body::hold(&parts, body, MAX_LOGIN_BODY_BYTES, reading).await?;
     let bytes = held.bytes();
     let mut values = json_values(&bytes, fields);
+    // The query too: PHP's $_REQUEST and Spring's @RequestParam read it beside the form.
+    let query = parts.uri.query().unwrap_or_default().as_bytes();
     values.extend(
         param::pairs(&bytes)
             .into_iter()
+            .chain(param::pairs(query))
             .filter(|(name, _)| is_field(fields, name))
             .map(|(_, value)| value),
     );
@@ -85,8 +93,8 @@ fn json_values(bytes: &[u8], fields: &[String]) -> Vec<String> {
             let mut out = Vec::new();
             while let Some(name) = map.next_key::<String>()? {
                 let value: serde_json::Value = map.next_value()?;
-                if let (true, Some(s)) = (is_field(self.0, &name), value.as_str()) {
-                    out.push(s.to_owned());
+                if is_field(self.0, &name) {
+                    candidates(value, &mut out);
                 }
             }
             Ok(out)
@@ -94,6 +102,25 @@ fn json_values(bytes: &[u8], fields: &[String]) -> Vec<String> {
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     de.deserialize_map(Members(fields)).unwrap_or_default()
+}
+
+/// The names one JSON value stands for (see the module docs).
+fn candidates(value: serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::Array(_) => out.push(item.to_string()),
+                    item => candidates(item, out),
+                }
+            }
+        }
+        Value::Null => {}
+        other => out.push(other.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +144,19 @@ mod tests {
         assert_eq!(json_values(body, &fields()), ["r1", "victim", "r2", "e"]);
         assert!(json_values(b"[1,2]", &fields()).is_empty());
         assert!(json_values(b"{not json", &fields()).is_empty());
-        assert!(json_values(br#"{"username":7}"#, &fields()).is_empty());
+        assert!(json_values(br#"{"username":null}"#, &fields()).is_empty());
+    }
+
+    #[test]
+    fn values_a_backend_would_coerce_name_someone_too() {
+        let values = |body: &str| json_values(body.as_bytes(), &fields());
+        assert_eq!(values(r#"{"username":5551234}"#), ["5551234"]);
+        assert_eq!(values(r#"{"username":["victim"]}"#), ["victim"]);
+        assert_eq!(
+            values(r#"{"username":["a",7,["b"]]}"#),
+            ["a", "7", r#"["b"]"#]
+        );
+        assert_eq!(values(r#"{"username":{"$ne":""}}"#), [r#"{"$ne":""}"#]);
+        assert_eq!(values(r#"{"username":true}"#), ["true"]);
     }
 }
