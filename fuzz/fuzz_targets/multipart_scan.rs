@@ -9,7 +9,7 @@ use tollgate_proxy::internals::{Refusal, Scanner};
 
 fn scan(body: &[u8], size: usize) -> (Vec<u8>, Option<Refusal>) {
     let names = vec!["clientId".to_owned(), "client_id".to_owned()];
-    let mut scanner = Scanner::new("b0undary", &names, "1001");
+    let mut scanner = Scanner::new("b0undary", &names, "1001", "POST");
     let mut out = Vec::new();
     for chunk in body.chunks(size.max(1)) {
         match scanner.feed(Bytes::copy_from_slice(chunk)) {

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         response_timeout: std::time::Duration::from_secs(1),
         pool_idle_timeout: std::time::Duration::from_secs(1),
         pool_max_idle: 1,
+        tls: None,
     };
     let uri = upstream_uri(target.query(), &judged, &upstream)
         .expect("a normalized path is always forwardable");

@@ -47,6 +47,11 @@ path = "/echo/open/*"
 auth = "none"
 
 [[route]]
+name = "create-only"
+methods = ["POST"]
+path = "/echo/create/*"
+
+[[route]]
 name = "plivo"
 path = "/echo/plivo/*"
 auth = "webhook"
@@ -430,6 +435,63 @@ async fn multipart_fields_naming_another_client_never_complete() {
         )
         .await;
     r.assert_problem(400, "MULTIPART_INVALID");
+}
+
+#[tokio::test]
+async fn a_method_parameter_cannot_turn_an_allowed_post_into_another_method() {
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+    let auth = ("authorization", token.as_str());
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let json = ("content-type", "application/json");
+    // Rails, Laravel and Symfony would run each of these as a DELETE, which no route
+    // allows on this path.
+    for (target, headers, body) in [
+        ("/echo/create/x?_method=DELETE", vec![auth], ""),
+        ("/echo/create/x?a=1;_METHOD=delete", vec![auth], ""),
+        ("/echo/create/x?%5Fmethod=DELETE", vec![auth], ""),
+        ("/echo/create/x", vec![auth, form], "name=a&_method=DELETE"),
+        (
+            "/echo/create/x",
+            vec![auth, json],
+            r#"{"name":"a","_method":"DELETE"}"#,
+        ),
+        ("/echo/open/x?_method=PUT", vec![], ""),
+    ] {
+        let (r, reached) = a.send("POST", target, &headers, body.as_bytes()).await;
+        r.assert_problem(400, "METHOD_OVERRIDE_REFUSED");
+        assert_eq!(reached, 0, "{target} {body}");
+    }
+    let multipart =
+        "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n";
+    let broken = a.h.backend.broken_bodies();
+    let (r, reached) = a
+        .send(
+            "POST",
+            "/echo/create/x",
+            &[auth, ("content-type", "multipart/form-data; boundary=b")],
+            multipart.as_bytes(),
+        )
+        .await;
+    r.assert_problem(400, "METHOD_OVERRIDE_REFUSED");
+    let incomplete = eventually(Duration::from_secs(5), || async {
+        reached == 0 || a.h.backend.broken_bodies() == broken + 1
+    })
+    .await;
+    assert!(incomplete, "the override reached the backend whole");
+    // Naming the request's own method changes nothing, and passes untouched.
+    let (r, _) = a
+        .send(
+            "POST",
+            "/echo/create/x?_method=post",
+            &[auth, form],
+            b"_method=POST",
+        )
+        .await;
+    assert_eq!(received_body(&r), "_method=POST&clientId=1001");
+    // The method itself is still judged by the route.
+    let (r, _) = a.send("DELETE", "/echo/create/x", &[auth], b"").await;
+    r.assert_problem(405, "METHOD_NOT_ALLOWED");
 }
 
 #[tokio::test]

@@ -288,6 +288,8 @@ pub enum CutOff {
     ClientIdMismatch = 4,
     /// A multipart part could not be read.
     MultipartInvalid = 5,
+    /// A multipart field named another method (`_method`).
+    MethodOverride = 6,
 }
 
 /// What passed through a request body, shared with the access log and the forward stage.
@@ -312,6 +314,7 @@ impl BodyStats {
             3 => CutOff::Failed,
             4 => CutOff::ClientIdMismatch,
             5 => CutOff::MultipartInvalid,
+            6 => CutOff::MethodOverride,
             _ => CutOff::None,
         }
     }
@@ -422,6 +425,7 @@ impl Outbound {
             }
             Err(Refusal::ClientIdMismatch) => Err(CutOff::ClientIdMismatch),
             Err(Refusal::Malformed) => Err(CutOff::MultipartInvalid),
+            Err(Refusal::MethodOverride) => Err(CutOff::MethodOverride),
         }
     }
 }

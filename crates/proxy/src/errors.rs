@@ -150,6 +150,11 @@ pub enum RequestError {
     MultipartInvalid,
     #[error("the login names more than {max} different usernames")]
     LoginAmbiguous { max: usize },
+    #[error(
+        "a `_method` parameter names another method than the request's own (Rails, Laravel \
+         and Symfony would act on it): send the request with the method it means"
+    )]
+    MethodOverride,
 }
 
 impl Problem for RequestError {
@@ -178,6 +183,7 @@ impl Problem for RequestError {
             RequestError::MediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             RequestError::MultipartInvalid => "MULTIPART_INVALID",
             RequestError::LoginAmbiguous { .. } => "LOGIN_AMBIGUOUS",
+            RequestError::MethodOverride => "METHOD_OVERRIDE_REFUSED",
         }
     }
 
@@ -195,6 +201,7 @@ impl Problem for RequestError {
             RequestError::MediaType(_) => "Unsupported body type",
             RequestError::MultipartInvalid => "Invalid multipart body",
             RequestError::LoginAmbiguous { .. } => "Ambiguous login",
+            RequestError::MethodOverride => "Method override refused",
         }
     }
 

@@ -67,6 +67,7 @@ pub async fn forward(
         CutOff::Failed => RequestError::BodyInvalid.into(),
         CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
         CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
+        CutOff::MethodOverride => RequestError::MethodOverride.into(),
     })
 }
 

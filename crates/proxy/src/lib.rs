@@ -46,6 +46,7 @@ mod headers;
 mod jwks;
 mod limit;
 mod meter;
+mod method_override;
 mod metrics;
 mod multipart;
 mod normalize;

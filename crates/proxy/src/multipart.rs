@@ -14,13 +14,17 @@
 //! - the content of a part named like the client id is held back (at most 1 KiB) until
 //!   the part ends, then released if it is the caller's own id, and otherwise the body
 //!   is cut off there: the backend gets an incomplete request it cannot act on, and the
-//!   client 403 `CLIENT_ID_MISMATCH`. Every other byte passes through at once.
+//!   client 403 `CLIENT_ID_MISMATCH`. A part named `_method` is held and judged the same
+//!   way against the request's own method ([`crate::method_override`]; 400
+//!   `METHOD_OVERRIDE_REFUSED`). Every other byte passes through at once.
 //!
 //! A part header block that cannot be parsed also cuts the body off (400
 //! `MULTIPART_INVALID`): what the gateway cannot read, it does not vouch for.
 
 use bytes::{Bytes, BytesMut};
 use tollgate_policy::param;
+
+use crate::method_override;
 
 const MAX_HEADER_BLOCK: usize = 16 * 1024;
 const MAX_HEADER_LINES: usize = 64;
@@ -35,6 +39,15 @@ pub enum Refusal {
     ClientIdMismatch,
     /// A part's headers could not be read.
     Malformed,
+    /// A field named `_method` names another method than the request's.
+    MethodOverride,
+}
+
+/// Which watched field a held part is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    ClientId,
+    Method,
 }
 
 #[derive(Debug)]
@@ -56,26 +69,32 @@ pub struct Scanner {
     needle: Vec<u8>,
     names: Vec<String>,
     caller: String,
+    /// The request's method, which a `_method` field must not change.
+    method: String,
     state: State,
     /// The header block being read (it is also passed on as it arrives).
     header: Vec<u8>,
-    /// Content held back from a part named like the client id.
+    /// Content held back from a watched part, and which one it is.
     held: Option<BytesMut>,
+    held_for: Watched,
 }
 
 impl Scanner {
     /// A scanner for parts delimited by `boundary`, judging fields named like `names`
-    /// (configured names, unfolded) against `caller`.
-    pub fn new(boundary: &str, names: &[String], caller: &str) -> Scanner {
+    /// (configured names, unfolded) against `caller`, and `_method` fields against
+    /// `method`.
+    pub fn new(boundary: &str, names: &[String], caller: &str, method: &str) -> Scanner {
         let mut needle = b"--".to_vec();
         needle.extend_from_slice(boundary.as_bytes());
         Scanner {
             needle,
             names: names.iter().map(|n| param::fold(n)).collect(),
             caller: caller.to_owned(),
+            method: method.to_owned(),
             state: State::LineStart { matched: 0 },
             header: Vec::new(),
             held: None,
+            held_for: Watched::ClientId,
         }
     }
 
@@ -151,11 +170,12 @@ impl Scanner {
                     self.header.push(byte);
                     if byte == b'\n' && header_block_ended(&self.header) {
                         self.state = State::LineStart { matched: 0 };
-                        if self.names_client_id()? {
+                        if let Some(watched) = self.watched()? {
                             // Hold this part's content, from the next byte on.
                             out.extend(slice(&chunk, from, i + 1));
                             from = i + 1;
                             self.held = Some(BytesMut::new());
+                            self.held_for = watched;
                         }
                     }
                 }
@@ -165,9 +185,10 @@ impl Scanner {
         match &mut self.held {
             Some(held) => {
                 held.extend_from_slice(&chunk[from..]);
-                // Bounded per chunk: a held value this long cannot be a client id.
+                // Bounded per chunk: a held value this long cannot be a client id (or
+                // a method).
                 if held.len() > MAX_HELD_VALUE + self.needle.len() + 2 {
-                    return Err(Refusal::ClientIdMismatch);
+                    return Err(self.refusal());
                 }
             }
             None => out.extend(slice(&chunk, from, chunk.len())),
@@ -196,22 +217,39 @@ impl Scanner {
     fn judge(&self, value: &[u8]) -> Result<(), Refusal> {
         let value = value.strip_suffix(b"\n").unwrap_or(value);
         let value = value.strip_suffix(b"\r").unwrap_or(value);
-        if value == self.caller.as_bytes() {
+        let kept = match self.held_for {
+            Watched::ClientId => value == self.caller.as_bytes(),
+            Watched::Method => {
+                std::str::from_utf8(value).is_ok_and(|v| method_override::keeps(v, &self.method))
+            }
+        };
+        if kept {
             Ok(())
         } else {
-            Err(Refusal::ClientIdMismatch)
+            Err(self.refusal())
         }
     }
 
-    /// Whether the header block just read names a field like the client id.
-    fn names_client_id(&self) -> Result<bool, Refusal> {
+    fn refusal(&self) -> Refusal {
+        match self.held_for {
+            Watched::ClientId => Refusal::ClientIdMismatch,
+            Watched::Method => Refusal::MethodOverride,
+        }
+    }
+
+    /// Which watched field, if any, the header block just read names.
+    fn watched(&self) -> Result<Option<Watched>, Refusal> {
+        let mut watched = None;
         for (name, value) in parse_headers(&self.header)? {
             let name = name.trim();
             if name.eq_ignore_ascii_case("content-disposition") {
                 for candidate in disposition_names(&value) {
                     let folded = param::fold(&candidate);
                     if self.names.contains(&folded) {
-                        return Ok(true);
+                        return Ok(Some(Watched::ClientId));
+                    }
+                    if param::same_folded(&folded, method_override::PARAM) {
+                        watched = Some(Watched::Method);
                     }
                 }
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
@@ -226,7 +264,7 @@ impl Scanner {
                 }
             }
         }
-        Ok(false)
+        Ok(watched)
     }
 }
 
@@ -336,7 +374,7 @@ mod tests {
 
     /// Feeds `body` in chunks of `size`; the bytes released, or the refusal.
     fn scan(body: &[u8], size: usize) -> Result<Vec<u8>, Refusal> {
-        let mut scanner = Scanner::new("XyZ", &names(), "1001");
+        let mut scanner = Scanner::new("XyZ", &names(), "1001", "POST");
         let mut out = Vec::new();
         for chunk in body.chunks(size.max(1)) {
             for b in scanner.feed(Bytes::copy_from_slice(chunk))? {
@@ -357,6 +395,31 @@ mod tests {
         let mut b = parts.concat();
         b.push_str("--XyZ--\r\n");
         b.into_bytes()
+    }
+
+    #[test]
+    fn a_method_field_may_only_name_the_requests_own_method() {
+        for (disposition, value) in [
+            (r#"form-data; name="_method""#, "DELETE"),
+            (r#"form-data; name="_METHOD""#, "put"),
+            ("form-data; name*=UTF-8''%5Fmethod", "PATCH"),
+            (r#"form-data; name=".method""#, "DELETE"),
+        ] {
+            let b = body(&[
+                part(r#"form-data; name="a""#, "1"),
+                part(disposition, value),
+            ]);
+            for size in [1, 7, b.len()] {
+                assert_eq!(
+                    scan(&b, size),
+                    Err(Refusal::MethodOverride),
+                    "{disposition} = {value}, chunks of {size}"
+                );
+            }
+        }
+        // The request's own method, in any case, passes with every byte.
+        let b = body(&[part(r#"form-data; name="_method""#, " post ")]);
+        assert_eq!(scan(&b, 3).unwrap(), b);
     }
 
     #[test]
@@ -416,7 +479,7 @@ mod tests {
     #[test]
     fn what_is_released_before_a_refusal_never_holds_the_value() {
         let b = body(&[part("form-data; name=\"clientId\"", "1002")]);
-        let mut scanner = Scanner::new("XyZ", &names(), "1001");
+        let mut scanner = Scanner::new("XyZ", &names(), "1001", "POST");
         let mut released = Vec::new();
         for chunk in b.chunks(1) {
             match scanner.feed(Bytes::copy_from_slice(chunk)) {

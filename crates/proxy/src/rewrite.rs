@@ -15,6 +15,8 @@
 //! The body is classified first ([`crate::classify`]) on routes that identify their
 //! caller: JSON and form bodies are read (bounded) and rewritten, multipart bodies are
 //! watched as they stream ([`crate::multipart`]), opaque ones pass, anything else is 415.
+//! A `_method` parameter that would change the method the route judged is refused in the
+//! query and in every body the gateway reads ([`crate::method_override`]).
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, EXPECT, HOST};
 use http::request::Parts;
@@ -30,7 +32,7 @@ use crate::client_id::{self, Caller as ClientCaller};
 use crate::errors::{AccessError, Bug, GatewayError, RequestError};
 use crate::exchange::{AuthMethod, Exchange};
 use crate::multipart::Scanner;
-use crate::{headers, request_id, trace_context, x_forwarded};
+use crate::{headers, method_override, request_id, trace_context, x_forwarded};
 
 /// The header a legacy API key comes in when `[api_keys]` names none.
 const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -126,6 +128,9 @@ pub fn upstream_head(
     }
     if let Ok(host) = HeaderValue::from_str(snapshot.upstream.authority.as_str()) {
         h.insert(HOST, host);
+    }
+    if let Some(q) = parts.uri.query() {
+        method_override::judge_params(q.as_bytes(), &parts.method)?;
     }
     let mut query = parts.uri.query().map(|q| {
         if drop_params.is_empty() {
@@ -247,8 +252,10 @@ pub async fn upstream_body(
             let held = body::hold(parts, body, policy.max_body_bytes as u64, reading).await?;
             let bytes = held.bytes();
             let rewritten = if class == BodyClass::Json {
+                method_override::judge_json(&bytes, &parts.method)?;
                 client_id::json_body(&bytes, policy, caller)?.unwrap_or(bytes)
             } else {
+                method_override::judge_params(&bytes, &parts.method)?;
                 client_id::form_body(&bytes, policy, caller)?
             };
             parts.headers.remove(http::header::TRANSFER_ENCODING);
@@ -260,7 +267,7 @@ pub async fn upstream_body(
         }
         BodyClass::Multipart { boundary } => {
             refuse_declared_over_limit(parts, route)?;
-            let scanner = Scanner::new(&boundary, &policy.names, caller.id);
+            let scanner = Scanner::new(&boundary, &policy.names, caller.id, parts.method.as_str());
             Ok((body, Some(scanner)))
         }
         BodyClass::Empty | BodyClass::Opaque => {
