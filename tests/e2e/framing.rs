@@ -2,7 +2,11 @@
 //! and oversized heads, each with the status the client gets and — when the request is
 //! forwarded — the exact path the backend received.
 
-use crate::support::Harness;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Harness, Setup};
 
 enum Expect {
     /// Forwarded; the backend saw this path (and answered with this status).
@@ -207,4 +211,51 @@ async fn smuggled_request_in_a_body_is_just_body() {
     assert_eq!(response.status, 200);
     assert_eq!(response.json()["body"]["bytes"], smuggle.len());
     assert_eq!(h.backend.requests(), 1);
+}
+
+/// A chunked body's trailer fields came after every check the pipeline made: a client id
+/// or a credential sent there must not reach the backend.
+#[tokio::test]
+async fn request_trailers_never_reach_the_backend() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the gateway stops sending (it keeps the connection for reuse).
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        String::from_utf8(got).unwrap()
+    });
+    let h = Harness::with(Setup {
+        upstream_addr: Some(addr),
+        ..Setup::default()
+    })
+    .await;
+    let r = h
+        .raw(
+            b"POST /echo/post HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\
+              Transfer-Encoding: chunked\r\nTrailer: X-Client-Id, Authorization\r\n\r\n\
+              5\r\nhello\r\n0\r\nX-Client-Id: 1002\r\nAuthorization: Bearer stolen\r\n\r\n",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let got = received.await.unwrap();
+    assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{got}");
+    let lower = got.to_ascii_lowercase();
+    assert!(
+        !lower.contains("1002") && !lower.contains("stolen") && !lower.contains("trailer"),
+        "{got}"
+    );
 }

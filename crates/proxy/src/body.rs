@@ -516,10 +516,9 @@ impl Body for Outbound {
                     }
                     let data = match frame.into_data() {
                         Ok(data) => data,
-                        Err(frame) => {
-                            this.stats.touch();
-                            return Poll::Ready(Some(Ok(frame)));
-                        }
+                        // Trailers: fields the pipeline never judged (a client id, a
+                        // credential) must not reach the backend after the body.
+                        Err(_trailers) => continue,
                     };
                     this.seen += data.len() as u64;
                     this.stats
