@@ -319,7 +319,7 @@ async fn unmatched_forward_never_bypasses_a_route_by_method() {
     .await;
     let r = h.send("DELETE", "/campaigns/7", &[], b"").await;
     r.assert_problem(405, "METHOD_NOT_ALLOWED");
-    assert_eq!(r.header("allow"), Some("GET, PUT"));
+    assert_eq!(r.header("allow"), Some("GET, HEAD, PUT"));
     let r = h.get("/elsewhere", &[]).await;
     assert_eq!(
         r.status, 404,
@@ -542,4 +542,63 @@ async fn only_trusted_proxies_decide_sampling_when_configured() {
     // The default follows anyone, as W3C parent-based sampling does.
     let default = Harness::start().await;
     assert_eq!(flags_upstream(&default).await, "01");
+}
+
+/// HEAD is GET without the body (RFC 9110 §9.3.2): a route that takes GET takes it, so
+/// `curl -I` works, and a route that denies GET denies the same request sent as HEAD
+/// rather than letting it fall through to a broader route.
+#[tokio::test]
+async fn a_route_that_takes_get_takes_head_and_a_get_deny_holds_for_head() {
+    let mut setup = Setup::default();
+    setup.policies.push((
+        "05-deny-get.toml".to_owned(),
+        r#"
+[[route]]
+name = "no-reports"
+methods = ["GET"]
+path = "/echo/reports/*"
+action = "deny"
+"#
+        .to_owned(),
+    ));
+    let h = Harness::with(setup).await;
+    // A HEAD's answer has a Content-Length but no body: read to the close.
+    let head = |target: &str| {
+        let addr = h.gateway.addr;
+        let request =
+            format!("HEAD {target} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n");
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut all = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut all)
+                .await
+                .unwrap();
+            let text = String::from_utf8(all).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            (head.to_owned(), body.to_owned())
+        }
+    };
+    // `/campaigns/{id}` takes GET and PUT: a HEAD is forwarded (the demo backend has no
+    // such campaign, so its own 404 head comes back, without a body), not refused 405.
+    let (answer, body) = head("/campaigns/7").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 404") && answer.contains("content-type: application/json"),
+        "{answer}"
+    );
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(h.backend.requests(), 1);
+    // The deny for GET is a deny for HEAD, before the broader echo route could take it.
+    let (answer, body) = head("/echo/reports/all").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(body.is_empty(), "{body}");
+    assert_eq!(h.backend.requests(), 1);
+    h.get("/echo/reports/all", &[])
+        .await
+        .assert_problem(403, "FORBIDDEN");
+    // POST there is someone else's business: the echo route forwards it.
+    assert_eq!(
+        h.send("POST", "/echo/reports/all", &[], b"").await.status,
+        200
+    );
 }

@@ -641,7 +641,7 @@ pub use crate::diagnostic::Origin;
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: String,
-    /// `None` means every method.
+    /// `None` means every method. GET brings HEAD with it ([`Route::allows`]).
     pub methods: Option<Vec<Method>>,
     pub path: PathPattern,
     pub action: RouteAction,
@@ -679,12 +679,22 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// What a request with `method` costs.
+    /// What a request with `method` costs. A HEAD no entry names costs what a GET
+    /// does: the backend does the GET's work for it.
     pub fn for_method(&self, method: &Method) -> u64 {
-        self.amounts
-            .iter()
-            .find(|(m, _)| m.as_ref().is_none_or(|m| m == method))
-            .map_or(0, |(_, amount)| *amount)
+        let amount = |wanted: &Method| {
+            self.amounts
+                .iter()
+                .find(|(m, _)| m.as_ref().is_none_or(|m| m == wanted))
+                .map(|(_, amount)| *amount)
+        };
+        amount(method)
+            .or_else(|| {
+                (*method == Method::HEAD)
+                    .then(|| amount(&Method::GET))
+                    .flatten()
+            })
+            .unwrap_or(0)
     }
 
     /// Whether an upstream answer with `status` gives the tokens back.
@@ -827,8 +837,13 @@ pub enum Endpoint {
 }
 
 impl Route {
+    /// Whether the route takes `method`. A route that takes GET takes HEAD too: HEAD is
+    /// GET without the body (RFC 9110 §9.3.2), backends run their GET handler for it,
+    /// and a `deny` route for GET must not let the same request through as a HEAD.
     pub fn allows(&self, method: &Method) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(method))
+        self.methods.as_ref().is_none_or(|m| {
+            m.contains(method) || (*method == Method::HEAD && m.contains(&Method::GET))
+        })
     }
 }
 
@@ -866,8 +881,11 @@ impl Snapshot {
         let mut methods: Vec<Method> = Vec::new();
         for route in self.routes.iter().filter(|r| r.path.matches(path)) {
             for m in route.methods.iter().flatten() {
-                if !methods.contains(m) {
-                    methods.push(m.clone());
+                let with_head = (*m == Method::GET).then_some(Method::HEAD);
+                for m in std::iter::once(m.clone()).chain(with_head) {
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
                 }
             }
         }

@@ -269,6 +269,7 @@ mod tests {
         let cost = s.routes[0].cost.as_ref().unwrap();
         assert_eq!(cost.for_method(&http::Method::POST), 10);
         assert_eq!(cost.for_method(&http::Method::GET), 0);
+        assert_eq!(cost.for_method(&http::Method::HEAD), 0);
         assert!(cost.refunds(503) && cost.refunds(408) && !cost.refunds(404));
         let credits = s.credits.unwrap();
         assert!(credits.enabled);
@@ -284,6 +285,7 @@ mod tests {
         .unwrap();
         let cost = s.routes[0].cost.as_ref().unwrap();
         assert_eq!(cost.for_method(&http::Method::GET), 3);
+        assert_eq!(cost.for_method(&http::Method::HEAD), 3);
         assert_eq!(cost.settle_header.as_ref().unwrap(), "x-tokens-used");
         assert!(cost.refunds(404) && !cost.refunds(503));
     }
@@ -384,5 +386,23 @@ mod tests {
         assert!(e[0].contains("the caller's own tokens"), "{e:?}");
         let e = errors(&gateway(), &[("a.toml", &endpoint("preview", "jwt"))]);
         assert!(e[0].contains("need a [credits] section"), "{e:?}");
+    }
+
+    #[test]
+    fn a_head_no_entry_names_costs_what_a_get_costs() {
+        use http::Method;
+        let cost = crate::snapshot::Cost {
+            amounts: vec![(Some(Method::GET), 2), (Some(Method::POST), 10)],
+            settle_header: None,
+            refund: Vec::new(),
+        };
+        // The backend does the GET's work for a HEAD.
+        assert_eq!(cost.for_method(&Method::HEAD), 2);
+        let named = crate::snapshot::Cost {
+            amounts: vec![(Some(Method::GET), 2), (Some(Method::HEAD), 0)],
+            ..cost
+        };
+        assert_eq!(named.for_method(&Method::HEAD), 0);
+        assert_eq!(named.for_method(&Method::PUT), 0);
     }
 }
