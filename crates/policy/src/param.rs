@@ -91,16 +91,17 @@ pub fn pieces(text: &[u8]) -> impl Iterator<Item = &[u8]> {
     text.split(|b| separates(*b)).filter(|p| !p.is_empty())
 }
 
-fn decoded_pair(piece: &[u8]) -> (String, String) {
-    let mut parts = piece.splitn(2, |b| *b == b'=');
-    let name = parts.next().unwrap_or_default();
-    let value = parts.next().unwrap_or_default();
-    (decode(name), decode(value))
+/// The raw (still encoded) name and value of one piece, split at its first `=`.
+pub fn name_and_value(piece: &[u8]) -> (&[u8], &[u8]) {
+    match piece.iter().position(|b| *b == b'=') {
+        Some(at) => (&piece[..at], &piece[at + 1..]),
+        None => (piece, &[]),
+    }
 }
 
-/// The raw name of one piece (before its first `=`).
-pub fn raw_name(piece: &[u8]) -> &[u8] {
-    piece.split(|b| *b == b'=').next().unwrap_or_default()
+fn decoded_pair(piece: &[u8]) -> (String, String) {
+    let (name, value) = name_and_value(piece);
+    (decode(name), decode(value))
 }
 
 /// The `name=value` pairs of a query or form body, decoded, in order, split wherever
@@ -121,8 +122,9 @@ pub fn strict_pairs(text: &[u8]) -> Vec<(String, String)> {
 pub fn values_of(text: &[u8], configured: &str) -> Vec<String> {
     let want = fold(configured);
     pieces(text)
-        .filter(|piece| canonical(raw_name(piece)) == want)
-        .map(|piece| decoded_pair(piece).1)
+        .map(name_and_value)
+        .filter(|(name, _)| canonical(name) == want)
+        .map(|(_, value)| decode(value))
         .collect()
 }
 
@@ -163,7 +165,7 @@ pub fn retain<E>(
 pub fn without(query: &str, remove: &[&str]) -> String {
     let folded: Vec<String> = remove.iter().map(|r| fold(r)).collect();
     let kept = retain(query.as_bytes(), |piece| {
-        Ok::<_, std::convert::Infallible>(!folded.contains(&canonical(raw_name(piece))))
+        Ok::<_, std::convert::Infallible>(!folded.contains(&canonical(name_and_value(piece).0)))
     });
     // Split at ASCII bytes and rejoined with them: still UTF-8.
     kept.map_or_else(

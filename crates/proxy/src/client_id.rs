@@ -74,12 +74,11 @@ fn without_supplied(
     caller: Caller,
 ) -> Result<Vec<u8>, GatewayError> {
     tollgate_policy::param::retain(text, |piece| {
-        let mut parts = piece.splitn(2, |b| *b == b'=');
-        if !policy.is_raw_name(parts.next().unwrap_or_default()) {
+        let (name, value) = tollgate_policy::param::name_and_value(piece);
+        if !policy.is_raw_name(name) {
             return Ok(true);
         }
-        let value = tollgate_policy::param::decode(parts.next().unwrap_or_default());
-        judge(policy, &value, caller)?;
+        judge(policy, &tollgate_policy::param::decode(value), caller)?;
         Ok(false)
     })
 }
