@@ -10,10 +10,12 @@
 #   jwt-sessions   the same with [sessions] on (the revocation check)
 #   local-limit    anonymous, with a rate limit counted in process
 #   redis-limit    anonymous, with a rate limit counted in a redis-server of its own
+#   meter          jwt, with cost = 1 on the embedded ledger (sync before forwarding)
+#   meter-interval the same with `sync = "interval"`
 #
 # One worker serves N requests on one keep-alive connection under valgrind; the figure
 # is (instructions for 2,500 requests - instructions for 500) / 2,000, so start-up and
-# shutdown cancel out. BEARER=token compares builds with one token (else each binary
+# shutdown cancel out. KEEP=DIR keeps the callgrind profiles. BEARER=token compares builds with one token (else each binary
 # mints its own). Needs valgrind, python3 (and redis-server for redis-limit).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,7 +30,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 UP=$(free_port)
 "$BIN" demo --backend-only "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!)
 
-AUTH=none LIMITS="" EXTRA="" BEARER=${BEARER:-}
+AUTH=none LIMITS="" EXTRA="" COST="" BEARER=${BEARER:-}
 JWT="[jwt]
 issuer = \"bench\"
 audience = \"bench\"
@@ -49,6 +51,14 @@ path = \"$WORK/state.redb\"" ;;
     redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
     LIMITS='"per-address"' EXTRA="[store]
 redis_url = \"redis://127.0.0.1:$RD\"" ;;
+  meter|meter-interval)
+    printf '1001,1000000000\n' > "$WORK/opening.csv"
+    SYNC=""; [ "$CASE" = meter-interval ] && SYNC='sync = "interval"'
+    AUTH=jwt COST="cost = 1" EXTRA="$JWT
+[credits]
+path = \"$WORK/ledger.redb\"
+opening_balances = \"$WORK/opening.csv\"
+$SYNC" ;;
   *) echo "unknown case $CASE" >&2; exit 2 ;;
 esac
 
@@ -64,11 +74,13 @@ name = "everything"
 path = "/*"
 auth = "$AUTH"
 limits = [$LIMITS]
+$COST
 CONF
 
 run() { # run N: prints the instruction total of a run serving N requests
   local n=$1 port
-  port=$(free_port)
+  rm -f "$WORK"/ledger.redb*  # each run starts from the opening balances alone
+  port=$(free_port) admin=$(free_port)
   cat > "$WORK/gateway.toml" <<CONF
 [server]
 listen = ["127.0.0.1:$port"]
@@ -79,6 +91,8 @@ url = "http://127.0.0.1:$UP"
 policies = "policies"
 [reload]
 watch = false
+[admin]
+listen = "127.0.0.1:$admin"
 $EXTRA
 CONF
   if [ "$AUTH" = jwt ] && [ -z "$BEARER" ]; then
@@ -86,18 +100,22 @@ CONF
   fi
   valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.$n" \
     "$BIN" run --config "$WORK/gateway.toml" >/dev/null 2>&1 & local gw=$!
-  BEARER="$BEARER" python3 - "$port" "$n" <<'PY'
-import os, socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
+  BEARER="$BEARER" python3 - "$port" "$n" "$admin" <<'PY'
+import os, socket, sys, time, urllib.request
+port, n, admin = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 deadline = time.time() + 60
+# Ready: listening, and (when metered) the ledger open with its opening balances in.
 while True:
     try:
-        s = socket.create_connection(("127.0.0.1", port))
-        break
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=5) as r:
+            if r.status == 200:
+                break
     except OSError:
-        if time.time() > deadline:
-            raise
-        time.sleep(0.1)
+        pass
+    if time.time() > deadline:
+        raise SystemExit("the gateway never became ready")
+    time.sleep(0.1)
+s = socket.create_connection(("127.0.0.1", port))
 bearer = os.environ.get("BEARER", "")
 head = "GET /echo/x HTTP/1.1\r\nHost: gw\r\nAccept: */*\r\nUser-Agent: bench\r\n"
 if bearer:
@@ -115,7 +133,7 @@ for _ in range(n):
                     length = int(line.split(":")[1])
             if len(buf) >= end + 4 + length:
                 status = buf.split(b" ", 2)[1]
-                assert status == b"200", buf[:200]
+                assert status == b"200", buf[:800]
                 buf = buf[end + 4 + length:]
                 break
         buf += s.recv(65536)
@@ -126,4 +144,6 @@ PY
 
 small=$(run 500)
 large=$(run 2500)
+# KEEP=DIR keeps both callgrind profiles, for callgrind_annotate.
+[ -n "${KEEP:-}" ] && cp "$WORK"/cg.500 "$WORK"/cg.2500 "$KEEP"/
 echo "$CASE: $(( (large - small) / 2000 )) instructions per request ($BIN)"
