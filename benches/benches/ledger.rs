@@ -135,6 +135,9 @@ fn shared(c: &mut Criterion) {
         breaker_failures: 5,
         breaker_cooldown: Duration::from_secs(1),
         key_prefix: "bench".into(),
+        tls: None,
+        cluster: false,
+        cluster_seeds: Vec::new(),
     };
     let ledger = runtime.block_on(async { SharedLedger::new(Arc::new(Redis::new(settings, 2).unwrap())) });
     measure(c, "redis (Lua scripts)", Arc::new(ledger));

@@ -83,10 +83,14 @@ fn shared(c: &mut Criterion) {
         Redis::new(
             RedisSettings {
                 url: format!("redis://127.0.0.1:{}", server.1),
+                instances: std::num::NonZeroU32::MIN,
                 timeout: Duration::from_secs(1),
                 breaker_failures: 5,
                 breaker_cooldown: Duration::from_secs(1),
                 key_prefix: "bench".into(),
+                tls: None,
+                cluster: false,
+                cluster_seeds: Vec::new(),
             },
             1,
         )

@@ -861,9 +861,11 @@ async fn kill_9_with_interval_syncs_loses_no_answered_movement() {
     kill_9_under_load("sync = \"interval\"\nsync_interval = \"1s\"").await;
 }
 
-/// `kill -9` under metered load, restart: the journal verifies, open reservations are
-/// voided after their deadline, and the charges match the answers within the requests
-/// in flight.
+/// `kill -9` under metered load, restart, twice: the journal verifies, open
+/// reservations are voided after their deadline, and the charges match the answers
+/// within the requests in flight. The second round writes over the log segment the
+/// first restart recycled (`ledger.redb.wal-spare`), longer than what the round writes,
+/// so the second restart reads this time's records followed by older ones.
 async fn kill_9_under_load(credits: &str) {
     let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
@@ -878,12 +880,78 @@ async fn kill_9_under_load(credits: &str) {
     let gateway = GatewayProcess::start(&config);
     gateway.wait_ready().await;
     credit(&gateway, "load", 100_000).await;
+    let mut answered = load_then_kill(gateway, 400).await;
+    let state = dir.path().join("state");
+    let (_, newest) = *log_segments(&state).last().expect("a log segment");
 
+    let restarted = GatewayProcess::start(&config);
+    restarted.wait_ready().await;
+    assert!(
+        log_segments(&state)
+            .iter()
+            .any(|(_, inode)| *inode == newest),
+        "the segment the first round wrote was not taken for the next"
+    );
+    answered += load_then_kill(restarted, 200).await;
+
+    let restarted = GatewayProcess::start(&config);
+    restarted.wait_ready().await;
+    // Reservations the dead instances left open are refunded after their deadline.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            account(&restarted, "load").await.1 == 0
+        })
+        .await,
+        "open reservations were never voided"
+    );
+    let (balance, _) = account(&restarted, "load").await;
+    let charged = 100_000 - balance;
+    // Reservations are durable before forwarding and posts follow the answer in the
+    // next commit: only the requests in flight at each kill can differ — charged
+    // without their answer arriving, or answered with their post not yet committed
+    // (then refunded by the expiry, never charged twice).
+    let in_flight = 2 * KILL_LOOPS;
+    assert!(
+        charged + in_flight >= answered,
+        "charged {charged}, answered {answered}"
+    );
+    assert!(
+        charged <= answered + in_flight,
+        "charged {charged}, answered {answered}"
+    );
+    assert_verified(&restarted).await;
+}
+
+/// The ledger's log segments in `state` (`ledger.redb.wal-N`, not the spare), oldest
+/// first: (number, length).
+fn log_segments(state: &std::path::Path) -> Vec<(u64, u64)> {
+    let mut found: Vec<(u64, u64)> = std::fs::read_dir(state)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let number = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("ledger.redb.wal-")?
+                .parse()
+                .ok()?;
+            Some((number, e.metadata().unwrap().len()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Clients at once in [`load_then_kill`].
+const KILL_LOOPS: u64 = 8;
+
+/// Metered requests from [`KILL_LOOPS`] clients until `at_least` were answered, then
+/// `kill -9` mid-load; returns how many were answered 200.
+async fn load_then_kill(gateway: GatewayProcess, at_least: u64) -> u64 {
     let ok = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = tokio::task::JoinSet::new();
-    const LOOPS: u64 = 8;
-    for _ in 0..LOOPS {
+    for _ in 0..KILL_LOOPS {
         let (ok, stop, addr) = (Arc::clone(&ok), Arc::clone(&stop), gateway.addr);
         let bearer = bearer_for("load");
         loops.spawn(async move {
@@ -906,8 +974,8 @@ async fn kill_9_under_load(credits: &str) {
         });
     }
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            ok.load(Ordering::Relaxed) >= 200
+        eventually(Duration::from_secs(20), || async {
+            ok.load(Ordering::Relaxed) >= at_least
         })
         .await
     );
@@ -916,33 +984,7 @@ async fn kill_9_under_load(credits: &str) {
     stop.store(true, Ordering::Relaxed);
     while loops.join_next().await.is_some() {}
     drop(gateway);
-    let answered = ok.load(Ordering::Relaxed);
-
-    let restarted = GatewayProcess::start(&config);
-    restarted.wait_ready().await;
-    // Reservations the dead instance left open are refunded after their deadline.
-    assert!(
-        eventually(Duration::from_secs(6), || async {
-            account(&restarted, "load").await.1 == 0
-        })
-        .await,
-        "open reservations were never voided"
-    );
-    let (balance, _) = account(&restarted, "load").await;
-    let charged = 100_000 - balance;
-    // Reservations are durable before forwarding and posts follow the answer in the
-    // next commit: only the requests in flight at the kill can differ — charged without
-    // their answer arriving, or answered with their post not yet committed (then
-    // refunded by the expiry, never charged twice).
-    assert!(
-        charged + LOOPS >= answered,
-        "charged {charged}, answered {answered}"
-    );
-    assert!(
-        charged <= answered + LOOPS,
-        "charged {charged}, answered {answered}"
-    );
-    assert_verified(&restarted).await;
+    ok.load(Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@
 //! and only a crash of the machine forgives the charges of the last interval.
 //!
 //! A keeper thread checkpoints the log into the redb file ([`tables`]) every half
-//! second, in one transaction, and deletes the log segments the checkpoint covered.
+//! second, in one transaction, and retires the log segments the checkpoint covered (the
+//! newest is written over again as a later segment: see [`wal::recycle`]).
 //! Reading the file and then the log's later records rebuilds the ledger on open. The
 //! keeper also keeps the idempotency records (rarely written, so straight in redb, a
 //! batch per commit) and serves journal reads and `verify` from the file.
@@ -283,6 +284,8 @@ struct Inner {
     /// reach it in the order they were numbered; never held across an `fdatasync`.
     segment: Mutex<Segment>,
     db: Database,
+    /// The redb file's path; the log's segments are named after it.
+    path: PathBuf,
     stats: GroupStats,
     options: Options,
 }
@@ -462,25 +465,43 @@ impl EmbeddedLedger {
         let segments = wal::segments(path).map_err(err)?;
         for (_, segment) in &segments {
             let bytes = std::fs::read(segment).map_err(err)?;
+            // A segment may be a recycled file ([`wal::recycle`]): after the records
+            // written to it this time come older ones, all in the file already.
+            let (mut replayed, mut skipped) = (false, false);
             for line in wal::decode_all(&bytes) {
                 let seq = line.movement.seq;
                 if seq <= book.seq {
+                    if replayed {
+                        break; // the recycled file's older records
+                    }
+                    skipped = true; // covered by a checkpoint (or the head was lost: below)
                     continue;
                 }
                 if seq != book.seq + 1 {
+                    if skipped {
+                        // Older records where this time's first ones should be: those
+                        // never reached the disk, so nothing after them was synced
+                        // (a sync covers the whole file) or acknowledged.
+                        break;
+                    }
                     return Err(corrupt(format!(
                         "the log {} jumps from movement {} to {seq}",
                         segment.display(),
                         book.seq
                     )));
                 }
+                replayed = true;
                 book.replay(line);
             }
         }
         tables::checkpoint(&db, &book.recent)?;
         book.recent.clear();
         book.checkpointed = book.seq;
-        for (_, segment) in &segments {
+        let mut replayed = segments.iter().rev();
+        if let Some((_, newest)) = replayed.next() {
+            wal::recycle(path, newest).map_err(err)?;
+        }
+        for (_, segment) in replayed {
             std::fs::remove_file(segment).map_err(err)?;
         }
         let next = segments.last().map_or(1, |(n, _)| n + 1);
@@ -491,6 +512,7 @@ impl EmbeddedLedger {
             wake: Condvar::new(),
             segment: Mutex::new(segment),
             db,
+            path: path.to_path_buf(),
             stats: GroupStats::default(),
             options,
         });
@@ -752,6 +774,14 @@ fn checkpoint(inner: &Inner) -> Result<(), LedgerError> {
         book.retired = kept;
         covered.into_iter().map(|(path, _)| path).collect()
     };
+    // The newest covered segment becomes the next one's file; older ones go.
+    let mut covered = covered.into_iter().rev();
+    if let Some(path) = covered.next() {
+        if let Err(e) = wal::recycle(&inner.path, &path) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot keep a checkpointed log segment for reuse");
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     for path in covered {
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(error = %e, path = %path.display(), "cannot delete a checkpointed log segment");
@@ -1034,6 +1064,107 @@ mod tests {
         let report = ledger.verify(0).await.unwrap();
         assert!(report.problems.is_empty(), "{report:#?}");
         assert_eq!(report.movements, 30);
+    }
+
+    /// A ledger file whose checkpoint holds movements 1..=`upto` of client "a".
+    fn checkpointed(path: &Path, upto: u64) {
+        let db = Database::create(path).unwrap();
+        tables::load(&db).unwrap();
+        let lines: Vec<Line> = (1..=upto).map(|s| credit(s, s)).collect();
+        tables::checkpoint(&db, &lines).unwrap();
+    }
+
+    fn records(seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for s in seqs {
+            wal::encode(&credit(s, s), &mut bytes);
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_recycled_segments_older_records_after_this_times_are_not_replayed() {
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        checkpointed(&path, 20);
+        // Written over a file that held 5..=20 (all in the checkpoint): this time's
+        // records 21..=23, then the rest of the older ones.
+        let mut bytes = records(21..=23);
+        let old = records(5..=20);
+        bytes.extend_from_slice(&old[bytes.len()..]);
+        std::fs::write(dir.path().join("ledger.redb.wal-3"), bytes).unwrap();
+
+        let ledger = EmbeddedLedger::open(&path).unwrap();
+        assert_eq!(ledger.account(0, "a").await.unwrap().available, 23);
+        let report = ledger.verify(0).await.unwrap();
+        assert!(report.problems.is_empty(), "{report:#?}");
+        assert_eq!(report.movements, 23);
+    }
+
+    #[tokio::test]
+    async fn a_recycled_segment_whose_new_head_never_reached_the_disk_ends_there() {
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        checkpointed(&path, 20);
+        // The first page of this time's records was lost (never synced, so never
+        // acknowledged); a later one reached the disk. The older records come first,
+        // then 24..: nothing after the lost head was acknowledged, so it is not replayed.
+        let mut bytes = records(5..=8);
+        bytes.extend_from_slice(&records(24..=26));
+        std::fs::write(dir.path().join("ledger.redb.wal-3"), bytes).unwrap();
+
+        let ledger = EmbeddedLedger::open(&path).unwrap();
+        assert_eq!(ledger.account(0, "a").await.unwrap().available, 20);
+        let report = ledger.verify(0).await.unwrap();
+        assert!(report.problems.is_empty(), "{report:#?}");
+        assert_eq!(report.movements, 20);
+    }
+
+    #[tokio::test]
+    async fn checkpointed_segments_are_written_again_and_read_back_right() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        let spare = dir.path().join("ledger.redb.wal-spare");
+        let credit = |n: u64| Adjust {
+            client: "a".into(),
+            change: crate::ledger::Change::Credit(n),
+            reason: "test".into(),
+            now_ms: 1,
+        };
+        let mut total = 0;
+        let mut spares = Vec::new();
+        {
+            let ledger = EmbeddedLedger::open(&path).unwrap();
+            for round in 1..=6u64 {
+                for n in 1..=50 {
+                    ledger.adjust(0, credit(n)).await.unwrap();
+                    total += n;
+                }
+                // A checkpoint retires the segment written so far; the next one covers
+                // it, and it becomes the spare the segment after takes.
+                ledger.verify(0).await.unwrap();
+                if let Ok(meta) = std::fs::metadata(&spare) {
+                    spares.push((round, meta.ino()));
+                }
+            }
+            let live: Vec<u64> = wal::segments(&path)
+                .unwrap()
+                .iter()
+                .map(|(_, p)| std::fs::metadata(p).unwrap().ino())
+                .collect();
+            assert!(
+                spares.iter().any(|(_, ino)| live.contains(ino)),
+                "no spare was written again: spares {spares:?}, segments {live:?}"
+            );
+        }
+        assert!(spares.len() >= 3, "{spares:?}");
+        // Reopened: the file and the log (a recycled segment among them) add up.
+        let ledger = EmbeddedLedger::open(&path).unwrap();
+        assert_eq!(ledger.account(0, "a").await.unwrap().available, total);
+        let report = ledger.verify(0).await.unwrap();
+        assert!(report.problems.is_empty(), "{report:#?}");
+        assert_eq!(report.movements, 300);
     }
 
     #[tokio::test]
