@@ -30,12 +30,26 @@ fn is_acceptable(id: &str) -> bool {
 /// several instances do not collide) and a counter. Request ids and reservation ids
 /// (`meter`) both come from here: neither costs a system call per request.
 pub fn generate() -> String {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     // `RandomState` is seeded from the operating system's randomness.
-    let prefix = *PREFIX.get_or_init(|| RandomState::new().build_hasher().finish());
+    let prefix =
+        PREFIX.get_or_init(|| format!("{:016x}-", RandomState::new().build_hasher().finish()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:016x}-{n:08x}")
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    push_hex(&mut id, n);
+    id
+}
+
+/// `n` in lowercase hex, at least 8 digits: what `{n:08x}` writes, without the
+/// formatting machinery (a tenth of the instructions, on every request).
+fn push_hex(out: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let significant = (64 - n.leading_zeros()).div_ceil(4);
+    for i in (0..significant.max(8)).rev() {
+        out.push(char::from(DIGITS[((n >> (4 * i)) & 0xf) as usize]));
+    }
 }
 
 #[cfg(test)]
@@ -53,5 +67,26 @@ mod tests {
         assert_ne!(made, "bad id\" injected");
         assert!(is_acceptable(&made));
         assert_ne!(generate(), generate());
+    }
+
+    #[test]
+    fn counters_are_written_as_at_least_eight_hex_digits() {
+        for n in [
+            0,
+            1,
+            0xabc,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+        ] {
+            let mut out = String::new();
+            push_hex(&mut out, n);
+            assert_eq!(out, format!("{n:08x}"));
+        }
+        let id = generate();
+        let (prefix, counter) = id.split_once('-').unwrap();
+        assert_eq!(prefix.len(), 16, "{id}");
+        assert!(counter.len() >= 8 && is_acceptable(&id), "{id}");
     }
 }

@@ -54,6 +54,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const CHECKPOINT_LINES: usize = 100_000;
 /// How often the keeper looks whether a checkpoint is due.
 const KEEPER_TICK: Duration = Duration::from_millis(50);
+/// Room for one typical log record (about 150 bytes; longer ones grow the buffer).
+const RECORD_BYTES: usize = 256;
 /// Most idempotency changes committed together.
 const MAX_KEY_BATCH: usize = 1024;
 
@@ -336,7 +338,9 @@ impl Inner {
         let decided = decide(&mut book);
         let appended = book.wal.bytes.len() != before;
         if appended && !durable && self.options.sync_every.is_some() {
-            let bytes = std::mem::take(&mut book.wal.bytes);
+            // Sized for the next change's record: growing an empty vector to it cost
+            // several reallocations per change.
+            let bytes = std::mem::replace(&mut book.wal.bytes, Vec::with_capacity(RECORD_BYTES));
             let rotate = book.wal.rotate_at.take();
             let records = std::mem::take(&mut book.wal.records);
             book.wal.unsynced += records;

@@ -165,7 +165,13 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
                     changed.insert(m.reservation.as_deref().unwrap_or_default(), Some(r));
                 }
                 Effect::Closes(id) => {
-                    changed.insert(id, None);
+                    if let Some(Some(_)) = changed.get(id) {
+                        // Opened in this run too: the file never held it, so there is
+                        // nothing to remove (most reservations live well under a run).
+                        changed.remove(id);
+                    } else {
+                        changed.insert(id, None);
+                    }
                 }
                 Effect::Opening => {
                     opened.insert(m.client.as_str(), m.seq).map_err(err)?;
