@@ -461,7 +461,7 @@ async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json()["query"],
-        "page=2&clientId=1001",
+        "clientId=1001&page=2",
         "the key is gone, the caller's id added"
     );
     let r = h

@@ -106,7 +106,7 @@ fn explain_plays_the_request_and_shows_the_route_s_policy() {
     let (_, out) = tollgate(&[&args[..], &["--config", &config]].concat());
     assert!(out.contains("outcome:    200 from the backend"), "{out}");
     assert!(
-        out.contains("backend receives: GET /campaigns/42?x=1&clientId=1001"),
+        out.contains("backend receives: GET /campaigns/42?clientId=1001&x=1"),
         "{out}"
     );
     assert!(out.contains("  + x-client-id: 1001"), "{out}");

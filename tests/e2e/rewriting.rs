@@ -140,13 +140,13 @@ async fn injection_and_spoofing_cases() {
             },
         ),
         case(
-            "other parameters kept in order",
+            "other parameters kept in order, after ours",
             "GET",
             "/echo/all/x?b=2&a=1",
             &[],
             "",
             Received {
-                query: Some("b=2&a=1&clientId=1001"),
+                query: Some("clientId=1001&b=2&a=1"),
                 header: (X_CLIENT, Some("1001")),
                 body: "",
             },
@@ -158,7 +158,7 @@ async fn injection_and_spoofing_cases() {
             &[],
             "",
             Received {
-                query: Some("a=1&clientId=1001"),
+                query: Some("clientId=1001&a=1"),
                 header: (X_CLIENT, Some("1001")),
                 body: "",
             },
@@ -210,7 +210,7 @@ async fn injection_and_spoofing_cases() {
             &[],
             "",
             Received {
-                query: Some("a=1;b=2&clientId=1001"),
+                query: Some("clientId=1001&a=1;b=2"),
                 header: (X_CLIENT, Some("1001")),
                 body: "",
             },
@@ -352,7 +352,7 @@ async fn injection_and_spoofing_cases() {
             Received {
                 query: Some("clientId=1001"),
                 header: (X_CLIENT, Some("1001")),
-                body: "name=Spring+sale&n=2&clientId=1001",
+                body: "clientId=1001&name=Spring+sale&n=2",
             },
         ),
         case(
@@ -370,7 +370,7 @@ async fn injection_and_spoofing_cases() {
             &[],
             "",
             Received {
-                query: Some("a=1&clientId=1001"),
+                query: Some("clientId=1001&a=1"),
                 header: (X_CLIENT, Some("1001")),
                 body: "",
             },

@@ -44,7 +44,7 @@ fn judge(policy: &ClientIdPolicy, supplied: &str, caller: Caller) -> Result<(), 
     }
 }
 
-/// The query with client-supplied ids judged and removed, and ours added if injected.
+/// The query with client-supplied ids judged and removed, and ours put first if injected.
 /// Parameters are split at `;` as well as `&` ([`tollgate_policy::param`]): some
 /// backends read `a=1;clientId=2` as naming a client.
 pub fn query(
@@ -53,18 +53,30 @@ pub fn query(
     caller: Caller,
 ) -> Result<Option<String>, GatewayError> {
     let kept = without_supplied(raw.unwrap_or_default().as_bytes(), policy, caller)?;
+    let out = if policy.query {
+        ours_first(policy, caller, &kept)
+    } else {
+        kept
+    };
     // Split at ASCII bytes and rejoined with them: still UTF-8.
-    let mut out = String::from_utf8_lossy(&kept).into_owned();
-    if policy.query {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        // Client ids are restricted to characters that need no escaping.
-        out.push_str(policy.name());
-        out.push('=');
-        out.push_str(caller.id);
+    Ok((!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// `name=id`, then the parameters kept. Ours comes first because backends read only
+/// so many parameters and drop the rest: PHP's `max_input_vars` and Express's `qs`
+/// `parameterLimit` are 1,000 by default, so an id appended after a client's thousand
+/// parameters would never be seen.
+fn ours_first(policy: &ClientIdPolicy, caller: Caller, kept: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(policy.name().len() + caller.id.len() + 2 + kept.len());
+    // Client ids are restricted to characters that need no escaping.
+    out.extend_from_slice(policy.name().as_bytes());
+    out.push(b'=');
+    out.extend_from_slice(caller.id.as_bytes());
+    if !kept.is_empty() {
+        out.push(b'&');
+        out.extend_from_slice(kept);
     }
-    Ok((!out.is_empty()).then_some(out))
+    out
 }
 
 /// A query or form body without its client-id parameters, each judged first.
@@ -112,22 +124,19 @@ pub fn headers(
     Ok(())
 }
 
-/// A form body with client-supplied ids judged and removed, and ours added if injected.
+/// A form body with client-supplied ids judged and removed, and ours put first if
+/// injected.
 pub fn form_body(
     body: &[u8],
     policy: &ClientIdPolicy,
     caller: Caller,
 ) -> Result<Bytes, GatewayError> {
-    let mut out = without_supplied(body, policy, caller)?;
-    if policy.form {
-        if !out.is_empty() {
-            out.push(b'&');
-        }
-        out.extend_from_slice(policy.name().as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(caller.id.as_bytes());
-    }
-    Ok(Bytes::from(out))
+    let kept = without_supplied(body, policy, caller)?;
+    Ok(Bytes::from(if policy.form {
+        ours_first(policy, caller, &kept)
+    } else {
+        kept
+    }))
 }
 
 /// A JSON body rewritten, or `None` when it passes unchanged. Malformed JSON is refused
@@ -462,11 +471,11 @@ mod tests {
         let p = policy(Mismatch::Reject);
         assert_eq!(
             query(Some("a=1"), &p, ME).unwrap().as_deref(),
-            Some("a=1&clientId=1001")
+            Some("clientId=1001&a=1")
         );
         assert_eq!(
-            query(Some("clientId=1001&a=1"), &p, ME).unwrap().as_deref(),
-            Some("a=1&clientId=1001")
+            query(Some("a=1&clientId=1001"), &p, ME).unwrap().as_deref(),
+            Some("clientId=1001&a=1")
         );
         for spoof in [
             "clientId=1002",
@@ -491,18 +500,31 @@ mod tests {
             query(Some("a=1;clientId=1001;b=2"), &p, ME)
                 .unwrap()
                 .as_deref(),
-            Some("a=1;b=2&clientId=1001")
+            Some("clientId=1001&a=1;b=2")
         );
         let o = policy(Mismatch::Overwrite);
         assert_eq!(
             query(Some("clientId=1002&b=2"), &o, ME).unwrap().as_deref(),
-            Some("b=2&clientId=1001")
+            Some("clientId=1001&b=2")
         );
         assert_eq!(
             query(Some("a=1&clientId=1002;b=2"), &o, ME)
                 .unwrap()
                 .as_deref(),
-            Some("a=1&b=2&clientId=1001")
+            Some("clientId=1001&a=1&b=2")
+        );
+        // Ours first: a backend that reads only the first 1,000 parameters (PHP's
+        // max_input_vars, qs's parameterLimit) still sees it behind 5,000 of the client's.
+        let many: Vec<String> = (0..5000).map(|i| format!("p{i}=x")).collect();
+        let rewritten = query(Some(&many.join("&")), &p, ME).unwrap().unwrap();
+        assert!(
+            rewritten.starts_with("clientId=1001&p0=x&p1=x&"),
+            "{}",
+            &rewritten[..40]
+        );
+        assert_eq!(
+            query(None, &p, ME).unwrap().as_deref(),
+            Some("clientId=1001")
         );
     }
 
@@ -657,7 +679,7 @@ mod tests {
         };
         assert_eq!(
             &form_body(b"a=1&b=x+y", &p, nine).unwrap()[..],
-            b"a=1&b=x+y&clientId=9"
+            b"clientId=9&a=1&b=x+y"
         );
         for spoof in [
             &b"client_id=8&a=1"[..],
