@@ -59,7 +59,10 @@ pub fn query(
         kept
     };
     // Split at ASCII bytes and rejoined with them: still UTF-8.
-    Ok((!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned()))
+    Ok((!out.is_empty()).then(|| {
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }))
 }
 
 /// `name=id`, then the parameters kept. Ours comes first because backends read only
