@@ -1034,42 +1034,6 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn segments_a_checkpoint_covered_are_skipped_and_later_records_replayed() {
-        let dir = TempDir::new();
-        let path = dir.path().join("ledger.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            tables::load(&db).unwrap();
-            let lines: Vec<Line> = (1..=20).map(|s| credit(s, s)).collect();
-            tables::checkpoint(&db, &lines).unwrap();
-        }
-        let segment = |number: u64, seqs: &mut dyn Iterator<Item = u64>| {
-            let mut bytes = Vec::new();
-            for s in seqs {
-                wal::encode(&credit(s, s), &mut bytes);
-            }
-            std::fs::write(dir.path().join(format!("ledger.redb.wal-{number}")), bytes).unwrap();
-        };
-        // A crash between a checkpoint's commit and the deletion of the segments it
-        // covered leaves them behind: their records are skipped, the later ones replayed.
-        segment(2, &mut (3..=9));
-        segment(4, &mut (10..=25));
-        segment(5, &mut (26..=30));
-
-        let ledger = EmbeddedLedger::open(&path).unwrap();
-        assert_eq!(
-            ledger.account(0, "a").await.unwrap(),
-            Account {
-                available: 30,
-                held: 0
-            }
-        );
-        let report = ledger.verify(0).await.unwrap();
-        assert!(report.problems.is_empty(), "{report:#?}");
-        assert_eq!(report.movements, 30);
-    }
-
     /// A ledger file whose checkpoint holds movements 1..=`upto` of client "a".
     fn checkpointed(path: &Path, upto: u64) {
         let db = Database::create(path).unwrap();
@@ -1078,12 +1042,46 @@ mod tests {
         tables::checkpoint(&db, &lines).unwrap();
     }
 
+    /// Log records of the credits `seqs`, each leaving the balance at its number.
     fn records(seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
         let mut bytes = Vec::new();
         for s in seqs {
             wal::encode(&credit(s, s), &mut bytes);
         }
         bytes
+    }
+
+    fn write_segment(dir: &TempDir, number: u64, bytes: &[u8]) {
+        std::fs::write(dir.path().join(format!("ledger.redb.wal-{number}")), bytes).unwrap();
+    }
+
+    /// Opens the ledger and checks that it holds movements 1..=`last` and nothing
+    /// else: client "a" at `last`, nothing held, the journal verified.
+    async fn opens_with_movements_up_to(path: &Path, last: u64) {
+        let ledger = EmbeddedLedger::open(path).unwrap();
+        assert_eq!(
+            ledger.account(0, "a").await.unwrap(),
+            Account {
+                available: last,
+                held: 0
+            }
+        );
+        let report = ledger.verify(0).await.unwrap();
+        assert!(report.problems.is_empty(), "{report:#?}");
+        assert_eq!(report.movements, last);
+    }
+
+    #[tokio::test]
+    async fn segments_a_checkpoint_covered_are_skipped_and_later_records_replayed() {
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        checkpointed(&path, 20);
+        // A crash between a checkpoint's commit and the deletion of the segments it
+        // covered leaves them behind: their records are skipped, the later ones replayed.
+        write_segment(&dir, 2, &records(3..=9));
+        write_segment(&dir, 4, &records(10..=25));
+        write_segment(&dir, 5, &records(26..=30));
+        opens_with_movements_up_to(&path, 30).await;
     }
 
     #[tokio::test]
@@ -1096,13 +1094,8 @@ mod tests {
         let mut bytes = records(21..=23);
         let old = records(5..=20);
         bytes.extend_from_slice(&old[bytes.len()..]);
-        std::fs::write(dir.path().join("ledger.redb.wal-3"), bytes).unwrap();
-
-        let ledger = EmbeddedLedger::open(&path).unwrap();
-        assert_eq!(ledger.account(0, "a").await.unwrap().available, 23);
-        let report = ledger.verify(0).await.unwrap();
-        assert!(report.problems.is_empty(), "{report:#?}");
-        assert_eq!(report.movements, 23);
+        write_segment(&dir, 3, &bytes);
+        opens_with_movements_up_to(&path, 23).await;
     }
 
     #[tokio::test]
@@ -1115,13 +1108,8 @@ mod tests {
         // then 24..: nothing after the lost head was acknowledged, so it is not replayed.
         let mut bytes = records(5..=8);
         bytes.extend_from_slice(&records(24..=26));
-        std::fs::write(dir.path().join("ledger.redb.wal-3"), bytes).unwrap();
-
-        let ledger = EmbeddedLedger::open(&path).unwrap();
-        assert_eq!(ledger.account(0, "a").await.unwrap().available, 20);
-        let report = ledger.verify(0).await.unwrap();
-        assert!(report.problems.is_empty(), "{report:#?}");
-        assert_eq!(report.movements, 20);
+        write_segment(&dir, 3, &bytes);
+        opens_with_movements_up_to(&path, 20).await;
     }
 
     #[tokio::test]
@@ -1178,11 +1166,7 @@ mod tests {
     async fn a_record_missing_from_the_middle_stops_the_start() {
         let dir = TempDir::new();
         let path = dir.path().join("ledger.redb");
-        let mut bytes = Vec::new();
-        for s in [1, 2, 4] {
-            wal::encode(&credit(s, s), &mut bytes);
-        }
-        std::fs::write(dir.path().join("ledger.redb.wal-1"), bytes).unwrap();
+        write_segment(&dir, 1, &records([1, 2, 4]));
         match EmbeddedLedger::open(&path) {
             Err(LedgerError::Corrupt(why)) => {
                 assert!(why.contains("jumps from movement 2 to 4"), "{why}")
