@@ -106,6 +106,11 @@ impl MediaType {
         Ok(first)
     }
 
+    /// The parameters' names (lower case), in order, repeats included.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().map(|(n, _)| n.as_str())
+    }
+
     /// Whether the `charset` parameter is absent or UTF-8 (or its ASCII subset).
     pub fn is_utf8(&self) -> Result<bool, MediaError> {
         Ok(self.param("charset")?.is_none_or(|c| {

@@ -395,11 +395,11 @@ async fn plivo_v3(
         }
         param::strict_pairs(&bytes)
     };
-    let mut names: Vec<String> = params.iter().map(|(k, _)| param::fold(k)).collect();
-    let total = names.len();
-    names.sort_unstable();
-    names.dedup();
-    if names.len() != total {
+    // A repeated name in the query or the body: the signature sorts the URL's
+    // parameters into a map (one copy counts) and the backend may read the other. The
+    // query is checked on a POST too, where the signed parameters are the body's.
+    let query = param::strict_pairs(raw_query.as_bytes());
+    if repeats_a_name(&params) || (parts.method != Method::GET && repeats_a_name(&query)) {
         return Err(SignatureProblem::Uncovered.into());
     }
     let ok = signatures.iter().any(|sig| {
@@ -424,6 +424,15 @@ async fn plivo_v3(
         return Err(AuthError::Replayed.into());
     }
     Ok((parts, Either::Right(held)))
+}
+
+/// Whether two of `params` have the same name, as backends fold names.
+fn repeats_a_name(params: &[(String, String)]) -> bool {
+    let mut names: Vec<String> = params.iter().map(|(k, _)| param::fold(k)).collect();
+    let total = names.len();
+    names.sort_unstable();
+    names.dedup();
+    names.len() != total
 }
 
 /// The store key for a nonce: the webhook's name and a hash of the nonce (bounded

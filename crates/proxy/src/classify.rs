@@ -64,8 +64,18 @@ pub fn classify(
         // A charset could make a backend decode field names and values differently
         // from the scanner (UTF-16); a repeated one is ambiguous.
         utf8(&media)?;
+        // Only `boundary` and `charset`, as every client sends: PHP takes the boundary
+        // from the first text `boundary` anywhere in the header (`xboundary=AAA;
+        // boundary=BBB` is AAA to it), and ends it at `,` or `;` even in quotes; a
+        // boundary of RFC 2046 characters, unquoted or quoted, reads alike everywhere.
+        if media
+            .param_names()
+            .any(|n| n != "boundary" && n != "charset")
+        {
+            return Err(GatewayError::from(MediaRefusal::NoBoundary));
+        }
         return match media.param("boundary").map_err(refusal)? {
-            Some(boundary) if (1..=200).contains(&boundary.len()) => Ok(BodyClass::Multipart {
+            Some(boundary) if is_boundary(boundary) => Ok(BodyClass::Multipart {
                 boundary: boundary.to_owned(),
             }),
             _ => Err(GatewayError::from(MediaRefusal::NoBoundary)),
@@ -77,6 +87,15 @@ pub fn classify(
     Err(GatewayError::from(MediaRefusal::NotAccepted(
         essence.to_owned(),
     )))
+}
+
+/// A boundary as RFC 2046 writes it: 1 to 70 of `bchars`, not ending in a space (and
+/// without `,` or `;`, where PHP would end it).
+fn is_boundary(b: &str) -> bool {
+    (1..=70).contains(&b.len())
+        && !b.ends_with(' ')
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"'()+_-./:=? ".contains(&c))
 }
 
 /// `application/json` and every `application/*+json`.
@@ -158,6 +177,17 @@ mod tests {
                 boundary: "ab".into()
             }
         );
+        for value in [
+            &b"multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW"[..],
+            b"multipart/form-data; boundary=---------------------------9051914041544843365972754266",
+            b"multipart/form-data; charset=utf-8; boundary=\"a'(b)+c_d-e.f/g:h=i?j k\"",
+        ] {
+            assert!(
+                matches!(class(&ct(value), &[]), Ok(BodyClass::Multipart { .. })),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
         assert_eq!(
             class(&ct(b"text/csv"), &["text/csv"]).unwrap(),
             BodyClass::Opaque
@@ -185,6 +215,14 @@ mod tests {
             b"multipart/form-data; charset=utf-8; boundary=a; charset=latin1",
             b"multipart/form-data; charset=utf-16; boundary=a",
             b"multipart/mixed; boundary=a",
+            // PHP takes the first `boundary` text in the header, wherever it is.
+            b"multipart/form-data; xboundary=AAA; boundary=BBB",
+            b"multipart/form-data; name=boundary; boundary=BBB",
+            // PHP ends a boundary at `,` or `;`, even quoted.
+            b"multipart/form-data; boundary=\"AAA;x\"",
+            b"multipart/form-data; boundary=\"AAA,x\"",
+            b"multipart/form-data; boundary=\"a\\\"b\"",
+            b"multipart/form-data; boundary=\"AAA \"",
             b"application/json; charset=utf-8; charset=latin1",
             b"json",
         ] {

@@ -19,7 +19,9 @@
 //!   `METHOD_OVERRIDE_REFUSED`). Every other byte passes through at once.
 //!
 //! A part header block that cannot be parsed also cuts the body off (400
-//! `MULTIPART_INVALID`): what the gateway cannot read, it does not vouch for.
+//! `MULTIPART_INVALID`), and so does a `Content-Disposition` that parsers would split
+//! differently (see [`disposition_params`]): what the gateway cannot read as every
+//! backend would, it does not vouch for.
 
 use bytes::{Bytes, BytesMut};
 use tollgate_policy::param;
@@ -243,7 +245,7 @@ impl Scanner {
         for (name, value) in parse_headers(&self.header)? {
             let name = name.trim();
             if name.eq_ignore_ascii_case("content-disposition") {
-                for candidate in disposition_names(&value) {
+                for candidate in disposition_names(&value)? {
                     let folded = param::fold(&candidate);
                     if self.names.contains(&folded) {
                         return Ok(Some(Watched::ClientId));
@@ -303,21 +305,22 @@ fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Refusal> {
 
 /// Every name a `Content-Disposition` value could mean to some parser: each `name` and
 /// `name*` parameter, unquoted with and without backslash escapes, and percent-decoded.
-fn disposition_names(value: &str) -> Vec<String> {
+///
+/// The value must be written as browsers and HTTP clients write it (a type, then
+/// `; key=token` or `; key="quoted"` parameters): parsers split anything else
+/// differently. PHP takes `'` as a quote and ends an unquoted value at whitespace;
+/// busboy does neither. So `name='clientId'`, `name=clientId x`, `name="clientId"x` or a
+/// `'` that hides a `;` from one parser and not the other would let a backend read a
+/// field the gateway never saw. Such a value is refused (`MULTIPART_INVALID`).
+fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
     let mut out = Vec::new();
-    for param in split_params(value) {
-        let Some((key, raw)) = param.split_once('=') else {
-            continue;
-        };
-        let key = key.trim().to_ascii_lowercase();
-        let raw = raw.trim();
+    for (key, raw, quoted) in disposition_params(value)? {
+        let key = key.to_ascii_lowercase();
         if key == "name" {
-            let (escaped, literal) = match raw.strip_prefix('"') {
-                Some(rest) => {
-                    let inner = rest.strip_suffix('"').unwrap_or(rest);
-                    (unescape(inner), inner.to_owned())
-                }
-                None => (raw.to_owned(), raw.to_owned()),
+            let (escaped, literal) = if quoted {
+                (unescape(raw), raw.to_owned())
+            } else {
+                (raw.to_owned(), raw.to_owned())
             };
             out.push(param::decode(escaped.as_bytes()));
             out.push(param::decode(literal.as_bytes()));
@@ -326,30 +329,87 @@ fn disposition_names(value: &str) -> Vec<String> {
         } else if key == "name*" {
             // RFC 5987: charset'language'percent-encoded
             let encoded = raw.rsplit('\'').next().unwrap_or(raw);
-            out.push(param::decode(encoded.trim_matches('"').as_bytes()));
+            out.push(param::decode(encoded.as_bytes()));
         }
     }
-    out
+    Ok(out)
 }
 
-/// `;`-separated parameters, quotes respected.
-fn split_params(value: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in value.char_indices() {
+/// A `Content-Disposition` value's parameters: (key, value, quoted), the value without
+/// its quotes. Refuses anything outside `type *(OWS ";" OWS key OWS "=" OWS value)`,
+/// where a value is a token without `'` (an RFC 5987 `key*` value: exactly two), or a
+/// quoted string with no `\"` in it and no `\` at its end (parsers disagree on whether a
+/// backslash escapes a quote, so on where the string ends).
+fn disposition_params(value: &str) -> Result<Vec<(&str, &str, bool)>, Refusal> {
+    let is_ows = |c: char| c == ' ' || c == '\t';
+    let token_end = |text: &str| text.find(|c: char| !is_tchar(c)).unwrap_or(text.len());
+    let mut rest = value.trim_start_matches(is_ows);
+    let end = token_end(rest);
+    if end == 0 {
+        return Err(Refusal::Malformed);
+    }
+    rest = &rest[end..];
+    let mut params = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(is_ows);
+        if rest.is_empty() {
+            return Ok(params);
+        }
+        rest = rest.strip_prefix(';').ok_or(Refusal::Malformed)?;
+        rest = rest.trim_start_matches(is_ows);
+        if rest.is_empty() || rest.starts_with(';') {
+            continue;
+        }
+        let end = token_end(rest);
+        let key = &rest[..end];
+        rest = rest[end..].trim_start_matches(is_ows);
+        rest = rest.strip_prefix('=').ok_or(Refusal::Malformed)?;
+        rest = rest.trim_start_matches(is_ows);
+        if key.is_empty() || key.contains('\'') {
+            return Err(Refusal::Malformed);
+        }
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let close = closing_quote(quoted).ok_or(Refusal::Malformed)?;
+            let inner = &quoted[..close];
+            // `\"` inside, or `\` last (an escaped backslash before the closing quote):
+            // PHP's splitter takes either quote as escaped and reads on.
+            if inner.contains("\\\"") || inner.ends_with('\\') {
+                return Err(Refusal::Malformed);
+            }
+            params.push((key, inner, true));
+            rest = &quoted[close + 1..];
+        } else {
+            let end = token_end(rest);
+            let raw = &rest[..end];
+            let quotes = raw.matches('\'').count();
+            let allowed = if key.ends_with('*') { 2 } else { 0 };
+            if raw.is_empty() || quotes != allowed {
+                return Err(Refusal::Malformed);
+            }
+            params.push((key, raw, false));
+            rest = &rest[end..];
+        }
+    }
+}
+
+/// Where the quoted string `text` starts just after the opening quote of ends: the
+/// first `"` not escaped by a backslash.
+fn closing_quote(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
         match c {
             _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ';' if !quoted => {
-                out.push(&value[start..i]);
-                start = i + 1;
-            }
+            '\\' => escaped = true,
+            '"' => return Some(i),
             _ => {}
         }
     }
-    out.push(&value[start..]);
-    out
+    None
+}
+
+/// An RFC 9110 token character.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
 fn unescape(text: &str) -> String {
@@ -473,6 +533,52 @@ mod tests {
                     "{disposition} in chunks of {size}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_disposition_parsers_would_split_differently_is_refused() {
+        // Each of these reaches PHP as a field `clientId` (a quote PHP takes and busboy
+        // does not, a name PHP ends at whitespace, text after a closing quote, a `'`
+        // hiding a `;`), or splits at an escaped quote some parsers do not honour, while
+        // a stricter reading sees another name or none.
+        for disposition in [
+            r#"form-data; name='clientId'"#,
+            r#"form-data; name=clientId x"#,
+            r#"form-data; name="clientId"x"#,
+            r#"form-data; x='"'; name=clientId; y='"'"#,
+            r#"form-data; x="a\"; name=clientId; y=""#,
+            r#"form-data; x="a\\"; name=clientId"#,
+            r#"form-data; x="a\\"; y="; name=clientId; z=""#,
+            r#"form-data; name"#,
+            r#"form-data; name="#,
+            r#"form-data; na'me=clientId"#,
+            r#"form-data; name*=UTF-8'client%49d"#,
+            r#"form-data; name="clientId"#,
+            r#"; name=clientId"#,
+        ] {
+            let b = body(&[
+                part(r#"form-data; name="a""#, "1"),
+                part(disposition, "1002"),
+            ]);
+            for size in [1, 4096] {
+                assert_eq!(
+                    scan(&b, size),
+                    Err(Refusal::Malformed),
+                    "{disposition} in chunks of {size}"
+                );
+            }
+        }
+        // What browsers and HTTP clients send passes, byte for byte.
+        for disposition in [
+            "form-data; name=\"file\"; filename=\"l'\u{e9}t\u{e9} 2024; final.csv\"",
+            "form-data; name=\"file\"; filename*=UTF-8''na%C3%AFve.csv",
+            "form-data;name=title",
+            "form-data; name = \"title\" ;; ",
+            r#"form-data; name="file"; filename="C:\Users\ada\c.csv""#,
+        ] {
+            let b = body(&[part(disposition, "x")]);
+            assert_eq!(scan(&b, 3).unwrap(), b, "{disposition}");
         }
     }
 
