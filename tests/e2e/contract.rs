@@ -325,6 +325,18 @@ async fn real_answers_match_the_openapi_document() {
         &huge,
     )
     .await;
+    // Beyond 2^53 - 1 tokens a journal amount (and a JavaScript number) would round.
+    let beyond = r#"{"amount":9223372036854775808,"reason":"contract test"}"#;
+    c.call(
+        422,
+        admin,
+        "POST",
+        credit,
+        "/ledger/clients/1001/credit",
+        &auth,
+        beyond,
+    )
+    .await;
     let debit = "/ledger/clients/{id}/debit";
     let too_much = r#"{"amount":1000000,"reason":"contract test"}"#;
     c.call(
@@ -361,6 +373,13 @@ async fn real_answers_match_the_openapi_document() {
     .await;
     let verify = "/ledger/verify";
     c.call(200, admin, "GET", verify, verify, &auth, "").await;
+    // Not an admin resource: the same problem+json as a ledger path that is not one.
+    let unknown = raw(
+        admin,
+        b"GET /nowhere HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    unknown.assert_problem(404, "ROUTE_NOT_FOUND");
 
     assert!(
         c.failures.is_empty(),

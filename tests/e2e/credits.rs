@@ -770,6 +770,80 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
     assert_verified(g).await;
 }
 
+/// Multipart and opaque bodies stream through unread, so their claim cannot hash them:
+/// the body's digest, taken as it passes, is kept with the answer, and a retry's body
+/// must hash the same (read and let go, never forwarded) to be replayed.
+#[tokio::test]
+async fn a_streamed_body_is_the_same_request_only_if_it_hashes_the_same() {
+    let h = start("").await;
+    let g = &h.gateway;
+    credit(g, "c8", 100).await;
+    let bearer = bearer_for("c8");
+    let multipart = |name: &str| {
+        format!("--b\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n--b--\r\n")
+    };
+    let upload = |key: &'static str, content_type: &'static str, body: String| {
+        let bearer = bearer.clone();
+        async move {
+            send(
+                g.addr,
+                "POST",
+                "/echo/metered/upload",
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", content_type),
+                    ("idempotency-key", key),
+                ],
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let chunked = |key: &'static str, body: String| {
+        let request = format!(
+            "POST /echo/metered/upload HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\nauthorization: {bearer}\r\ncontent-type: text/csv\r\nidempotency-key: {key}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        async move { raw(g.addr, request.as_bytes()).await }
+    };
+    let form = "multipart/form-data; boundary=b";
+    let first = upload("m-1", form, multipart("Spring")).await;
+    assert_eq!(
+        (first.status, first.header("x-token-cost")),
+        (200, Some("5"))
+    );
+    let seen = h.backend.requests();
+    // The reported case: the same length, another body.
+    upload("m-1", form, multipart("Autumn"))
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    let again = upload("m-1", form, multipart("Spring")).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+    // Chunked, where no length is declared: a longer body, then the same one.
+    let csv = "name,phone\nAda,1\n".to_owned();
+    let first = chunked("m-2", csv.clone()).await;
+    assert_eq!(
+        (first.status, first.header("x-token-cost")),
+        (200, Some("5"))
+    );
+    chunked("m-2", format!("{csv}Grace,2\n"))
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    chunked("m-2", csv.replace("Ada", "Bob"))
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    let again = chunked("m-2", csv).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        h.backend.requests(),
+        seen + 1,
+        "neither a retry nor a mismatch reached the backend"
+    );
+    settled(g, "c8", (90, 0)).await;
+    assert_verified(g).await;
+}
+
 /// `requests` concurrent calls of cost 1, spread over `gateways`, against a balance of
 /// `balance`: exactly `balance` succeed.
 async fn overdraw(

@@ -30,12 +30,15 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
+use sha2::{Digest as _, Sha256};
 use tokio::time::{Instant, Sleep};
 use tollgate_policy::snapshot::BodyLimits;
 
 use crate::errors::{GatewayError, LimitError, RequestError};
 use crate::multipart::{Refusal, Scanner};
 use crate::part::{Build, Part};
+use crate::reservation::BodyDigest;
+use crate::trace_context::hex;
 
 /// A request body on its way through the stages: the client's stream, or bytes a stage
 /// had to read whole.
@@ -377,6 +380,9 @@ pub struct Outbound {
     scanner: Option<Scanner>,
     ready: VecDeque<Bytes>,
     done: bool,
+    /// The client's bytes hashed as they pass, for an idempotent request's retries
+    /// (see [`crate::reservation::KeyClaim::digest_streamed_body`]).
+    digest: Option<(Sha256, BodyDigest)>,
 }
 
 impl Outbound {
@@ -406,6 +412,24 @@ impl Outbound {
             scanner,
             ready: VecDeque::new(),
             done: false,
+            digest: None,
+        }
+    }
+
+    /// Hashes the client's bytes as they pass; the digest goes to `to` once the whole
+    /// body has passed (never for a body cut off).
+    pub fn digesting(mut self, to: BodyDigest) -> Outbound {
+        self.digest = Some((Sha256::new(), to));
+        if self.inner.is_end_stream() {
+            self.digested();
+        }
+        self
+    }
+
+    /// The whole body has passed: its digest is published.
+    fn digested(&mut self) {
+        if let Some((hash, to)) = self.digest.take() {
+            let _ = to.set(hex(&hash.finalize()));
         }
     }
 
@@ -502,6 +526,7 @@ impl Body for Outbound {
                 }
                 Poll::Ready(None) => {
                     this.done = true;
+                    this.digested();
                     if let Some(mut scanner) = this.scanner.take() {
                         let released = scanner.finish();
                         if let Err(why) = this.scanned(released) {
@@ -527,6 +552,9 @@ impl Body for Outbound {
                     if this.limit.is_some_and(|limit| this.seen > limit) {
                         return this.fail(CutOff::OverLimit);
                     }
+                    if let Some((hash, _)) = &mut this.digest {
+                        hash.update(&data);
+                    }
                     match this.scanner.as_mut().map(|s| s.feed(data.clone())) {
                         Some(released) => {
                             if let Err(why) = this.scanned(released) {
@@ -536,6 +564,7 @@ impl Body for Outbound {
                         None => this.ready.push_back(data),
                     }
                     if this.inner.is_end_stream() {
+                        this.digested();
                         this.done = this.scanner.is_none();
                     }
                 }

@@ -104,7 +104,10 @@ pub enum MediaRefusal {
     Charset(String),
     #[error("compressed request bodies (Content-Encoding) cannot be inspected")]
     Encoded,
-    #[error("a multipart/form-data body needs one boundary parameter")]
+    #[error(
+        "a multipart/form-data body needs one `boundary` parameter (1 to 70 RFC 2046 characters) \
+         and no other parameter than `charset`"
+    )]
     NoBoundary,
     #[error("`{0}` bodies are not accepted here: send JSON, a form or multipart/form-data")]
     NotAccepted(String),
@@ -427,6 +430,11 @@ pub enum CreditError {
     PreviewInvalid,
     #[error("limit is 1 to 500 and before a movement's seq, both whole numbers")]
     HistoryQueryInvalid,
+    #[error(
+        "an account holds at most {max} tokens (available and held together); the balance \
+         is {balance} and nothing was changed"
+    )]
+    BalanceTooLarge { balance: u64, max: u64 },
 }
 
 impl Problem for CreditError {
@@ -440,6 +448,7 @@ impl Problem for CreditError {
             CreditError::PreviewInvalid | CreditError::HistoryQueryInvalid => {
                 StatusCode::BAD_REQUEST
             }
+            CreditError::BalanceTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -452,6 +461,7 @@ impl Problem for CreditError {
             CreditError::KeyInFlight => "IDEMPOTENCY_KEY_IN_USE",
             CreditError::PreviewInvalid => "INVALID_REQUEST_BODY",
             CreditError::HistoryQueryInvalid => "INVALID_QUERY",
+            CreditError::BalanceTooLarge { .. } => "BALANCE_TOO_LARGE",
         }
     }
 
@@ -464,6 +474,7 @@ impl Problem for CreditError {
             CreditError::KeyInFlight => "Request in progress",
             CreditError::PreviewInvalid => "Invalid request body",
             CreditError::HistoryQueryInvalid => "Invalid query",
+            CreditError::BalanceTooLarge { .. } => "Balance too large",
         }
     }
 
@@ -472,7 +483,8 @@ impl Problem for CreditError {
             CreditError::KeyInvalid
             | CreditError::KeyMismatch
             | CreditError::PreviewInvalid
-            | CreditError::HistoryQueryInvalid => Family::Request,
+            | CreditError::HistoryQueryInvalid
+            | CreditError::BalanceTooLarge { .. } => Family::Request,
             _ => Family::Limit,
         }
     }
@@ -490,6 +502,10 @@ impl Problem for CreditError {
             CreditError::Insufficient { required, balance } => vec![
                 ("required", Value::from(*required)),
                 ("balance", Value::from(*balance)),
+            ],
+            CreditError::BalanceTooLarge { balance, max } => vec![
+                ("balance", Value::from(*balance)),
+                ("max", Value::from(*max)),
             ],
             _ => self
                 .retry_after()

@@ -144,6 +144,15 @@ pub async fn reserve(
                 Claimed::InFlight => return Err(CreditError::KeyInFlight.into()),
                 Claimed::Mismatch => return Err(CreditError::KeyMismatch.into()),
                 Claimed::Answered(answer) => {
+                    if let Some(first) = &answer.request_digest {
+                        // The first body streamed through: this one must hash the same.
+                        let (parts, body) = request.into_parts();
+                        let digest = digest_body(body, route, reading).await?;
+                        drop(parts);
+                        if digest != *first {
+                            return Err(CreditError::KeyMismatch.into());
+                        }
+                    }
                     credits.counters.replays.inc();
                     let balance = ledger
                         .account(worker, &client)
@@ -288,6 +297,35 @@ async fn fingerprint(
     Ok((Request::from_parts(parts, body), digest))
 }
 
+/// The SHA-256 (hex) of a retry's whole body, read and let go as it arrives (bounded
+/// by the route's upload limit and the body deadline, as a forwarded one would be).
+async fn digest_body(
+    mut body: RequestBody,
+    route: &Route,
+    reading: &Reading,
+) -> Result<String, GatewayError> {
+    let limits = reading.limits;
+    let started = tokio::time::Instant::now();
+    let (mut hash, mut seen) = (Sha256::new(), 0u64);
+    loop {
+        let deadline = started + limits.allowance(seen);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(RequestError::BodyTooSlow.into()),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(RequestError::BodyInvalid.into()),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if let Some(limit) = route.max_upload_bytes.filter(|l| seen > *l) {
+                return Err(RequestError::PayloadTooLarge { limit }.into());
+            }
+            hash.update(&data);
+        }
+    }
+    Ok(crate::trace_context::hex(&hash.finalize()))
+}
+
 /// A kept answer, answered again.
 fn replay(answer: &StoredAnswer) -> Result<Answer, GatewayError> {
     let body = match &answer.body {
@@ -366,6 +404,7 @@ pub async fn settle(
             headers: kept_headers(headers),
             body: None,
             cost: charged,
+            request_digest: None,
         });
     }
 }
@@ -451,6 +490,7 @@ impl Orphan {
                         headers: kept_headers(headers),
                         body: None,
                         cost: *charged,
+                        request_digest: None,
                     });
                     // Dropped: the kept answer is written in the background.
                 }

@@ -33,6 +33,7 @@
 use std::net::SocketAddr;
 
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tollgate_policy::snapshot::FollowSampled;
 use tollgate_policy::RouteAction;
@@ -191,13 +192,19 @@ async fn run(
     rewrite::upstream_head(exchange, route, &mut head, &path)?;
     let (body, scanner) =
         rewrite::upstream_body(exchange, route, &mut head, body, &reading).await?;
-    let outbound = Outbound::new(
+    let streamed = matches!(body, Either::Left(_));
+    let mut outbound = Outbound::new(
         body,
         route.max_upload_bytes,
         snapshot.server.bodies,
         scanner,
         exchange.log.bytes_in(),
     );
+    // An idempotent request's body that was not read before its key was claimed: its
+    // digest, kept with the answer, tells a retry with another body from the same one.
+    if let Some(claim) = exchange.key_claim.as_mut().filter(|_| streamed) {
+        outbound = outbound.digesting(claim.digest_streamed_body());
+    }
 
     // 9. forward
     let response = forward::forward(

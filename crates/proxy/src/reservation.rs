@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer};
+use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer, UNFINISHED_BODY};
 use tollgate_state::BoxFuture;
 
 use crate::credits::{now_ms, CreditCounters, VoidReason};
@@ -168,7 +168,13 @@ pub struct KeyClaim {
     /// Until when an answer is kept (milliseconds).
     keep_until: u64,
     state: ClaimState,
+    /// For a body that streams through unread: its digest, filled in by
+    /// [`crate::body::Outbound`] once the whole body has passed.
+    streamed: Option<BodyDigest>,
 }
+
+/// The SHA-256 (hex) of a streamed request body, once all of it has passed.
+pub type BodyDigest = Arc<std::sync::OnceLock<String>>;
 
 enum ClaimState {
     /// Not charged (yet): freed when dropped.
@@ -196,11 +202,26 @@ impl KeyClaim {
             owner,
             keep_until,
             state: ClaimState::Open,
+            streamed: None,
         }
     }
 
+    /// The request's body streams through unread: the answer kept for retries will
+    /// carry its digest. Returns where [`crate::body::Outbound`] puts it.
+    pub fn digest_streamed_body(&mut self) -> BodyDigest {
+        Arc::clone(self.streamed.get_or_insert_with(BodyDigest::default))
+    }
+
     /// The request was charged and answered so: from now on a retry gets this answer.
-    pub fn charged(&mut self, answer: StoredAnswer) {
+    pub fn charged(&mut self, mut answer: StoredAnswer) {
+        if let Some(digest) = &self.streamed {
+            answer.request_digest = Some(
+                digest
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| UNFINISHED_BODY.to_owned()),
+            );
+        }
         self.state = ClaimState::Charged(answer);
     }
 

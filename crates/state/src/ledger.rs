@@ -188,7 +188,18 @@ pub enum Adjusted {
     AlreadyOpened {
         balance: u64,
     },
+    /// A credit, set or opening balance that would take the account (available and
+    /// held) above [`MAX_TOKENS`]: nothing moved.
+    TooLarge {
+        balance: u64,
+    },
 }
+
+/// The most tokens an account may hold, available and held together: 2^53 - 1.
+/// Redis's Lua counts in doubles, which are exact only up to here, and so does the
+/// frontend's JavaScript (`Number.MAX_SAFE_INTEGER`); the journal's signed amounts could
+/// not record more either. An adjustment beyond it is refused, never rounded.
+pub const MAX_TOKENS: u64 = (1 << 53) - 1;
 
 /// The answer a charged request got, kept for its retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,7 +212,17 @@ pub struct StoredAnswer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     pub cost: u64,
+    /// The SHA-256 (hex) of the request body that was charged, when it streamed through
+    /// (multipart, an opaque type) rather than being read before the claim: a retry's
+    /// body must hash the same to be "the same request". [`UNFINISHED_BODY`] when the
+    /// backend answered before the body had all passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
 }
+
+/// `StoredAnswer::request_digest` of a body that had not all passed when the backend
+/// answered: no retry can be shown to be the same request.
+pub const UNFINISHED_BODY: &str = "unfinished";
 
 /// An idempotency record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,9 +406,18 @@ pub fn decide_adjust(
     opened: bool,
 ) -> Result<(Kind, i64), Adjusted> {
     let before = account.available;
+    let fits = |available: u64| {
+        available
+            .checked_add(account.held)
+            .is_some_and(|total| total <= MAX_TOKENS)
+    };
+    let too_large = Err(Adjusted::TooLarge { balance: before });
     let kind = match change {
         Change::Credit(n) => {
-            account.available = before.saturating_add(n);
+            match before.checked_add(n).filter(|a| fits(*a)) {
+                Some(after) => account.available = after,
+                None => return too_large,
+            }
             Kind::Credit
         }
         Change::Debit(n) => {
@@ -398,6 +428,9 @@ pub fn decide_adjust(
             Kind::Debit
         }
         Change::Set(n) => {
+            if !fits(n) {
+                return too_large;
+            }
             account.available = n;
             Kind::Set
         }
@@ -405,7 +438,10 @@ pub fn decide_adjust(
             if opened {
                 return Err(Adjusted::AlreadyOpened { balance: before });
             }
-            account.available = before.saturating_add(n);
+            match before.checked_add(n).filter(|a| fits(*a)) {
+                Some(after) => account.available = after,
+                None => return too_large,
+            }
             Kind::Opening
         }
     };

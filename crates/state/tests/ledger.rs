@@ -13,7 +13,7 @@ use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{
     Account, Adjust, Adjusted, Change, Claim, Claimed, Kind, Ledger, Reservation, Reserved, Settle,
-    Settled, StoredAnswer,
+    Settled, StoredAnswer, MAX_TOKENS,
 };
 use tollgate_state::redis::{Redis, RedisSettings};
 use tollgate_testkit::{RedisCluster, RedisServer, TempDir};
@@ -107,6 +107,63 @@ async fn suite(ledger: &dyn Ledger) {
             .await
             .unwrap(),
         Adjusted::AlreadyOpened { balance: 10 }
+    );
+    // No account holds more than MAX_TOKENS, available and held together: beyond it a
+    // journal amount or a Lua number would round. Refused whole, never saturated.
+    for change in [Change::Credit(u64::MAX), Change::Set(MAX_TOKENS + 1)] {
+        assert_eq!(
+            ledger.adjust(0, adjust("max", change)).await.unwrap(),
+            Adjusted::TooLarge { balance: 0 }
+        );
+    }
+    assert_eq!(
+        ledger
+            .adjust(0, adjust("max", Change::Credit(MAX_TOKENS)))
+            .await
+            .unwrap(),
+        Adjusted::Done {
+            balance: MAX_TOKENS
+        }
+    );
+    assert_eq!(
+        ledger
+            .reserve(0, reservation("max", "m1", 5, later), now_ms())
+            .await
+            .unwrap(),
+        Reserved::Held {
+            balance: MAX_TOKENS - 5
+        }
+    );
+    for change in [
+        Change::Credit(1),
+        Change::Set(MAX_TOKENS),
+        Change::Opening(5),
+    ] {
+        assert_eq!(
+            ledger.adjust(0, adjust("max", change)).await.unwrap(),
+            Adjusted::TooLarge {
+                balance: MAX_TOKENS - 5
+            }
+        );
+    }
+    ledger
+        .settle(
+            0,
+            "max",
+            "m1",
+            Settle::Void {
+                reason: "test".into(),
+            },
+            now_ms(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(ledger, "max").await,
+        Account {
+            available: MAX_TOKENS,
+            held: 0
+        }
     );
 
     // Reserve, then post less than was held: the rest comes back.
@@ -306,6 +363,7 @@ async fn suite(ledger: &dyn Ledger) {
         headers: vec![("content-type".into(), "application/json".into())],
         body: Some("e30=".into()),
         cost: 3,
+        request_digest: Some("9f86d081884c7d65".into()),
     };
     ledger
         .answer(0, "a", "k1", answer.clone(), now_ms() + 60_000)

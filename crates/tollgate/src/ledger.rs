@@ -111,6 +111,11 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                 Adjusted::Short { balance } => Err(format!(
                     "client {client} has {balance} token(s): nothing was debited"
                 )),
+                Adjusted::TooLarge { balance } => Err(format!(
+                    "client {client} has {balance} token(s); an account holds at most {} \
+                     (available and held together): nothing was changed",
+                    tollgate_state::ledger::MAX_TOKENS
+                )),
             }
         }
         Action::Show { client, limit } => {

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tollgate_state::ledger::{Adjust, Adjusted, Change, Movement};
+use tollgate_state::ledger::{Adjust, Adjusted, Change, Movement, MAX_TOKENS};
 
 use super::AdminResponse;
 use crate::credits::now_ms;
@@ -34,6 +34,17 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
         Ok(response) => response,
         Err(error) => crate::problem::render(&error, &request_id),
     };
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(crate::request_id::HEADER, id);
+    }
+    response
+}
+
+/// 404 `ROUTE_NOT_FOUND` for a path the admin listener does not serve.
+pub fn not_found(request: &Request<Incoming>) -> AdminResponse {
+    let request_id = crate::request_id::from_headers(request.headers());
+    let mut response =
+        crate::problem::render(&GatewayError::from(AdminError::NotFound), &request_id);
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(crate::request_id::HEADER, id);
     }
@@ -214,6 +225,11 @@ async fn serve(
                     StatusCode::OK,
                     &json!({"clientId": client, "balance": balance}),
                 )),
+                Adjusted::TooLarge { balance } => Err(CreditError::BalanceTooLarge {
+                    balance,
+                    max: MAX_TOKENS,
+                }
+                .into()),
             }
         }
         _ => Err(AdminError::NotFound.into()),

@@ -42,11 +42,8 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
             "token ledger not ready\n".to_owned(),
         ),
         (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_owned(),
-        ),
+        // Every answer the gateway makes itself is problem+json, here too.
+        _ => return ledger::not_found(&request),
     };
     let mut response = Response::new(crate::body::full(body));
     *response.status_mut() = status;

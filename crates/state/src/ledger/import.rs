@@ -34,6 +34,14 @@ pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
         if !seen.insert(o.client.as_str()) {
             problems.push(format!("client {} appears more than once", o.client));
         }
+        if o.balance > super::MAX_TOKENS {
+            problems.push(format!(
+                "client {}: {} tokens is more than an account holds ({})",
+                o.client,
+                o.balance,
+                super::MAX_TOKENS
+            ));
+        }
     }
     if problems.is_empty() {
         Ok(openings)
@@ -153,6 +161,11 @@ mod tests {
         assert!(parse("1,5\n1,6\n").unwrap_err()[0].contains("more than once"));
         assert!(parse("1003,ten\n").unwrap_err()[0].starts_with("line 1:"));
         assert!(parse("clientId,balance\n").unwrap_err()[0].contains("no balances"));
+        assert!(parse("1004,9007199254740992\n").unwrap_err()[0].contains("more than"));
+        assert_eq!(
+            parse("1004,9007199254740991\n").unwrap(),
+            [o("1004", (1 << 53) - 1)]
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use super::{
     check_client, judge_claim, Account, Adjust, Adjusted, Change, Claim, Claimed,
     IdempotencyRecord, Ledger, LedgerError, Movement, Page, Report, Reservation, Reserved, Settle,
-    Settled, StoredAnswer, EXPIRED,
+    Settled, StoredAnswer, EXPIRED, MAX_TOKENS,
 };
 use crate::redis::{Redis, StoreError};
 use crate::BoxFuture;
@@ -87,10 +87,11 @@ return {1, charged, available}
 "#;
 
 /// KEYS: account, journal. ARGV: credit|debit|set|opening, amount, reason (JSON
-/// members), now, client (JSON). Returns {1, available} (done), {0, available} (short),
-/// {2, available} (opened before).
+/// members), now, client (JSON), most tokens an account may hold. Returns {1, available}
+/// (done), {0, available} (short), {2, available} (opened before), {3, available} (the
+/// account would hold more than the most).
 const ADJUST_LUA: &str = r#"
-local kind, n = ARGV[1], tonumber(ARGV[2])
+local kind, n, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[6])
 local before, held = account(KEYS[1])
 local available = before
 if kind == 'credit' then
@@ -103,8 +104,9 @@ elseif kind == 'set' then
 else
   if redis.call('HEXISTS', KEYS[1], 'opened') == 1 then return {2, before} end
   available = before + n
-  redis.call('HSET', KEYS[1], 'opened', '1')
 end
+if kind ~= 'debit' and available + held > most then return {3, before} end
+if kind == 'opening' then redis.call('HSET', KEYS[1], 'opened', '1') end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held))
 redis.call('RPUSH', KEYS[2], movement(seq, ARGV[5], kind, available - before, 0, available,
@@ -610,6 +612,7 @@ impl Ledger for SharedLedger {
                             .arg(members(&[("reason", Some(&a.reason))]))
                             .arg(a.now_ms)
                             .arg(json_string(&a.client))
+                            .arg(MAX_TOKENS)
                             .invoke_async(&mut c)
                             .await
                     }
@@ -618,7 +621,8 @@ impl Ledger for SharedLedger {
             Ok(match outcome {
                 1 => Adjusted::Done { balance },
                 0 => Adjusted::Short { balance },
-                _ => Adjusted::AlreadyOpened { balance },
+                2 => Adjusted::AlreadyOpened { balance },
+                _ => Adjusted::TooLarge { balance },
             })
         })
     }
