@@ -582,6 +582,134 @@ mod tests {
         }
     }
 
+    /// PHP's reading of a `Content-Disposition` value (`main/rfc1867.c`: the pairs
+    /// `php_ap_getword` splits at `;`, the key before `=`, the value
+    /// `php_ap_getword_conf` unquotes): the name it registers (the last `name=`), if any.
+    fn php_name(value: &str) -> Option<String> {
+        fn getword<'a>(line: &mut &'a [u8], stop: u8) -> &'a [u8] {
+            let mut pos = 0;
+            while pos < line.len() && line[pos] != stop {
+                let quote = line[pos];
+                if quote == b'"' || quote == b'\'' {
+                    pos += 1;
+                    while pos < line.len() && line[pos] != quote {
+                        if line[pos] == b'\\' && line.get(pos + 1) == Some(&quote) {
+                            pos += 2;
+                        } else {
+                            pos += 1;
+                        }
+                    }
+                    if pos < line.len() {
+                        pos += 1;
+                    }
+                } else {
+                    pos += 1;
+                }
+            }
+            let pos = pos.min(line.len());
+            let word = &line[..pos];
+            let mut rest = &line[pos..];
+            while rest.first() == Some(&stop) {
+                rest = &rest[1..];
+            }
+            *line = rest;
+            word
+        }
+        fn getword_conf(word: &[u8]) -> Vec<u8> {
+            let start = word
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(word.len());
+            let word = &word[start..];
+            let (text, quote) = match word.first() {
+                Some(&q) if q == b'"' || q == b'\'' => (&word[1..], Some(q)),
+                _ => {
+                    let end = word
+                        .iter()
+                        .position(|b| b.is_ascii_whitespace())
+                        .unwrap_or(word.len());
+                    (&word[..end], None)
+                }
+            };
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < text.len() && Some(text[i]) != quote {
+                let next = text.get(i + 1).copied();
+                if text[i] == b'\\' && (next == Some(b'\\') || (quote.is_some() && next == quote)) {
+                    i += 1;
+                }
+                out.push(text[i]);
+                i += 1;
+            }
+            out
+        }
+        let mut cd = value.as_bytes();
+        while cd.first().is_some_and(u8::is_ascii_whitespace) {
+            cd = &cd[1..];
+        }
+        let mut name = None;
+        while !cd.is_empty() {
+            let mut pair = getword(&mut cd, b';');
+            while cd.first().is_some_and(u8::is_ascii_whitespace) {
+                cd = &cd[1..];
+            }
+            if pair.contains(&b'=') {
+                let key = getword(&mut pair, b'=');
+                if key.eq_ignore_ascii_case(b"name") {
+                    name = Some(String::from_utf8_lossy(&getword_conf(pair)).into_owned());
+                }
+            }
+        }
+        name
+    }
+
+    /// Every `Content-Disposition` of up to six pieces the scanner accepts names, for
+    /// PHP, a field the scanner also sees: no spelling PHP reads as `clientId` (or any
+    /// other name) passes unseen.
+    #[test]
+    fn every_name_php_would_read_is_one_the_scan_saw() {
+        const PIECES: [&str; 8] = [";", " ", "name", "=", "\"", "'", "\\", "clientId"];
+        fn walk(value: &mut String, left: usize, checked: &mut usize) {
+            if let (Ok(seen), Some(php)) = (disposition_names(value), php_name(value)) {
+                let php = param::fold(&php);
+                assert!(
+                    seen.iter().any(|n| param::fold(n) == php),
+                    "PHP reads {php:?} in {value:?}; the scan saw {seen:?}"
+                );
+                *checked += 1;
+            }
+            if left == 0 {
+                return;
+            }
+            for piece in PIECES {
+                value.push_str(piece);
+                walk(value, left - 1, checked);
+                value.truncate(value.len() - piece.len());
+            }
+        }
+        let mut checked = 0;
+        walk(&mut String::from("form-data"), 6, &mut checked);
+        assert!(
+            checked > 100,
+            "only {checked} accepted values named a field"
+        );
+        // Longer ones, drawn at random (a fixed seed: the same ones every run).
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300_000 {
+            let mut value = String::from("form-data");
+            for _ in 0..8 + next() % 16 {
+                value.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            walk(&mut value, 0, &mut checked);
+        }
+    }
+
     #[test]
     fn what_is_released_before_a_refusal_never_holds_the_value() {
         let b = body(&[part("form-data; name=\"clientId\"", "1002")]);
