@@ -471,6 +471,42 @@ async fn multipart_fields_naming_another_client_never_complete() {
             "{disposition}: a complete request reached the backend"
         );
     }
+    // Framings PHP or Werkzeug read a `clientId` field from while a line-by-line CRLF
+    // reading sees none (found against `php -S` and Flask behind the gateway).
+    for (body, code) in [
+        (
+            "--b\r\nContent-Disposition: form-data\r\n\x0b; name=clientId;:x\r\n\r\n1002\r\n--b--\r\n",
+            (400, "MULTIPART_INVALID"),
+        ),
+        (
+            "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n\r\nname,phone\r--b\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--b--\r\n",
+            (403, "CLIENT_ID_MISMATCH"),
+        ),
+        (
+            "preamble--b\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--b--\r\n",
+            (400, "MULTIPART_INVALID"),
+        ),
+        (
+            "--b\r\nContent-Disposition: form-data; name*0=client; name*1=Id\r\n\r\n1002\r\n--b--\r\n",
+            (400, "MULTIPART_INVALID"),
+        ),
+    ] {
+        let (r, incomplete) = a
+            .send_cut_off(
+                "/echo/campaigns/upload",
+                &[
+                    ("authorization", &token),
+                    ("content-type", "multipart/form-data; boundary=b"),
+                ],
+                body.as_bytes(),
+            )
+            .await;
+        r.assert_problem(code.0, code.1);
+        assert!(
+            incomplete,
+            "{body:?}: a complete request reached the backend"
+        );
+    }
     // PHP takes its boundary from the first text `boundary` in the header: the body is
     // delimited by one the scan would not look for. Refused before the backend.
     let body = format!(

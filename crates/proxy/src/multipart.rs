@@ -7,8 +7,12 @@
 //! query. So the stream is scanned as it passes, in bounded memory:
 //!
 //! - every line that starts with `--boundary` is taken as a delimiter (a superset of
-//!   what any parser accepts: CRLF or bare LF, anything after the boundary);
-//! - each part's header block (at most 16 KiB) is parsed for its
+//!   what any parser accepts: after CRLF, a bare LF or a bare CR, as Werkzeug reads it;
+//!   anything after the boundary), and nothing but line breaks may come before the
+//!   first one (Werkzeug finds a delimiter mid-line there);
+//! - each part's header block (at most 16 KiB) must be what clients write (token names,
+//!   no bare CR or control byte, continuations only after SP or HTAB: PHP continues a
+//!   header after any `isspace` byte) and is parsed for its
 //!   `Content-Disposition` names (`name`, RFC 5987 `name*`, quoted, escaped or
 //!   percent-encoded), folded as [`tollgate_policy::param`] folds names;
 //! - the content of a part named like the client id is held back (at most 1 KiB) until
@@ -59,8 +63,9 @@ enum State {
     /// Inside a line that is not a delimiter.
     Line,
     /// The rest of a delimiter line, until its end; `dashes` counts the `-` right after
-    /// the boundary (two make the closing delimiter).
-    DelimiterLine { seen: usize, dashes: u8 },
+    /// the boundary (two make the closing delimiter); `cr`: the last byte was a CR, so
+    /// the next must be LF.
+    DelimiterLine { seen: usize, dashes: u8, cr: bool },
     /// A part's header block, until a blank line.
     Headers,
 }
@@ -79,6 +84,9 @@ pub struct Scanner {
     /// Content held back from a watched part, and which one it is.
     held: Option<BytesMut>,
     held_for: Watched,
+    /// A delimiter has been seen: what comes before the first one (the preamble) may be
+    /// line breaks only.
+    started: bool,
 }
 
 impl Scanner {
@@ -97,6 +105,7 @@ impl Scanner {
             header: Vec::new(),
             held: None,
             held_for: Watched::ClientId,
+            started: false,
         }
     }
 
@@ -110,8 +119,14 @@ impl Scanner {
             let byte = chunk[i];
             match self.state {
                 State::Line => {
-                    // The hot path: skip to the end of the line.
-                    match chunk[i..].iter().position(|b| *b == b'\n') {
+                    // Text before the first delimiter: Werkzeug finds a delimiter
+                    // anywhere in it, mid-line included. No client sends one.
+                    if !self.started {
+                        return Err(Refusal::Malformed);
+                    }
+                    // The hot path: skip to the end of the line. A bare CR ends one
+                    // too, for Werkzeug: `\r--boundary` is a delimiter to it.
+                    match chunk[i..].iter().position(|b| *b == b'\n' || *b == b'\r') {
                         Some(at) => {
                             i += at + 1;
                             self.state = State::LineStart { matched: 0 };
@@ -123,7 +138,12 @@ impl Scanner {
                 State::LineStart { matched } => {
                     if byte == self.needle[matched] {
                         if matched + 1 == self.needle.len() {
-                            self.state = State::DelimiterLine { seen: 0, dashes: 0 };
+                            self.started = true;
+                            self.state = State::DelimiterLine {
+                                seen: 0,
+                                dashes: 0,
+                                cr: false,
+                            };
                             if let Some(held) = self.held.take() {
                                 // The held part ends where this delimiter's line began.
                                 let mut held = held;
@@ -138,14 +158,18 @@ impl Scanner {
                                 matched: matched + 1,
                             };
                         }
-                    } else if byte == b'\n' {
+                    } else if byte == b'\n' || byte == b'\r' {
                         self.state = State::LineStart { matched: 0 };
                     } else {
                         self.state = State::Line;
                         continue;
                     }
                 }
-                State::DelimiterLine { seen, dashes } => {
+                State::DelimiterLine { seen, dashes, cr } => {
+                    if cr && byte != b'\n' {
+                        // A bare CR: a line break to some parsers, not to others.
+                        return Err(Refusal::Malformed);
+                    }
                     if byte == b'\n' {
                         // After the closing delimiter comes the epilogue: content, still
                         // watched for delimiters.
@@ -162,6 +186,7 @@ impl Scanner {
                         self.state = State::DelimiterLine {
                             seen: seen + 1,
                             dashes: dashes + u8::from(dash && dashes < 2),
+                            cr: byte == b'\r',
                         };
                     }
                 }
@@ -280,7 +305,21 @@ fn header_block_ended(block: &[u8]) -> bool {
 }
 
 /// The `name: value` headers of a block, folded lines joined.
+///
+/// Refused: a bare CR (Werkzeug ends a line there), a control byte, a line that starts
+/// with other whitespace than SP or HTAB (PHP takes any `isspace` byte, `\x0b` or
+/// `\x0c`, as a continuation), and a name that is not a token.
 fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Refusal> {
+    let bare_cr = block
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\r' && block.get(i + 1) != Some(&b'\n'));
+    let control = block
+        .iter()
+        .any(|b| (*b < 0x20 && !b"\t\r\n".contains(b)) || *b == 0x7f);
+    if bare_cr || control {
+        return Err(Refusal::Malformed);
+    }
     let text = std::str::from_utf8(block).map_err(|_| Refusal::Malformed)?;
     let mut headers: Vec<(String, String)> = Vec::new();
     for line in text.split('\n') {
@@ -295,6 +334,10 @@ fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Refusal> {
             continue;
         }
         let (name, value) = line.split_once(':').ok_or(Refusal::Malformed)?;
+        let name = name.trim_end_matches([' ', '\t']);
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return Err(Refusal::Malformed);
+        }
         headers.push((name.to_owned(), value.trim().to_owned()));
         if headers.len() > MAX_HEADER_LINES {
             return Err(Refusal::Malformed);
@@ -365,7 +408,10 @@ fn disposition_params(value: &str) -> Result<Vec<(&str, &str, bool)>, Refusal> {
         rest = rest[end..].trim_start_matches(is_ows);
         rest = rest.strip_prefix('=').ok_or(Refusal::Malformed)?;
         rest = rest.trim_start_matches(is_ows);
-        if key.is_empty() || key.contains('\'') {
+        // `name*0=client; name*1=Id` is `name=clientId` to Python's email parser and
+        // Werkzeug (RFC 2231 continuations).
+        let continued = key.len() > 5 && key[..5].eq_ignore_ascii_case("name*");
+        if key.is_empty() || key.contains('\'') || continued {
             return Err(Refusal::Malformed);
         }
         if let Some(quoted) = rest.strip_prefix('"') {
@@ -708,6 +754,64 @@ mod tests {
             }
             walk(&mut value, 0, &mut checked);
         }
+    }
+
+    #[test]
+    fn framings_some_parser_reads_otherwise_are_refused() {
+        let refused = |body: &[u8], why: Refusal| {
+            for size in [1, 5, body.len()] {
+                assert_eq!(
+                    scan(body, size),
+                    Err(why),
+                    "{} in chunks of {size}",
+                    String::from_utf8_lossy(body).escape_debug()
+                );
+            }
+        };
+        // PHP takes a line starting with any `isspace` byte as a continuation of
+        // Content-Disposition.
+        for first in ["\x0b", "\x0c", "\r"] {
+            let body = format!(
+                "--XyZ\r\nContent-Disposition: form-data\r\n{first}; name=clientId;:x\r\n\r\n1002\r\n--XyZ--\r\n"
+            );
+            refused(body.as_bytes(), Refusal::Malformed);
+        }
+        // Werkzeug ends a header line, and a content line, at a bare CR.
+        refused(
+            b"--XyZ\r\nX-Foo: bar\rContent-Disposition: form-data; name=clientId\r\n\r\n1002\r\n--XyZ--\r\n",
+            Refusal::Malformed,
+        );
+        refused(
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.csv\"\r\n\r\nname,phone\r--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n",
+            Refusal::ClientIdMismatch,
+        );
+        refused(
+            b"--XyZ\rContent-Disposition: form-data; name=clientId\r\r1002\r--XyZ--\r",
+            Refusal::Malformed,
+        );
+        // Werkzeug finds the first delimiter anywhere in the preamble.
+        refused(
+            b"preamble--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n",
+            Refusal::Malformed,
+        );
+        // RFC 2231 continuations: `name=clientId` to Python's email package.
+        refused(
+            b"--XyZ\r\nContent-Disposition: form-data; name*0=client; name*1=Id\r\n\r\n1002\r\n--XyZ--\r\n",
+            Refusal::Malformed,
+        );
+        // A header name that is not a token, or a control byte in a value.
+        refused(
+            b"--XyZ\r\nContent Disposition: form-data; name=a\r\n\r\nx\r\n--XyZ--\r\n",
+            Refusal::Malformed,
+        );
+        refused(
+            b"--XyZ\r\nContent-Disposition: form-data; name=a\x0b\r\n\r\nx\r\n--XyZ--\r\n",
+            Refusal::Malformed,
+        );
+        // Line breaks inside content are content, CR alone included, and a blank
+        // preamble is no preamble.
+        let body = b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"m.csv\"\r\n\r\nname,phone\rAda,1\r\n\rGrace,2\n\r\n--XyZ--\r\n";
+        assert_eq!(scan(body, 3).unwrap(), body);
     }
 
     #[test]
