@@ -51,7 +51,13 @@ async fn an_edited_policy_is_picked_up_by_the_watcher() {
 
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_old_snapshot_serving() {
-    let h = Harness::start().await;
+    // A configuration that also carries a warning: a rejected reload must not log it
+    // as one of the errors that refused it.
+    let h = Harness::with(Setup {
+        extra: "[tracing]\nservice_name = \"lifecycle\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
     std::fs::write(
         h.policy_path("10-closed.toml"),
         "[[route]]\nname = \"admin-closed\"\npath = \"/admin/*\"\naction = \"deny\"\n\n[[route]]\nname = \"broken\"\npth = \"/echo/*\"\naction = \"deny\"\n",
@@ -81,6 +87,26 @@ async fn an_invalid_edit_keeps_the_old_snapshot_serving() {
         "the log must say where and why:\n{}",
         h.gateway.stderr()
     );
+    assert!(
+        h.gateway
+            .wait_for_log("reload refused", Duration::from_secs(5))
+            .await
+    );
+    let log = h.gateway.stderr();
+    let summary = log.lines().find(|l| l.contains("reload refused")).unwrap();
+    assert!(
+        summary.contains("\"errors\":1") && summary.contains("\"warnings\":1"),
+        "{summary}"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("service_name has no effect"))
+    {
+        assert!(
+            !line.contains("\"ERROR\""),
+            "a warning logged as an error: {line}"
+        );
+    }
     assert_eq!(
         h.get("/echo/still", &[]).await.status,
         200,

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::Signal;
-use tollgate_policy::fingerprint;
+use tollgate_policy::{fingerprint, Severity};
 use tollgate_proxy::SnapshotHandle;
 
 pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) {
@@ -62,11 +62,20 @@ fn reload(config: &Path, handle: &SnapshotHandle) {
         }
         Err(e) => {
             handle.reload_failed();
+            // The warnings a rejected configuration also carries are logged as
+            // warnings: the errors that refused it must stand out.
+            let mut errors = 0;
             for d in &e.0 {
-                tracing::error!(diagnostic = %d, "configuration rejected");
+                if d.severity == Severity::Error {
+                    errors += 1;
+                    tracing::error!(diagnostic = %d, "configuration rejected");
+                } else {
+                    tracing::warn!(diagnostic = %d, "configuration warning");
+                }
             }
             tracing::error!(
-                errors = e.0.len(),
+                errors,
+                warnings = e.0.len() - errors,
                 "reload refused: the previous configuration keeps serving"
             );
         }
