@@ -19,7 +19,10 @@
 //! first is running, 409. A request that was not charged (refused, refunded) frees its
 //! key, so its retry runs. "The same request" is the method, the route, the target, the
 //! content type and the body: JSON and form bodies (which the gateway reads anyway) by
-//! their SHA-256, streamed bodies by their declared length.
+//! their SHA-256 in the claim; streamed bodies (multipart, opaque), which pass unread,
+//! by their declared length in the claim and by the SHA-256 [`crate::body::Outbound`]
+//! takes as they pass, kept with the answer: a retry's body is read to the end, let
+//! go, and must hash the same.
 //!
 //! The ledger is never guessed: when it cannot be reached a metered request gets 503
 //! `LEDGER_UNAVAILABLE` and nothing is forwarded.
