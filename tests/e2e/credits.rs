@@ -820,6 +820,31 @@ async fn a_streamed_body_is_the_same_request_only_if_it_hashes_the_same() {
     let again = upload("m-1", form, multipart("Spring")).await;
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.body, first.body);
+    // A browser sending the same form data again picks a new boundary (of another
+    // length, so another Content-Length): still the same request, replayed.
+    let reframed = multipart("Spring").replace("--b", "------WebKitFormBoundaryR3try");
+    let again = upload(
+        "m-1",
+        "multipart/form-data; boundary=----WebKitFormBoundaryR3try",
+        reframed,
+    )
+    .await;
+    assert_eq!(
+        again.header("idempotent-replayed"),
+        Some("true"),
+        "{} {}",
+        again.status,
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.body, first.body);
+    let reframed = multipart("Autumn").replace("--b", "------WebKitFormBoundaryR3try");
+    upload(
+        "m-1",
+        "multipart/form-data; boundary=----WebKitFormBoundaryR3try",
+        reframed,
+    )
+    .await
+    .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
     // Chunked, where no length is declared: a longer body, then the same one.
     let csv = "name,phone\nAda,1\n".to_owned();
     let first = chunked("m-2", csv.clone()).await;

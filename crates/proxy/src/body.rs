@@ -30,15 +30,14 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use sha2::{Digest as _, Sha256};
 use tokio::time::{Instant, Sleep};
 use tollgate_policy::snapshot::BodyLimits;
 
 use crate::errors::{GatewayError, LimitError, RequestError};
+use crate::meter::BodyHasher;
 use crate::multipart::{Refusal, Scanner};
 use crate::part::{Build, Part};
 use crate::reservation::BodyDigest;
-use crate::trace_context::hex;
 
 /// A request body on its way through the stages: the client's stream, or bytes a stage
 /// had to read whole.
@@ -382,7 +381,7 @@ pub struct Outbound {
     done: bool,
     /// The client's bytes hashed as they pass, for an idempotent request's retries
     /// (see [`crate::reservation::KeyClaim::digest_streamed_body`]).
-    digest: Option<(Sha256, BodyDigest)>,
+    digest: Option<(BodyHasher, BodyDigest)>,
 }
 
 impl Outbound {
@@ -418,8 +417,8 @@ impl Outbound {
 
     /// Hashes the client's bytes as they pass; the digest goes to `to` once the whole
     /// body has passed (never for a body cut off).
-    pub fn digesting(mut self, to: BodyDigest) -> Outbound {
-        self.digest = Some((Sha256::new(), to));
+    pub fn digesting(mut self, to: BodyDigest, boundary: Option<&str>) -> Outbound {
+        self.digest = Some((BodyHasher::new(boundary), to));
         if self.inner.is_end_stream() {
             self.digested();
         }
@@ -429,7 +428,7 @@ impl Outbound {
     /// The whole body has passed: its digest is published.
     fn digested(&mut self) {
         if let Some((hash, to)) = self.digest.take() {
-            let _ = to.set(hex(&hash.finalize()));
+            let _ = to.set(hash.finish());
         }
     }
 

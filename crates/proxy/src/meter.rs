@@ -20,9 +20,10 @@
 //! key, so its retry runs. "The same request" is the method, the route, the target, the
 //! content type and the body: JSON and form bodies (which the gateway reads anyway) by
 //! their SHA-256 in the claim; streamed bodies (multipart, opaque), which pass unread,
-//! by their declared length in the claim and by the SHA-256 [`crate::body::Outbound`]
-//! takes as they pass, kept with the answer: a retry's body is read to the end, let
-//! go, and must hash the same.
+//! by the digest [`crate::body::Outbound`] takes as they pass ([`BodyHasher`]:
+//! multipart without its boundary), kept with the answer: a retry's body is read to the
+//! end, let go, and must hash the same (an opaque body's type and declared length are
+//! in the claim too; a multipart one's boundary, and so its length, are not).
 //!
 //! The ledger is never guessed: when it cannot be reached a metered request gets 503
 //! `LEDGER_UNAVAILABLE` and nothing is forwarded.
@@ -103,7 +104,7 @@ pub async fn reserve(
     let (request, claim) = match key.clone() {
         None => (request, None),
         Some(key) => {
-            let (request, fingerprint) = fingerprint(route, request, reading).await?;
+            let (request, fingerprint, boundary) = fingerprint(route, request, reading).await?;
             // Generated here, never the client's `X-Request-Id`: only this request may
             // free what it claims.
             let owner = crate::request_id::generate();
@@ -118,7 +119,8 @@ pub async fn reserve(
                 key.clone(),
                 owner.clone(),
                 keep_until,
-            );
+            )
+            .with_boundary(boundary.clone());
             let claim = Claim {
                 client: client.clone(),
                 key: key.clone(),
@@ -150,7 +152,7 @@ pub async fn reserve(
                     if let Some(first) = &answer.request_digest {
                         // The first body streamed through: this one must hash the same.
                         let (parts, body) = request.into_parts();
-                        let digest = digest_body(body, route, reading).await?;
+                        let digest = digest_body(body, boundary.as_deref(), route, reading).await?;
                         drop(parts);
                         if digest != *first {
                             return Err(CreditError::KeyMismatch.into());
@@ -259,12 +261,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> 
 }
 
 /// What makes two requests "the same" for an idempotency key; JSON and form bodies are
-/// read (they are read for the rewrite anyway) and hashed.
+/// read (they are read for the rewrite anyway) and hashed. A multipart body's boundary
+/// is returned: a browser's retry of the same form data picks a new one, so neither it
+/// nor the length it changes is part of the request's identity (see [`BodyHasher`]).
 async fn fingerprint(
     route: &Route,
     request: Request<RequestBody>,
     reading: &Reading,
-) -> Result<(Request<RequestBody>, String), GatewayError> {
+) -> Result<(Request<RequestBody>, String, Option<String>), GatewayError> {
     let (parts, body) = request.into_parts();
     let mut hash = Sha256::new();
     hash.update(parts.method.as_str());
@@ -282,11 +286,20 @@ async fn fingerprint(
         Some(v) => v.as_bytes(),
         None => b"",
     };
-    for value in [content_type.unwrap_or(b""), length] {
+    let class = classify::classify(&parts.headers, !empty, route)?;
+    let boundary = match &class {
+        BodyClass::Multipart { boundary } => Some(boundary.clone()),
+        _ => None,
+    };
+    let head = match boundary {
+        // `classify` allows a UTF-8 charset beside the boundary, nothing else.
+        Some(_) => [&b"multipart/form-data"[..], b""],
+        None => [content_type.unwrap_or(b""), length],
+    };
+    for value in head {
         hash.update(value);
         hash.update(b"\n");
     }
-    let class = classify::classify(&parts.headers, !empty, route)?;
     let body = match (class, &route.client_id) {
         (BodyClass::Json | BodyClass::Form, Some(policy)) => {
             let held =
@@ -297,19 +310,77 @@ async fn fingerprint(
         _ => body,
     };
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((Request::from_parts(parts, body), digest))
+    Ok((Request::from_parts(parts, body), digest, boundary))
+}
+
+/// The digest of a streamed request body, fed as it passes, in any chunking. With a
+/// multipart boundary, the boundary itself is left out: what is hashed is the body
+/// without its occurrences, and apart, where in that they were. So the same form data
+/// under two boundaries (a browser picks a new one for each send) hashes the same,
+/// while a byte changed, added or moved, or a boundary moved, hashes otherwise.
+pub struct BodyHasher {
+    content: Sha256,
+    /// Where the boundary occurred, as offsets into what `content` was fed.
+    places: Sha256,
+    /// `--boundary`, if the body is multipart.
+    needle: Option<Vec<u8>>,
+    /// The tail of what came so far that may begin an occurrence (shorter than it).
+    carry: Vec<u8>,
+    hashed: u64,
+}
+
+impl BodyHasher {
+    pub fn new(boundary: Option<&str>) -> BodyHasher {
+        BodyHasher {
+            content: Sha256::new(),
+            places: Sha256::new(),
+            needle: boundary.map(|b| [b"--", b.as_bytes()].concat()),
+            carry: Vec::new(),
+            hashed: 0,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        let Some(needle) = &self.needle else {
+            self.content.update(data);
+            return;
+        };
+        self.carry.extend_from_slice(data);
+        let mut start = 0;
+        while let Some(at) = memchr::memmem::find(&self.carry[start..], needle) {
+            self.content.update(&self.carry[start..start + at]);
+            self.hashed += at as u64;
+            self.places.update(self.hashed.to_le_bytes());
+            start += at + needle.len();
+        }
+        // What could still begin an occurrence waits for the next bytes.
+        let keep = self.carry.len().saturating_sub(needle.len() - 1).max(start);
+        self.content.update(&self.carry[start..keep]);
+        self.hashed += (keep - start) as u64;
+        self.carry.drain(..keep);
+    }
+
+    /// The digest, lowercase hex.
+    pub fn finish(mut self) -> String {
+        self.content.update(&self.carry);
+        let mut both = Sha256::new();
+        both.update(self.content.finalize());
+        both.update(self.places.finalize());
+        crate::trace_context::hex(&both.finalize())
+    }
 }
 
 /// The SHA-256 (hex) of a retry's whole body, read and let go as it arrives (bounded
 /// by the route's upload limit and the body deadline, as a forwarded one would be).
 async fn digest_body(
     mut body: RequestBody,
+    boundary: Option<&str>,
     route: &Route,
     reading: &Reading,
 ) -> Result<String, GatewayError> {
     let limits = reading.limits;
     let started = tokio::time::Instant::now();
-    let (mut hash, mut seen) = (Sha256::new(), 0u64);
+    let (mut hash, mut seen) = (BodyHasher::new(boundary), 0u64);
     loop {
         let deadline = started + limits.allowance(seen);
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -326,7 +397,7 @@ async fn digest_body(
             hash.update(&data);
         }
     }
-    Ok(crate::trace_context::hex(&hash.finalize()))
+    Ok(hash.finish())
 }
 
 /// A kept answer, answered again.
@@ -654,5 +725,62 @@ mod tests {
         two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
         assert!(idempotency_key(&two).is_err());
         assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+    }
+
+    fn digest(body: &[u8], boundary: Option<&str>, chunk: usize) -> String {
+        let mut hasher = BodyHasher::new(boundary);
+        body.chunks(chunk.max(1)).for_each(|c| hasher.update(c));
+        hasher.finish()
+    }
+
+    fn form(boundary: &str, name: &str) -> Vec<u8> {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\n\r\nname,phone\r\nAda,1\r\n--{boundary}--\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_body_digest_is_the_same_in_any_chunking_and_under_any_boundary() {
+        let chrome = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
+        let body = form(chrome, "Spring");
+        let whole = digest(&body, Some(chrome), body.len());
+        for chunk in 1..=64 {
+            assert_eq!(
+                digest(&body, Some(chrome), chunk),
+                whole,
+                "chunks of {chunk}"
+            );
+        }
+        // The same form data as curl or Firefox would frame it.
+        for other in ["------------------------d74496d66958873e", "a"] {
+            assert_eq!(digest(&form(other, "Spring"), Some(other), 7), whole);
+        }
+        // Anything else differs: a byte, a byte moved across a boundary, the boundary
+        // left out, or the body hashed as if it were not multipart.
+        assert_ne!(digest(&form(chrome, "Sprint"), Some(chrome), 7), whole);
+        let moved =
+            String::from_utf8(body.clone())
+                .unwrap()
+                .replacen("Spring\r\n--", "Sprin\r\n--g", 1);
+        assert_ne!(digest(moved.as_bytes(), Some(chrome), 7), whole);
+        let dropped =
+            String::from_utf8(body.clone())
+                .unwrap()
+                .replacen(&format!("--{chrome}\r\n"), "", 1);
+        assert_ne!(digest(dropped.as_bytes(), Some(chrome), 7), whole);
+        assert_ne!(digest(&body, None, 7), whole);
+        // Without a boundary: any chunking, and a plain SHA-256 of the bytes.
+        let csv = b"name,phone\nAda,1\n";
+        assert_eq!(digest(csv, None, 1), digest(csv, None, csv.len()));
+        assert_eq!(
+            digest(csv, None, 3),
+            crate::trace_context::hex(&{
+                let mut both = Sha256::new();
+                both.update(Sha256::digest(csv));
+                both.update(Sha256::new().finalize());
+                both.finalize()
+            })
+        );
     }
 }

@@ -203,7 +203,8 @@ async fn run(
     // An idempotent request's body that was not read before its key was claimed: its
     // digest, kept with the answer, tells a retry with another body from the same one.
     if let Some(claim) = exchange.key_claim.as_mut().filter(|_| streamed) {
-        outbound = outbound.digesting(claim.digest_streamed_body());
+        let boundary = claim.boundary().map(str::to_owned);
+        outbound = outbound.digesting(claim.digest_streamed_body(), boundary.as_deref());
     }
 
     // 9. forward

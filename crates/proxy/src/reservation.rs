@@ -171,6 +171,8 @@ pub struct KeyClaim {
     /// For a body that streams through unread: its digest, filled in by
     /// [`crate::body::Outbound`] once the whole body has passed.
     streamed: Option<BodyDigest>,
+    /// A multipart body's boundary, which its digest leaves out.
+    boundary: Option<String>,
 }
 
 /// The SHA-256 (hex) of a streamed request body, once all of it has passed.
@@ -203,7 +205,18 @@ impl KeyClaim {
             keep_until,
             state: ClaimState::Open,
             streamed: None,
+            boundary: None,
         }
+    }
+
+    /// The request's multipart boundary, if it has one.
+    pub fn with_boundary(mut self, boundary: Option<String>) -> KeyClaim {
+        self.boundary = boundary;
+        self
+    }
+
+    pub fn boundary(&self) -> Option<&str> {
+        self.boundary.as_deref()
     }
 
     /// The request's body streams through unread: the answer kept for retries will
