@@ -486,6 +486,17 @@ async fn multipart_fields_naming_another_client_never_complete() {
             "preamble--b\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--b--\r\n",
             (400, "MULTIPART_INVALID"),
         ),
+        // Found by a differential run against six parsers: LF then CRLF ends the block
+        // for Werkzeug, python-multipart and formidable later than for a CRLF reading;
+        // a body ending in a part's headers is `clientId=""` to PHP.
+        (
+            "--b\r\nX: 1\n\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--b--\r\n",
+            (400, "MULTIPART_INVALID"),
+        ),
+        (
+            "--b\r\nContent-Disposition: form-data; name=\"clientId\"\r\n",
+            (400, "MULTIPART_INVALID"),
+        ),
         (
             "--b\r\nContent-Disposition: form-data; name*0=client; name*1=Id\r\n\r\n1002\r\n--b--\r\n",
             (400, "MULTIPART_INVALID"),

@@ -71,6 +71,7 @@ pub fn classify(
         if media
             .param_names()
             .any(|n| n != "boundary" && n != "charset")
+            || !boundary_where_php_looks(value.as_bytes())
         {
             return Err(GatewayError::from(MediaRefusal::NoBoundary));
         }
@@ -87,6 +88,18 @@ pub fn classify(
     Err(GatewayError::from(MediaRefusal::NotAccepted(
         essence.to_owned(),
     )))
+}
+
+/// Whether PHP finds the boundary where the parameter is: it takes the text after the
+/// first `boundary` (case-sensitive) and its `=`, quoted or to `,`/`;`, and keeps a
+/// backslash that unquoting drops. So the parameter must be spelled `boundary`, that
+/// must be the first such text, and no backslash may appear.
+fn boundary_where_php_looks(raw: &[u8]) -> bool {
+    let Some(at) = raw.windows(8).position(|w| w == b"boundary") else {
+        return false;
+    };
+    let before = raw[..at].trim_ascii_end();
+    !raw.contains(&b'\\') && before.ends_with(b";") && raw[at + 8..].starts_with(b"=")
 }
 
 /// A boundary as RFC 2046 writes it: 1 to 70 of `bchars`, not ending in a space (and
@@ -218,6 +231,9 @@ mod tests {
             // PHP takes the first `boundary` text in the header, wherever it is.
             b"multipart/form-data; xboundary=AAA; boundary=BBB",
             b"multipart/form-data; name=boundary; boundary=BBB",
+            // PHP finds `boundary` case-sensitively, and keeps a backslash.
+            b"multipart/form-data; BOUNDARY=\"boundary=X\"",
+            b"multipart/form-data; boundary=\"a\\b\"",
             // PHP ends a boundary at `,` or `;`, even quoted.
             b"multipart/form-data; boundary=\"AAA;x\"",
             b"multipart/form-data; boundary=\"AAA,x\"",

@@ -6,15 +6,17 @@
 //! often ahead of it: a field `clientId=1002` would undo the id the gateway put in the
 //! query. So the stream is scanned as it passes, in bounded memory:
 //!
-//! - every line that starts with `--boundary` is taken as a delimiter (a superset of
-//!   what any parser accepts: after CRLF, a bare LF or a bare CR, as Werkzeug reads it;
-//!   anything after the boundary), and nothing but line breaks may come before the
-//!   first one (Werkzeug finds a delimiter mid-line there);
-//! - each part's header block (at most 16 KiB) must be what clients write (token names,
-//!   no bare CR or control byte, continuations only after SP or HTAB: PHP continues a
-//!   header after any `isspace` byte) and is parsed for its
-//!   `Content-Disposition` names (`name`, RFC 5987 `name*`, quoted, escaped or
-//!   percent-encoded), folded as [`tollgate_policy::param`] folds names;
+//! - the body must be framed as browsers and HTTP clients frame it, since every other
+//!   framing is read differently by some backend (PHP, Werkzeug, python-multipart,
+//!   busboy and formidable were tested): nothing but line breaks before the first
+//!   delimiter and after the closing one; a delimiter followed by CRLF or `--`; CRLF
+//!   part headers with token names, lines under 4 KiB, continuations only after SP or
+//!   HTAB, a `Content-Disposition` written `type; key=token` or `key="quoted"` (see
+//!   [`disposition_params`]) and no `Content-Transfer-Encoding`;
+//! - a line that starts with `--boundary` after CRLF, a bare LF or a bare CR (Werkzeug
+//!   breaks lines there) is a delimiter, in content too;
+//! - each part's `Content-Disposition` names (`name`, RFC 5987 `name*`, quoted, escaped
+//!   or percent-encoded) are folded as [`tollgate_policy::param`] folds names;
 //! - the content of a part named like the client id is held back (at most 1 KiB) until
 //!   the part ends, then released if it is the caller's own id, and otherwise the body
 //!   is cut off there: the backend gets an incomplete request it cannot act on, and the
@@ -34,7 +36,9 @@ use crate::method_override;
 
 const MAX_HEADER_BLOCK: usize = 16 * 1024;
 const MAX_HEADER_LINES: usize = 64;
-const MAX_DELIMITER_LINE: usize = 1024;
+/// PHP reads part headers in 5,120-byte pieces, and a longer line's rest as a line of
+/// its own: no header line may come near that.
+const MAX_HEADER_LINE: usize = 4096;
 /// A client id is at most 128 bytes; a held value longer than this cannot be one.
 const MAX_HELD_VALUE: usize = 1024;
 
@@ -62,12 +66,14 @@ enum State {
     LineStart { matched: usize },
     /// Inside a line that is not a delimiter.
     Line,
-    /// The rest of a delimiter line, until its end; `dashes` counts the `-` right after
-    /// the boundary (two make the closing delimiter); `cr`: the last byte was a CR, so
-    /// the next must be LF.
-    DelimiterLine { seen: usize, dashes: u8, cr: bool },
-    /// A part's header block, until a blank line.
-    Headers,
+    /// Just after `--boundary`: `seen` bytes of what must follow, CRLF (a part) or
+    /// `--` and CRLF or the end (the close). Anything else is refused: PHP takes a
+    /// delimiter followed by other text as one and reads on line by line.
+    DelimiterTail { seen: u8, closing: bool },
+    /// A part's header block, until a blank line; `line` counts the current line's bytes.
+    Headers { line: usize },
+    /// After the closing delimiter: line breaks only (PHP does not stop at the close).
+    Epilogue,
 }
 
 /// The scanner for one body.
@@ -139,10 +145,9 @@ impl Scanner {
                     if byte == self.needle[matched] {
                         if matched + 1 == self.needle.len() {
                             self.started = true;
-                            self.state = State::DelimiterLine {
+                            self.state = State::DelimiterTail {
                                 seen: 0,
-                                dashes: 0,
-                                cr: false,
+                                closing: false,
                             };
                             if let Some(held) = self.held.take() {
                                 // The held part ends where this delimiter's line began.
@@ -165,45 +170,67 @@ impl Scanner {
                         continue;
                     }
                 }
-                State::DelimiterLine { seen, dashes, cr } => {
-                    if cr && byte != b'\n' {
-                        // A bare CR: a line break to some parsers, not to others.
+                State::DelimiterTail { seen, closing } => {
+                    // `\r\n` after the boundary opens a part, `--\r\n` closes the body.
+                    let expected: &[u8] = match (seen, closing) {
+                        (0, _) if byte == b'-' => b"--\r\n",
+                        (0, _) => b"\r\n",
+                        (_, true) => b"--\r\n",
+                        (_, false) => b"\r\n",
+                    };
+                    let closing = expected.len() == 4;
+                    if expected.get(usize::from(seen)) != Some(&byte) {
                         return Err(Refusal::Malformed);
                     }
-                    if byte == b'\n' {
-                        // After the closing delimiter comes the epilogue: content, still
-                        // watched for delimiters.
-                        self.state = if dashes >= 2 {
-                            State::LineStart { matched: 0 }
-                        } else {
-                            State::Headers
-                        };
-                        self.header.clear();
-                    } else if seen >= MAX_DELIMITER_LINE {
-                        return Err(Refusal::Malformed);
+                    let seen = seen + 1;
+                    self.state = if usize::from(seen) < expected.len() {
+                        State::DelimiterTail { seen, closing }
+                    } else if closing {
+                        State::Epilogue
                     } else {
-                        let dash = byte == b'-' && usize::from(dashes) == seen;
-                        self.state = State::DelimiterLine {
-                            seen: seen + 1,
-                            dashes: dashes + u8::from(dash && dashes < 2),
-                            cr: byte == b'\r',
-                        };
-                    }
+                        // A part's headers are held until they end: a body that stops
+                        // inside them must not reach the backend whole.
+                        out.extend(slice(&chunk, from, i + 1));
+                        from = i + 1;
+                        self.header.clear();
+                        State::Headers { line: 0 }
+                    };
                 }
-                State::Headers => {
-                    if self.header.len() >= MAX_HEADER_BLOCK {
+                State::Headers { line } => {
+                    // CRLF only, as every client writes it: Werkzeug ends a header line
+                    // at a bare CR and a block at `\r\r`, python-multipart and
+                    // formidable only at CR; PHP reads lines in 5 KiB pieces.
+                    let previous = self.header.last().copied();
+                    let ok = match byte {
+                        b'\n' => previous == Some(b'\r'),
+                        _ => previous != Some(b'\r'),
+                    };
+                    if !ok || line >= MAX_HEADER_LINE || self.header.len() >= MAX_HEADER_BLOCK {
                         return Err(Refusal::Malformed);
                     }
                     self.header.push(byte);
-                    if byte == b'\n' && header_block_ended(&self.header) {
+                    self.state = State::Headers {
+                        line: if byte == b'\n' { 0 } else { line + 1 },
+                    };
+                    if byte == b'\n' && self.header.ends_with(b"\r\n\r\n") {
                         self.state = State::LineStart { matched: 0 };
-                        if let Some(watched) = self.watched()? {
+                        let watched = self.watched()?;
+                        out.push(Bytes::copy_from_slice(&self.header));
+                        from = i + 1;
+                        if let Some(watched) = watched {
                             // Hold this part's content, from the next byte on.
-                            out.extend(slice(&chunk, from, i + 1));
-                            from = i + 1;
                             self.held = Some(BytesMut::new());
                             self.held_for = watched;
                         }
+                    } else if self.header == b"\r\n" {
+                        // A part without headers: without a Content-Disposition, PHP
+                        // and Werkzeug differ on where its headers end.
+                        return Err(Refusal::Malformed);
+                    }
+                }
+                State::Epilogue => {
+                    if byte != b'\r' && byte != b'\n' {
+                        return Err(Refusal::Malformed);
                     }
                 }
             }
@@ -218,32 +245,32 @@ impl Scanner {
                     return Err(self.refusal());
                 }
             }
+            // What is left of a header block is in `self.header`, held.
+            None if matches!(self.state, State::Headers { .. }) => {}
             None => out.extend(slice(&chunk, from, chunk.len())),
         }
         Ok(out)
     }
 
-    /// The end of the body: a part still held (no closing delimiter) is judged as it is,
-    /// since a lenient parser would take it so.
+    /// The end of the body. Refused when it ends inside a part's headers (PHP registers
+    /// a field named there with an empty value, Werkzeug reads on), after a delimiter
+    /// that is not whole, or while a watched part is held (no delimiter closed it).
     pub fn finish(&mut self) -> Result<Vec<Bytes>, Refusal> {
-        match self.held.take() {
-            Some(held) => {
-                // Drop a partial delimiter match at the very end from the value.
-                let matched = match self.state {
-                    State::LineStart { matched } => matched,
-                    _ => 0,
-                };
-                self.judge(&held[..held.len() - matched.min(held.len())])?;
-                Ok(vec![held.freeze()])
-            }
-            None => Ok(Vec::new()),
+        let unfinished = match self.state {
+            State::Headers { .. } => true,
+            State::DelimiterTail { seen, closing } => !(closing && seen == 2),
+            _ => false,
+        };
+        if unfinished || self.held.is_some() {
+            return Err(Refusal::Malformed);
         }
+        Ok(Vec::new())
     }
 
-    /// A held value (the part's content with the line break before its delimiter).
+    /// A held value (the part's content with the line break before its delimiter),
+    /// which must be CRLF: most parsers read `1001\r--boundary` as the value going on.
     fn judge(&self, value: &[u8]) -> Result<(), Refusal> {
-        let value = value.strip_suffix(b"\n").unwrap_or(value);
-        let value = value.strip_suffix(b"\r").unwrap_or(value);
+        let value = value.strip_suffix(b"\r\n").ok_or(Refusal::Malformed)?;
         let kept = match self.held_for {
             Watched::ClientId => value == self.caller.as_bytes(),
             Watched::Method => {
@@ -264,44 +291,37 @@ impl Scanner {
         }
     }
 
-    /// Which watched field, if any, the header block just read names.
+    /// Which watched field, if any, the header block just read names. A part must have
+    /// a `Content-Disposition`, and no `Content-Transfer-Encoding` (RFC 7578 forbids
+    /// senders one; an encoded part could spell a name or value the gateway does not
+    /// see, and formidable dies on `7bit`). A part named both like the client id and
+    /// `_method` is refused: it could be judged as only one of them.
     fn watched(&self) -> Result<Option<Watched>, Refusal> {
-        let mut watched = None;
+        let (mut client_id, mut method, mut disposed) = (false, false, false);
         for (name, value) in parse_headers(&self.header)? {
             let name = name.trim();
             if name.eq_ignore_ascii_case("content-disposition") {
+                disposed = true;
                 for candidate in disposition_names(&value)? {
                     let folded = param::fold(&candidate);
-                    if self.names.contains(&folded) {
-                        return Ok(Some(Watched::ClientId));
-                    }
-                    if param::same_folded(&folded, method_override::PARAM) {
-                        watched = Some(Watched::Method);
-                    }
+                    client_id |= self.names.contains(&folded);
+                    method |= param::same_folded(&folded, method_override::PARAM);
                 }
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
-                // An encoded part could spell a name or value the gateway does not see;
-                // only the identity encodings are let through.
-                let v = value.trim();
-                let plain = ["7bit", "8bit", "binary"]
-                    .iter()
-                    .any(|e| v.eq_ignore_ascii_case(e));
-                if !plain {
-                    return Err(Refusal::Malformed);
-                }
+                return Err(Refusal::Malformed);
             }
         }
-        Ok(watched)
+        match (disposed, client_id, method) {
+            (false, _, _) | (_, true, true) => Err(Refusal::Malformed),
+            (_, true, false) => Ok(Some(Watched::ClientId)),
+            (_, false, true) => Ok(Some(Watched::Method)),
+            (_, false, false) => Ok(None),
+        }
     }
 }
 
 fn slice(chunk: &Bytes, from: usize, to: usize) -> Option<Bytes> {
     (to > from).then(|| chunk.slice(from..to))
-}
-
-/// Whether `block` ends with a blank line (`\n\n` or `\n\r\n`), or is one.
-fn header_block_ended(block: &[u8]) -> bool {
-    block == b"\n" || block == b"\r\n" || block.ends_with(b"\n\n") || block.ends_with(b"\n\r\n")
 }
 
 /// The `name: value` headers of a block, folded lines joined.
@@ -356,8 +376,26 @@ fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Refusal> {
 /// `'` that hides a `;` from one parser and not the other would let a backend read a
 /// field the gateway never saw. Such a value is refused (`MULTIPART_INVALID`).
 fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
+    let params = disposition_params(value)?;
+    // formidable takes the first `name=` after a word boundary anywhere in the value
+    // (`x-name=`, inside a quoted filename): each must be a `name` key of its own.
+    let lower = value.to_ascii_lowercase();
+    let keys: Vec<usize> = params
+        .iter()
+        .filter(|(key, _, _)| key.eq_ignore_ascii_case("name"))
+        .map(|(key, _, _)| key.as_ptr() as usize - value.as_ptr() as usize)
+        .collect();
+    for (at, _) in lower.match_indices("name=") {
+        let word_before = lower[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        if !word_before && !keys.contains(&at) {
+            return Err(Refusal::Malformed);
+        }
+    }
     let mut out = Vec::new();
-    for (key, raw, quoted) in disposition_params(value)? {
+    for (key, raw, quoted) in params {
         let key = key.to_ascii_lowercase();
         if key == "name" {
             let (escaped, literal) = if quoted {
@@ -403,11 +441,11 @@ fn disposition_params(value: &str) -> Result<Vec<(&str, &str, bool)>, Refusal> {
         if rest.is_empty() || rest.starts_with(';') {
             continue;
         }
+        // No space around `=`: Werkzeug, failing to read `x ="…"`, looks for the next
+        // `;` inside the quotes.
         let end = token_end(rest);
         let key = &rest[..end];
-        rest = rest[end..].trim_start_matches(is_ows);
-        rest = rest.strip_prefix('=').ok_or(Refusal::Malformed)?;
-        rest = rest.trim_start_matches(is_ows);
+        rest = rest[end..].strip_prefix('=').ok_or(Refusal::Malformed)?;
         // `name*0=client; name*1=Id` is `name=clientId` to Python's email parser and
         // Werkzeug (RFC 2231 continuations).
         let continued = key.len() > 5 && key[..5].eq_ignore_ascii_case("name*");
@@ -549,10 +587,13 @@ mod tests {
         // A line starting with "--XyZ" is a delimiter to some parser, so it is taken as
         // one: here the "headers" after it cannot be read, and the upload is refused.
         assert_eq!(scan(&b, 5), Err(Refusal::Malformed));
-        // Text after the closing delimiter (an epilogue) is content, not a part.
+        // After the closing delimiter, line breaks only: PHP does not stop there, and
+        // reads on line by line.
         let mut epilogue = b2.clone();
-        epilogue.extend_from_slice(b"an epilogue line\r\n");
+        epilogue.extend_from_slice(b"\r\n\r\n");
         assert_eq!(scan(&epilogue, 3).unwrap(), epilogue);
+        epilogue.extend_from_slice(b"an epilogue line\r\n");
+        assert_eq!(scan(&epilogue, 3), Err(Refusal::Malformed));
     }
 
     #[test]
@@ -602,6 +643,12 @@ mod tests {
             r#"form-data; name*=UTF-8'client%49d"#,
             r#"form-data; name="clientId"#,
             r#"; name=clientId"#,
+            // Werkzeug, failing to read a key with a space before `=`, resyncs at the
+            // next `;` even inside quotes; formidable takes any `name=` after a word
+            // boundary, a key's tail or a quoted filename included.
+            r#"form-data; x ="; name=clientId""#,
+            r#"form-data; x-name=clientId; name="a""#,
+            r#"form-data; filename="; name=clientId"; name="a""#,
         ] {
             let b = body(&[
                 part(r#"form-data; name="a""#, "1"),
@@ -620,7 +667,7 @@ mod tests {
             "form-data; name=\"file\"; filename=\"l'\u{e9}t\u{e9} 2024; final.csv\"",
             "form-data; name=\"file\"; filename*=UTF-8''na%C3%AFve.csv",
             "form-data;name=title",
-            "form-data; name = \"title\" ;; ",
+            "form-data; name=\"title\" ;; ",
             r#"form-data; name="file"; filename="C:\Users\ada\c.csv""#,
         ] {
             let b = body(&[part(disposition, "x")]);
@@ -815,6 +862,43 @@ mod tests {
     }
 
     #[test]
+    fn what_a_differential_run_against_six_parsers_found_is_refused() {
+        // Found by sending mutated bodies to PHP 8.2, Werkzeug, python-multipart,
+        // busboy, multer and formidable, straight and through the gateway. With
+        // boundary XyZ; each would have reached a backend as a field the scan missed.
+        let pad = "a".repeat(5113);
+        let tail = "y".repeat(5120);
+        for (body, why) in [
+            // LF then CRLF ends the block for the scan only; an empty header block.
+            ("--XyZ\r\nX: 1\n\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\n\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\nX: ; name=clientId\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            // PHP's 5,120-byte line pieces: a header line, the epilogue, a padded
+            // delimiter.
+            (format!("--XyZ\r\nX-Pad: {pad}Content-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n"), Refusal::Malformed),
+            (format!("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\n{tail}--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n"), Refusal::Malformed),
+            (format!("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ \r\nX: 1\r\n\r\n{tail}--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n"), Refusal::Malformed),
+            // A body that ends in a part's headers (PHP: clientId=""), `\r\r`.
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\r1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            // A value most parsers read on past `\r--XyZ`.
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1001\r--XyZ\r\nX: 1\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            // One part named both ways; an encoding formidable dies on.
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n1001\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+        ] {
+            for size in [1, 7, body.len()] {
+                assert_eq!(
+                    scan(body.as_bytes(), size),
+                    Err(why),
+                    "{} in chunks of {size}",
+                    body.escape_debug()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn what_is_released_before_a_refusal_never_holds_the_value() {
         let b = body(&[part("form-data; name=\"clientId\"", "1002")]);
         let mut scanner = Scanner::new("XyZ", &names(), "1001", "POST");
@@ -831,12 +915,15 @@ mod tests {
 
     #[test]
     fn variants_of_framing() {
-        // Bare LF line endings, folded headers, header case, no closing delimiter.
+        // Folded headers and header case pass; bare LF line endings (parsers disagree
+        // on where such a block ends) and a watched part no delimiter closes do not.
+        let folded = "--XyZ\r\nContent-Disposition: form-data;\r\n name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n";
+        assert_eq!(scan(folded.as_bytes(), 2), Err(Refusal::ClientIdMismatch));
         let lf = "--XyZ\nContent-Disposition: form-data;\n name=\"clientId\"\n\n1002\n--XyZ--\n";
-        assert_eq!(scan(lf.as_bytes(), 2), Err(Refusal::ClientIdMismatch));
+        assert_eq!(scan(lf.as_bytes(), 2), Err(Refusal::Malformed));
         let unclosed = "--XyZ\r\ncontent-disposition: form-data; name=clientId\r\n\r\n1002";
-        assert_eq!(scan(unclosed.as_bytes(), 4), Err(Refusal::ClientIdMismatch));
-        let own = "--XyZ\r\ncontent-disposition: form-data; name=clientId\r\n\r\n1001";
+        assert_eq!(scan(unclosed.as_bytes(), 4), Err(Refusal::Malformed));
+        let own = "--XyZ\r\ncontent-disposition: form-data; name=clientId\r\n\r\n1001\r\n--XyZ--";
         assert_eq!(scan(own.as_bytes(), 4).unwrap(), own.as_bytes());
         let long = body(&[part("form-data; name=clientId", &"1".repeat(5000))]);
         assert_eq!(scan(&long, 100), Err(Refusal::ClientIdMismatch));
