@@ -33,11 +33,10 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::time::{Instant, Sleep};
 use tollgate_policy::snapshot::BodyLimits;
 
+use crate::body_digest::{BodyDigest, BodyHasher};
 use crate::errors::{GatewayError, LimitError, RequestError};
-use crate::meter::BodyHasher;
 use crate::multipart::{Refusal, Scanner};
 use crate::part::{Build, Part};
-use crate::reservation::BodyDigest;
 
 /// A request body on its way through the stages: the client's stream, or bytes a stage
 /// had to read whole.

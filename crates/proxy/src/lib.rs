@@ -32,6 +32,7 @@ mod access_log;
 mod admin;
 mod authenticate;
 mod body;
+mod body_digest;
 mod caller;
 mod classify;
 mod client_id;

@@ -41,6 +41,7 @@ use tollgate_policy::Route;
 use tollgate_state::ledger::{Claim, Claimed, Reservation, Reserved, Settled, StoredAnswer};
 
 use crate::body::{Reading, RequestBody};
+use crate::body_digest::BodyHasher;
 use crate::classify::{self, BodyClass};
 use crate::credits::{now_ms, Credits, VoidReason};
 use crate::endpoints::Answer;
@@ -311,63 +312,6 @@ async fn fingerprint(
     };
     let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((Request::from_parts(parts, body), digest, boundary))
-}
-
-/// The digest of a streamed request body, fed as it passes, in any chunking. With a
-/// multipart boundary, the boundary itself is left out: what is hashed is the body
-/// without its occurrences, and apart, where in that they were. So the same form data
-/// under two boundaries (a browser picks a new one for each send) hashes the same,
-/// while a byte changed, added or moved, or a boundary moved, hashes otherwise.
-pub struct BodyHasher {
-    content: Sha256,
-    /// Where the boundary occurred, as offsets into what `content` was fed.
-    places: Sha256,
-    /// `--boundary`, if the body is multipart.
-    needle: Option<Vec<u8>>,
-    /// The tail of what came so far that may begin an occurrence (shorter than it).
-    carry: Vec<u8>,
-    hashed: u64,
-}
-
-impl BodyHasher {
-    pub fn new(boundary: Option<&str>) -> BodyHasher {
-        BodyHasher {
-            content: Sha256::new(),
-            places: Sha256::new(),
-            needle: boundary.map(|b| [b"--", b.as_bytes()].concat()),
-            carry: Vec::new(),
-            hashed: 0,
-        }
-    }
-
-    pub fn update(&mut self, data: &[u8]) {
-        let Some(needle) = &self.needle else {
-            self.content.update(data);
-            return;
-        };
-        self.carry.extend_from_slice(data);
-        let mut start = 0;
-        while let Some(at) = memchr::memmem::find(&self.carry[start..], needle) {
-            self.content.update(&self.carry[start..start + at]);
-            self.hashed += at as u64;
-            self.places.update(self.hashed.to_le_bytes());
-            start += at + needle.len();
-        }
-        // What could still begin an occurrence waits for the next bytes.
-        let keep = self.carry.len().saturating_sub(needle.len() - 1).max(start);
-        self.content.update(&self.carry[start..keep]);
-        self.hashed += (keep - start) as u64;
-        self.carry.drain(..keep);
-    }
-
-    /// The digest, lowercase hex.
-    pub fn finish(mut self) -> String {
-        self.content.update(&self.carry);
-        let mut both = Sha256::new();
-        both.update(self.content.finalize());
-        both.update(self.places.finalize());
-        crate::trace_context::hex(&both.finalize())
-    }
 }
 
 /// The SHA-256 (hex) of a retry's whole body, read and let go as it arrives (bounded
@@ -725,62 +669,5 @@ mod tests {
         two.append(IDEMPOTENCY_KEY, HeaderValue::from_static("b"));
         assert!(idempotency_key(&two).is_err());
         assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
-    }
-
-    fn digest(body: &[u8], boundary: Option<&str>, chunk: usize) -> String {
-        let mut hasher = BodyHasher::new(boundary);
-        body.chunks(chunk.max(1)).for_each(|c| hasher.update(c));
-        hasher.finish()
-    }
-
-    fn form(boundary: &str, name: &str) -> Vec<u8> {
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n{name}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\n\r\nname,phone\r\nAda,1\r\n--{boundary}--\r\n"
-        )
-        .into_bytes()
-    }
-
-    #[test]
-    fn a_body_digest_is_the_same_in_any_chunking_and_under_any_boundary() {
-        let chrome = "----WebKitFormBoundary7MA4YWxkTrZu0gW";
-        let body = form(chrome, "Spring");
-        let whole = digest(&body, Some(chrome), body.len());
-        for chunk in 1..=64 {
-            assert_eq!(
-                digest(&body, Some(chrome), chunk),
-                whole,
-                "chunks of {chunk}"
-            );
-        }
-        // The same form data as curl or Firefox would frame it.
-        for other in ["------------------------d74496d66958873e", "a"] {
-            assert_eq!(digest(&form(other, "Spring"), Some(other), 7), whole);
-        }
-        // Anything else differs: a byte, a byte moved across a boundary, the boundary
-        // left out, or the body hashed as if it were not multipart.
-        assert_ne!(digest(&form(chrome, "Sprint"), Some(chrome), 7), whole);
-        let moved =
-            String::from_utf8(body.clone())
-                .unwrap()
-                .replacen("Spring\r\n--", "Sprin\r\n--g", 1);
-        assert_ne!(digest(moved.as_bytes(), Some(chrome), 7), whole);
-        let dropped =
-            String::from_utf8(body.clone())
-                .unwrap()
-                .replacen(&format!("--{chrome}\r\n"), "", 1);
-        assert_ne!(digest(dropped.as_bytes(), Some(chrome), 7), whole);
-        assert_ne!(digest(&body, None, 7), whole);
-        // Without a boundary: any chunking, and a plain SHA-256 of the bytes.
-        let csv = b"name,phone\nAda,1\n";
-        assert_eq!(digest(csv, None, 1), digest(csv, None, csv.len()));
-        assert_eq!(
-            digest(csv, None, 3),
-            crate::trace_context::hex(&{
-                let mut both = Sha256::new();
-                both.update(Sha256::digest(csv));
-                both.update(Sha256::new().finalize());
-                both.finalize()
-            })
-        );
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer, UNFINISHED_BODY};
 use tollgate_state::BoxFuture;
 
+use crate::body_digest::BodyDigest;
 use crate::credits::{now_ms, CreditCounters, VoidReason};
 
 /// An open reservation.
@@ -174,9 +175,6 @@ pub struct KeyClaim {
     /// A multipart body's boundary, which its digest leaves out.
     boundary: Option<String>,
 }
-
-/// The SHA-256 (hex) of a streamed request body, once all of it has passed.
-pub type BodyDigest = Arc<std::sync::OnceLock<String>>;
 
 enum ClaimState {
     /// Not charged (yet): freed when dropped.
