@@ -57,18 +57,30 @@ pub async fn forward(
         }
     };
     exchange.log.set_upstream_time(started.elapsed());
-    sent.map_err(|e| match stats.cut_off() {
-        CutOff::None => e,
-        CutOff::OverLimit => RequestError::PayloadTooLarge {
-            limit: upload_limit.unwrap_or_default(),
-        }
-        .into(),
-        CutOff::TooSlow => RequestError::BodyTooSlow.into(),
-        CutOff::Failed => RequestError::BodyInvalid.into(),
-        CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
-        CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
-        CutOff::MethodOverride => RequestError::MethodOverride.into(),
-    })
+    let client_error = |cut: CutOff| -> Option<GatewayError> {
+        Some(match cut {
+            CutOff::None => return None,
+            CutOff::OverLimit => RequestError::PayloadTooLarge {
+                limit: upload_limit.unwrap_or_default(),
+            }
+            .into(),
+            CutOff::TooSlow => RequestError::BodyTooSlow.into(),
+            CutOff::Failed => RequestError::BodyInvalid.into(),
+            CutOff::ClientIdMismatch => AccessError::ClientIdMismatch.into(),
+            CutOff::MultipartInvalid => RequestError::MultipartInvalid.into(),
+            CutOff::MethodOverride => RequestError::MethodOverride.into(),
+        })
+    };
+    match sent {
+        // A backend may answer a body cut off under it (multer answers 200 to a form
+        // that ends early, with no fields): the client is told why it was cut off, not
+        // what the backend made of the rest, and nothing is charged for it.
+        Ok(response) => match client_error(stats.cut_off()) {
+            Some(e) => Err(e),
+            None => Ok(response),
+        },
+        Err(e) => Err(client_error(stats.cut_off()).unwrap_or(e)),
+    }
 }
 
 type Sent = (Result<Response<Incoming>, GatewayError>, meter::Orphan);

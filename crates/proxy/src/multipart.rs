@@ -12,7 +12,7 @@
 //!   delimiter and after the closing one; a delimiter followed by CRLF or `--`; CRLF
 //!   part headers with token names, lines under 4 KiB, continuations only after SP or
 //!   HTAB, a `Content-Disposition` written `type; key=token` or `key="quoted"` (see
-//!   [`disposition_params`]) and no `Content-Transfer-Encoding`;
+//!   [`disposition_params`]) and no `Content-Transfer-Encoding` but `8bit` or `binary`;
 //! - a line that starts with `--boundary` after CRLF, a bare LF or a bare CR (Werkzeug
 //!   breaks lines there) is a delimiter, in content too;
 //! - each part's `Content-Disposition` names (`name`, RFC 5987 `name*`, quoted, escaped
@@ -292,10 +292,9 @@ impl Scanner {
     }
 
     /// Which watched field, if any, the header block just read names. A part must have
-    /// a `Content-Disposition`, and no `Content-Transfer-Encoding` (RFC 7578 forbids
-    /// senders one; an encoded part could spell a name or value the gateway does not
-    /// see, and formidable dies on `7bit`). A part named both like the client id and
-    /// `_method` is refused: it could be judged as only one of them.
+    /// a `Content-Disposition`, and no `Content-Transfer-Encoding` but an identity one.
+    /// A part named both like the client id and `_method` is refused: it could be judged
+    /// as only one of them.
     fn watched(&self) -> Result<Option<Watched>, Refusal> {
         let (mut client_id, mut method, mut disposed) = (false, false, false);
         for (name, value) in parse_headers(&self.header)? {
@@ -308,7 +307,16 @@ impl Scanner {
                     method |= param::same_folded(&folded, method_override::PARAM);
                 }
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
-                return Err(Refusal::Malformed);
+                // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
+                // (identity: every parser reads the bytes as they are). Anything else
+                // could spell a name or value the gateway does not see, and formidable's
+                // process dies on `7bit`.
+                let identity = ["8bit", "binary"]
+                    .iter()
+                    .any(|e| value.trim().eq_ignore_ascii_case(e));
+                if !identity {
+                    return Err(Refusal::Malformed);
+                }
             }
         }
         match (disposed, client_id, method) {
@@ -378,7 +386,8 @@ fn parse_headers(block: &[u8]) -> Result<Vec<(String, String)>, Refusal> {
 fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
     let params = disposition_params(value)?;
     // formidable takes the first `name=` after a word boundary anywhere in the value
-    // (`x-name=`, inside a quoted filename): each must be a `name` key of its own.
+    // (`x-name=`, inside a quoted filename): that one must be a `name` key of its own.
+    // (Browsers write `name` first, so `filename="first name=x.txt"` after it passes.)
     let lower = value.to_ascii_lowercase();
     let keys: Vec<usize> = params
         .iter()
@@ -390,8 +399,11 @@ fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
             .chars()
             .next_back()
             .is_some_and(|c| c.is_alphanumeric() || c == '_');
-        if !word_before && !keys.contains(&at) {
-            return Err(Refusal::Malformed);
+        if !word_before {
+            if !keys.contains(&at) {
+                return Err(Refusal::Malformed);
+            }
+            break;
         }
     }
     let mut out = Vec::new();
@@ -419,8 +431,8 @@ fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
 /// A `Content-Disposition` value's parameters: (key, value, quoted), the value without
 /// its quotes. Refuses anything outside `type *(OWS ";" OWS key OWS "=" OWS value)`,
 /// where a value is a token without `'` (an RFC 5987 `key*` value: exactly two), or a
-/// quoted string with no `\"` in it and no `\` at its end (parsers disagree on whether a
-/// backslash escapes a quote, so on where the string ends).
+/// quoted string with no `\` at its end (PHP takes only the last backslash before a
+/// quote as an escape, others take pairs: they would disagree on where it ends).
 fn disposition_params(value: &str) -> Result<Vec<(&str, &str, bool)>, Refusal> {
     let is_ows = |c: char| c == ' ' || c == '\t';
     let token_end = |text: &str| text.find(|c: char| !is_tchar(c)).unwrap_or(text.len());
@@ -455,9 +467,11 @@ fn disposition_params(value: &str) -> Result<Vec<(&str, &str, bool)>, Refusal> {
         if let Some(quoted) = rest.strip_prefix('"') {
             let close = closing_quote(quoted).ok_or(Refusal::Malformed)?;
             let inner = &quoted[..close];
-            // `\"` inside, or `\` last (an escaped backslash before the closing quote):
-            // PHP's splitter takes either quote as escaped and reads on.
-            if inner.contains("\\\"") || inner.ends_with('\\') {
+            // `\` last (an escaped backslash before the closing quote): PHP's splitter
+            // takes only the last backslash before a quote as an escape, so it reads on.
+            // (`\"` inside, as Go and Ruby escape a quote in a file name, every parser
+            // reads alike, and a `name=` hidden behind one is refused below.)
+            if inner.ends_with('\\') {
                 return Err(Refusal::Malformed);
             }
             params.push((key, inner, true));
@@ -669,9 +683,17 @@ mod tests {
             "form-data;name=title",
             "form-data; name=\"title\" ;; ",
             r#"form-data; name="file"; filename="C:\Users\ada\c.csv""#,
+            // Go's mime/multipart and Ruby escape a quote in a file name.
+            r#"form-data; name="file"; filename="q\"uote.txt""#,
+            r#"form-data; name="file"; filename="first name=John.txt""#,
         ] {
             let b = body(&[part(disposition, "x")]);
             assert_eq!(scan(&b, 3).unwrap(), b, "{disposition}");
+        }
+        // Apache HttpClient 4.5, Symfony and Dart's http mark parts `8bit` or `binary`.
+        for encoding in ["8bit", "binary", "BINARY"] {
+            let b = format!("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Type: text/plain; charset=ISO-8859-1\r\nContent-Transfer-Encoding: {encoding}\r\n\r\nx\r\n--XyZ--\r\n");
+            assert_eq!(scan(b.as_bytes(), 3).unwrap(), b.as_bytes(), "{encoding}");
         }
     }
 
@@ -883,9 +905,11 @@ mod tests {
             ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\r1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             // A value most parsers read on past `\r--XyZ`.
             ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1001\r--XyZ\r\nX: 1\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
-            // One part named both ways; an encoding formidable dies on.
+            // One part named both ways; an encoding formidable dies on; a name=
+            // formidable would take before the real key.
             ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n1001\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; filename=\"x\\\"; name=clientId\"; name=\"a\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
         ] {
             for size in [1, 7, body.len()] {
                 assert_eq!(
