@@ -164,6 +164,17 @@ impl Attack {
         (r, incomplete)
     }
 
+    /// [`Attack::send_cut_off`] of a multipart `body` (boundary `b`) to an upload route,
+    /// as the caller `bearer`.
+    async fn upload_cut_off(&self, bearer: &str, body: &[u8]) -> (RawResponse, bool) {
+        let headers = [
+            ("authorization", bearer),
+            ("content-type", "multipart/form-data; boundary=b"),
+        ];
+        self.send_cut_off("/echo/campaigns/upload", &headers, body)
+            .await
+    }
+
     /// Sends a request; the number of requests the backend got meanwhile.
     async fn send(
         &self,
@@ -415,16 +426,7 @@ async fn multipart_fields_naming_another_client_never_complete() {
             part("form-data; name=\"file\"; filename=\"c.csv\"", "a,b\n1,2"),
             part(disposition, "1002")
         );
-        let (r, incomplete) = a
-            .send_cut_off(
-                "/echo/campaigns/upload",
-                &[
-                    ("authorization", &token),
-                    ("content-type", "multipart/form-data; boundary=b"),
-                ],
-                body.as_bytes(),
-            )
-            .await;
+        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
         r.assert_problem(403, "CLIENT_ID_MISMATCH");
         assert!(
             incomplete,
@@ -455,16 +457,7 @@ async fn multipart_fields_naming_another_client_never_complete() {
         r#"form-data; x="a\\"; y="; name=clientId; z=""#,
     ] {
         let body = format!("{}--b--\r\n", part(disposition, "1002"));
-        let (r, incomplete) = a
-            .send_cut_off(
-                "/echo/campaigns/upload",
-                &[
-                    ("authorization", &token),
-                    ("content-type", "multipart/form-data; boundary=b"),
-                ],
-                body.as_bytes(),
-            )
-            .await;
+        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
         r.assert_problem(400, "MULTIPART_INVALID");
         assert!(
             incomplete,
@@ -502,16 +495,7 @@ async fn multipart_fields_naming_another_client_never_complete() {
             (400, "MULTIPART_INVALID"),
         ),
     ] {
-        let (r, incomplete) = a
-            .send_cut_off(
-                "/echo/campaigns/upload",
-                &[
-                    ("authorization", &token),
-                    ("content-type", "multipart/form-data; boundary=b"),
-                ],
-                body.as_bytes(),
-            )
-            .await;
+        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
         r.assert_problem(code.0, code.1);
         assert!(
             incomplete,

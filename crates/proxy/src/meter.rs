@@ -152,9 +152,8 @@ pub async fn reserve(
                 Claimed::Answered(answer) => {
                     if let Some(first) = &answer.request_digest {
                         // The first body streamed through: this one must hash the same.
-                        let (parts, body) = request.into_parts();
+                        let (_, body) = request.into_parts();
                         let digest = digest_body(body, boundary.as_deref(), route, reading).await?;
-                        drop(parts);
                         if digest != *first {
                             return Err(CreditError::KeyMismatch.into());
                         }
