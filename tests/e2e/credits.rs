@@ -869,6 +869,137 @@ async fn a_streamed_body_is_the_same_request_only_if_it_hashes_the_same() {
     assert_verified(g).await;
 }
 
+/// A backend that answers as soon as it has a request's head, then reads the body to its
+/// end (chunked, as the gateway forwards a chunked upload) before the next request on
+/// the connection. Counts the requests it answered.
+async fn early_answering_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&answered);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    buf.drain(..head + 4);
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let body = br#"{"created":true}"#;
+                    let answer = format!(
+                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    let mut answer = answer.into_bytes();
+                    answer.extend_from_slice(body);
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    // Then the rest of the upload: up to the last chunk.
+                    while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap();
+                    buf.drain(..end + 5);
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// A backend may answer an upload before all of it has arrived. The answer is kept for
+/// retries only once the upload has ended, with its digest: meanwhile a retry finds the
+/// key in flight (409); afterwards the same upload is replayed and another is refused.
+/// (The digest used to be taken with the answer's head, so such an upload was kept as
+/// "unfinished" and every retry of it got 422.)
+#[tokio::test]
+async fn an_upload_answered_before_its_end_is_kept_once_it_ends() {
+    let (backend, answered) = early_answering_backend().await;
+    let h = Harness::with(Setup {
+        upstream_addr: Some(backend),
+        ..setup("", "")
+    })
+    .await;
+    let g = &h.gateway;
+    g.wait_ready().await;
+    credit(g, "c9", 100).await;
+    let bearer = bearer_for("c9");
+    let csv = "name,phone\nAda,1\n";
+    // Retries send the same way (chunked: an opaque body's declared length, or its
+    // lack, is part of the request), whole.
+    let whole = |body: &'static str| {
+        let request = format!(
+            "POST /echo/metered/upload HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\nauthorization: {bearer}\r\ncontent-type: text/csv\r\nidempotency-key: early-1\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        );
+        async move { raw(g.addr, request.as_bytes()).await }
+    };
+
+    // The upload's bytes, but not yet its end: the backend answers at once.
+    let mut upload = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "POST /echo/metered/upload HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: text/csv\r\nidempotency-key: early-1\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{csv}\r\n",
+        csv.len()
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        crate::support::read_response(&mut upload),
+    )
+    .await
+    .expect("the backend's early answer");
+    assert_eq!(
+        (first.status, first.header("x-token-cost")),
+        (201, Some("5"))
+    );
+    whole(csv)
+        .await
+        .assert_problem(409, "IDEMPOTENCY_KEY_IN_USE");
+
+    // The upload ends: from now on its retry is replayed.
+    upload.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut replayed = None;
+    for _ in 0..100 {
+        let again = whole(csv).await;
+        if again.status != 409 {
+            replayed = Some(again);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = replayed.expect("the key is no longer in flight");
+    assert_eq!(
+        (again.status, again.header("idempotent-replayed")),
+        (201, Some("true")),
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.body, first.body);
+    whole("name,phone\nBob,1\n")
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        1,
+        "one upload reached the backend"
+    );
+    settled(g, "c9", (95, 0)).await;
+    assert_verified(g).await;
+}
+
 /// `requests` concurrent calls of cost 1, spread over `gateways`, against a balance of
 /// `balance`: exactly `balance` succeed.
 async fn overdraw(

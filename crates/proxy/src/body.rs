@@ -427,7 +427,7 @@ impl Outbound {
     /// The whole body has passed: its digest is published.
     fn digested(&mut self) {
         if let Some((hash, to)) = self.digest.take() {
-            let _ = to.set(hash.finish());
+            let _ = to.send(hash.finish());
         }
     }
 

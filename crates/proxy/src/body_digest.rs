@@ -3,12 +3,15 @@
 //! [`crate::body::Outbound`] feeds it as the body passes; a retry's body is fed as it is
 //! read and let go.
 
-use std::sync::{Arc, OnceLock};
-
 use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
 
-/// Where the digest of a streamed body goes once all of it has passed (lowercase hex).
-pub type BodyDigest = Arc<OnceLock<String>>;
+/// Where the digest of a streamed body goes once all of it has passed (lowercase hex);
+/// dropped unsent when the body was cut off.
+pub type BodyDigest = oneshot::Sender<String>;
+
+/// Where a claim waits for it: a backend may answer before the whole upload has passed.
+pub type AwaitedDigest = oneshot::Receiver<String>;
 
 /// The digest of a streamed request body, fed as it passes, in any chunking. With a
 /// multipart boundary, the boundary itself is left out: what is hashed is the body

@@ -21,8 +21,9 @@
 //! content type and the body: JSON and form bodies (which the gateway reads anyway) by
 //! their SHA-256 in the claim; streamed bodies (multipart, opaque), which pass unread,
 //! by the digest [`crate::body::Outbound`] takes as they pass ([`BodyHasher`]:
-//! multipart without its boundary), kept with the answer: a retry's body is read to the
-//! end, let go, and must hash the same (an opaque body's type and declared length are
+//! multipart without its boundary), kept with the answer (once the body has ended, if
+//! the backend answered sooner): a retry's body is read to the end, let go, and must
+//! hash the same (an opaque body's type and declared length are
 //! in the claim too; a multipart one's boundary, and so its length, are not).
 //!
 //! The ledger is never guessed: when it cannot be reached a metered request gets 503

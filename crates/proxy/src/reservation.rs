@@ -6,11 +6,13 @@
 //! leaves them to the ledger's deadline.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::oneshot::error::TryRecvError;
 use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer, UNFINISHED_BODY};
 use tollgate_state::BoxFuture;
 
-use crate::body_digest::BodyDigest;
+use crate::body_digest::{AwaitedDigest, BodyDigest};
 use crate::credits::{now_ms, CreditCounters, VoidReason};
 
 /// An open reservation.
@@ -169,9 +171,9 @@ pub struct KeyClaim {
     /// Until when an answer is kept (milliseconds).
     keep_until: u64,
     state: ClaimState,
-    /// For a body that streams through unread: its digest, filled in by
+    /// For a body that streams through unread: its digest, sent by
     /// [`crate::body::Outbound`] once the whole body has passed.
-    streamed: Option<BodyDigest>,
+    streamed: Option<AwaitedDigest>,
     /// A multipart body's boundary, which its digest leaves out.
     boundary: Option<String>,
 }
@@ -218,21 +220,15 @@ impl KeyClaim {
     }
 
     /// The request's body streams through unread: the answer kept for retries will
-    /// carry its digest. Returns where [`crate::body::Outbound`] puts it.
+    /// carry its digest. Returns where [`crate::body::Outbound`] sends it.
     pub fn digest_streamed_body(&mut self) -> BodyDigest {
-        Arc::clone(self.streamed.get_or_insert_with(BodyDigest::default))
+        let (to, from) = tokio::sync::oneshot::channel();
+        self.streamed = Some(from);
+        to
     }
 
     /// The request was charged and answered so: from now on a retry gets this answer.
-    pub fn charged(&mut self, mut answer: StoredAnswer) {
-        if let Some(digest) = &self.streamed {
-            answer.request_digest = Some(
-                digest
-                    .get()
-                    .cloned()
-                    .unwrap_or_else(|| UNFINISHED_BODY.to_owned()),
-            );
-        }
+    pub fn charged(&mut self, answer: StoredAnswer) {
         self.state = ClaimState::Charged(answer);
     }
 
@@ -244,18 +240,33 @@ impl KeyClaim {
         }
     }
 
-    /// Keeps `answer` for retries.
+    /// Keeps `answer` for retries. A streamed body's digest goes with it; when the
+    /// backend answered before the whole body had passed, the answer is kept once the
+    /// body ends, in the background (a retry meanwhile finds the key in flight: 409).
     pub async fn keep(mut self, answer: StoredAnswer) -> Result<(), LedgerError> {
         self.state = ClaimState::Done;
-        self.ledger
-            .answer(
-                self.worker,
-                &self.client,
-                &self.key,
-                answer,
-                self.keep_until,
-            )
-            .await
+        let streamed = self.streamed.take();
+        let keeping = self.keeping();
+        match streamed.map(|mut digest| (digest.try_recv(), digest)) {
+            None => keeping.keep(answer, None).await,
+            Some((Ok(digest), _)) => keeping.keep(answer, Some(Ok(digest))).await,
+            Some((Err(TryRecvError::Closed), _)) => keeping.keep(answer, Some(Err(()))).await,
+            Some((Err(TryRecvError::Empty), digest)) => {
+                tokio::spawn(keeping.keep_after(answer, digest));
+                Ok(())
+            }
+        }
+    }
+
+    /// What keeping an answer needs, taken out of the claim.
+    fn keeping(&mut self) -> Keeping {
+        Keeping {
+            ledger: Arc::clone(&self.ledger),
+            worker: self.worker,
+            client: std::mem::take(&mut self.client),
+            key: std::mem::take(&mut self.key),
+            until: self.keep_until,
+        }
     }
 
     /// Frees the key: the request was not charged, a retry runs.
@@ -282,20 +293,70 @@ impl Drop for KeyClaim {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (ledger, worker, until) = (Arc::clone(&self.ledger), self.worker, self.keep_until);
-        let (client, key, owner) = (
-            std::mem::take(&mut self.client),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.owner),
-        );
+        let owner = std::mem::take(&mut self.owner);
+        let streamed = self.streamed.take();
+        let keeping = self.keeping();
         runtime.spawn(async move {
-            let done = match state {
-                ClaimState::Charged(answer) => ledger.answer(worker, &client, &key, answer, until).await,
-                _ => ledger.release(worker, &client, &key, &owner).await,
+            let done = match (state, streamed) {
+                (ClaimState::Charged(answer), Some(digest)) => {
+                    return keeping.keep_after(answer, digest).await;
+                }
+                (ClaimState::Charged(answer), None) => keeping.keep(answer, None).await,
+                _ => keeping.release(&owner).await,
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "cannot settle an idempotency key now; it frees itself at its deadline");
             }
         });
+    }
+}
+
+/// How long a kept answer waits for the rest of a streamed body the backend answered
+/// early. The body's own deadlines end a stalled client sooner; this bounds a backend
+/// that stops reading and holds the connection. Past it, retries get 422 (never a
+/// wrong replay).
+const DIGEST_WAIT: Duration = Duration::from_secs(600);
+
+/// An answer on its way to be kept for retries.
+struct Keeping {
+    ledger: Arc<dyn Ledger>,
+    worker: usize,
+    client: String,
+    key: String,
+    until: u64,
+}
+
+impl Keeping {
+    /// Keeps `answer`, with the streamed body's digest (`Err`: the body did not pass
+    /// whole, so no retry can be the same request).
+    async fn keep(
+        self,
+        mut answer: StoredAnswer,
+        digest: Option<Result<String, ()>>,
+    ) -> Result<(), LedgerError> {
+        if let Some(digest) = digest {
+            answer.request_digest = Some(digest.unwrap_or_else(|_| UNFINISHED_BODY.to_owned()));
+        }
+        self.ledger
+            .answer(self.worker, &self.client, &self.key, answer, self.until)
+            .await
+    }
+
+    /// Frees the key: the request was not charged.
+    async fn release(self, owner: &str) -> Result<(), LedgerError> {
+        self.ledger
+            .release(self.worker, &self.client, &self.key, owner)
+            .await
+    }
+
+    /// Waits for the streamed body to end, then keeps `answer` with its digest.
+    async fn keep_after(self, answer: StoredAnswer, digest: AwaitedDigest) {
+        let digest = match tokio::time::timeout(DIGEST_WAIT, digest).await {
+            Ok(Ok(digest)) => Ok(digest),
+            _ => Err(()),
+        };
+        if let Err(e) = self.keep(answer, Some(digest)).await {
+            tracing::warn!(error = %e, "cannot keep an idempotent answer; the key frees itself at its deadline");
+        }
     }
 }

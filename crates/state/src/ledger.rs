@@ -215,13 +215,13 @@ pub struct StoredAnswer {
     /// The SHA-256 (hex) of the request body that was charged, when it streamed through
     /// (multipart, an opaque type) rather than being read before the claim: a retry's
     /// body must hash the same to be "the same request". [`UNFINISHED_BODY`] when the
-    /// backend answered before the body had all passed.
+    /// body did not pass whole (cut off, or still unfinished long after the answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<String>,
 }
 
-/// `StoredAnswer::request_digest` of a body that had not all passed when the backend
-/// answered: no retry can be shown to be the same request.
+/// `StoredAnswer::request_digest` of a body that did not pass whole: no retry can be
+/// shown to be the same request.
 pub const UNFINISHED_BODY: &str = "unfinished";
 
 /// An idempotency record.
