@@ -234,6 +234,16 @@ async fn a_metered_request_is_charged_and_says_so() {
     let r = call(&h.gateway, "POST", "/echo/per-method/x", "c1").await;
     assert_eq!(r.header("x-token-cost"), Some("3"));
     assert_eq!(r.header("x-token-balance"), Some("4"));
+    // A method spelled in lower case names no cost, and backends that fold case would
+    // run it as the POST: refused before anything is judged, let alone forwarded.
+    let seen = h.backend.requests();
+    for method in ["post", "Post", "get"] {
+        call(&h.gateway, method, "/echo/per-method/x", "c1")
+            .await
+            .assert_problem(400, "REQUEST_INVALID");
+    }
+    assert_eq!(h.backend.requests(), seen);
+    settled(&h.gateway, "c1", (4, 0)).await;
 
     // Short: 402 with what it costs and what there is; the backend never sees it.
     let seen = h.backend.requests();
@@ -302,6 +312,19 @@ async fn a_metered_request_is_charged_and_says_so() {
             ("content-type", "application/json"),
         ],
         b"{\"operations\": 3}",
+    )
+    .await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
+    // The preview refuses what the gateway would refuse, rather than pricing it at 0.
+    let r = send(
+        h.gateway.addr,
+        "POST",
+        "/gateway/tokens/preview",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        br#"{"operations": [{"method": "post", "path": "/echo/per-method/q"}]}"#,
     )
     .await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");

@@ -5,8 +5,8 @@
 //! hyper's own hard limits sit above ours), a missing or repeated `Host`, an
 //! absolute-form target that names another host or another scheme than the
 //! connection's, any `Transfer-Encoding` but a single `chunked`, more than one
-//! `Content-Type`, `*` outside OPTIONS, CONNECT, and (when the operator says so) header
-//! names with `_`. Each of these is a request-smuggling or routing-confusion shape.
+//! `Content-Type`, `*` outside OPTIONS, CONNECT, a method with lowercase letters, and
+//! (when the operator says so) header names with `_`. Each of these is a request-smuggling or routing-confusion shape.
 //!
 //! The checks follow the connection: an HTTP/2 request names its host in `:authority`
 //! (the target's authority) and may carry no `Host`; an absolute target's scheme must
@@ -20,6 +20,14 @@ use tollgate_policy::snapshot::{Server, Underscores};
 
 use crate::errors::{FramingError, GatewayError, RequestError};
 use crate::exchange::Scheme;
+
+/// Whether `method` has no lowercase letters. Methods are case-sensitive (RFC 9110
+/// §9.1) and policies name them in upper case, so `post` matches no method list and no
+/// cost; but Django, PHP-FPM setups and others upper-case the method, and would run it
+/// as the POST the gateway never judged or charged.
+pub fn method_is_canonical(method: &Method) -> bool {
+    !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
+}
 
 /// Refuses requests whose size or framing is not acceptable, for a request that came
 /// over a connection of `scheme`.
@@ -44,6 +52,9 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
     }
     if request.method() == Method::CONNECT {
         return Err(FramingError::Connect.into());
+    }
+    if !method_is_canonical(request.method()) {
+        return Err(FramingError::LowercaseMethod.into());
     }
     let mut hosts = request.headers().get_all(HOST).iter();
     let host = hosts.next();
@@ -176,6 +187,11 @@ mod tests {
     fn accepts_a_plain_request() {
         let r = request("GET", "/a?b=c", &[("host", "gw")]);
         assert!(check(&r, &limits(), Scheme::Http).is_ok());
+        // Extension methods in upper case pass (WebDAV, UPnP).
+        for method in ["PROPFIND", "M-SEARCH", "VERSION-CONTROL"] {
+            let r = request(method, "/a", &[("host", "gw")]);
+            assert!(check(&r, &limits(), Scheme::Http).is_ok(), "{method}");
+        }
         let r = request("GET", "http://GW:80/a", &[("host", "gw")]);
         assert!(check(&r, &limits(), Scheme::Http).is_ok());
         let r = request(
@@ -254,6 +270,19 @@ mod tests {
                 FramingError::UnsupportedScheme,
             ),
             ("GET", "*", &[("host", "gw")], FramingError::AsteriskTarget),
+            (
+                "post",
+                "/",
+                &[("host", "gw")],
+                FramingError::LowercaseMethod,
+            ),
+            ("Get", "/", &[("host", "gw")], FramingError::LowercaseMethod),
+            (
+                "m-search",
+                "/",
+                &[("host", "gw")],
+                FramingError::LowercaseMethod,
+            ),
             (
                 "CONNECT",
                 "gw:443",

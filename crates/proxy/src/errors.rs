@@ -89,6 +89,11 @@ pub enum FramingError {
     AsteriskTarget,
     #[error("CONNECT and authority-form request targets are not supported")]
     Connect,
+    #[error(
+        "the method has lowercase letters: backends that fold its case would run another \
+         method than the one the gateway judged; send it in upper case"
+    )]
+    LowercaseMethod,
     #[error("the absolute-form request target has a scheme other than the connection's")]
     UnsupportedScheme,
 }

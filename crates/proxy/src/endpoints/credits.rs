@@ -143,8 +143,10 @@ pub async fn preview(
         let (Some(method), Some(path)) = (method, path) else {
             return Err(CreditError::PreviewInvalid.into());
         };
-        let method =
-            Method::from_bytes(method.as_bytes()).map_err(|_| CreditError::PreviewInvalid)?;
+        let method = Method::from_bytes(method.as_bytes())
+            .ok()
+            .filter(crate::accept::method_is_canonical)
+            .ok_or(CreditError::PreviewInvalid)?;
         let path_only = path.split('?').next().unwrap_or(path);
         let normalized =
             tollgate_policy::path::normalize(path_only).map_err(|_| CreditError::PreviewInvalid)?;
