@@ -416,6 +416,51 @@ key = ["ip"]
     assert!(!out.contains("no [limits.bad]"), "{out}");
 }
 
+/// The gateway reads a login body for its per-account limit, so it judges a `_method`
+/// in it as it would on an identified caller's route: Rails or Symfony would otherwise
+/// run the login's POST as a method no route allows on that path.
+#[tokio::test]
+async fn a_login_body_cannot_turn_its_post_into_another_method() {
+    let h = harness("").await;
+    let seen = h.backend.requests();
+    for (content_type, body) in [
+        (
+            "application/json",
+            r#"{"username":"a@acme.test","_method":"DELETE"}"#,
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "username=a%40acme.test&_method=DELETE",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "username=b&_method%5D=PUT",
+        ),
+    ] {
+        h.send(
+            "POST",
+            "/echo/login2",
+            &[("content-type", content_type)],
+            body.as_bytes(),
+        )
+        .await
+        .assert_problem(400, "METHOD_OVERRIDE_REFUSED");
+    }
+    assert_eq!(h.backend.requests(), seen, "none reached the backend");
+    // Its own method passes, body intact.
+    let body = b"username=c&_method=POST";
+    let r = h
+        .send(
+            "POST",
+            "/echo/login2",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"]["bytes"], body.len());
+}
+
 #[tokio::test]
 async fn a_per_account_limit_cannot_be_dodged_by_naming_the_account_differently() {
     let h = harness("").await;

@@ -4,11 +4,20 @@
 //!
 //! Backends fold several spellings into one name, so the gateway compares names the way
 //! the most forgiving of them would ([`canonical`]): after percent-decoding (`%74oken`
-//! is `token`), case-insensitively, without the `[]`/`[0]` suffix that `qs`, Rails and
-//! PHP turn into arrays (`token[]` is `token`), with PHP's renaming of ` `, `.` and an
-//! unmatched `[` to `_` (`client.id` reaches PHP as `client_id`), without leading
-//! whitespace, and cut at a NUL (C string APIs stop there). A name the gateway treats as
-//! the same as a protected one may be a different name to the backend; never the reverse.
+//! is `token`), case-insensitively (the dotless `ı`, `İ`, the long `ſ` and the Kelvin
+//! sign too, which Java's and .NET's case-insensitive comparisons equate with `i`, `s`
+//! and `k`), without the `[]`/`[0]` suffix that `qs`, Rails and PHP turn into arrays
+//! (`token[]` is `token`), with PHP's renaming of ` `, `.` and an unmatched `[` to `_`
+//! (`client.id` reaches PHP as `client_id`), without leading whitespace, and cut at a
+//! NUL (C string APIs stop there).
+//!
+//! A name also [`means`] a protected one when any of its bracket or dot segments does:
+//! Rack 2 reads `[clientId]`, `clientId]` and `]clientId` as `clientId`, `qs` reads
+//! `[clientId]` so, and PHP, `qs`, Rack, Spring and ASP.NET build nested values from
+//! `filter[clientId]` or `campaign.clientId`, which a backend may read as well as the
+//! top-level one (a JSON body is judged at every depth for the same reason). A name the
+//! gateway treats as the same as a protected one may be a different name to the
+//! backend; never the reverse.
 //!
 //! Parameters are split the same way: at `&`, and at `;` too, where Rack 2, Go before
 //! 1.17 and Python before 3.9.2 split (`a=1;clientId=2` names `clientId` to them). Only
@@ -55,29 +64,59 @@ pub fn fold(decoded: &str) -> String {
     folded(decoded).collect()
 }
 
-/// Whether two decoded names fold to the same name (without allocating).
-pub fn same_folded(a: &str, b: &str) -> bool {
-    folded(a).eq(folded(b))
+/// Whether a decoded name (a parameter, a JSON member, a multipart field) means the
+/// `configured` one to some backend: folded whole, or any of its bracket or dot segments
+/// folded (see the module docs). Does not allocate.
+pub fn means(decoded: &str, configured: &str) -> bool {
+    same_top(decoded, configured)
+        || segments(decoded).any(|segment| fold_chars(segment).eq(folded(configured)))
 }
 
+/// Whether a decoded name is the `configured` one itself (folded whole, as PHP registers
+/// it at the top level), not only one of its segments.
+pub fn same_top(decoded: &str, configured: &str) -> bool {
+    folded(decoded).eq(folded(configured))
+}
+
+/// The name as PHP registers it at the top level (the others fold less).
 fn folded(decoded: &str) -> impl Iterator<Item = char> + '_ {
-    let name = decoded.split('\0').next().unwrap_or_default();
-    let name = name.trim_start();
+    let name = before_nul(decoded).trim_start();
     // `name[...]`: an array element of `name` (PHP, qs, Rails); an unmatched `[` is
     // renamed to `_` by PHP instead.
     let name = match name.find('[') {
         Some(open) if name[open..].contains(']') => &name[..open],
         _ => name,
     };
+    fold_chars(name)
+}
+
+/// The pieces between `[`, `]` and `.`, where parsers nest values (or, Rack 2, strip
+/// stray brackets).
+fn segments(decoded: &str) -> impl Iterator<Item = &str> {
+    before_nul(decoded)
+        .split(['[', ']', '.'])
+        .map(str::trim_start)
+        .filter(|s| !s.is_empty())
+}
+
+fn before_nul(decoded: &str) -> &str {
+    decoded.split('\0').next().unwrap_or_default()
+}
+
+fn fold_chars(name: &str) -> impl Iterator<Item = char> + '_ {
     name.chars().map(|c| match c {
         ' ' | '.' | '[' => '_',
+        // Upper- or lower-cased by Java and .NET to ASCII letters.
+        '\u{131}' | '\u{130}' => 'i',
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
         c => c.to_ascii_lowercase(),
     })
 }
 
 /// Whether two names, one raw and one configured, mean the same parameter.
 pub fn same_name(raw: &[u8], configured: &str) -> bool {
-    canonical(raw) == fold(configured)
+    means(&decode(raw), configured)
 }
 
 /// Whether a backend may split parameters at `b`.
@@ -120,10 +159,9 @@ pub fn strict_pairs(text: &[u8]) -> Vec<(String, String)> {
 
 /// The values of every parameter of `text` that means `configured`, in order.
 pub fn values_of(text: &[u8], configured: &str) -> Vec<String> {
-    let want = fold(configured);
     pieces(text)
         .map(name_and_value)
-        .filter(|(name, _)| canonical(name) == want)
+        .filter(|(name, _)| same_name(name, configured))
         .map(|(_, value)| decode(value))
         .collect()
 }
@@ -163,9 +201,9 @@ pub fn retain<E>(
 
 /// The query without the parameters that mean any of `remove` (configured names).
 pub fn without(query: &str, remove: &[&str]) -> String {
-    let folded: Vec<String> = remove.iter().map(|r| fold(r)).collect();
     let kept = retain(query.as_bytes(), |piece| {
-        Ok::<_, std::convert::Infallible>(!folded.contains(&canonical(name_and_value(piece).0)))
+        let name = decode(name_and_value(piece).0);
+        Ok::<_, std::convert::Infallible>(!remove.iter().any(|r| means(&name, r)))
     });
     // Split at ASCII bytes and rejoined with them: still UTF-8.
     kept.map_or_else(
@@ -221,6 +259,40 @@ mod tests {
         for raw in ["tokens", "tok", "xtoken", "to_ken"] {
             assert!(!same_name(raw.as_bytes(), "token"), "{raw}");
         }
+    }
+
+    #[test]
+    fn a_name_means_the_one_any_of_its_segments_folds_to() {
+        // Rack 2 strips stray brackets; qs reads a leading group as the key; PHP, qs,
+        // Rack, Spring and ASP.NET nest; Java and .NET fold these letters into ASCII.
+        for raw in [
+            "%5BclientId%5D",
+            "clientId]",
+            "]clientId",
+            "[clientId",
+            "[]clientId",
+            "filter[clientId]",
+            "a[b][CLIENTID][]",
+            "campaign.clientId",
+            "cl%C4%B1entId",
+            "CL%C4%B0ENTID",
+        ] {
+            assert!(same_name(raw.as_bytes(), "clientId"), "{raw}");
+        }
+        assert!(same_name("ſecret".as_bytes(), "secret"));
+        assert!(same_name("\u{212a}ey".as_bytes(), "key"));
+        for raw in [
+            "clientIds[x]",
+            "client[Id]",
+            "a[client]Id",
+            "clientId2",
+            "x.client",
+        ] {
+            assert!(!same_name(raw.as_bytes(), "clientId"), "{raw}");
+        }
+        // Only the name itself is the top-level one.
+        assert!(same_top("CLIENTID[]", "clientId"));
+        assert!(!same_top("filter[clientId]", "clientId"));
     }
 
     #[test]

@@ -784,14 +784,14 @@ impl ClientIdPolicy {
     /// Whether a decoded parameter, member or header name means the client id: the name
     /// or an alias in any spelling a backend folds into it (see [`crate::param`]).
     pub fn is_name(&self, candidate: &str) -> bool {
-        self.names
-            .iter()
-            .any(|n| crate::param::same_folded(candidate, n))
+        self.names.iter().any(|n| crate::param::means(candidate, n))
     }
 
-    /// Whether a raw (still percent-encoded) query or form name means the client id.
-    pub fn is_raw_name(&self, raw: &[u8]) -> bool {
-        self.is_name(&crate::param::decode(raw))
+    /// Whether `candidate` is the client id's own name (not a nested spelling of it).
+    pub fn is_top_name(&self, candidate: &str) -> bool {
+        self.names
+            .iter()
+            .any(|n| crate::param::same_top(candidate, n))
     }
 }
 

@@ -6,7 +6,7 @@
 //! absolute-form target that names another host or another scheme than the
 //! connection's, any `Transfer-Encoding` but a single `chunked`, more than one
 //! `Content-Type`, `*` outside OPTIONS, CONNECT, a method with lowercase letters, and
-//! (when the operator says so) header names with `_`. Each of these is a request-smuggling or routing-confusion shape.
+//! (when the operator says so) header names with `_` or `.`. Each of these is a request-smuggling or routing-confusion shape.
 //!
 //! The checks follow the connection: an HTTP/2 request names its host in `:authority`
 //! (the target's authority) and may carry no `Host`; an absolute target's scheme must
@@ -89,7 +89,7 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
         && request
             .headers()
             .keys()
-            .any(|name| name.as_str().contains('_'))
+            .any(crate::headers::folds_into_another)
     {
         return Err(RequestError::HeaderName.into());
     }
@@ -318,14 +318,19 @@ mod tests {
 
     #[test]
     fn underscored_header_names_are_refused_in_refuse_mode() {
-        let r = request("GET", "/", &[("host", "gw"), ("x_client_id", "1002")]);
-        assert!(matches!(
-            check(&r, &limits(), Scheme::Http),
-            Err(GatewayError::Request(RequestError::HeaderName))
-        ));
-        let mut dropping = limits();
-        dropping.headers_with_underscores = Underscores::Drop;
-        assert!(check(&r, &dropping, Scheme::Http).is_ok());
+        for name in ["x_client_id", "x-client.id", "x.http.method"] {
+            let r = request("GET", "/", &[("host", "gw"), (name, "1002")]);
+            assert!(
+                matches!(
+                    check(&r, &limits(), Scheme::Http),
+                    Err(GatewayError::Request(RequestError::HeaderName))
+                ),
+                "{name}"
+            );
+            let mut dropping = limits();
+            dropping.headers_with_underscores = Underscores::Drop;
+            assert!(check(&r, &dropping, Scheme::Http).is_ok());
+        }
     }
 
     #[test]

@@ -365,8 +365,10 @@ pub fn redact_path(path: &str, secret_params: &[String]) -> String {
 }
 
 fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
-    let name = tollgate_policy::param::canonical(raw_name.as_bytes());
-    secret_params.contains(&name)
+    let name = tollgate_policy::param::decode(raw_name.as_bytes());
+    secret_params
+        .iter()
+        .any(|secret| tollgate_policy::param::means(&name, secret))
 }
 
 /// Three base64url parts, the first starting like a JSON object (`eyJ`): a JWT, whatever

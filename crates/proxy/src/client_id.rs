@@ -2,7 +2,7 @@
 //!
 //! Strip, then set: every client-supplied occurrence is found first — repeated query
 //! parameters, the header in any case, JSON members at any depth (duplicates included),
-//! form fields — under the canonical name or any alias, in every spelling a backend
+//! form fields, cookies — under the canonical name or any alias, in every spelling a backend
 //! folds into it (see [`tollgate_policy::param`]). A value that differs from the
 //! authenticated caller's is refused (403 `CLIENT_ID_MISMATCH`) or replaced, per route;
 //! then the caller's own id is set where the route says. Multipart bodies are never
@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue, COOKIE};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -82,7 +82,9 @@ fn ours_first(policy: &ClientIdPolicy, caller: Caller, kept: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A query or form body without its client-id parameters, each judged first.
+/// A query or form body without its client-id parameters, each judged first. A nested
+/// or stray-bracket spelling (`filter[clientId]`, `[clientId]`) holding the caller's own
+/// id is kept: it is not the parameter the gateway injects, and it may filter.
 fn without_supplied(
     text: &[u8],
     policy: &ClientIdPolicy,
@@ -90,11 +92,13 @@ fn without_supplied(
 ) -> Result<Vec<u8>, GatewayError> {
     tollgate_policy::param::retain(text, |piece| {
         let (name, value) = tollgate_policy::param::name_and_value(piece);
-        if !policy.is_raw_name(name) {
+        let name = tollgate_policy::param::decode(name);
+        if !policy.is_name(&name) {
             return Ok(true);
         }
-        judge(policy, &tollgate_policy::param::decode(value), caller)?;
-        Ok(false)
+        let value = tollgate_policy::param::decode(value);
+        judge(policy, &value, caller)?;
+        Ok(value == caller.id && !policy.is_top_name(&name))
     })
 }
 
@@ -120,9 +124,60 @@ pub fn headers(
         }
         headers.remove(&name);
     }
+    cookies(headers, policy, caller)?;
     if let Some(name) = &policy.header {
         let value = HeaderValue::from_str(caller.id).map_err(|_| AccessError::ClientIdMismatch)?;
         headers.insert(name.clone(), value);
+    }
+    Ok(())
+}
+
+/// Judges cookies named like the id: PHP puts them in `$_COOKIE` (and in `$_REQUEST`,
+/// over the query and form, where `request_order` is unset), classic ASP.NET's
+/// `Request[...]` reads them after the query and form. Decoded as PHP decodes them. The
+/// caller's own id passes; another is refused, or, where the route overwrites, the
+/// cookie is dropped.
+fn cookies(
+    headers: &mut HeaderMap,
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<(), GatewayError> {
+    use tollgate_policy::param;
+    let foreign = |pair: &[u8]| -> Result<bool, GatewayError> {
+        let (name, value) = param::name_and_value(pair.trim_ascii());
+        if !policy.is_name(&param::decode(name)) {
+            return Ok(false);
+        }
+        let value = param::decode(value);
+        judge(policy, &value, caller)?;
+        Ok(value != caller.id)
+    };
+    let mut overwritten = false;
+    for value in headers.get_all(COOKIE) {
+        for pair in value.as_bytes().split(|b| *b == b';') {
+            overwritten |= foreign(pair)?;
+        }
+    }
+    if !overwritten {
+        return Ok(());
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let pairs: Vec<&[u8]> = value
+                .as_bytes()
+                .split(|b| *b == b';')
+                .map(<[u8]>::trim_ascii)
+                .filter(|pair| !pair.is_empty() && !matches!(foreign(pair), Ok(true)))
+                .collect();
+            HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok()
+        })
+        .filter(|value| !value.is_empty())
+        .collect();
+    headers.remove(COOKIE);
+    for value in kept {
+        headers.append(COOKIE, value);
     }
     Ok(())
 }
@@ -308,11 +363,16 @@ impl<'a> Json<'a> {
     }
 
     /// Whether `raw` may hold a member named like the id: it names one (folded, as
-    /// [`tollgate_policy::param::fold`] would), or it has an escape that could spell one.
-    /// A cheap superset, so that only such values are parsed.
+    /// [`tollgate_policy::param::fold`] would), or it has an escape or a character that
+    /// could spell one (the first bytes of `ı`, `İ`, `ſ` and the Kelvin sign, which
+    /// case-insensitive Java and .NET read as ASCII letters). A cheap superset, so that
+    /// only such values are parsed.
     fn suspicious(&self, raw: &str) -> bool {
         let bytes = raw.as_bytes();
-        if bytes.contains(&b'\\') {
+        if bytes
+            .iter()
+            .any(|b| matches!(b, b'\\' | 0xC4 | 0xC5 | 0xE2))
+        {
             return true;
         }
         let fold = |b: u8| match b {

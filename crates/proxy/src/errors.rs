@@ -138,7 +138,7 @@ pub enum RequestError {
     HeadersTooLarge { limit: usize },
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong { limit: usize },
-    #[error("request header names with `_` are refused (backends read them as `-`)")]
+    #[error("request header names with `_` or `.` are refused (backends read them as `-`)")]
     HeaderName,
     #[error(transparent)]
     Path(#[from] PathError),

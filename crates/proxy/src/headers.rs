@@ -15,6 +15,14 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Whether a backend may read `name` as another header: CGI, WSGI, PHP and many Java
+/// containers turn `-` into `_` in the variable they expose (`HTTP_X_CLIENT_ID`), and
+/// PHP turns `.` into `_` as well, so `X_Client_Id` and `X-Client.Id` both arrive as
+/// `X-Client-Id`. (nginx drops both by default.)
+pub fn folds_into_another(name: &HeaderName) -> bool {
+    name.as_str().bytes().any(|b| b == b'_' || b == b'.')
+}
+
 /// Removes every header named in `Connection`, then the hop-by-hop headers themselves.
 ///
 /// This runs before anything is injected, so a client cannot name an injected header in

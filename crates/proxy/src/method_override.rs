@@ -7,10 +7,12 @@
 //! headers that do the same are stripped ([`crate::rewrite`]); a `_method` naming another
 //! method than the request's own is refused (400 `METHOD_OVERRIDE_REFUSED`) wherever the
 //! gateway reads: the query on every route; JSON and form bodies, and multipart fields
-//! ([`crate::multipart`]), on routes that identify their caller, whose bodies it reads.
+//! ([`crate::multipart`]), on routes that identify their caller, whose bodies it reads,
+//! and login bodies read for a per-username limit ([`crate::username`]). (Other bodies
+//! on anonymous routes stream through unread.)
 //!
 //! Names are compared as [`tollgate_policy::param`] folds them (`_METHOD`, `%5Fmethod`,
-//! PHP's `.method`), values trimmed and case-insensitively (Rack upper-cases them).
+//! PHP's `.method`, Rack's `_method]`, qs's `[_method]`), values trimmed and case-insensitively (Rack upper-cases them).
 
 use http::Method;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -61,7 +63,7 @@ pub fn judge_json(body: &[u8], method: &Method) -> Result<(), GatewayError> {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
             let mut kept = true;
             while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if param::same_folded(&name, PARAM) {
+                if param::means(&name, PARAM) {
                     let value: serde_json::Value = map.next_value()?;
                     kept &= value.as_str().is_some_and(|v| keeps(v, self.0));
                 } else {

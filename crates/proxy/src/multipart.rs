@@ -104,7 +104,7 @@ impl Scanner {
         needle.extend_from_slice(boundary.as_bytes());
         Scanner {
             needle,
-            names: names.iter().map(|n| param::fold(n)).collect(),
+            names: names.to_vec(),
             caller: caller.to_owned(),
             method: method.to_owned(),
             state: State::LineStart { matched: 0 },
@@ -302,9 +302,8 @@ impl Scanner {
             if name.eq_ignore_ascii_case("content-disposition") {
                 disposed = true;
                 for candidate in disposition_names(&value)? {
-                    let folded = param::fold(&candidate);
-                    client_id |= self.names.contains(&folded);
-                    method |= param::same_folded(&folded, method_override::PARAM);
+                    client_id |= self.names.iter().any(|n| param::means(&candidate, n));
+                    method |= param::means(&candidate, method_override::PARAM);
                 }
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
@@ -562,6 +561,8 @@ mod tests {
             (r#"form-data; name="_METHOD""#, "put"),
             ("form-data; name*=UTF-8''%5Fmethod", "PATCH"),
             (r#"form-data; name=".method""#, "DELETE"),
+            (r#"form-data; name="_method]""#, "DELETE"),
+            (r#"form-data; name="[_method]""#, "DELETE"),
         ] {
             let b = body(&[
                 part(r#"form-data; name="a""#, "1"),
@@ -622,6 +623,10 @@ mod tests {
             "form-data; name=\"clientId[]\"",
             "form-data; name*=UTF-8''client%49d",
             "form-data; filename=\"x\"; name=\"client_id\"",
+            "form-data; name=\"clientId]\"",
+            "form-data; name=\"[clientId]\"",
+            "form-data; name=\"campaign[clientId]\"",
+            "form-data; name=\"clıentId\"",
         ] {
             let b = body(&[
                 part("form-data; name=\"a\"", "1"),

@@ -147,7 +147,7 @@ pub fn upstream_head(
 }
 
 /// Removes request headers a backend could read as another name or another request:
-/// names with `_` (refused earlier in `refuse` mode), and the configured list.
+/// names with `_` or `.` (refused earlier in `refuse` mode), and the configured list.
 ///
 /// One pass over the request's few headers, comparing each with the list, rather than a
 /// removal (a hash lookup) per listed name: measured with callgrind, the lookups cost
@@ -156,7 +156,7 @@ fn strip_spoofable(h: &mut HeaderMap, snapshot: &Snapshot) {
     let listed = &snapshot.server.strip_request_headers;
     let doomed: Vec<HeaderName> = h
         .keys()
-        .filter(|name| name.as_str().contains('_') || listed.contains(name))
+        .filter(|name| crate::headers::folds_into_another(name) || listed.contains(name))
         .cloned()
         .collect();
     for name in doomed {

@@ -24,6 +24,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::body::{self, Reading, RequestBody};
 use crate::errors::{GatewayError, RequestError};
+use crate::method_override;
 
 /// Login bodies are small; this much is read to find the username.
 const MAX_LOGIN_BODY_BYTES: u64 = 64 * 1024;
@@ -40,6 +41,10 @@ pub async fn submitted(
     let (parts, body) = request.into_parts();
     let held = body::hold(&parts, body, MAX_LOGIN_BODY_BYTES, reading).await?;
     let bytes = held.bytes();
+    // Read anyway, so judged as an identified caller's body would be: a `_method` here
+    // would turn the login's POST into a method no route allows on its path.
+    method_override::judge_json(&bytes, &parts.method)?;
+    method_override::judge_params(&bytes, &parts.method)?;
     let mut values = json_values(&bytes, fields);
     // The query too: PHP's $_REQUEST and Spring's @RequestParam read it beside the form.
     let query = parts.uri.query().unwrap_or_default().as_bytes();
@@ -63,7 +68,7 @@ pub async fn submitted(
 }
 
 fn is_field(fields: &[String], name: &str) -> bool {
-    fields.iter().any(|f| param::same_folded(f, name))
+    fields.iter().any(|f| param::means(name, f))
 }
 
 /// How accounts compare: `Alice `, `alice` and `ａｌｉｃｅ` (fullwidth) are one.
