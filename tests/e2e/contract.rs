@@ -313,6 +313,27 @@ async fn real_answers_match_the_openapi_document() {
         "{}",
     )
     .await;
+    // An id no caller can have: an account under it could never be spent from.
+    c.call(
+        400,
+        admin,
+        "POST",
+        credit,
+        "/ledger/clients/1001%0A/credit",
+        &auth,
+        change,
+    )
+    .await;
+    c.call(
+        400,
+        admin,
+        "GET",
+        client,
+        "/ledger/clients/a%2Fb",
+        &auth,
+        "",
+    )
+    .await;
     // Over 16 KiB: refused as too large, not as malformed.
     let huge = format!(r#"{{"amount":5,"reason":"{}"}}"#, "x".repeat(17 * 1024));
     c.call(

@@ -531,6 +531,11 @@ pub enum AdminError {
     NotFound,
     #[error("send a JSON object with a whole number (amount, or balance) and a reason")]
     BodyInvalid,
+    #[error(
+        "no caller can have this client id: 1 to 128 of A-Z a-z 0-9 - _ . : @ (an account \
+         under it could never be spent from)"
+    )]
+    ClientIdInvalid,
 }
 
 impl Problem for AdminError {
@@ -538,7 +543,7 @@ impl Problem for AdminError {
         match self {
             AdminError::Disabled | AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::BodyInvalid => StatusCode::BAD_REQUEST,
+            AdminError::BodyInvalid | AdminError::ClientIdInvalid => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -548,6 +553,7 @@ impl Problem for AdminError {
             AdminError::Unauthorized => "ADMIN_UNAUTHORIZED",
             AdminError::NotFound => "ROUTE_NOT_FOUND",
             AdminError::BodyInvalid => "INVALID_REQUEST_BODY",
+            AdminError::ClientIdInvalid => "CLIENT_ID_INVALID",
         }
     }
 
@@ -557,6 +563,7 @@ impl Problem for AdminError {
             AdminError::Unauthorized => "Admin token required",
             AdminError::NotFound => "Not found",
             AdminError::BodyInvalid => "Invalid request body",
+            AdminError::ClientIdInvalid => "Invalid client id",
         }
     }
 

@@ -240,7 +240,9 @@ fn movement_json(m: &Movement) -> Value {
     serde_json::to_value(m).unwrap_or(Value::Null)
 }
 
-/// A client id from the path: `%XX` escapes decoded (ids may hold any character).
+/// A client id from the path, `%XX` escapes decoded; only an id a caller could have
+/// (`tollgate_auth::jwt::is_usable_client_id`): an account under any other could never
+/// be spent from, and a typo would credit it silently.
 fn percent_decode(segment: &str) -> Result<String, GatewayError> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -255,9 +257,9 @@ fn percent_decode(segment: &str) -> Result<String, GatewayError> {
             i += 1;
         }
     }
-    let text = String::from_utf8(out).map_err(|_| AdminError::NotFound)?;
-    if text.is_empty() {
-        return Err(AdminError::NotFound.into());
+    let text = String::from_utf8(out).map_err(|_| AdminError::ClientIdInvalid)?;
+    if !tollgate_auth::jwt::is_usable_client_id(&text) {
+        return Err(AdminError::ClientIdInvalid.into());
     }
     Ok(text)
 }

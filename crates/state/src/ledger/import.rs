@@ -7,7 +7,10 @@
 //!   legacy client records name it), or one object `{"<clientId>": <balance>, ...}`.
 //!
 //! Every problem is reported with its line (CSV) or entry (JSON); nothing is imported
-//! from a file with any problem.
+//! from a file with any problem. A client appearing twice is a problem (in a JSON object
+//! too, where a parser would keep one silently), and so is a client id no caller can
+//! have (`tollgate_auth::jwt::is_usable_client_id`): its balance could never be spent,
+//! and the real client would start at nothing.
 
 use serde_json::Value;
 
@@ -31,6 +34,12 @@ pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
     }
     let mut seen = std::collections::HashSet::new();
     for o in &openings {
+        if !tollgate_auth::jwt::is_usable_client_id(&o.client) {
+            problems.push(format!(
+                "client {:?}: not a client id a caller can have (1 to 128 of A-Z a-z 0-9 - _ . : @)",
+                o.client
+            ));
+        }
         if !seen.insert(o.client.as_str()) {
             problems.push(format!("client {} appears more than once", o.client));
         }
@@ -91,6 +100,32 @@ fn csv(text: &str) -> (Vec<Opening>, Vec<String>) {
     (out, problems)
 }
 
+/// A JSON object's members in order, repeated keys included.
+struct Members(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Members, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 fn client_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -123,8 +158,13 @@ fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
                 }
             }
         }
-        Value::Object(map) => {
-            for (client, balance) in map {
+        Value::Object(_) => {
+            // Read again member by member: a map would keep one of two equal keys.
+            let members = match serde_json::from_str::<Members>(text) {
+                Ok(Members(members)) => members,
+                Err(e) => return (out, vec![format!("not JSON: {e}")]),
+            };
+            for (client, balance) in members {
                 match balance.as_u64() {
                     Some(balance) if !client.is_empty() => out.push(Opening { client, balance }),
                     _ => problems.push(format!(
@@ -180,5 +220,26 @@ mod tests {
             1
         );
         assert!(parse("[1,").unwrap_err()[0].starts_with("not JSON"));
+    }
+
+    #[test]
+    fn ids_no_caller_can_have_and_repeated_json_members_are_problems() {
+        for text in [
+            "clientId,balance\n\"1003 \",700\n",
+            "a/b,1\n",
+            r#"{"1001\n": 5}"#,
+            r#"[{"clientId": "{x}", "balance": 1}]"#,
+        ] {
+            let problems = parse(text).unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains("not a client id")),
+                "{text}: {problems:?}"
+            );
+        }
+        let long = format!("{},1\n", "9".repeat(129));
+        assert!(parse(&long).is_err());
+        let problems = parse(r#"{"1005": 5, "1005": 900}"#).unwrap_err();
+        assert_eq!(problems, ["client 1005 appears more than once"]);
+        assert!(parse("dev-1:team@acme.test,3\n").is_ok());
     }
 }
