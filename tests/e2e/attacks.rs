@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::{
-    bearer_for, bearer_with, eventually, jwt_config, jwt_fixtures, read_response, Harness,
-    RawResponse, RedisServer, Setup, TempDir,
+    bearer_for, bearer_with, eventually, jwt_config, jwt_fixtures, read_response, GatewayProcess,
+    Harness, RawResponse, RedisServer, Setup, TempDir,
 };
 
 const PLIVO_TOKEN: &str = "MAZDQ1MTZIZGY3ZJG0ZTQ2YJQ0N2"; // a test token, not a real account's
@@ -876,6 +876,34 @@ async fn provider_callbacks_cannot_be_extended_or_replayed() {
         .metrics()
         .await
         .contains("tollgate_callback_replays_total 3"));
+}
+
+/// Without Redis, a nonce is written to the store file before its callback is
+/// forwarded: a Plivo V3 signature carries no time, so a gateway that forgot its nonces
+/// on a restart (or a `kill -9`) would take a captured callback again.
+#[tokio::test]
+async fn a_nonce_is_a_replay_after_a_restart() {
+    async fn send(h: &Harness, nonce: &str) -> RawResponse {
+        let path = "/echo/plivo/answer";
+        let sig = plivo_signature(path, "POST", &[("CallUUID", "xyz")], nonce);
+        let headers = [
+            ("x-plivo-signature-v3", sig.as_str()),
+            ("x-plivo-signature-v3-nonce", nonce),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        h.send("POST", path, &headers, b"CallUUID=xyz").await
+    }
+    let (setup, _secrets) = setup_with("", "");
+    let mut h = Harness::with(setup).await;
+    assert_eq!(send(&h, "kept-1").await.status, 200);
+    h.gateway.signal("KILL");
+    assert!(h.gateway.wait_exit(Duration::from_secs(5)).is_some());
+    h.gateway = GatewayProcess::start(&h.dir.path().join("gateway.toml"));
+    send(&h, "kept-1")
+        .await
+        .assert_problem(409, "CALLBACK_REPLAYED");
+    assert_eq!(send(&h, "kept-2").await.status, 200);
+    assert!(h.dir.path().join("state/tollgate.redb").exists());
 }
 
 #[tokio::test]

@@ -46,3 +46,30 @@ pub fn open_redb(path: &std::path::Path) -> Result<redb::Database, redb::Databas
         .set_cache_size(REDB_CACHE_BYTES)
         .create(path)
 }
+
+/// The open `redb` file at `path`, shared within this process: redb lets one handle
+/// hold a file, and the sessions and the callback nonces both live in `[store] path`.
+/// Opened (and its directory created) by the first caller; closed when the last lets go.
+pub fn shared_redb(
+    path: &std::path::Path,
+) -> Result<std::sync::Arc<redb::Database>, redb::DatabaseError> {
+    use std::sync::{Arc, Mutex, Weak};
+    type Open = Vec<(std::path::PathBuf, Weak<redb::Database>)>;
+    static OPEN: Mutex<Open> = Mutex::new(Vec::new());
+    let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|(_, db)| db.strong_count() > 0);
+    if let Some(db) = open
+        .iter()
+        .find(|(p, _)| *p == key)
+        .and_then(|(_, db)| db.upgrade())
+    {
+        return Ok(db);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(redb::StorageError::from)?;
+    }
+    let db = Arc::new(open_redb(path)?);
+    open.push((key, Arc::downgrade(&db)));
+    Ok(db)
+}

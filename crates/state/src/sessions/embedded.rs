@@ -48,16 +48,13 @@ fn encode(family: &Family) -> Result<Vec<u8>, SessionError> {
 impl EmbeddedSessions {
     /// Opens (or creates) the store at `path`, creating its directory.
     pub fn open(path: &Path) -> Result<EmbeddedSessions, SessionError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let db = crate::open_redb(path).map_err(err)?;
+        let db = crate::shared_redb(path).map_err(err)?;
         // Create the tables, so that readers find them.
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(FAMILIES).map_err(err)?;
         txn.open_table(REVOCATIONS).map_err(err)?;
         txn.commit().map_err(err)?;
-        Ok(EmbeddedSessions { db: Arc::new(db) })
+        Ok(EmbeddedSessions { db })
     }
 
     /// Runs `f` on the blocking pool.
