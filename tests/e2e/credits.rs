@@ -1448,9 +1448,20 @@ async fn the_admin_api_needs_its_token_and_journals_every_change() {
     )
     .await
     .assert_problem(400, "INVALID_REQUEST_BODY");
-    // A client id with any character, escaped in the path.
-    credit(g, "a%2Fb", 1).await;
-    assert_eq!(account(g, "a%2Fb").await, (1, 0));
+    // A client id escaped in the path is decoded; one no caller could ever have is
+    // refused rather than credited where nobody can spend it.
+    credit(g, "dev%3A1%40acme", 1).await;
+    assert_eq!(account(g, "dev:1@acme").await, (1, 0));
+    for id in ["a%2Fb", "1001%0A", "1003%20", "%00x"] {
+        admin(
+            g,
+            "POST",
+            &format!("/ledger/clients/{id}/credit"),
+            r#"{"amount": 1, "reason": "x"}"#,
+        )
+        .await
+        .assert_problem(400, "CLIENT_ID_INVALID");
+    }
     let movements = journal(g, "a").await;
     let reasons: Vec<&str> = movements
         .iter()
