@@ -446,6 +446,28 @@ async fn a_login_body_cannot_turn_its_post_into_another_method() {
         .await
         .assert_problem(400, "METHOD_OVERRIDE_REFUSED");
     }
+    // A multipart or compressed login would hide the account and the `_method` from
+    // the gateway (Rack reads a multipart `_method` as readily as a form's).
+    let multipart = "--b\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\na\r\n--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n";
+    h.send(
+        "POST",
+        "/echo/login2",
+        &[("content-type", "multipart/form-data; boundary=b")],
+        multipart.as_bytes(),
+    )
+    .await
+    .assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    h.send(
+        "POST",
+        "/echo/login2",
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        b"\x1f\x8b",
+    )
+    .await
+    .assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
     assert_eq!(h.backend.requests(), seen, "none reached the backend");
     // Its own method passes, body intact.
     let body = b"username=c&_method=POST";

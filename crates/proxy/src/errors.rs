@@ -116,6 +116,11 @@ pub enum MediaRefusal {
     NoBoundary,
     #[error("`{0}` bodies are not accepted here: send JSON, a form or multipart/form-data")]
     NotAccepted(String),
+    #[error(
+        "a login body is read for its per-account limit and its `_method`: send it as JSON \
+         or a form, uncompressed"
+    )]
+    LoginUnreadable,
 }
 
 /// Why a JSON body the gateway must rewrite was refused (400 `INVALID_JSON`).

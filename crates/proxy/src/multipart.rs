@@ -297,11 +297,30 @@ impl Scanner {
     /// as only one of them.
     fn watched(&self) -> Result<Option<Watched>, Refusal> {
         let (mut client_id, mut method, mut disposed) = (false, false, false);
-        for (name, value) in parse_headers(&self.header)? {
+        let headers = parse_headers(&self.header)?;
+        // Rack 2 searches the whole header block for `Content-Disposition:` (or, for a
+        // part without a name, `Content-ID:`), so that text inside another header's
+        // value would name the part to it.
+        let block = String::from_utf8_lossy(&self.header).to_ascii_lowercase();
+        let mentions = |needle: &str| block.matches(needle).count();
+        let named_lines = headers
+            .iter()
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case("content-disposition"))
+            .count();
+        if mentions("content-disposition:") > named_lines || mentions("content-id:") > 0 {
+            return Err(Refusal::Malformed);
+        }
+        for (name, value) in headers {
             let name = name.trim();
             if name.eq_ignore_ascii_case("content-disposition") {
                 disposed = true;
-                for candidate in disposition_names(&value)? {
+                let names = disposition_names(&value)?;
+                // RFC 7578: every part is named; Rack 2 names a nameless one by its
+                // `Content-ID`, others drop it.
+                if names.is_empty() {
+                    return Err(Refusal::Malformed);
+                }
+                for candidate in names {
                     client_id |= self.names.iter().any(|n| param::means(&candidate, n));
                     method |= param::means(&candidate, method_override::PARAM);
                 }
@@ -403,6 +422,16 @@ fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
                 return Err(Refusal::Malformed);
             }
             break;
+        }
+    }
+    // Rack 2 takes the *last* `;` + whitespace + `name=` of the line, quotes or not
+    // (`name="note;name=clientId"`, `filename="a;name=clientId"`): every such place must
+    // be a `name` key of its own.
+    for (semicolon, _) in lower.match_indices(';') {
+        let after = &lower[semicolon + 1..];
+        let key = after.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+        if key.starts_with("name=") && !keys.contains(&(lower.len() - key.len())) {
+            return Err(Refusal::Malformed);
         }
     }
     let mut out = Vec::new();
@@ -915,6 +944,15 @@ mod tests {
             ("--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\n1001\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: 7bit\r\n\r\nx\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-Disposition: form-data; filename=\"x\\\"; name=clientId\"; name=\"a\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            // Rack 2.2 (a second round, on WEBrick): the last `;name=` of the line,
+            // inside quotes too; a nameless part named by its `Content-ID`; the header
+            // block searched for `Content-Disposition:` anywhere.
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"note;name=clientId\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"x\"; foo=\"a; NAME=clientId\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"x\"; filename=\"a;name=_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data\r\nContent-ID: clientId\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-ID: x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Type: text/plain; x=\"Content-Disposition: ; name=clientId\"\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
         ] {
             for size in [1, 7, body.len()] {
                 assert_eq!(

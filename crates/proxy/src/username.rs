@@ -5,7 +5,8 @@
 //! each member or field named like one of the route's `username_fields` (names compared
 //! case-insensitively; repeated JSON members and repeated form fields all included),
 //! each value trimmed, NFKC-normalised and case-folded. The body is read both as JSON and
-//! as a form whatever its `Content-Type` says, since a backend may parse it either way,
+//! as a form whatever its `Content-Type` says, since a backend may parse it either way
+//! (a multipart or compressed body, which would hide it, is refused with 415),
 //! and the query's parameters count as well (PHP's `$_REQUEST`, Spring's `@RequestParam`).
 //! A JSON value that is not a string still names someone to a backend that coerces it
 //! (`5551234` is a phone number, `["alice"]` is `"alice"` to JavaScript's `String`): a
@@ -23,7 +24,7 @@ use tollgate_policy::param;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::body::{self, Reading, RequestBody};
-use crate::errors::{GatewayError, RequestError};
+use crate::errors::{GatewayError, MediaRefusal, RequestError};
 use crate::method_override;
 
 /// Login bodies are small; this much is read to find the username.
@@ -39,6 +40,16 @@ pub async fn submitted(
     reading: &Reading,
 ) -> Result<(Request<RequestBody>, Vec<String>), GatewayError> {
     let (parts, body) = request.into_parts();
+    // What the gateway reads here must be what the backend reads: a multipart or a
+    // compressed body would hide the account (and a `_method`) from it.
+    let multipart = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+    if multipart || parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+        return Err(MediaRefusal::LoginUnreadable.into());
+    }
     let held = body::hold(&parts, body, MAX_LOGIN_BODY_BYTES, reading).await?;
     let bytes = held.bytes();
     // Read anyway, so judged as an identified caller's body would be: a `_method` here
