@@ -649,6 +649,52 @@ async fn with_on_client_abort_settle_a_client_that_hangs_up_cannot_have_work_don
     assert_verified(g).await;
 }
 
+/// With `on_client_abort = "settle"`, an exchange whose client has left runs on a task
+/// of its own. A graceful stop waits for it within the grace period, as for a request
+/// still in flight: it used to end with the worker, so the backend's work was never
+/// charged (the reservation expired into a refund).
+// Multi-threaded: the demo backend runs on this test's runtime and must answer while
+// the test blocks waiting for the gateway to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_waits_for_an_exchange_whose_client_left() {
+    let mut h = start("on_client_abort = \"settle\"").await;
+    credit(&h.gateway, "c10", 100).await;
+    let bearer = bearer_for("c10");
+    let before = h.backend.requests();
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /echo/metered/slow?delay_ms=1500 HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(&h.gateway, "c10").await.1 == 5 && h.backend.requests() > before
+        })
+        .await
+    );
+    // The client leaves, then the gateway is told to stop while the backend works.
+    drop(stream);
+    h.gateway.signal("TERM");
+    let exit = h.gateway.wait_exit(Duration::from_secs(10));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?} {}",
+        h.gateway.stderr()
+    );
+    h.gateway = GatewayProcess::start(&h.dir.path().join("gateway.toml"));
+    h.gateway.wait_ready().await;
+    assert_eq!(
+        account(&h.gateway, "c10").await,
+        (95, 0),
+        "charged, not held"
+    );
+    let movements = journal(&h.gateway, "c10").await;
+    assert_eq!(movements[0]["kind"], "post", "{movements:#?}");
+    assert_verified(&h.gateway).await;
+}
+
 #[tokio::test]
 async fn a_route_settles_at_the_backends_figure_never_above_the_reservation() {
     let h = start("").await;

@@ -86,6 +86,56 @@ pub struct CreditCounters {
     pub store_errors: Counter,
     /// Latency of the ledger calls on the request path.
     pub latency: Histogram,
+    /// Settlements running on tasks of their own (an exchange whose client left, a post
+    /// written in the background): a graceful stop waits for them.
+    pub detached: Arc<Detached>,
+}
+
+/// A count of settlements in flight on tasks of their own, and a way to wait until none
+/// is. A worker's runtime ends when it has drained; a task still settling on it would
+/// end with it, and the money it settles would be decided by the reservation's expiry
+/// (a refund) instead.
+#[derive(Debug, Default)]
+pub struct Detached {
+    running: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Detached {
+    /// Counts one until the guard is dropped.
+    pub fn track(self: &Arc<Self>) -> DetachedGuard {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        DetachedGuard(Arc::clone(self))
+    }
+
+    /// Resolves once none is running.
+    pub async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.running.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// One detached settlement, counted while it lives.
+#[derive(Debug)]
+pub struct DetachedGuard(Arc<Detached>);
+
+impl Drop for DetachedGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Default for CreditCounters {
@@ -100,6 +150,7 @@ impl Default for CreditCounters {
             expired: Counter::default(),
             store_errors: Counter::default(),
             latency: metrics::latency(),
+            detached: Arc::default(),
         }
     }
 }

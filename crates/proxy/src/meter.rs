@@ -402,6 +402,7 @@ pub async fn settle(
     // operator a charge, never the client a double one.
     let charged = amount.min(reserved);
     let balance = hold.balance.saturating_add(reserved - charged);
+    let tracked = hold.track_detached();
     let mut posted = hold.post_detached(amount);
     // The embedded ledger decides a post at once (its log write is the writer's), so
     // one poll finishes it; a store that must wait gets a task of its own.
@@ -409,7 +410,10 @@ pub async fn settle(
     match posted.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(outcome) => report_post(outcome),
         std::task::Poll::Pending => {
-            tokio::spawn(async move { report_post(posted.await) });
+            tokio::spawn(async move {
+                report_post(posted.await);
+                drop(tracked);
+            });
         }
     }
     exchange.metering = Metering::Charged {
@@ -462,6 +466,8 @@ pub struct Orphan {
     hold: Hold,
     claim: Option<KeyClaim>,
     cost: Option<Arc<Cost>>,
+    /// Counted while the exchange may settle on its own: a graceful stop waits for it.
+    _tracked: crate::credits::DetachedGuard,
 }
 
 /// Takes the request's reservation for a backend exchange that must outlive the
@@ -473,6 +479,7 @@ pub fn outlive_client(exchange: &mut Exchange<'_>, route: &Route) -> Option<Orph
     }
     let hold = exchange.hold.take()?;
     Some(Orphan {
+        _tracked: hold.track_detached(),
         hold,
         claim: exchange.key_claim.take(),
         cost: route.cost.clone(),
@@ -495,7 +502,12 @@ impl Orphan {
         answer: Option<(StatusCode, &HeaderMap)>,
         upload_cut_off: bool,
     ) {
-        let Orphan { hold, claim, cost } = self;
+        let Orphan {
+            hold,
+            claim,
+            cost,
+            _tracked,
+        } = self;
         let outcome = match answer {
             Some((status, headers))
                 if !cost.as_deref().is_none_or(|c| c.refunds(status.as_u16())) =>

@@ -13,7 +13,7 @@ use tollgate_state::ledger::{Ledger, LedgerError, Settle, Settled, StoredAnswer,
 use tollgate_state::BoxFuture;
 
 use crate::body_digest::{AwaitedDigest, BodyDigest};
-use crate::credits::{now_ms, CreditCounters, VoidReason};
+use crate::credits::{now_ms, CreditCounters, DetachedGuard, VoidReason};
 
 /// An open reservation.
 pub struct Hold {
@@ -48,6 +48,12 @@ impl Hold {
             balance: 0,
             open: true,
         }
+    }
+
+    /// Counts a settlement of this reservation that runs on a task of its own, until the
+    /// guard is dropped: a graceful stop waits for it.
+    pub fn track_detached(&self) -> DetachedGuard {
+        self.counters.detached.track()
     }
 
     /// Nothing is held under this reservation (the ledger refused it, or failed): there

@@ -256,14 +256,24 @@ async fn worker(
     }
     let _ = stop.wait_for(|stopped| *stopped).await;
     while accept_loops.join_next().await.is_some() {}
-    let grace = runtime.active().snapshot.server.shutdown_grace;
+    let active = runtime.active();
+    let deadline = tokio::time::Instant::now() + active.snapshot.server.shutdown_grace;
     // The accept loops have ended and dropped their references.
-    match Arc::try_unwrap(graceful) {
-        Ok(graceful) => tokio::time::timeout(grace, graceful.shutdown())
+    let closed = match Arc::try_unwrap(graceful) {
+        Ok(graceful) => tokio::time::timeout_at(deadline, graceful.shutdown())
             .await
             .is_ok(),
         Err(_) => false,
-    }
+    };
+    // Exchanges whose clients left (`on_client_abort = "settle"`) and posts written in
+    // the background run on the workers' runtimes, which end when this returns: they
+    // get the rest of the grace period to settle what they charge.
+    let detached = Arc::clone(&active.credits.counters.detached);
+    drop(active);
+    let settled = tokio::time::timeout_at(deadline, detached.idle())
+        .await
+        .is_ok();
+    closed && settled
 }
 
 #[derive(Clone, Copy)]

@@ -46,7 +46,11 @@ pub async fn submitted(
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
     if multipart || parts.headers.contains_key(http::header::CONTENT_ENCODING) {
         return Err(MediaRefusal::LoginUnreadable.into());
     }
