@@ -549,6 +549,8 @@ async fn a_method_parameter_cannot_turn_an_allowed_post_into_another_method() {
             "name=a&_method%5D=DELETE",
         ),
         ("/echo/create/x", vec![auth, form], "[_method]=DELETE"),
+        // qs splits after the first `]=`.
+        ("/echo/create/x?x=[_method]=DELETE", vec![auth], ""),
         (
             "/echo/create/x",
             vec![auth, json],

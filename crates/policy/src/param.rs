@@ -93,8 +93,9 @@ fn folded(decoded: &str) -> impl Iterator<Item = char> + '_ {
 /// The pieces between `[`, `]` and `.`, where parsers nest values (or, Rack 2, strip
 /// stray brackets).
 fn segments(decoded: &str) -> impl Iterator<Item = &str> {
-    before_nul(decoded)
-        .split(['[', ']', '.'])
+    // Not cut at a NUL: qs and Rack nest `x\0[clientId]` under a key `x\0`.
+    decoded
+        .split(['[', ']', '.', '\0'])
         .map(str::trim_start)
         .filter(|s| !s.is_empty())
 }
@@ -138,6 +139,20 @@ pub fn name_and_value(piece: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// Every way backends split one piece into a name and a value: at its first `=`
+/// ([`name_and_value`]), and, where it differs, after its first `]=` as `qs` (Express)
+/// does: `x=[clientId]=1002` is `x` = `[clientId]=1002` to most, `x=[clientId]` = `1002`
+/// to qs.
+pub fn readings(piece: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let first = name_and_value(piece);
+    let qs = piece
+        .windows(2)
+        .position(|w| w == b"]=")
+        .map(|at| (&piece[..at + 1], &piece[at + 2..]))
+        .filter(move |reading| *reading != first);
+    std::iter::once(first).chain(qs)
+}
+
 fn decoded_pair(piece: &[u8]) -> (String, String) {
     let (name, value) = name_and_value(piece);
     (decode(name), decode(value))
@@ -160,7 +175,7 @@ pub fn strict_pairs(text: &[u8]) -> Vec<(String, String)> {
 /// The values of every parameter of `text` that means `configured`, in order.
 pub fn values_of(text: &[u8], configured: &str) -> Vec<String> {
     pieces(text)
-        .map(name_and_value)
+        .flat_map(readings)
         .filter(|(name, _)| same_name(name, configured))
         .map(|(_, value)| decode(value))
         .collect()
@@ -280,6 +295,8 @@ mod tests {
             assert!(same_name(raw.as_bytes(), "clientId"), "{raw}");
         }
         assert!(same_name("ſecret".as_bytes(), "secret"));
+        // qs and Rack nest under a key cut by a NUL, which PHP would stop at.
+        assert!(same_name(b"x%00[clientId]", "clientId"));
         assert!(same_name("\u{212a}ey".as_bytes(), "key"));
         for raw in [
             "clientIds[x]",
@@ -293,6 +310,16 @@ mod tests {
         // Only the name itself is the top-level one.
         assert!(same_top("CLIENTID[]", "clientId"));
         assert!(!same_top("filter[clientId]", "clientId"));
+    }
+
+    #[test]
+    fn qs_reads_a_name_up_to_its_first_bracket_equals() {
+        assert_eq!(values_of(b"x=[_method]=DELETE&a=1", "_method"), ["DELETE"]);
+        assert_eq!(
+            readings(b"x=[a]=1").collect::<Vec<_>>(),
+            [(&b"x"[..], &b"[a]=1"[..]), (&b"x=[a]"[..], &b"1"[..])]
+        );
+        assert_eq!(readings(b"a[b]=1").count(), 1);
     }
 
     #[test]

@@ -91,6 +91,17 @@ fn without_supplied(
     caller: Caller,
 ) -> Result<Vec<u8>, GatewayError> {
     tollgate_policy::param::retain(text, |piece| {
+        // qs's reading (`x=[clientId]=1002`) is judged too; the usual one decides what
+        // is removed.
+        for (name, value) in tollgate_policy::param::readings(piece).skip(1) {
+            if policy.is_name(&tollgate_policy::param::decode(name)) {
+                let value = tollgate_policy::param::decode(value);
+                judge(policy, &value, caller)?;
+                if value != caller.id {
+                    return Ok(false);
+                }
+            }
+        }
         let (name, value) = tollgate_policy::param::name_and_value(piece);
         let name = tollgate_policy::param::decode(name);
         if !policy.is_name(&name) {
@@ -144,11 +155,12 @@ fn cookies(
 ) -> Result<(), GatewayError> {
     use tollgate_policy::param;
     let foreign = |pair: &[u8]| -> Result<bool, GatewayError> {
+        // Express's `cookie` and Werkzeug trim the name and the value.
         let (name, value) = param::name_and_value(pair.trim_ascii());
-        if !policy.is_name(&param::decode(name)) {
+        if !policy.is_name(&param::decode(name.trim_ascii())) {
             return Ok(false);
         }
-        let value = param::decode(value);
+        let value = param::decode(value.trim_ascii());
         judge(policy, &value, caller)?;
         Ok(value != caller.id)
     };
