@@ -615,6 +615,11 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
                 ("Forwarded", "for=6.6.6.6;host=evil"),
                 ("X-Forwarded-Port", "1"),
                 ("X-Forwarded-Prefix", "/admin"),
+                ("X-Forwarded", "for=6.6.6.6"),
+                ("X-Middleware-Subrequest", "middleware"),
+                ("X-Remote-User", "admin"),
+                ("X-Forwarded-Client-Cert", "Hash=1"),
+                ("Client-Id", "1002"),
             ],
             b"",
         )
@@ -637,6 +642,11 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
         "forwarded",
         "x-forwarded-port",
         "x-forwarded-prefix",
+        "x-forwarded",
+        "x-middleware-subrequest",
+        "x-remote-user",
+        "x-forwarded-client-cert",
+        "client-id",
     ] {
         assert!(
             !names.iter().any(|n| n == gone),

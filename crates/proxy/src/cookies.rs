@@ -57,23 +57,28 @@ pub fn strip_ours(headers: &mut HeaderMap) {
     if !headers.contains_key(COOKIE) {
         return;
     }
-    let kept: Vec<String> = headers
+    // Bytes, not text: a backend's own cookie may hold non-ASCII bytes (a UTF-8 value
+    // it set), and dropping the header for that would lose every cookie in it.
+    let kept: Vec<&[u8]> = headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|text| text.split(';'))
-        .map(str::trim)
+        .flat_map(|h| h.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-            !pair.is_empty() && !OURS.contains(&name)
+            let name = pair
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or(pair)
+                .trim_ascii();
+            !pair.is_empty() && !OURS.iter().any(|ours| ours.as_bytes() == name)
         })
-        .map(str::to_owned)
         .collect();
+    let value = (!kept.is_empty())
+        .then(|| HeaderValue::from_bytes(&kept.join(&b"; "[..])).ok())
+        .flatten();
     headers.remove(COOKIE);
-    if !kept.is_empty() {
-        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(COOKIE, value);
-        }
+    if let Some(value) = value {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -160,6 +165,14 @@ mod tests {
         let mut only = headers(&["tg_refresh=r"]);
         strip_ours(&mut only);
         assert!(!only.contains_key(COOKIE));
+        // A backend's cookie with raw non-ASCII bytes is kept, byte for byte.
+        let mut raw = HeaderMap::new();
+        raw.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"sess=caf\xe9; tg_access=a; a=1").unwrap(),
+        );
+        strip_ours(&mut raw);
+        assert_eq!(raw[COOKIE].as_bytes(), b"sess=caf\xe9; a=1");
         // Sent twice: ambiguous.
         assert_eq!(
             get(&headers(&["tg_access=a", "tg_access=b"]), ACCESS),

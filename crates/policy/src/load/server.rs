@@ -14,7 +14,8 @@ use crate::diagnostic::SourceFile;
 use crate::snapshot::{BodyLimits, Server, Underscores};
 
 /// Request headers that make common backends and frameworks re-route a request, change
-/// its method, or believe another client address; removed unless the operator lists
+/// its method, or believe another client address or another user (the headers auth
+/// proxies set: a backend behind one trusts them); removed unless the operator lists
 /// otherwise. (`X-Forwarded-For`, `-Proto`, `-Host` and `Forwarded` are handled by the
 /// forwarding headers: believed from trusted proxies only.)
 pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
@@ -44,6 +45,33 @@ pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-forwarded-ssl",
     "x-url-scheme",
     "front-end-https",
+    // Client addresses read by `get_client_ip()`-style code.
+    "x-forwarded",
+    "forwarded-for",
+    "x-proxyuser-ip",
+    "x-original-forwarded-for",
+    // Re-routing (Envoy, Traefik, Next.js middleware: CVE-2025-29927).
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-envoy-original-path",
+    "x-matched-path",
+    "x-middleware-subrequest",
+    // Identities set by auth proxies (oauth2-proxy, Apache, Envoy, nginx mTLS).
+    "remote-user",
+    "x-remote-user",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-webauth-user",
+    "x-forwarded-client-cert",
+    "x-ssl-client-cert",
+    "x-client-cert",
+    // Client-id spellings beside the configured header.
+    "client-id",
+    "x-clientid",
 ];
 
 pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<Server> {
