@@ -916,6 +916,29 @@ async fn a_nonce_is_a_replay_after_a_restart() {
         .assert_problem(409, "CALLBACK_REPLAYED");
     assert_eq!(send(&h, "kept-2").await.status, 200);
     assert!(h.dir.path().join("state/tollgate.redb").exists());
+
+    // An overlapping restart: a second process cannot open the file while the first
+    // holds it. It decides alone meanwhile (counted), and opens the file, with every
+    // nonce the first saw, once the first is gone.
+    let second = GatewayProcess::start(&h.dir.path().join("gateway.toml"));
+    let b = Harness {
+        gateway: second,
+        backend: tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap(),
+        dir: TempDir::new(),
+    };
+    assert_eq!(send(&b, "overlap-1").await.status, 200);
+    assert!(b
+        .metrics()
+        .await
+        .contains("tollgate_callback_nonce_fallbacks_total 1"));
+    h.gateway.signal("TERM");
+    assert!(h.gateway.wait_exit(Duration::from_secs(10)).is_some());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(&b, "kept-2")
+        .await
+        .assert_problem(409, "CALLBACK_REPLAYED");
 }
 
 #[tokio::test]

@@ -28,8 +28,8 @@ pub struct Replay {
     /// Shared with every snapshot, so a reload forgets nothing.
     local: Arc<LocalNonces>,
     shared: Option<RedisNonces>,
-    /// Without Redis: the file, and where it is.
-    durable: Option<(std::path::PathBuf, Arc<EmbeddedNonces>)>,
+    /// Without Redis: the store file.
+    durable: Option<Arc<DurableNonces>>,
     counts: Arc<ReplayCounts>,
 }
 
@@ -71,29 +71,86 @@ impl Part for Replay {
     }
 }
 
+/// How long after a failed open the store file is tried again.
+const REOPEN_AFTER: Duration = Duration::from_secs(1);
+
+/// The embedded nonce file. Another process may hold it (an overlapping restart):
+/// then it is tried again, at most once per [`REOPEN_AFTER`], until it opens; callbacks
+/// meanwhile are decided in process and counted as fallbacks.
+struct DurableNonces {
+    path: std::path::PathBuf,
+    state: std::sync::Mutex<(Option<Arc<EmbeddedNonces>>, Option<Instant>)>,
+}
+
+impl DurableNonces {
+    fn open(path: &std::path::Path) -> DurableNonces {
+        let durable = DurableNonces {
+            path: path.to_path_buf(),
+            state: std::sync::Mutex::new((None, None)),
+        };
+        durable.try_open();
+        durable
+    }
+
+    /// Opens the file if it is not open and was not just tried.
+    fn try_open(&self) -> Option<Arc<EmbeddedNonces>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = &state.0 {
+            return Some(Arc::clone(open));
+        }
+        if state.1.is_some_and(|at| at.elapsed() < REOPEN_AFTER) {
+            return None;
+        }
+        match EmbeddedNonces::open(&self.path) {
+            Ok(nonces) => {
+                let nonces = Arc::new(nonces);
+                *state = (Some(Arc::clone(&nonces)), None);
+                Some(nonces)
+            }
+            Err(e) => {
+                let first = state.1.is_none();
+                state.1 = Some(Instant::now());
+                if first {
+                    tracing::error!(error = %e, path = %self.path.display(), "cannot open the callback nonce store (tried again each second): until it opens, nonces are remembered in this process only");
+                }
+                None
+            }
+        }
+    }
+
+    /// The open store, opening it on the blocking pool if need be.
+    async fn store(self: &Arc<Self>) -> Option<Arc<EmbeddedNonces>> {
+        if let Some(open) = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+        {
+            return Some(open);
+        }
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.try_open())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 /// The embedded nonce file, when nonces are checked and no Redis shares them: the
 /// previous snapshot's if it is the same file.
-fn durable(
-    build: &Build,
-    previous: Option<&Replay>,
-) -> Option<(std::path::PathBuf, Arc<EmbeddedNonces>)> {
+fn durable(build: &Build, previous: Option<&Replay>) -> Option<Arc<DurableNonces>> {
     if build.redis.redis().is_some() || !checks_nonces(build.snapshot) {
         return None;
     }
     let path = &build.snapshot.store.path;
     if let Some(kept) = previous
         .and_then(|p| p.durable.as_ref())
-        .filter(|(p, _)| p == path)
+        .filter(|d| d.path == *path)
     {
-        return Some(kept.clone());
+        return Some(Arc::clone(kept));
     }
-    match EmbeddedNonces::open(path) {
-        Ok(nonces) => Some((path.clone(), Arc::new(nonces))),
-        Err(e) => {
-            tracing::error!(error = %e, path = %path.display(), "cannot open the callback nonce store: nonces are remembered in this process only, and a restart forgets them");
-            None
-        }
-    }
+    Some(Arc::new(DurableNonces::open(path)))
 }
 
 fn checks_nonces(snapshot: &Snapshot) -> bool {
@@ -115,11 +172,17 @@ impl Replay {
                     here
                 }
             },
-            (None, Some((_, durable))) => match durable.first_use(key, window).await {
-                Ok(kept) => here && kept,
-                Err(e) => {
+            (None, Some(durable)) => match durable.store().await {
+                Some(store) => match store.first_use(key, window).await {
+                    Ok(kept) => here && kept,
+                    Err(e) => {
+                        self.counts.fallback.inc();
+                        tracing::warn!(error = %e, "callback nonce checked in this process only: the store file did not answer");
+                        here
+                    }
+                },
+                None => {
                     self.counts.fallback.inc();
-                    tracing::warn!(error = %e, "callback nonce checked in this process only: the store file did not answer");
                     here
                 }
             },
