@@ -1494,6 +1494,40 @@ async fn the_admin_api_needs_its_token_and_journals_every_change() {
     )
     .await
     .assert_problem(400, "INVALID_REQUEST_BODY");
+    // A repeated member is refused, not read as whichever one a parser keeps; so is a
+    // credit of nothing.
+    for body in [
+        r#"{"amount": 5, "amount": 500000, "reason": "x"}"#,
+        r#"{"amount": 5, "reason": "x", "reason": "y"}"#,
+        r#"{"amount": 0, "reason": "x"}"#,
+    ] {
+        admin(g, "POST", "/ledger/clients/a/credit", body)
+            .await
+            .assert_problem(400, "INVALID_REQUEST_BODY");
+    }
+    // Two credentials are ambiguous; a body declared over the limit is refused at once.
+    let token = format!("Bearer {}", admin_token());
+    send(
+        g.admin,
+        "GET",
+        "/ledger/clients/a",
+        &[("authorization", &token), ("authorization", "Bearer x")],
+        b"",
+    )
+    .await
+    .assert_problem(401, "ADMIN_UNAUTHORIZED");
+    let mut huge = tokio::net::TcpStream::connect(g.admin).await.unwrap();
+    let head = format!(
+        "POST /ledger/clients/a/credit HTTP/1.1\r\nhost: a\r\nauthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\n\r\n"
+    );
+    huge.write_all(head.as_bytes()).await.unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::support::read_response(&mut huge),
+    )
+    .await
+    .expect("answered at once, not after the body deadline");
+    r.assert_problem(413, "PAYLOAD_TOO_LARGE");
     // A client id escaped in the path is decoded; one no caller could ever have is
     // refused rather than credited where nobody can spend it.
     credit(g, "dev%3A1%40acme", 1).await;

@@ -23,6 +23,7 @@
 
 pub mod breaker;
 pub mod ledger;
+pub mod members;
 pub mod rate;
 pub mod redis;
 pub mod replay;

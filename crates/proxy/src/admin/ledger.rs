@@ -61,9 +61,12 @@ fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> Result<(), Gate
     else {
         return Err(AdminError::Disabled.into());
     };
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
+    // One credential: a second `Authorization` is ambiguous, as on the data plane.
+    let mut sent = request.headers().get_all(AUTHORIZATION).iter();
+    let (Some(sent), None) = (sent.next(), sent.next()) else {
+        return Err(AdminError::Unauthorized.into());
+    };
+    let presented = Some(sent)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
@@ -83,27 +86,51 @@ fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> Result<(), Gate
 }
 
 /// A change's body: the number under `field`, and a reason.
-async fn change_body(body: Incoming, field: &str) -> Result<(u64, String), GatewayError> {
+async fn change_body(
+    request: Request<Incoming>,
+    field: &str,
+) -> Result<(u64, String), GatewayError> {
+    let too_large = || -> GatewayError {
+        RequestError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES as u64,
+        }
+        .into()
+    };
+    // A declared length over the limit is refused at once, not read until it fails.
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = request.into_body();
     let bytes = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, MAX_BODY_BYTES).collect())
         .await
         .map_err(|_| RequestError::BodyTooSlow)?
         .map_err(|e| -> GatewayError {
             if e.is::<http_body_util::LengthLimitError>() {
-                RequestError::PayloadTooLarge {
-                    limit: MAX_BODY_BYTES as u64,
-                }
-                .into()
+                too_large()
             } else {
                 AdminError::BodyInvalid.into()
             }
         })?
         .to_bytes();
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| AdminError::BodyInvalid)?;
-    let amount = value
+    // Members in order, repeats kept: `{"amount":5,"amount":500000}` is refused rather
+    // than read as whichever a parser keeps (a reviewer may have read the other).
+    let members = serde_json::from_slice::<tollgate_state::members::Members>(&bytes)
+        .map_err(|_| AdminError::BodyInvalid)?;
+    if members.repeated().is_some() {
+        return Err(AdminError::BodyInvalid.into());
+    }
+    let amount = members
         .get(field)
         .and_then(Value::as_u64)
+        // A credit or debit of nothing is a mistake; a balance of 0 is not.
+        .filter(|n| *n > 0 || field == "balance")
         .ok_or(AdminError::BodyInvalid)?;
-    let reason = value
+    let reason = members
         .get("reason")
         .and_then(Value::as_str)
         .map(str::trim)
@@ -180,15 +207,15 @@ async fn serve(
             let client = percent_decode(client)?;
             let change = match (method, *action) {
                 (Method::POST, "credit") => {
-                    let (n, reason) = change_body(request.into_body(), "amount").await?;
+                    let (n, reason) = change_body(request, "amount").await?;
                     (Change::Credit(n), reason)
                 }
                 (Method::POST, "debit") => {
-                    let (n, reason) = change_body(request.into_body(), "amount").await?;
+                    let (n, reason) = change_body(request, "amount").await?;
                     (Change::Debit(n), reason)
                 }
                 (Method::PUT, "balance") => {
-                    let (n, reason) = change_body(request.into_body(), "balance").await?;
+                    let (n, reason) = change_body(request, "balance").await?;
                     (Change::Set(n), reason)
                 }
                 _ => return Err(AdminError::NotFound.into()),

@@ -14,6 +14,8 @@
 
 use serde_json::Value;
 
+use crate::members::Members;
+
 /// One client's opening balance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opening {
@@ -100,32 +102,6 @@ fn csv(text: &str) -> (Vec<Opening>, Vec<String>) {
     (out, problems)
 }
 
-/// A JSON object's members in order, repeated keys included.
-struct Members(Vec<(String, Value)>);
-
-impl<'de> serde::Deserialize<'de> for Members {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Members, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Members, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
-        }
-        d.deserialize_map(Visit)
-    }
-}
-
 fn client_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -142,8 +118,29 @@ fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
         Err(e) => return (out, vec![format!("not JSON: {e}")]),
     };
     match value {
-        Value::Array(entries) => {
+        Value::Array(_) => {
+            // Read again entry by entry, member by member: a map would keep one of two
+            // equal keys (`{"clientId":"1","balance":5,"clientId":"2"}`).
+            let entries =
+                match serde_json::from_str::<Vec<Members>>(text) {
+                    Ok(entries) => entries,
+                    Err(_) => return (
+                        out,
+                        vec![
+                            "expected an array of {\"clientId\": ..., \"balance\": ...} objects"
+                                .to_owned(),
+                        ],
+                    ),
+                };
             for (i, entry) in entries.iter().enumerate() {
+                if let Some(key) = entry.repeated() {
+                    problems.push(format!("entry {}: `{key}` appears more than once", i + 1));
+                    continue;
+                }
+                if entry.get("balance").is_some() && entry.get("tokens").is_some() {
+                    problems.push(format!("entry {}: both `balance` and `tokens`", i + 1));
+                    continue;
+                }
                 let client = entry.get("clientId").and_then(client_text);
                 let balance = entry
                     .get("balance")
@@ -240,6 +237,18 @@ mod tests {
         assert!(parse(&long).is_err());
         let problems = parse(r#"{"1005": 5, "1005": 900}"#).unwrap_err();
         assert_eq!(problems, ["client 1005 appears more than once"]);
+        // Within an entry of an array, too.
+        for text in [
+            r#"[{"clientId":"2014","balance":5,"clientId":"2015"}]"#,
+            r#"[{"clientId":"2008","balance":5,"balance":9}]"#,
+        ] {
+            let problems = parse(text).unwrap_err();
+            assert!(
+                problems[0].contains("appears more than once"),
+                "{problems:?}"
+            );
+        }
+        assert!(parse(r#"[{"clientId":"1","balance":5,"tokens":6}]"#).is_err());
         assert!(parse("dev-1:team@acme.test,3\n").is_ok());
     }
 }
