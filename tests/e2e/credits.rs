@@ -279,7 +279,7 @@ async fn a_metered_request_is_charged_and_says_so() {
     assert_eq!(per_method["costs"], serde_json::json!({"POST": 3}));
     assert!(routes.iter().all(|r| r["route"] != "free"));
     let bearer = bearer_for("c1");
-    let body = br#"{"operations": [{"method": "GET", "path": "/echo/metered/z"}, {"method": "POST", "path": "/echo/per-method/q"}, {"method": "GET", "path": "/echo/free"}]}"#;
+    let body = br#"{"operations": [{"method": "GET", "path": "/echo/metered/z"}, {"method": "POST", "path": "/echo/per-method/q#frag"}, {"method": "GET", "path": "/echo/free"}]}"#;
     let r = send(
         h.gateway.addr,
         "POST",

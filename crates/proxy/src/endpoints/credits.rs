@@ -147,7 +147,8 @@ pub async fn preview(
             .ok()
             .filter(crate::accept::method_is_canonical)
             .ok_or(CreditError::PreviewInvalid)?;
-        let path_only = path.split('?').next().unwrap_or(path);
+        // As a request target is read: the query, and a fragment, are not the path.
+        let path_only = path.split(['?', '#']).next().unwrap_or(path);
         let normalized =
             tollgate_policy::path::normalize(path_only).map_err(|_| CreditError::PreviewInvalid)?;
         let route = match snapshot.route(&method, &normalized) {

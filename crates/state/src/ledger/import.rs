@@ -121,17 +121,18 @@ fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
         Value::Array(_) => {
             // Read again entry by entry, member by member: a map would keep one of two
             // equal keys (`{"clientId":"1","balance":5,"clientId":"2"}`).
-            let entries =
-                match serde_json::from_str::<Vec<Members>>(text) {
-                    Ok(entries) => entries,
-                    Err(_) => return (
+            let entries = match serde_json::from_str::<Vec<Members>>(text) {
+                Ok(entries) => entries,
+                Err(_) => {
+                    return (
                         out,
                         vec![
                             "expected an array of {\"clientId\": ..., \"balance\": ...} objects"
                                 .to_owned(),
                         ],
-                    ),
-                };
+                    )
+                }
+            };
             for (i, entry) in entries.iter().enumerate() {
                 if let Some(key) = entry.repeated() {
                     problems.push(format!("entry {}: `{key}` appears more than once", i + 1));
