@@ -305,10 +305,21 @@ async fn in_cookie_mode_the_page_never_holds_a_token() {
     assert_ne!(attacker_csrf, csrf);
     post(vec![
         ("cookie", cookies.clone()),
-        ("x-csrf-token", attacker_csrf),
+        ("x-csrf-token", attacker_csrf.clone()),
     ])
     .await
     .assert_problem(403, "CSRF_TOKEN_INVALID");
+    // Nor can a site that plants cookies for this host (a sibling subdomain) pair its
+    // own CSRF cookie and header with the victim's access cookie: the access token
+    // names its session's CSRF token.
+    for planted in [attacker_csrf.as_str(), "planted"] {
+        post(vec![
+            ("cookie", format!("tg_access={access}; tg_csrf={planted}")),
+            ("x-csrf-token", planted.to_owned()),
+        ])
+        .await
+        .assert_problem(403, "CSRF_TOKEN_INVALID");
+    }
 
     // Refresh from the cookie, with the CSRF header; new cookies, the same CSRF token.
     let refresh_cookie = format!("tg_refresh={refresh}; tg_csrf={csrf}");

@@ -96,6 +96,7 @@ mod tests {
             key_id: None,
             session: None,
             token_id: None,
+            csrf_hash: None,
         })
     }
 

@@ -320,6 +320,8 @@ pub struct Claims {
     pub session: Option<String>,
     /// `jti`: the token's own id.
     pub token_id: Option<String>,
+    /// `csh`: the hash of its session's CSRF token (cookie mode).
+    pub csrf_hash: Option<String>,
 }
 
 /// The parts of the header that matter, read strictly.
@@ -511,6 +513,7 @@ fn check_claims(
         key_id,
         session: short_string("sid")?,
         token_id: short_string("jti")?,
+        csrf_hash: short_string("csh")?,
     })
 }
 

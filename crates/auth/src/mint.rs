@@ -86,6 +86,9 @@ pub struct AccessToken<'a> {
     pub token_id: &'a str,
     /// `sid`: the login session (refresh-token family) the token was issued from.
     pub session: Option<&'a str>,
+    /// `csh`: in cookie mode, the hash of the session's CSRF token, which binds the
+    /// `X-CSRF-Token` a request sends to this token's session.
+    pub csrf_hash: Option<&'a str>,
     /// More claims copied from the user record; they never replace the ones above.
     pub extra: Option<&'a Map<String, Value>>,
 }
@@ -104,6 +107,7 @@ pub fn mint_access(token: &AccessToken, key: &SigningKey) -> Result<String, Mint
         ("sub", Some(token.subject)),
         ("jti", Some(token.token_id)),
         ("sid", token.session),
+        ("csh", token.csrf_hash),
     ] {
         match value {
             Some(v) => claims.insert(name.to_owned(), Value::String(v.to_owned())),
@@ -157,6 +161,7 @@ pub fn mint(spec: &TokenSpec, key: &SigningKey) -> Result<String, MintError> {
             expires_at: spec.issued_at.saturating_add(spec.ttl_secs),
             token_id: &token_id,
             session: None,
+            csrf_hash: None,
             extra: None,
         },
         key,
@@ -200,6 +205,7 @@ mod tests {
                 expires_at: 2_000,
                 token_id: "t1",
                 session: Some("s1"),
+                csrf_hash: None,
                 extra: Some(&extra),
             },
             &key,

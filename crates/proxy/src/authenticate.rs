@@ -91,14 +91,14 @@ fn decide(
         RouteAuth::None => {}
         RouteAuth::Jwt => {
             let token = access_token(exchange, parts)?.ok_or(AuthError::Required)?;
-            caller.identity = Some(verify_jwt(exchange, token, keys)?);
+            caller.identity = Some(verify_jwt(exchange, token, parts, keys)?);
             caller.method = AuthMethod::Jwt;
             caller.consumed.headers.push(AUTHORIZATION);
         }
         RouteAuth::ApiKey => verify_api_key(exchange, parts, &mut caller)?,
         RouteAuth::JwtOrApiKey => match access_token(exchange, parts)? {
             Some(token) => {
-                caller.identity = Some(verify_jwt(exchange, token, keys)?);
+                caller.identity = Some(verify_jwt(exchange, token, parts, keys)?);
                 caller.method = AuthMethod::Jwt;
                 caller.consumed.headers.push(AUTHORIZATION);
             }
@@ -193,13 +193,22 @@ pub(crate) fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, GatewayE
 }
 
 /// Verifies an access token and refuses it if its session or the token itself was
-/// revoked.
+/// revoked. One taken from the access cookie on a request that changes state must come
+/// with its own session's CSRF token (see [`crate::cookies`]).
 fn verify_jwt(
     exchange: &Exchange<'_>,
     token: &str,
+    parts: &Parts,
     keys: &Keys<'_>,
 ) -> Result<Identity, GatewayError> {
     let claims = verified_claims(exchange, token, keys.tokens)?;
+    let from_cookie = bearer(&parts.headers)?.is_none();
+    if from_cookie
+        && cookies::changes_state(&parts.method)
+        && !cookies::csrf_bound(&parts.headers, claims.csrf_hash.as_deref())
+    {
+        return Err(SessionRefusal::CsrfInvalid.into());
+    }
     keys.sessions.check(
         claims.session.as_deref(),
         claims.token_id.as_deref(),

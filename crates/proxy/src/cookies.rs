@@ -12,7 +12,10 @@
 //! CSRF token in `X-CSRF-Token`, equal to the `tg_csrf` cookie (double submit). Another
 //! site cannot read the token, and it cannot set that header without a preflight this
 //! gateway's CORS policy refuses. The page gets the token in the login and refresh
-//! answers (`csrfToken`).
+//! answers (`csrfToken`). The access token carries the token's hash (`csh`), so the
+//! pair must also be the session's own: a site that can plant cookies for this host (a
+//! sibling subdomain) cannot pair a token of its choosing with the victim's access
+//! cookie.
 //!
 //! These cookies are the gateway's credentials: they are removed from every request
 //! forwarded upstream, on every route.
@@ -80,6 +83,25 @@ pub fn strip_ours(headers: &mut HeaderMap) {
     if let Some(value) = value {
         headers.insert(COOKIE, value);
     }
+}
+
+/// The `csh` claim for a session's CSRF token: its SHA-256, hex, first 128 bits.
+pub fn csrf_hash(token: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    crate::trace_context::hex(&digest[..16])
+}
+
+/// Whether the request's CSRF header is the session's own: the one the access token's
+/// `csh` names (a token without one, minted before it existed, is not held to it).
+pub fn csrf_bound(headers: &HeaderMap, csh: Option<&str>) -> bool {
+    let Some(csh) = csh else {
+        return true;
+    };
+    let Some(header) = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    tollgate_auth::secret::equal(csrf_hash(header).as_bytes(), csh.as_bytes())
 }
 
 /// Whether a request with this method changes state (and so needs the CSRF header).
@@ -178,6 +200,17 @@ mod tests {
             get(&headers(&["tg_access=a", "tg_access=b"]), ACCESS),
             Err(())
         );
+    }
+
+    #[test]
+    fn the_csrf_header_must_be_the_one_the_access_token_names() {
+        let mut h = HeaderMap::new();
+        h.insert(CSRF_HEADER, HeaderValue::from_static("abc"));
+        assert!(csrf_bound(&h, Some(&csrf_hash("abc"))));
+        assert!(!csrf_bound(&h, Some(&csrf_hash("abd"))));
+        assert!(csrf_bound(&h, None), "tokens minted before `csh` existed");
+        assert!(!csrf_bound(&HeaderMap::new(), Some(&csrf_hash("abc"))));
+        assert_eq!(csrf_hash("abc").len(), 32);
     }
 
     #[test]

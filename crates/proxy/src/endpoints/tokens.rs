@@ -35,6 +35,7 @@ pub fn access_token(exchange: &Exchange<'_>, family: &Family) -> Result<Access, 
         .saturating_add(jwt.access_ttl.as_secs())
         .min(family.ends);
     let token_id = tollgate_auth::random::token(16).map_err(|_| Bug::Randomness)?;
+    let csrf_hash = family.csrf.as_deref().map(crate::cookies::csrf_hash);
     let token = mint_access(
         &AccessToken {
             issuer: jwt.rules.issuer.as_deref(),
@@ -46,6 +47,7 @@ pub fn access_token(exchange: &Exchange<'_>, family: &Family) -> Result<Access, 
             expires_at,
             token_id: &token_id,
             session: Some(&family.id),
+            csrf_hash: csrf_hash.as_deref(),
             extra: Some(&family.claims),
         },
         key,
