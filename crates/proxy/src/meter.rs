@@ -210,9 +210,8 @@ pub async fn reserve(
     };
     match reserved {
         Reserved::Held { balance } => {
-            credits.counters.reservations.inc();
             exchange.metering = Metering::Held { cost, balance };
-            hold.balance = balance;
+            hold.held(balance);
             exchange.hold = Some(hold);
             exchange.key_claim = claim;
             Ok(Reserve::Forward(request))

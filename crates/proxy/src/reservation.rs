@@ -27,6 +27,9 @@ pub struct Hold {
     /// The available balance right after the reservation (0 until it is made).
     pub balance: u64,
     open: bool,
+    /// Whether the reservation was counted: one made while its request was dropped is
+    /// counted when its void finds it held.
+    counted: bool,
 }
 
 impl Hold {
@@ -47,7 +50,15 @@ impl Hold {
             cost,
             balance: 0,
             open: true,
+            counted: false,
         }
+    }
+
+    /// The ledger holds it: counted, with the balance after it.
+    pub fn held(&mut self, balance: u64) {
+        self.balance = balance;
+        self.counted = true;
+        self.counters.reservations.inc();
     }
 
     /// Counts a settlement of this reservation that runs on a task of its own, until the
@@ -149,19 +160,31 @@ impl Drop for Hold {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (ledger, counters, worker) = (
+        let (ledger, counters, worker, counted) = (
             Arc::clone(&self.ledger),
             Arc::clone(&self.counters),
             self.worker,
+            self.counted,
         );
         let (client, id) = (
             std::mem::take(&mut self.client),
             std::mem::take(&mut self.id),
         );
+        // Counted, so a graceful stop lets the refund finish.
+        let tracked = self.counters.detached.track();
         runtime.spawn(async move {
-            if let Err(e) = void(&*ledger, &counters, worker, &client, &id, VoidReason::ClientAbort).await {
-                tracing::warn!(error = %e, "cannot refund an abandoned request now; its reservation expires instead");
+            match void(&*ledger, &counters, worker, &client, &id, VoidReason::ClientAbort).await {
+                // Made, then abandoned before its request saw it (an HTTP/2 reset while
+                // the reservation was being made): it still counts as one.
+                Ok(Settled::Done { .. }) if !counted => {
+                    counters.reservations.inc();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot refund an abandoned request now; its reservation expires instead")
+                }
             }
+            drop(tracked);
         });
     }
 }
