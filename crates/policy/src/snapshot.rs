@@ -574,7 +574,7 @@ pub enum Credential {
 #[derive(Clone)]
 pub enum Webhook {
     PlivoV3 {
-        /// The `[webhooks.NAME]` name: nonces are remembered per webhook.
+        /// The `[webhooks.NAME]` name.
         name: String,
         public_base_url: String,
         auth_tokens: Vec<Vec<u8>>,

@@ -340,11 +340,11 @@ async fn plivo_v3(
     keys: &Keys<'_>,
 ) -> Result<(Parts, RequestBody), GatewayError> {
     let Webhook::PlivoV3 {
-        name,
         public_base_url,
         auth_tokens,
         max_body_bytes,
         replay_window,
+        ..
     } = hook
     else {
         return Err(Bug::WrongVerifier.into());
@@ -427,7 +427,7 @@ async fn plivo_v3(
     // Only a verified callback's nonce is recorded, so only Plivo can fill the store.
     if !keys
         .replay
-        .first_use(exchange.worker, &nonce_key(name, &nonce), *replay_window)
+        .first_use(exchange.worker, &nonce_key(&nonce), *replay_window)
         .await
     {
         return Err(AuthError::Replayed.into());
@@ -444,13 +444,13 @@ fn repeats_a_name(params: &[(String, String)]) -> bool {
     names.len() != total
 }
 
-/// The store key for a nonce: the webhook's name and a hash of the nonce (bounded
-/// length, nothing a provider sent written into keys as is).
-fn nonce_key(webhook: &str, nonce: &str) -> String {
+/// The store key for a nonce: a hash of it (bounded length, nothing a provider sent
+/// written into keys as is). Not scoped by the webhook's name: renaming a webhook (a
+/// reload) must forget nothing, and a nonce is Plivo's whichever URL it came to.
+fn nonce_key(nonce: &str) -> String {
     let digest = Sha256::digest(nonce.as_bytes());
-    let mut key = String::with_capacity(webhook.len() + 33);
-    key.push_str(webhook);
-    key.push(':');
+    let mut key = String::with_capacity(6 + 32);
+    key.push_str("plivo:");
     for byte in &digest[..16] {
         let _ = write!(key, "{byte:02x}");
     }
