@@ -620,6 +620,8 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
                 ("X-Remote-User", "admin"),
                 ("X-Forwarded-Client-Cert", "Hash=1"),
                 ("Client-Id", "1002"),
+                ("X-Amzn-Oidc-Identity", "admin"),
+                ("X-Consumer-Username", "admin"),
             ],
             b"",
         )
@@ -647,6 +649,8 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
         "x-remote-user",
         "x-forwarded-client-cert",
         "client-id",
+        "x-amzn-oidc-identity",
+        "x-consumer-username",
     ] {
         assert!(
             !names.iter().any(|n| n == gone),
@@ -660,6 +664,27 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
         .as_str()
         .unwrap()
         .starts_with("clientId=1001"));
+}
+
+/// Werkzeug reads a Cookie header as latin-1 and strips names with Python's `strip()`,
+/// which takes NBSP and NEL too: `clientId\xa0=1002` is `clientId` to Flask.
+#[tokio::test]
+async fn a_cookie_name_padded_with_latin1_space_is_the_id() {
+    let a = Attack::start().await;
+    let token = bearer_for("1001");
+    for cookie in [&b"clientId\xa0=1002"[..], b"a=1; \x85clientId=1002"] {
+        let mut request = format!(
+            "GET /echo/campaigns/x HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\nauthorization: {token}\r\ncookie: "
+        )
+        .into_bytes();
+        request.extend_from_slice(cookie);
+        request.extend_from_slice(b"\r\n\r\n");
+        let before = a.h.backend.requests();
+        crate::support::raw(a.h.gateway.addr, &request)
+            .await
+            .assert_problem(403, "CLIENT_ID_MISMATCH");
+        assert_eq!(a.h.backend.requests(), before);
+    }
 }
 
 #[tokio::test]

@@ -406,6 +406,14 @@ async fn injection_and_spoofing_cases() {
             Refused(403, "CLIENT_ID_MISMATCH"),
         ),
         case(
+            "qs turns escaped brackets into brackets before it splits",
+            "GET",
+            "/echo/all/x?x=%5BclientId%5D=1002",
+            &[],
+            "",
+            Refused(403, "CLIENT_ID_MISMATCH"),
+        ),
+        case(
             "a cookie name with a tab before `=`",
             "GET",
             "/echo/all/x",

@@ -24,6 +24,8 @@
 //! a signature defined over `&`-separated pairs (Plivo's) reads them strictly
 //! ([`strict_pairs`]).
 
+use std::borrow::Cow;
+
 /// Percent-decodes one form or query component (`+` is a space; a broken escape is kept
 /// as written; bytes that are not UTF-8 become U+FFFD).
 pub fn decode(component: &[u8]) -> String {
@@ -139,18 +141,53 @@ pub fn name_and_value(piece: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// One way of reading a piece: its raw (still encoded) name and value.
+pub type Reading<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// Every way backends split one piece into a name and a value: at its first `=`
-/// ([`name_and_value`]), and, where it differs, after its first `]=` as `qs` (Express)
-/// does: `x=[clientId]=1002` is `x` = `[clientId]=1002` to most, `x=[clientId]` = `1002`
-/// to qs.
-pub fn readings(piece: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let first = name_and_value(piece);
-    let qs = piece
-        .windows(2)
-        .position(|w| w == b"]=")
-        .map(|at| (&piece[..at + 1], &piece[at + 2..]))
-        .filter(move |reading| *reading != first);
-    std::iter::once(first).chain(qs)
+/// ([`name_and_value`]), and, where it differs, as `qs` (Express) does: it first turns
+/// every `%5B`/`%5D` of the piece into brackets, then splits after the first `]=`.
+/// `x=[clientId]=1002` (or `x=%5BclientId%5D=1002`) is `x` = `[clientId]=1002` to most,
+/// `x=[clientId]` = `1002` to qs.
+pub fn readings(piece: &[u8]) -> impl Iterator<Item = Reading<'_>> {
+    let (name, value) = name_and_value(piece);
+    std::iter::once((Cow::Borrowed(name), Cow::Borrowed(value))).chain(qs_reading(piece))
+}
+
+fn qs_reading(piece: &[u8]) -> Option<Reading<'_>> {
+    let escaped = piece
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'5' && matches!(w[2] | 0x20, b'b' | b'd'));
+    let text: Cow<[u8]> = if escaped {
+        let mut out = Vec::with_capacity(piece.len());
+        let mut i = 0;
+        while i < piece.len() {
+            match piece.get(i..i + 3) {
+                Some([b'%', b'5', c]) if matches!(c | 0x20, b'b' | b'd') => {
+                    out.push(if c | 0x20 == b'b' { b'[' } else { b']' });
+                    i += 3;
+                }
+                _ => {
+                    out.push(piece[i]);
+                    i += 1;
+                }
+            }
+        }
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(piece)
+    };
+    let at = text.windows(2).position(|w| w == b"]=")?;
+    if !escaped && name_and_value(piece).0.len() == at + 1 {
+        return None;
+    }
+    Some(match text {
+        Cow::Borrowed(t) => (Cow::Borrowed(&t[..at + 1]), Cow::Borrowed(&t[at + 2..])),
+        Cow::Owned(t) => (
+            Cow::Owned(t[..at + 1].to_vec()),
+            Cow::Owned(t[at + 2..].to_vec()),
+        ),
+    })
 }
 
 fn decoded_pair(piece: &[u8]) -> (String, String) {
@@ -177,7 +214,7 @@ pub fn values_of(text: &[u8], configured: &str) -> Vec<String> {
     pieces(text)
         .flat_map(readings)
         .filter(|(name, _)| same_name(name, configured))
-        .map(|(_, value)| decode(value))
+        .map(|(_, value)| decode(&value))
         .collect()
 }
 
@@ -315,11 +352,25 @@ mod tests {
     #[test]
     fn qs_reads_a_name_up_to_its_first_bracket_equals() {
         assert_eq!(values_of(b"x=[_method]=DELETE&a=1", "_method"), ["DELETE"]);
+        let read = |piece: &[u8]| -> Vec<(Vec<u8>, Vec<u8>)> {
+            readings(piece)
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect()
+        };
         assert_eq!(
-            readings(b"x=[a]=1").collect::<Vec<_>>(),
-            [(&b"x"[..], &b"[a]=1"[..]), (&b"x=[a]"[..], &b"1"[..])]
+            read(b"x=[a]=1"),
+            [
+                (b"x".to_vec(), b"[a]=1".to_vec()),
+                (b"x=[a]".to_vec(), b"1".to_vec())
+            ]
         );
-        assert_eq!(readings(b"a[b]=1").count(), 1);
+        assert_eq!(read(b"a[b]=1").len(), 1);
+        // qs turns escaped brackets into brackets before it splits.
+        assert_eq!(
+            read(b"x=%5bclientId%5D=1002")[1],
+            (b"x=[clientId]".to_vec(), b"1002".to_vec())
+        );
+        assert_eq!(values_of(b"x=%5B_method%5D=DELETE", "_method"), ["DELETE"]);
     }
 
     #[test]

@@ -94,8 +94,8 @@ fn without_supplied(
         // qs's reading (`x=[clientId]=1002`) is judged too; the usual one decides what
         // is removed.
         for (name, value) in tollgate_policy::param::readings(piece).skip(1) {
-            if policy.is_name(&tollgate_policy::param::decode(name)) {
-                let value = tollgate_policy::param::decode(value);
+            if policy.is_name(&tollgate_policy::param::decode(&name)) {
+                let value = tollgate_policy::param::decode(&value);
                 judge(policy, &value, caller)?;
                 if value != caller.id {
                     return Ok(false);
@@ -155,12 +155,13 @@ fn cookies(
 ) -> Result<(), GatewayError> {
     use tollgate_policy::param;
     let foreign = |pair: &[u8]| -> Result<bool, GatewayError> {
-        // Express's `cookie` and Werkzeug trim the name and the value.
-        let (name, value) = param::name_and_value(pair.trim_ascii());
-        if !policy.is_name(&param::decode(name.trim_ascii())) {
+        // Express's `cookie` and Werkzeug trim the name and the value (Werkzeug, reading
+        // the header as latin-1, NBSP and NEL too).
+        let (name, value) = param::name_and_value(trim_space(pair));
+        if !policy.is_name(&param::decode(trim_space(name))) {
             return Ok(false);
         }
-        let value = param::decode(value.trim_ascii());
+        let value = param::decode(trim_space(value));
         judge(policy, &value, caller)?;
         Ok(value != caller.id)
     };
@@ -192,6 +193,18 @@ fn cookies(
         headers.append(COOKIE, value);
     }
     Ok(())
+}
+
+/// `bytes` without what Python's `str.strip()` takes from a latin-1 header at either end
+/// (hyper has refused the other control bytes already).
+fn trim_space(bytes: &[u8]) -> &[u8] {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | 0x85 | 0xa0);
+    let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !space(b))
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
 }
 
 /// A form body with client-supplied ids judged and removed, and ours put first if

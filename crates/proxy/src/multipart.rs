@@ -315,9 +315,10 @@ impl Scanner {
             if name.eq_ignore_ascii_case("content-disposition") {
                 disposed = true;
                 let names = disposition_names(&value)?;
-                // RFC 7578: every part is named; Rack 2 names a nameless one by its
-                // `Content-ID`, others drop it.
-                if names.is_empty() {
+                // RFC 7578: every part is named. Rack 2 names a part without a name, or
+                // with an empty one, by its `Content-ID`, its filename, or its
+                // `Content-Type` (found anywhere in the header block); others drop it.
+                if names.iter().all(|n| n.is_empty()) {
                     return Err(Refusal::Malformed);
                 }
                 for candidate in names {
@@ -951,6 +952,8 @@ mod tests {
             ("--XyZ\r\nContent-Disposition: form-data; name=\"x\"; foo=\"a; NAME=clientId\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-Disposition: form-data; name=\"x\"; filename=\"a;name=_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-Disposition: form-data\r\nContent-ID: clientId\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"\"\r\nContent-Type: clientId\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
+            ("--XyZ\r\nContent-Disposition: form-data; name=\"\"; filename=\"client%49d\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-ID: x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
             ("--XyZ\r\nContent-Type: text/plain; x=\"Content-Disposition: ; name=clientId\"\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1002\r\n--XyZ--\r\n".to_owned(), Refusal::Malformed),
         ] {
