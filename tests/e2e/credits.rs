@@ -989,6 +989,81 @@ async fn early_answering_backend() -> (SocketAddr, Arc<AtomicU64>) {
     (addr, answered)
 }
 
+/// A backend that answers every request with a success whose body breaks off: it
+/// declares 1,100 bytes, sends 100 and closes. Counts the requests.
+async fn truncating_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&answered);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut answer =
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1100\r\n\r\n"
+                        .to_vec();
+                answer.extend_from_slice(&[b'x'; 100]);
+                let _ = stream.write_all(&answer).await;
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// With an `Idempotency-Key` the answer is read to be kept. One that breaks off used to
+/// reach the client as a clean, charged, empty 200 (and be replayed so): now the client
+/// is told (502), and a retry gets the same answer, charged once.
+#[tokio::test]
+async fn a_kept_answer_that_breaks_off_is_a_502_not_an_empty_success() {
+    let (backend, answered) = truncating_backend().await;
+    let h = Harness::with(Setup {
+        upstream_addr: Some(backend),
+        ..setup("", "")
+    })
+    .await;
+    let g = &h.gateway;
+    g.wait_ready().await;
+    credit(g, "c11", 100).await;
+    let bearer = bearer_for("c11");
+    let post = || {
+        let bearer = bearer.clone();
+        async move {
+            send(
+                g.addr,
+                "POST",
+                "/echo/metered/x",
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                    ("idempotency-key", "cut-1"),
+                ],
+                b"{}",
+            )
+            .await
+        }
+    };
+    let first = post().await;
+    first.assert_problem(502, "UPSTREAM_ERROR");
+    assert_eq!(first.header("x-token-cost"), Some("5"));
+    let again = post().await;
+    again.assert_problem(502, "UPSTREAM_ERROR");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    settled(g, "c11", (95, 0)).await;
+    assert_verified(g).await;
+}
+
 /// A backend may answer an upload before all of it has arrived. The answer is kept for
 /// retries only once the upload has ended, with its digest: meanwhile a retry finds the
 /// key in flight (409); afterwards the same upload is replayed and another is refused.

@@ -46,7 +46,7 @@ use crate::body_digest::BodyHasher;
 use crate::classify::{self, BodyClass};
 use crate::credits::{now_ms, Credits, VoidReason};
 use crate::endpoints::Answer;
-use crate::errors::{Bug, CreditError, GatewayError, Problem as _, RequestError};
+use crate::errors::{Bug, CreditError, GatewayError, Problem as _, RequestError, UpstreamError};
 use crate::exchange::{Exchange, Metering};
 use crate::metrics;
 use crate::reservation::{Hold, KeyClaim};
@@ -166,7 +166,7 @@ pub async fn reserve(
                         .map_err(|e| credits.unavailable(&e))?
                         .available;
                     exchange.metering = Metering::Replayed { balance };
-                    return Ok(Reserve::Replay(replay(&answer)?));
+                    return Ok(Reserve::Replay(replay(&answer, &exchange.request_id)?));
                 }
             }
             (request, Some(guard))
@@ -343,17 +343,33 @@ async fn digest_body(
     Ok(hash.finish())
 }
 
-/// A kept answer, answered again.
-fn replay(answer: &StoredAnswer) -> Result<Answer, GatewayError> {
-    let body = match &answer.body {
+/// A kept answer, answered again. A problem document (the gateway's, kept when a
+/// backend's answer broke off) names this request, as every problem document does.
+fn replay(answer: &StoredAnswer, request_id: &str) -> Result<Answer, GatewayError> {
+    let mut body = match &answer.body {
         Some(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|_| Bug::Corrupt)?,
         None => Vec::new(),
     };
+    let problem = answer.headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case("content-type") && value == crate::problem::CONTENT_TYPE
+    });
+    if problem {
+        if let Ok(serde_json::Value::Object(mut members)) = serde_json::from_slice(&body) {
+            members.insert("requestId".into(), request_id.into());
+            body = serde_json::Value::Object(members).to_string().into_bytes();
+        }
+    }
     let mut response = Response::new(crate::body::full(Bytes::from(body)));
     *response.status_mut() = StatusCode::from_u16(answer.status).map_err(|_| Bug::Corrupt)?;
     for (name, value) in &answer.headers {
+        // An answer kept without its body (over MAX_KEPT_BODY, or of no declared
+        // length) says no type it does not carry: an empty `application/json` would not
+        // parse.
+        if answer.body.is_none() && name.eq_ignore_ascii_case("content-type") {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (
             http::header::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
@@ -446,15 +462,30 @@ fn report_post(outcome: Result<Settled, tollgate_state::ledger::LedgerError>) {
 
 /// What the backend says the request cost (`settle_header`), else what was reserved.
 fn settled_amount(cost: Option<&Cost>, reserved: u64, headers: &HeaderMap) -> u64 {
-    match cost.and_then(|c| c.settle_header.as_ref()) {
-        None => reserved,
-        Some(name) => match headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim) {
-            Some(text) => text.parse::<u64>().unwrap_or_else(|_| {
+    let Some(name) = cost.and_then(|c| c.settle_header.as_ref()) else {
+        return reserved;
+    };
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => reserved,
+        (Some(only), None) => match only
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            Some(amount) => amount,
+            None => {
                 tracing::warn!(header = %name, "the backend's settle header is not a whole number: charging what was reserved");
                 reserved
-            }),
-            None => reserved,
+            }
         },
+        // Two figures (a framework's default and the real one) mean nothing certain,
+        // as `3, 7` on one line would not: the reservation is charged.
+        (Some(_), Some(_)) => {
+            tracing::warn!(header = %name, "the backend sent its settle header more than once: charging what was reserved");
+            reserved
+        }
     }
 }
 
@@ -597,11 +628,29 @@ pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
     let timeout = exchange.snapshot.upstream.response_timeout;
     let bytes = match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        // The body broke off: the client gets what the upstream sent (nothing more
-        // can be read), and a retry the status alone (the claim keeps it when dropped).
+        // The body broke off (or never ended): nothing whole can be shown, and an empty
+        // 200 would pass for a success. The client is told (502 UPSTREAM_ERROR), and a
+        // retry with the key gets that same answer; the charge stands, as it does for a
+        // request without a key whose answer breaks off after a success status.
         _ => {
-            drop(claim);
-            return Response::from_parts(parts, crate::body::full(Bytes::new()));
+            drop(parts);
+            let problem = crate::problem::render(&UpstreamError::Failed, &exchange.request_id);
+            let (problem_parts, problem_body) = problem.into_parts();
+            let problem_bytes = problem_body
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let kept = StoredAnswer {
+                status: problem_parts.status.as_u16(),
+                headers: kept_headers(&problem_parts.headers),
+                body: Some(base64::engine::general_purpose::STANDARD.encode(&problem_bytes)),
+                ..pending
+            };
+            if let Err(e) = claim.keep(kept).await {
+                tracing::warn!(error = %e, "cannot keep an idempotent answer");
+            }
+            return Response::from_parts(problem_parts, crate::body::full(problem_bytes));
         }
     };
     let kept = StoredAnswer {
@@ -632,6 +681,34 @@ pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
 mod tests {
     use super::*;
     use crate::testing::{exchange_for, snapshot_with_route};
+
+    #[test]
+    fn a_settle_header_is_believed_only_when_it_says_one_whole_number() {
+        let cost = Cost {
+            amounts: vec![(None, 10)],
+            settle_header: Some(http::header::HeaderName::from_static("x-tokens-used")),
+            refund: Vec::new(),
+        };
+        let charged = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append("x-tokens-used", HeaderValue::from_str(v).unwrap());
+            }
+            settled_amount(Some(&cost), 10, &headers)
+        };
+        assert_eq!(charged(&["3"]), 3);
+        assert_eq!(charged(&[" 4 "]), 4);
+        assert_eq!(charged(&[]), 10);
+        for doubtful in [
+            &["0", "10"][..],
+            &["3", "7"],
+            &["3", "abc"],
+            &["3,7"],
+            &["-1"],
+        ] {
+            assert_eq!(charged(doubtful), 10, "{doubtful:?}");
+        }
+    }
 
     #[test]
     fn a_route_without_a_cost_says_nothing() {
