@@ -379,15 +379,29 @@ fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
     })
 }
 
-/// Three base64url parts, the first starting like a JSON object (`eyJ`): a JWT, whatever
-/// the parameter it came in is called.
+/// Whether `text`, percent-decoded (the way a backend reads it), holds a JWT anywhere:
+/// three base64url parts, the first starting like a JSON object (`eyJ`), whatever the
+/// parameter it came in is called and whatever is around it (`Bearer+…`, quotes, a
+/// JSON wrapper, `%65yJ…`).
 fn looks_like_jwt(text: &str) -> bool {
-    let text = text.strip_prefix("Bearer%20").unwrap_or(text);
-    text.starts_with("eyJ")
-        && text.split('.').count() == 3
-        && text
+    // Most values hold no `eyJ`, nor an escape that could spell one: nothing to decode.
+    if !text.contains("eyJ") && !text.contains('%') {
+        return false;
+    }
+    let decoded = tollgate_policy::param::decode(text.as_bytes());
+    let is_part = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=');
+    decoded.match_indices("eyJ").any(|(at, _)| {
+        let run: &str = &decoded[at..];
+        let end = run
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+            .position(|b| !is_part(b) && b != b'.')
+            .unwrap_or(run.len());
+        let mut parts = run[..end].split('.');
+        let (header, payload, signature) = (parts.next(), parts.next(), parts.next());
+        header.is_some_and(|h| !h.is_empty())
+            && payload.is_some_and(|p| !p.is_empty())
+            && signature.is_some()
+    })
 }
 
 #[cfg(test)]
@@ -442,6 +456,23 @@ mod tests {
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
         let logged = redact_query(&format!("x={jwt}&{jwt}"), &params);
         assert!(!logged.contains("eyJ"), "{logged}");
+        // However it is wrapped or escaped, once decoded.
+        let escaped = format!("%65{}", &jwt[1..]);
+        let dotted = jwt.replace('.', "%2E");
+        for value in [
+            format!("Bearer+{jwt}"),
+            format!("Bearer%20{jwt}"),
+            escaped,
+            dotted,
+            format!("%22{jwt}%22"),
+            format!("%7B%22t%22%3A%22{jwt}%22%7D"),
+            format!("{jwt}%0A"),
+        ] {
+            let logged = redact_query(&format!("a={value}"), &params);
+            assert_eq!(logged, "a=[redacted]", "{value}");
+        }
+        // Text that merely mentions `eyJ` is kept.
+        assert_eq!(redact_query("q=eyJ.x", &params), "q=eyJ.x");
     }
 
     #[test]
