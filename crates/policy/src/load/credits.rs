@@ -22,12 +22,14 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(10);
 const SYNC_INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(1)..=Duration::from_secs(1);
 
-/// `[credits]`; `redis`: the ledger lives in Redis (`[store] redis_url`).
+/// `[credits]`; `redis`: the ledger lives in Redis (`[store] redis_url`);
+/// `response_timeout`: the upstream's, which a reservation must outlast.
 pub(crate) fn credits(
     l: &mut Loader,
     src: &SourceFile,
     f: CreditsFile,
     redis: bool,
+    response_timeout: Option<Duration>,
 ) -> Option<Credits> {
     let mark = l.mark();
     let sync = sync(l, src, &f, redis);
@@ -37,6 +39,22 @@ pub(crate) fn credits(
         Duration::from_secs(15 * 60),
         Zero::Refused,
     );
+    // A reservation is settled by the response head, which may take the whole upstream
+    // response_timeout: one that expired first would be refunded while the backend
+    // still works, and the answer would claim a charge that never happened. (A warning,
+    // not an error: a test of the expiry itself wants a short one.)
+    if let (Some(value), Some(upstream)) = (&f.reservation_timeout, response_timeout) {
+        if reservation_timeout <= upstream {
+            l.warning(
+                src,
+                Some(value.span()),
+                format!(
+                    "reservation_timeout is not longer than [upstream] response_timeout ({}s): a request still waiting for its answer is refunded, and its answer claims a charge that never happened",
+                    upstream.as_secs_f64()
+                ),
+            );
+        }
+    }
     let idempotency_ttl = l.duration(
         src,
         &f.idempotency_ttl,
@@ -80,12 +98,16 @@ fn sync(l: &mut Loader, src: &SourceFile, f: &CreditsFile, redis: bool) -> Ledge
         }
     }
     let chosen = f.sync.as_ref().map(|s| *s.get_ref());
+    // "before_forwarding" holds in Redis too (each script runs before the request is
+    // forwarded), so the shipped file's explicit default stays valid beside redis_url.
     if let (Some(sync), true) = (&f.sync, redis) {
-        l.error(
-            src,
-            Some(sync.span()),
-            "`sync` is the embedded ledger's; with [store] redis_url the ledger is in Redis, whose persistence (appendfsync) decides",
-        );
+        if *sync.get_ref() == LedgerSyncFile::Interval {
+            l.error(
+                src,
+                Some(sync.span()),
+                "sync = \"interval\" is the embedded ledger's; with [store] redis_url the ledger is in Redis, whose persistence (appendfsync) decides",
+            );
+        }
     }
     match (chosen, &f.sync_interval) {
         (Some(LedgerSyncFile::Interval), _) => LedgerSync::Interval(interval),
@@ -357,6 +379,25 @@ mod tests {
         );
         let e = errors(&redis, &[]);
         assert!(e[0].contains("the ledger is in Redis"), "{e:?}");
+        // The shipped file's explicit default holds in Redis too.
+        let s = load(&redis.replace("\"interval\"", "\"before_forwarding\""), &[]).unwrap();
+        assert_eq!(s.credits.unwrap().sync, LedgerSync::BeforeForwarding);
+    }
+
+    #[test]
+    fn a_reservation_shorter_than_the_upstream_response_timeout_is_warned_about() {
+        let with = |extra: &str| format!("{}{CREDITS}{extra}\n", gateway());
+        let w = crate::load::testing::warnings(&with("reservation_timeout = \"1s\""), &[]);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("not longer than [upstream] response_timeout")),
+            "{w:?}"
+        );
+        let w = crate::load::testing::warnings(&with("reservation_timeout = \"10m\""), &[]);
+        assert!(
+            !w.iter().any(|w| w.contains("reservation_timeout")),
+            "{w:?}"
+        );
     }
 
     #[test]

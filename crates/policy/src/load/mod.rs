@@ -157,7 +157,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
     let credits =
         section::<CreditsFile>(l, &src, take("credits"), "credits", false).and_then(|f| {
             let redis = store.as_ref().is_some_and(|s| s.redis.is_some());
-            credits::credits(l, &src, f, redis)
+            let response_timeout = upstream.as_ref().map(|u| u.response_timeout);
+            credits::credits(l, &src, f, redis, response_timeout)
         });
     let auth = Auth { jwt, api_keys };
     let mut unknown: Vec<_> = sections.into_iter().collect();
