@@ -1575,6 +1575,7 @@ async fn the_admin_api_needs_its_token_and_journals_every_change() {
         r#"{"amount": 5, "amount": 500000, "reason": "x"}"#,
         r#"{"amount": 5, "reason": "x", "reason": "y"}"#,
         r#"{"amount": 0, "reason": "x"}"#,
+        r#"{"amount": 5, "reason": "x", "Amount": 7}"#,
     ] {
         admin(g, "POST", "/ledger/clients/a/credit", body)
             .await

@@ -121,7 +121,10 @@ async fn change_body(
     // than read as whichever a parser keeps (a reviewer may have read the other).
     let members = serde_json::from_slice::<tollgate_state::members::Members>(&bytes)
         .map_err(|_| AdminError::BodyInvalid)?;
-    if members.repeated().is_some() {
+    // Only the two members it reads, once each: `Amount` or `reason ` beside them
+    // would be a change nobody meant, read by no one.
+    let known = |k: &str| k == field || k == "reason";
+    if members.repeated().is_some() || members.0.iter().any(|(k, _)| !known(k)) {
         return Err(AdminError::BodyInvalid.into());
     }
     let amount = members

@@ -142,6 +142,17 @@ fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
                     problems.push(format!("entry {}: both `balance` and `tokens`", i + 1));
                     continue;
                 }
+                if let Some((other, _)) = entry
+                    .0
+                    .iter()
+                    .find(|(k, _)| !["clientId", "balance", "tokens"].contains(&k.as_str()))
+                {
+                    problems.push(format!(
+                        "entry {}: unknown member `{other}` (expected clientId and balance)",
+                        i + 1
+                    ));
+                    continue;
+                }
                 let client = entry.get("clientId").and_then(client_text);
                 let balance = entry
                     .get("balance")
@@ -250,6 +261,7 @@ mod tests {
             );
         }
         assert!(parse(r#"[{"clientId":"1","balance":5,"tokens":6}]"#).is_err());
+        assert!(parse(r#"[{"clientId":"a1","balance":5,"ClientId":"zz"}]"#).is_err());
         assert!(parse("dev-1:team@acme.test,3\n").is_ok());
     }
 }
