@@ -254,6 +254,27 @@ async fn access_log_has_one_line_per_request_and_no_secrets() {
     assert_eq!(entry["bytes_out"], response.body.len());
     assert!(entry["latency_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(logs.matches("log-test-1").count(), 1);
+
+    // A client that hangs up before any answer is logged 499 (as nginx logs it), not
+    // with a status nobody was sent.
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /echo/gone?delay_ms=1500 HTTP/1.1\r\nhost: gw.test\r\nx-request-id: log-test-2\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(stream);
+    assert!(
+        h.gateway
+            .wait_for_log("log-test-2", Duration::from_secs(5))
+            .await
+    );
+    let logs = h.gateway.stderr();
+    let line = logs.lines().find(|l| l.contains("log-test-2")).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(entry["status"], 499, "{line}");
 }
 
 pub fn hex(bytes: &[u8]) -> String {

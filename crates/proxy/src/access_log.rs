@@ -78,7 +78,9 @@ impl AccessLog {
             auth: "-",
             client_id: None,
             client,
-            status: StatusCode::OK,
+            // Until an answer is written (`respond::finish`): a request dropped before
+            // one had a client that closed the connection, 499 as nginx logs it.
+            status: StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST),
             bytes_in: Arc::new(BodyStats::default()),
             bytes_out: 0,
             upstream: None,
@@ -307,6 +309,9 @@ fn bounded(mut text: String) -> String {
 }
 
 const REDACTED: &str = "[redacted]";
+
+/// The status logged for a request whose client left before any answer (nginx's).
+const CLIENT_CLOSED: u16 = 499;
 
 /// The query with the value of every secret parameter (`secret_params`, folded names)
 /// and of every JWT-shaped value replaced. Parameters are split at `;` as well as `&`,
