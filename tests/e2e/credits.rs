@@ -340,9 +340,16 @@ async fn a_metered_request_is_charged_and_says_so() {
     let next = v["next"].as_str().unwrap().to_owned();
     let older = call(&h.gateway, "GET", &next, "c1").await.json();
     assert_eq!(older["movements"].as_array().unwrap().len(), 2);
-    call(&h.gateway, "GET", "/gateway/tokens/history?limit=0", "c1")
+    for query in ["limit=0", "limit=1&limit=2", "before=5&before=9"] {
+        call(
+            &h.gateway,
+            "GET",
+            &format!("/gateway/tokens/history?{query}"),
+            "c1",
+        )
         .await
         .assert_problem(400, "INVALID_QUERY");
+    }
     // Another client's history is not reachable: it is always the caller's own.
     let other = call(&h.gateway, "GET", "/gateway/tokens/history", "stranger")
         .await

@@ -188,17 +188,22 @@ pub async fn preview(
 
 /// The first `name=` of a query as a whole number (400 `INVALID_QUERY` if it is not one).
 pub(crate) fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
+    let mut found = None;
     for pair in query.unwrap_or("").split('&') {
         if let Some((key, value)) = pair.split_once('=') {
             if key == name {
-                return value
+                // Given twice, it says two things: refused rather than one picked.
+                if found.is_some() {
+                    return Err(CreditError::HistoryQueryInvalid.into());
+                }
+                let number = value
                     .parse::<u64>()
-                    .map(Some)
-                    .map_err(|_| CreditError::HistoryQueryInvalid.into());
+                    .map_err(|_| GatewayError::from(CreditError::HistoryQueryInvalid))?;
+                found = Some(number);
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 pub async fn history<B>(
