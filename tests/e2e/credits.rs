@@ -945,87 +945,92 @@ async fn a_streamed_body_is_the_same_request_only_if_it_hashes_the_same() {
     assert_verified(g).await;
 }
 
-/// A backend that answers as soon as it has a request's head, then reads the body to its
-/// end (chunked, as the gateway forwards a chunked upload) before the next request on
-/// the connection. Counts the requests it answered.
-async fn early_answering_backend() -> (SocketAddr, Arc<AtomicU64>) {
-    use tokio::io::AsyncReadExt;
+/// A backend written in raw bytes: `serve` runs for each connection, with the count of
+/// requests it answered.
+async fn raw_backend<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(tokio::net::TcpStream, Arc<AtomicU64>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicU64::new(0));
     let count = Arc::clone(&answered);
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    buf.drain(..head + 4);
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let body = br#"{"created":true}"#;
-                    let answer = format!(
-                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    let mut answer = answer.into_bytes();
-                    answer.extend_from_slice(body);
-                    if stream.write_all(&answer).await.is_err() {
-                        return;
-                    }
-                    // Then the rest of the upload: up to the last chunk.
-                    while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(5).position(|w| w == b"0\r\n\r\n").unwrap();
-                    buf.drain(..end + 5);
-                }
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, Arc::clone(&count)));
         }
     });
     (addr, answered)
 }
 
+/// Reads from `stream` into `buf` until it holds `needle`; where it ends, or `None`
+/// when the connection ends first.
+async fn read_past(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    needle: &[u8],
+) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = buf.windows(needle.len()).position(|w| w == needle) {
+            return Some(at + needle.len());
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A backend that answers as soon as it has a request's head, then reads the body to its
+/// end (chunked, as the gateway forwards a chunked upload) before the next request on
+/// the connection. Counts the requests it answered.
+async fn early_answering_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    raw_backend(|mut stream, count| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = read_past(&mut stream, &mut buf, b"\r\n\r\n").await {
+            buf.drain(..head);
+            count.fetch_add(1, Ordering::SeqCst);
+            let body = br#"{"created":true}"#;
+            let mut answer = format!(
+                "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(body);
+            if stream.write_all(&answer).await.is_err() {
+                return;
+            }
+            // Then the rest of the upload: up to the last chunk.
+            let Some(end) = read_past(&mut stream, &mut buf, b"0\r\n\r\n").await else {
+                return;
+            };
+            buf.drain(..end);
+        }
+    })
+    .await
+}
+
 /// A backend that answers every request with a success whose body breaks off: it
 /// declares 1,100 bytes, sends 100 and closes. Counts the requests.
 async fn truncating_backend() -> (SocketAddr, Arc<AtomicU64>) {
-    use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let answered = Arc::new(AtomicU64::new(0));
-    let count = Arc::clone(&answered);
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut answer =
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1100\r\n\r\n"
-                        .to_vec();
-                answer.extend_from_slice(&[b'x'; 100]);
-                let _ = stream.write_all(&answer).await;
-            });
+    raw_backend(|mut stream, count| async move {
+        if read_past(&mut stream, &mut Vec::new(), b"\r\n\r\n")
+            .await
+            .is_none()
+        {
+            return;
         }
-    });
-    (addr, answered)
+        count.fetch_add(1, Ordering::SeqCst);
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1100\r\n\r\n"
+                .to_vec();
+        answer.extend_from_slice(&[b'x'; 100]);
+        let _ = stream.write_all(&answer).await;
+    })
+    .await
 }
 
 /// With an `Idempotency-Key` the answer is read to be kept. One that breaks off used to
