@@ -14,8 +14,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    bearer_for, closed_port, eventually, jwt_config, raw, write_config, GatewayProcess, Harness,
-    RawResponse, RedisServer, Setup, TempDir,
+    bearer_for, closed_port, eventually, jwt_config, raw, shipped_config, write_config,
+    GatewayProcess, Harness, RawResponse, RedisServer, Setup, TempDir,
 };
 
 const POLICIES: &str = r#"
@@ -1036,6 +1036,58 @@ async fn truncating_backend() -> (SocketAddr, Arc<AtomicU64>) {
 /// With an `Idempotency-Key` the answer is read to be kept. One that breaks off used to
 /// reach the client as a clean, charged, empty 200 (and be replayed so): now the client
 /// is told (502), and a retry gets the same answer, charged once.
+/// The shipped demo's provider call answers an upload it does not use. It used to
+/// answer before reading it and close, so its kernel reset the connection with the
+/// gateway's bytes unread, and the reset often destroyed the answer on its way: the
+/// call was placed, the client got 502 and was refunded. Every call must be a charged 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_answers_every_upload_to_a_provider_call_and_each_is_charged() {
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    let config = shipped_config(dir.path(), &format!("http://{}", backend.addr()), |_, t| t);
+    let snapshot = tollgate_policy::load(&config).unwrap();
+    let gateway = GatewayProcess::start(&config);
+    gateway.wait_ready().await;
+    let mut claims = serde_json::Map::new();
+    claims.insert("clientId".into(), Value::from("1002"));
+    let token = tollgate_proxy::rehearsal::sign(&snapshot, &claims).unwrap();
+    let bearer = format!("Bearer {token}");
+    let balance = || async {
+        let r = send(
+            gateway.addr,
+            "GET",
+            "/gateway/tokens/balance",
+            &[("authorization", &bearer)],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["balance"].as_u64().unwrap()
+    };
+    let before = balance().await;
+    let mut body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.txt\"\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 200_000));
+    body.extend_from_slice(b"\r\n--b--\r\n");
+    for i in 0..10 {
+        let r = send(
+            gateway.addr,
+            "POST",
+            "/plivo/calls",
+            &[
+                ("authorization", &bearer),
+                ("content-type", "multipart/form-data; boundary=b"),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, 200, "call {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-token-cost"), Some("1"), "call {i}");
+    }
+    assert_eq!(balance().await, before - 10);
+}
+
 #[tokio::test]
 async fn a_kept_answer_that_breaks_off_is_a_502_not_an_empty_success() {
     let (backend, answered) = truncating_backend().await;

@@ -560,6 +560,60 @@ async fn a_per_account_limit_cannot_be_dodged_by_naming_the_account_differently(
 }
 
 #[tokio::test]
+async fn a_login_body_the_gateway_cannot_read_whole_is_refused_not_counted_as_nobody() {
+    let h = harness("").await;
+    let post = |path: &'static str, content_type: &'static str, body: Vec<u8>| {
+        let h = &h;
+        async move {
+            h.send("POST", path, &[("content-type", content_type)], &body)
+                .await
+        }
+    };
+    const JSON: &str = "application/json";
+    // Express, PHP and Python read the victim's name in each of these; serde_json
+    // refuses them. Counting them as "no username" (or under a decoy in the query) let
+    // one account be guessed at without end. They are refused, and reach no backend.
+    let refused: Vec<Vec<u8>> = vec![
+        br#"{"username":"victim@acme.test","password":"g","x":1e400}"#.to_vec(),
+        br#"{"x":-1e400,"username":"victim@acme.test"}"#.to_vec(),
+        b"\xef\xbb\xbf{\"username\":\"victim@acme.test\"}".to_vec(),
+        br#"{"username":"victim@acme.test","x":"\ud800"}"#.to_vec(),
+        br#"{"username":"victim@acme.test"} {"username":"decoy"}"#.to_vec(),
+        format!(
+            r#"{{"username":"victim@acme.test","x":{}0{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        )
+        .into_bytes(),
+    ];
+    for body in refused {
+        let r = post("/echo/login2?username=decoy", JSON, body.clone()).await;
+        r.assert_problem(400, "INVALID_JSON");
+        // Whatever it says it is.
+        let r = post("/echo/login2?username=decoy", "text/plain", body).await;
+        r.assert_problem(400, "INVALID_JSON");
+    }
+    // A charset names other bytes for the same names: refused.
+    let r = post(
+        "/echo/login2",
+        "application/json; charset=utf-16le",
+        br#"{"username":"x"}"#.to_vec(),
+    )
+    .await;
+    r.assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    // Accented spellings are one account to an accent-insensitive database collation
+    // (MariaDB's default): they share the victim's count.
+    for name in ["victim@acme.test", "vïctim@acme.test", "VÍCTIM@ACMÉ.TEST"] {
+        let body = format!(r#"{{"username":"{name}"}}"#).into_bytes();
+        assert_eq!(post("/echo/login2", JSON, body).await.status, 200, "{name}");
+    }
+    let body = r#"{"username":"vıctım@acmè.test"}"#.as_bytes().to_vec();
+    post("/echo/login2", JSON, body)
+        .await
+        .assert_problem(429, "RATE_LIMITED");
+}
+
+#[tokio::test]
 async fn a_reload_that_changes_a_limits_numbers_keeps_its_metric_counting() {
     let h = harness("").await;
     let alice = bearer_for("alice");

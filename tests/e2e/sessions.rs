@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::{
-    eventually, jwt_config, jwt_fixtures, write_config, GatewayProcess, Harness, RawResponse,
+    bearer_with, eventually, jwt_config, jwt_fixtures, write_config, GatewayProcess, Harness, RawResponse,
     RedisServer, Setup, TempDir,
 };
 
@@ -416,6 +416,52 @@ async fn logout_ends_the_session_and_the_token_it_was_called_with() {
     )
     .await
     .assert_problem(401, "TOKEN_INVALID");
+}
+
+#[tokio::test]
+async fn a_logout_ends_only_what_belongs_to_its_caller() {
+    let h = Harness::with(setup("", "")).await;
+    // Another issuer's tokens may repeat a `jti` across clients: logging one out
+    // revokes that client's token, not every token with the id.
+    let a = bearer_with(json!({"clientId": "1001", "jti": "shared-id"}));
+    let b = bearer_with(json!({"clientId": "1002", "jti": "shared-id"}));
+    let r = h
+        .send("POST", "/gateway/auth/logout", &[("authorization", &a)], b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    h.get("/echo/me", &[("authorization", &a)])
+        .await
+        .assert_problem(401, "TOKEN_REVOKED");
+    assert_eq!(h.get("/echo/me", &[("authorization", &b)]).await.status, 200);
+
+    // An access token with someone else's refresh token: refused, and neither session
+    // ends (a refresh token one came by does not let one log its owner out).
+    let mine = login(&h).await;
+    let theirs = login(&h).await;
+    let r = post_json(
+        &h,
+        "/gateway/auth/logout",
+        &[("authorization", &format!("Bearer {}", s(&mine["token"])))],
+        &format!(r#"{{"refreshToken":"{}"}}"#, s(&theirs["refreshToken"])),
+    )
+    .await;
+    r.assert_problem(401, "REFRESH_TOKEN_INVALID");
+    assert_eq!(echo(&h, s(&mine["token"])).await.status, 200);
+    assert_eq!(echo(&h, s(&theirs["token"])).await.status, 200);
+    let r = refresh(&h, s(&theirs["refreshToken"])).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The pair of one session still logs out together.
+    let r = post_json(
+        &h,
+        "/gateway/auth/logout",
+        &[("authorization", &format!("Bearer {}", s(&mine["token"])))],
+        &format!(r#"{{"refreshToken":"{}"}}"#, s(&mine["refreshToken"])),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    echo(&h, s(&mine["token"]))
+        .await
+        .assert_problem(401, "TOKEN_REVOKED");
 }
 
 #[tokio::test]

@@ -211,7 +211,10 @@ fn verify_jwt(
     }
     keys.sessions.check(
         claims.session.as_deref(),
-        claims.token_id.as_deref(),
+        claims
+            .token_id
+            .as_deref()
+            .map(|jti| (claims.client_id.as_str(), jti)),
         exchange.now,
     )?;
     Ok(Identity {

@@ -709,7 +709,7 @@ pub enum UpstreamError {
     Unavailable,
     #[error("the upstream did not answer in time")]
     Timeout,
-    #[error("the upstream sent an invalid response")]
+    #[error("the upstream broke the connection or sent an invalid response")]
     Failed,
 }
 

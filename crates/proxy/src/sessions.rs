@@ -66,11 +66,19 @@ impl Revocations {
         *until = (*until).max(revocation.until);
     }
 
-    /// Whether a token of session `session` with id `token` is revoked at `now`.
-    pub fn is_revoked(&self, session: Option<&str>, token: Option<&str>, now: u64) -> bool {
+    /// Whether a token of session `session` with id `token` (its client and `jti`) is
+    /// revoked at `now`.
+    pub fn is_revoked(
+        &self,
+        session: Option<&str>,
+        token: Option<(&str, &str)>,
+        now: u64,
+    ) -> bool {
         if self.count.load(Ordering::Relaxed) == 0 {
             return false;
         }
+        let token = token.map(|(client, jti)| token_key(client, jti));
+        let token = token.as_deref();
         let hit = |map: &RwLock<HashMap<String, u64>>, id: Option<&str>| {
             id.is_some_and(|id| {
                 map.read()
@@ -96,6 +104,25 @@ impl Revocations {
     pub fn len(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+}
+
+/// What a logged-out access token is revoked as: its `jti` within its client, so that a
+/// token of another client (another issuer's, whose ids may repeat) with the same `jti`
+/// is not refused with it. Hashed, so an issuer's long ids stay small in the store.
+pub fn token_key(client_id: &str, jti: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    // A client id holds no NUL (the gateway refuses such ids), so the pair is unambiguous.
+    hasher.update(client_id.as_bytes());
+    hasher.update([0]);
+    hasher.update(jti.as_bytes());
+    let digest = hasher.finalize();
+    let mut key = String::with_capacity(34);
+    key.push_str("t1");
+    for b in &digest[..16] {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
 }
 
 /// Counters of the session endpoints, kept across reloads: one family by `event`, each
@@ -179,7 +206,7 @@ impl Sessions {
     pub fn check(
         &self,
         session: Option<&str>,
-        token: Option<&str>,
+        token: Option<(&str, &str)>,
         now: u64,
     ) -> Result<(), GatewayError> {
         let Some(state) = &self.state else {
@@ -408,7 +435,7 @@ mod tests {
     #[test]
     fn revocations_hold_until_their_tokens_expire() {
         let r = Revocations::default();
-        assert!(!r.is_revoked(Some("s1"), Some("t1"), 100));
+        assert!(!r.is_revoked(Some("s1"), Some(("1001", "t1")), 100));
         r.add(&Revocation {
             kind: Revoked::Session,
             id: "s1".into(),
@@ -416,7 +443,7 @@ mod tests {
         });
         r.add(&Revocation {
             kind: Revoked::Token,
-            id: "t9".into(),
+            id: token_key("1001", "t9"),
             until: 150,
         });
         // Seen twice (the feed overlaps): counted once.
@@ -427,14 +454,17 @@ mod tests {
         });
         assert_eq!(r.len(), 2);
         assert!(r.is_revoked(Some("s1"), None, 100));
-        assert!(r.is_revoked(None, Some("t9"), 100));
-        assert!(r.is_revoked(Some("other"), Some("t9"), 149));
-        assert!(!r.is_revoked(Some("s2"), Some("t1"), 100));
+        assert!(r.is_revoked(None, Some(("1001", "t9")), 100));
+        // The same `jti` of another client is not the revoked token.
+        assert!(!r.is_revoked(None, Some(("1002", "t9")), 100));
+        assert!(r.is_revoked(Some("other"), Some(("1001", "t9")), 149));
+        assert!(!r.is_revoked(Some("s2"), Some(("1001", "t1")), 100));
         assert!(!r.is_revoked(Some("s1"), None, 200));
         r.prune(160);
         assert_eq!(r.len(), 1);
         r.prune(200);
         assert_eq!(r.len(), 0);
-        assert!(!r.is_revoked(Some("s1"), Some("t9"), 100));
+        assert!(!r.is_revoked(Some("s1"), Some(("1001", "t9")), 100));
+        assert_ne!(token_key("a", "b\0c"), token_key("a\0b", "c"));
     }
 }

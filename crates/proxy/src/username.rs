@@ -8,6 +8,12 @@
 //! as a form whatever its `Content-Type` says, since a backend may parse it either way
 //! (a multipart or compressed body, which would hide it, is refused with 415),
 //! and the query's parameters count as well (PHP's `$_REQUEST`, Spring's `@RequestParam`).
+//! A body that opens like JSON (`{` or `[`, after whitespace or a byte-order mark) must
+//! be JSON the gateway reads whole, or it is refused (400 `INVALID_JSON`): backends take
+//! what serde_json refuses (`1e400`, a byte-order mark, a lone surrogate, deep nesting,
+//! trailing bytes), and a body the gateway gave up on named nobody while the backend
+//! still checked the victim's password. A charset other than UTF-8 is refused (415), as
+//! a backend would decode the names differently.
 //! A JSON value that is not a string still names someone to a backend that coerces it
 //! (`5551234` is a phone number, `["alice"]` is `"alice"` to JavaScript's `String`): a
 //! number counts as its digits, an array as each of its elements, anything else as its
@@ -19,12 +25,14 @@ use std::fmt::Write as _;
 use http::Request;
 use http_body_util::Either;
 use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize as _;
+use tollgate_policy::media::MediaType;
 use sha2::{Digest, Sha256};
 use tollgate_policy::param;
 use unicode_normalization::UnicodeNormalization;
 
 use crate::body::{self, Reading, RequestBody};
-use crate::errors::{GatewayError, MediaRefusal, RequestError};
+use crate::errors::{GatewayError, JsonProblem, MediaRefusal, RequestError};
 use crate::method_override;
 
 /// Login bodies are small; this much is read to find the username.
@@ -54,13 +62,22 @@ pub async fn submitted(
     if multipart || parts.headers.contains_key(http::header::CONTENT_ENCODING) {
         return Err(MediaRefusal::LoginUnreadable.into());
     }
+    if let Some(value) = parts.headers.get(http::header::CONTENT_TYPE) {
+        // A type the gateway cannot parse is one no backend parses either: its body is
+        // still read both ways below. A charset names other bytes for the same names.
+        if let Ok(media) = MediaType::parse(value.as_bytes()) {
+            if !media.is_utf8().unwrap_or(false) {
+                return Err(MediaRefusal::Charset(media.essence().to_owned()).into());
+            }
+        }
+    }
     let held = body::hold(&parts, body, MAX_LOGIN_BODY_BYTES, reading).await?;
     let bytes = held.bytes();
     // Read anyway, so judged as an identified caller's body would be: a `_method` here
     // would turn the login's POST into a method no route allows on its path.
     method_override::judge_json(&bytes, &parts.method)?;
     method_override::judge_params(&bytes, &parts.method)?;
-    let mut values = json_values(&bytes, fields);
+    let mut values = json_values(&bytes, fields)?;
     // The query too: PHP's $_REQUEST and Spring's @RequestParam read it beside the form.
     let query = parts.uri.query().unwrap_or_default().as_bytes();
     values.extend(
@@ -86,9 +103,36 @@ fn is_field(fields: &[String], name: &str) -> bool {
     fields.iter().any(|f| param::means(name, f))
 }
 
-/// How accounts compare: `Alice `, `alice` and `ａｌｉｃｅ` (fullwidth) are one.
+/// How accounts compare: `Alice `, `alice`, `ａｌｉｃｅ` (fullwidth) and `Alïce` are
+/// one. Accents go because the legacy stack's database compares names without them:
+/// MariaDB's `utf8mb4_general_ci` and MySQL 8's `utf8mb4_0900_ai_ci` find
+/// `demo@acme.test` for `dëmo@acmé.test`, so each accented spelling would otherwise
+/// have had a fresh count of its own. Letters those collations fold whole (`ß`, `æ`,
+/// `ø`, `ł`…) are spelled out as they compare. Two names that differ only so share a
+/// count, which errs on the safe side.
 pub fn normalize(value: &str) -> String {
-    value.trim().nfkc().flat_map(char::to_lowercase).collect()
+    let mut out = String::with_capacity(value.len());
+    for c in value
+        .trim()
+        .nfkd()
+        .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+    {
+        match c {
+            'ß' => out.push_str("ss"),
+            'æ' => out.push_str("ae"),
+            'œ' => out.push_str("oe"),
+            'þ' => out.push_str("th"),
+            'ø' => out.push('o'),
+            'đ' | 'ð' => out.push('d'),
+            'ł' => out.push('l'),
+            'ħ' => out.push('h'),
+            'ŧ' => out.push('t'),
+            'ı' => out.push('i'),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// No usernames in Redis or memory dumps: a hash names the count.
@@ -101,8 +145,17 @@ fn hash(name: &str) -> String {
     hex
 }
 
-/// Every string value of a top-level member named like a field, repeats included.
-fn json_values(bytes: &[u8], fields: &[String]) -> Vec<String> {
+/// Every string value of a top-level member named like a field, repeats included; none
+/// when the body does not open like JSON, an error when it does but is not JSON whole.
+fn json_values(bytes: &[u8], fields: &[String]) -> Result<Vec<String>, JsonProblem> {
+    let start = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    let opens_like_json = start
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| matches!(b, b'{' | b'['));
+    if !opens_like_json {
+        return Ok(Vec::new());
+    }
     struct Members<'f>(&'f [String]);
     impl<'de> Visitor<'de> for Members<'_> {
         type Value = Vec<String>;
@@ -121,7 +174,14 @@ fn json_values(bytes: &[u8], fields: &[String]) -> Vec<String> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    de.deserialize_map(Members(fields)).unwrap_or_default()
+    let values = if start.trim_ascii_start().starts_with(b"[") {
+        serde::de::IgnoredAny::deserialize(&mut de).map(|_| Vec::new())
+    } else {
+        de.deserialize_map(Members(fields))
+    };
+    values
+        .and_then(|values| de.end().map(|()| values))
+        .map_err(|_| JsonProblem::Malformed)
 }
 
 /// The names one JSON value stands for (see the module docs).
@@ -153,23 +213,54 @@ mod tests {
 
     #[test]
     fn every_spelling_of_one_account_is_one_name() {
-        for v in ["alice", " Alice ", "ALICE", "ａｌｉｃｅ"] {
+        for v in ["alice", " Alice ", "ALICE", "ａｌｉｃｅ", "Alïce", "ÀLİCE", "a\u{301}lice"] {
             assert_eq!(normalize(v), "alice", "{v}");
         }
+        // As an accent-insensitive collation compares them (MariaDB's default).
+        for v in ["démo@acme.test", "DÊMO@ACMÉ.TEST", "dëmo@acmé.tëst", "dēmo@acme.test"] {
+            assert_eq!(normalize(v), "demo@acme.test", "{v}");
+        }
+        assert_eq!(normalize("Straße"), "strasse");
+        assert_eq!(normalize("Søren Łukasz Æsir"), "soren lukasz aesir");
+        assert_ne!(normalize("alice"), normalize("alicf"));
     }
 
     #[test]
     fn json_members_count_whatever_their_case_and_however_often_they_repeat() {
         let body = br#"{"username":"r1","UserName":"victim","username":"r2","email":"e","other":"x","password":"p"}"#;
-        assert_eq!(json_values(body, &fields()), ["r1", "victim", "r2", "e"]);
-        assert!(json_values(b"[1,2]", &fields()).is_empty());
-        assert!(json_values(b"{not json", &fields()).is_empty());
-        assert!(json_values(br#"{"username":null}"#, &fields()).is_empty());
+        assert_eq!(json_values(body, &fields()).unwrap(), ["r1", "victim", "r2", "e"]);
+        assert!(json_values(b" [1,2]", &fields()).unwrap().is_empty());
+        assert!(json_values(b"username=a", &fields()).unwrap().is_empty());
+        assert!(json_values(br#"{"username":null}"#, &fields()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_body_that_opens_like_json_but_is_not_json_whole_is_refused() {
+        // Each of these is JSON to Express, PHP or Python, which read the username the
+        // gateway would otherwise not have counted.
+        let deep_member = format!(r#"{{"username":"v","x":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        for body in [
+            r#"{"username":"victim","x":1e400}"#,
+            r#"{"x":1e400,"username":"victim"}"#,
+            "\u{feff}{\"username\":\"victim\"}",
+            r#"{"username":"victim","x":"\ud800"}"#,
+            r#"{"username":"victim"} trailing"#,
+            r#"{"username":"victim"}{"username":"other"}"#,
+            "{not json",
+            " \n[1,",
+            &deep_member,
+        ] {
+            assert_eq!(
+                json_values(body.as_bytes(), &fields()),
+                Err(JsonProblem::Malformed),
+                "{body}"
+            );
+        }
     }
 
     #[test]
     fn values_a_backend_would_coerce_name_someone_too() {
-        let values = |body: &str| json_values(body.as_bytes(), &fields());
+        let values = |body: &str| json_values(body.as_bytes(), &fields()).unwrap();
         assert_eq!(values(r#"{"username":5551234}"#), ["5551234"]);
         assert_eq!(values(r#"{"username":["victim"]}"#), ["victim"]);
         assert_eq!(

@@ -337,6 +337,17 @@ mod tests {
         assert!(e[1].contains("`post` is not an HTTP method"), "{e:?}");
         let e = errors(&with_credits, &[("a.toml", &route("cost = -1"))]);
         assert!(e[0].contains("0 or more"), "{e:?}");
+        // Not whole numbers, not numbers: said so, at the value.
+        let e = errors(&with_credits, &[("a.toml", &route("cost = 1.5"))]);
+        assert!(e[0].contains("a.toml:6:8:"), "{e:?}");
+        assert!(e[0].contains("cost 1.5 is not a whole number"), "{e:?}");
+        let e = errors(&with_credits, &[("a.toml", &route("cost = { POST = 2.5 }"))]);
+        assert!(e[0].contains("a.toml:6:17:"), "{e:?}");
+        assert!(e[0].contains("cost 2.5 is not a whole number"), "{e:?}");
+        let e = errors(&with_credits, &[("a.toml", &route("cost = \"ten\""))]);
+        assert!(e[0].contains("expected a whole number of tokens (`cost = 10`) or one per method"), "{e:?}");
+        let e = errors(&with_credits, &[("a.toml", &route("cost = { POST = { GET = 1 } }"))]);
+        assert!(e[0].contains("expected a whole number of tokens (`POST = 10`)"), "{e:?}");
         let e = errors(
             &with_credits,
             &[("a.toml", &route("settle_header = \"x-used\""))],

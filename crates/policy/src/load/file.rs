@@ -208,11 +208,81 @@ pub struct RouteFile {
 }
 
 /// A route's `cost`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum CostFile {
     Flat(i64),
     PerMethod(std::collections::BTreeMap<String, i64>),
+}
+
+/// What `cost` may be, said when it is something else: an untagged enum could only
+/// say that the value "did not match any variant".
+const COST_EXPECTED: &str =
+    "a whole number of tokens (`cost = 10`) or one per method (`cost = { POST = 10 }`)";
+
+impl<'de> Deserialize<'de> for CostFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CostFile, D::Error> {
+        struct CostVisitor;
+        impl<'de> serde::de::Visitor<'de> for CostVisitor {
+            type Value = CostFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(COST_EXPECTED)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<CostFile, E> {
+                Ok(CostFile::Flat(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<CostFile, E> {
+                i64::try_from(n)
+                    .map(CostFile::Flat)
+                    .map_err(|_| E::custom(format!("cost {n} is too large")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<CostFile, E> {
+                Err(E::custom(format!(
+                    "cost {n} is not a whole number: tokens are counted in whole units; expected {COST_EXPECTED}"
+                )))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CostFile, A::Error> {
+                let mut costs = std::collections::BTreeMap::new();
+                while let Some((method, n)) = map.next_entry::<String, CostAmount>()? {
+                    if costs.insert(method.clone(), n.0).is_some() {
+                        return Err(serde::de::Error::custom(format!(
+                            "the cost of {method} is given twice"
+                        )));
+                    }
+                }
+                Ok(CostFile::PerMethod(costs))
+            }
+        }
+        d.deserialize_any(CostVisitor)
+    }
+}
+
+/// One method's cost in `cost = { POST = 10 }`: a whole number, said plainly when not.
+struct CostAmount(i64);
+
+impl<'de> Deserialize<'de> for CostAmount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<CostAmount, D::Error> {
+        struct AmountVisitor;
+        impl serde::de::Visitor<'_> for AmountVisitor {
+            type Value = CostAmount;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number of tokens (`POST = 10`)")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<CostAmount, E> {
+                Ok(CostAmount(n))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<CostAmount, E> {
+                i64::try_from(n)
+                    .map(CostAmount)
+                    .map_err(|_| E::custom(format!("cost {n} is too large")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<CostAmount, E> {
+                Err(E::custom(format!(
+                    "cost {n} is not a whole number: tokens are counted in whole units (`POST = 10`)"
+                )))
+            }
+        }
+        d.deserialize_any(AmountVisitor)
+    }
 }
 
 /// `[credits]` in `gateway.toml`: token credits, metered before the backend is called.

@@ -2,7 +2,7 @@
 //! upstream, how the caller's client id reaches the backend, which bodies it accepts, and
 //! its rate limits — each checked against what `gateway.toml` configures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -74,12 +74,22 @@ pub(crate) fn route(
             l.diags.push(src.error(Some(span.clone()), format!("route `{name}`: `methods` is empty; omit it to allow every method")));
             None
         }
-        Some(list) => Some(
+        Some(list) => Some({
+            let mut seen = HashSet::new();
             list.iter()
                 .filter_map(|m| {
                     let text = m.get_ref();
                     let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_uppercase());
                     match Method::from_bytes(text.as_bytes()) {
+                        // A repeated method is a slip (one meant `PUT`, wrote `POST`
+                        // twice): said, not silently merged.
+                        Ok(_) if valid && !seen.insert(text.as_str()) => {
+                            l.diags.push(src.error(
+                                Some(m.span()),
+                                format!("route `{name}`: `{text}` is listed twice in `methods`"),
+                            ));
+                            None
+                        }
                         Ok(method) if valid => Some(method),
                         _ => {
                             l.diags.push(src.error(
@@ -90,8 +100,8 @@ pub(crate) fn route(
                         }
                     }
                 })
-                .collect(),
-        ),
+                .collect::<Vec<_>>()
+        }),
     };
     // A route that denies never reaches authentication, so it needs no auth settings.
     let route_auth = match f.action {
@@ -625,6 +635,16 @@ mod tests {
                 "a.toml:2:8: route `a`: needs JWT authentication but gateway.toml has no [jwt] (routes authenticate by JWT unless they say `auth = ...`)",
                 "a.toml:8:8: route `b`: accepts API keys but gateway.toml has no [api_keys]",
             ]
+        );
+    }
+
+    #[test]
+    fn a_method_listed_twice_is_named_where_it_repeats() {
+        let route = "[[route]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\", \"POST\", \"GET\"]\n";
+        let e = errors(&jwt(), &[("a.toml", route)]);
+        assert_eq!(
+            e,
+            ["a.toml:4:27: route `r`: `GET` is listed twice in `methods`"]
         );
     }
 

@@ -3,10 +3,11 @@
 //!
 //! The caller proves the session with its access token or its refresh token, or both
 //! (`Authorization: Bearer`, `{"refreshToken": "..."}`; in cookie mode the cookies and
-//! the CSRF header). The session is revoked in the store, so its refresh token stops
-//! working. The session and the presented access token's `jti` go on the revocation
+//! the CSRF header); when both are presented they must be of one session. The session
+//! is revoked in the store, so its refresh token stops working. The session and the presented access token's `jti` go on the revocation
 //! feed until the access token would have expired, so every instance refuses them
-//! within a second. Logging out twice is not an error.
+//! within a second: the `jti` within its client ([`sessions::token_key`]), as another
+//! issuer's ids may repeat across clients. Logging out twice is not an error.
 
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response};
@@ -54,6 +55,14 @@ pub async fn serve(
     if claims.is_none() && presented_refresh.is_none() {
         return Err(SessionRefusal::CredentialRequired.into());
     }
+    // Both presented: they must be of one session, or a caller could end someone
+    // else's with a refresh token it came by. Nothing is revoked then.
+    if let (Some(claims), Some(token)) = (&claims, &presented_refresh) {
+        let theirs = refresh::session_of(token).ok_or(SessionRefusal::RefreshInvalid)?;
+        if claims.session.as_deref() != Some(theirs) {
+            return Err(SessionRefusal::RefreshInvalid.into());
+        }
+    }
     let (state, store) = part.store()?;
     let when = tokens::when(exchange, settings);
     let mut ended = false;
@@ -71,13 +80,14 @@ pub async fn serve(
             });
         }
         if let Some(token_id) = &claims.token_id {
+            let key = sessions::token_key(&claims.client_id, token_id);
             store
-                .deny_token(exchange.worker, token_id, claims.expires_at)
+                .deny_token(exchange.worker, &key, claims.expires_at)
                 .await
                 .map_err(|e| sessions::unavailable(&part.counters, &e))?;
             state.revoked.add(&Revocation {
                 kind: Revoked::Token,
-                id: token_id.clone(),
+                id: key,
                 until: claims.expires_at,
             });
             ended = true;
