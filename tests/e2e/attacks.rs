@@ -1139,6 +1139,51 @@ async fn held_bodies_share_one_memory_budget() {
 }
 
 #[tokio::test]
+async fn fake_callbacks_cannot_take_the_budget_identified_callers_need() {
+    let a = Attack::with_server("max_buffered_body_bytes = 65536").await;
+    let token = bearer_for("1001");
+    // Anyone can send a callback, and it is read whole before its signature can be
+    // checked: unfinished fake ones, held until their timeout, may fill a quarter of
+    // the budget and no more.
+    let mut holders = Vec::new();
+    // Two of 6,000 bytes (at most 8 KiB each as held): the quarter, 16 KiB, is all but
+    // full.
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(a.h.gateway.addr).await.unwrap();
+        let head = "POST /echo/plivo/answer HTTP/1.1\r\nHost: gw\r\nx-plivo-signature-v3: AAAA\r\nx-plivo-signature-v3-nonce: 1\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 60000\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b'x'; 6000]).await.unwrap();
+        holders.push(s);
+    }
+    let quarter_held = eventually(Duration::from_secs(5), || async {
+        a.h.metrics().await.lines().any(|l| {
+            l.strip_prefix("tollgate_request_body_buffered_bytes ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| (12_000..=16_384).contains(&n))
+        })
+    })
+    .await;
+    assert!(quarter_held, "{}", a.h.metrics().await);
+    // One more fake callback finds its share full: 503, before any backend.
+    let mut more = TcpStream::connect(a.h.gateway.addr).await.unwrap();
+    more.write_all(b"POST /echo/plivo/answer HTTP/1.1\r\nHost: gw\r\nx-plivo-signature-v3: AAAA\r\nx-plivo-signature-v3-nonce: 2\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 60000\r\n\r\n").await.unwrap();
+    more.write_all(&vec![b'x'; 8000]).await.unwrap();
+    read_response(&mut more)
+        .await
+        .assert_problem(503, "GATEWAY_OVERLOADED");
+    // An identified caller's JSON rewrite still has the rest.
+    let json = [
+        ("authorization", token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (r, _) = a
+        .send("POST", "/echo/campaigns/x", &json, br#"{"a":123}"#)
+        .await;
+    assert_eq!(received_body(&r), r#"{"a":123,"clientId":"1001"}"#);
+    drop(holders);
+}
+
+#[tokio::test]
 async fn connections_past_the_cap_are_closed_at_once() {
     let a = Attack::with_server("max_connections = 3").await;
     let open_now = || async {

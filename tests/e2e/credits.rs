@@ -1082,7 +1082,12 @@ async fn the_demo_answers_every_upload_to_a_provider_call_and_each_is_charged() 
             &body,
         )
         .await;
-        assert_eq!(r.status, 200, "call {i}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "call {i}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.header("x-token-cost"), Some("1"), "call {i}");
     }
     assert_eq!(balance().await, before - 10);

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::support::{
-    bearer_with, eventually, jwt_config, jwt_fixtures, write_config, GatewayProcess, Harness, RawResponse,
-    RedisServer, Setup, TempDir,
+    bearer_with, eventually, jwt_config, jwt_fixtures, write_config, GatewayProcess, Harness,
+    RawResponse, RedisServer, Setup, TempDir,
 };
 
 pub const LOGIN_PATH: &str = "/interlogue/get-client";
@@ -426,13 +426,21 @@ async fn a_logout_ends_only_what_belongs_to_its_caller() {
     let a = bearer_with(json!({"clientId": "1001", "jti": "shared-id"}));
     let b = bearer_with(json!({"clientId": "1002", "jti": "shared-id"}));
     let r = h
-        .send("POST", "/gateway/auth/logout", &[("authorization", &a)], b"")
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &a)],
+            b"",
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     h.get("/echo/me", &[("authorization", &a)])
         .await
         .assert_problem(401, "TOKEN_REVOKED");
-    assert_eq!(h.get("/echo/me", &[("authorization", &b)]).await.status, 200);
+    assert_eq!(
+        h.get("/echo/me", &[("authorization", &b)]).await.status,
+        200
+    );
 
     // An access token with someone else's refresh token: refused, and neither session
     // ends (a refresh token one came by does not let one log its owner out).

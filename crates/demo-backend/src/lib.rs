@@ -177,7 +177,12 @@ async fn answer_read(request: Request<Incoming>, counters: &Counters) -> Respons
             | (&Method::POST, "/callbacks/exotel/status")
     );
     if unknown {
-        return echo(Request::from_parts(parts, body), StatusCode::NOT_FOUND, counters).await;
+        return echo(
+            Request::from_parts(parts, body),
+            StatusCode::NOT_FOUND,
+            counters,
+        )
+        .await;
     }
     while let Some(frame) = body.frame().await {
         if frame.is_err() {

@@ -387,7 +387,7 @@ async fn plivo_v3(
         &parts,
         Either::Left(body),
         *max_body_bytes as u64,
-        keys.reading,
+        &keys.reading.for_pool(body::Pool::Callback),
     )
     .await?;
     let bytes = held.bytes();

@@ -6,7 +6,11 @@
 //!   must keep up `request_body_min_rate` after `request_body_timeout`, and no wait for
 //!   more may last longer than that timeout: a trickling or stalled client gets 408), and
 //!   in memory across all requests ([`BodyBudget`]: past it, 503). The result is a
-//!   [`Held`] body, whose bytes count against the budget until it is dropped.
+//!   [`Held`] body, whose bytes count against the budget until it is dropped. Bodies
+//!   read before anyone is identified (signed callbacks; logins, refreshes and logouts)
+//!   may each take only a quarter of it ([`Pool`]): anyone can send those, and a flood
+//!   of fake callbacks held for their whole timeout must not leave identified callers'
+//!   rewrites with nothing but 503.
 //! - Every other body streams upstream through [`Outbound`], never collected: it counts
 //!   bytes for the access log, cuts the body off at the route's upload limit, applies
 //!   the same deadline (a slow client gets 408 and releases its upstream connection),
@@ -52,8 +56,24 @@ pub fn full(bytes: impl Into<Bytes>) -> Either<Incoming, Full<Bytes>> {
 #[derive(Debug, Default)]
 pub struct BodyBudget {
     held: AtomicUsize,
+    /// What each pool holds (indexed by [`Pool`]); the anonymous ones are capped.
+    pools: [AtomicUsize; 3],
     max: AtomicUsize,
 }
+
+/// Whose body is read, for the budget: anonymous senders share a capped part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// A caller the gateway has identified (a JSON or form rewrite, a preview).
+    Identified = 0,
+    /// A callback, read before its signature can be checked.
+    Callback = 1,
+    /// A login, refresh or logout: read before anyone is identified.
+    Session = 2,
+}
+
+/// The share of the budget one anonymous pool may hold: 1 in this many bytes.
+const ANONYMOUS_SHARE: usize = 4;
 
 /// The runtime part: one budget for the process, its cap set by each snapshot.
 pub struct Bodies {
@@ -66,6 +86,7 @@ impl Bodies {
         Reading {
             limits,
             budget: Arc::clone(&self.budget),
+            pool: Pool::Identified,
         }
     }
 }
@@ -96,8 +117,8 @@ impl Part for Bodies {
 impl BodyBudget {
     pub fn new(max: usize) -> Arc<BodyBudget> {
         Arc::new(BodyBudget {
-            held: AtomicUsize::new(0),
             max: AtomicUsize::new(max),
+            ..BodyBudget::default()
         })
     }
 
@@ -106,16 +127,39 @@ impl BodyBudget {
         self.held.load(Ordering::Relaxed)
     }
 
-    fn take(&self, bytes: usize) -> bool {
+    fn take(&self, pool: Pool, bytes: usize) -> bool {
         let max = self.max.load(Ordering::Relaxed);
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(bytes).filter(|total| *total <= max)
-            })
-            .is_ok()
+        let fits = |limit: usize| {
+            move |held: usize| held.checked_add(bytes).filter(|total| *total <= limit)
+        };
+        let share = &self.pools[pool as usize];
+        if pool != Pool::Identified
+            && share
+                .fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    fits(max / ANONYMOUS_SHARE),
+                )
+                .is_err()
+        {
+            return false;
+        }
+        if pool == Pool::Identified {
+            share.fetch_add(bytes, Ordering::AcqRel);
+        }
+        if self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, fits(max))
+            .is_err()
+        {
+            share.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
-    fn give_back(&self, bytes: usize) {
+    fn give_back(&self, pool: Pool, bytes: usize) {
+        self.pools[pool as usize].fetch_sub(bytes, Ordering::AcqRel);
         self.held.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
@@ -124,12 +168,13 @@ impl BodyBudget {
 #[derive(Debug)]
 pub struct Ticket {
     budget: Arc<BodyBudget>,
+    pool: Pool,
     bytes: usize,
 }
 
 impl Ticket {
     fn grow(&mut self, more: usize) -> Result<(), GatewayError> {
-        if !self.budget.take(more) {
+        if !self.budget.take(self.pool, more) {
             return Err(LimitError::Overloaded.into());
         }
         self.bytes += more;
@@ -139,7 +184,7 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.budget.give_back(self.bytes);
+        self.budget.give_back(self.pool, self.bytes);
     }
 }
 
@@ -195,6 +240,18 @@ impl Body for Held {
 pub struct Reading {
     pub limits: BodyLimits,
     pub budget: Arc<BodyBudget>,
+    /// Whose body it is, for the budget.
+    pub pool: Pool,
+}
+
+impl Reading {
+    /// The same, reading for `pool` (an anonymous sender's body).
+    pub fn for_pool(&self, pool: Pool) -> Reading {
+        Reading {
+            pool,
+            ..self.clone()
+        }
+    }
 }
 
 /// Reads a whole body of at most `limit` bytes: 413 at once when `Content-Length` says
@@ -217,6 +274,7 @@ pub async fn hold(
     let started = Instant::now();
     let mut ticket = Ticket {
         budget: Arc::clone(&reading.budget),
+        pool: reading.pool,
         bytes: 0,
     };
     let mut data: Vec<u8> = Vec::new();
@@ -634,15 +692,14 @@ mod tests {
     #[test]
     fn the_budget_refuses_past_its_cap_and_tickets_give_back() {
         let budget = BodyBudget::new(100);
-        let mut a = Ticket {
+        let ticket = |pool| Ticket {
             budget: Arc::clone(&budget),
+            pool,
             bytes: 0,
         };
+        let mut a = ticket(Pool::Identified);
         assert!(a.grow(60).is_ok());
-        let mut b = Ticket {
-            budget: Arc::clone(&budget),
-            bytes: 0,
-        };
+        let mut b = ticket(Pool::Identified);
         assert!(matches!(
             b.grow(50),
             Err(GatewayError::Limit(LimitError::Overloaded))
@@ -653,6 +710,40 @@ mod tests {
         assert_eq!(budget.held(), 40);
         drop(b);
         assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn anonymous_senders_hold_a_quarter_of_the_budget_each_at_most() {
+        let budget = BodyBudget::new(100);
+        let ticket = |pool| Ticket {
+            budget: Arc::clone(&budget),
+            pool,
+            bytes: 0,
+        };
+        // Fake callbacks fill their quarter, and no more.
+        let mut callbacks = ticket(Pool::Callback);
+        assert!(callbacks.grow(25).is_ok());
+        assert!(ticket(Pool::Callback).grow(1).is_err());
+        // Logins have a quarter of their own; identified callers the rest.
+        let mut logins = ticket(Pool::Session);
+        assert!(logins.grow(25).is_ok());
+        assert!(ticket(Pool::Session).grow(1).is_err());
+        let mut identified = ticket(Pool::Identified);
+        assert!(identified.grow(50).is_ok());
+        assert_eq!(budget.held(), 100);
+        // A full budget refuses an anonymous pool with room in its share, and takes
+        // nothing from the share for it.
+        drop(logins);
+        assert!(identified.grow(20).is_ok());
+        assert!(ticket(Pool::Session).grow(10).is_err());
+        assert_eq!(
+            budget.pools[Pool::Session as usize].load(Ordering::Relaxed),
+            0
+        );
+        drop(identified);
+        drop(callbacks);
+        assert_eq!(budget.held(), 0);
+        assert!(budget.pools.iter().all(|p| p.load(Ordering::Relaxed) == 0));
     }
 
     #[test]

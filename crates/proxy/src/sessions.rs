@@ -68,12 +68,7 @@ impl Revocations {
 
     /// Whether a token of session `session` with id `token` (its client and `jti`) is
     /// revoked at `now`.
-    pub fn is_revoked(
-        &self,
-        session: Option<&str>,
-        token: Option<(&str, &str)>,
-        now: u64,
-    ) -> bool {
+    pub fn is_revoked(&self, session: Option<&str>, token: Option<(&str, &str)>, now: u64) -> bool {
         if self.count.load(Ordering::Relaxed) == 0 {
             return false;
         }

@@ -26,8 +26,8 @@ use http::Request;
 use http_body_util::Either;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize as _;
-use tollgate_policy::media::MediaType;
 use sha2::{Digest, Sha256};
+use tollgate_policy::media::MediaType;
 use tollgate_policy::param;
 use unicode_normalization::UnicodeNormalization;
 
@@ -71,7 +71,13 @@ pub async fn submitted(
             }
         }
     }
-    let held = body::hold(&parts, body, MAX_LOGIN_BODY_BYTES, reading).await?;
+    let held = body::hold(
+        &parts,
+        body,
+        MAX_LOGIN_BODY_BYTES,
+        &reading.for_pool(body::Pool::Session),
+    )
+    .await?;
     let bytes = held.bytes();
     // Read anyway, so judged as an identified caller's body would be: a `_method` here
     // would turn the login's POST into a method no route allows on its path.
@@ -213,11 +219,24 @@ mod tests {
 
     #[test]
     fn every_spelling_of_one_account_is_one_name() {
-        for v in ["alice", " Alice ", "ALICE", "ａｌｉｃｅ", "Alïce", "ÀLİCE", "a\u{301}lice"] {
+        for v in [
+            "alice",
+            " Alice ",
+            "ALICE",
+            "ａｌｉｃｅ",
+            "Alïce",
+            "ÀLİCE",
+            "a\u{301}lice",
+        ] {
             assert_eq!(normalize(v), "alice", "{v}");
         }
         // As an accent-insensitive collation compares them (MariaDB's default).
-        for v in ["démo@acme.test", "DÊMO@ACMÉ.TEST", "dëmo@acmé.tëst", "dēmo@acme.test"] {
+        for v in [
+            "démo@acme.test",
+            "DÊMO@ACMÉ.TEST",
+            "dëmo@acmé.tëst",
+            "dēmo@acme.test",
+        ] {
             assert_eq!(normalize(v), "demo@acme.test", "{v}");
         }
         assert_eq!(normalize("Straße"), "strasse");
@@ -228,17 +247,26 @@ mod tests {
     #[test]
     fn json_members_count_whatever_their_case_and_however_often_they_repeat() {
         let body = br#"{"username":"r1","UserName":"victim","username":"r2","email":"e","other":"x","password":"p"}"#;
-        assert_eq!(json_values(body, &fields()).unwrap(), ["r1", "victim", "r2", "e"]);
+        assert_eq!(
+            json_values(body, &fields()).unwrap(),
+            ["r1", "victim", "r2", "e"]
+        );
         assert!(json_values(b" [1,2]", &fields()).unwrap().is_empty());
         assert!(json_values(b"username=a", &fields()).unwrap().is_empty());
-        assert!(json_values(br#"{"username":null}"#, &fields()).unwrap().is_empty());
+        assert!(json_values(br#"{"username":null}"#, &fields())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn a_body_that_opens_like_json_but_is_not_json_whole_is_refused() {
         // Each of these is JSON to Express, PHP or Python, which read the username the
         // gateway would otherwise not have counted.
-        let deep_member = format!(r#"{{"username":"v","x":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
+        let deep_member = format!(
+            r#"{{"username":"v","x":{}1{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         for body in [
             r#"{"username":"victim","x":1e400}"#,
             r#"{"x":1e400,"username":"victim"}"#,

@@ -341,13 +341,25 @@ mod tests {
         let e = errors(&with_credits, &[("a.toml", &route("cost = 1.5"))]);
         assert!(e[0].contains("a.toml:6:8:"), "{e:?}");
         assert!(e[0].contains("cost 1.5 is not a whole number"), "{e:?}");
-        let e = errors(&with_credits, &[("a.toml", &route("cost = { POST = 2.5 }"))]);
+        let e = errors(
+            &with_credits,
+            &[("a.toml", &route("cost = { POST = 2.5 }"))],
+        );
         assert!(e[0].contains("a.toml:6:17:"), "{e:?}");
         assert!(e[0].contains("cost 2.5 is not a whole number"), "{e:?}");
         let e = errors(&with_credits, &[("a.toml", &route("cost = \"ten\""))]);
-        assert!(e[0].contains("expected a whole number of tokens (`cost = 10`) or one per method"), "{e:?}");
-        let e = errors(&with_credits, &[("a.toml", &route("cost = { POST = { GET = 1 } }"))]);
-        assert!(e[0].contains("expected a whole number of tokens (`POST = 10`)"), "{e:?}");
+        assert!(
+            e[0].contains("expected a whole number of tokens (`cost = 10`) or one per method"),
+            "{e:?}"
+        );
+        let e = errors(
+            &with_credits,
+            &[("a.toml", &route("cost = { POST = { GET = 1 } }"))],
+        );
+        assert!(
+            e[0].contains("expected a whole number of tokens (`POST = 10`)"),
+            "{e:?}"
+        );
         let e = errors(
             &with_credits,
             &[("a.toml", &route("settle_header = \"x-used\""))],

@@ -240,7 +240,10 @@ impl<'de> Deserialize<'de> for CostFile {
                     "cost {n} is not a whole number: tokens are counted in whole units; expected {COST_EXPECTED}"
                 )))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CostFile, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<CostFile, A::Error> {
                 let mut costs = std::collections::BTreeMap::new();
                 while let Some((method, n)) = map.next_entry::<String, CostAmount>()? {
                     if costs.insert(method.clone(), n.0).is_some() {

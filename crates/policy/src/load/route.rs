@@ -71,7 +71,10 @@ pub(crate) fn route(
     let methods = match &f.methods {
         None => None,
         Some(list) if list.is_empty() => {
-            l.diags.push(src.error(Some(span.clone()), format!("route `{name}`: `methods` is empty; omit it to allow every method")));
+            l.diags.push(src.error(
+                Some(span.clone()),
+                format!("route `{name}`: `methods` is empty; omit it to allow every method"),
+            ));
             None
         }
         Some(list) => Some({
@@ -640,7 +643,8 @@ mod tests {
 
     #[test]
     fn a_method_listed_twice_is_named_where_it_repeats() {
-        let route = "[[route]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\", \"POST\", \"GET\"]\n";
+        let route =
+            "[[route]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\", \"POST\", \"GET\"]\n";
         let e = errors(&jwt(), &[("a.toml", route)]);
         assert_eq!(
             e,

@@ -130,7 +130,13 @@ pub async fn json_member(
     name: &str,
 ) -> Result<Option<String>, GatewayError> {
     let (parts, body) = request.into_parts();
-    let held = body::hold(&parts, body, MAX_BODY_BYTES, reading).await?;
+    let held = body::hold(
+        &parts,
+        body,
+        MAX_BODY_BYTES,
+        &reading.for_pool(body::Pool::Session),
+    )
+    .await?;
     let bytes = held.bytes();
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
