@@ -93,6 +93,13 @@ async fn path_and_framing_table() {
         ("absolute-form, other host", get("http://evil.test/echo/abs"), Refused(400, "REQUEST_INVALID")),
         ("missing Host", "GET /echo/a HTTP/1.1\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
         ("repeated Host", "GET /echo/a HTTP/1.1\r\nHost: gw.test\r\nHost: evil.test\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
+        // RFC 9112 §3.2: a Host that is not one host is 400 (it becomes X-Forwarded-Host).
+        ("empty Host", "GET /echo/a HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
+        ("Host with userinfo", "GET /echo/a HTTP/1.1\r\nHost: user@evil.test\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
+        ("Host with a list", "GET /echo/a HTTP/1.1\r\nHost: gw.test,evil.test\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
+        ("Host with a path", "GET /echo/a HTTP/1.1\r\nHost: evil.test/x?y#z\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
+        ("Host with a bad port", "GET /echo/a HTTP/1.1\r\nHost: gw.test:99999\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
+        ("Host IPv6 literal", "GET /echo/v6 HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n".into(), Forwarded(200, "/echo/v6")),
         ("asterisk on GET", get("*"), Refused(400, "REQUEST_INVALID")),
         ("OPTIONS asterisk", get("*").replace("GET", "OPTIONS"), Answered(204)),
         ("CONNECT", "CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\nConnection: close\r\n\r\n".into(), Refused(400, "REQUEST_INVALID")),
@@ -258,4 +265,36 @@ async fn request_trailers_never_reach_the_backend() {
         !lower.contains("1002") && !lower.contains("stolen") && !lower.contains("trailer"),
         "{got}"
     );
+}
+
+/// The gateway never asks a backend for an upgrade, so a 101 is the backend speaking
+/// out of turn: the client gets 502 problem+json, not a switch to nothing.
+#[tokio::test]
+async fn an_upgrade_the_gateway_never_asked_for_is_a_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            });
+        }
+    });
+    let h = Harness::with(Setup {
+        upstream_addr: Some(addr),
+        ..Setup::default()
+    })
+    .await;
+    let r = h
+        .get(
+            "/echo/ws",
+            &[("upgrade", "websocket"), ("connection", "upgrade")],
+        )
+        .await;
+    r.assert_problem(502, "UPSTREAM_ERROR");
 }

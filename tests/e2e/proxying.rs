@@ -73,6 +73,23 @@ async fn forwarding_headers_are_set_and_spoofs_replaced() {
     assert_eq!(response.echoed_header("x-forwarded-proto"), ["http"]);
     assert_eq!(response.echoed_header("x-forwarded-host"), ["gw.test"]);
     assert!(response.echoed_header("forwarded").is_empty());
+    // `Connection` cannot name away what the forwarding headers are made from, nor what
+    // the body is: they arrive as the gateway judged them.
+    let response = h
+        .send(
+            "POST",
+            "/echo/fwd",
+            &[
+                ("connection", "Host, Content-Type, Content-Length, close"),
+                ("content-type", "text/plain"),
+            ],
+            b"abc",
+        )
+        .await;
+    assert_eq!(response.echoed_header("x-forwarded-host"), ["gw.test"]);
+    assert_eq!(response.echoed_header("content-type"), ["text/plain"]);
+    assert_eq!(response.echoed_header("content-length"), ["3"]);
+    assert_eq!(response.json()["body"]["bytes"], 3);
 }
 
 #[tokio::test]

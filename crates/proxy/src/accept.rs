@@ -65,6 +65,9 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
     if host.is_none() && !(request.version() == Version::HTTP_2 && uri.authority().is_some()) {
         return Err(FramingError::MissingHost.into());
     }
+    if host.is_some_and(|h| !valid_host(h.as_bytes())) {
+        return Err(FramingError::InvalidHost.into());
+    }
     if let Some(authority) = uri.authority() {
         if uri.scheme_str() != Some(scheme.as_str()) {
             return Err(FramingError::UnsupportedScheme.into());
@@ -132,6 +135,52 @@ fn target_len(uri: &Uri) -> usize {
     scheme + authority + path_and_query
 }
 
+/// A `Host` a backend reads as one host (RFC 9112 §3.2: anything else is 400): a DNS
+/// name or IPv4 address, or an IPv6 literal in brackets, then an optional port. What
+/// RFC 3986 also allows in a name (`%`, `,`, `;`, `!`…), and userinfo (`user@host`), no
+/// client sends; a backend building links or checking origins from `X-Forwarded-Host`
+/// would read them in its own way.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &rest[..end];
+            if literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+            {
+                return false;
+            }
+            (None, &rest[end + 1..])
+        }
+        None => {
+            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+            (Some(&host[..end]), &host[end..])
+        }
+    };
+    let name_ok = name.is_none_or(|n| {
+        !n.is_empty()
+            && n.iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    });
+    let port_ok = match port.strip_prefix(b":") {
+        None => port.is_empty(),
+        Some(digits) => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse::<u32>().ok())
+                    .is_some_and(|p| p <= 65_535)
+        }
+    };
+    name_ok && port_ok
+}
+
 /// `Host` and an absolute-form authority name the same origin (case-insensitive; the
 /// scheme's default port written out equals none).
 fn same_authority(host: &str, authority: &str, scheme: Scheme) -> bool {
@@ -151,6 +200,44 @@ fn same_authority(host: &str, authority: &str, scheme: Scheme) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_host_is_a_name_or_address_with_an_optional_port() {
+        for good in [
+            "gw.test",
+            "gw.test:8080",
+            "127.0.0.1",
+            "127.0.0.1:65535",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]",
+            "my_host-1.internal",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "user@evil",
+            "a,b",
+            "[::1",
+            "a/b?c#d",
+            "evil.com:99999",
+            "gw:",
+            ":80",
+            "gw:80:80",
+            "[]",
+            "[::1]x",
+            "[::1]:",
+            "gw:+80",
+            "gw%2ftest",
+            "gw;x",
+            "gw\tx",
+            "évil",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     fn limits() -> Server {
         Server {

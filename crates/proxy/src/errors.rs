@@ -81,6 +81,8 @@ pub enum FramingError {
     RepeatedHost,
     #[error("the request target names a different host than the Host header")]
     HostMismatch,
+    #[error("the Host header is not a host name or address with an optional port")]
+    InvalidHost,
     #[error("Transfer-Encoding must be exactly `chunked`")]
     UnsupportedTransferEncoding,
     #[error("the request has more than one Content-Type header")]

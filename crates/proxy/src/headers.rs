@@ -23,7 +23,18 @@ pub fn folds_into_another(name: &HeaderName) -> bool {
     name.as_str().bytes().any(|b| b == b'_' || b == b'.')
 }
 
-/// Removes every header named in `Connection`, then the hop-by-hop headers themselves.
+/// End-to-end headers that say what the request is: `Connection` cannot name them away.
+/// (`Connection: Host` left the backend without `Host`'s `X-Forwarded-Host`; the body's
+/// length, type and coding were judged by the gateway and must arrive as judged.)
+const NOT_HOP_BY_HOP: [HeaderName; 4] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+];
+
+/// Removes every header named in `Connection` (but those of [`NOT_HOP_BY_HOP`]), then
+/// the hop-by-hop headers themselves.
 ///
 /// This runs before anything is injected, so a client cannot name an injected header in
 /// `Connection` to have it stripped on the next hop.
@@ -34,6 +45,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !NOT_HOP_BY_HOP.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -70,5 +82,30 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_away_what_the_request_is() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Host, content-length, Content-Type, content-encoding, x-a"),
+        );
+        for name in [
+            "host",
+            "content-length",
+            "content-type",
+            "content-encoding",
+            "x-a",
+        ] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["content-encoding", "content-length", "content-type", "host"]
+        );
     }
 }

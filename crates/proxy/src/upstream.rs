@@ -187,12 +187,20 @@ impl UpstreamClient {
         loop {
             tokio::select! {
                 outcome = &mut response => {
-                    return outcome.map_err(|e| {
+                    let response = outcome.map_err(|e| {
                         if stats.cut_off() == CutOff::None {
                             tracing::warn!(error = %e, source = ?e.source(), "upstream request failed");
                         }
-                        classify(&e).into()
-                    });
+                        GatewayError::from(classify(&e))
+                    })?;
+                    // The gateway never asks for an upgrade (`Upgrade` is hop-by-hop and
+                    // stripped), so a 101 is a backend speaking out of turn: passed on,
+                    // the client would get a bare switch to nothing.
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        tracing::warn!("the upstream answered 101 to a request that asked for no upgrade");
+                        return Err(UpstreamError::Failed.into());
+                    }
+                    return Ok(response);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let idle = stats.idle_for().unwrap_or_else(|| started.elapsed());
