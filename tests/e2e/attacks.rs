@@ -622,6 +622,10 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
                 ("Client-Id", "1002"),
                 ("X-Amzn-Oidc-Identity", "admin"),
                 ("X-Consumer-Username", "admin"),
+                ("X-Auth-User", "admin"),
+                ("X-Authenticated-User", "admin"),
+                ("X-Tenant-Id", "1002"),
+                ("X-Account-Id", "1002"),
             ],
             b"",
         )
@@ -651,6 +655,10 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
         "client-id",
         "x-amzn-oidc-identity",
         "x-consumer-username",
+        "x-auth-user",
+        "x-authenticated-user",
+        "x-tenant-id",
+        "x-account-id",
     ] {
         assert!(
             !names.iter().any(|n| n == gone),

@@ -109,7 +109,7 @@ pub struct Login {
     /// The members of the user record copied into every access token.
     pub token_claims: Vec<String>,
     /// Member names (see [`Login::fold`]) removed from everything the gateway returns or
-    /// signs, at any depth.
+    /// signs, at any depth, with every name that ends with one of them.
     pub secret_fields: Vec<String>,
 }
 
@@ -123,9 +123,14 @@ impl Login {
             .collect()
     }
 
+    /// Whether `member` is secret: its folded name ends with a secret field's, so the
+    /// compound names legacy records use (`plivoAuthToken`, `clientSecret`) are caught
+    /// and `tokens` (a balance) or `tokenBalance` are not.
     pub fn is_secret(&self, member: &str) -> bool {
         let folded = Login::fold(member);
-        self.secret_fields.contains(&folded)
+        self.secret_fields
+            .iter()
+            .any(|s| folded.ends_with(s.as_str()))
     }
 }
 

@@ -23,6 +23,9 @@ use super::file::{JwksFile, JwtFile, JwtKeyFile};
 use crate::diagnostic::SourceFile;
 use crate::snapshot::{JwksSource, Jwt};
 
+/// The most clock skew `[jwt] leeway` may allow.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
 /// Reads `[jwt]` from its table, taking its `key` and `jwks` arrays apart first so each
 /// entry is deserialized (and reported) as itself.
 pub(crate) fn jwt(
@@ -144,6 +147,16 @@ pub(crate) fn jwt(
         );
     }
     let leeway = l.duration(src, &f.leeway, Duration::from_secs(30), Zero::Allowed);
+    if leeway > MAX_LEEWAY {
+        if let Some(v) = &f.leeway {
+            // `30d` for `30s` would keep every expired token working for a month.
+            l.error(
+                src,
+                Some(v.span()),
+                "[jwt] leeway: at most 5m (it is clock skew: past it, expired tokens keep working)",
+            );
+        }
+    }
     let max_token_bytes = bounded(
         l,
         src,
@@ -441,6 +454,11 @@ mod tests {
         let s = load(&with(&format!("[jwt]\nissuer = \"i\"\naudience = \"a\"\nleeway = \"0s\"\nclient_id_claim = \"cid\"\n\n[[jwt.key]]\nid = \"one\"\nalgorithms = [\"HS256\", \"HS512\"]\nsecret_env = \"{HS256}\"\n\n[[jwt.jwks]]\nurl = \"https://idp.example/jwks\"\nrefresh = \"1m\"\n")), &[]).unwrap();
         let jwt = s.auth.jwt.unwrap();
         assert_eq!(jwt.rules.leeway_secs, 0);
+        let e = errors(&with(&format!("[jwt]\nleeway = \"30d\"\n\n[[jwt.key]]\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n")), &[]);
+        assert!(
+            e.iter().any(|e| e.contains("[jwt] leeway: at most 5m")),
+            "{e:?}"
+        );
         assert_eq!(jwt.rules.client_id_claim, "cid");
         assert_eq!(jwt.keys.len(), 1);
         assert_eq!(jwt.keys[0].algorithms().len(), 2);

@@ -103,6 +103,18 @@ pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-forwarded-client-cert",
     "x-ssl-client-cert",
     "x-client-cert",
+    // Generic ones that hand-written auth middleware trusts.
+    "x-auth-user",
+    "x-auth-userid",
+    "x-auth-email",
+    "x-authenticated-user",
+    "x-authenticated-email",
+    "x-authenticated-groups",
+    "x-user",
+    "x-username",
+    "x-user-email",
+    "x-account-id",
+    "x-tenant-id",
     // Client-id spellings beside the configured header.
     "client-id",
     "x-clientid",

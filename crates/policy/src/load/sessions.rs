@@ -11,16 +11,27 @@ use crate::diagnostic::SourceFile;
 use crate::snapshot::{Login, Sessions, TokenMode};
 
 /// Members never returned to a page or signed into a token unless `secret_fields`
-/// replaces the list: the legacy answer's credentials.
+/// replaces the list: the legacy answer's credentials. A member is secret when its name
+/// ends with one of these ([`Login::is_secret`]): `token` covers `plivoAuthToken`,
+/// `secret` covers `clientSecret`, `hash` covers `passwordHash`.
 pub const DEFAULT_SECRET_FIELDS: &[&str] = &[
     "apiKey",
+    "secretKey",
+    "privateKey",
     "password",
-    "passwordHash",
+    "passwd",
+    "pwd",
+    "pass",
+    "passcode",
     "secret",
     "token",
-    "accessToken",
-    "refreshToken",
-    "authToken",
+    "salt",
+    "hash",
+    "otp",
+    "pin",
+    "sessionId",
+    "credential",
+    "credentials",
 ];
 
 pub(crate) fn sessions(l: &mut Loader, src: &SourceFile, f: SessionsFile) -> Option<Sessions> {
@@ -114,13 +125,32 @@ pub(crate) fn login(l: &mut Loader, src: &SourceFile, f: LoginFile) -> Option<Lo
             .iter()
             .map(|s| Login::fold(s))
             .collect(),
-        Some(list) => list.iter().map(|s| Login::fold(s.get_ref())).collect(),
+        Some(list) => list
+            .iter()
+            .filter_map(|s| {
+                let folded = Login::fold(s.get_ref());
+                if folded.is_empty() {
+                    // It would end every name: nothing would be returned.
+                    l.error(
+                        src,
+                        Some(s.span()),
+                        "[login] secret_fields: a name needs a letter or digit",
+                    );
+                    return None;
+                }
+                Some(folded)
+            })
+            .collect(),
+    };
+    let is_secret = |name: &str| {
+        let folded = Login::fold(name);
+        secret_fields.iter().any(|s| folded.ends_with(s.as_str()))
     };
     let names = |l: &mut Loader, list: &Option<Vec<Spanned<String>>>, what: &str| -> Vec<String> {
         let mut out = Vec::new();
         for item in list.iter().flatten() {
             let name = item.get_ref();
-            if secret_fields.contains(&Login::fold(name)) {
+            if is_secret(name) {
                 l.error(
                     src,
                     Some(item.span()),
@@ -196,6 +226,51 @@ mod tests {
         assert!(login.is_secret("apiKey"));
         assert!(login.is_secret("api_key"));
         assert!(!login.is_secret("email"));
+        // Compound names of credentials, as legacy records spell them.
+        for secret in [
+            "plivoAuthToken",
+            "exotel_api_token",
+            "clientSecret",
+            "client_secret",
+            "secretToken",
+            "privateKey",
+            "passwordHash",
+            "salt",
+            "pwd",
+            "pass",
+            "passwd",
+            "otp",
+            "pin",
+            "sessionId",
+            "credentials",
+            "resetToken",
+        ] {
+            assert!(login.is_secret(secret), "{secret}");
+        }
+        // A balance of token credits, and plain fields, are not secrets.
+        for open in [
+            "tokens",
+            "tokenBalance",
+            "clientId",
+            "name",
+            "email",
+            "providers",
+        ] {
+            assert!(!login.is_secret(open), "{open}");
+        }
+    }
+
+    #[test]
+    fn a_secret_field_with_no_letter_is_refused_as_it_would_hide_everything() {
+        let e = errors(
+            &format!("{GATEWAY}\n[sessions]\n\n[login]\nsecret_fields = [\"token\", \"_\"]\n"),
+            &[],
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.contains("secret_fields: a name needs a letter or digit")),
+            "{e:?}"
+        );
     }
 
     #[test]

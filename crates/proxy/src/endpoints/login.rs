@@ -59,6 +59,16 @@ pub async fn answer(
     let payload = payload?;
     let Some(account) = Account::read(&payload, login) else {
         part.counters.logins_refused.inc();
+        // A record came back, so the credentials were right, but it names no usable
+        // client id or subject: the caller cannot be told more than a wrong password
+        // gets, the operator must be (no values: they may be personal).
+        if payload.pointer(&login.user).is_some_and(Value::is_object) {
+            tracing::warn!(
+                client_id = %login.client_id,
+                subject = login.subject.as_deref().unwrap_or("(the client id)"),
+                "the legacy login answered a record without a usable client id or subject at these pointers: answered 401 INVALID_CREDENTIALS"
+            );
+        }
         return Err(SessionRefusal::InvalidCredentials.into());
     };
     let (_, store) = part.store()?;
