@@ -91,6 +91,20 @@ fn explain_plays_the_request_and_shows_the_route_s_policy() {
     assert!(out.contains("`admin-closed`"), "{out}");
     assert!(out.contains("outcome:    403 FORBIDDEN"), "{out}");
 
+    // A declared length the body cannot fill is said at once, not after a 10 s wait;
+    // a stand-in status no backend can answer is refused by the argument parser.
+    let started = std::time::Instant::now();
+    let args = ["explain", "GET", "/pub/x", "-H", "Content-Length: 5"];
+    let (ok, out) = tollgate(&[&args[..], &["--config", &config]].concat());
+    assert!(
+        !ok && out.contains("Content-Length 5 is longer than --body (0 bytes)"),
+        "{out}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let args = ["explain", "GET", "/pub/x", "--backend-status", "1000"];
+    let (ok, out) = tollgate(&[&args[..], &["--config", &config]].concat());
+    assert!(!ok && out.contains("1000 is not in 100..=599"), "{out}");
+
     // Without a token the route's 401, with the rule that asks for one.
     let (_, out) = tollgate(&["explain", "GET", "/campaigns/42?x=1", "--config", &config]);
     assert!(

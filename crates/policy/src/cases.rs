@@ -489,6 +489,19 @@ pub fn parse(path: &Path, text: &str, cases: &mut Vec<Case>, diags: &mut Vec<Dia
             }
         };
         let expect = &entry.expect;
+        // A status outside 100-599 can never be answered: the case could never pass
+        // (expected), or the stand-in could not answer it (backend).
+        for (what, status) in [
+            ("[case.expect] status", expect.status),
+            ("backend status", Some(entry.backend.status)),
+        ] {
+            if let Some(status) = status.filter(|s| !(100..=599).contains(s)) {
+                bad(format!(
+                    "case `{}`: {what} {status} is not an HTTP status (100-599)",
+                    entry.name
+                ));
+            }
+        }
         let checks_nothing = expect.status.is_none()
             && expect.code.is_none()
             && expect.route.is_none()
@@ -594,6 +607,29 @@ mod tests {
         );
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert!(diags[0].message.contains("checks nothing"), "{}", diags[0]);
+        // Statuses no answer can have: the case could never pass, or never be played.
+        diags.clear();
+        parse(
+            Path::new("t.toml"),
+            "[[case]]\nname = \"s\"\ntarget = \"/\"\nbackend = { status = 1000 }\n[case.expect]\nstatus = 999\n",
+            &mut cases,
+            &mut diags,
+        );
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(
+            diags[0]
+                .message
+                .contains("[case.expect] status 999 is not an HTTP status"),
+            "{}",
+            diags[0]
+        );
+        assert!(
+            diags[1]
+                .message
+                .contains("backend status 1000 is not an HTTP status"),
+            "{}",
+            diags[1]
+        );
     }
 
     #[test]

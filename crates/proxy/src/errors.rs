@@ -568,7 +568,7 @@ impl Problem for AdminError {
         match self {
             AdminError::Disabled => "Admin API disabled",
             AdminError::Unauthorized => "Admin token required",
-            AdminError::NotFound => "Not found",
+            AdminError::NotFound => "Route not found",
             AdminError::BodyInvalid => "Invalid request body",
             AdminError::ClientIdInvalid => "Invalid client id",
         }

@@ -52,8 +52,8 @@ enum Command {
         /// The address the request comes from (a trusted proxy, say).
         #[arg(long, value_name = "IP")]
         peer: Option<std::net::IpAddr>,
-        /// The status the stand-in backend answers with.
-        #[arg(long, default_value_t = 200)]
+        /// The status the stand-in backend answers with (100-599).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
         backend_status: u16,
         #[arg(long, default_value = "gateway.toml")]
         config: PathBuf,
@@ -92,8 +92,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Print an access token the configured gateway accepts, signed with the first
-    /// `[[jwt.key]]` that has a secret or a private key.
+    /// Print an access token the configured gateway accepts, signed with the key the
+    /// gateway signs with: `[jwt] signing_key`, else the last `[[jwt.key]]` that has a
+    /// secret or a private key.
     Mint {
         /// The client id to put in the token.
         #[arg(long)]

@@ -141,6 +141,21 @@ pub fn explain(snapshot: &Snapshot, request: &Request) -> ExitCode {
             }
         }
     }
+    // A declared length longer than --body would have the gateway wait for bytes that
+    // never come (408 after the body timeout): said at once instead.
+    let declared = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map(|(_, value)| value.parse::<usize>());
+    if let Some(Ok(length)) = declared {
+        if length > request.body.len() {
+            eprintln!(
+                "explain: Content-Length {length} is longer than --body ({} bytes): the gateway would wait for the rest and answer 408; leave the header out (explain sets it) or give the whole body",
+                request.body.len()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let token = request.token_client.map(|client| {
         let claim = snapshot
             .auth
