@@ -107,9 +107,9 @@ impl Revocations {
 pub fn token_key(client_id: &str, jti: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    // A client id holds no NUL (the gateway refuses such ids), so the pair is unambiguous.
+    // Length-prefixed, so no two pairs hash the same bytes.
+    hasher.update((client_id.len() as u64).to_le_bytes());
     hasher.update(client_id.as_bytes());
-    hasher.update([0]);
     hasher.update(jti.as_bytes());
     let digest = hasher.finalize();
     let mut key = String::with_capacity(34);

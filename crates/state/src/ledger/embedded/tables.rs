@@ -216,16 +216,19 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
     txn.commit().map_err(err)
 }
 
-/// The movements of one journal row, oldest first.
+/// The movements of one journal row, oldest first: a chunk of log records, or (in a
+/// file written before the log) one movement as JSON. The records are tried first and
+/// must check out to the last byte: a chunk whose first record's length happens to
+/// start with the byte `{` (a length of 123, 379…) was read as JSON, and the client's
+/// journal, and `verify`, became unreadable for good.
 fn movements_of(bytes: &[u8]) -> Result<Vec<Movement>, LedgerError> {
+    if let Some(lines) = wal::decode_exact(bytes) {
+        return Ok(lines.into_iter().map(|l| l.movement).collect());
+    }
     if bytes.first() == Some(&b'{') {
         return Ok(vec![serde_json::from_slice(bytes).map_err(corrupt)?]);
     }
-    let lines = wal::decode_all(bytes);
-    if lines.is_empty() {
-        return Err(corrupt("an empty or damaged journal chunk"));
-    }
-    Ok(lines.into_iter().map(|l| l.movement).collect())
+    Err(corrupt("an empty or damaged journal chunk"))
 }
 
 /// Up to `limit` of the client's checkpointed movements older than `before`, newest
@@ -518,6 +521,36 @@ mod tests {
             .map(|m| m.seq)
             .collect();
         assert_eq!(seqs, [2, 1]);
+        assert!(verify(&db).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_whose_first_length_starts_with_a_brace_reads_as_records() {
+        let dir = TempDir::new();
+        let db = Database::create(dir.path().join("l.redb")).unwrap();
+        load(&db).unwrap();
+        // A reason long enough to make the first record's payload 123 or 379 bytes long:
+        // its length's first byte is `{`, which was taken for an older JSON row.
+        let mut found = Vec::new();
+        for n in 0..400 {
+            let mut line = credit(1, "a", 1);
+            line.movement.reason = Some("r".repeat(n));
+            let mut bytes = Vec::new();
+            wal::encode(&line, &mut bytes);
+            if bytes[0] == b'{' {
+                found.push(line);
+            }
+        }
+        assert_eq!(found.len(), 2, "lengths 123 and 379");
+        for (i, mut line) in found.into_iter().enumerate() {
+            let client = format!("c{i}");
+            line.movement.client.clone_from(&client);
+            line.movement.seq = 10 + i as u64;
+            checkpoint(&db, &[line]).unwrap();
+            let page = read_journal(&db, &client, u64::MAX, 10).unwrap();
+            assert_eq!(page.len(), 1);
+            assert_eq!(page[0].balance, 1);
+        }
         assert!(verify(&db).unwrap().problems.is_empty());
     }
 

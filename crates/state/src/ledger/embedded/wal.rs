@@ -110,6 +110,19 @@ pub(super) fn decode_all(bytes: &[u8]) -> Vec<Line> {
     lines
 }
 
+/// The records that make up all of `bytes`, or `None` if any byte is not part of a
+/// record that checks out (a journal row is written whole, never cut off).
+pub(super) fn decode_exact(bytes: &[u8]) -> Option<Vec<Line>> {
+    let mut lines = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (line, after) = decode_one(rest)?;
+        lines.push(line);
+        rest = after;
+    }
+    (!lines.is_empty()).then_some(lines)
+}
+
 fn decode_one(bytes: &[u8]) -> Option<(Line, &[u8])> {
     let length = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
