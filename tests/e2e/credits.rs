@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
     bearer_for, closed_port, eventually, jwt_config, raw, shipped_config, write_config,
@@ -700,6 +700,57 @@ async fn a_graceful_stop_waits_for_an_exchange_whose_client_left() {
     let movements = journal(&h.gateway, "c10").await;
     assert_eq!(movements[0]["kind"], "post", "{movements:#?}");
     assert_verified(&h.gateway).await;
+}
+
+/// A request still running at its reservation's deadline would be refunded under it by
+/// the sweeper, and its answer could then charge nothing: an upload trickled at the
+/// slowest allowed rate got its work done free. It is cut off a little before the
+/// deadline instead (408 for a body still arriving, 504 for an answer still awaited)
+/// and refunded as its own failure; an answer that begins in time is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_running_at_its_reservations_deadline_is_cut_off_and_refunded() {
+    // A reservation of 6 s: the answer must begin within 3 s.
+    let h = start("reservation_timeout = \"6s\"").await;
+    let g = &h.gateway;
+    credit(g, "c9", 100).await;
+    let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let head = format!(
+        "POST /echo/metered/up HTTP/1.1\r\nhost: gw.test\r\nauthorization: {}\r\ncontent-type: text/csv\r\ncontent-length: 100000\r\n\r\n",
+        bearer_for("c9")
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            if writer.write_all(&[b'x'; 100]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), reader.read_to_end(&mut answer)).await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("REQUEST_TIMEOUT"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    settled(g, "c9", (100, 0)).await;
+    // An answer still awaited at that point: 504, refunded.
+    call(g, "GET", "/echo/metered/a?delay_ms=4500", "c9")
+        .await
+        .assert_problem(504, "UPSTREAM_TIMEOUT");
+    settled(g, "c9", (100, 0)).await;
+    // One that begins in time is charged.
+    let r = call(g, "GET", "/echo/metered/a?delay_ms=1000", "c9").await;
+    assert_eq!((r.status, r.header("x-token-cost")), (200, Some("5")));
+    settled(g, "c9", (95, 0)).await;
+    assert_verified(g).await;
 }
 
 #[tokio::test]

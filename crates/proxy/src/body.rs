@@ -358,6 +358,8 @@ pub struct BodyStats {
     cut_off: AtomicU8,
     /// When a frame last went upstream (micros, see [`micros_now`]); 0: never.
     last_activity: AtomicU64,
+    /// The whole body has gone upstream.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 impl BodyStats {
@@ -403,6 +405,12 @@ impl BodyStats {
     /// The whole body has gone upstream: the response timeout runs from now.
     fn finish(&self) {
         self.touch();
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the whole body has gone upstream.
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
     }
 }
 

@@ -7,6 +7,7 @@
 //! then reported.
 
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use crate::body::BodyStats;
 use tollgate_policy::Route;
 
 use crate::body::{CutOff, Outbound};
-use crate::errors::{AccessError, Bug, GatewayError, RequestError};
+use crate::errors::{AccessError, Bug, GatewayError, RequestError, UpstreamError};
 use crate::exchange::Exchange;
 use crate::meter;
 use crate::upstream::Upstreams;
@@ -34,15 +35,26 @@ pub async fn forward(
     let upstream = upstreams.for_worker(exchange.worker).ok_or(Bug::NoPool)?;
     let timeout = exchange.snapshot.upstream.response_timeout;
     let started = std::time::Instant::now();
+    let settle_by = exchange.hold.as_ref().and_then(|h| h.settle_by);
+    let bodyless = request.body().is_end_stream();
     let sent = match meter::outlive_client(exchange, route) {
-        None => upstream.send(request, timeout, &stats).await,
+        None => {
+            within(
+                settle_by,
+                bodyless,
+                &stats,
+                upstream.send(request, timeout, &stats),
+            )
+            .await
+        }
         Some(orphan) => {
             // A metered exchange runs on a task of its own, so a client that hangs up
             // cannot stop it: when nobody waits for the answer, the answer settles it.
             let (answer, waiting) = oneshot::channel();
             let (upstream, task_stats) = (upstream.clone(), Arc::clone(&stats));
             tokio::spawn(async move {
-                let sent = upstream.send(request, timeout, &task_stats).await;
+                let send = upstream.send(request, timeout, &task_stats);
+                let sent = within(settle_by, bodyless, &task_stats, send).await;
                 if let Err((sent, orphan)) = answer.send((sent, orphan)) {
                     settle_alone(sent, orphan, &task_stats).await;
                 }
@@ -80,6 +92,25 @@ pub async fn forward(
             None => Ok(response),
         },
         Err(e) => Err(client_error(stats.cut_off()).unwrap_or(e)),
+    }
+}
+
+/// `send`, cut off at a metered request's `settle_by`: past it the reservation could be
+/// refunded under the request, so the upload stops (408, the client was too slow) or the
+/// wait for the answer does (504), and the request is refunded now, as its own failure.
+async fn within(
+    settle_by: Option<tokio::time::Instant>,
+    bodyless: bool,
+    stats: &BodyStats,
+    send: impl std::future::Future<Output = Result<Response<Incoming>, GatewayError>>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let Some(at) = settle_by else {
+        return send.await;
+    };
+    match tokio::time::timeout_at(at, send).await {
+        Ok(sent) => sent,
+        Err(_) if !bodyless && !stats.finished() => Err(RequestError::BodyTooSlow.into()),
+        Err(_) => Err(UpstreamError::Timeout.into()),
     }
 }
 

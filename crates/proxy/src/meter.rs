@@ -194,6 +194,7 @@ pub async fn reserve(
         id,
         cost,
     );
+    hold.settle_within(settings.reservation_timeout);
     let started = std::time::Instant::now();
     let reserved = ledger.reserve(worker, reservation, now).await;
     metrics::observe(&credits.counters.latency, started.elapsed());

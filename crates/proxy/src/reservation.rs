@@ -30,7 +30,15 @@ pub struct Hold {
     /// Whether the reservation was counted: one made while its request was dropped is
     /// counted when its void finds it held.
     counted: bool,
+    /// When the backend's answer must have begun: a little before the reservation's
+    /// deadline, past which the sweeper refunds it (see [`Hold::settle_within`]).
+    pub settle_by: Option<tokio::time::Instant>,
 }
+
+/// What is kept between the forward's own deadline and the reservation's: the post
+/// must reach the ledger before the sweeper could expire the hold (on any instance,
+/// whose clock may run a little ahead).
+const SETTLE_MARGIN: Duration = Duration::from_secs(5);
 
 impl Hold {
     pub fn new(
@@ -51,7 +59,17 @@ impl Hold {
             balance: 0,
             open: true,
             counted: false,
+            settle_by: None,
         }
+    }
+
+    /// The backend's answer must begin within `timeout` (the reservation's), less a
+    /// margin: a request still running at its reservation's deadline (an upload sent at
+    /// the slowest allowed rate, a backend that stalls) would have its hold refunded
+    /// under it by the sweeper, and then its answer could no longer charge it.
+    pub fn settle_within(&mut self, timeout: Duration) {
+        let margin = SETTLE_MARGIN.min(timeout / 2);
+        self.settle_by = Some(tokio::time::Instant::now() + (timeout - margin));
     }
 
     /// The ledger holds it: counted, with the balance after it.
