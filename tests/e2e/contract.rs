@@ -291,6 +291,17 @@ async fn real_answers_match_the_openapi_document() {
     .await;
     c.call(401, admin, "GET", client, "/ledger/clients/1001", &[], "")
         .await;
+    // A page size out of range is refused, as the history refuses it.
+    c.call(
+        400,
+        admin,
+        "GET",
+        client,
+        "/ledger/clients/1001?limit=1001",
+        &auth,
+        "",
+    )
+    .await;
     let credit = "/ledger/clients/{id}/credit";
     let change = r#"{"amount":5,"reason":"contract test"}"#;
     c.call(

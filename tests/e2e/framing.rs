@@ -267,34 +267,39 @@ async fn request_trailers_never_reach_the_backend() {
     );
 }
 
-/// The gateway never asks a backend for an upgrade, so a 101 is the backend speaking
-/// out of turn: the client gets 502 problem+json, not a switch to nothing.
+/// Answers hyper reads but a client cannot be given as they are: a 101 the gateway
+/// never asked for (a switch to nothing), a status HTTP does not define (600, 999), and
+/// `Transfer-Encoding` beside `Content-Length` (the body was framed by chunks, and the
+/// length cut it short at the client). Each is 502, and a metered request is refunded.
 #[tokio::test]
-async fn an_upgrade_the_gateway_never_asked_for_is_a_502() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            });
-        }
-    });
-    let h = Harness::with(Setup {
-        upstream_addr: Some(addr),
-        ..Setup::default()
-    })
-    .await;
-    let r = h
-        .get(
-            "/echo/ws",
-            &[("upgrade", "websocket"), ("connection", "upgrade")],
-        )
+async fn answers_a_client_cannot_be_given_as_they_are_are_502() {
+    for head in [
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        "HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                });
+            }
+        });
+        let h = Harness::with(Setup {
+            upstream_addr: Some(addr),
+            ..Setup::default()
+        })
         .await;
-    r.assert_problem(502, "UPSTREAM_ERROR");
+        let r = h
+            .get("/echo/x", &[("upgrade", "websocket"), ("connection", "upgrade")])
+            .await;
+        assert_eq!(r.status, 502, "{head}");
+        r.assert_problem(502, "UPSTREAM_ERROR");
+    }
 }

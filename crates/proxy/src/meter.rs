@@ -676,6 +676,11 @@ pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
     let headers = response.headers_mut();
     headers.insert("x-token-cost", HeaderValue::from(cost));
     headers.insert("x-token-balance", HeaderValue::from(balance));
+    // On a metered route the gateway says what is a replay: a backend's own header
+    // beside a fresh charge would read as a free replay.
+    if !matches!(metering, Metering::Replayed { .. }) {
+        headers.remove(REPLAYED);
+    }
 }
 
 #[cfg(test)]
@@ -724,6 +729,16 @@ mod tests {
     #[test]
     fn credit_headers_say_what_this_request_cost() {
         let mut response = Response::new(());
+        // The backend's own claims are replaced: a charged answer is no replay.
+        for (name, value) in [
+            ("x-token-cost", "0"),
+            ("x-token-balance", "999"),
+            (REPLAYED, "true"),
+        ] {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
         decorate(
             &mut response,
             &Metering::Charged {
@@ -733,6 +748,7 @@ mod tests {
         );
         assert_eq!(response.headers()["x-token-cost"], "3");
         assert_eq!(response.headers()["x-token-balance"], "7");
+        assert!(!response.headers().contains_key(REPLAYED));
         decorate(&mut response, &Metering::Refunded { balance: 10 });
         assert_eq!(response.headers()["x-token-cost"], "0");
         assert_eq!(response.headers()["x-token-balance"], "10");

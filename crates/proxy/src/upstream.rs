@@ -196,8 +196,8 @@ impl UpstreamClient {
                     // The gateway never asks for an upgrade (`Upgrade` is hop-by-hop and
                     // stripped), so a 101 is a backend speaking out of turn: passed on,
                     // the client would get a bare switch to nothing.
-                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        tracing::warn!("the upstream answered 101 to a request that asked for no upgrade");
+                    if let Some(why) = unusable(&response) {
+                        tracing::warn!(status = response.status().as_u16(), "the upstream's answer cannot be passed on: {why}");
                         return Err(UpstreamError::Failed.into());
                     }
                     return Ok(response);
@@ -212,6 +212,31 @@ impl UpstreamClient {
             }
         }
     }
+}
+
+/// Why an answer hyper read cannot go to the client as it is (it then gets 502, and a
+/// metered request is refunded, never charged for it):
+/// - a 101: the gateway never asks for an upgrade (`Upgrade` is hop-by-hop and
+///   stripped), so the client would get a switch to nothing;
+/// - a status past 599, which HTTP does not define (hyper reads up to 999): a client
+///   cannot tell success from failure, and it was charged as a success;
+/// - `Transfer-Encoding` beside `Content-Length` (RFC 9112 §6.3): hyper framed the body
+///   by chunks, but the length went on to the client, which cut the body at it.
+fn unusable<B>(response: &Response<B>) -> Option<&'static str> {
+    let status = response.status().as_u16();
+    if status == 101 {
+        return Some("a 101 to a request that asked for no upgrade");
+    }
+    if status > 599 {
+        return Some("a status HTTP does not define");
+    }
+    let headers = response.headers();
+    if headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Some("both Transfer-Encoding and Content-Length");
+    }
+    None
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamError {

@@ -182,9 +182,13 @@ async fn serve(
         (Method::GET, ["ledger", "clients", client]) => {
             let client = percent_decode(client)?;
             let query = request.uri().query();
-            let limit = query_number(query, "limit")?
-                .unwrap_or(100)
-                .clamp(1, MAX_PAGE) as usize;
+            // As the history refuses it (errors.md): a page size out of range was
+            // quietly made another one.
+            let limit = match query_number(query, "limit")? {
+                None => 100,
+                Some(n) if (1..=MAX_PAGE).contains(&n) => n as usize,
+                Some(_) => return Err(CreditError::HistoryQueryInvalid.into()),
+            };
             let before = query_number(query, "before")?;
             let ledger = credits.ledger()?;
             let account = ledger

@@ -462,9 +462,13 @@ impl SharedLedger {
         let head = format!("{}:ledger:{{", self.prefix());
         let mut report = Report::default();
         for key in accounts {
+            // Only a real client's account: an idempotency key is the caller's text, and
+            // `x}:account` made its record's name end like an account's (its string
+            // then failed the account's HGET, and verification with it).
             let Some(client) = key
                 .strip_prefix(&head)
                 .and_then(|rest| rest.strip_suffix("}:account"))
+                .filter(|client| tollgate_auth::jwt::is_usable_client_id(client))
             else {
                 continue;
             };
