@@ -138,16 +138,47 @@ async fn preflights_are_answered_by_the_gateway_from_policy() {
             "{origin} {headers}"
         );
     }
-    // A method the route does not serve: the path's own answer.
-    let r = h
-        .send(
-            "OPTIONS",
-            "/gateway/auth/refresh",
-            &preflight_headers(APP, "DELETE", ""),
-            b"",
-        )
-        .await;
-    r.assert_problem(405, "METHOD_NOT_ALLOWED");
+    // A method no route serves on the path, or a path no route matches: the refusal
+    // is what the page must see, and a browser shows it only after a preflight that
+    // succeeded. So the preflight is answered (by the default policy), and the actual
+    // request gets its 405 or 404, readable.
+    for (path, method, refusal) in [
+        ("/gateway/auth/refresh", "DELETE", (405, "METHOD_NOT_ALLOWED")),
+        ("/nowhere", "GET", (404, "ROUTE_NOT_FOUND")),
+    ] {
+        let r = h
+            .send(
+                "OPTIONS",
+                path,
+                &preflight_headers(APP, method, "authorization"),
+                b"",
+            )
+            .await;
+        assert_eq!(r.status, 204, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+        assert_eq!(r.header("access-control-allow-methods"), Some(method));
+        let r = h
+            .send(
+                method,
+                path,
+                &[("origin", APP), ("authorization", "Bearer x")],
+                b"",
+            )
+            .await;
+        r.assert_problem(refusal.0, refusal.1);
+        assert_cors_allowed(&r, APP);
+        // Still refused for an origin the policy does not know.
+        let r = h
+            .send(
+                "OPTIONS",
+                path,
+                &preflight_headers("https://evil.test", method, ""),
+                b"",
+            )
+            .await;
+        assert_ne!(r.status, 204, "{path}");
+        assert!(r.header("access-control-allow-origin").is_none());
+    }
     assert_eq!(h.backend.requests(), before);
     // A route with cors = "none": the gateway does not answer for it.
     let r = h

@@ -8,7 +8,10 @@
 //!   answered here for the route that would serve the requested method. They never
 //!   reach authentication, limits or the backend. An origin, method or header the
 //!   policy does not allow gets 403 `CORS_PREFLIGHT_REFUSED`, without CORS headers, so
-//!   the browser stops there.
+//!   the browser stops there. A preflight for a request no route would serve (no such
+//!   path, a method the path does not take, a closed route) is answered by the policy
+//!   that will decorate its refusal, so that the page can read the 404, 405 or 403:
+//!   a browser shows a refusal only after a preflight that succeeded.
 //! - **Requests from an allowed origin** get `Access-Control-Allow-Origin` (the origin
 //!   itself, or `*` for a policy open to all without credentials). They also get
 //!   `-Allow-Credentials` when the policy allows credentials, and `-Expose-Headers`
@@ -63,14 +66,29 @@ pub fn preflight<B>(
     let Ok(method) = Method::from_bytes(requested.as_bytes()) else {
         return Err(AccessError::CorsPreflightRefused.into());
     };
+    let asked = asked_headers(headers);
     let target = route::select(exchange.snapshot, &method, path);
     let route = match &target {
         Selection::Route(route) if route.action != RouteAction::Deny => *route,
-        // No route would serve it: the request goes on and gets its 404 or 405, with
-        // the default policy's headers.
+        // No route would serve it (no such path, another method, a closed route). The
+        // actual request will be refused whatever the preflight says, but a browser
+        // shows the page a refusal only after a preflight that succeeded: so the policy
+        // that will decorate the refusal (the closed route's, else the default) answers
+        // the preflight, and the 404, 405 or 403 then reaches the page readable.
         _ => {
-            exchange.cors = decide(exchange.snapshot.cors.as_ref(), origin);
-            return Ok(None);
+            let policy = match &target {
+                Selection::Route(route) => route.cors.as_ref(),
+                _ => None,
+            }
+            .or(exchange.snapshot.cors.as_ref());
+            let decision = decide(policy, origin);
+            let answerable = matches!(decision, Cors::Allowed { .. })
+                && policy.is_some_and(|p| headers_allowed(p, &asked));
+            exchange.cors = decision;
+            return match (answerable, policy) {
+                (true, Some(policy)) => Ok(Some(answer(exchange, policy, &method, &asked))),
+                _ => Ok(None),
+            };
         }
     };
     let Some(policy) = &route.cors else {
@@ -87,22 +105,39 @@ pub fn preflight<B>(
         Some(list) => list.contains(&method),
         None => route.allows(&method),
     };
-    let asked: Vec<String> = headers
+    if !method_allowed || !headers_allowed(policy, &asked) {
+        exchange.cors = Cors::Refused;
+        return Err(AccessError::CorsPreflightRefused.into());
+    }
+    exchange.cors = decision;
+    Ok(Some(answer(exchange, policy, &method, &asked)))
+}
+
+/// The request headers a preflight asks for, lower case.
+fn asked_headers(headers: &HeaderMap) -> Vec<String> {
+    headers
         .get_all(ACCESS_CONTROL_REQUEST_HEADERS)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|h| h.trim().to_ascii_lowercase())
         .filter(|h| !h.is_empty())
-        .collect();
-    let headers_allowed = asked
+        .collect()
+}
+
+fn headers_allowed(policy: &CorsPolicy, asked: &[String]) -> bool {
+    asked
         .iter()
-        .all(|h| policy.headers.iter().any(|allowed| allowed.as_str() == h));
-    if !method_allowed || !headers_allowed {
-        exchange.cors = Cors::Refused;
-        return Err(AccessError::CorsPreflightRefused.into());
-    }
-    exchange.cors = decision;
+        .all(|h| policy.headers.iter().any(|allowed| allowed.as_str() == h))
+}
+
+/// The preflight's 204, allowing `method` and the `asked` headers.
+fn answer(
+    exchange: &mut Exchange<'_>,
+    policy: &CorsPolicy,
+    method: &Method,
+    asked: &[String],
+) -> Answer {
     let mut response = Response::new(crate::body::full(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::NO_CONTENT;
     let out = response.headers_mut();
@@ -123,7 +158,7 @@ pub fn preflight<B>(
         HeaderValue::from_static("access-control-request-method, access-control-request-headers"),
     );
     exchange.own_answer = true;
-    Ok(Some(response))
+    response
 }
 
 /// One header value as text; `None` if absent, repeated or not text.
