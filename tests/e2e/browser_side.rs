@@ -143,7 +143,11 @@ async fn preflights_are_answered_by_the_gateway_from_policy() {
     // succeeded. So the preflight is answered (by the default policy), and the actual
     // request gets its 405 or 404, readable.
     for (path, method, refusal) in [
-        ("/gateway/auth/refresh", "DELETE", (405, "METHOD_NOT_ALLOWED")),
+        (
+            "/gateway/auth/refresh",
+            "DELETE",
+            (405, "METHOD_NOT_ALLOWED"),
+        ),
         ("/nowhere", "GET", (404, "ROUTE_NOT_FOUND")),
     ] {
         let r = h
@@ -154,7 +158,12 @@ async fn preflights_are_answered_by_the_gateway_from_policy() {
                 b"",
             )
             .await;
-        assert_eq!(r.status, 204, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            204,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.header("access-control-allow-origin"), Some(APP));
         assert_eq!(r.header("access-control-allow-methods"), Some(method));
         let r = h

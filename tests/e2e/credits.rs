@@ -328,6 +328,35 @@ async fn a_metered_request_is_charged_and_says_so() {
     )
     .await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");
+    // And says which operation, and why.
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("operation 1: `method` is an HTTP method in upper case"),
+        "{}",
+        r.json()
+    );
+    let r = send(
+        h.gateway.addr,
+        "POST",
+        "/gateway/tokens/preview",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        br#"[{"method": "GET", "path": "/echo/a"}, {"method": "GET", "path": "/a%2fb"}]"#,
+    )
+    .await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("operation 2: `path` is not a path a request could have"),
+        "{}",
+        r.json()
+    );
     let r = call(&h.gateway, "GET", "/gateway/tokens/history?limit=2", "c1").await;
     let v = r.json();
     let kinds: Vec<&str> = v["movements"]

@@ -263,7 +263,16 @@ async fn refresh_rotates_and_a_reused_token_revokes_the_whole_session() {
     // Past the grace period the spent token is a stolen copy: the session ends, with
     // every access token issued from it.
     tokio::time::sleep(Duration::from_millis(2_100)).await;
-    refresh(&h, &r0).await.assert_problem(401, "REFRESH_REUSED");
+    let reused = refresh(&h, &r0).await;
+    reused.assert_problem(401, "REFRESH_REUSED");
+    // A refused refresh token is a refused token (RFC 6750 §3), as errors.md says.
+    assert!(
+        reused.header("www-authenticate").is_some_and(
+            |v| v.contains("error=\"invalid_token\"") && v.contains("error_description=")
+        ),
+        "{:?}",
+        reused.headers
+    );
     refresh(&h, &r1)
         .await
         .assert_problem(401, "SESSION_REVOKED");

@@ -421,6 +421,17 @@ impl Problem for SessionRefusal {
             .map(|secs| vec![("retryAfter", Value::from(secs))])
             .unwrap_or_default()
     }
+
+    /// A refresh token presented and refused is a refused token too (RFC 6750 §3).
+    fn token_error(&self) -> Option<String> {
+        match self {
+            SessionRefusal::RefreshInvalid
+            | SessionRefusal::RefreshReused
+            | SessionRefusal::Expired
+            | SessionRefusal::Revoked => Some(self.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// Token credits: the caller cannot pay, or a retry's `Idempotency-Key` does not fit.
@@ -440,6 +451,8 @@ pub enum CreditError {
     KeyInFlight,
     #[error("send {{\"operations\": [{{\"method\": \"POST\", \"path\": \"/campaigns\"}}]}} (1 to 100 operations)")]
     PreviewInvalid,
+    #[error("operation {index}: {why}")]
+    PreviewOperationInvalid { index: usize, why: &'static str },
     #[error("limit is 1 to 500 and before a movement's seq, both whole numbers")]
     HistoryQueryInvalid,
     #[error(
@@ -457,9 +470,9 @@ impl Problem for CreditError {
             CreditError::KeyInvalid => StatusCode::BAD_REQUEST,
             CreditError::KeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             CreditError::KeyInFlight => StatusCode::CONFLICT,
-            CreditError::PreviewInvalid | CreditError::HistoryQueryInvalid => {
-                StatusCode::BAD_REQUEST
-            }
+            CreditError::PreviewInvalid
+            | CreditError::PreviewOperationInvalid { .. }
+            | CreditError::HistoryQueryInvalid => StatusCode::BAD_REQUEST,
             CreditError::BalanceTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -471,7 +484,9 @@ impl Problem for CreditError {
             CreditError::KeyInvalid => "IDEMPOTENCY_KEY_INVALID",
             CreditError::KeyMismatch => "IDEMPOTENCY_KEY_MISMATCH",
             CreditError::KeyInFlight => "IDEMPOTENCY_KEY_IN_USE",
-            CreditError::PreviewInvalid => "INVALID_REQUEST_BODY",
+            CreditError::PreviewInvalid | CreditError::PreviewOperationInvalid { .. } => {
+                "INVALID_REQUEST_BODY"
+            }
             CreditError::HistoryQueryInvalid => "INVALID_QUERY",
             CreditError::BalanceTooLarge { .. } => "BALANCE_TOO_LARGE",
         }
@@ -484,7 +499,9 @@ impl Problem for CreditError {
             CreditError::KeyInvalid => "Invalid Idempotency-Key",
             CreditError::KeyMismatch => "Idempotency-Key reused",
             CreditError::KeyInFlight => "Request in progress",
-            CreditError::PreviewInvalid => "Invalid request body",
+            CreditError::PreviewInvalid | CreditError::PreviewOperationInvalid { .. } => {
+                "Invalid request body"
+            }
             CreditError::HistoryQueryInvalid => "Invalid query",
             CreditError::BalanceTooLarge { .. } => "Balance too large",
         }

@@ -276,12 +276,23 @@ pub fn main() -> ExitCode {
                 match backend {
                     Ok(addr) => {
                         let token = mint(&snapshot, "1001", None, Some("demo@acme.test")).ok();
+                        // The origin the printed preflight comes from: one the default
+                        // CORS policy allows, so the example works as printed.
+                        let origin = snapshot.cors.as_ref().and_then(|policy| {
+                            policy.origins.iter().find_map(|o| match o {
+                                tollgate_policy::snapshot::OriginPattern::Exact(origin) => {
+                                    Some(origin.clone())
+                                }
+                                _ => None,
+                            })
+                        });
                         crate::run::serve(
                             config,
                             snapshot,
                             Some(crate::run::Demo {
                                 backend: addr,
                                 token,
+                                origin,
                             }),
                         )
                     }

@@ -15,6 +15,8 @@ use tollgate_proxy::Gateway;
 pub struct Demo {
     pub backend: SocketAddr,
     pub token: Option<String>,
+    /// An origin the default CORS policy allows, for the printed preflight.
+    pub origin: Option<String>,
 }
 
 /// Serves `snapshot` (and, for `demo`, the demo backend) until a terminating signal,
@@ -152,13 +154,14 @@ More to try:
   curl -i http://{gw}/echo/hello -H 'x-api-key: demo-legacy-key-1002'   # legacy key: Deprecation + Sunset
   printf 'name,phone\nAda,+15550100\n' > /tmp/contacts.csv
   curl -i http://{gw}/upload-csv -F file=@/tmp/contacts.csv -H "authorization: Bearer $TOKEN"
-  curl -i -X OPTIONS http://{gw}/campaigns -H 'origin: http://localhost:5173' \
+  curl -i -X OPTIONS http://{gw}/campaigns -H 'origin: {origin}' \
        -H 'access-control-request-method: POST'   # a CORS preflight, answered by the gateway
   curl -i http://{gw}/admin                  # 403 FORBIDDEN: a route that denies
   curl -i --path-as-is 'http://{gw}/pub/%2e%2e/admin'   # 403 too: normalized to /admin first
   curl -i http://{gw}/nowhere                # 404 ROUTE_NOT_FOUND: deny by default
   tollgate explain GET '/pub/%2e%2e/admin'"#,
             backend = demo.backend,
+            origin = demo.origin.as_deref().unwrap_or("http://localhost:5173"),
         );
     }
     let _ = out.flush();

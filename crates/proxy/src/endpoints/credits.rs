@@ -137,20 +137,26 @@ pub async fn preview(
     let on = metering(exchange);
     let mut total: u64 = 0;
     let mut priced = Vec::with_capacity(operations.len());
-    for op in &operations {
+    for (i, op) in operations.iter().enumerate() {
+        // Said of the operation, numbered from 1: "send {operations}" was all a page got
+        // for a lowercase method or an unreadable path.
+        let bad = |why| CreditError::PreviewOperationInvalid { index: i + 1, why };
         let method = op.get("method").and_then(Value::as_str);
         let path = op.get("path").and_then(Value::as_str);
         let (Some(method), Some(path)) = (method, path) else {
-            return Err(CreditError::PreviewInvalid.into());
+            return Err(bad("give `method` and `path`, both strings").into());
         };
         let method = Method::from_bytes(method.as_bytes())
             .ok()
             .filter(crate::accept::method_is_canonical)
-            .ok_or(CreditError::PreviewInvalid)?;
+            .ok_or(bad(
+                "`method` is an HTTP method in upper case (`POST`), as a request sends it",
+            ))?;
         // As a request target is read: the query, and a fragment, are not the path.
         let path_only = path.split(['?', '#']).next().unwrap_or(path);
-        let normalized =
-            tollgate_policy::path::normalize(path_only).map_err(|_| CreditError::PreviewInvalid)?;
+        let normalized = tollgate_policy::path::normalize(path_only).map_err(|_| {
+            bad("`path` is not a path a request could have (an encoded `/` or `\\`, a control character, a broken escape)")
+        })?;
         let route = match snapshot.route(&method, &normalized) {
             RouteMatch::Route(route) => Some(route),
             _ => None,
