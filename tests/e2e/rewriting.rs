@@ -421,6 +421,67 @@ async fn injection_and_spoofing_cases() {
             "",
             Refused(403, "CLIENT_ID_MISMATCH"),
         ),
+        // PHP's `json_decode(file_get_contents('php://input'))` and Flask's
+        // `get_json(force=True)` read a body as JSON whatever its type: a form that is
+        // JSON would carry an id the form reading never saw.
+        case(
+            "a form body that is JSON, where the id goes in a header only",
+            "POST",
+            "/echo/header-only/x",
+            &[FORM],
+            r#"{"clientId":"1002"}"#,
+            Refused(415, "UNSUPPORTED_MEDIA_TYPE"),
+        ),
+        case(
+            "a form body that is a JSON array after white space",
+            "POST",
+            "/echo/all/x",
+            &[FORM],
+            " \n[{\"clientId\":\"1002\"}]",
+            Refused(415, "UNSUPPORTED_MEDIA_TYPE"),
+        ),
+        // Python's SimpleCookie (Bottle, aiohttp, CherryPy) ends a cookie at white space
+        // too, and so after a comma.
+        case(
+            "a cookie after a space (SimpleCookie splits there)",
+            "GET",
+            "/echo/all/x",
+            &[("cookie", "a=1 clientId=1002")],
+            "",
+            Refused(403, "CLIENT_ID_MISMATCH"),
+        ),
+        case(
+            "a cookie after a comma (SimpleCookie splits there)",
+            "GET",
+            "/echo/all/x",
+            &[("cookie", "a=1,clientId=1002; theme=dark")],
+            "",
+            Refused(403, "CLIENT_ID_MISMATCH"),
+        ),
+        case(
+            "overwrite drops the pair that hides another id after a space",
+            "GET",
+            "/echo/over/x",
+            &[("cookie", "theme=dark; a=1 clientId=1002; lang=en")],
+            "",
+            Received {
+                query: Some("clientId=1001"),
+                header: ("cookie", Some("theme=dark; lang=en")),
+                body: "",
+            },
+        ),
+        case(
+            "a cookie value with spaces and commas naming nobody passes",
+            "GET",
+            "/echo/all/x",
+            &[("cookie", "list=a,b c; theme=dark")],
+            "",
+            Received {
+                query: Some("clientId=1001"),
+                header: ("cookie", Some("list=a,b c; theme=dark")),
+                body: "",
+            },
+        ),
         case(
             "the caller's own id in a cookie passes",
             "GET",

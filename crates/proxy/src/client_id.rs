@@ -154,7 +154,7 @@ fn cookies(
     caller: Caller,
 ) -> Result<(), GatewayError> {
     use tollgate_policy::param;
-    let foreign = |pair: &[u8]| -> Result<bool, GatewayError> {
+    let one = |pair: &[u8]| -> Result<bool, GatewayError> {
         // Express's `cookie` and Werkzeug trim the name and the value (Werkzeug, reading
         // the header as latin-1, NBSP and NEL too).
         let (name, value) = param::name_and_value(trim_space(pair));
@@ -164,6 +164,18 @@ fn cookies(
         let value = param::decode(trim_space(value));
         judge(policy, &value, caller)?;
         Ok(value != caller.id)
+    };
+    // Python's `SimpleCookie` (Bottle, aiohttp, CherryPy) also ends a cookie at white
+    // space, and so after a `,`: `a=1 clientId=1002` and `a=1, clientId=1002` are two
+    // cookies to it. Each such piece holding a `=` is judged as a cookie too.
+    let foreign = |pair: &[u8]| -> Result<bool, GatewayError> {
+        let mut found = one(pair)?;
+        for piece in pair.split(|b| matches!(b, b' ' | b'\t' | b',')).skip(1) {
+            if piece.contains(&b'=') {
+                found |= one(piece)?;
+            }
+        }
+        Ok(found)
     };
     let mut overwritten = false;
     for value in headers.get_all(COOKIE) {

@@ -123,6 +123,8 @@ pub enum MediaRefusal {
          or a form, uncompressed"
     )]
     LoginUnreadable,
+    #[error("this form body is JSON: send it as application/json")]
+    FormIsJson,
 }
 
 /// Why a JSON body the gateway must rewrite was refused (400 `INVALID_JSON`).

@@ -29,7 +29,7 @@ use tollgate_policy::{param, Route, Snapshot};
 use crate::body::{self, Reading, RequestBody};
 use crate::classify::{self, BodyClass};
 use crate::client_id::{self, Caller as ClientCaller};
-use crate::errors::{AccessError, Bug, GatewayError, RequestError};
+use crate::errors::{AccessError, Bug, GatewayError, MediaRefusal, RequestError};
 use crate::exchange::{AuthMethod, Exchange};
 use crate::multipart::Scanner;
 use crate::{headers, method_override, request_id, trace_context, x_forwarded};
@@ -255,6 +255,13 @@ pub async fn upstream_body(
                 method_override::judge_json(&bytes, &parts.method)?;
                 client_id::json_body(&bytes, policy, caller)?.unwrap_or(bytes)
             } else {
+                // Backends that read the raw body as JSON whatever its type (PHP's
+                // `json_decode(php://input)`, `get_json(force=True)`) would find a client
+                // id in it that the form reading, one field named `{"clientId":…}`,
+                // never judged.
+                if opens_like_json(&bytes) {
+                    return Err(MediaRefusal::FormIsJson.into());
+                }
                 method_override::judge_params(&bytes, &parts.method)?;
                 client_id::form_body(&bytes, policy, caller)?
             };
@@ -275,6 +282,17 @@ pub async fn upstream_body(
             Ok((body, None))
         }
     }
+}
+
+/// Whether `bytes` start like a JSON object or array (after white space or a byte-order
+/// mark): no form body does.
+fn opens_like_json(bytes: &[u8]) -> bool {
+    bytes
+        .strip_prefix(b"\xef\xbb\xbf")
+        .unwrap_or(bytes)
+        .trim_ascii_start()
+        .first()
+        .is_some_and(|b| matches!(b, b'{' | b'['))
 }
 
 fn refuse_declared_over_limit(parts: &Parts, route: &Route) -> Result<(), GatewayError> {

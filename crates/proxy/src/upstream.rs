@@ -193,9 +193,7 @@ impl UpstreamClient {
                         }
                         GatewayError::from(classify(&e))
                     })?;
-                    // The gateway never asks for an upgrade (`Upgrade` is hop-by-hop and
-                    // stripped), so a 101 is a backend speaking out of turn: passed on,
-                    // the client would get a bare switch to nothing.
+                    // An answer no client can be given as it is: 502 instead.
                     if let Some(why) = unusable(&response) {
                         tracing::warn!(status = response.status().as_u16(), "the upstream's answer cannot be passed on: {why}");
                         return Err(UpstreamError::Failed.into());
