@@ -762,6 +762,13 @@ async fn caller_credentials_never_reach_the_backend_on_anonymous_or_callback_rou
     assert!(r.echoed_header("authorization").is_empty());
     assert!(r.echoed_header("x-api-key").is_empty());
     assert_eq!(r.json()["query"], "CallSid=1");
+    // Accepted in the spelling qs reads (`x=[secret]=…`), so removed in it too.
+    for spelling in ["x=[secret]", "x=%5Bsecret%5D"] {
+        let target = format!("/echo/exotel/status?{spelling}={EXOTEL_SECRET}&CallSid=1");
+        let (r, _) = a.send("GET", &target, &secrets, b"").await;
+        assert_eq!(r.status, 200, "{spelling}");
+        assert_eq!(r.json()["query"], "CallSid=1", "{spelling}");
+    }
 
     // A JWT caller's key is a second identity: stripped even where keys are passed on.
     let token = bearer_for("1001");
@@ -864,6 +871,29 @@ async fn provider_callbacks_cannot_be_extended_or_replayed() {
         )
         .await;
     r.assert_problem(409, "CALLBACK_REPLAYED");
+    // Signed over a path that normalizes to another: signed as one path, it would be
+    // delivered as the other.
+    for raw_path in [
+        "/echo/plivo/x/../answer",
+        "/echo/plivo/%61nswer",
+        "/echo/plivo//answer",
+    ] {
+        let sig = plivo_signature(raw_path, "POST", &form, "p-9");
+        let (r, reached) = a
+            .send(
+                "POST",
+                raw_path,
+                &[
+                    ("x-plivo-signature-v3", &sig),
+                    ("x-plivo-signature-v3-nonce", "p-9"),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                encoded,
+            )
+            .await;
+        r.assert_problem(401, "SIGNATURE_INVALID");
+        assert_eq!(reached, 0, "{raw_path}");
+    }
     // Two nonce headers: which one would the backend believe?
     let sig = plivo_signature(post, "POST", &form, "p-2");
     let (r, _) = a

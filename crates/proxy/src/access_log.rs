@@ -323,8 +323,14 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
             Some(pair) => (pair, &piece[pair.len()..]),
             None => (piece, ""),
         };
+        // A piece is secret by any reading a backend gives it: qs reads the name of
+        // `x=[secret]=…` as `secret`.
+        let secret = || {
+            tollgate_policy::param::readings(pair.as_bytes())
+                .any(|(name, _)| is_secret(&String::from_utf8_lossy(&name), secret_params))
+        };
         match pair.split_once('=') {
-            Some((name, value)) if is_secret(name, secret_params) || looks_like_jwt(value) => {
+            Some((name, value)) if secret() || looks_like_jwt(value) => {
                 out.push_str(name);
                 out.push('=');
                 out.push_str(REDACTED);
@@ -449,6 +455,9 @@ mod tests {
             "secret%09=s3cret",
             "se-cret=s3cret",
             "%00secret=s3cret",
+            // qs reads the name of these as `secret`.
+            "x=[secret]=s3cret",
+            "x=%5Bsecret%5D=s3cret",
         ] {
             let logged = redact_query(query, &params);
             assert!(!logged.contains("s3cret"), "{query}: {logged}");

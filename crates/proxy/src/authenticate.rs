@@ -370,6 +370,13 @@ async fn plivo_v3(
         return Err(SignatureProblem::Invalid.into());
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // The signature covers the path as sent, the backend gets it normalized: a path
+    // normalization changes (`/a/../status`, `%73tatus`) would be signed as one path and
+    // delivered as another. Plivo calls the URL it was given, which normalizes to itself.
+    let raw_path = parts.uri.path();
+    if tollgate_policy::path::normalize(raw_path).ok().as_deref() != Some(raw_path) {
+        return Err(SignatureProblem::Uncovered.into());
+    }
     let url = format!("{public_base_url}{target}");
     // Plivo signs the URL and form parameters only: a body of any other kind, a repeated
     // parameter (backends differ on which copy they read) or a query pair the signature

@@ -284,15 +284,22 @@ pub async fn upstream_body(
     }
 }
 
-/// Whether `bytes` start like a JSON object or array (after white space or a byte-order
-/// mark): no form body does.
+/// Whether `bytes` start like a JSON object, or like an array whose first element is a
+/// value that can hold one (after white space or a byte-order mark): no form body does.
+/// A form may open with `[`, in qs's bracket names (`[_method]=…`, judged as such).
 fn opens_like_json(bytes: &[u8]) -> bool {
-    bytes
+    let text = bytes
         .strip_prefix(b"\xef\xbb\xbf")
         .unwrap_or(bytes)
-        .trim_ascii_start()
-        .first()
-        .is_some_and(|b| matches!(b, b'{' | b'['))
+        .trim_ascii_start();
+    match text.split_first() {
+        Some((b'{', _)) => true,
+        Some((b'[', rest)) => rest
+            .trim_ascii_start()
+            .first()
+            .is_some_and(|b| matches!(b, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9')),
+        _ => false,
+    }
 }
 
 fn refuse_declared_over_limit(parts: &Parts, route: &Route) -> Result<(), GatewayError> {
@@ -309,6 +316,30 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_form_that_is_json_is_told_from_a_form_with_bracket_names() {
+        for json in [
+            r#"{"clientId":"1002"}"#,
+            " \n[{\"clientId\":1002}]",
+            "\u{feff}{}",
+            r#"[ "x", {"clientId":"1"} ]"#,
+            "[[{}]]",
+            "[1,{}]",
+        ] {
+            assert!(opens_like_json(json.as_bytes()), "{json}");
+        }
+        for form in [
+            "a=1",
+            "[_method]=DELETE",
+            "[clientId]=1002",
+            "[ x]=1",
+            "",
+            "x={}",
+        ] {
+            assert!(!opens_like_json(form.as_bytes()), "{form}");
+        }
+    }
 
     fn upstream(base: &str) -> Upstream {
         Upstream {
