@@ -1669,6 +1669,44 @@ async fn opening_balances_are_credited_once_and_metering_can_be_off() {
     );
 }
 
+/// The ledger is where the money is: a reload naming another file (a typo) opened an
+/// empty ledger and credited the opening balances into it, forgiving all that was
+/// spent. The ledger in use is kept until a restart, and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_move_the_ledger() {
+    let dir_file = TempDir::new();
+    let file = dir_file.path().join("legacy.csv");
+    std::fs::write(&file, "clientId,balance\n1002,250\n").unwrap();
+    let credits = format!("opening_balances = \"{}\"", file.display());
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    write_config(dir.path(), &setup(&credits, ""), backend.addr());
+    let config = dir.path().join("gateway.toml");
+    let g = GatewayProcess::start(&config);
+    g.wait_ready().await;
+    assert_eq!(call(&g, "GET", "/echo/one/x", "1002").await.status, 200);
+    settled(&g, "1002", (249, 0)).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = text.replace("state/ledger.redb", "state/ledgr.redb");
+    assert_ne!(text, moved);
+    std::fs::write(&config, moved).unwrap();
+    g.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            g.stderr().contains("the ledger moves only at a restart")
+        })
+        .await,
+        "{}",
+        g.stderr()
+    );
+    assert_eq!(account(&g, "1002").await, (249, 0));
+    assert_eq!(call(&g, "GET", "/echo/one/x", "1002").await.status, 200);
+    settled(&g, "1002", (248, 0)).await;
+    assert!(!dir.path().join("state/ledgr.redb").exists());
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_journals_every_change() {
     let h = start("").await;

@@ -183,7 +183,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let slow = tokio::spawn(async move {
         crate::support::raw(
             addr,
-            b"POST /echo/drain?delay_ms=1000 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /echo/drain?delay_ms=2000 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
         )
         .await
     });
@@ -194,6 +194,24 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .await
     );
     h.gateway.signal("TERM");
+    // While it drains, the admin listener still answers: not ready, but alive (a
+    // liveness probe that found the port closed would kill it mid-drain).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.gateway.readyz().await == 503
+        })
+        .await
+    );
+    let health = crate::support::raw(
+        h.gateway.admin,
+        b"GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(health.status, 200);
+    assert!(
+        !slow.is_finished(),
+        "the check ran while the request was in flight"
+    );
     let response = slow.await.unwrap();
     assert_eq!(response.status, 200, "the in-flight request must complete");
     assert_eq!(response.json()["body"]["bytes"], 5);

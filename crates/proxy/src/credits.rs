@@ -269,10 +269,16 @@ impl Part for Credits {
                 counters,
             };
         };
-        if let Some(state) = previous
-            .and_then(|p| p.state.as_ref())
-            .filter(|s| s.location == location)
-        {
+        if let Some(state) = previous.and_then(|p| p.state.as_ref()) {
+            // The ledger is where the money is: a reload that names another file or
+            // Redis (a typo, say) would have opened an empty ledger and credited the
+            // opening balances into it, forgiving everything spent. Bound at start-up,
+            // as `sync` is: the ledger in use is kept until a restart.
+            if state.location != location {
+                tracing::warn!(
+                    "[credits] path or [store] redis_url changed: the ledger moves only at a restart; the one in use is kept"
+                );
+            }
             return Credits {
                 state: Some(Arc::clone(state)),
                 counters,

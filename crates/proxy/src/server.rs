@@ -156,6 +156,10 @@ impl Gateway {
                 Err(e) => tracing::error!(error = %e, "cannot start a worker thread"),
             }
         }
+        // The admin listener outlives the drain: `/readyz` answers 503 and `/healthz`
+        // 200 through it (a liveness probe that found the port closed would kill the
+        // process mid-drain), and `/metrics` can still be scraped.
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
         let admin = self
             .admin
             .and_then(|l| TcpListener::from_std(l).ok())
@@ -165,7 +169,7 @@ impl Gateway {
                     listener,
                     Arc::clone(&self.runtime),
                     graceful,
-                    stop_rx.clone(),
+                    admin_stop_rx,
                     Service::Admin,
                     None,
                 ))
@@ -202,6 +206,7 @@ impl Gateway {
         for done in workers {
             drained &= done.await.unwrap_or(false);
         }
+        let _ = admin_stop_tx.send(true);
         if let Some(admin) = admin {
             admin.abort();
         }
