@@ -308,6 +308,98 @@ async fn without_h2c_a_plain_listener_speaks_only_http1() {
     assert_eq!(h.get("/echo/a", &[]).await.status, 200);
 }
 
+/// HTTP/2 requests are judged as HTTP/1.1 ones: a host in `:authority` alone is a Host,
+/// more than 100 fields are 431 (hyper's HTTP/1.1 bound; the backend hears HTTP/1.1),
+/// cookies sent as fields of their own reach the backend joined, trailers the backend
+/// sends are not passed on, and an idle connection is closed like a keep-alive one.
+#[tokio::test]
+async fn http2_requests_are_held_to_the_http1_rules() {
+    let trailing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trailing_addr = trailing.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = trailing.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nset-cookie: sess=evil\r\nkeep-alive: timeout=5\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let h = Harness::with(Setup {
+        server: "h2c = true\nheader_read_timeout = \"1s\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let h2c = |addr: SocketAddr| async move {
+        let plain = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(plain))
+                .await
+                .unwrap();
+        (sender, tokio::spawn(conn))
+    };
+    let send = |request: http::Request<Full<Bytes>>| async move {
+        let (mut sender, _conn) = h2c(h.gateway.addr).await;
+        collect(sender.send_request(request).await.unwrap()).await
+    };
+    for authority in ["a,b", "evil.test:99999"] {
+        send(get(&format!("http://{authority}/echo/a")))
+            .await
+            .assert_problem(400, "REQUEST_INVALID");
+    }
+    let mut many = get("http://gw.test/echo/a");
+    for i in 0..120 {
+        many.headers_mut().insert(
+            http::header::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            "v".parse().unwrap(),
+        );
+    }
+    send(many).await.assert_problem(431, "HEADERS_TOO_LARGE");
+    let mut crumbs = get("http://gw.test/echo/a");
+    for i in 0..150 {
+        crumbs
+            .headers_mut()
+            .append("cookie", format!("c{i}=v").parse().unwrap());
+    }
+    let r = send(crumbs).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let cookie = r.echoed_header("cookie");
+    assert_eq!(cookie.len(), 1, "{cookie:?}");
+    assert!(cookie[0].starts_with("c0=v; c1=v; c2=v"), "{cookie:?}");
+
+    // Idle: one request, then nothing; closed after header_read_timeout.
+    let (mut sender, conn) = h2c(h.gateway.addr).await;
+    let r = collect(
+        sender
+            .send_request(get("http://gw.test/echo/a"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(closed.is_ok(), "the idle HTTP/2 connection was not closed");
+
+    // The backend's trailers stay behind.
+    let t = Harness::with(Setup {
+        server: "h2c = true".into(),
+        upstream_addr: Some(trailing_addr),
+        ..Setup::default()
+    })
+    .await;
+    let (mut sender, _conn) = h2c(t.gateway.addr).await;
+    let response = sender
+        .send_request(get("http://gw.test/echo/a"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    assert!(collected.trailers().is_none(), "{:?}", collected.trailers());
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"ok"));
+}
+
 #[tokio::test]
 async fn certificates_rotate_under_load_without_a_failed_handshake() {
     // The gateway starts on `server.pem`; the test then rewrites the files in place.

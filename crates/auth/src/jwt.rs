@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use jsonwebtoken::jwk::{AlgorithmParameters, KeyOperations, PublicKeyUse};
 pub use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
@@ -87,10 +88,34 @@ pub enum KeyError {
     Unsupported(Algorithm),
     #[error("the JWK has no `alg` and none is configured for it")]
     JwkWithoutAlgorithm,
+    #[error("the JWK is not for verifying signatures (its `use` or `key_ops` says so)")]
+    NotForSignatures,
+    #[error("the RSA key has {0} bits: at least 2048 are needed (a shorter one can be factored and tokens forged)")]
+    RsaTooShort(usize),
     #[error(
         "{0:?} and {1:?} cannot share one key: a key verifies algorithms of its own family only"
     )]
     MixedFamilies(Algorithm, Algorithm),
+}
+
+/// Refuses an RSA modulus (base64url, as a JWK's `n`) shorter than 2048 bits.
+fn check_rsa_modulus(n: &str) -> Result<(), KeyError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(n.trim_end_matches('='))
+        .map_err(|e| KeyError::Invalid {
+            expected: "RSA",
+            reason: e.to_string(),
+        })?;
+    let significant = bytes.iter().skip_while(|b| **b == 0).count();
+    let bits = significant * 8
+        - bytes
+            .iter()
+            .find(|b| **b != 0)
+            .map_or(0, |b| b.leading_zeros() as usize);
+    if bits < 2048 {
+        return Err(KeyError::RsaTooShort(bits));
+    }
+    Ok(())
 }
 
 /// Algorithms that can share one key: the same secret, the same RSA key, the same curve.
@@ -174,6 +199,17 @@ impl VerifyKey {
             key,
         };
         verify_key.check_curve(pem)?;
+        if family(algorithm) == Family::Rsa {
+            let jwk = Jwk::from_decoding_key(&verify_key.key, Some(algorithm)).map_err(|e| {
+                KeyError::Invalid {
+                    expected,
+                    reason: e.to_string(),
+                }
+            })?;
+            if let AlgorithmParameters::RSA(rsa) = &jwk.algorithm {
+                check_rsa_modulus(&rsa.n)?;
+            }
+        }
         Ok(verify_key)
     }
 
@@ -188,6 +224,21 @@ impl VerifyKey {
         if is_hmac(algorithm) {
             // Symmetric keys are never accepted from a key set fetched over the network.
             return Err(KeyError::NeedsSecret(algorithm));
+        }
+        // RFC 7517 §4.2, §4.3: a key published for encryption is not a signing key.
+        let for_signatures = !matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption | PublicKeyUse::Other(_))
+        ) && jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+        if !for_signatures {
+            return Err(KeyError::NotForSignatures);
+        }
+        if let AlgorithmParameters::RSA(rsa) = &jwk.algorithm {
+            check_rsa_modulus(&rsa.n)?;
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::Invalid {
             expected: "JWK",
@@ -531,6 +582,50 @@ mod tests {
     use super::*;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/fixtures/jwt/keys")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused_wherever_they_come_from() {
+        let weak = fixture("weak-rsa1024.pub.pem");
+        assert!(matches!(
+            VerifyKey::from_pem(None, Algorithm::RS256, &weak),
+            Err(KeyError::RsaTooShort(1024))
+        ));
+        let strong = VerifyKey::from_pem(None, Algorithm::RS256, &fixture("rsa.pub.pem")).unwrap();
+        let mut jwk = strong.public_jwk().unwrap();
+        assert!(VerifyKey::from_jwk(&jwk, None).is_ok());
+        let weak_jwk = Jwk::from_decoding_key(
+            &DecodingKey::from_rsa_pem(&weak).unwrap(),
+            Some(Algorithm::RS256),
+        )
+        .unwrap();
+        assert!(matches!(
+            VerifyKey::from_jwk(&weak_jwk, None),
+            Err(KeyError::RsaTooShort(1024))
+        ));
+        // A key published for encryption is not a signing key (RFC 7517 §4.2, §4.3).
+        jwk.common.public_key_use = Some(PublicKeyUse::Encryption);
+        assert!(matches!(
+            VerifyKey::from_jwk(&jwk, None),
+            Err(KeyError::NotForSignatures)
+        ));
+        jwk.common.public_key_use = None;
+        jwk.common.key_operations = Some(vec![KeyOperations::Encrypt]);
+        assert!(matches!(
+            VerifyKey::from_jwk(&jwk, None),
+            Err(KeyError::NotForSignatures)
+        ));
+        jwk.common.key_operations = Some(vec![KeyOperations::Verify]);
+        assert!(VerifyKey::from_jwk(&jwk, None).is_ok());
+    }
 
     #[test]
     fn a_key_may_serve_several_algorithms_of_its_family_only() {

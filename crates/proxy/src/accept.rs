@@ -21,6 +21,9 @@ use tollgate_policy::snapshot::{Server, Underscores};
 use crate::errors::{FramingError, GatewayError, RequestError};
 use crate::exchange::Scheme;
 
+/// The most header fields a request may have: hyper's HTTP/1.1 limit.
+const MAX_HEADER_FIELDS: usize = 100;
+
 /// Whether `method` has no lowercase letters. Methods are case-sensitive (RFC 9110
 /// §9.1) and policies name them in upper case, so `post` matches no method list and no
 /// cost; but Django, PHP-FPM setups and others upper-case the method, and would run it
@@ -44,6 +47,21 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
+    // hyper refuses more than 100 fields in HTTP/1.1 (a bare 431); HTTP/2 has no such
+    // count, and the backend, spoken to in HTTP/1.1, may well refuse them: the same
+    // bound for both. HTTP/2 sends each cookie as a field of its own; they reach the
+    // backend joined, as one.
+    let cookies = request
+        .headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .count();
+    if request.headers().len() - cookies.saturating_sub(1) > MAX_HEADER_FIELDS {
+        return Err(RequestError::TooManyHeaders {
+            limit: MAX_HEADER_FIELDS,
+        }
+        .into());
+    }
     if header_bytes > limits.max_header_bytes {
         return Err(RequestError::HeadersTooLarge {
             limit: limits.max_header_bytes,
@@ -65,7 +83,14 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
     if host.is_none() && !(request.version() == Version::HTTP_2 && uri.authority().is_some()) {
         return Err(FramingError::MissingHost.into());
     }
-    if host.is_some_and(|h| !valid_host(h.as_bytes())) {
+    // An HTTP/2 request may name its host in `:authority` alone, which becomes `Host`
+    // (and `X-Forwarded-Host`) later: judged the same.
+    let named = host.map(HeaderValue::as_bytes).or_else(|| {
+        (request.version() == Version::HTTP_2)
+            .then(|| uri.authority().map(|a| a.as_str().as_bytes()))
+            .flatten()
+    });
+    if named.is_some_and(|h| !valid_host(h)) {
         return Err(FramingError::InvalidHost.into());
     }
     if let Some(authority) = uri.authority() {

@@ -649,7 +649,7 @@ impl Body for Outbound {
     }
 }
 
-/// A body that reports every data frame to its observer and is otherwise transparent.
+/// A response body that reports every data frame to its observer and drops trailers.
 #[derive(Debug)]
 pub struct Observed<B, O> {
     inner: B,
@@ -675,13 +675,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                this.observer.on_data(data.len() as u64);
+        loop {
+            let polled = Pin::new(&mut this.inner).poll_frame(cx);
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                match frame.data_ref() {
+                    Some(data) => this.observer.on_data(data.len() as u64),
+                    // The backend's trailer fields are not passed on: an HTTP/1.1 client
+                    // never got them (it asked for none), and an HTTP/2 client got them
+                    // unfiltered (a `Set-Cookie`, or a hop-by-hop field that reset the
+                    // stream after a charged answer).
+                    None => continue,
+                }
             }
+            return polled;
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -36,7 +36,12 @@ pub fn classify(
     has_body: bool,
     route: &Route,
 ) -> Result<BodyClass, GatewayError> {
-    if !has_body {
+    // A declared length of 0 is no body, however it is framed: an HTTP/2 request that
+    // ends with an empty DATA frame reads as having one until the frame arrives.
+    let declared_empty = headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if !has_body || declared_empty {
         return Ok(BodyClass::Empty);
     }
     refuse_encoded(headers)?;
@@ -211,6 +216,16 @@ mod tests {
         );
         let h = HeaderMap::new();
         assert_eq!(classify(&h, false, &route(&[])).unwrap(), BodyClass::Empty);
+    }
+
+    #[test]
+    fn a_declared_length_of_zero_is_no_body() {
+        // As an HTTP/2 request that ends with an empty DATA frame looks at first.
+        assert_eq!(
+            class(&[("content-length", b"0")], &[]).unwrap(),
+            BodyClass::Empty
+        );
+        assert!(refused(class(&[("content-length", b"1")], &[])));
     }
 
     #[test]

@@ -54,6 +54,26 @@ pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ()
     Ok(found)
 }
 
+/// Joins several `Cookie` fields into one, `; `-separated: HTTP/2 sends each cookie as a
+/// field of its own and RFC 9113 §8.2.3 wants them joined for HTTP/1.1, where backends
+/// that join repeated fields with `,` (WSGI servers) would misread them.
+pub fn join(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = HeaderValue::from_bytes(&joined.join(&b"; "[..])).ok();
+    headers.remove(COOKIE);
+    if let Some(value) = value {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// Removes the gateway's own cookies from the request's `Cookie` headers, keeping the
 /// rest for the backend.
 pub fn strip_ours(headers: &mut HeaderMap) {

@@ -145,6 +145,8 @@ pub enum RequestError {
     Framing(#[from] FramingError),
     #[error("the request header block is larger than {limit} bytes")]
     HeadersTooLarge { limit: usize },
+    #[error("the request has more than {limit} header fields")]
+    TooManyHeaders { limit: usize },
     #[error("the request target is longer than {limit} bytes")]
     UriTooLong { limit: usize },
     #[error("request header names with `_` or `.` are refused (backends read them as `-`)")]
@@ -177,7 +179,9 @@ pub enum RequestError {
 impl Problem for RequestError {
     fn status(&self) -> StatusCode {
         match self {
-            RequestError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RequestError::HeadersTooLarge { .. } | RequestError::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             RequestError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             RequestError::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             RequestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -189,7 +193,9 @@ impl Problem for RequestError {
     fn code(&self) -> &'static str {
         match self {
             RequestError::Framing(_) => "REQUEST_INVALID",
-            RequestError::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
+            RequestError::HeadersTooLarge { .. } | RequestError::TooManyHeaders { .. } => {
+                "HEADERS_TOO_LARGE"
+            }
             RequestError::UriTooLong { .. } => "URI_TOO_LONG",
             RequestError::HeaderName => "HEADER_NAME_INVALID",
             RequestError::Path(_) => "PATH_INVALID",
@@ -207,7 +213,9 @@ impl Problem for RequestError {
     fn title(&self) -> &'static str {
         match self {
             RequestError::Framing(_) => "Invalid request",
-            RequestError::HeadersTooLarge { .. } => "Request headers too large",
+            RequestError::HeadersTooLarge { .. } | RequestError::TooManyHeaders { .. } => {
+                "Request headers too large"
+            }
             RequestError::UriTooLong { .. } => "Request target too long",
             RequestError::HeaderName => "Invalid header name",
             RequestError::Path(_) => "Invalid request path",
@@ -231,6 +239,7 @@ impl Problem for RequestError {
             self,
             RequestError::Framing(_)
                 | RequestError::HeadersTooLarge { .. }
+                | RequestError::TooManyHeaders { .. }
                 | RequestError::BodyInvalid
                 | RequestError::BodyTooSlow
                 | RequestError::MultipartInvalid

@@ -50,6 +50,7 @@ pub fn upstream_head(
     parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
+    crate::cookies::join(h);
     // `Expect: 100-continue` was answered (or not) by this hop; the body is sent as is.
     h.remove(EXPECT);
     strip_spoofable(h, snapshot);

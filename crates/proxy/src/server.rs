@@ -14,7 +14,10 @@
 //! `server.proxy_protocol_from`), the TLS handshake (on `[server.tls]` listeners, within
 //! `header_read_timeout`), then HTTP: HTTP/2 when ALPN chose `h2` (or, with
 //! `server.h2c`, when a plain connection opens with the HTTP/2 preface), else HTTP/1.1.
-//! Both versions feed the same pipeline.
+//! Both versions feed the same pipeline. A connection with no request in flight for
+//! `header_read_timeout` is closed, whichever the version ([`Activity`]): hyper closes
+//! an idle HTTP/1.1 connection itself, but an HTTP/2 client that answers the keep-alive
+//! pings would otherwise hold its connection, and a slot of `max_connections`, forever.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http_body_util::BodyExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -514,15 +518,87 @@ impl Http<'_> {
             Protocol::Either => builder,
         };
         let conn_runtime = Arc::clone(runtime);
+        let activity = Arc::new(Activity::new());
+        let conn_activity = Arc::clone(&activity);
         let svc = service_fn(move |request| {
             let runtime = Arc::clone(&conn_runtime);
+            // Held until the response body is done (or dropped).
+            let busy = conn_activity.begin();
             async move {
-                Ok::<_, Infallible>(pipeline::handle(request, peer, worker, scheme, &runtime).await)
+                let response = pipeline::handle(request, peer, worker, scheme, &runtime).await;
+                Ok::<_, Infallible>(response.map(|body| {
+                    body.map_frame(move |frame| {
+                        let _busy = &busy;
+                        frame
+                    })
+                }))
             }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(error = %e, %peer, "client connection ended with an error");
+        let served = watcher.watch(conn.into_owned());
+        let idle = server.header_read_timeout;
+        tokio::select! {
+            ended = served => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                }
+            }
+            () = activity.idle_for(idle) => {
+                tracing::debug!(%peer, "idle client connection closed");
+            }
         }
+    }
+}
+
+/// What is in flight on one client connection, so an idle one can be closed.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// When the connection opened, or the last request began or ended.
+    last: std::sync::Mutex<tokio::time::Instant>,
+}
+
+/// A request in flight: its end is noted when dropped.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            last: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.touch();
+        Busy(Arc::clone(self))
+    }
+
+    fn touch(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = tokio::time::Instant::now();
+        }
+    }
+
+    /// Resolves once nothing has been in flight for `idle`.
+    async fn idle_for(&self, idle: std::time::Duration) {
+        loop {
+            let since = self.last.lock().map_or(idle, |at| at.elapsed());
+            let busy = self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0;
+            if !busy && since >= idle {
+                return;
+            }
+            tokio::time::sleep(if busy { idle } else { idle - since }).await;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.touch();
     }
 }

@@ -122,6 +122,10 @@ pub fn normalize(value: &str) -> String {
         .trim()
         .nfkd()
         .filter(|c| !unicode_normalization::char::is_combining_mark(*c))
+        // What a collation ignores (MySQL 8's `utf8mb4_0900_ai_ci`): control characters
+        // and the invisible ones (soft hyphen, zero-width joiners, the BOM...), anywhere
+        // in the name, where each would otherwise have opened a count of its own.
+        .filter(|c| !c.is_control() && !is_default_ignorable(*c))
         .flat_map(char::to_lowercase)
     {
         match c {
@@ -139,6 +143,16 @@ pub fn normalize(value: &str) -> String {
         }
     }
     out
+}
+
+/// Unicode's Default_Ignorable_Code_Point: characters that are drawn as nothing and that
+/// collations give no weight.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
 }
 
 /// No usernames in Redis or memory dumps: a hash names the count.
@@ -240,6 +254,19 @@ mod tests {
             assert_eq!(normalize(v), "demo@acme.test", "{v}");
         }
         assert_eq!(normalize("Straße"), "strasse");
+        // Invisible and control characters, which collations ignore, anywhere.
+        for v in [
+            "vic\u{ad}tim",
+            "vic\u{200b}tim",
+            "victim\u{200d}",
+            "\u{feff}victim",
+            "vic\u{2060}tim",
+            "vic\u{0}tim",
+            "vic\u{1}tim",
+            "vict\u{fe0f}im",
+        ] {
+            assert_eq!(normalize(v), "victim", "{v:?}");
+        }
         assert_eq!(normalize("Søren Łukasz Æsir"), "soren lukasz aesir");
         assert_ne!(normalize("alice"), normalize("alicf"));
     }

@@ -79,6 +79,8 @@ fn api_key_file(l: &mut Loader, src: &SourceFile, path: &Spanned<String>) -> Opt
     };
     let mut keys = Vec::new();
     let mut ids: Vec<String> = Vec::new();
+    // (sha256, id) of every key taken: one key names one client.
+    let mut hashes: Vec<(String, String)> = Vec::new();
     for entry in parsed.key {
         if ids.contains(entry.id.get_ref()) {
             let d = keys_src.error(
@@ -97,12 +99,28 @@ fn api_key_file(l: &mut Loader, src: &SourceFile, path: &Spanned<String>) -> Opt
             l.diags.push(d);
             continue;
         }
+        // The same key listed twice would authenticate as whichever entry came last:
+        // another client's traffic, counted, charged and credentialed as that client.
+        if let Some((_, first)) = hashes
+            .iter()
+            .find(|(hash, _)| hash.eq_ignore_ascii_case(entry.sha256.get_ref()))
+        {
+            let d = keys_src.error(
+                Some(entry.sha256.span()),
+                format!("sha256: the same key as key `{first}`: one key names one client"),
+            );
+            l.diags.push(d);
+            continue;
+        }
         match ApiKey::new(
             entry.id.get_ref().clone(),
             entry.client_id.get_ref().clone(),
             entry.sha256.get_ref(),
         ) {
-            Some(k) => keys.push(k),
+            Some(k) => {
+                hashes.push((entry.sha256.get_ref().clone(), entry.id.get_ref().clone()));
+                keys.push(k);
+            }
             None => {
                 let d = keys_src.error(
                     Some(entry.sha256.span()),
@@ -213,6 +231,14 @@ mod tests {
                 "bad-keys.toml:6:6: key id `a` is used twice",
                 "bad-keys.toml:11:13: client_id: 1-128 characters of A-Z a-z 0-9 - _ . : @"
             ]
+        );
+        let e = errors(
+            &format!("{GATEWAY}\n[api_keys]\nfile = \"keys/same-key.toml\"\n"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            ["same-key.toml:8:10: sha256: the same key as key `a`: one key names one client"]
         );
     }
 }

@@ -23,6 +23,27 @@ use super::file::{JwksFile, JwtFile, JwtKeyFile};
 use crate::diagnostic::SourceFile;
 use crate::snapshot::{JwksSource, Jwt};
 
+/// Whether `ip` is loopback, private (RFC 1918, unique-local), link-local or CGNAT: an
+/// address a key set may be fetched from in clear text.
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(std::net::IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+            }
+        },
+    }
+}
+
 /// The most clock skew `[jwt] leeway` may allow.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -251,6 +272,27 @@ fn jwks_source(l: &mut Loader, src: &SourceFile, f: &JwksFile) -> Option<JwksSou
             None
         }
     };
+    // Whoever can change the key set can sign any token: in clear text only on a private
+    // network, as the docs say. An address is judged here; a name cannot be, so it gets
+    // a warning.
+    if let Some(u) = url.as_ref().filter(|u| u.scheme_str() == Some("http")) {
+        let host = u.host().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if !is_private(ip) => l.error(
+                src,
+                Some(f.url.span()),
+                format!("[[jwt.jwks]] url: `{host}` is a public address: fetch the key set over https:// (anyone on the way could replace it and sign any token)"),
+            ),
+            Ok(_) => {}
+            Err(_) if host.eq_ignore_ascii_case("localhost") => {}
+            Err(_) => l.warning(
+                src,
+                Some(f.url.span()),
+                format!("[[jwt.jwks]] url: http:// to `{host}`: only on a private network (anyone on the way could replace the key set and sign any token); prefer https://"),
+            ),
+        }
+    }
     let ca_pem = match &f.ca_file {
         None => None,
         Some(file) => {
@@ -443,10 +485,43 @@ fn key_material(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{errors, load, GATEWAY, HS256};
+    use super::super::testing::{errors, load, warnings, GATEWAY, HS256};
 
     fn with(jwt: &str) -> String {
         format!("{GATEWAY}\n{jwt}")
+    }
+
+    #[test]
+    fn a_key_set_travels_in_clear_text_only_on_a_private_network() {
+        let jwks = |url: &str| with(&format!("[jwt]\n\n[[jwt.jwks]]\nurl = \"{url}\"\n"));
+        for public in [
+            "http://8.8.8.8/jwks.json",
+            "http://[2001:4860::8888]/j",
+            "http://[::ffff:8.8.8.8]/j",
+        ] {
+            let e = errors(&jwks(public), &[]);
+            assert!(
+                e.iter().any(|e| e.contains("is a public address")),
+                "{public}: {e:?}"
+            );
+        }
+        for private in [
+            "http://127.0.0.1:9/j",
+            "http://10.1.2.3/j",
+            "http://192.168.0.5/j",
+            "http://[::1]/j",
+            "http://[fd00::1]/j",
+            "http://localhost:8080/j",
+            "https://8.8.8.8/j",
+        ] {
+            assert!(errors(&jwks(private), &[]).is_empty(), "{private}");
+            assert!(warnings(&jwks(private), &[]).is_empty(), "{private}");
+        }
+        let w = warnings(&jwks("http://idp.example.com/jwks.json"), &[]);
+        assert!(
+            w.iter().any(|w| w.contains("only on a private network")),
+            "{w:?}"
+        );
     }
 
     #[test]

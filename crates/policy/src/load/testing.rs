@@ -45,6 +45,13 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
                 h = tollgate_auth::api_key::hash_hex("k")
             ),
         )
+        .file(
+            "/t/keys/same-key.toml",
+            format!(
+                "[[key]]\nid = \"a\"\nclient_id = \"1002\"\nsha256 = \"{h}\"\n[[key]]\nid = \"b\"\nclient_id = \"6666\"\nsha256 = \"{h}\"\n",
+                h = tollgate_auth::api_key::hash_hex("k")
+            ),
+        )
         .file("/t/keys/service.key", "svc-key\n")
         .file("/t/keys/client-keys.toml", "\"1001\" = \"k1\"\n")
         .file("/t/keys/ed.pem", ED_PRIVATE)
