@@ -103,6 +103,22 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The browser is chromedriver's child but outlives a killed chromedriver: its
+        // session is ended first (a plain blocking request: drop cannot await), or every
+        // run left a headless Chromium behind.
+        if let Some(id) = &self.session {
+            use std::io::{Read as _, Write as _};
+            if let Ok(mut stream) = std::net::TcpStream::connect(self.addr) {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let request = format!(
+                    "DELETE /session/{id} HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    self.addr
+                );
+                if stream.write_all(request.as_bytes()).is_ok() {
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
