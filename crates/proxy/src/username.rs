@@ -168,12 +168,13 @@ fn hash(name: &str) -> String {
 /// Every string value of a top-level member named like a field, repeats included; none
 /// when the body does not open like JSON, an error when it does but is not JSON whole.
 fn json_values(bytes: &[u8], fields: &[String]) -> Result<Vec<String>, JsonProblem> {
-    let start = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let opens_like_json = start
+    // The first byte after a byte-order mark and JSON's white space.
+    let first = bytes
+        .strip_prefix(b"\xef\xbb\xbf")
+        .unwrap_or(bytes)
         .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .is_some_and(|b| matches!(b, b'{' | b'['));
-    if !opens_like_json {
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if !matches!(first, Some(b'{' | b'[')) {
         return Ok(Vec::new());
     }
     struct Members<'f>(&'f [String]);
@@ -194,7 +195,7 @@ fn json_values(bytes: &[u8], fields: &[String]) -> Result<Vec<String>, JsonProbl
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let values = if start.trim_ascii_start().starts_with(b"[") {
+    let values = if first == Some(&b'[') {
         serde::de::IgnoredAny::deserialize(&mut de).map(|_| Vec::new())
     } else {
         de.deserialize_map(Members(fields))
