@@ -122,7 +122,7 @@ async fn key_rotation_through_a_jwks_endpoint() {
             "[[route]]\nname = \"echo\"\npath = \"/echo/*\"\nauth = \"jwt\"\n".into(),
         )],
         extra: format!(
-            "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.jwks]]\nurl = \"http://{}/jwks.json\"\nrefresh = \"1h\"\nmin_refetch = \"400ms\"\n",
+            "[jwt]\nissuer = \"https://issuer.test\"\naudience = \"legacy-api\"\n\n[[jwt.jwks]]\nurl = \"http://{}/jwks.json\"\nrefresh = \"1h\"\nmin_refetch = \"1s\"\n",
             server.addr
         ),
         ..Setup::default()
@@ -174,7 +174,7 @@ async fn key_rotation_through_a_jwks_endpoint() {
 
     // The endpoint breaks: the last good set keeps serving.
     server.serve(500, "oops".into());
-    tokio::time::sleep(Duration::from_millis(450)).await; // past min_refetch, so a refetch is tried
+    tokio::time::sleep(Duration::from_millis(1050)).await; // past min_refetch, so a refetch is tried
     let before = server.fetches();
     let r = h
         .get("/echo/c", &[("authorization", &auth("token_unknown"))])

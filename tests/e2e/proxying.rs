@@ -6,7 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::support::{closed_port, Harness, Setup};
+use crate::support::{closed_port, raw, write_config, GatewayProcess, Harness, Setup, TempDir};
 
 #[tokio::test]
 async fn hop_by_hop_and_connection_named_headers_are_stripped() {
@@ -90,6 +90,31 @@ async fn forwarding_headers_are_set_and_spoofs_replaced() {
     assert_eq!(response.echoed_header("content-type"), ["text/plain"]);
     assert_eq!(response.echoed_header("content-length"), ["3"]);
     assert_eq!(response.json()["body"]["bytes"], 3);
+}
+
+#[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_forwarded_as_ipv4() {
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    write_config(dir.path(), &Setup::default(), backend.addr());
+    let config = dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(r#"listen = ["127.0.0.1:0"]"#, r#"listen = ["[::]:0"]"#);
+    std::fs::write(&config, text).unwrap();
+    let gateway = GatewayProcess::start(&config);
+    assert!(gateway.addr.is_ipv6(), "{}", gateway.addr);
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.addr.port()));
+    let response = raw(
+        v4,
+        b"GET /echo/fwd HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.echoed_header("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(response.echoed_header("x-real-ip"), ["127.0.0.1"]);
 }
 
 #[tokio::test]

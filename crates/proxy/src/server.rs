@@ -314,6 +314,7 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        let peer = canonical(peer);
         let snapshot = Arc::clone(&runtime.active().snapshot);
         match service {
             Service::Gateway { worker } => {
@@ -360,6 +361,13 @@ async fn accept_loop(
     }
 }
 
+/// A peer as every later stage reads it: an IPv4 client reaching a dual-stack (`[::]`)
+/// listener is its IPv4 address, not `::ffff:a.b.c.d`, in `X-Forwarded-For`,
+/// `X-Real-IP`, the access log and limit keys alike.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
+}
+
 /// An accepted client connection of the data plane.
 struct Client {
     stream: TcpStream,
@@ -403,7 +411,7 @@ impl Client {
             .any(|cidr| cidr.contains(peer.ip()))
         {
             match tokio::time::timeout(deadline, proxy_protocol::read(&mut stream)).await {
-                Ok(Ok(Origin::Client(client))) => peer = client,
+                Ok(Ok(Origin::Client(client))) => peer = canonical(client),
                 Ok(Ok(Origin::Local)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(%peer, error = %e, "connection closed: bad PROXY protocol header");

@@ -36,7 +36,12 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAdd
         .collect();
     let mut client = peer;
     for entry in entries.iter().rev() {
-        match entry.trim().parse::<IpAddr>() {
+        // `::ffff:a.b.c.d` from a dual-stack proxy is the IPv4 client it names.
+        match entry
+            .trim()
+            .parse::<IpAddr>()
+            .map(|addr| addr.to_canonical())
+        {
             Ok(addr) if trusted(addr, proxies) => client = addr,
             Ok(addr) => return addr,
             // A hop we trust passed on garbage: believe no further.
@@ -113,6 +118,21 @@ mod tests {
         assert_eq!(
             client_addr(ip("192.0.2.1"), &xff("1.2.3.4"), &proxies),
             ip("192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn mapped_addresses_from_a_trusted_proxy_are_their_ipv4_client() {
+        let proxies: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let h = xff("198.51.100.7, ::ffff:10.0.0.2");
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &h, &proxies),
+            ip("198.51.100.7"),
+            "the mapped trusted hop is skipped"
+        );
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &xff("::ffff:198.51.100.9"), &proxies),
+            ip("198.51.100.9")
         );
     }
 

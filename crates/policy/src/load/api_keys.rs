@@ -77,6 +77,15 @@ fn api_key_file(l: &mut Loader, src: &SourceFile, path: &Spanned<String>) -> Opt
             return None;
         }
     };
+    if parsed.key.is_empty() {
+        // Loading one empty is legal (every legacy caller moved to JWT), but more often
+        // the export that fills it failed: every API-key caller is then refused.
+        let d = keys_src.warning(
+            None,
+            "no [[key]] in this file: every API key will be refused",
+        );
+        l.diags.push(d);
+    }
     let mut keys = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     // (sha256, id) of every key taken: one key names one client.
@@ -185,7 +194,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{errors, load, GATEWAY};
+    use super::super::testing::{errors, load, warnings, GATEWAY};
     use super::days_from_civil;
 
     #[test]
@@ -203,6 +212,17 @@ mod tests {
         assert_eq!(k.deprecation, Some(1_796_083_200));
         assert_eq!(k.sunset, Some(1_814_313_600));
         assert!(k.keys.find("legacy-key-acme").is_some());
+    }
+
+    #[test]
+    fn an_empty_key_file_loads_with_a_warning() {
+        let gateway = format!("{GATEWAY}\n[api_keys]\nfile = \"keys/no-keys.toml\"\n");
+        let k = load(&gateway, &[]).unwrap().auth.api_keys.unwrap();
+        assert!(k.keys.find("legacy-key-acme").is_none());
+        assert_eq!(
+            warnings(&gateway, &[]),
+            ["no-keys.toml:1:1: no [[key]] in this file: every API key will be refused"]
+        );
     }
 
     #[test]

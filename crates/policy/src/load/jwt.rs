@@ -44,6 +44,11 @@ fn is_private(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// The shortest `[[jwt.jwks]] refresh` (background refetch of a key set).
+const MIN_JWKS_REFRESH: (Duration, &str) = (Duration::from_secs(10), "10s");
+/// The shortest `[[jwt.jwks]] min_refetch` (refetch prompted by an unknown `kid`).
+const MIN_JWKS_REFETCH: (Duration, &str) = (Duration::from_secs(1), "1s");
+
 /// The most clock skew `[jwt] leeway` may allow.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -313,9 +318,20 @@ fn jwks_source(l: &mut Loader, src: &SourceFile, f: &JwksFile) -> Option<JwksSou
         }
     };
     let algorithm = f.algorithm.as_ref().and_then(|a| algorithm(l, src, a));
-    // A zero interval would refetch the set without pause.
+    // A short interval refetches the set without pause: `min_refetch` is paced by
+    // tokens with unknown `kid`s, which anyone can send, so `1ms` would let each one
+    // make the gateway fetch from the identity provider.
     let refresh = l.duration(src, &f.refresh, Duration::from_secs(300), Zero::Refused);
+    at_least(l, src, &f.refresh, refresh, MIN_JWKS_REFRESH, "refresh");
     let min_refetch = l.duration(src, &f.min_refetch, Duration::from_secs(30), Zero::Refused);
+    at_least(
+        l,
+        src,
+        &f.min_refetch,
+        min_refetch,
+        MIN_JWKS_REFETCH,
+        "min_refetch",
+    );
     if l.errors_since(mark) {
         return None;
     }
@@ -483,6 +499,26 @@ fn key_material(
     Some((verify, signing))
 }
 
+/// Refuses a `[[jwt.jwks]]` interval shorter than `floor`.
+fn at_least(
+    l: &mut Loader,
+    src: &SourceFile,
+    value: &Option<Spanned<String>>,
+    parsed: Duration,
+    (floor, floor_text): (Duration, &str),
+    key: &str,
+) {
+    if let Some(v) = value.as_ref().filter(|_| parsed < floor) {
+        l.error(
+            src,
+            Some(v.span()),
+            format!(
+                "[[jwt.jwks]] {key}: at least {floor_text} (each fetch is a request to the identity provider)"
+            ),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{errors, load, warnings, GATEWAY, HS256};
@@ -582,6 +618,19 @@ mod tests {
             e,
             ["gateway.toml:14:11: a duration must be greater than zero"]
         );
+        let e = errors(
+            &with("[jwt]\n\n[[jwt.jwks]]\nurl = \"https://idp/jwks\"\nrefresh = \"9s\"\nmin_refetch = \"1ms\"\n"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            [
+                "gateway.toml:14:11: [[jwt.jwks]] refresh: at least 10s (each fetch is a request to the identity provider)",
+                "gateway.toml:15:15: [[jwt.jwks]] min_refetch: at least 1s (each fetch is a request to the identity provider)",
+            ]
+        );
+        let floors = "[jwt]\n\n[[jwt.jwks]]\nurl = \"https://idp/jwks\"\nrefresh = \"10s\"\nmin_refetch = \"1s\"\n";
+        assert_eq!(errors(&with(floors), &[]), Vec::<String>::new());
     }
 
     #[test]

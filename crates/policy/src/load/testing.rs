@@ -52,6 +52,7 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
                 h = tollgate_auth::api_key::hash_hex("k")
             ),
         )
+        .file("/t/keys/no-keys.toml", "# every legacy caller moved\n")
         .file("/t/keys/service.key", "svc-key\n")
         .file("/t/keys/client-keys.toml", "\"1001\" = \"k1\"\n")
         .file("/t/keys/ed.pem", ED_PRIVATE)
