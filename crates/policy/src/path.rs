@@ -3,8 +3,16 @@
 //! The normalized path is both what route matching sees and exactly what is forwarded
 //! upstream, so a backend can never be shown a path that policy did not judge. The rules:
 //!
-//! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every
-//!   other escape is kept, with upper-case hex, so `%2e%2e` becomes `..` while `%20` stays;
+//! - every character has one spelling, the one backends decode both to: percent-encoded
+//!   *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) and the sub-delimiters no HTTP
+//!   server treats as structure in a path (`: @ ! $ ' ( ) * ,`) are decoded, so `%2e%2e`
+//!   is `..` and `%3A` is `:`; characters that may not stand raw in a path (non-ASCII,
+//!   space, `" < > [ ] ^ \` { | }`) are encoded, so a raw `é` is `%C3%A9`; hex is upper
+//!   case. Otherwise a pattern literal written one way (`/calls:bulk`) would miss the
+//!   same path written the other (`/calls%3Abulk`), which nginx, Spring or Werkzeug
+//!   serve alike. `; = & +` keep the spelling the client chose: servlet containers read
+//!   a raw `;` as the start of parameters and `%3B` as a name's letter, forms read `+`
+//!   as a space;
 //! - duplicate slashes are merged and `.`/`..` segments resolved (RFC 3986 §5.2.4; `..`
 //!   never climbs above `/`);
 //! - an encoded `/` or `\`, any `\`, NUL or other control character, a broken escape,
@@ -52,63 +60,74 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         return Ok(raw.to_owned());
     }
     // `decoded` holds every escape decoded, only to check that the path is UTF-8.
-    let mut partly_decoded = String::with_capacity(raw.len());
+    let mut canonical = String::with_capacity(raw.len());
     let mut decoded = Vec::with_capacity(raw.len());
     let mut needs_utf8_check = false;
     let mut i = 0;
     while i < bytes.len() {
-        let byte = bytes[i];
-        match byte {
-            b'%' => {
-                let value = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|hex| Some(hex_value(hex[0])? << 4 | hex_value(hex[1])?))
-                    .ok_or(PathError::BadEscape)?;
-                match value {
-                    b'/' => return Err(PathError::EncodedSlash),
-                    b'\\' => return Err(PathError::Backslash),
-                    0 => return Err(PathError::Nul),
-                    v if v < 0x20 || v == 0x7f => return Err(PathError::ControlCharacter),
-                    v if is_unreserved(v) => partly_decoded.push(char::from(v)),
-                    v => {
-                        needs_utf8_check |= v >= 0x80;
-                        partly_decoded.push('%');
-                        partly_decoded.push(char::from(HEX[usize::from(v >> 4)]));
-                        partly_decoded.push(char::from(HEX[usize::from(v & 0xf)]));
-                    }
-                }
-                decoded.push(value);
-                i += 3;
-            }
+        let escaped = bytes[i] == b'%';
+        let value = if escaped {
+            let value = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| Some(hex_value(hex[0])? << 4 | hex_value(hex[1])?))
+                .ok_or(PathError::BadEscape)?;
+            i += 3;
+            value
+        } else {
+            i += 1;
+            bytes[i - 1]
+        };
+        match value {
+            b'/' if escaped => return Err(PathError::EncodedSlash),
+            b'/' => canonical.push('/'),
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
-            b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
-            _ => {
-                // `raw` is a str, so a multi-byte character is copied whole.
-                let len = utf8_len(byte);
-                partly_decoded.push_str(&raw[i..i + len]);
-                decoded.extend_from_slice(&bytes[i..i + len]);
-                i += len;
+            v if v < 0x20 || v == 0x7f => return Err(PathError::ControlCharacter),
+            v if is_plain(v) || (!escaped && keeps_spelling(v)) => canonical.push(char::from(v)),
+            v => {
+                // Raw bytes come from a `str`; escaped ones may not form UTF-8.
+                needs_utf8_check |= escaped && v >= 0x80;
+                canonical.push('%');
+                canonical.push(char::from(HEX[usize::from(v >> 4)]));
+                canonical.push(char::from(HEX[usize::from(v & 0xf)]));
             }
         }
+        decoded.push(value);
     }
     if needs_utf8_check && std::str::from_utf8(&decoded).is_err() {
         return Err(PathError::InvalidUtf8);
     }
-    remove_dot_segments(&partly_decoded)
+    remove_dot_segments(&canonical)
 }
 
-/// Most paths need no work: no escapes, no backslash or control bytes, no empty or dot
-/// segments, no segment of parameters only. For them the full pass below would return
-/// the input unchanged.
+/// Most paths need no work: only characters written as they are meant (no escapes, no
+/// characters to encode, no backslash or control bytes), no empty or dot segments, no
+/// segment of parameters only. For them the full pass below would return the input
+/// unchanged.
 fn is_already_normal(bytes: &[u8]) -> bool {
-    let plain = !bytes
+    let plain = bytes
         .iter()
-        .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f);
+        .all(|&b| b == b'/' || is_plain(b) || keeps_spelling(b));
     plain
         && !bytes
             .windows(2)
             .any(|w| w == b"//" || w == b"/." || w == b"/;")
+}
+
+/// Characters written raw in a normal path, decoded when escaped: unreserved, and the
+/// sub-delimiters that are never structure in an HTTP path.
+fn is_plain(byte: u8) -> bool {
+    is_unreserved(byte)
+        || matches!(
+            byte,
+            b':' | b'@' | b'!' | b'$' | b'\'' | b'(' | b')' | b'*' | b','
+        )
+}
+
+/// Characters whose raw and escaped spellings mean different things to some servers:
+/// kept as the client wrote them.
+fn keeps_spelling(byte: u8) -> bool {
+    matches!(byte, b';' | b'=' | b'&' | b'+')
 }
 
 /// Merges duplicate slashes and resolves `.` and `..`; keeps a trailing slash.
@@ -157,15 +176,6 @@ fn is_unreserved(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
 }
 
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xf0..=0xff => 4,
-        0xe0..=0xef => 3,
-        0xc0..=0xdf => 2,
-        _ => 1,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,8 +196,21 @@ mod tests {
             ("/a/b/..", "/a/"),
             ("/%61dmin", "/admin"),
             ("/a%20b", "/a%20b"),
-            ("/a%3ab", "/a%3Ab"),
+            ("/a%3ab", "/a:b"),
+            ("/plivo/calls%3Abulk", "/plivo/calls:bulk"),
+            ("/pub/%40internal", "/pub/@internal"),
+            ("/a%21%24%27%28%29%2A%2C", "/a!$'()*,"),
             ("/caf%C3%A9", "/caf%C3%A9"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
+            ("/na\u{ef}ve/x", "/na%C3%AFve/x"),
+            (
+                "/a{b}|c^d`e[f]\"<>",
+                "/a%7Bb%7D%7Cc%5Ed%60e%5Bf%5D%22%3C%3E",
+            ),
+            ("/a%3Bb", "/a%3Bb"),
+            ("/a;b=c&d+e", "/a;b=c&d+e"),
+            ("/a%3b%3d%26%2b", "/a%3B%3D%26%2B"),
             ("/ADMIN", "/ADMIN"),
             ("/%252e%252e/admin", "/%252e%252e/admin"),
             ("/a;b/c", "/a;b/c"),
@@ -230,8 +253,8 @@ mod tests {
             "/a",
             "/a/",
             "/a/b-c_d~e",
-            "/caf\u{e9}",
-            "/a;b",
+            "/a:b@c!$'()*,",
+            "/a;b=c&d+e",
             "/a..b/c.",
             "/.a",
             "/a//b",

@@ -279,6 +279,39 @@ mod tests {
     }
 
     #[test]
+    fn a_literal_has_the_one_spelling_requests_are_normalized_to() {
+        for (written, canonical) in [
+            ("/plivo/calls%3Abulk", "calls:bulk"),
+            ("/pub/%40internal/*", "@internal"),
+            ("/pub/na\u{ef}ve/*", "na%C3%AFve"),
+            ("/pub/caf%c3%a9", "caf%C3%A9"),
+        ] {
+            let e = PathPattern::parse(written).unwrap_err();
+            assert!(
+                e.ends_with(&format!("write `{canonical}`")),
+                "{written}: {e}"
+            );
+        }
+        // Either spelling of the request reaches the route written canonically.
+        let bulk = p("/plivo/calls:bulk");
+        for raw in [
+            "/plivo/calls:bulk",
+            "/plivo/calls%3Abulk",
+            "/plivo/calls%3abulk",
+        ] {
+            assert!(bulk.matches(&crate::path::normalize(raw).unwrap()), "{raw}");
+        }
+        let cafe = p("/pub/caf%C3%A9/*");
+        for raw in [
+            "/pub/caf\u{e9}/secret",
+            "/pub/caf%C3%A9/secret",
+            "/pub/caf%c3%a9/secret",
+        ] {
+            assert!(cafe.matches(&crate::path::normalize(raw).unwrap()), "{raw}");
+        }
+    }
+
+    #[test]
     fn bad_patterns_are_refused() {
         for bad in [
             "admin",
