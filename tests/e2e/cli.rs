@@ -79,7 +79,125 @@ fn check_reports_every_error_with_file_line_and_column() {
         out.contains(&format!("{a}:2:8: error: route `a`: {no_jwt}")),
         "{out}"
     );
-    assert!(out.contains("12 error(s)"), "{out}");
+    // Route `d`'s misspelt action does not hide what else is wrong with it.
+    assert!(
+        out.contains(&format!("{a}:15:8: error: route `d`: {no_jwt}")),
+        "{out}"
+    );
+    assert!(out.contains("13 error(s)"), "{out}");
+}
+
+#[test]
+fn a_policy_file_that_cannot_be_read_is_an_error_not_skipped() {
+    let dir = TempDir::new();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[routing]\npolicies = \"policies\"\nunmatched = \"forward\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("20-public.toml"),
+        "[[route]]\nname = \"public\"\npath = \"/*\"\nauth = \"none\"\n",
+    )
+    .unwrap();
+    // A deny file whose ConfigMap key is gone (its link dangles), and one that is a
+    // directory: skipping them would open what they closed.
+    std::os::unix::fs::symlink(
+        "/nonexistent/10-closed.toml",
+        policies.join("10-closed.toml"),
+    )
+    .unwrap();
+    std::fs::create_dir(policies.join("11-more.toml")).unwrap();
+    // An editor's lock link is hidden, and ignored.
+    std::os::unix::fs::symlink("user@host.1234", policies.join(".#20-public.toml")).unwrap();
+    let config = dir.path().join("gateway.toml").display().to_string();
+    let (ok, out) = tollgate(&["check", "--config", &config]);
+    assert!(!ok, "check must fail: {out}");
+    let closed = policies.join("10-closed.toml").display().to_string();
+    let more = policies.join("11-more.toml").display().to_string();
+    assert!(
+        out.contains(&format!("{closed}:1:1: error: cannot read file")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{more}:1:1: error: cannot read file")),
+        "{out}"
+    );
+    assert!(out.contains("2 error(s)"), "{out}");
+    assert!(!out.contains(".#20-public.toml"), "{out}");
+}
+
+#[test]
+fn check_refuses_what_run_could_not_serve() {
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let gateway = |admin: &str, credits: &str| {
+        std::fs::write(
+            dir.path().join("gateway.toml"),
+            format!("[server]\nlisten = [\"127.0.0.1:18080\"]\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[routing]\npolicies = \"policies\"\n\n[admin]\nlisten = \"{admin}\"\n\n[credits]\npath = \"state/l.redb\"\n{credits}\n"),
+        )
+        .unwrap();
+        let config = dir.path().join("gateway.toml").display().to_string();
+        tollgate(&["check", "--config", &config])
+    };
+    // The admin listener on the data plane's port, an opening-balances file that is not
+    // there: each reported where it is written.
+    let (ok, out) = gateway("127.0.0.1:18080", "opening_balances = \"credits/nope.csv\"");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(":11:10: error: [admin] listen: 127.0.0.1:18080 is a [server] listener"),
+        "{out}"
+    );
+    assert!(
+        out.contains(":15:20: error: [credits] opening_balances: cannot read"),
+        "{out}"
+    );
+    // A file that is there but that the gateway could not credit.
+    std::fs::create_dir_all(dir.path().join("credits")).unwrap();
+    std::fs::write(
+        dir.path().join("credits/open.csv"),
+        "clientId,balance\n1001,5\n1001,7\nbad id,1\n",
+    )
+    .unwrap();
+    let (ok, out) = gateway("127.0.0.1:18081", "opening_balances = \"credits/open.csv\"");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("open.csv: error: client 1001 appears more than once"),
+        "{out}"
+    );
+    assert!(
+        out.contains("open.csv: error: client \"bad id\": not a client id"),
+        "{out}"
+    );
+    std::fs::write(
+        dir.path().join("credits/open.csv"),
+        "clientId,balance\n1001,5\n",
+    )
+    .unwrap();
+    let (ok, out) = gateway("127.0.0.1:18081", "opening_balances = \"credits/open.csv\"");
+    assert!(ok, "{out}");
+    // State where nothing can be written (as under systemd's ProtectSystem=strict; the
+    // tests run as root, so a read-only file system stands in for permissions).
+    std::fs::write(
+        dir.path().join("gateway.toml"),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[upstream]\nurl = \"http://127.0.0.1:9\"\n\n[routing]\npolicies = \"policies\"\n\n[store]\npath = \"/proc/tollgate-check/s.redb\"\n\n[credits]\npath = \"/proc/tollgate-check/l.redb\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("gateway.toml").display().to_string();
+    let (ok, out) = tollgate(&["check", "--config", &config]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "/proc/tollgate-check/l.redb: error: [credits] path: the ledger cannot be written here"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("/proc/tollgate-check/s.redb: warning: [store] path"),
+        "{out}"
+    );
 }
 
 #[test]

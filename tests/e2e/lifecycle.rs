@@ -123,6 +123,39 @@ async fn an_invalid_edit_keeps_the_old_snapshot_serving() {
 }
 
 #[tokio::test]
+async fn writing_the_file_a_refused_edit_named_retries_it() {
+    let h = Harness::start().await;
+    let config = h.dir.path().join("gateway.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[api_keys]\nfile = \"keys/api-keys.toml\"\n");
+    std::fs::write(&config, text).unwrap();
+    assert!(
+        h.gateway
+            .wait_for_log("reload refused", Duration::from_secs(10))
+            .await,
+        "{}",
+        h.gateway.stderr()
+    );
+    // The file the edit names is written afterwards, gateway.toml left as it is.
+    std::fs::create_dir_all(h.dir.path().join("keys")).unwrap();
+    std::fs::write(
+        h.dir.path().join("keys/api-keys.toml"),
+        format!(
+            "[[key]]\nid = \"k\"\nclient_id = \"1001\"\nsha256 = \"{}\"\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let applied = eventually(Duration::from_secs(10), || async {
+        h.metrics()
+            .await
+            .contains("tollgate_config_reloads_total{result=\"success\"} 1")
+    })
+    .await;
+    assert!(applied, "{}\n{}", h.metrics().await, h.gateway.stderr());
+}
+
+#[tokio::test]
 async fn sighup_reloads_when_watching_is_off() {
     let h = Harness::with(Setup {
         reload: "watch = false".into(),

@@ -6,6 +6,8 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use tokio::net::TcpStream;
+
 use crate::support::{closed_port, raw, write_config, GatewayProcess, Harness, Setup, TempDir};
 
 #[tokio::test]
@@ -90,6 +92,73 @@ async fn forwarding_headers_are_set_and_spoofs_replaced() {
     assert_eq!(response.echoed_header("content-type"), ["text/plain"]);
     assert_eq!(response.echoed_header("content-length"), ["3"]);
     assert_eq!(response.json()["body"]["bytes"], 3);
+}
+
+#[tokio::test]
+async fn a_backend_cannot_speak_for_the_gateway_about_credits() {
+    // A backend that claims a balance, a cost and a replay on a free route.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-token-balance: 99999\r\nX-Token-Cost: 0\r\nidempotent-replayed: true\r\nretry-after: 7\r\nx-own: kept\r\nconnection: close\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let h = Harness::with(Setup {
+        upstream_addr: Some(addr),
+        ..Setup::default()
+    })
+    .await;
+    let r = h.get("/pub/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"ok");
+    for gone in ["x-token-balance", "x-token-cost", "idempotent-replayed"] {
+        assert_eq!(r.header(gone), None, "{gone} reached the client");
+    }
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.header("x-own"), Some("kept"));
+}
+
+#[tokio::test]
+async fn a_refusal_that_leaves_the_body_unread_says_the_connection_closes() {
+    let h = Harness::start().await;
+    // Head first, body later (as Python's http.client sends them): the gateway refuses
+    // from the head, hyper closes the connection after the answer, and the client must
+    // be told rather than find out by a reset on its next request.
+    let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+    stream
+        .write_all(b"POST /admin/x HTTP/1.1\r\nhost: gw.test\r\ncontent-length: 2\r\n\r\n")
+        .await
+        .unwrap();
+    let r = crate::support::read_response(&mut stream).await;
+    r.assert_problem(403, "FORBIDDEN");
+    assert_eq!(r.header("connection"), Some("close"));
+    // Without a body the connection stays open for the next request.
+    let mut stream = TcpStream::connect(h.gateway.addr).await.unwrap();
+    stream
+        .write_all(b"GET /admin/x HTTP/1.1\r\nhost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let r = crate::support::read_response(&mut stream).await;
+    r.assert_problem(403, "FORBIDDEN");
+    assert_eq!(r.header("connection"), None);
+    stream
+        .write_all(b"GET /echo/x HTTP/1.1\r\nhost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(crate::support::read_response(&mut stream).await.status, 200);
 }
 
 #[tokio::test]

@@ -58,6 +58,11 @@ methods = ["POST"]
 path = "/upload-csv"
 upstream_credential = "client-key"
 opaque_body_types = ["text/csv"]
+
+[[route]]
+name = "open"
+path = "/echo/open/*"
+auth = "none"
 "#;
 
 async fn harness() -> (Harness, TempDir) {
@@ -747,6 +752,100 @@ fn check(r: &RawResponse, reached: u64, expect: &Expect) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn a_route_that_identifies_nobody_passes_on_no_claimed_client_id() {
+    let (h, _secrets) = harness().await;
+    // Where the gateway injects `clientId` for callers it vouches for, a backend could
+    // not tell an anonymous caller's own from ours: every spelling any route reads is
+    // dropped from the query and the cookies, as the identity headers are.
+    let r = h
+        .get(
+            "/echo/open/x?clientId=1002&a=1&CLIENT_ID=1003&client_id%5B%5D=1004&b=%3D;clientid=9&filter%5BclientId%5D=5",
+            &[
+                ("cookie", "clientId=1002; theme=dark"),
+                ("cookie", "a=1 client_id=1003"),
+                ("x-client-id", "1002"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["query"], "a=1&b=%3D");
+    assert_eq!(r.echoed_header("cookie"), ["theme=dark"]);
+    assert!(r.echoed_header("x-client-id").is_empty());
+    // What names no client id passes untouched.
+    let r = h
+        .get(
+            "/echo/open/x?client=1002&id=3",
+            &[("cookie", "session=abc")],
+        )
+        .await;
+    assert_eq!(r.json()["query"], "client=1002&id=3");
+    assert_eq!(r.echoed_header("cookie"), ["session=abc"]);
+}
+
+#[tokio::test]
+async fn segment_parameters_naming_a_client_are_judged_like_the_query() {
+    let (h, _secrets) = harness().await;
+    let token = token();
+    let auth = [("authorization", token.as_str())];
+    // Spring's @MatrixVariable and JAX-RS's @MatrixParam read `;clientId=` in a segment.
+    let r = h.get("/echo/all/42;clientId=1002/x", &auth).await;
+    r.assert_problem(403, "CLIENT_ID_MISMATCH");
+    let r = h.get("/echo/all/42;CLIENTID=1001,1002", &auth).await;
+    r.assert_problem(403, "CLIENT_ID_MISMATCH");
+    // The caller's own passes; other parameters pass.
+    let r = h.get("/echo/all/42;clientId=1001;v=2/x", &auth).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "/echo/all/42;clientId=1001;v=2/x");
+    // Where the route overwrites, another's is removed, the rest kept.
+    let r = h.get("/echo/over/42;v=1;client_id=1002;w=3/x", &auth).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "/echo/over/42;v=1;w=3/x");
+    // Nobody authenticated: every one is removed.
+    let r = h
+        .get("/echo/open/a;clientId=1002;x=1/b;clientid=7", &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "/echo/open/a;x=1/b");
+}
+
+#[tokio::test]
+async fn trace_is_never_forwarded_with_the_backend_credential() {
+    let (h, _secrets) = harness().await;
+    let token = token();
+    for method in ["TRACE", "TRACK"] {
+        let r = h
+            .send(
+                method,
+                "/upload-csv",
+                &[("authorization", token.as_str())],
+                b"",
+            )
+            .await;
+        r.assert_problem(405, "METHOD_NOT_ALLOWED");
+        assert_eq!(r.header("allow"), Some("POST"), "{method}");
+        // A route that takes any method still refuses it, naming what it takes.
+        let r = h
+            .send(
+                method,
+                "/echo/all/x",
+                &[("authorization", token.as_str())],
+                b"",
+            )
+            .await;
+        r.assert_problem(405, "METHOD_NOT_ALLOWED");
+        assert!(
+            r.header("allow").unwrap().contains("GET, HEAD, POST"),
+            "{:?}",
+            r.header("allow")
+        );
+        // Where no route serves the path, as for any method.
+        h.send(method, "/nowhere", &[], b"")
+            .await
+            .assert_problem(404, "ROUTE_NOT_FOUND");
+    }
 }
 
 #[tokio::test]

@@ -41,6 +41,12 @@ pub struct Snapshot {
     /// Every header that may carry a client id under any route's policy (and
     /// `X-Client-Id`): removed from requests that have no authenticated caller.
     pub identity_headers: Vec<HeaderName>,
+    /// Every parameter name any route's policy reads a client id from, as a policy that
+    /// injects nothing and drops every supplied id: applied to the query and cookies of
+    /// requests that have no authenticated caller (and are not signed callbacks), so a
+    /// backend never takes a caller's `?clientId=` for one the gateway vouched for.
+    /// `None` when no route injects a client id.
+    pub unvouched_client_id: Option<ClientIdPolicy>,
     /// A hash of every byte this snapshot was built from (see [`crate::fingerprint`]).
     pub fingerprint: u64,
     /// Files `gateway.toml` names (keys, key lists, credential maps), in the order read.
@@ -671,6 +677,13 @@ pub struct Route {
     pub cost: Option<Arc<Cost>>,
     pub origin: Origin,
 }
+
+/// The most tokens an account may hold, available and held together: 2^53 - 1.
+/// Redis's Lua counts in doubles, which are exact only up to here, and so does the
+/// frontend's JavaScript (`Number.MAX_SAFE_INTEGER`); the journal's signed amounts could
+/// not record more either. An adjustment beyond it is refused, never rounded, and a
+/// cost beyond it could never be paid.
+pub const MAX_TOKENS: u64 = (1 << 53) - 1;
 
 /// A route's price in token credits.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,7 +19,7 @@ pub struct Disk;
 
 impl Sources for Disk {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        std::fs::read(path)
+        crate::fingerprint::read_capped(path)
     }
 
     fn policy_files(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -66,7 +66,7 @@ impl Sources for InMemory {
         let files: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| p.parent() == Some(dir) && p.extension().is_some_and(|e| e == "toml"))
+            .filter(|p| p.parent() == Some(dir) && crate::fingerprint::is_policy_file_name(p))
             .cloned()
             .collect();
         if files.is_empty() && !self.files.keys().any(|p| p.starts_with(dir)) {

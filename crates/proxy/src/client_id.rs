@@ -35,6 +35,65 @@ pub struct Caller<'a> {
     pub integer: bool,
 }
 
+/// The caller of a request nobody authenticated: no supplied id is its own (client ids
+/// are never empty), so with an overwriting policy every one is dropped.
+pub const NOBODY: Caller<'static> = Caller {
+    id: "",
+    integer: false,
+};
+
+/// Drops every cookie named like a client id (see [`Snapshot::unvouched_client_id`]).
+///
+/// [`Snapshot::unvouched_client_id`]: tollgate_policy::Snapshot
+pub fn drop_supplied_cookies(
+    headers: &mut HeaderMap,
+    policy: &ClientIdPolicy,
+) -> Result<(), GatewayError> {
+    cookies(headers, policy, NOBODY)
+}
+
+/// The path without client ids in segment parameters (`/campaigns/42;clientId=1002`):
+/// JAX-RS's `@MatrixParam` and Spring's `@MatrixVariable` read them. Judged like the
+/// query: the caller's own passes, another is refused (or, where the route overwrites,
+/// removed). The path is normalized, so a raw `;` is the only parameter separator.
+pub fn path_params<'p>(
+    path: &'p str,
+    policy: &ClientIdPolicy,
+    caller: Caller,
+) -> Result<Cow<'p, str>, GatewayError> {
+    use tollgate_policy::param;
+    if !path.contains(';') {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut changed = false;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let mut pieces = segment.split(';');
+        out.push_str(pieces.next().unwrap_or_default());
+        for piece in pieces {
+            let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+            if policy.is_name(&param::decode(name.as_bytes())) {
+                let value = param::decode(value.as_bytes());
+                judge(policy, &value, caller)?;
+                if value != caller.id {
+                    changed = true;
+                    continue;
+                }
+            }
+            out.push(';');
+            out.push_str(piece);
+        }
+    }
+    Ok(if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(path)
+    })
+}
+
 /// A client-supplied value: the same as the caller's, or not.
 fn judge(policy: &ClientIdPolicy, supplied: &str, caller: Caller) -> Result<(), GatewayError> {
     if supplied == caller.id || policy.on_mismatch == Mismatch::Overwrite {

@@ -664,6 +664,14 @@ pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
     Response::from_parts(parts, crate::body::full(bytes))
 }
 
+/// Removes what a backend cannot say: the credit headers and `Idempotent-Replayed` are
+/// the gateway's word about the caller's money.
+pub fn strip_upstream_claims(headers: &mut http::HeaderMap) {
+    for name in ["x-token-cost", "x-token-balance", REPLAYED] {
+        headers.remove(name);
+    }
+}
+
 /// The credit headers a response carries, from what metering did.
 pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
     let (cost, balance) = match *metering {

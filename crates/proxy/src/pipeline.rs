@@ -93,6 +93,7 @@ pub async fn handle(
         active.traces.exporter(),
     );
     log.set_trace(&trace);
+    let body_unread_on_refusal = declares_body(&request);
     let mut exchange = Exchange {
         snapshot,
         worker,
@@ -118,7 +119,18 @@ pub async fn handle(
             meter::refund(&mut exchange, &error).await;
             runtime.metrics.count_problem(&error);
             exchange.own_answer = true;
-            problem::render(&error, &exchange.request_id)
+            let mut response = problem::render(&error, &exchange.request_id);
+            if body_unread_on_refusal {
+                // hyper closes a connection whose request body was not read to its end
+                // (what is left of it would be read as the next request), but says
+                // nothing: a client that sends its next request on it gets a reset.
+                // Saying so lets it open a new one instead.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            response
         }
     };
     respond::finish(response, exchange)
@@ -221,6 +233,16 @@ async fn run(
     meter::settle(exchange, route, response.status(), response.headers()).await;
     let answer = endpoints::reshape(exchange, route, response, active).await?;
     Ok(meter::remember(exchange, answer).await)
+}
+
+/// Whether an HTTP/1 request comes with a body (a refusal may leave it unread).
+fn declares_body<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    request.version() <= http::Version::HTTP_11
+        && (headers.contains_key(http::header::TRANSFER_ENCODING)
+            || headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"))
 }
 
 fn unix_now() -> u64 {

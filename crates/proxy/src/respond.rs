@@ -20,10 +20,13 @@ use crate::exchange::{Exchange, Verdict};
 use crate::{cors, headers, meter, request_id};
 use tollgate_policy::snapshot::ApiKeySettings;
 
-/// The upstream's response, cleaned for the client.
+/// The upstream's response, cleaned for the client: hop-by-hop headers, and the credit
+/// headers only the gateway may set (a backend's `X-Token-Balance: 99999` on a free
+/// route would be shown as the caller's balance; metering sets them where it metered).
 pub fn from_upstream(response: Response<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    meter::strip_upstream_claims(&mut parts.headers);
     Response::from_parts(parts, Either::Left(body))
 }
 

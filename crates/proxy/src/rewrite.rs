@@ -23,7 +23,7 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http_body::Body as _;
 use http_body_util::Either;
-use tollgate_policy::snapshot::{Credential, Upstream};
+use tollgate_policy::snapshot::{Credential, RouteAuth, Upstream};
 use tollgate_policy::{param, Route, Snapshot};
 
 use crate::body::{self, Reading, RequestBody};
@@ -100,12 +100,20 @@ pub fn upstream_head(
             id: &i.client_id,
             integer: i.integer,
         }));
+    // No authenticated caller: nobody may claim an identity the backend trusts, in a
+    // header, a cookie or the query (a signed callback's URL is the provider's).
+    let unvouched = match (client_id, &route.auth) {
+        (Some(_), _) | (None, RouteAuth::Webhook(_)) => None,
+        (None, _) => snapshot.unvouched_client_id.as_ref(),
+    };
     match client_id {
         Some((policy, client)) => client_id::headers(h, policy, client)?,
-        // No authenticated caller: nobody may claim an identity the backend trusts.
         None => {
             for name in &snapshot.identity_headers {
                 h.remove(name);
+            }
+            if let Some(policy) = unvouched {
+                client_id::drop_supplied_cookies(h, policy)?;
             }
         }
     }
@@ -142,8 +150,15 @@ pub fn upstream_head(
     });
     if let Some((policy, client)) = client_id {
         query = client_id::query(query.as_deref(), policy, client)?;
+    } else if let Some(policy) = unvouched {
+        query = client_id::query(query.as_deref(), policy, client_id::NOBODY)?;
     }
-    parts.uri = upstream_uri(query.as_deref(), path, &snapshot.upstream)?;
+    let path = match (client_id, unvouched) {
+        (Some((policy, client)), _) => client_id::path_params(path, policy, client)?,
+        (None, Some(policy)) => client_id::path_params(path, policy, client_id::NOBODY)?,
+        (None, None) => std::borrow::Cow::Borrowed(path),
+    };
+    parts.uri = upstream_uri(query.as_deref(), &path, &snapshot.upstream)?;
     Ok(())
 }
 

@@ -47,6 +47,9 @@ impl<'s> Selection<'s> {
 
 /// Chooses the route for a normalized path.
 pub fn select<'s>(snapshot: &'s Snapshot, method: &Method, path: &str) -> Selection<'s> {
+    if is_trace(method) {
+        return trace_refused(snapshot, path);
+    }
     match snapshot.route(method, path) {
         RouteMatch::Route(route) => Selection::Route(route),
         RouteMatch::MethodNotAllowed => Selection::MethodNotAllowed(snapshot.allowed_methods(path)),
@@ -55,4 +58,39 @@ pub fn select<'s>(snapshot: &'s Snapshot, method: &Method, path: &str) -> Select
             Unmatched::Forward => Selection::Route(&snapshot.fallback),
         },
     }
+}
+
+/// `TRACE` (and IIS's `TRACK`): a backend answering it echoes the request it received,
+/// the backend credential the gateway added among it (Apache's `TraceEnable` is on by
+/// default), and RFC 9110 §9.3.8 forbids a client to send credentials in one. Never
+/// forwarded: 405 where a route serves the path, 404 where none does and unmatched
+/// requests are denied.
+fn is_trace(method: &Method) -> bool {
+    *method == Method::TRACE || method.as_str() == "TRACK"
+}
+
+fn trace_refused<'s>(snapshot: &'s Snapshot, path: &str) -> Selection<'s> {
+    let served = snapshot.routes.iter().any(|r| r.path.matches(path));
+    if !served && snapshot.unmatched == Unmatched::Deny {
+        return Selection::NotFound;
+    }
+    let mut allow = snapshot.allowed_methods(path);
+    if allow.is_empty()
+        || snapshot
+            .routes
+            .iter()
+            .any(|r| r.path.matches(path) && r.methods.is_none())
+    {
+        allow = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ]
+        .into();
+    }
+    Selection::MethodNotAllowed(allow)
 }

@@ -195,11 +195,9 @@ pub enum Adjusted {
     },
 }
 
-/// The most tokens an account may hold, available and held together: 2^53 - 1.
-/// Redis's Lua counts in doubles, which are exact only up to here, and so does the
-/// frontend's JavaScript (`Number.MAX_SAFE_INTEGER`); the journal's signed amounts could
-/// not record more either. An adjustment beyond it is refused, never rounded.
-pub const MAX_TOKENS: u64 = (1 << 53) - 1;
+/// The most tokens an account may hold (defined with the configuration, whose costs
+/// may not exceed it either).
+pub use tollgate_policy::snapshot::MAX_TOKENS;
 
 /// The answer a charged request got, kept for its retries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

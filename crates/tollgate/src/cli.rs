@@ -350,6 +350,24 @@ fn check(config: &Path) -> ExitCode {
             for warning in &snapshot.warnings {
                 println!("{warning}");
             }
+            let (state_errors, state_warnings) = state_paths(&snapshot);
+            for warning in &state_warnings {
+                println!("{warning}");
+            }
+            if !state_errors.is_empty() {
+                for error in &state_errors {
+                    println!("{error}");
+                }
+                println!("{} error(s) in the state paths", state_errors.len());
+                return ExitCode::FAILURE;
+            }
+            if let Err(problems) = opening_balances(&snapshot) {
+                for problem in &problems {
+                    println!("{problem}");
+                }
+                println!("{} error(s) in the opening balances", problems.len());
+                return ExitCode::FAILURE;
+            }
             let files = snapshot.policy_files.len();
             println!(
                 "{}: ok ({} routes from {} policy file(s))",
@@ -367,6 +385,70 @@ fn check(config: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the embedded state files can be written where the configuration puts them
+/// (relative paths resolve beside `gateway.toml`, which a sandbox such as systemd's
+/// `ProtectSystem=strict` keeps read-only). The ledger is an error (metering could
+/// never start), the store a warning (it is opened only for what needs it). A probe
+/// file is created and removed in the nearest directory that exists.
+fn state_paths(snapshot: &Snapshot) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    if snapshot.store.redis.is_some() {
+        return (errors, warnings);
+    }
+    if let Some(credits) = snapshot.credits.as_ref().filter(|c| c.enabled) {
+        if let Err(e) = writable(&credits.path) {
+            errors.push(format!(
+                "{}: error: [credits] path: the ledger cannot be written here: {e}",
+                credits.path.display()
+            ));
+        }
+    }
+    if let Err(e) = writable(&snapshot.store.path) {
+        warnings.push(format!(
+            "{}: warning: [store] path: sessions and callback nonces cannot be kept here: {e}",
+            snapshot.store.path.display()
+        ));
+    }
+    (errors, warnings)
+}
+
+fn writable(file: &Path) -> std::io::Result<()> {
+    let mut dir = file.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        dir = d.parent();
+    }
+    let dir = dir
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".tollgate-check-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
+/// The `[credits] opening_balances` file read as the gateway will read it at start: a
+/// file it cannot credit would leave a running gateway retrying and never ready.
+fn opening_balances(snapshot: &Snapshot) -> Result<(), Vec<String>> {
+    let Some(path) = snapshot
+        .credits
+        .as_ref()
+        .and_then(|c| c.opening_balances.as_ref())
+    else {
+        return Ok(());
+    };
+    let bytes = tollgate_policy::fingerprint::read_capped(path)
+        .map_err(|e| vec![format!("{}: error: cannot read: {e}", path.display())])?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| vec![format!("{}: error: not UTF-8", path.display())])?;
+    tollgate_state::ledger::import::parse(&text)
+        .map(drop)
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| format!("{}: error: {p}", path.display()))
+                .collect()
+        })
 }
 
 /// `7 error(s): 1 in gateway.toml, 6 in policies/a.toml` — each file where its errors

@@ -17,34 +17,45 @@ use tollgate_proxy::SnapshotHandle;
 pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) {
     // The files as last tried: a rejected edit is not retried until it changes again.
     let mut attempted = handle.current().fingerprint;
+    // What the last rejected edit named beyond what serves: writing the file it could
+    // not read (a new certificate's path) is a change to retry on.
+    let mut rejected_named: Vec<PathBuf> = Vec::new();
     loop {
         let current = handle.current();
-        let (poll, watching, dir, referenced) = (
+        let (poll, watching, dir) = (
             current.reload.poll_interval,
             current.reload.watch,
             current.policy_dir.clone(),
-            current.referenced_files.clone(),
         );
+        let mut watched = current.referenced_files.clone();
         drop(current);
-        tokio::select! {
+        watched.extend(rejected_named.iter().cloned());
+        let changed = tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                attempted = fingerprint::current(&config, &referenced, &dir);
-                reload(&config, &handle);
+                true
             }
             _ = tokio::time::sleep(poll), if watching => {
-                let now = fingerprint::current(&config, &referenced, &dir);
-                if now != attempted {
-                    attempted = now;
+                let changed = fingerprint::current(&config, &watched, &dir) != attempted;
+                if changed {
                     tracing::info!("configuration files changed: reloading");
-                    reload(&config, &handle);
                 }
+                changed
             }
+        };
+        if !changed {
+            continue;
         }
+        rejected_named = reload(&config, &handle);
+        let current = handle.current();
+        let mut watched = current.referenced_files.clone();
+        watched.extend(rejected_named.iter().cloned());
+        attempted = fingerprint::current(&config, &watched, &current.policy_dir);
     }
 }
 
-fn reload(config: &Path, handle: &SnapshotHandle) {
+/// Loads and publishes the configuration; when it is refused, the files it named.
+fn reload(config: &Path, handle: &SnapshotHandle) -> Vec<PathBuf> {
     match tollgate_policy::load(config) {
         Ok(snapshot) => {
             let old = handle.current();
@@ -59,6 +70,7 @@ fn reload(config: &Path, handle: &SnapshotHandle) {
             let routes = snapshot.routes.len();
             handle.publish(snapshot);
             tracing::info!(routes, "configuration reloaded");
+            Vec::new()
         }
         Err(e) => {
             handle.reload_failed();
@@ -78,6 +90,7 @@ fn reload(config: &Path, handle: &SnapshotHandle) {
                 warnings = e.0.len() - errors,
                 "reload refused: the previous configuration keeps serving"
             );
+            e.1
         }
     }
 }

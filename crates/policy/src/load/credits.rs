@@ -11,7 +11,7 @@ use super::context::{Loader, Zero};
 use super::file::{ClientAbortFile, CostFile, CreditsFile, LedgerSyncFile, RouteFile};
 use super::Refs;
 use crate::diagnostic::SourceFile;
-use crate::snapshot::{ClientAbort, Cost, Credits, LedgerSync, RouteAction, RouteAuth};
+use crate::snapshot::{ClientAbort, Cost, Credits, LedgerSync, RouteAction, RouteAuth, MAX_TOKENS};
 
 /// What refunds when neither the route nor `[credits]` says: any answer but a success
 /// (a 4xx did no work either).
@@ -70,7 +70,12 @@ pub(crate) fn credits(
             .as_ref()
             .map_or("state/ledger.redb", |p| p.get_ref().as_str()),
     );
-    let opening_balances = f.opening_balances.as_ref().map(|p| l.resolve(p.get_ref()));
+    // Read now so a missing file is an error where it is named (and the file is
+    // watched); `tollgate check` also parses it.
+    let opening_balances = f.opening_balances.as_ref().and_then(|p| {
+        l.read_named(src, p, "[credits] opening_balances")
+            .map(|(full, _)| full)
+    });
     if l.errors_since(mark) {
         return None;
     }
@@ -210,14 +215,25 @@ pub(crate) fn route_cost(
         );
     }
     let amount = |l: &mut Loader, n: i64, what: &str| -> u64 {
-        u64::try_from(n).unwrap_or_else(|_| {
-            l.error(
-                src,
-                Some(span.clone()),
-                format!("route `{name}`: {what} must be 0 or more tokens"),
-            );
-            0
-        })
+        match u64::try_from(n) {
+            Ok(n) if n > MAX_TOKENS => {
+                l.error(
+                    src,
+                    Some(span.clone()),
+                    format!("route `{name}`: {what} is more than an account can hold ({MAX_TOKENS}): every request would be refused"),
+                );
+                0
+            }
+            Ok(n) => n,
+            Err(_) => {
+                l.error(
+                    src,
+                    Some(span.clone()),
+                    format!("route `{name}`: {what} must be 0 or more tokens"),
+                );
+                0
+            }
+        }
     };
     let amounts = match cost.get_ref() {
         CostFile::Flat(n) => vec![(None, amount(l, *n, "cost"))],
@@ -232,6 +248,14 @@ pub(crate) fn route_cost(
                                 src,
                                 Some(span.clone()),
                                 format!("route `{name}`: cost for {method}, which the route does not allow"),
+                            );
+                        } else if methods.is_none() && !FORWARDED_METHODS.contains(&m) {
+                            // `PSOT = 10` would leave POST free: a method outside the
+                            // standard ones must be listed in `methods` to be costed.
+                            l.error(
+                                src,
+                                Some(span.clone()),
+                                format!("route `{name}`: cost for {method}, which is not a standard method (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS); list it in `methods` if the backend really takes it"),
                             );
                         }
                         let n = amount(l, *n, &format!("the cost of {method}"));
@@ -258,6 +282,17 @@ pub(crate) fn route_cost(
         refund,
     }))
 }
+
+/// The methods a route forwards without listing them (`CONNECT` and `TRACE` never are).
+const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 #[cfg(test)]
 mod tests {
@@ -337,6 +372,31 @@ mod tests {
         assert!(e[1].contains("`post` is not an HTTP method"), "{e:?}");
         let e = errors(&with_credits, &[("a.toml", &route("cost = -1"))]);
         assert!(e[0].contains("0 or more"), "{e:?}");
+        let e = errors(
+            &with_credits,
+            &[("a.toml", &route("cost = 9007199254740992"))],
+        );
+        assert!(
+            e[0].contains("cost is more than an account can hold (9007199254740991)"),
+            "{e:?}"
+        );
+        // Without `methods`, a misspelt method would leave the real one free.
+        let any_method = "[[route]]\nname = \"paid\"\npath = \"/paid\"\nauth = \"jwt\"\n";
+        for typo in ["PSOT", "GETT", "TRACE", "CONNECT"] {
+            let e = errors(
+                &with_credits,
+                &[("a.toml", &format!("{any_method}cost = {{ {typo} = 10 }}\n"))],
+            );
+            assert_eq!(e.len(), 1, "{typo}: {e:?}");
+            assert!(
+                e[0].contains(&format!("cost for {typo}, which is not a standard method")),
+                "{e:?}"
+            );
+        }
+        let listed = format!("{any_method}methods = [\"PROPFIND\"]\ncost = {{ PROPFIND = 2 }}\n");
+        assert!(errors(&with_credits, &[("a.toml", &listed)]).is_empty());
+        let standard = format!("{any_method}cost = {{ POST = 10, PATCH = 1, DELETE = 0 }}\n");
+        assert!(errors(&with_credits, &[("a.toml", &standard)]).is_empty());
         // Not whole numbers, not numbers: said so, at the value.
         let e = errors(&with_credits, &[("a.toml", &route("cost = 1.5"))]);
         assert!(e[0].contains("a.toml:6:8:"), "{e:?}");

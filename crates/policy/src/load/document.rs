@@ -54,25 +54,61 @@ pub(crate) fn section<T: DeserializeOwned>(
     }
 }
 
-/// Deserializes a value; the error names `what` and points at the offending field.
+/// Deserializes a value; each error names `what` and points at the offending field.
+///
+/// serde stops at a table's first error, which would hide the next: after each one the
+/// entry it is in is taken out and the rest read again, so every unknown key and every
+/// value of the wrong type in the table is reported in one run. What is left then goes
+/// on to the section's own checks (a removed key reads as absent), so their errors are
+/// reported too; the configuration is refused either way. A required field that had to
+/// be taken out ends it: the rest would not mean much.
 pub(crate) fn deserialize<T: DeserializeOwned>(
     loader: &mut Loader,
     src: &SourceFile,
-    value: Spanned<DeValue>,
+    mut value: Spanned<DeValue>,
     what: &str,
 ) -> Option<T> {
     let whole = value.span();
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            loader.error(
-                src,
-                e.span().or(Some(whole)),
-                format!("{what}: {}", e.message().trim()),
-            );
-            None
+    let mut reported = false;
+    for _ in 0..MAX_ERRORS_PER_TABLE {
+        let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let message = e.message().trim();
+        if reported && message.starts_with("missing field") {
+            return None;
+        }
+        loader.error(
+            src,
+            e.span().or(Some(whole.clone())),
+            format!("{what}: {message}"),
+        );
+        reported = true;
+        if !e
+            .span()
+            .is_some_and(|at| take_out_entry_at(&mut value, at.start))
+        {
+            return None;
         }
     }
+    None
+}
+
+/// The most errors one table reports (each costs another pass over it).
+const MAX_ERRORS_PER_TABLE: usize = 32;
+
+/// Takes out of a table the entry whose key or value holds byte `at`; false when none
+/// does (the error is the table's own, or the value is not a table).
+fn take_out_entry_at(value: &mut Spanned<DeValue>, at: usize) -> bool {
+    let DeValue::Table(table) = value.get_mut() else {
+        return false;
+    };
+    let found = table
+        .iter()
+        .find(|(key, entry)| key.span().contains(&at) || entry.span().contains(&at))
+        .map(|(key, _)| key.clone());
+    found.is_some_and(|key| table.remove(&key).is_some())
 }
 
 /// The `[SECTION.NAME]` tables of a section, each deserialized on its own: every name

@@ -11,7 +11,7 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
-    pub listen: Vec<Spanned<String>>,
+    pub listen: Spanned<Vec<Spanned<String>>>,
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_uri_bytes: Option<Spanned<i64>>,
@@ -46,7 +46,7 @@ pub struct ServerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
-    pub listen: Vec<Spanned<String>>,
+    pub listen: Spanned<Vec<Spanned<String>>>,
     /// Served by SNI; the first also to clients that name no host, or one none is for.
     pub certificates: Spanned<Vec<CertificateFile>>,
     /// Sent on every response over TLS; `""` sends none.

@@ -580,11 +580,19 @@ mod tests {
     #[test]
     fn one_broken_key_is_one_error_and_named_as_a_key() {
         let routes = [("a.toml", "[[route]]\nname = \"r\"\npath = \"/r\"\n")];
-        for (key, want) in [
-            (
-                "id = \"k\"\nalgorithm = \"HS256\"\nsecret = \"inline\"".to_owned(),
+        // An unknown key is named, and what the key lacks without it is said too.
+        let inline = errors(
+            &with("[jwt]\n\n[[jwt.key]]\nid = \"k\"\nalgorithm = \"HS256\"\nsecret = \"inline\"\n"),
+            &routes,
+        );
+        assert_eq!(
+            inline,
+            [
+                "gateway.toml:14:13: [[jwt.key]] secret: give exactly one of `*_env` or `*_file` (secrets are never written inline)",
                 "gateway.toml:15:1: [[jwt.key]]: unknown field `secret`, expected one of `id`, `algorithm`, `algorithms`, `secret_env`, `secret_file`, `public_key_file`, `private_key_file`",
-            ),
+            ]
+        );
+        for (key, want) in [
             (
                 "id = \"k\"\nalgorithm = \"HS256\"".to_owned(),
                 "gateway.toml:14:13: [[jwt.key]] secret: give exactly one of `*_env` or `*_file` (secrets are never written inline)",

@@ -63,7 +63,12 @@ pub use context::DEV_KEYS_DIR;
 /// (warnings included).
 #[derive(Debug, Error)]
 #[error("{} error(s) in the configuration", .0.iter().filter(|d| d.severity == Severity::Error).count())]
-pub struct LoadError(pub Vec<Diagnostic>);
+pub struct LoadError(
+    pub Vec<Diagnostic>,
+    /// Every file the refused configuration names (keys, certificates, lists): a reload
+    /// watches them too, so writing the file an edit named but could not read retries it.
+    pub Vec<PathBuf>,
+);
 
 /// What routes may refer to by name in `gateway.toml`.
 pub(crate) struct Refs<'a> {
@@ -71,6 +76,10 @@ pub(crate) struct Refs<'a> {
     /// Declared names; `None` for one that is invalid (already reported).
     pub credentials: &'a HashMap<String, Option<Arc<Credential>>>,
     pub webhooks: &'a HashMap<String, Option<Arc<Webhook>>>,
+    /// Whether `[jwt]` and `[api_keys]` are declared (valid or not): a route needing
+    /// an invalid one returns quietly, the section's own errors said it.
+    pub jwt_declared: bool,
+    pub api_keys_declared: bool,
     /// Whether `[sessions]` and `[login]` are declared (valid or not).
     pub sessions: bool,
     pub login: bool,
@@ -95,7 +104,10 @@ pub fn load_from(config: &Path, sources: &dyn Sources) -> Result<Snapshot, LoadE
             warnings: diags,
             ..snapshot
         }),
-        _ => Err(LoadError(diags)),
+        // Built with errors, the snapshot holds the files it named; stopped early, the
+        // loader still does.
+        Some(snapshot) => Err(LoadError(diags, snapshot.referenced_files)),
+        None => Err(LoadError(diags, loader.referenced)),
     }
 }
 
@@ -119,6 +131,10 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
     let mut sections = document::parse(l, &src)?;
     // Declared, valid or not: an invalid section is reported once, where it is written,
     // and not again at every route that needs it.
+    let (jwt_declared, api_keys_declared) = (
+        sections.contains_key("jwt"),
+        sections.contains_key("api_keys"),
+    );
     let (sessions_declared, login_declared, credits_declared) = (
         sections.contains_key("sessions"),
         sections.contains_key("login"),
@@ -131,8 +147,18 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
     let upstream = section::<UpstreamFile>(l, &src, take("upstream"), "upstream", true)
         .and_then(|f| upstream::upstream(l, &src, f));
     let routing = section::<RoutingFile>(l, &src, take("routing"), "routing", true);
-    let admin = section::<AdminFile>(l, &src, take("admin"), "admin", false)
-        .map(|f| admin::admin(l, &src, f));
+    let admin = section::<AdminFile>(l, &src, take("admin"), "admin", false).map(|f| {
+        let served: Vec<_> = server
+            .iter()
+            .flat_map(|s| {
+                s.listen
+                    .iter()
+                    .chain(s.tls.iter().flat_map(|t| t.listen.iter()))
+                    .copied()
+            })
+            .collect();
+        admin::admin(l, &src, f, &served)
+    });
     let log = section::<LogFile>(l, &src, take("log"), "log", false);
     let log = log::log(l, &src, log);
     let reload = section::<ReloadFile>(l, &src, take("reload"), "reload", false);
@@ -177,6 +203,8 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         auth: &auth,
         credentials: &credentials,
         webhooks: &webhooks,
+        jwt_declared,
+        api_keys_declared,
         sessions: sessions_declared,
         login: login_declared,
         credits: credits.as_ref(),
@@ -199,6 +227,7 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         );
     log.redact_query_params.extend(secret_params);
     let identity_headers = routing::identity_headers(&routing.routes);
+    let unvouched_client_id = routing::unvouched_client_id(&routing.routes);
     Some(Snapshot {
         server: server?,
         upstream: upstream?,
@@ -213,6 +242,7 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         policy_dir: routing.dir,
         policy_files: routing.files,
         identity_headers,
+        unvouched_client_id,
         fingerprint: l.fingerprint.finish(),
         referenced_files: std::mem::take(&mut l.referenced),
         warnings: Vec::new(),

@@ -93,6 +93,13 @@ pub(crate) fn route(
                             ));
                             None
                         }
+                        Ok(method) if valid && (method == Method::TRACE || text == "TRACK") => {
+                            l.diags.push(src.error(
+                                Some(m.span()),
+                                format!("route `{name}`: {text} is never forwarded (a backend answering it echoes the credentials the gateway adds)"),
+                            ));
+                            None
+                        }
                         Ok(method) if valid => Some(method),
                         _ => {
                             l.diags.push(src.error(
@@ -437,6 +444,11 @@ fn route_auth(
     }
     let needs_jwt = matches!(mode, AuthModeFile::Jwt | AuthModeFile::JwtOrApiKey);
     let needs_keys = matches!(mode, AuthModeFile::ApiKey | AuthModeFile::JwtOrApiKey);
+    if (needs_jwt && refs.auth.jwt.is_none() && refs.jwt_declared)
+        || (needs_keys && refs.auth.api_keys.is_none() && refs.api_keys_declared)
+    {
+        return None;
+    }
     if needs_jwt && refs.auth.jwt.is_none() {
         let hint = if f.auth.is_none() {
             " (routes authenticate by JWT unless they say `auth = ...`)"
@@ -639,6 +651,37 @@ mod tests {
                 "a.toml:8:8: route `b`: accepts API keys but gateway.toml has no [api_keys]",
             ]
         );
+    }
+
+    #[test]
+    fn an_invalid_auth_section_is_reported_where_it_is_written_only() {
+        let gateway = format!(
+            "{GATEWAY}\n[jwt]\nleewa = \"1s\"\n\n[[jwt.key]]\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n\n[api_keys]\nfile = \"keys/missing.toml\"\n"
+        );
+        let routes = "[[route]]\nname = \"a\"\npath = \"/a\"\n\n[[route]]\nname = \"b\"\npath = \"/b\"\nauth = \"jwt_or_api_key\"\n";
+        let e = errors(&gateway, &[("a.toml", routes)]);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("gateway.toml:11:1: [jwt]: unknown field `leewa`"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("gateway.toml:18:8: [api_keys] file: cannot read"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn trace_is_never_a_route_s_method() {
+        for method in ["TRACE", "TRACK"] {
+            let route = format!(
+                "[[route]]\nname = \"r\"\npath = \"/r\"\nmethods = [\"GET\", \"{method}\"]\n"
+            );
+            assert_eq!(
+                errors(&jwt(), &[("a.toml", &route)]),
+                [format!("a.toml:4:19: route `r`: {method} is never forwarded (a backend answering it echoes the credentials the gateway adds)")]
+            );
+        }
     }
 
     #[test]

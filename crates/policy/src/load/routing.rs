@@ -20,7 +20,10 @@ use super::route::route;
 use super::Refs;
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::pattern::PathPattern;
-use crate::snapshot::{CorsPolicy, LimitPolicy, Origin, Route, RouteAction, RouteAuth, Unmatched};
+use crate::snapshot::{
+    ClientIdPolicy, CorsPolicy, LimitPolicy, Mismatch, Origin, Route, RouteAction, RouteAuth,
+    Unmatched,
+};
 
 /// What the policy directory holds.
 pub(crate) struct Routing {
@@ -232,6 +235,31 @@ fn shadowed_routes(l: &mut Loader, routes: &[Route]) {
             },
         });
     }
+}
+
+/// The parameter names any route may read a client id from, as a policy that injects
+/// nothing and overwrites (drops) every id a request supplies; `None` when no route
+/// has a client-id policy.
+pub(crate) fn unvouched_client_id(routes: &[Route]) -> Option<ClientIdPolicy> {
+    let mut names: Vec<String> = Vec::new();
+    for policy in routes.iter().filter_map(|r| r.client_id.as_ref()) {
+        for name in &policy.names {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let first = routes.iter().find_map(|r| r.client_id.as_ref())?;
+    Some(ClientIdPolicy {
+        query: false,
+        header: None,
+        json: false,
+        form: false,
+        names,
+        json_pointer: Vec::new(),
+        on_mismatch: Mismatch::Overwrite,
+        ..first.clone()
+    })
 }
 
 /// The headers any route may read a client id from: each policy's header and every name

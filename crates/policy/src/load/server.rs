@@ -122,10 +122,19 @@ pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
 
 pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<Server> {
     let mark = l.mark();
-    if f.listen.is_empty() {
-        l.error(src, None, "[server] listen: give at least one address");
+    if f.listen.get_ref().is_empty() {
+        l.error(
+            src,
+            Some(f.listen.span()),
+            "[server] listen: give at least one address",
+        );
     }
-    let listen: Vec<SocketAddr> = f.listen.iter().filter_map(|a| l.address(src, a)).collect();
+    let listen: Vec<SocketAddr> = f
+        .listen
+        .get_ref()
+        .iter()
+        .filter_map(|a| l.address(src, a))
+        .collect();
     let trusted_proxies = cidrs(l, src, &f.trusted_proxies, "trusted_proxies");
     let proxy_protocol_from = cidrs(l, src, &f.proxy_protocol_from, "proxy_protocol_from");
     let tls = f.tls.and_then(|tls| super::tls::server_tls(l, src, tls));
@@ -208,6 +217,40 @@ fn cidrs(l: &mut Loader, src: &SourceFile, list: &[Spanned<String>], field: &str
 #[cfg(test)]
 mod tests {
     use super::super::testing::{errors, load, GATEWAY};
+
+    #[test]
+    fn every_mistake_in_the_table_is_reported_in_one_run() {
+        let gateway = GATEWAY.replace(
+            "listen = [\"127.0.0.1:0\"]\n",
+            "listen = [\"127.0.0.1:0\"]\nheader_read_timeout = \"10 s\"\nmax_header_bytes = \"big\"\nshutdown_grace = \"0s\"\nworkrs = 2\n",
+        );
+        let e = errors(&gateway, &[]);
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].starts_with("gateway.toml:3:23: `10 s`"), "{e:?}");
+        assert!(
+            e[1].starts_with("gateway.toml:4:20: [server]: invalid type: string \"big\""),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with("gateway.toml:5:18: a duration must be greater than zero"),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with("gateway.toml:6:1: [server]: unknown field `workrs`"),
+            "{e:?}"
+        );
+        // A required key of the wrong type is the one error: without it the rest means
+        // little.
+        let e = errors(
+            &GATEWAY.replace("listen = [\"127.0.0.1:0\"]", "listen = 8080"),
+            &[],
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("gateway.toml:2:10: [server]: invalid type: integer"),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn defaults_and_every_field() {

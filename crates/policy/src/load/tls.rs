@@ -23,10 +23,19 @@ const DEFAULT_HSTS: &str = "max-age=31536000";
 
 pub(crate) fn server_tls(l: &mut Loader, src: &SourceFile, f: TlsFile) -> Option<Tls> {
     let mark = l.mark();
-    if f.listen.is_empty() {
-        l.error(src, None, "[server.tls] listen: give at least one address");
+    if f.listen.get_ref().is_empty() {
+        l.error(
+            src,
+            Some(f.listen.span()),
+            "[server.tls] listen: give at least one address",
+        );
     }
-    let listen = f.listen.iter().filter_map(|a| l.address(src, a)).collect();
+    let listen = f
+        .listen
+        .get_ref()
+        .iter()
+        .filter_map(|a| l.address(src, a))
+        .collect();
     if f.certificates.get_ref().is_empty() {
         l.error(
             src,
