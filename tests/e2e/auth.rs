@@ -870,3 +870,64 @@ async fn an_edited_api_key_list_is_picked_up_without_a_restart() {
         h.gateway.stderr()
     );
 }
+
+/// Credentials that arrive where they should not are not written to the access log:
+/// the gateway's own refresh tokens under any parameter name or as a path segment
+/// (only JWT-shaped values were redacted whatever their name), and a key sent as a
+/// query parameter named like the configured API-key header (`?x-api-key=`).
+#[tokio::test]
+async fn credentials_in_odd_places_are_redacted_from_the_access_log() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let session = tollgate_auth::refresh::new_session_id().unwrap();
+    let refresh = tollgate_auth::refresh::issue(&session).unwrap();
+    let secret = refresh.split_once('.').unwrap().1.to_owned();
+    let escaped = refresh.replace('.', "%2E");
+    let cases = [
+        ("log-rt-query", format!("/echo/either/a?rt={refresh}")),
+        ("log-r-query", format!("/echo/either/a?x=1&r={escaped}&y=2")),
+        ("log-rt-path", format!("/echo/either/{refresh}")),
+        (
+            "log-rt-path-param",
+            format!("/echo/either/a;rt={refresh}/b"),
+        ),
+        (
+            "log-key-query",
+            "/echo/either/a?x-api-key=legacy-key-acme".to_owned(),
+        ),
+        (
+            "log-key-query-case",
+            "/echo/either/a?X-Api-Key=legacy-key-acme&q=1".to_owned(),
+        ),
+        (
+            "log-key-query-escaped",
+            "/echo/either/a?x%2Dapi%2Dkey=legacy-key-acme".to_owned(),
+        ),
+    ];
+    for (id, target) in &cases {
+        let r = h.get(target, &[("x-request-id", id)]).await;
+        assert!(r.status > 0, "{id}");
+    }
+    for (id, target) in &cases {
+        let line = h
+            .gateway
+            .access_line(id)
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{}", h.gateway.stderr()));
+        let logged = format!("{} {}", line["path"], line["query"]);
+        assert!(!logged.contains(&secret), "{target} logged as {logged}");
+        assert!(
+            !logged.contains(&secret[..20]),
+            "{target} logged as {logged}"
+        );
+        assert!(
+            !logged.contains("legacy-key-acme"),
+            "{target} logged as {logged}"
+        );
+        assert!(logged.contains("[redacted]"), "{target} logged as {logged}");
+    }
+    // What is not a credential is still logged as it was sent.
+    let line = h.gateway.access_line("log-key-query-case").unwrap();
+    assert_eq!(line["query"], "X-Api-Key=[redacted]&q=1");
+    let line = h.gateway.access_line("log-r-query").unwrap();
+    assert_eq!(line["query"], "x=1&r=[redacted]&y=2");
+}

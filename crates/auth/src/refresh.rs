@@ -43,6 +43,21 @@ pub fn session_of(token: &str) -> Option<&str> {
     (b64(session, SESSION_ID_LEN) && b64(secret, SECRET_LEN)).then_some(session)
 }
 
+/// Whether `text` holds something shaped like a refresh token anywhere (whatever is
+/// around it: `rt=<token>`, quotes, a JSON wrapper, more base64url on either side), for
+/// the logs that must not keep one. A shape only: it says nothing of a session.
+pub fn appears_in(text: &str) -> bool {
+    // The shortest text that can hold one, and it has a `.`: most hold neither.
+    if text.len() < SESSION_ID_LEN + 1 + SECRET_LEN {
+        return false;
+    }
+    text.match_indices('.').any(|(at, _)| {
+        at.checked_sub(SESSION_ID_LEN)
+            .and_then(|start| text.get(start..at + 1 + SECRET_LEN))
+            .is_some_and(|candidate| session_of(candidate).is_some())
+    })
+}
+
 /// What the store keeps of a token: SHA-256, hex.
 pub fn hash(token: &str) -> String {
     hex(&Sha256::digest(token.as_bytes()))
@@ -97,6 +112,32 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_found_wherever_they_are_in_a_text() {
+        let token = issue(&new_session_id().unwrap()).unwrap();
+        for text in [
+            token.clone(),
+            format!("rt={token}"),
+            format!("\"{token}\""),
+            format!("{{\"refreshToken\":\"{token}\"}}"),
+            format!("xx{token}yy"),
+            format!("a.b.{token}.c"),
+        ] {
+            assert!(appears_in(&text), "{text}");
+        }
+        let (session, secret) = token.split_once('.').unwrap();
+        for text in [
+            format!("{}.{secret}", &session[1..]),
+            format!("{session}.{}", &secret[1..]),
+            format!("{session}:{secret}"),
+            format!("{session}.{}+{}", &secret[..20], &secret[21..]),
+            "www.example.com/some/ordinary/path.html?with=words.and.dots".to_owned(),
+            "é".repeat(40) + "." + &"é".repeat(40),
+        ] {
+            assert!(!appears_in(&text), "{text}");
+        }
+    }
 
     #[test]
     fn tokens_name_their_session_and_nothing_else_parses() {

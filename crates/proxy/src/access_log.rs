@@ -3,9 +3,11 @@
 //!
 //! Only what is safe to keep is logged: no header values at all; the query string with
 //! the values of secret-bearing parameters (`log.redact_query_params`, compared after
-//! decoding and folding, as [`tollgate_policy::param`] compares names) and of anything
-//! shaped like a JWT replaced; a path the gateway refused, bounded in length, with its
-//! JWT-shaped segments and secret `;name=value` parameters replaced too.
+//! decoding and folding, as [`tollgate_policy::param`] compares names; the configured
+//! API-key header and query names are among them) and of anything shaped like a
+//! credential replaced, whatever its name: a JWT, or one of the gateway's own refresh
+//! tokens (`<22>.<43>` base64url). The path is logged bounded in length, with its
+//! credential-shaped segments and secret `;name=value` parameters replaced too.
 //!
 //! The line is formatted here, directly, in the same shape as the `tracing` JSON (or
 //! text) lines around it, and handed to an [`AccessSink`]. Going through `tracing`'s
@@ -314,7 +316,7 @@ const REDACTED: &str = "[redacted]";
 const CLIENT_CLOSED: u16 = 499;
 
 /// The query with the value of every secret parameter (`secret_params`, folded names)
-/// and of every JWT-shaped value replaced. Parameters are split at `;` as well as `&`,
+/// and of every credential-shaped value ([`looks_like_credential`]) replaced. Parameters are split at `;` as well as `&`,
 /// as some backends split them ([`tollgate_policy::param`]).
 pub fn redact_query(query: &str, secret_params: &[String]) -> String {
     let mut out = String::with_capacity(query.len());
@@ -330,12 +332,12 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
                 .any(|(name, _)| is_secret(&String::from_utf8_lossy(&name), secret_params))
         };
         match pair.split_once('=') {
-            Some((name, value)) if secret() || looks_like_jwt(value) => {
+            Some((name, value)) if secret() || looks_like_credential(value) => {
                 out.push_str(name);
                 out.push('=');
                 out.push_str(REDACTED);
             }
-            _ if looks_like_jwt(pair) => out.push_str(REDACTED),
+            _ if looks_like_credential(pair) => out.push_str(REDACTED),
             _ => out.push_str(pair),
         }
         out.push_str(separator);
@@ -343,15 +345,19 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
     out
 }
 
-/// The path with JWT-shaped segments and secret `;name=value` parameters replaced.
+/// The path with credential-shaped segments and secret `;name=value` parameters
+/// replaced.
 pub fn redact_path(path: &str, secret_params: &[String]) -> String {
-    // Most paths hold neither: logged as they are, without splitting them.
-    if !path.contains("eyJ") && !path.contains(';') {
+    // Most paths hold none of these: logged as they are, without splitting them. A
+    // refresh token needs 66 bytes and a `.` (or an escape that could spell one).
+    let may_hold_refresh_token =
+        path.len() >= REFRESH_TOKEN_LEN && (path.contains('.') || path.contains('%'));
+    if !path.contains("eyJ") && !path.contains(';') && !may_hold_refresh_token {
         return path.to_owned();
     }
     path.split('/')
         .map(|segment| {
-            if looks_like_jwt(segment) {
+            if looks_like_credential(segment) {
                 return REDACTED.to_owned();
             }
             let mut parts = segment.split(';');
@@ -360,7 +366,7 @@ pub fn redact_path(path: &str, secret_params: &[String]) -> String {
                 out.push(';');
                 match param.split_once('=') {
                     Some((name, value))
-                        if is_secret(name, secret_params) || looks_like_jwt(value) =>
+                        if is_secret(name, secret_params) || looks_like_credential(value) =>
                     {
                         out.push_str(name);
                         out.push('=');
@@ -388,6 +394,29 @@ fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
         tollgate_policy::param::means(&name, secret)
             || tollgate_policy::param::means(&squeezed, secret)
     })
+}
+
+/// Whether `text`, percent-decoded (the way a backend reads it), holds a credential
+/// anywhere, whatever the parameter it came in is called: a JWT, or one of the
+/// gateway's own refresh tokens. (`?rt=<refresh token>` was logged in clear, since
+/// only JWTs were looked for.)
+fn looks_like_credential(text: &str) -> bool {
+    looks_like_jwt(text) || looks_like_refresh_token(text)
+}
+
+/// The length of a refresh token (`<22>.<43>`): no shorter text holds one.
+const REFRESH_TOKEN_LEN: usize = 22 + 1 + 43;
+
+/// Whether `text`, percent-decoded, holds a refresh token's shape anywhere
+/// ([`tollgate_auth::refresh::appears_in`], the rule that parses them).
+fn looks_like_refresh_token(text: &str) -> bool {
+    if text.len() < REFRESH_TOKEN_LEN {
+        return false;
+    }
+    if !text.contains('%') {
+        return tollgate_auth::refresh::appears_in(text);
+    }
+    tollgate_auth::refresh::appears_in(&tollgate_policy::param::decode(text.as_bytes()))
 }
 
 /// Whether `text`, percent-decoded (the way a backend reads it), holds a JWT anywhere:
@@ -487,6 +516,54 @@ mod tests {
         }
         // Text that merely mentions `eyJ` is kept.
         assert_eq!(redact_query("q=eyJ.x", &params), "q=eyJ.x");
+    }
+
+    /// The gateway's own refresh tokens, under any name, escaped or wrapped, in the query
+    /// or as a path segment or parameter.
+    #[test]
+    fn refresh_tokens_are_redacted_whatever_they_are_called() {
+        let params = vec!["token".to_owned()];
+        let token = "AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+        assert!(tollgate_auth::refresh::session_of(token).is_some());
+        for query in [
+            format!("rt={token}"),
+            format!("r={token}"),
+            format!("x=1&r={token}&y=2"),
+            format!("r={}", token.replace('.', "%2E")),
+            format!("r=%41{}", &token[1..]),
+            format!("r=%22{token}%22"),
+            format!("r=%7B%22refreshToken%22%3A%22{token}%22%7D"),
+            format!("a=1;r={token}"),
+            token.to_owned(),
+        ] {
+            let logged = redact_query(&query, &params);
+            assert!(!logged.contains("BBBBBBBBBB"), "{query}: {logged}");
+            assert!(logged.contains(REDACTED), "{query}: {logged}");
+        }
+        assert_eq!(
+            redact_query(&format!("x=1&rt={token}&y=2"), &params),
+            "x=1&rt=[redacted]&y=2"
+        );
+        for path in [
+            format!("/refresh/{token}"),
+            format!("/refresh/{token}/x"),
+            format!("/refresh/{}", token.replace('.', "%2E")),
+            format!("/a;rt={token}/b"),
+        ] {
+            let logged = redact_path(&path, &params);
+            assert!(!logged.contains("BBBBBBBBBB"), "{path}: {logged}");
+        }
+        assert_eq!(
+            redact_path(&format!("/refresh/{token}/x"), &params),
+            "/refresh/[redacted]/x"
+        );
+        // Ordinary long paths and values with dots are kept as they are.
+        let ordinary = "/static/assets/application-3f2a9c1d7e5b4a8f.bundle.min.js/v2/extra/padding";
+        assert_eq!(redact_path(ordinary, &params), ordinary);
+        assert_eq!(
+            redact_query("file=report.2026-01-01.final.version.csv&q=a.b", &params),
+            "file=report.2026-01-01.final.version.csv&q=a.b"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use crate::param::fold;
 use crate::snapshot::{Log, LogFormat};
 
 /// Query parameters whose values are never logged unless `redact_query_params` says
-/// otherwise (the URL-secret and API-key parameters are always added).
+/// otherwise (the URL-secret and API-key parameters, and the API-key header names, are
+/// always added).
 pub const DEFAULT_REDACTED_QUERY_PARAMS: &[&str] = &[
     "api_key",
     "apikey",
@@ -87,7 +88,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.log.format, crate::snapshot::LogFormat::Text);
-        assert_eq!(s.log.redact_query_params, ["session_id", "api-key"]);
+        // The API-key parameter and the API-key header name (the default, `x-api-key`).
+        assert_eq!(
+            s.log.redact_query_params,
+            ["session_id", "api-key", "x-api-key"]
+        );
+        let s = load(
+            &format!("{GATEWAY}\n[log]\nredact_query_params = []\n\n[api_keys]\nfile = \"keys/api-keys.toml\"\nheaders = [\"X-Legacy-Key\", \"x-key\"]\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.log.redact_query_params, ["x-legacy-key", "x-key"]);
         let d = load(GATEWAY, &[]).unwrap();
         assert!(d.log.redact_query_params.contains(&"token".to_owned()));
         let e = errors(&format!("{GATEWAY}\n[log]\nlevel = \" \"\n"), &[]);

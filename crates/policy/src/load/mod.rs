@@ -224,6 +224,14 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
             auth.api_keys
                 .iter()
                 .filter_map(|k| k.query_param.as_deref().map(crate::param::fold)),
+        )
+        // The API-key header names too: a client that moves its key from `X-Api-Key:`
+        // to `?x-api-key=` by mistake (the key is refused there) must not have it
+        // written to the access log.
+        .chain(
+            auth.api_keys
+                .iter()
+                .flat_map(|k| k.headers.iter().map(|h| crate::param::fold(h.as_str()))),
         );
     log.redact_query_params.extend(secret_params);
     let identity_headers = routing::identity_headers(&routing.routes);
