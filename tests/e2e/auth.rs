@@ -871,6 +871,32 @@ async fn an_edited_api_key_list_is_picked_up_without_a_restart() {
     );
 }
 
+/// The `Bearer` scheme is case-insensitive (RFC 9110 §11.1): a client library that
+/// upper-cases it is authenticated like any other, on the data plane as on the admin API.
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let (setup, _secrets) = auth_setup("");
+    let h = Harness::with(setup).await;
+    let token = &cases()["hs256"].token;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let value = format!("{scheme} {token}");
+        let r = h.get("/echo/jwt/a", &[("authorization", &value)]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{scheme}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Another scheme is still no token at all.
+    let value = format!("Token {token}");
+    assert_refused(
+        &h.get("/echo/jwt/a", &[("authorization", &value)]).await,
+        401,
+        "AUTH_REQUIRED",
+    );
+}
+
 /// Credentials that arrive where they should not are not written to the access log:
 /// the gateway's own refresh tokens under any parameter name or as a path segment
 /// (only JWT-shaped values were redacted whatever their name), and a key sent as a

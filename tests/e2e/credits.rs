@@ -369,15 +369,23 @@ async fn a_metered_request_is_charged_and_says_so() {
     let next = v["next"].as_str().unwrap().to_owned();
     let older = call(&h.gateway, "GET", &next, "c1").await.json();
     assert_eq!(older["movements"].as_array().unwrap().len(), 2);
-    for query in ["limit=0", "limit=1&limit=2", "before=5&before=9"] {
-        call(
+    for query in [
+        "limit=0",
+        "limit=501",
+        "limit=1&limit=2",
+        "before=5&before=9",
+    ] {
+        let r = call(
             &h.gateway,
             "GET",
             &format!("/gateway/tokens/history?{query}"),
             "c1",
         )
-        .await
-        .assert_problem(400, "INVALID_QUERY");
+        .await;
+        r.assert_problem(400, "INVALID_QUERY");
+        // The range this endpoint serves, not the admin journal's.
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("limit is 1 to 500 "), "{query}: {detail}");
     }
     // Another client's history is not reachable: it is always the caller's own.
     let other = call(&h.gateway, "GET", "/gateway/tokens/history", "stranger")
@@ -1897,6 +1905,317 @@ async fn the_ledger_cli_credits_shows_imports_and_verifies() {
     assert_eq!(account(&g, "1002").await, (250, 0));
     let (ok, out) = tollgate(&["ledger", "verify"]);
     assert!(!ok && out.contains("admin API"), "{out}");
+}
+
+/// The admin API refuses reasons with control characters (a journal line that draws
+/// another, an escape sequence, a bidi override) with a detail that says so; its journal
+/// `limit` detail names its own range; the `Bearer` scheme is read in any case; and a
+/// method a resource does not take is 405 with `Allow`, on the probes too.
+#[tokio::test]
+async fn the_admin_api_refuses_control_characters_and_answers_405_with_allow() {
+    let h = start("").await;
+    let g = &h.gateway;
+    credit(g, "1001", 10).await;
+    for reason in [
+        r"x\n2026-01-01 +1000 fake line",
+        r"a\rb",
+        r"tab\there",
+        r"red\u001b[31m",
+        r"bell\u0007",
+        r"del\u007f",
+        r"c1\u009b31m",
+        r"nel\u0085",
+        r"rtl\u202e0001+",
+        r"isolate\u2066x\u2069",
+    ] {
+        let body = format!(r#"{{"amount": 1, "reason": "{reason}"}}"#);
+        let r = admin(g, "POST", "/ledger/clients/1001/credit", &body).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{reason}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.assert_problem(400, "INVALID_REQUEST_BODY");
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("control character"), "{reason}: {detail}");
+    }
+    let body = format!(r#"{{"balance": 1, "reason": "{}"}}"#, "x".repeat(501));
+    let r = admin(g, "PUT", "/ledger/clients/1001/balance", &body).await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
+    assert!(r.json()["detail"].as_str().unwrap().contains("500 bytes"));
+    let r = admin(
+        g,
+        "POST",
+        "/ledger/clients/1001/debit",
+        r#"{"amount": 0, "reason": "x"}"#,
+    )
+    .await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
+    assert!(r.json()["detail"].as_str().unwrap().contains("at least 1"));
+    // Letters beyond ASCII are not controls.
+    let r = admin(
+        g,
+        "POST",
+        "/ledger/clients/1001/credit",
+        r#"{"amount": 1, "reason": "Erstattung für Störung"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(account(g, "1001").await, (11, 0));
+
+    // The limit's detail comes from the range the admin journal serves.
+    for limit in ["0", "1001"] {
+        let r = admin(g, "GET", &format!("/ledger/clients/1001?limit={limit}"), "").await;
+        r.assert_problem(400, "INVALID_QUERY");
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("limit is 1 to 1000 "), "{detail}");
+    }
+    let r = admin(g, "GET", "/ledger/clients/1001?limit=1000", "").await;
+    assert_eq!(r.status, 200);
+
+    // The scheme in any case; the token itself is still compared exactly.
+    let token = admin_token();
+    for scheme in ["BEARER", "bearer", "bEaReR", "Bearer"] {
+        let value = format!("{scheme} {token}");
+        let r = send(
+            g.admin,
+            "GET",
+            "/ledger/verify",
+            &[("authorization", &value)],
+            b"",
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            200,
+            "{scheme}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    for value in [
+        format!("BEARER {}", token.to_uppercase()),
+        format!("Basic {token}"),
+        format!("Bearer{token}"),
+        "BEARER".to_owned(),
+    ] {
+        send(
+            g.admin,
+            "GET",
+            "/ledger/verify",
+            &[("authorization", &value)],
+            b"",
+        )
+        .await
+        .assert_problem(401, "ADMIN_UNAUTHORIZED");
+    }
+
+    // A wrong method on a resource that exists: 405 and what it takes.
+    for (method, path, allow) in [
+        ("DELETE", "/ledger/clients/1001", "GET"),
+        ("POST", "/ledger/clients/1001", "GET"),
+        ("POST", "/ledger/verify", "GET"),
+        ("GET", "/ledger/clients/1001/credit", "POST"),
+        ("PUT", "/ledger/clients/1001/debit", "POST"),
+        ("POST", "/ledger/clients/1001/balance", "PUT"),
+    ] {
+        let r = admin(g, method, path, "").await;
+        r.assert_problem(405, "METHOD_NOT_ALLOWED");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    // Without the token it is still 401: the map of resources is for operators.
+    send(g.admin, "DELETE", "/ledger/clients/1001", &[], b"")
+        .await
+        .assert_problem(401, "ADMIN_UNAUTHORIZED");
+    for (method, path) in [
+        ("POST", "/healthz"),
+        ("DELETE", "/readyz"),
+        ("PUT", "/metrics"),
+    ] {
+        let r = send(g.admin, method, path, &[], b"").await;
+        r.assert_problem(405, "METHOD_NOT_ALLOWED");
+        assert_eq!(r.header("allow"), Some("GET"), "{method} {path}");
+    }
+    // A path that names no resource is still 404.
+    for (method, path) in [("GET", "/nope"), ("DELETE", "/ledger/clients/1001/x")] {
+        admin(g, method, path, "")
+            .await
+            .assert_problem(404, "ROUTE_NOT_FOUND");
+    }
+    assert_eq!(send(g.admin, "GET", "/healthz", &[], b"").await.status, 200);
+    // Nothing refused was journaled.
+    let reasons: Vec<String> = journal(g, "1001")
+        .await
+        .iter()
+        .map(|m| m["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons, ["admin: Erstattung für Störung", "admin: test"]);
+}
+
+/// The command line applies the admin API's rules, from the same place: a client id
+/// no caller can have, a change of nothing, a reason that is empty, too long or holds a
+/// control character are refused with exit code 1 and a message naming the option, and
+/// no account is created. A journal written before these rules (a reason with a line
+/// break, an escape sequence and a bidi override) is shown escaped, on one line.
+#[tokio::test]
+async fn the_ledger_cli_refuses_what_the_admin_api_refuses_and_prints_journals_escaped() {
+    let backend = tollgate_demo_backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = TempDir::new();
+    write_config(dir.path(), &setup("", ""), backend.addr());
+    let config = dir.path().join("gateway.toml");
+    let tollgate = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let long_id = "a".repeat(129);
+    for id in [
+        "1001 ",
+        "",
+        "a\nb",
+        &long_id,
+        "é",
+        "../x",
+        "bad id",
+        "1001\u{202E}",
+    ] {
+        for args in [
+            vec![
+                "ledger", "credit", "--client", id, "--amount", "5", "--reason", "x",
+            ],
+            vec![
+                "ledger", "debit", "--client", id, "--amount", "5", "--reason", "x",
+            ],
+            vec![
+                "ledger",
+                "set",
+                "--client",
+                id,
+                "--balance",
+                "5",
+                "--reason",
+                "x",
+            ],
+            vec!["ledger", "show", "--client", id],
+        ] {
+            let (code, out, err) = tollgate(&args);
+            assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+            assert!(
+                err.contains("--client") && err.contains("no caller can have this client id"),
+                "{args:?}: {err}"
+            );
+            // The refused id is echoed escaped: no line break or override reaches the
+            // terminal.
+            assert!(!err.contains("a\nb"), "{args:?}: {err}");
+            assert!(!err.contains('\u{202E}'), "{args:?}: {err}");
+        }
+    }
+    let huge = "x".repeat(100_000);
+    let just_over = "x".repeat(501);
+    for (args, says) in [
+        (vec!["credit", "--amount", "0", "--reason", "x"], "--amount"),
+        (vec!["debit", "--amount", "0", "--reason", "x"], "--amount"),
+        (vec!["credit", "--amount", "5", "--reason", ""], "--reason"),
+        (
+            vec!["credit", "--amount", "5", "--reason", "  "],
+            "--reason",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", &huge],
+            "500 bytes",
+        ),
+        (
+            vec!["set", "--balance", "5", "--reason", &just_over],
+            "500 bytes",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", "a\nb"],
+            "control character",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", "bell\x07"],
+            "control character",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", "red\x1b[31m"],
+            "control character",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", "del\x7f"],
+            "control character",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", "c1\u{9b}1m"],
+            "control character",
+        ),
+        (
+            vec!["credit", "--amount", "5", "--reason", "rtl\u{202E}0001+"],
+            "control character",
+        ),
+        (vec!["show", "--limit", "0"], "--limit"),
+        (vec!["show", "--limit", "1001"], "1 to 1000"),
+    ] {
+        let mut full = vec!["ledger", args[0], "--client", "1001"];
+        full.extend_from_slice(&args[1..]);
+        let (code, out, err) = tollgate(&full);
+        assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Nothing was journaled, no account was made.
+    let (code, out, _) = tollgate(&["ledger", "verify"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("0 client(s), 0 movement(s)"), "{out}");
+    // A balance may be set to 0, and a reason of exactly 500 bytes is one.
+    let (code, out, err) = tollgate(&[
+        "ledger",
+        "set",
+        "--client",
+        "1001",
+        "--balance",
+        "0",
+        "--reason",
+        &"y".repeat(500),
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    // A journal written before these rules, straight through the ledger.
+    let spoof = "x\n2026-01-01 00:00:00 credit +1000 -> 1000 fake line\x1b[31m\u{202E}\u{9b}2J";
+    {
+        use tollgate_state::ledger::embedded::EmbeddedLedger;
+        use tollgate_state::ledger::{Adjust, Change, Ledger};
+        let ledger = EmbeddedLedger::open(&dir.path().join("state/ledger.redb")).unwrap();
+        let adjust = Adjust {
+            client: "1001".into(),
+            change: Change::Credit(7),
+            reason: spoof.into(),
+            now_ms: 1_767_225_600_000,
+        };
+        ledger.adjust(0, adjust).await.unwrap();
+    }
+    let (code, out, err) = tollgate(&["ledger", "show", "--client", "1001"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // The balance line, the set, the credit: three lines, the spoof inside the last.
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("balance 7"), "{out}");
+    assert!(
+        lines[1].contains("credit")
+            && lines[1].contains("x\\n2026-01-01 00:00:00 credit +1000 -> 1000 fake line\\u{1b}[31m\\u{202e}\\u{9b}2J"),
+        "{out}"
+    );
+    for c in ['\x1b', '\u{202E}', '\u{9b}', '\x07'] {
+        assert!(!out.contains(c), "{c:?} printed: {out}");
+    }
 }
 
 /// A primary of a three-primary Redis Cluster is killed under metered load: its replica

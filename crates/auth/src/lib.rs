@@ -5,6 +5,8 @@
 //!   tokens until they expire; [`mint`] signs access tokens (login, refresh, operators,
 //!   tests); [`random`] makes the unguessable ids they and the sessions carry;
 //!   [`refresh`] makes, hashes and seals refresh tokens.
+//! - [`bearer`]: the `Bearer` scheme of an `Authorization` value, its name compared
+//!   case-insensitively wherever it is read.
 //! - [`api_key`]: legacy API keys, stored as SHA-256 hashes, compared in constant time.
 //! - [`plivo`]: Plivo's V3 callback signatures; [`secret`]: constant-time comparison
 //!   for shared secrets such as Exotel's callback-URL secret.
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api_key;
+pub mod bearer;
 pub mod cache;
 mod claims;
 pub mod jwt;

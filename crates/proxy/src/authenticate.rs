@@ -179,13 +179,10 @@ pub(crate) fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, GatewayE
     let text = first
         .to_str()
         .map_err(|_| AuthError::Token(JwtError::Malformed))?;
-    let (scheme, rest) = text
-        .split_once(|c: char| c.is_ascii_whitespace())
-        .unwrap_or((text, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    // `Bearer`, `bearer` and `BEARER` alike (RFC 9110 §11.1).
+    let Some(token) = tollgate_auth::bearer::credentials(text) else {
         return Ok(None);
-    }
-    let token = rest.trim();
+    };
     if token.is_empty() {
         return Err(AuthError::Token(JwtError::Malformed).into());
     }

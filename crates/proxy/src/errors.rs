@@ -16,6 +16,7 @@ use thiserror::Error;
 use tollgate_auth::JwtError;
 use tollgate_policy::media::MediaError;
 use tollgate_policy::path::PathError;
+use tollgate_state::ledger::operator;
 
 /// What every error the gateway answers itself knows about its response.
 pub trait Problem: fmt::Display {
@@ -464,8 +465,9 @@ pub enum CreditError {
     PreviewInvalid,
     #[error("operation {index}: {why}")]
     PreviewOperationInvalid { index: usize, why: &'static str },
-    #[error("limit is 1 to 500 and before a movement's seq, both whole numbers")]
-    HistoryQueryInvalid,
+    /// `max`: the largest page the endpoint that refused serves (each has its own).
+    #[error("limit is 1 to {max} and before a movement's seq, both whole numbers")]
+    HistoryQueryInvalid { max: u64 },
     #[error(
         "an account holds at most {max} tokens (available and held together); the balance \
          is {balance} and nothing was changed"
@@ -483,7 +485,7 @@ impl Problem for CreditError {
             CreditError::KeyInFlight => StatusCode::CONFLICT,
             CreditError::PreviewInvalid
             | CreditError::PreviewOperationInvalid { .. }
-            | CreditError::HistoryQueryInvalid => StatusCode::BAD_REQUEST,
+            | CreditError::HistoryQueryInvalid { .. } => StatusCode::BAD_REQUEST,
             CreditError::BalanceTooLarge { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -498,7 +500,7 @@ impl Problem for CreditError {
             CreditError::PreviewInvalid | CreditError::PreviewOperationInvalid { .. } => {
                 "INVALID_REQUEST_BODY"
             }
-            CreditError::HistoryQueryInvalid => "INVALID_QUERY",
+            CreditError::HistoryQueryInvalid { .. } => "INVALID_QUERY",
             CreditError::BalanceTooLarge { .. } => "BALANCE_TOO_LARGE",
         }
     }
@@ -513,7 +515,7 @@ impl Problem for CreditError {
             CreditError::PreviewInvalid | CreditError::PreviewOperationInvalid { .. } => {
                 "Invalid request body"
             }
-            CreditError::HistoryQueryInvalid => "Invalid query",
+            CreditError::HistoryQueryInvalid { .. } => "Invalid query",
             CreditError::BalanceTooLarge { .. } => "Balance too large",
         }
     }
@@ -523,7 +525,7 @@ impl Problem for CreditError {
             CreditError::KeyInvalid
             | CreditError::KeyMismatch
             | CreditError::PreviewInvalid
-            | CreditError::HistoryQueryInvalid
+            | CreditError::HistoryQueryInvalid { .. }
             | CreditError::BalanceTooLarge { .. } => Family::Request,
             _ => Family::Limit,
         }
@@ -566,11 +568,9 @@ pub enum AdminError {
     NotFound,
     #[error("send a JSON object with a whole number (amount, or balance) and a reason")]
     BodyInvalid,
-    #[error(
-        "no caller can have this client id: 1 to 128 of A-Z a-z 0-9 - _ . : @ (an account \
-         under it could never be spent from)"
-    )]
-    ClientIdInvalid,
+    /// A change the operator rules refuse (the command line applies the same ones).
+    #[error(transparent)]
+    Refused(#[from] operator::Refusal),
 }
 
 impl Problem for AdminError {
@@ -578,7 +578,7 @@ impl Problem for AdminError {
         match self {
             AdminError::Disabled | AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::BodyInvalid | AdminError::ClientIdInvalid => StatusCode::BAD_REQUEST,
+            AdminError::BodyInvalid | AdminError::Refused(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -587,8 +587,8 @@ impl Problem for AdminError {
             AdminError::Disabled => "ADMIN_API_DISABLED",
             AdminError::Unauthorized => "ADMIN_UNAUTHORIZED",
             AdminError::NotFound => "ROUTE_NOT_FOUND",
-            AdminError::BodyInvalid => "INVALID_REQUEST_BODY",
-            AdminError::ClientIdInvalid => "CLIENT_ID_INVALID",
+            AdminError::Refused(operator::Refusal::ClientId) => "CLIENT_ID_INVALID",
+            AdminError::BodyInvalid | AdminError::Refused(_) => "INVALID_REQUEST_BODY",
         }
     }
 
@@ -597,8 +597,8 @@ impl Problem for AdminError {
             AdminError::Disabled => "Admin API disabled",
             AdminError::Unauthorized => "Admin token required",
             AdminError::NotFound => "Route not found",
-            AdminError::BodyInvalid => "Invalid request body",
-            AdminError::ClientIdInvalid => "Invalid client id",
+            AdminError::Refused(operator::Refusal::ClientId) => "Invalid client id",
+            AdminError::BodyInvalid | AdminError::Refused(_) => "Invalid request body",
         }
     }
 
@@ -906,6 +906,7 @@ via!(JsonProblem => RequestError);
 via!(MediaRefusal => RequestError);
 via!(JwtError => AuthError);
 via!(SignatureProblem => AuthError);
+via!(operator::Refusal => AdminError);
 
 #[cfg(test)]
 mod tests {
@@ -954,6 +955,22 @@ mod tests {
                 502,
                 "LOGIN_UPSTREAM_INVALID",
             ),
+            (operator::Refusal::ClientId.into(), 400, "CLIENT_ID_INVALID"),
+            (
+                operator::Refusal::ReasonControl.into(),
+                400,
+                "INVALID_REQUEST_BODY",
+            ),
+            (
+                operator::Refusal::ZeroAmount.into(),
+                400,
+                "INVALID_REQUEST_BODY",
+            ),
+            (
+                CreditError::HistoryQueryInvalid { max: 1000 }.into(),
+                400,
+                "INVALID_QUERY",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!(
@@ -964,6 +981,17 @@ mod tests {
         }
         let e: GatewayError = AccessError::RouteNotFound.into();
         assert_eq!(e.problem_type(), "urn:tollgate:problem:route-not-found");
+        // A page-size refusal names the range of the endpoint that refused it.
+        for max in [500, 1000] {
+            let e = GatewayError::from(CreditError::HistoryQueryInvalid { max });
+            assert!(
+                e.to_string().starts_with(&format!("limit is 1 to {max} ")),
+                "{e}"
+            );
+        }
+        // An operator's refused change says which rule, for people.
+        let e = GatewayError::from(operator::Refusal::ReasonControl);
+        assert!(e.to_string().contains("control character"), "{e}");
         assert_eq!(
             GatewayError::from(UpstreamError::Timeout).family(),
             Family::Upstream { kind: "timeout" }

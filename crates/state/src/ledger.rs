@@ -25,9 +25,13 @@
 //!   answered only once its movement is on disk, without one fsync each.
 //! - [`shared`]: Redis, one Lua script per operation, every key of a client in one
 //!   hash slot (Cluster-ready).
+//!
+//! [`operator`] holds the rules an operator's adjustment must meet, for the admin API and
+//! the command line alike; [`import`] reads opening balances.
 
 pub mod embedded;
 pub mod import;
+pub mod operator;
 pub mod shared;
 
 use serde::{Deserialize, Serialize};

@@ -112,13 +112,15 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum LedgerCommand {
-    /// Add tokens to a client's balance.
+    /// Add tokens to a client's balance. The same rules as the admin API: a client id a
+    /// caller can have, an amount of at least 1, a reason of 1 to 500 bytes without
+    /// control characters.
     Credit {
         #[arg(long)]
         client: String,
         #[arg(long)]
         amount: u64,
-        /// Why (journaled).
+        /// Why (journaled as `cli: <reason>`).
         #[arg(long)]
         reason: String,
     },
@@ -140,10 +142,12 @@ enum LedgerCommand {
         #[arg(long)]
         reason: String,
     },
-    /// A client's balance and latest movements.
+    /// A client's balance and latest movements (journal text printed with its control
+    /// characters escaped).
     Show {
         #[arg(long)]
         client: String,
+        /// How many movements, 1 to 1000.
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },

@@ -2,6 +2,14 @@
 //! a balance (each journaled with its reason), show a client, import opening balances,
 //! verify every journal.
 //!
+//! Credit, debit, set and show apply the admin API's rules, from one place
+//! ([`tollgate_state::ledger::operator`]): a client id a caller can have, an amount of at
+//! least 1, a reason of 1 to 500 bytes without control characters. They are checked
+//! before the ledger is opened; a refusal prints why and exits 1. Text read back from a
+//! journal (reasons, routes, request ids, the client ids `verify` names) is printed with
+//! its control characters escaped ([`operator::printable`]): a journal written before
+//! these rules cannot draw a fake line or an escape sequence on the operator's terminal.
+//!
 //! It opens the ledger the configuration names. With Redis it runs beside live
 //! gateways. The embedded `redb` file is held by a running gateway (redb locks it):
 //! stop the gateway, or use the admin API of the running one.
@@ -12,6 +20,7 @@ use std::sync::Arc;
 
 use tollgate_policy::Snapshot;
 use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
+use tollgate_state::ledger::operator::{self, printable};
 use tollgate_state::ledger::shared::SharedLedger;
 use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger};
 use tollgate_state::redis::Redis;
@@ -25,6 +34,7 @@ pub enum Action<'a> {
     },
     Show {
         client: &'a str,
+        /// 1 to [`operator::MAX_JOURNAL_PAGE`].
         limit: usize,
     },
     Import {
@@ -80,25 +90,34 @@ pub fn run(snapshot: &Snapshot, action: Action) -> ExitCode {
     }
 }
 
+/// Why an adjustment or a `show` is refused, naming the option at fault.
+fn refused(client: &str, refusal: operator::Refusal) -> String {
+    use operator::Refusal;
+    match refusal {
+        Refusal::ClientId => format!(
+            "--client \"{}\": {refusal}; nothing was done",
+            printable(client)
+        ),
+        Refusal::ZeroAmount => format!("--amount: {refusal}; nothing was done"),
+        Refusal::ReasonEmpty | Refusal::ReasonTooLong { .. } | Refusal::ReasonControl => {
+            format!("--reason: {refusal}; nothing was done")
+        }
+    }
+}
+
 async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String> {
-    let ledger = open(snapshot)?;
     let worker = 0;
+    // Each action is checked before the ledger is opened: a refusal does not depend on
+    // whether a running gateway holds the file.
     match action {
         Action::Adjust {
             client,
             change,
             reason,
         } => {
-            let reason = reason.trim();
-            if reason.is_empty() {
-                return Err("--reason must say why (it is journaled)".into());
-            }
-            let adjust = Adjust {
-                client: client.to_owned(),
-                change,
-                reason: format!("cli: {reason}"),
-                now_ms: now_ms(),
-            };
+            let adjust = operator::adjustment(client, change, reason, "cli", now_ms())
+                .map_err(|r| refused(client, r))?;
+            let ledger = open(snapshot)?;
             match ledger
                 .adjust(worker, adjust)
                 .await
@@ -119,6 +138,14 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             }
         }
         Action::Show { client, limit } => {
+            operator::client(client).map_err(|r| refused(client, r))?;
+            if !(1..=operator::MAX_JOURNAL_PAGE).contains(&(limit as u64)) {
+                return Err(format!(
+                    "--limit: 1 to {} movements",
+                    operator::MAX_JOURNAL_PAGE
+                ));
+            }
+            let ledger = open(snapshot)?;
             let account = ledger
                 .account(worker, client)
                 .await
@@ -135,6 +162,7 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                 let at = httpdate::fmt_http_date(
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.at),
                 );
+                // Journal text is escaped: an older journal may hold anything.
                 println!(
                     "#{:<6} {:<29} {:<8} {:>+8} -> {:<8} {} {}",
                     m.seq,
@@ -142,8 +170,8 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                     m.kind.as_str(),
                     m.amount,
                     m.balance,
-                    m.route.as_deref().or(m.reason.as_deref()).unwrap_or(""),
-                    m.request_id.as_deref().unwrap_or("")
+                    printable(m.route.as_deref().or(m.reason.as_deref()).unwrap_or("")),
+                    printable(m.request_id.as_deref().unwrap_or(""))
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -158,6 +186,7 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                     problems.join("\n  ")
                 )
             })?;
+            let ledger = open(snapshot)?;
             let (mut credited, mut skipped) = (0, 0);
             for o in openings {
                 let adjust = Adjust {
@@ -185,13 +214,14 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             Ok(ExitCode::SUCCESS)
         }
         Action::Verify => {
+            let ledger = open(snapshot)?;
             let report = ledger.verify(worker).await.map_err(|e| e.to_string())?;
             println!(
                 "{} client(s), {} movement(s), {} open reservation(s)",
                 report.clients, report.movements, report.open_reservations
             );
             for p in &report.problems {
-                println!("client {}: {}", p.client, p.problem);
+                println!("client {}: {}", printable(&p.client), printable(&p.problem));
             }
             if report.problems.is_empty() {
                 println!("every journal sums to its balance");

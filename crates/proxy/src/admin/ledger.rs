@@ -1,6 +1,9 @@
 //! The admin API of the token ledger, for operators: every call needs
-//! `Authorization: Bearer <[admin] token>` (compared in constant time); without a
-//! configured token the API is off (404). Every change is journaled with its reason.
+//! `Authorization: Bearer <[admin] token>` (the scheme in any case, the token compared in
+//! constant time); without a configured token the API is off (404). Every change is
+//! journaled with its reason, and checked by the rules `tollgate ledger` applies too
+//! ([`tollgate_state::ledger::operator`]). A method a resource does not take is 405 with
+//! `Allow`, once the caller is authorized.
 //!
 //! - `GET  /ledger/clients/{id}?limit=&before=` — balance, held, and the journal;
 //! - `POST /ledger/clients/{id}/credit` `{"amount": 100, "reason": "..."}`;
@@ -15,18 +18,18 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tollgate_state::ledger::{Adjust, Adjusted, Change, Movement, MAX_TOKENS};
+use tollgate_state::ledger::operator::{self, MAX_JOURNAL_PAGE};
+use tollgate_state::ledger::{Adjusted, Change, Movement, MAX_TOKENS};
 
 use super::AdminResponse;
 use crate::credits::now_ms;
 use crate::endpoints::credits::{json_answer, query_number};
-use crate::errors::{AdminError, CreditError, GatewayError, RequestError};
+use crate::errors::{AccessError, AdminError, CreditError, GatewayError, RequestError};
 use crate::runtime::Runtime;
 
 const MAX_BODY_BYTES: usize = 16 * 1024;
 /// A change's body must arrive within this (a stalled client holds no task for long).
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-const MAX_PAGE: u64 = 1000;
 
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
     let request_id = crate::request_id::from_headers(request.headers());
@@ -42,9 +45,20 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
 
 /// 404 `ROUTE_NOT_FOUND` for a path the admin listener does not serve.
 pub fn not_found(request: &Request<Incoming>) -> AdminResponse {
+    refuse(request, AdminError::NotFound.into())
+}
+
+/// 405 `METHOD_NOT_ALLOWED`, `Allow: <allow>`, for a method a resource does not take.
+pub fn method_not_allowed(request: &Request<Incoming>, allow: Method) -> AdminResponse {
+    refuse(
+        request,
+        AccessError::MethodNotAllowed { allow: vec![allow] }.into(),
+    )
+}
+
+fn refuse(request: &Request<Incoming>, error: GatewayError) -> AdminResponse {
     let request_id = crate::request_id::from_headers(request.headers());
-    let mut response =
-        crate::problem::render(&GatewayError::from(AdminError::NotFound), &request_id);
+    let mut response = crate::problem::render(&error, &request_id);
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(crate::request_id::HEADER, id);
     }
@@ -66,16 +80,16 @@ fn authorized(request: &Request<Incoming>, runtime: &Runtime) -> Result<(), Gate
     let (Some(sent), None) = (sent.next(), sent.next()) else {
         return Err(AdminError::Unauthorized.into());
     };
-    let presented = Some(sent)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+    // `Bearer`, `bearer` and `BEARER` alike (RFC 9110 §11.1), as on the data plane.
+    let presented = sent
+        .to_str()
+        .ok()
+        .and_then(tollgate_auth::bearer::credentials)
+        .filter(|token| !token.is_empty())
         .ok_or(AdminError::Unauthorized)?;
     // Hashed first, so the comparison takes the same time whatever the lengths.
     let (a, b) = (
-        Sha256::digest(presented.trim().as_bytes()),
+        Sha256::digest(presented.as_bytes()),
         Sha256::digest(&token.0),
     );
     if tollgate_auth::secret::equal(&a, &b) {
@@ -127,17 +141,15 @@ async fn change_body(
     if members.repeated().is_some() || members.0.iter().any(|(k, _)| !known(k)) {
         return Err(AdminError::BodyInvalid.into());
     }
+    // Whether the number and the reason are acceptable is the operator rules' to say
+    // (`operator::adjustment`), with a detail that names the rule; here only their types.
     let amount = members
         .get(field)
         .and_then(Value::as_u64)
-        // A credit or debit of nothing is a mistake; a balance of 0 is not.
-        .filter(|n| *n > 0 || field == "balance")
         .ok_or(AdminError::BodyInvalid)?;
     let reason = members
         .get("reason")
         .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|r| !r.is_empty() && r.len() <= 500)
         .ok_or(AdminError::BodyInvalid)?;
     Ok((amount, reason.to_owned()))
 }
@@ -147,11 +159,15 @@ async fn serve(
     runtime: &Runtime,
 ) -> Result<AdminResponse, GatewayError> {
     authorized(&request, runtime)?;
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let allow = allowed(&segments).ok_or(AdminError::NotFound)?;
+    if request.method() != allow {
+        return Err(AccessError::MethodNotAllowed { allow: vec![allow] }.into());
+    }
     let active = runtime.active();
     let credits = &active.credits;
     let worker = 0;
-    let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (request.method().clone(), segments.as_slice()) {
         (Method::GET, ["ledger", "verify"]) => {
             let report = credits
@@ -184,12 +200,17 @@ async fn serve(
             let query = request.uri().query();
             // As the history refuses it (errors.md): a page size out of range was
             // quietly made another one.
-            let limit = match query_number(query, "limit")? {
+            let limit = match query_number(query, "limit", MAX_JOURNAL_PAGE)? {
                 None => 100,
-                Some(n) if (1..=MAX_PAGE).contains(&n) => n as usize,
-                Some(_) => return Err(CreditError::HistoryQueryInvalid.into()),
+                Some(n) if (1..=MAX_JOURNAL_PAGE).contains(&n) => n as usize,
+                Some(_) => {
+                    return Err(CreditError::HistoryQueryInvalid {
+                        max: MAX_JOURNAL_PAGE,
+                    }
+                    .into())
+                }
             };
-            let before = query_number(query, "before")?;
+            let before = query_number(query, "before", MAX_JOURNAL_PAGE)?;
             let ledger = credits.ledger()?;
             let account = ledger
                 .account(worker, &client)
@@ -228,12 +249,8 @@ async fn serve(
                 _ => return Err(AdminError::NotFound.into()),
             };
             let (change, reason) = change;
-            let adjust = Adjust {
-                client: client.clone(),
-                change,
-                reason: format!("admin: {reason}"),
-                now_ms: now_ms(),
-            };
+            let adjust = operator::adjustment(&client, change, &reason, "admin", now_ms())
+                .map_err(AdminError::from)?;
             let adjusted = credits
                 .ledger()?
                 .adjust(worker, adjust)
@@ -270,13 +287,24 @@ async fn serve(
     }
 }
 
+/// The method a ledger resource takes; `None` for a path that names none. [`serve`]
+/// answers 405 with this as `Allow` for any other method.
+fn allowed(segments: &[&str]) -> Option<Method> {
+    match segments {
+        ["ledger", "verify"] | ["ledger", "clients", _] => Some(Method::GET),
+        ["ledger", "clients", _, "credit" | "debit"] => Some(Method::POST),
+        ["ledger", "clients", _, "balance"] => Some(Method::PUT),
+        _ => None,
+    }
+}
+
 fn movement_json(m: &Movement) -> Value {
     serde_json::to_value(m).unwrap_or(Value::Null)
 }
 
 /// A client id from the path, `%XX` escapes decoded; only an id a caller could have
-/// (`tollgate_auth::jwt::is_usable_client_id`): an account under any other could never
-/// be spent from, and a typo would credit it silently.
+/// ([`operator::client`]): an account under any other could never be spent from, and a
+/// typo would credit it silently.
 fn percent_decode(segment: &str) -> Result<String, GatewayError> {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -291,9 +319,7 @@ fn percent_decode(segment: &str) -> Result<String, GatewayError> {
             i += 1;
         }
     }
-    let text = String::from_utf8(out).map_err(|_| AdminError::ClientIdInvalid)?;
-    if !tollgate_auth::jwt::is_usable_client_id(&text) {
-        return Err(AdminError::ClientIdInvalid.into());
-    }
+    let text = String::from_utf8(out).map_err(|_| operator::Refusal::ClientId)?;
+    operator::client(&text).map_err(AdminError::from)?;
     Ok(text)
 }

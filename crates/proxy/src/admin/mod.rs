@@ -2,6 +2,10 @@
 //! `/readyz` (it accepts traffic; 503 while draining, while the session store's
 //! revocations are not known yet, and while the token ledger is not open), and the
 //! admin API of [`ledger`] behind `[admin] token`. Bind it to a private address.
+//!
+//! Every answer of its own is problem+json: 404 `ROUTE_NOT_FOUND` for a path it does
+//! not serve, 405 `METHOD_NOT_ALLOWED` with `Allow` for a method a resource does not
+//! take (`POST /healthz`), as on the data plane.
 
 mod ledger;
 
@@ -19,6 +23,12 @@ pub type AdminResponse = Response<Either<Incoming, Full<Bytes>>>;
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
     if request.uri().path().starts_with("/ledger/") || request.uri().path() == "/ledger" {
         return ledger::handle(request, runtime).await;
+    }
+    // The three probes take GET only; anything else on them is 405, not "no such path".
+    if matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz")
+        && request.method() != Method::GET
+    {
+        return ledger::method_not_allowed(&request, Method::GET);
     }
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => {

@@ -23,7 +23,7 @@ use crate::exchange::Exchange;
 const MAX_OPERATIONS: usize = 100;
 const MAX_BODY_BYTES: u64 = 64 * 1024;
 const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 500;
+const MAX_PAGE: u64 = 500;
 
 /// A JSON answer nobody caches: the token endpoints' and the ledger admin API's.
 pub(crate) fn json_answer(status: StatusCode, value: &Value) -> Answer {
@@ -192,19 +192,23 @@ pub async fn preview(
     ))
 }
 
-/// The first `name=` of a query as a whole number (400 `INVALID_QUERY` if it is not one).
-pub(crate) fn query_number(query: Option<&str>, name: &str) -> Result<Option<u64>, GatewayError> {
+/// The first `name=` of a query as a whole number (400 `INVALID_QUERY` if it is not one;
+/// its detail names `max_page`, the page size of the endpoint asking).
+pub(crate) fn query_number(
+    query: Option<&str>,
+    name: &str,
+    max_page: u64,
+) -> Result<Option<u64>, GatewayError> {
+    let invalid = || GatewayError::from(CreditError::HistoryQueryInvalid { max: max_page });
     let mut found = None;
     for pair in query.unwrap_or("").split('&') {
         if let Some((key, value)) = pair.split_once('=') {
             if key == name {
                 // Given twice, it says two things: refused rather than one picked.
                 if found.is_some() {
-                    return Err(CreditError::HistoryQueryInvalid.into());
+                    return Err(invalid());
                 }
-                let number = value
-                    .parse::<u64>()
-                    .map_err(|_| GatewayError::from(CreditError::HistoryQueryInvalid))?;
+                let number = value.parse::<u64>().map_err(|_| invalid())?;
                 found = Some(number);
             }
         }
@@ -219,12 +223,12 @@ pub async fn history<B>(
 ) -> Result<Answer, GatewayError> {
     let client = client(exchange)?;
     let query = request.uri().query();
-    let limit = match query_number(query, "limit")? {
+    let limit = match query_number(query, "limit", MAX_PAGE)? {
         None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE as u64).contains(&n) => n as usize,
-        Some(_) => return Err(CreditError::HistoryQueryInvalid.into()),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => n as usize,
+        Some(_) => return Err(CreditError::HistoryQueryInvalid { max: MAX_PAGE }.into()),
     };
-    let before = query_number(query, "before")?;
+    let before = query_number(query, "before", MAX_PAGE)?;
     let page = credits
         .ledger()?
         .journal(exchange.worker, &client, before, limit)
