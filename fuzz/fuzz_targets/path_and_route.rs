@@ -1,6 +1,7 @@
 //! Path normalization and route matching: whatever the raw path, the normalized one is
-//! stable, free of anything a second decoder could read differently, and forwarded
-//! byte for byte; route parameters are always single segments.
+//! stable, has one spelling per character, is free of anything a second decoder could
+//! read differently, and is forwarded byte for byte; route parameters are always single
+//! segments.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -30,6 +31,20 @@ fuzz_target!(|data: &[u8]| {
     assert!(!lower.contains("%2f") && !lower.contains("%5c") && !lower.contains("%2e"));
     for segment in judged.split('/') {
         assert!(segment != "." && segment != "..", "{judged}");
+    }
+    // One spelling per character: nothing raw that must be escaped, nothing escaped that
+    // is written raw, hex upper case.
+    assert!(judged.is_ascii(), "{judged}");
+    assert!(
+        !judged.contains([' ', '"', '<', '>', '[', ']', '^', '`', '{', '|', '}']),
+        "{judged}"
+    );
+    for (at, _) in judged.match_indices('%') {
+        let hex = &judged[at + 1..at + 3];
+        assert_eq!(hex, hex.to_ascii_uppercase(), "{judged}");
+        let byte = u8::from_str_radix(hex, 16).expect("an escape");
+        let plain = byte.is_ascii_alphanumeric() || b"-._~:@!$'()*,".contains(&byte);
+        assert!(!plain, "{judged}: %{hex} has a raw spelling");
     }
     let upstream = Upstream {
         authority: http::uri::Authority::from_static("backend:8081"),
