@@ -5,8 +5,8 @@
 //! CORS and credit headers of their stages.
 
 use bytes::Bytes;
-use http::header::HeaderValue;
-use http::{Response, StatusCode};
+use http::header::{HeaderMap, HeaderValue, LOCATION};
+use http::{Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
@@ -18,16 +18,63 @@ use crate::body::Observed;
 pub type ResponseBody = Observed<Either<Incoming, Full<Bytes>>, AccessLog>;
 use crate::exchange::{Exchange, Verdict};
 use crate::{cors, headers, meter, request_id};
-use tollgate_policy::snapshot::ApiKeySettings;
+use tollgate_policy::snapshot::{ApiKeySettings, Upstream};
 
-/// The upstream's response, cleaned for the client: hop-by-hop headers, and the credit
+/// The upstream's response, cleaned for the client: hop-by-hop headers, the credit
 /// headers only the gateway may set (a backend's `X-Token-Balance: 99999` on a free
-/// route would be shown as the caller's balance; metering sets them where it metered).
-pub fn from_upstream(response: Response<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
+/// route would be shown as the caller's balance; metering sets them where it metered),
+/// and a `Location` that points at the backend itself.
+pub fn from_upstream(
+    response: Response<Incoming>,
+    upstream: &Upstream,
+) -> Response<Either<Incoming, Full<Bytes>>> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     meter::strip_upstream_claims(&mut parts.headers);
+    relative_location(&mut parts.headers, upstream);
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// A redirect to the backend's own address — a framework builds absolute URLs from the
+/// `Host` it was sent, which is the backend's — would send the browser past the gateway
+/// (and tell it where the backend is). It is made relative to the gateway, the base
+/// path taken off, as nginx's `proxy_redirect default` does. Redirects elsewhere pass.
+fn relative_location(headers: &mut HeaderMap, upstream: &Upstream) {
+    let Some(location) = headers.get(LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let Ok(uri) = location.parse::<Uri>() else {
+        return;
+    };
+    let scheme = if upstream.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let ours = uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        && uri
+            .authority()
+            .is_some_and(|a| a.as_str().eq_ignore_ascii_case(upstream.authority.as_str()));
+    if !ours {
+        return;
+    }
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = match target.strip_prefix(upstream.base_path.as_str()) {
+        Some(rest) if !upstream.base_path.is_empty() && rest.starts_with(['/', '?']) => {
+            if rest.starts_with('?') {
+                format!("/{rest}")
+            } else {
+                rest.to_owned()
+            }
+        }
+        Some("") if !upstream.base_path.is_empty() => "/".to_owned(),
+        _ => target.to_owned(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&target) {
+        headers.insert(LOCATION, value);
+    }
 }
 
 /// Tells a caller who used an API key that keys are on their way out: `Deprecation`
@@ -162,6 +209,46 @@ mod tests {
 
     use tollgate_policy::snapshot::{FailureMode, LimitKey, LimitPolicy, Origin};
     use tollgate_state::rate::{Decide, Quota};
+
+    #[test]
+    fn a_redirect_to_the_backend_itself_is_made_relative() {
+        let upstream = |base: &str| Upstream {
+            authority: http::uri::Authority::from_static("10.0.0.5:8081"),
+            base_path: base.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle: 1,
+            tls: None,
+        };
+        let cases = [
+            (
+                "",
+                "http://10.0.0.5:8081/internal?next=1",
+                "/internal?next=1",
+            ),
+            ("", "HTTP://10.0.0.5:8081", "/"),
+            (
+                "/api",
+                "http://10.0.0.5:8081/api/campaigns/3",
+                "/campaigns/3",
+            ),
+            ("/api", "http://10.0.0.5:8081/api", "/"),
+            ("/api", "http://10.0.0.5:8081/api?x=1", "/?x=1"),
+            ("/api", "http://10.0.0.5:8081/apix/y", "/apix/y"),
+            // Elsewhere, or relative already: as sent.
+            ("", "https://10.0.0.5:8081/x", "https://10.0.0.5:8081/x"),
+            ("", "http://10.0.0.5:9999/x", "http://10.0.0.5:9999/x"),
+            ("", "https://idp.example/login", "https://idp.example/login"),
+            ("", "/already/relative", "/already/relative"),
+        ];
+        for (base, sent, want) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(LOCATION, HeaderValue::from_str(sent).unwrap());
+            relative_location(&mut headers, &upstream(base));
+            assert_eq!(headers[LOCATION], want, "{base} {sent}");
+        }
+    }
 
     use super::*;
 

@@ -67,6 +67,9 @@ pub async fn reshape(
             exchange.own_answer = true;
             login::answer(exchange, response, &active.sessions).await
         }
-        _ => Ok(respond::from_upstream(response)),
+        _ => Ok(respond::from_upstream(
+            response,
+            &exchange.snapshot.upstream,
+        )),
     }
 }
