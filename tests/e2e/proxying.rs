@@ -95,7 +95,7 @@ async fn forwarding_headers_are_set_and_spoofs_replaced() {
 }
 
 #[tokio::test]
-async fn a_backend_cannot_speak_for_the_gateway_about_credits() {
+async fn a_backend_cannot_speak_for_the_gateway_about_credits_or_send_clients_to_itself() {
     // A backend that claims a balance, a cost and a replay on a free route.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -110,9 +110,8 @@ async fn a_backend_cannot_speak_for_the_gateway_about_credits() {
                         _ => return,
                     }
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-token-balance: 99999\r\nX-Token-Cost: 0\r\nidempotent-replayed: true\r\nretry-after: 7\r\nx-own: kept\r\nconnection: close\r\n\r\nok")
-                    .await;
+                let answer = format!("HTTP/1.1 302 Found\r\ncontent-length: 2\r\nx-token-balance: 99999\r\nX-Token-Cost: 0\r\nidempotent-replayed: true\r\nretry-after: 7\r\nx-own: kept\r\nlocation: http://{addr}/internal?a=1\r\nconnection: close\r\n\r\nok");
+                let _ = stream.write_all(answer.as_bytes()).await;
             });
         }
     });
@@ -122,8 +121,10 @@ async fn a_backend_cannot_speak_for_the_gateway_about_credits() {
     })
     .await;
     let r = h.get("/pub/x", &[]).await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 302);
     assert_eq!(r.body, b"ok");
+    // A redirect to the backend's own address stays behind the gateway.
+    assert_eq!(r.header("location"), Some("/internal?a=1"));
     for gone in ["x-token-balance", "x-token-cost", "idempotent-replayed"] {
         assert_eq!(r.header(gone), None, "{gone} reached the client");
     }
