@@ -110,7 +110,7 @@ async fn a_backend_cannot_speak_for_the_gateway_about_credits_or_send_clients_to
                         _ => return,
                     }
                 }
-                let answer = format!("HTTP/1.1 302 Found\r\ncontent-length: 2\r\nx-token-balance: 99999\r\nX-Token-Cost: 0\r\nidempotent-replayed: true\r\nretry-after: 7\r\nx-own: kept\r\nlocation: http://{addr}/internal?a=1\r\nconnection: close\r\n\r\nok");
+                let answer = format!("HTTP/1.1 302 Found\r\ncontent-length: 2\r\nx-token-balance: 99999\r\nX-Token-Cost: 0\r\nidempotent-replayed: true\r\nretry-after: 7\r\nx-own: kept\r\nlocation: http://{addr}/internal?a=1\r\nset-cookie: tg_access=evil; Path=/\r\nset-cookie: theme=dark\r\nset-cookie: tg_refresh=evil\r\nconnection: close\r\n\r\nok");
                 let _ = stream.write_all(answer.as_bytes()).await;
             });
         }
@@ -125,6 +125,8 @@ async fn a_backend_cannot_speak_for_the_gateway_about_credits_or_send_clients_to
     assert_eq!(r.body, b"ok");
     // A redirect to the backend's own address stays behind the gateway.
     assert_eq!(r.header("location"), Some("/internal?a=1"));
+    // Nor can it plant the gateway's session cookies; its own pass.
+    assert_eq!(r.header_all("set-cookie"), ["theme=dark"]);
     for gone in ["x-token-balance", "x-token-cost", "idempotent-replayed"] {
         assert_eq!(r.header(gone), None, "{gone} reached the client");
     }

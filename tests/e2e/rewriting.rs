@@ -762,7 +762,7 @@ async fn a_route_that_identifies_nobody_passes_on_no_claimed_client_id() {
     // dropped from the query and the cookies, as the identity headers are.
     let r = h
         .get(
-            "/echo/open/x?clientId=1002&a=1&CLIENT_ID=1003&client_id%5B%5D=1004&b=%3D;clientid=9&filter%5BclientId%5D=5",
+            "/echo/open/x?clientId=1002&a=1&CLIENT_ID=1003&client_id%5B%5D=1004&b=%3D;clientid=9&filter%5BclientId%5D=5&!clientId=6&%21CLIENTID=7",
             &[
                 ("cookie", "clientId=1002; theme=dark"),
                 ("cookie", "a=1 client_id=1003"),

@@ -83,6 +83,9 @@ pub fn same_top(decoded: &str, configured: &str) -> bool {
 /// The name as PHP registers it at the top level (the others fold less).
 fn folded(decoded: &str) -> impl Iterator<Item = char> + '_ {
     let name = before_nul(decoded).trim_start();
+    // Spring's data binder reads `!name` as the default of `name`, used when `name`
+    // itself is absent (as it is once the gateway removed it).
+    let name = name.strip_prefix('!').unwrap_or(name);
     // `name[...]`: an array element of `name` (PHP, qs, Rails); an unmatched `[` is
     // renamed to `_` by PHP instead.
     let name = match name.find('[') {
@@ -333,9 +336,14 @@ mod tests {
             "campaign.clientId",
             "cl%C4%B1entId",
             "CL%C4%B0ENTID",
+            // Spring's field default, bound when `clientId` itself is absent.
+            "!clientId",
+            "%21CLIENTID",
         ] {
             assert!(same_name(raw.as_bytes(), "clientId"), "{raw}");
         }
+        assert!(same_top("!clientId", "clientId"));
+        assert!(!same_name(b"!!clientId", "clientId"));
         assert!(same_name("ſecret".as_bytes(), "secret"));
         // qs and Rack nest under a key cut by a NUL, which PHP would stop at.
         assert!(same_name(b"x%00[clientId]", "clientId"));

@@ -105,6 +105,36 @@ pub fn strip_ours(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes a backend's `Set-Cookie` for one of the gateway's own cookies: a backend
+/// could otherwise plant, fix or clear the caller's session (and its CSRF token).
+pub fn drop_set_by_backend(headers: &mut HeaderMap) {
+    let set_cookie = http::header::SET_COOKIE;
+    let theirs = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        let name = bytes
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or(bytes)
+            .trim_ascii();
+        !OURS
+            .iter()
+            .any(|ours| ours.as_bytes().eq_ignore_ascii_case(name))
+    };
+    if headers.get_all(&set_cookie).iter().all(theirs) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(&set_cookie)
+        .iter()
+        .filter(|v| theirs(v))
+        .cloned()
+        .collect();
+    headers.remove(&set_cookie);
+    for value in kept {
+        headers.append(&set_cookie, value);
+    }
+}
+
 /// The `csh` claim for a session's CSRF token: its SHA-256, hex, first 128 bits.
 pub fn csrf_hash(token: &str) -> String {
     use sha2::Digest as _;
@@ -187,6 +217,23 @@ pub fn refresh_path(snapshot: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backend_cannot_set_the_gateway_s_cookies() {
+        let mut h = HeaderMap::new();
+        for value in [
+            "tg_access=evil; Path=/",
+            "theme=dark",
+            "TG_REFRESH=evil; Path=/gateway/auth",
+            " tg_csrf =x",
+            "__Host-tg_access=other",
+        ] {
+            h.append(http::header::SET_COOKIE, HeaderValue::from_static(value));
+        }
+        drop_set_by_backend(&mut h);
+        let kept: Vec<_> = h.get_all(http::header::SET_COOKIE).iter().collect();
+        assert_eq!(kept, ["theme=dark", "__Host-tg_access=other"]);
+    }
 
     fn headers(cookies: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -152,7 +152,7 @@ async fn run(
     }
 
     // 2. normalize
-    let path = normalize::path(request.uri())?;
+    let path = normalize::path(request.uri(), snapshot.server.max_uri_bytes)?;
     exchange.log.set_path(&path);
 
     // 3. route

@@ -23,7 +23,8 @@ use tollgate_policy::snapshot::{ApiKeySettings, Upstream};
 /// The upstream's response, cleaned for the client: hop-by-hop headers, the credit
 /// headers only the gateway may set (a backend's `X-Token-Balance: 99999` on a free
 /// route would be shown as the caller's balance; metering sets them where it metered),
-/// and a `Location` that points at the backend itself.
+/// a `Set-Cookie` for the gateway's session cookies, and a `Location` that points at
+/// the backend itself.
 pub fn from_upstream(
     response: Response<Incoming>,
     upstream: &Upstream,
@@ -31,6 +32,7 @@ pub fn from_upstream(
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     meter::strip_upstream_claims(&mut parts.headers);
+    crate::cookies::drop_set_by_backend(&mut parts.headers);
     relative_location(&mut parts.headers, upstream);
     Response::from_parts(parts, Either::Left(body))
 }

@@ -92,8 +92,7 @@ pub struct UpstreamFile {
 pub struct RoutingFile {
     /// Directory of policy files, relative to `gateway.toml`.
     pub policies: Spanned<String>,
-    #[serde(default)]
-    pub unmatched: UnmatchedFile,
+    pub unmatched: Option<Spanned<UnmatchedFile>>,
     /// The `[cors.NAME]` policy of routes that name none (and of requests no route
     /// matches).
     pub cors: Option<Spanned<String>>,

@@ -4,6 +4,7 @@
 //! that can never match.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,9 +45,9 @@ pub(crate) fn routing(
     refs: &Refs,
 ) -> Routing {
     let dir = l.resolve(f.policies.get_ref());
-    let unmatched = match f.unmatched {
-        UnmatchedFile::Deny => Unmatched::Deny,
-        UnmatchedFile::Forward => Unmatched::Forward,
+    let unmatched = match f.unmatched.as_ref().map(|u| *u.get_ref()) {
+        None | Some(UnmatchedFile::Deny) => Unmatched::Deny,
+        Some(UnmatchedFile::Forward) => Unmatched::Forward,
     };
     let files = match l.sources().policy_files(&dir) {
         Ok(files) => files,
@@ -135,6 +136,13 @@ pub(crate) fn routing(
         }
     }
     shadowed_routes(l, &routes);
+    if let Some(forward) = f
+        .unmatched
+        .as_ref()
+        .filter(|_| unmatched == Unmatched::Forward)
+    {
+        forward_guards(l, gateway, forward.span(), &routes);
+    }
     let mut limits: Vec<Arc<LimitPolicy>> = declared.limits.into_values().flatten().collect();
     limits.sort_by(|a, b| a.name.cmp(&b.name));
     Routing {
@@ -237,6 +245,26 @@ fn shadowed_routes(l: &mut Loader, routes: &[Route]) {
     }
 }
 
+/// `unmatched = "forward"` beside routes that guard something: routes match paths
+/// case-sensitively and literally, while Express, ASP.NET and IIS route `/CAMPAIGNS`
+/// (and IIS `/campaigns.`) to the `/campaigns` handler: such a spelling is forwarded
+/// unauthenticated, uncharged and undenied. Said once, naming a route it concerns.
+fn forward_guards(l: &mut Loader, gateway: &SourceFile, span: Range<usize>, routes: &[Route]) {
+    let guarded = routes
+        .iter()
+        .find(|r| r.action == RouteAction::Deny || r.cost.is_some() || r.auth.identifies_caller());
+    if let Some(route) = guarded {
+        l.warning(
+            gateway,
+            Some(span),
+            format!(
+                "[routing] unmatched = \"forward\": a path no route matches goes to the backend unjudged, and routes match case-sensitively; a backend that routes `{}` in another case or spelling (Express, ASP.NET, IIS do) serves what route `{}` guards without its rules. Prefer \"deny\" and a route per path the backend serves",
+                route.path, route.name
+            ),
+        );
+    }
+}
+
 /// The parameter names any route may read a client id from, as a policy that injects
 /// nothing and overwrites (drops) every id a request supplies; `None` when no route
 /// has a client-id policy.
@@ -317,6 +345,31 @@ mod tests {
         assert!(matches!(s.fallback.auth, RouteAuth::None));
         assert!(s.fallback.client_id.is_none() && s.fallback.upstream_credential.is_none());
         assert!(s.fallback.path.matches("/anything/at/all"));
+    }
+
+    #[test]
+    fn forwarding_unmatched_requests_beside_guarded_routes_is_warned_about() {
+        let forward = GATEWAY.replace(
+            "policies = \"policies\"",
+            "policies = \"policies\"\nunmatched = \"forward\"",
+        );
+        let closed = [(
+            "a.toml",
+            "[[route]]\nname = \"closed\"\npath = \"/admin/*\"\naction = \"deny\"\n",
+        )];
+        let w = warnings(&forward, &closed);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("gateway.toml:9:13: [routing] unmatched = \"forward\": a path no route matches goes to the backend unjudged")
+                && w[0].contains("`/admin/*`") && w[0].contains("route `closed`"),
+            "{w:?}"
+        );
+        assert!(warnings(GATEWAY, &closed).is_empty());
+        let open = [(
+            "a.toml",
+            "[[route]]\nname = \"pub\"\npath = \"/pub/*\"\nauth = \"none\"\n",
+        )];
+        assert!(warnings(&forward, &open).is_empty());
     }
 
     #[test]
