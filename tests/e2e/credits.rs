@@ -739,6 +739,46 @@ async fn a_graceful_stop_waits_for_an_exchange_whose_client_left() {
     assert_verified(&h.gateway).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_shutdown_cuts_off_is_refunded_at_once() {
+    let mut h = Harness::with(Setup {
+        server: "shutdown_grace = \"300ms\"".into(),
+        ..setup("reservation_timeout = \"15m\"", "")
+    })
+    .await;
+    h.gateway.wait_ready().await;
+    credit(&h.gateway, "c11", 100).await;
+    let bearer = bearer_for("c11");
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /echo/metered/slow?delay_ms=5000 HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            account(&h.gateway, "c11").await.1 == 5
+        })
+        .await
+    );
+    h.gateway.signal("TERM");
+    let exit = h.gateway.wait_exit(Duration::from_secs(10));
+    assert!(exit.is_some_and(|s| s.success()), "{exit:?}");
+    assert!(
+        h.gateway
+            .stderr()
+            .contains("refunded what requests cut off by the shutdown held"),
+        "{}",
+        h.gateway.stderr()
+    );
+    // Not held for the 15 minutes of its reservation: refunded before the exit.
+    h.gateway = GatewayProcess::start(&h.dir.path().join("gateway.toml"));
+    h.gateway.wait_ready().await;
+    assert_eq!(account(&h.gateway, "c11").await, (100, 0));
+    assert_verified(&h.gateway).await;
+}
+
 /// A request still running at its reservation's deadline would be refunded under it by
 /// the sweeper, and its answer could then charge nothing: an upload trickled at the
 /// slowest allowed rate got its work done free. It is cut off a little before the
@@ -1580,6 +1620,27 @@ async fn a_graceful_stop_under_load_posts_every_answered_request() {
     // held for the expiry to refund, and the charges are exactly the answers.
     assert_eq!(account(&restarted, "drain").await, (100_000 - answered, 0));
     assert_verified(&restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_in_a_redis_never_reached_is_not_ready() {
+    // Nothing listens there yet (a wrong address or password in the Secret looks the
+    // same to the gateway): it must not report ready with every metered route 503.
+    let port = crate::support::closed_port().port();
+    let store = format!(
+        "[store]\nredis_url = \"redis://127.0.0.1:{port}\"\ntimeout = \"200ms\"\nbreaker_cooldown = \"300ms\""
+    );
+    let h = Harness::with(setup("", &store)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.gateway.readyz().await, 503, "{}", h.gateway.stderr());
+    assert!(h.gateway.stderr().contains("cannot reach the token ledger"));
+    let _redis = RedisServer::start_on(port);
+    h.gateway.wait_ready().await;
+    credit(&h.gateway, "r0", 5).await;
+    assert_eq!(
+        call(&h.gateway, "GET", "/echo/one/x", "r0").await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! empty). The manifests themselves are checked by `tests/tools/deploy_checks.py` in CI.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use crate::support::{raw, repo, shipped_config, GatewayProcess, RedisServer, TempDir};
 
@@ -93,4 +94,25 @@ fn metric_names_are_read_out_of_promql() {
         metric_names("histogram_quantile(0.99, sum by (le) (rate(tollgate_x_seconds_bucket[5m]))) / tollgate_y_total"),
         ["tollgate_x_seconds", "tollgate_y_total"]
     );
+}
+
+/// Every configuration we ship that meters provider calls settles hang-ups: with the
+/// default (refund), a caller who hangs up gets the call placed for free.
+#[test]
+fn shipped_configurations_that_meter_settle_hang_ups() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for config in ["gateway.toml", "deploy/gateway.toml"] {
+        let snapshot = tollgate_policy::load(&root.join(config)).unwrap();
+        let metered = snapshot.routes.iter().any(|r| r.cost.is_some());
+        let credits = snapshot.credits.as_ref().unwrap();
+        assert!(
+            metered,
+            "{config} meters nothing any more: revisit this test"
+        );
+        assert_eq!(
+            credits.on_client_abort,
+            tollgate_policy::snapshot::ClientAbort::Settle,
+            "{config}"
+        );
+    }
 }

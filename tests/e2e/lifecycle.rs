@@ -50,6 +50,33 @@ async fn an_edited_policy_is_picked_up_by_the_watcher() {
 }
 
 #[tokio::test]
+async fn start_up_warnings_are_logged_in_the_configured_format() {
+    let h = Harness::with(Setup {
+        extra: "[tracing]\nservice_name = \"lifecycle\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    assert!(
+        h.gateway
+            .wait_for_log("configuration warning", Duration::from_secs(5))
+            .await
+    );
+    let log = h.gateway.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("service_name has no effect"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let record: serde_json::Value = serde_json::from_str(line).expect("a JSON record");
+    assert_eq!(record["level"], "WARN", "{line}");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a plain line in a JSON log: {line}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_invalid_edit_keeps_the_old_snapshot_serving() {
     // A configuration that also carries a warning: a rejected reload must not log it
     // as one of the errors that refused it.
@@ -257,6 +284,40 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_delay_keeps_serving_while_readiness_says_no() {
+    let mut h = Harness::with(Setup {
+        server: "drain_delay = \"1500ms\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    h.gateway.signal("TERM");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.gateway.readyz().await == 503
+        })
+        .await
+    );
+    // A balancer that has not polled yet still sends here: new connections are served.
+    let r = h.get("/echo/late", &[]).await;
+    assert_eq!(r.status, 200, "{}", h.gateway.stderr());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the check was too late"
+    );
+    let status = h
+        .gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the delay and the drain");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(h
+        .gateway
+        .stderr()
+        .contains("still accepting until the drain delay ends"));
 }
 
 #[tokio::test]

@@ -321,6 +321,9 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the gateway keeps accepting while `/readyz` says 503, so a
+    /// load balancer that polls readiness stops sending before the listeners close.
+    pub drain_delay: Duration,
     /// Worker threads, each with its own listener socket (SO_REUSEPORT), runtime and
     /// upstream pool. Fixed at start-up.
     pub workers: usize,

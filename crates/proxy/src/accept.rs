@@ -271,6 +271,7 @@ mod tests {
             max_header_bytes: 1024,
             max_uri_bytes: 64,
             shutdown_grace: Duration::from_secs(1),
+            drain_delay: Duration::ZERO,
             workers: 1,
             trusted_proxies: Vec::new(),
             headers_with_underscores: Underscores::Refuse,

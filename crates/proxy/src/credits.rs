@@ -189,6 +189,34 @@ impl Credits {
         self.state.as_ref().is_none_or(|s| s.ledger.get().is_some())
     }
 
+    /// After a drain that `shutdown_grace` ended with requests still running: what they
+    /// hold is refunded now rather than at their deadline (minutes later, for whoever
+    /// opens the ledger next). Their clients got no answer; a crash would refund them
+    /// the same way, only later. The embedded ledger only: it is this process's alone,
+    /// while in Redis other instances' holds sit beside ours and expire on their own.
+    pub async fn refund_cut_off(&self) -> u64 {
+        let Some(state) = self
+            .state
+            .as_ref()
+            .filter(|s| matches!(s.location, Location::Embedded(_)))
+        else {
+            return 0;
+        };
+        let Some(ledger) = state.ledger.get() else {
+            return 0;
+        };
+        match ledger.expire(state.background, u64::MAX, usize::MAX).await {
+            Ok(n) => {
+                self.counters.expired.inc_by(n);
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot refund what the shutdown cut off; it expires at its deadline");
+                0
+            }
+        }
+    }
+
     /// The ledger, or 503.
     pub fn ledger(&self) -> Result<&Arc<dyn Ledger>, GatewayError> {
         self.state
@@ -434,7 +462,21 @@ fn spawn_keeper(
                         }
                     }
                     if let Some(ledger) = &pending {
-                        match open_balances(ledger.as_ref(), state.background, &settings).await {
+                        // Open means answering: the first sweep is a round trip, so a
+                        // Redis that refuses us (a wrong password in the URL) keeps the
+                        // instance not ready rather than ready with every metered
+                        // request answered 503.
+                        let opened = match open_balances(ledger.as_ref(), state.background, &settings).await {
+                            Ok(()) => ledger
+                                .expire(state.background, now_ms(), SWEEP_MAX)
+                                .await
+                                .map(|n| {
+                                    counters.expired.inc_by(n);
+                                })
+                                .map_err(|e| format!("cannot reach the token ledger: {e}")),
+                            Err(e) => Err(e),
+                        };
+                        match opened {
                             Ok(()) => {
                                 let _ = state.ledger.set(Arc::clone(ledger));
                                 tracing::info!("the token ledger is open");

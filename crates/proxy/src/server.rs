@@ -70,17 +70,22 @@ impl Gateway {
         let tls_listen = snapshot.server.tls.iter().flat_map(|t| &t.listen);
         for (addr, scheme) in plain.chain(tls_listen.map(|a| (a, Scheme::Https))) {
             // The first bind resolves port 0; the others share the port it got.
-            let first = reuse_port_listener(*addr)?;
+            let named =
+                |e: io::Error| io::Error::new(e.kind(), format!("[server] listener {addr}: {e}"));
+            let first = reuse_port_listener(*addr).map_err(named)?;
             let bound = first.local_addr()?;
             worker_listeners[0].push((first, scheme));
             for listeners in worker_listeners.iter_mut().skip(1) {
-                listeners.push((reuse_port_listener(bound)?, scheme));
+                listeners.push((reuse_port_listener(bound).map_err(named)?, scheme));
             }
         }
         let admin = match &snapshot.admin {
             Some(a) => {
-                let listener = std::net::TcpListener::bind(a.listen)?;
-                listener.set_nonblocking(true)?;
+                let named = |e: io::Error| {
+                    io::Error::new(e.kind(), format!("[admin] listener {}: {e}", a.listen))
+                };
+                let listener = std::net::TcpListener::bind(a.listen).map_err(named)?;
+                listener.set_nonblocking(true).map_err(named)?;
                 Some(listener)
             }
             None => None,
@@ -195,6 +200,17 @@ impl Gateway {
         shutdown.await;
         sweeper.abort();
         self.runtime.start_draining();
+        // Not ready, still serving: a balancer that polls `/readyz` takes this instance
+        // out before its listeners close, instead of finding them closed (Kubernetes
+        // gets the same from a `preStop` pause).
+        let delay = self.runtime.active().snapshot.server.drain_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "not ready; still accepting until the drain delay ends"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = stop_tx.send(true);
         tracing::info!(
             grace_ms = self
@@ -209,6 +225,16 @@ impl Gateway {
         let mut drained = true;
         for done in workers {
             drained &= done.await.unwrap_or(false);
+        }
+        if !drained {
+            let active = self.runtime.active();
+            let refunded = active.credits.refund_cut_off().await;
+            if refunded > 0 {
+                tracing::warn!(
+                    reservations = refunded,
+                    "refunded what requests cut off by the shutdown held"
+                );
+            }
         }
         let _ = admin_stop_tx.send(true);
         if let Some(admin) = admin {

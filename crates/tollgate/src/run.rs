@@ -23,6 +23,9 @@ pub struct Demo {
 /// then drains.
 pub fn serve(config: PathBuf, snapshot: Snapshot, demo: Option<Demo>) -> ExitCode {
     let log = crate::logging::init(&snapshot.log);
+    for warning in &snapshot.warnings {
+        tracing::warn!(diagnostic = %warning, "configuration warning");
+    }
     let access_sink = log.access_sink();
     // The control runtime: signals, reload, the admin listener (and the demo backend).
     // The data plane runs on its own per-core worker runtimes (see tollgate_proxy::Gateway).

@@ -16,6 +16,7 @@ pub struct ServerFile {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_uri_bytes: Option<Spanned<i64>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub drain_delay: Option<Spanned<String>>,
     pub workers: Option<Spanned<i64>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,

@@ -161,6 +161,7 @@ pub(crate) fn server(l: &mut Loader, src: &SourceFile, f: ServerFile) -> Option<
             Duration::from_secs(30),
             Zero::Refused,
         ),
+        drain_delay: l.duration(src, &f.drain_delay, Duration::ZERO, Zero::Allowed),
         workers: l.size(
             src,
             &f.workers,
