@@ -277,6 +277,44 @@ fn cookie_value(set: &[(String, String)], name: &str) -> String {
 }
 
 #[tokio::test]
+async fn in_cookie_mode_a_login_from_another_site_is_refused() {
+    let h = Harness::with(setup("tokens = \"cookie\"")).await;
+    // A page elsewhere auto-submitting the attacker's credentials (login CSRF): by what
+    // the browser says of the request's site, or by its Origin.
+    for headers in [
+        vec![
+            ("origin", "https://evil.test"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        vec![("origin", "https://evil.test")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "same-site")],
+    ] {
+        let r = post_json(&h, LOGIN_PATH, &headers, DEMO_LOGIN).await;
+        r.assert_problem(403, "CSRF_TOKEN_INVALID");
+        assert!(set_cookies(&r).is_empty(), "{headers:?}");
+    }
+    // The frontend's origin (allowed by the CORS policy), the gateway's own origin, and
+    // a client that is no browser log in.
+    for headers in [
+        vec![("origin", APP), ("sec-fetch-site", "cross-site")],
+        vec![
+            ("origin", "http://gw.test"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        vec![],
+    ] {
+        let r = post_json(&h, LOGIN_PATH, &headers, DEMO_LOGIN).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{headers:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
+
+#[tokio::test]
 async fn in_cookie_mode_the_page_never_holds_a_token() {
     let h = Harness::with(setup("tokens = \"cookie\"")).await;
     let r = post_json(&h, LOGIN_PATH, &[("origin", APP)], DEMO_LOGIN).await;

@@ -428,6 +428,32 @@ async fn logout_ends_the_session_and_the_token_it_was_called_with() {
 }
 
 #[tokio::test]
+async fn a_logged_out_token_stays_refused_through_the_leeway() {
+    let h = Harness::with(setup("", "")).await;
+    // Verification accepts a token until `exp` plus the leeway (30 s here): a revocation
+    // that ended at `exp` let it back in for those seconds.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    let token = bearer_with(json!({"clientId": "1001", "jti": "short-lived", "exp": exp}));
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &token)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    h.get("/echo/me", &[("authorization", &token)])
+        .await
+        .assert_problem(401, "TOKEN_REVOKED");
+}
+
+#[tokio::test]
 async fn a_logout_ends_only_what_belongs_to_its_caller() {
     let h = Harness::with(setup("", "")).await;
     // Another issuer's tokens may repeat a `jti` across clients: logging one out

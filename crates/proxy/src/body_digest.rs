@@ -14,15 +14,18 @@ pub type BodyDigest = oneshot::Sender<String>;
 pub type AwaitedDigest = oneshot::Receiver<String>;
 
 /// The digest of a streamed request body, fed as it passes, in any chunking. With a
-/// multipart boundary, the boundary itself is left out: what is hashed is the body
-/// without its occurrences, and apart, where in that they were. So the same form data
-/// under two boundaries (a browser picks a new one for each send) hashes the same,
-/// while a byte changed, added or moved, or a boundary moved, hashes otherwise.
+/// multipart boundary, the delimiters are left out: what is hashed is the body without
+/// them, and apart, where in that they were. So the same form data under two boundaries
+/// (a browser picks a new one for each send) hashes the same, while a byte changed,
+/// added or moved, or a delimiter moved, hashes otherwise. A delimiter is the boundary
+/// after a line break (RFC 2046 §5.1.1), or at the very start: the boundary's text
+/// inside a value (`pay x--AAA`) is content, or two different values, each holding its
+/// own request's boundary, would hash alike.
 pub struct BodyHasher {
     content: Sha256,
     /// Where the boundary occurred, as offsets into what `content` was fed.
     places: Sha256,
-    /// `--boundary`, if the body is multipart.
+    /// `CRLF--boundary`, if the body is multipart.
     needle: Option<Vec<u8>>,
     /// The tail of what came so far that may begin an occurrence (shorter than it).
     carry: Vec<u8>,
@@ -34,8 +37,14 @@ impl BodyHasher {
         BodyHasher {
             content: Sha256::new(),
             places: Sha256::new(),
-            needle: boundary.map(|b| [b"--", b.as_bytes()].concat()),
-            carry: Vec::new(),
+            needle: boundary.map(|b| [b"\r\n--", b.as_bytes()].concat()),
+            // A line break before the body, so a delimiter that opens it is found like
+            // any other (every body gets it: digests compare alike).
+            carry: if boundary.is_some() {
+                b"\r\n".to_vec()
+            } else {
+                Vec::new()
+            },
             hashed: 0,
         }
     }
@@ -117,6 +126,17 @@ mod tests {
                 .replacen(&format!("--{chrome}\r\n"), "", 1);
         assert_ne!(digest(dropped.as_bytes(), Some(chrome), 7), whole);
         assert_ne!(digest(&body, None, 7), whole);
+        // A value holding its own request's boundary is content, not a delimiter: two
+        // different values do not hash alike, the same value under two boundaries does.
+        let value = |b: &str, v: &str| {
+            format!(
+                "--{b}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n{v}\r\n--{b}--\r\n"
+            )
+            .into_bytes()
+        };
+        let aaa = digest(&value("AAA", "pay x--AAA"), Some("AAA"), 5);
+        assert_ne!(digest(&value("BBB", "pay x--BBB"), Some("BBB"), 5), aaa);
+        assert_eq!(digest(&value("CCC", "pay x--AAA"), Some("CCC"), 5), aaa);
         // Without a boundary: any chunking, and a plain SHA-256 of the bytes.
         let csv = b"name,phone\nAda,1\n";
         assert_eq!(digest(csv, None, 1), digest(csv, None, csv.len()));

@@ -367,6 +367,10 @@ pub enum SessionRefusal {
         "state-changing requests with session cookies need the X-CSRF-Token header of the session"
     )]
     CsrfInvalid,
+    #[error(
+        "with session cookies a login must come from the frontend's own origin or one the CORS policy allows: a page on another site could otherwise log this browser into its own account"
+    )]
+    LoginCrossSite,
     #[error("the session store cannot be reached; retry in a moment")]
     StoreUnavailable,
 }
@@ -376,7 +380,7 @@ impl Problem for SessionRefusal {
         match self {
             SessionRefusal::LoginAnswerUnreadable => StatusCode::BAD_GATEWAY,
             SessionRefusal::BodyInvalid => StatusCode::BAD_REQUEST,
-            SessionRefusal::CsrfInvalid => StatusCode::FORBIDDEN,
+            SessionRefusal::CsrfInvalid | SessionRefusal::LoginCrossSite => StatusCode::FORBIDDEN,
             SessionRefusal::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
@@ -392,7 +396,7 @@ impl Problem for SessionRefusal {
             SessionRefusal::RefreshReused => "REFRESH_REUSED",
             SessionRefusal::Expired => "SESSION_EXPIRED",
             SessionRefusal::Revoked => "SESSION_REVOKED",
-            SessionRefusal::CsrfInvalid => "CSRF_TOKEN_INVALID",
+            SessionRefusal::CsrfInvalid | SessionRefusal::LoginCrossSite => "CSRF_TOKEN_INVALID",
             SessionRefusal::StoreUnavailable => "SESSION_STORE_UNAVAILABLE",
         }
     }
@@ -407,7 +411,7 @@ impl Problem for SessionRefusal {
             SessionRefusal::RefreshReused => "Refresh token reused",
             SessionRefusal::Expired => "Session expired",
             SessionRefusal::Revoked => "Session revoked",
-            SessionRefusal::CsrfInvalid => "CSRF token invalid",
+            SessionRefusal::CsrfInvalid | SessionRefusal::LoginCrossSite => "CSRF token invalid",
             SessionRefusal::StoreUnavailable => "Session store unavailable",
         }
     }
@@ -419,7 +423,7 @@ impl Problem for SessionRefusal {
             },
             SessionRefusal::StoreUnavailable => Family::Limit,
             SessionRefusal::BodyInvalid => Family::Request,
-            SessionRefusal::CsrfInvalid => Family::Access,
+            SessionRefusal::CsrfInvalid | SessionRefusal::LoginCrossSite => Family::Access,
             _ => Family::Auth,
         }
     }

@@ -168,7 +168,14 @@ async fn run(
     }
     let route = selection.into_route()?;
 
-    // 5. authenticate
+    // 5. authenticate (a login in cookie mode proves it comes from the frontend's site)
+    if route.action == RouteAction::Login {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        endpoints::login::refuse_cross_site(exchange, request.headers(), host)?;
+    }
     let reading = active.bodies.reading(snapshot.server.bodies);
     let keys = authenticate::Keys {
         tokens: &active.tokens,

@@ -37,18 +37,34 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAdd
     let mut client = peer;
     for entry in entries.iter().rev() {
         // `::ffff:a.b.c.d` from a dual-stack proxy is the IPv4 client it names.
-        match entry
-            .trim()
-            .parse::<IpAddr>()
-            .map(|addr| addr.to_canonical())
-        {
-            Ok(addr) if trusted(addr, proxies) => client = addr,
-            Ok(addr) => return addr,
+        match hop(entry.trim()).map(|addr| addr.to_canonical()) {
+            Some(addr) if trusted(addr, proxies) => client = addr,
+            Some(addr) => return addr,
             // A hop we trust passed on garbage: believe no further.
-            Err(_) => return client,
+            None => return client,
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` entry's address: a bare address, or as some proxies write it
+/// (Azure's and IIS ARR's `1.2.3.4:8080`, `[2001:db8::1]:443`, a zone `fe80::1%eth0`).
+/// Anything else is garbage, and the walk stops there.
+fn hop(entry: &str) -> Option<IpAddr> {
+    if let Ok(addr) = entry.parse::<IpAddr>() {
+        return Some(addr);
+    }
+    if let Ok(socket) = entry.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    let (v6, zone) = entry.split_once('%')?;
+    let zone_ok = !zone.is_empty()
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    zone_ok
+        .then(|| v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
+        .flatten()
 }
 
 /// Replaces the forwarding headers with what the gateway vouches for; the protocol is
@@ -134,6 +150,30 @@ mod tests {
             client_addr(ip("10.0.0.1"), &xff("::ffff:198.51.100.9"), &proxies),
             ip("198.51.100.9")
         );
+    }
+
+    #[test]
+    fn hops_written_with_a_port_or_a_zone_are_read() {
+        let proxies: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        for (entry, want) in [
+            ("198.51.100.7:8080", "198.51.100.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("2001:db8::1%eth0", "2001:db8::1"),
+        ] {
+            assert_eq!(
+                client_addr(ip("10.0.0.1"), &xff(entry), &proxies),
+                ip(want),
+                "{entry}"
+            );
+        }
+        // Garbage still stops the walk at the last hop believed.
+        for entry in ["unknown", "011.012.013.007", "1.2.3.4:x", "::1%"] {
+            assert_eq!(
+                client_addr(ip("10.0.0.1"), &xff(entry), &proxies),
+                ip("10.0.0.1"),
+                "{entry}"
+            );
+        }
     }
 
     #[test]

@@ -66,6 +66,19 @@ pub struct Family {
     /// Cookie mode: the session's CSRF token, handed to the page again on refresh.
     #[serde(default)]
     pub csrf: Option<String>,
+    /// Until when the access tokens issued so far can be valid (their latest `exp` plus
+    /// the leeway): a revocation is remembered at least this long. `access_ttl` may
+    /// have been longer when they were signed than it is now (a reload that shortens
+    /// it must not bring back tokens signed before it). 0 in families from before.
+    #[serde(default)]
+    pub tokens_until: u64,
+}
+
+impl Family {
+    /// How long a revocation of this session must be remembered, decided at `when`.
+    pub fn revoked_until(&self, when: When) -> u64 {
+        when.tokens_until.max(self.tokens_until)
+    }
 }
 
 /// The token rotated last, and its successor sealed with it.
@@ -268,6 +281,8 @@ pub fn decide_rotation(family: &mut Family, presented: &str, next: &Next, when: 
             family.spent.drain(..excess);
         }
         family.last_used = when.now;
+        // The access token answered with it is signed under today's lifetime.
+        family.tokens_until = family.tokens_until.max(when.tokens_until);
         return Rotation::Rotated(Box::new(family.clone()));
     }
     if let Some(previous) = previous {
@@ -324,6 +339,7 @@ mod tests {
             previous: None,
             spent: Vec::new(),
             csrf: None,
+            tokens_until: 0,
         }
     }
 
@@ -351,7 +367,14 @@ mod tests {
         assert_eq!(after.current, "h1");
         assert_eq!(after.spent, vec!["h0".to_owned()]);
         assert_eq!(after.last_used, 200);
+        assert_eq!(after.tokens_until, 300, "its access token is signed now");
         assert_eq!(f, *after);
+        // A later, shorter lifetime never shortens what was recorded.
+        let short = When {
+            tokens_until: 210,
+            ..at(205)
+        };
+        assert_eq!(after.revoked_until(short), 300);
     }
 
     #[test]

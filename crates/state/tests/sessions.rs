@@ -43,6 +43,7 @@ fn family(id: &str, now: u64) -> Family {
         previous: None,
         spent: Vec::new(),
         csrf: None,
+        tokens_until: 0,
     }
 }
 
@@ -198,6 +199,45 @@ async fn suite(store: &dyn SessionStore) {
     assert!(ids.contains(&(Revoked::Session, "fam2")), "{ids:?}");
     assert!(ids.contains(&(Revoked::Token, "jti-1")), "{ids:?}");
     assert!(feed.cursor > 0);
+
+    // Tokens signed under a longer lifetime than today's (a reload shortened
+    // access_ttl): the revocation lasts until they expire, in the feed every instance
+    // reads, whether by logout or by a reused token.
+    for (id, reuse) in [("fam4", false), ("fam5", true)] {
+        let mut long = family(id, t);
+        long.tokens_until = t + 86_400;
+        store.create(0, &long).await.unwrap();
+        if reuse {
+            store
+                .rotate(0, id, &format!("{id}-h0"), &next(id, 1), when(t + 1))
+                .await
+                .unwrap();
+            assert!(matches!(
+                store
+                    .rotate(0, id, &format!("{id}-h0"), &next(id, 2), when(t + 20))
+                    .await
+                    .unwrap(),
+                Rotation::Reused { .. }
+            ));
+        } else {
+            assert_eq!(
+                store.revoke(0, id, None, when(t + 2)).await.unwrap(),
+                Revoke::Revoked
+            );
+        }
+        let feed = store.revocations(0, 0).await.unwrap();
+        let until = feed
+            .entries
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.until)
+            .unwrap();
+        assert!(
+            until >= t + 86_400,
+            "{id}: until {until}, tokens until {}",
+            t + 86_400
+        );
+    }
 
     // Idle and absolute expiry.
     let mut h = family("fam3", t);

@@ -37,6 +37,38 @@ use crate::sessions::{self, Sessions as SessionPart};
 /// The legacy login's answer is read whole, up to this size.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
+/// In cookie mode a login sets the browser's session cookies, so a form on another site
+/// that posts valid credentials (an HTML form, or `text/plain` holding JSON) would log
+/// the victim's browser into the attacker's account (login CSRF). Such a login must
+/// come from the request's own origin or one the route's CORS policy allows, as
+/// `Sec-Fetch-Site` and `Origin` say; a client that sends neither (not a browser) is
+/// no victim and passes.
+pub fn refuse_cross_site(
+    exchange: &Exchange<'_>,
+    headers: &http::HeaderMap,
+    host: Option<&str>,
+) -> Result<(), GatewayError> {
+    let cookie_mode = exchange
+        .snapshot
+        .sessions
+        .as_ref()
+        .is_some_and(|s| matches!(s.tokens, TokenMode::Cookie { .. }));
+    if !cookie_mode || matches!(exchange.cors, crate::exchange::Cors::Allowed { .. }) {
+        return Ok(());
+    }
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    if fetch_site.is_some_and(|site| site != b"same-origin" && site != b"none") {
+        return Err(SessionRefusal::LoginCrossSite.into());
+    }
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let own = host.map(|host| format!("{}://{host}", exchange.scheme.as_str()));
+        if own.as_deref().map(str::as_bytes) != Some(origin.as_bytes()) {
+            return Err(SessionRefusal::LoginCrossSite.into());
+        }
+    }
+    Ok(())
+}
+
 /// Turns the legacy login's response into the gateway's login answer.
 pub async fn answer(
     exchange: &Exchange<'_>,
@@ -185,6 +217,8 @@ fn new_family(
         previous: None,
         spent: Vec::new(),
         csrf,
+        // The login's access token is signed under today's lifetime.
+        tokens_until: super::tokens::when(exchange, settings).tokens_until,
     }
 }
 

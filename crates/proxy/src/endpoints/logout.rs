@@ -81,14 +81,23 @@ pub async fn serve(
         }
         if let Some(token_id) = &claims.token_id {
             let key = sessions::token_key(&claims.client_id, token_id);
+            // Verification accepts a token until `exp` plus the leeway: so long is it
+            // refused.
+            let leeway = exchange
+                .snapshot
+                .auth
+                .jwt
+                .as_ref()
+                .map_or(0, |j| j.rules.leeway_secs);
+            let until = claims.expires_at.saturating_add(leeway);
             store
-                .deny_token(exchange.worker, &key, claims.expires_at)
+                .deny_token(exchange.worker, &key, until)
                 .await
                 .map_err(|e| sessions::unavailable(&part.counters, &e))?;
             state.revoked.add(&Revocation {
                 kind: Revoked::Token,
                 id: key,
-                until: claims.expires_at,
+                until,
             });
             ended = true;
         }

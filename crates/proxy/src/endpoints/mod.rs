@@ -9,7 +9,7 @@
 
 pub(crate) mod credits;
 mod jwks;
-mod login;
+pub(crate) mod login;
 mod logout;
 mod refresh;
 mod tokens;

@@ -182,7 +182,7 @@ impl SessionStore for EmbeddedSessions {
                     let revocation = Revocation {
                         kind: Revoked::Session,
                         id: family.clone(),
-                        until: when.tokens_until,
+                        until: f.revoked_until(when),
                     };
                     (outcome, true, Some(revocation))
                 }
@@ -208,7 +208,7 @@ impl SessionStore for EmbeddedSessions {
             let revocation = (outcome != Revoke::Unknown).then_some(Revocation {
                 kind: Revoked::Session,
                 id,
-                until: when.tokens_until,
+                until: f.revoked_until(when),
             });
             (outcome, outcome == Revoke::Revoked, revocation)
         });

@@ -219,17 +219,17 @@ impl SessionStore for SharedSessions {
                 .update(worker, family, |f| {
                     let outcome = decide_rotation(f, presented, next, when);
                     let changed = matches!(outcome, Rotation::Rotated(_) | Rotation::Reused { .. });
-                    (outcome, changed)
+                    ((outcome, f.revoked_until(when)), changed)
                 })
-                .await?
-                .unwrap_or(Rotation::Unknown);
+                .await?;
+            let (outcome, until) = outcome.unwrap_or((Rotation::Unknown, when.tokens_until));
             if let Rotation::Reused { family } = &outcome {
                 self.announce(
                     worker,
                     &Revocation {
                         kind: Revoked::Session,
                         id: family.clone(),
-                        until: when.tokens_until,
+                        until,
                     },
                 )
                 .await?;
@@ -249,10 +249,10 @@ impl SessionStore for SharedSessions {
             let outcome = self
                 .update(worker, family, |f| {
                     let outcome = decide_revoke(f, proof, when);
-                    (outcome, outcome == Revoke::Revoked)
+                    ((outcome, f.revoked_until(when)), outcome == Revoke::Revoked)
                 })
-                .await?
-                .unwrap_or(Revoke::Unknown);
+                .await?;
+            let (outcome, until) = outcome.unwrap_or((Revoke::Unknown, when.tokens_until));
             if outcome != Revoke::Unknown {
                 // Announced again when already revoked: an earlier announcement may
                 // have been the step that failed.
@@ -261,7 +261,7 @@ impl SessionStore for SharedSessions {
                     &Revocation {
                         kind: Revoked::Session,
                         id: family.to_owned(),
-                        until: when.tokens_until,
+                        until,
                     },
                 )
                 .await?;
