@@ -681,6 +681,26 @@ pub struct Route {
     pub origin: Origin,
 }
 
+/// The methods a route that lists none is taken to serve: `Allow` names them, and a
+/// cost may be set for them without listing them (`PSOT = 10` would leave POST free).
+pub const STANDARD_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// `TRACE` (and IIS's `TRACK`): never forwarded. A backend answering it echoes the
+/// request it received, the backend credential the gateway added among it (Apache's
+/// `TraceEnable` is on by default), and RFC 9110 §9.3.8 forbids a client to send
+/// credentials in one.
+pub fn is_trace(method: &Method) -> bool {
+    *method == Method::TRACE || method.as_str() == "TRACK"
+}
+
 /// The most tokens an account may hold, available and held together: 2^53 - 1.
 /// Redis's Lua counts in doubles, which are exact only up to here, and so does the
 /// frontend's JavaScript (`Number.MAX_SAFE_INTEGER`); the journal's signed amounts could

@@ -214,15 +214,7 @@ mod tests {
 
     #[test]
     fn a_redirect_to_the_backend_itself_is_made_relative() {
-        let upstream = |base: &str| Upstream {
-            authority: http::uri::Authority::from_static("10.0.0.5:8081"),
-            base_path: base.to_owned(),
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(1),
-            pool_max_idle: 1,
-            tls: None,
-        };
+        let upstream = |base: &str| crate::testing::upstream("10.0.0.5:8081", base);
         let cases = [
             (
                 "",

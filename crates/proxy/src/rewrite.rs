@@ -331,7 +331,6 @@ fn refuse_declared_over_limit(parts: &Parts, route: &Route) -> Result<(), Gatewa
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::time::Duration;
 
     #[test]
     fn a_form_that_is_json_is_told_from_a_form_with_bracket_names() {
@@ -358,15 +357,7 @@ mod tests {
     }
 
     fn upstream(base: &str) -> Upstream {
-        Upstream {
-            authority: http::uri::Authority::from_static("backend:8081"),
-            base_path: base.to_owned(),
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            pool_idle_timeout: Duration::from_secs(1),
-            pool_max_idle: 1,
-            tls: None,
-        }
+        crate::testing::upstream("backend:8081", base)
     }
 
     /// Raw request paths: segments of characters that matter to normalization, escapes

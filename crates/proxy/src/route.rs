@@ -7,7 +7,7 @@
 //! method the path refuses is still the CORS stage's to answer.
 
 use http::Method;
-use tollgate_policy::snapshot::Unmatched;
+use tollgate_policy::snapshot::{is_trace, Unmatched, STANDARD_METHODS};
 use tollgate_policy::{Route, RouteAction, RouteMatch, Snapshot};
 
 use crate::errors::{AccessError, GatewayError};
@@ -60,37 +60,21 @@ pub fn select<'s>(snapshot: &'s Snapshot, method: &Method, path: &str) -> Select
     }
 }
 
-/// `TRACE` (and IIS's `TRACK`): a backend answering it echoes the request it received,
-/// the backend credential the gateway added among it (Apache's `TraceEnable` is on by
-/// default), and RFC 9110 §9.3.8 forbids a client to send credentials in one. Never
-/// forwarded: 405 where a route serves the path, 404 where none does and unmatched
-/// requests are denied.
-fn is_trace(method: &Method) -> bool {
-    *method == Method::TRACE || method.as_str() == "TRACK"
-}
-
+/// `TRACE` is never forwarded ([`is_trace`]): 405 where a route serves the path, 404
+/// where none does and unmatched requests are denied. A route that lists no methods is
+/// taken to serve the standard ones.
 fn trace_refused<'s>(snapshot: &'s Snapshot, path: &str) -> Selection<'s> {
-    let served = snapshot.routes.iter().any(|r| r.path.matches(path));
-    if !served && snapshot.unmatched == Unmatched::Deny {
+    let mut serving = snapshot
+        .routes
+        .iter()
+        .filter(|r| r.path.matches(path))
+        .peekable();
+    if serving.peek().is_none() && snapshot.unmatched == Unmatched::Deny {
         return Selection::NotFound;
     }
     let mut allow = snapshot.allowed_methods(path);
-    if allow.is_empty()
-        || snapshot
-            .routes
-            .iter()
-            .any(|r| r.path.matches(path) && r.methods.is_none())
-    {
-        allow = [
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-        ]
-        .into();
+    if allow.is_empty() || serving.any(|r| r.methods.is_none()) {
+        allow = STANDARD_METHODS.into();
     }
     Selection::MethodNotAllowed(allow)
 }

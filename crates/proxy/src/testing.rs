@@ -6,13 +6,27 @@ use std::sync::Arc;
 
 use http::header::HeaderName;
 use tollgate_policy::pattern::PathPattern;
-use tollgate_policy::snapshot::{ClientIdPolicy, JsonType, Mismatch, Origin, RouteAuth};
+use tollgate_policy::snapshot::{ClientIdPolicy, JsonType, Mismatch, Origin, RouteAuth, Upstream};
 use tollgate_policy::sources::InMemory;
 use tollgate_policy::{Route, RouteAction, Snapshot};
 
 use crate::access_log::AccessLog;
 use crate::exchange::{Exchange, Scheme};
 use crate::metrics::Metrics;
+
+/// An http upstream at `authority` (`host:port`) with base path `base`.
+pub fn upstream(authority: &'static str, base: &str) -> Upstream {
+    let second = std::time::Duration::from_secs(1);
+    Upstream {
+        authority: http::uri::Authority::from_static(authority),
+        base_path: base.to_owned(),
+        connect_timeout: second,
+        response_timeout: second,
+        pool_idle_timeout: second,
+        pool_max_idle: 1,
+        tls: None,
+    }
+}
 
 /// A JWT route on `path` with the default client-id policy.
 pub fn route(path: &str) -> Route {

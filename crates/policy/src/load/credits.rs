@@ -11,7 +11,9 @@ use super::context::{Loader, Zero};
 use super::file::{ClientAbortFile, CostFile, CreditsFile, LedgerSyncFile, RouteFile};
 use super::Refs;
 use crate::diagnostic::SourceFile;
-use crate::snapshot::{ClientAbort, Cost, Credits, LedgerSync, RouteAction, RouteAuth, MAX_TOKENS};
+use crate::snapshot::{
+    ClientAbort, Cost, Credits, LedgerSync, RouteAction, RouteAuth, MAX_TOKENS, STANDARD_METHODS,
+};
 
 /// What refunds when neither the route nor `[credits]` says: any answer but a success
 /// (a 4xx did no work either).
@@ -249,7 +251,7 @@ pub(crate) fn route_cost(
                                 Some(span.clone()),
                                 format!("route `{name}`: cost for {method}, which the route does not allow"),
                             );
-                        } else if methods.is_none() && !FORWARDED_METHODS.contains(&m) {
+                        } else if methods.is_none() && !STANDARD_METHODS.contains(&m) {
                             // `PSOT = 10` would leave POST free: a method outside the
                             // standard ones must be listed in `methods` to be costed.
                             l.error(
@@ -282,17 +284,6 @@ pub(crate) fn route_cost(
         refund,
     }))
 }
-
-/// The methods a route forwards without listing them (`CONNECT` and `TRACE` never are).
-const FORWARDED_METHODS: [Method; 7] = [
-    Method::GET,
-    Method::HEAD,
-    Method::POST,
-    Method::PUT,
-    Method::PATCH,
-    Method::DELETE,
-    Method::OPTIONS,
-];
 
 #[cfg(test)]
 mod tests {

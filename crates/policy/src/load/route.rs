@@ -93,7 +93,7 @@ pub(crate) fn route(
                             ));
                             None
                         }
-                        Ok(method) if valid && (method == Method::TRACE || text == "TRACK") => {
+                        Ok(method) if valid && crate::snapshot::is_trace(&method) => {
                             l.diags.push(src.error(
                                 Some(m.span()),
                                 format!("route `{name}`: {text} is never forwarded (a backend answering it echoes the credentials the gateway adds)"),
