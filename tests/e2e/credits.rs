@@ -660,6 +660,19 @@ async fn with_on_client_abort_settle_a_client_that_hangs_up_cannot_have_work_don
         (retry.status, retry.header("idempotent-replayed")),
         (200, Some("true"))
     );
+    // The backend's answer, which nobody read, is what the retry is shown (it used to
+    // be its status alone: an empty 200).
+    assert_eq!(retry.header("content-type"), Some("application/json"));
+    let shown = retry.json();
+    assert_eq!(
+        (&shown["method"], &shown["path"], &shown["body"]["text"]),
+        (
+            &Value::from("POST"),
+            &Value::from("/echo/metered/k"),
+            &Value::from(r#"{"clientId":"c7"}"#)
+        ),
+        "{shown}"
+    );
     assert_eq!(account(g, "c7").await, (85, 0));
     // A client that leaves in the middle of its upload is refunded: the backend never
     // had the whole request.
@@ -899,10 +912,17 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
         "a replay never reaches the backend"
     );
     settled(g, "c5", (95, 0)).await;
-    // The same key on a different request: another body, another target.
-    post("\"k-1\"", br#"{"name":"b"}"#, "/echo/metered/c")
-        .await
-        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    // The same key on a different request: another body, another target. Like every
+    // metered answer, the refusal says what it cost (nothing) and what is left.
+    let mismatch = post("\"k-1\"", br#"{"name":"b"}"#, "/echo/metered/c").await;
+    mismatch.assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    assert_eq!(
+        (
+            mismatch.header("x-token-cost"),
+            mismatch.header("x-token-balance")
+        ),
+        (Some("0"), Some("95"))
+    );
     post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/d")
         .await
         .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
@@ -950,6 +970,11 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
     let r = post("k-2", b"{}", "/echo/metered/slow?delay_ms=800").await;
     r.assert_problem(409, "IDEMPOTENCY_KEY_IN_USE");
     assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        (r.header("x-token-cost"), r.header("x-token-balance")),
+        (Some("0"), Some("90")),
+        "95, less the 5 the running request holds"
+    );
     assert_eq!(slow.await.unwrap().status, 200);
     // A refunded request frees its key: the retry runs (and is charged once).
     let failed = post("k-3", b"{}", "/echo/metered/c?status=500").await;
@@ -957,9 +982,10 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
     let retried = post("k-3", b"{}", "/echo/metered/c?status=500").await;
     assert_eq!(retried.header("idempotent-replayed"), None);
     // Bad keys.
-    post("\"unterminated", b"{}", "/echo/metered/c")
-        .await
-        .assert_problem(400, "IDEMPOTENCY_KEY_INVALID");
+    let bad = post("\"unterminated", b"{}", "/echo/metered/c").await;
+    bad.assert_problem(400, "IDEMPOTENCY_KEY_INVALID");
+    assert_eq!(bad.header("x-token-cost"), Some("0"));
+    assert_eq!(bad.header("x-token-balance"), Some("90"));
     // After the retention, the key is new again (and charges again).
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let late = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;
@@ -1259,6 +1285,93 @@ async fn a_kept_answer_that_breaks_off_is_a_502_not_an_empty_success() {
     assert_eq!(answered.load(Ordering::SeqCst), 1);
     settled(g, "c11", (95, 0)).await;
     assert_verified(g).await;
+}
+
+/// A retry is "the same request" as the route and the backend see it: another spelling
+/// of the same path (`%65` for `e`) or another framing of the same JSON body (chunked
+/// instead of `Content-Length`) is replayed, not refused with 422. And it is shown what
+/// the first client was shown: the backend's absolute `Location`, built from the `Host`
+/// the gateway sent, made relative (it used to be kept as the backend sent it).
+#[tokio::test]
+async fn a_retry_is_the_same_request_however_it_is_spelled_or_framed() {
+    let (backend, answered) = raw_backend(|mut stream, count| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = read_past(&mut stream, &mut buf, b"\r\n\r\n").await {
+            let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+            buf.drain(..head);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            let length: usize = field("content-length:").map_or(0, |v| v.parse().unwrap());
+            let mut chunk = [0u8; 4096];
+            while buf.len() < length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..length);
+            count.fetch_add(1, Ordering::SeqCst);
+            let host = field("host:").unwrap_or_default();
+            let answer = format!(
+                "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\nlocation: http://{host}/echo/metered/e/7\r\ncontent-length: 8\r\n\r\n{{\"id\":7}}"
+            );
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let h = Harness::with(Setup {
+        upstream_addr: Some(backend),
+        ..setup("", "")
+    })
+    .await;
+    let g = &h.gateway;
+    g.wait_ready().await;
+    credit(g, "c12", 100).await;
+    let bearer = bearer_for("c12");
+    let first = send(
+        g.addr,
+        "POST",
+        "/echo/metered/e",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+            ("idempotency-key", "same-1"),
+        ],
+        br#"{"n":1}"#,
+    )
+    .await;
+    assert_eq!(
+        first.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.header("location"), Some("/echo/metered/e/7"));
+    let chunked = |target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\nidempotency-key: same-1\r\ntransfer-encoding: chunked\r\n\r\n7\r\n{{\"n\":1}}\r\n0\r\n\r\n"
+        )
+    };
+    let retry = raw(g.addr, chunked("/echo/metered/%65").as_bytes()).await;
+    assert_eq!(
+        (retry.status, retry.header("idempotent-replayed")),
+        (201, Some("true")),
+        "{}",
+        String::from_utf8_lossy(&retry.body)
+    );
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.header("location"), Some("/echo/metered/e/7"));
+    // Another path is another request.
+    raw(g.addr, chunked("/echo/metered/E").as_bytes())
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    settled(g, "c12", (95, 0)).await;
 }
 
 /// A backend may answer an upload before all of it has arrived. The answer is kept for

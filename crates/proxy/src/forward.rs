@@ -121,9 +121,8 @@ async fn settle_alone(
     orphan: meter::Orphan,
     stats: &BodyStats,
 ) {
-    let head = sent.as_ref().ok().map(|r| (r.status(), r.headers()));
     let cut_off = stats.cut_off() != CutOff::None;
-    orphan.settle_alone(head, cut_off).await;
+    orphan.settle_alone(sent.ok(), cut_off).await;
 }
 
 /// The request's end of a detached exchange. The answer can arrive in the instant the

@@ -80,6 +80,7 @@ pub async fn reserve(
     exchange: &mut Exchange<'_>,
     route: &Route,
     request: Request<RequestBody>,
+    path: &str,
     credits: &Credits,
     reading: &Reading,
 ) -> Result<Reserve, GatewayError> {
@@ -102,11 +103,15 @@ pub async fn reserve(
     let now = now_ms();
     let hold_until = now.saturating_add(duration_ms(settings.reservation_timeout));
 
-    let key = idempotency_key(request.headers())?;
+    let key = match idempotency_key(request.headers()) {
+        Ok(key) => key,
+        Err(invalid) => return Err(key_refused(exchange, &*ledger, &client, invalid).await),
+    };
     let (request, claim) = match key.clone() {
         None => (request, None),
         Some(key) => {
-            let (request, fingerprint, boundary) = fingerprint(route, request, reading).await?;
+            let (request, fingerprint, boundary) =
+                fingerprint(route, request, path, reading).await?;
             // Generated here, never the client's `X-Request-Id`: only this request may
             // free what it claims.
             let owner = crate::request_id::generate();
@@ -146,17 +151,24 @@ pub async fn reserve(
             if !matches!(claimed, Claimed::New) {
                 guard.disarm();
             }
+            let refused = match claimed {
+                Claimed::InFlight => Some(CreditError::KeyInFlight),
+                Claimed::Mismatch => Some(CreditError::KeyMismatch),
+                _ => None,
+            };
+            if let Some(refused) = refused {
+                return Err(key_refused(exchange, &*ledger, &client, refused).await);
+            }
             match claimed {
-                Claimed::New => {}
-                Claimed::InFlight => return Err(CreditError::KeyInFlight.into()),
-                Claimed::Mismatch => return Err(CreditError::KeyMismatch.into()),
+                Claimed::New | Claimed::InFlight | Claimed::Mismatch => {}
                 Claimed::Answered(answer) => {
                     if let Some(first) = &answer.request_digest {
                         // The first body streamed through: this one must hash the same.
                         let (_, body) = request.into_parts();
                         let digest = digest_body(body, boundary.as_deref(), route, reading).await?;
                         if digest != *first {
-                            return Err(CreditError::KeyMismatch.into());
+                            let mismatch = CreditError::KeyMismatch;
+                            return Err(key_refused(exchange, &*ledger, &client, mismatch).await);
                         }
                     }
                     credits.counters.replays.inc();
@@ -233,19 +245,35 @@ pub async fn reserve(
     }
 }
 
+/// A request its idempotency key refuses (400, 409, 422): like every metered answer, it says
+/// what is left (when the ledger can say at once), and that it cost nothing.
+async fn key_refused(
+    exchange: &mut Exchange<'_>,
+    ledger: &dyn tollgate_state::ledger::Ledger,
+    client: &str,
+    refused: impl Into<GatewayError>,
+) -> GatewayError {
+    if let Ok(account) = ledger.account(exchange.worker, client).await {
+        exchange.metering = Metering::KeyRefused {
+            balance: account.available,
+        };
+    }
+    refused.into()
+}
+
 fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The request's `Idempotency-Key`: an sf-string (`"..."`) or a bare token of 1 to 255
 /// visible ASCII characters; one header only.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CreditError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(CreditError::KeyInvalid.into());
+        return Err(CreditError::KeyInvalid);
     }
     let text = value.to_str().map_err(|_| CreditError::KeyInvalid)?.trim();
     let key = match text.strip_prefix('"') {
@@ -256,7 +284,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> 
         .bytes()
         .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
     if key.is_empty() || key.len() > 255 || !visible {
-        return Err(CreditError::KeyInvalid.into());
+        return Err(CreditError::KeyInvalid);
     }
     Ok(Some(key.to_owned()))
 }
@@ -268,6 +296,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, GatewayError> 
 async fn fingerprint(
     route: &Route,
     request: Request<RequestBody>,
+    path: &str,
     reading: &Reading,
 ) -> Result<(Request<RequestBody>, String, Option<String>), GatewayError> {
     let (parts, body) = request.into_parts();
@@ -276,7 +305,13 @@ async fn fingerprint(
     hash.update(b"\n");
     hash.update(route.name.as_bytes());
     hash.update(b"\n");
-    hash.update(parts.uri.path_and_query().map_or("", |p| p.as_str()));
+    // The normalized path: `/campaigns/%61` is the request `/campaigns/a` is, as the
+    // route and the backend see it.
+    hash.update(path.as_bytes());
+    if let Some(query) = parts.uri.query() {
+        hash.update(b"?");
+        hash.update(query.as_bytes());
+    }
     hash.update(b"\n");
     let empty = http_body::Body::is_end_stream(&body);
     let content_type = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
@@ -292,17 +327,22 @@ async fn fingerprint(
         BodyClass::Multipart { boundary } => Some(boundary.clone()),
         _ => None,
     };
+    let read_whole =
+        matches!(class, BodyClass::Json | BodyClass::Form) && route.client_id.is_some();
     let head = match boundary {
         // `classify` allows a UTF-8 charset beside the boundary, nothing else.
         Some(_) => [&b"multipart/form-data"[..], b""],
+        // A body read whole is hashed itself: sent with `Content-Length` or chunked,
+        // it is the same request.
+        None if read_whole => [content_type.unwrap_or(b""), b""],
         None => [content_type.unwrap_or(b""), length],
     };
     for value in head {
         hash.update(value);
         hash.update(b"\n");
     }
-    let body = match (class, &route.client_id) {
-        (BodyClass::Json | BodyClass::Form, Some(policy)) => {
+    let body = match (read_whole, &route.client_id) {
+        (true, Some(policy)) => {
             let held =
                 crate::body::hold(&parts, body, policy.max_body_bytes as u64, reading).await?;
             hash.update(held.bytes());
@@ -497,6 +537,9 @@ pub struct Orphan {
     hold: Hold,
     claim: Option<KeyClaim>,
     cost: Option<Arc<Cost>>,
+    /// What cleaning and keeping an answer nobody waits for needs.
+    upstream: tollgate_policy::snapshot::Upstream,
+    request_id: String,
     /// Counted while the exchange may settle on its own: a graceful stop waits for it.
     _tracked: crate::credits::DetachedGuard,
 }
@@ -514,6 +557,8 @@ pub fn outlive_client(exchange: &mut Exchange<'_>, route: &Route) -> Option<Orph
         hold,
         claim: exchange.key_claim.take(),
         cost: route.cost.clone(),
+        upstream: exchange.snapshot.upstream.clone(),
+        request_id: exchange.request_id.clone(),
     })
 }
 
@@ -526,34 +571,44 @@ impl Orphan {
 
     /// Nobody waits for the answer: the backend's answer (or its failure) settles the
     /// reservation; a failure while the client's upload was still arriving refunds it
-    /// as a client abort. A charged request's idempotency key keeps its status, so the
-    /// client's retry is not charged again.
+    /// as a client abort. A charged request's idempotency key keeps the answer (its body
+    /// read as [`remember`] would have), so the client's retry is not charged again and
+    /// is shown what the backend said.
     pub async fn settle_alone(
         self,
-        answer: Option<(StatusCode, &HeaderMap)>,
+        answer: Option<Response<hyper::body::Incoming>>,
         upload_cut_off: bool,
     ) {
         let Orphan {
             hold,
             claim,
             cost,
+            upstream,
+            request_id,
             _tracked,
         } = self;
         let outcome = match answer {
-            Some((status, headers))
-                if !cost.as_deref().is_none_or(|c| c.refunds(status.as_u16())) =>
+            Some(answer)
+                if !cost
+                    .as_deref()
+                    .is_none_or(|c| c.refunds(answer.status().as_u16())) =>
             {
-                let amount = settled_amount(cost.as_deref(), hold.cost, headers);
+                let amount = settled_amount(cost.as_deref(), hold.cost, answer.headers());
                 let posted = hold.post(amount).await;
-                if let (Ok(Settled::Done { charged, .. }), Some(mut claim)) = (&posted, claim) {
-                    claim.charged(StoredAnswer {
-                        status: status.as_u16(),
-                        headers: kept_headers(headers),
+                if let (Ok(Settled::Done { charged, .. }), Some(claim)) = (&posted, claim) {
+                    let answer = crate::respond::from_upstream(answer, &upstream);
+                    let pending = StoredAnswer {
+                        status: answer.status().as_u16(),
+                        headers: Vec::new(),
                         body: None,
                         cost: *charged,
                         request_digest: None,
-                    });
-                    // Dropped: the kept answer is written in the background.
+                    };
+                    let (kept, _) =
+                        kept(pending, answer, upstream.response_timeout, &request_id).await;
+                    if let Err(e) = claim.keep(kept).await {
+                        tracing::warn!(error = %e, "cannot keep an idempotent answer");
+                    }
                 }
                 posted.map(|_| ())
             }
@@ -604,9 +659,7 @@ pub async fn refund(exchange: &mut Exchange<'_>, error: &GatewayError) {
     }
 }
 
-/// Keeps a charged request's answer for its retries: bodies up to [`MAX_KEPT_BODY`]
-/// with a declared length are read here and kept whole; others are kept as the status
-/// and headers alone.
+/// Keeps a charged request's answer for its retries (see [`kept`]).
 pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
     let Some(claim) = exchange.key_claim.take() else {
         return answer;
@@ -614,19 +667,37 @@ pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
     let Some(pending) = claim.pending_answer().cloned() else {
         return answer;
     };
+    let timeout = exchange.snapshot.upstream.response_timeout;
+    let (kept, answer) = kept(pending, answer, timeout, &exchange.request_id).await;
+    if let Err(e) = claim.keep(kept).await {
+        tracing::warn!(error = %e, "cannot keep an idempotent answer");
+    }
+    answer
+}
+
+/// What a retry of a charged request is answered, and the answer to send on now. Bodies
+/// up to [`MAX_KEPT_BODY`] with a declared length are read and kept whole; others are
+/// kept as the status and headers alone. The headers are the cleaned answer's (a
+/// backend's absolute `Location` made relative), as the first client saw them.
+async fn kept(
+    pending: StoredAnswer,
+    answer: Answer,
+    timeout: std::time::Duration,
+    request_id: &str,
+) -> (StoredAnswer, Answer) {
+    let pending = StoredAnswer {
+        headers: kept_headers(answer.headers()),
+        ..pending
+    };
     let length = answer
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if length.is_none_or(|n| n > MAX_KEPT_BODY) {
-        if let Err(e) = claim.keep(pending).await {
-            tracing::warn!(error = %e, "cannot keep an idempotent answer");
-        }
-        return answer;
+        return (pending, answer);
     }
     let (parts, body) = answer.into_parts();
-    let timeout = exchange.snapshot.upstream.response_timeout;
     let bytes = match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         // The body broke off (or never ended): nothing whole can be shown, and an empty
@@ -635,7 +706,7 @@ pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
         // request without a key whose answer breaks off after a success status.
         _ => {
             drop(parts);
-            let problem = crate::problem::render(&UpstreamError::Failed, &exchange.request_id);
+            let problem = crate::problem::render(&UpstreamError::Failed, request_id);
             let (problem_parts, problem_body) = problem.into_parts();
             let problem_bytes = problem_body
                 .collect()
@@ -648,20 +719,15 @@ pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
                 body: Some(base64::engine::general_purpose::STANDARD.encode(&problem_bytes)),
                 ..pending
             };
-            if let Err(e) = claim.keep(kept).await {
-                tracing::warn!(error = %e, "cannot keep an idempotent answer");
-            }
-            return Response::from_parts(problem_parts, crate::body::full(problem_bytes));
+            let answer = Response::from_parts(problem_parts, crate::body::full(problem_bytes));
+            return (kept, answer);
         }
     };
     let kept = StoredAnswer {
         body: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
         ..pending
     };
-    if let Err(e) = claim.keep(kept).await {
-        tracing::warn!(error = %e, "cannot keep an idempotent answer");
-    }
-    Response::from_parts(parts, crate::body::full(bytes))
+    (kept, Response::from_parts(parts, crate::body::full(bytes)))
 }
 
 /// Removes what a backend cannot say: the credit headers and `Idempotent-Replayed` are
@@ -679,7 +745,8 @@ pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
         Metering::Held { cost, balance } | Metering::Charged { cost, balance } => (cost, balance),
         Metering::Refunded { balance }
         | Metering::Short { balance }
-        | Metering::Replayed { balance } => (0, balance),
+        | Metering::Replayed { balance }
+        | Metering::KeyRefused { balance } => (0, balance),
     };
     let headers = response.headers_mut();
     headers.insert("x-token-cost", HeaderValue::from(cost));

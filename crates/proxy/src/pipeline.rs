@@ -198,10 +198,11 @@ async fn run(
     let request = limit::check(exchange, route, request, &active.limiters, &reading).await?;
 
     // 7. meter
-    let request = match meter::reserve(exchange, route, request, &active.credits, &reading).await? {
-        meter::Reserve::Forward(request) => request,
-        meter::Reserve::Replay(answer) => return Ok(answer),
-    };
+    let request =
+        match meter::reserve(exchange, route, request, &path, &active.credits, &reading).await? {
+            meter::Reserve::Forward(request) => request,
+            meter::Reserve::Replay(answer) => return Ok(answer),
+        };
     if let RouteAction::Serve(endpoint) = route.action {
         return endpoints::serve(exchange, endpoint, request, active, &reading).await;
     }
