@@ -1815,10 +1815,54 @@ async fn opening_balances_are_credited_once_and_metering_can_be_off() {
     let dir = TempDir::new();
     write_config(dir.path(), &setup(&credits, ""), backend.addr());
     let config = dir.path().join("gateway.toml");
+    // An operator corrects balances from the command line before the first start. The
+    // opening balance goes in first, as the gateway would put it: the start must not
+    // add it on top of the correction (1001 came to 600 this way).
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = cli(&[
+        "ledger",
+        "set",
+        "--client",
+        "1001",
+        "--balance",
+        "100",
+        "--reason",
+        "reset",
+    ]);
+    assert!(
+        out.contains("opening balance from") && out.contains("client 1001: balance 100"),
+        "{out}"
+    );
+    let out = cli(&[
+        "ledger", "credit", "--client", "1001", "--amount", "25", "--reason", "goodwill",
+    ]);
+    assert!(!out.contains("opening balance"), "credited once: {out}");
+    assert!(out.contains("client 1001: balance 125"), "{out}");
+    // A client the file does not name is only changed.
+    let out = cli(&[
+        "ledger", "credit", "--client", "3003", "--amount", "7", "--reason", "trial",
+    ]);
+    assert!(out.contains("client 3003: balance 7"), "{out}");
     {
         let mut g = GatewayProcess::start(&config);
         g.wait_ready().await;
-        assert_eq!(account(&g, "1001").await, (500, 0));
+        assert_eq!(account(&g, "1001").await, (125, 0));
+        assert_eq!(account(&g, "3003").await, (7, 0));
+        let kinds: Vec<String> = journal(&g, "1001")
+            .await
+            .iter()
+            .map(|m| format!("{} {}", m["kind"].as_str().unwrap(), m["balance"]))
+            .collect();
+        assert_eq!(kinds, ["credit 125", "set 100", "opening 500"]);
         assert_eq!(account(&g, "1002").await, (250, 0));
         assert_eq!(call(&g, "GET", "/echo/one/x", "1002").await.status, 200);
         settled(&g, "1002", (249, 0)).await;
@@ -1832,7 +1876,8 @@ async fn opening_balances_are_credited_once_and_metering_can_be_off() {
     let g = GatewayProcess::start(&config);
     g.wait_ready().await;
     assert_eq!(account(&g, "1002").await, (249, 0));
-    assert_eq!(account(&g, "1001").await, (500, 0));
+    assert_eq!(account(&g, "1001").await, (125, 0));
+    assert_verified(&g).await;
     drop(g);
 
     // enabled = false: every route is free and says nothing.

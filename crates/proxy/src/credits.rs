@@ -22,7 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tollgate_policy::snapshot::{Credits as CreditSettings, RedisSettings};
 use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::shared::SharedLedger;
-use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger, LedgerError};
+use tollgate_state::ledger::{import, Ledger, LedgerError};
 
 use crate::errors::{CreditError, GatewayError};
 use crate::metrics::{self, Labeled};
@@ -267,20 +267,11 @@ async fn open_balances(
             problems.join("; ")
         )
     })?;
-    let mut credited = 0;
-    for opening in openings {
-        let adjust = Adjust {
-            client: opening.client,
-            change: Change::Opening(opening.balance),
-            reason: format!("opening balance from {}", path.display()),
-            now_ms: now_ms(),
-        };
-        match ledger.adjust(worker, adjust).await {
-            Ok(Adjusted::Done { .. }) => credited += 1,
-            Ok(_) => {}
-            Err(e) => return Err(format!("cannot credit the opening balances: {e}")),
-        }
-    }
+    let reason = format!("opening balance from {}", path.display());
+    let credited = import::credit(ledger, worker, openings, &reason, now_ms())
+        .await
+        .map_err(|e| format!("cannot credit the opening balances: {e}"))?
+        .credited;
     if credited > 0 {
         tracing::info!(clients = credited, file = %path.display(), "opening balances credited");
     }

@@ -22,7 +22,7 @@ use tollgate_policy::Snapshot;
 use tollgate_state::ledger::embedded::{EmbeddedLedger, Options};
 use tollgate_state::ledger::operator::{self, printable};
 use tollgate_state::ledger::shared::SharedLedger;
-use tollgate_state::ledger::{import, Adjust, Adjusted, Change, Ledger};
+use tollgate_state::ledger::{import, Adjusted, Change, Ledger};
 use tollgate_state::redis::Redis;
 
 /// What to do.
@@ -47,6 +47,44 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Credits `client`'s opening balance from `[credits] opening_balances`, if it has one
+/// and it is not in yet, as the gateway would when it starts: an operator's `set` or
+/// `credit` before the gateway's first start is then not topped up by the opening
+/// balance when the gateway starts.
+async fn open_client(snapshot: &Snapshot, ledger: &dyn Ledger, client: &str) -> Result<(), String> {
+    let Some(path) = snapshot
+        .credits
+        .as_ref()
+        .and_then(|c| c.opening_balances.as_ref())
+    else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the opening balances {}: {e}", path.display()))?;
+    let openings = import::parse(&text).map_err(|problems| {
+        format!(
+            "the opening balances {} are not valid (nothing done):\n  {}",
+            path.display(),
+            problems.join("\n  ")
+        )
+    })?;
+    let ours: Vec<_> = openings
+        .into_iter()
+        .filter(|o| o.client == client)
+        .collect();
+    let reason = format!("opening balance from {}", path.display());
+    let done = import::credit(ledger, 0, ours, &reason, now_ms())
+        .await
+        .map_err(|e| format!("cannot credit the opening balance: {e}"))?;
+    if done.credited > 0 {
+        println!(
+            "client {client}: opening balance from {} credited first",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
@@ -118,6 +156,7 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             let adjust = operator::adjustment(client, change, reason, "cli", now_ms())
                 .map_err(|r| refused(client, r))?;
             let ledger = open(snapshot)?;
+            open_client(snapshot, &*ledger, client).await?;
             match ledger
                 .adjust(worker, adjust)
                 .await
@@ -187,29 +226,14 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                 )
             })?;
             let ledger = open(snapshot)?;
-            let (mut credited, mut skipped) = (0, 0);
-            for o in openings {
-                let adjust = Adjust {
-                    client: o.client.clone(),
-                    change: Change::Opening(o.balance),
-                    reason: format!("opening balance from {}", file.display()),
-                    now_ms: now_ms(),
-                };
-                match ledger
-                    .adjust(worker, adjust)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    Adjusted::Done { .. } => credited += 1,
-                    _ => {
-                        skipped += 1;
-                        println!(
-                            "client {}: has its opening balance already; skipped",
-                            o.client
-                        );
-                    }
-                }
+            let reason = format!("opening balance from {}", file.display());
+            let done = import::credit(&*ledger, worker, openings, &reason, now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            for client in &done.skipped {
+                println!("client {client}: has its opening balance already; skipped");
             }
+            let (credited, skipped) = (done.credited, done.skipped.len());
             println!("{credited} opening balance(s) credited, {skipped} skipped");
             Ok(ExitCode::SUCCESS)
         }

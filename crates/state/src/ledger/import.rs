@@ -23,6 +23,42 @@ pub struct Opening {
     pub balance: u64,
 }
 
+/// What crediting a file of opening balances came to.
+#[derive(Debug, Default)]
+pub struct Credited {
+    pub credited: usize,
+    /// Clients that had their opening balance already: nothing moved for them.
+    pub skipped: Vec<String>,
+}
+
+/// Credits `openings` to a ledger (each once per client ever), journaled with `reason`.
+/// The gateway does it with `[credits] opening_balances` when it opens the ledger, and
+/// so does `tollgate ledger` before anything else: an operator's `set` before the first
+/// start is not then topped up by the opening balance.
+pub async fn credit(
+    ledger: &dyn super::Ledger,
+    worker: usize,
+    openings: Vec<Opening>,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Credited, super::LedgerError> {
+    let mut done = Credited::default();
+    for opening in openings {
+        let adjust = super::Adjust {
+            client: opening.client,
+            change: super::Change::Opening(opening.balance),
+            reason: reason.to_owned(),
+            now_ms,
+        };
+        let client = adjust.client.clone();
+        match ledger.adjust(worker, adjust).await? {
+            super::Adjusted::Done { .. } => done.credited += 1,
+            _ => done.skipped.push(client),
+        }
+    }
+    Ok(done)
+}
+
 /// Reads `text`: JSON when it starts with `[` or `{`, CSV otherwise.
 pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
     let trimmed = text.trim_start();
