@@ -56,6 +56,34 @@ async fn path_and_framing_table() {
     let cases: Vec<(&str, String, Expect)> = vec![
         // Normalization: what must land where a user expects.
         ("plain", get("/echo/a"), Forwarded(200, "/echo/a")),
+        // A body where backends read none (CL.0): what it holds would be read as the
+        // next request on the pooled upstream connection.
+        (
+            "GET with a body",
+            "GET /echo/a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Length: 39\r\n\r\nGET /admin HTTP/1.1\r\nHost: gw.test\r\n\r\n".into(),
+            Refused(400, "REQUEST_INVALID"),
+        ),
+        (
+            "HEAD with a chunked body",
+            "HEAD /echo/a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".into(),
+            // The problem's body is not sent to a HEAD.
+            Answered(400),
+        ),
+        (
+            "OPTIONS with a body",
+            "OPTIONS /echo/a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc".into(),
+            Refused(400, "REQUEST_INVALID"),
+        ),
+        (
+            "GET with an empty body declared",
+            "GET /echo/a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".into(),
+            Forwarded(200, "/echo/a"),
+        ),
+        (
+            "DELETE with a body",
+            "DELETE /echo/a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".into(),
+            Forwarded(200, "/echo/a"),
+        ),
         ("duplicate slashes", get("//echo///a"), Forwarded(200, "/echo/a")),
         ("dot segment", get("/echo/./a"), Forwarded(200, "/echo/a")),
         ("dot-dot segment", get("/echo/b/../a"), Forwarded(200, "/echo/a")),
@@ -183,6 +211,25 @@ async fn path_and_framing_table() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The backend is told the length the gateway read, in one spelling: `005` is 5 to
+/// the gateway but 5 or octal 5 (and `010` octal 8) to a backend parsing it with
+/// `strtol(…, 0)`, and two readings of one length are a desync.
+#[tokio::test]
+async fn content_length_reaches_the_backend_as_the_number_it_was_read_as() {
+    let h = Harness::start().await;
+    let response = h
+        .raw(b"POST /echo/len HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 010\r\n\r\n0123456789")
+        .await;
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(response.echoed_header("content-length"), ["10"]);
+    assert_eq!(response.json()["body"]["text"], "0123456789");
 }
 
 /// A request pipelined behind another on one connection is judged on its own.

@@ -357,6 +357,14 @@ async fn http2_requests_are_held_to_the_http1_rules() {
         );
     }
     send(many).await.assert_problem(431, "HEADERS_TOO_LARGE");
+    // A GET's body (DATA frames) would reach the backend as HTTP/1.1 content that
+    // handlers of GET do not read.
+    let with_body = http::Request::get("http://gw.test/echo/a")
+        .body(Full::new(Bytes::from_static(
+            b"GET /admin HTTP/1.1\r\n\r\n",
+        )))
+        .unwrap();
+    send(with_body).await.assert_problem(400, "REQUEST_INVALID");
     let mut crumbs = get("http://gw.test/echo/a");
     for i in 0..150 {
         crumbs
@@ -398,6 +406,83 @@ async fn http2_requests_are_held_to_the_http1_rules() {
     let collected = response.into_body().collect().await.unwrap();
     assert!(collected.trailers().is_none(), "{:?}", collected.trailers());
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"ok"));
+}
+
+/// An HTTP/2 connection carries up to 128 requests at once: a client with twenty
+/// connections held 2,560 backend connections while `max_connections` counted twenty.
+/// Requests in flight are bounded by `max_connections` too, whatever the version: past
+/// it, 503 `GATEWAY_OVERLOADED` before anything reaches the backend; room comes back as
+/// answers end.
+#[tokio::test]
+async fn requests_in_flight_are_bounded_by_max_connections_over_http2_too() {
+    let h = Harness::with(Setup {
+        server: "h2c = true\nmax_connections = 4".into(),
+        ..Setup::default()
+    })
+    .await;
+    let plain = TcpStream::connect(h.gateway.addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(plain))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let before = h.backend.requests();
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let request = get(&format!("http://gw.test/echo/slow{i}?delay_ms=1500"));
+                collect(sender.send_request(request).await.unwrap()).await
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            h.backend.requests() == before + 4
+        })
+        .await
+    );
+    let mut fifth = sender.clone();
+    let r = collect(
+        fifth
+            .send_request(get("http://gw.test/echo/fifth"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.assert_problem(503, "GATEWAY_OVERLOADED");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // An HTTP/1.1 request meanwhile is refused alike (its connection was accepted:
+    // two are open).
+    raw(
+        h.gateway.addr,
+        b"GET /echo/h1 HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .assert_problem(503, "GATEWAY_OVERLOADED");
+    assert_eq!(h.backend.requests(), before + 4, "nothing more reached it");
+    for answer in slow {
+        assert_eq!(answer.await.unwrap().status, 200);
+    }
+    let mut after = sender.clone();
+    let r = collect(
+        after
+            .send_request(get("http://gw.test/echo/after"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // Every answer ended: none counted in flight any more.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            h.metrics()
+                .await
+                .lines()
+                .any(|l| l == "tollgate_requests_in_flight 0")
+        })
+        .await
+    );
 }
 
 #[tokio::test]

@@ -5,8 +5,9 @@
 //! hyper's own hard limits sit above ours), a missing or repeated `Host`, an
 //! absolute-form target that names another host or another scheme than the
 //! connection's, any `Transfer-Encoding` but a single `chunked`, more than one
-//! `Content-Type`, `*` outside OPTIONS, CONNECT, a method with lowercase letters, and
-//! (when the operator says so) header names with `_` or `.`. Each of these is a request-smuggling or routing-confusion shape.
+//! `Content-Type`, `*` outside OPTIONS, CONNECT, a method with lowercase letters, a
+//! body on GET, HEAD or OPTIONS, and (when the operator says so) header names with `_`
+//! or `.`. Each of these is a request-smuggling or routing-confusion shape.
 //!
 //! The checks follow the connection: an HTTP/2 request names its host in `:authority`
 //! (the target's authority) and may carry no `Host`; an absolute target's scheme must
@@ -131,6 +132,27 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
         }
     }
     Ok(())
+}
+
+/// Refuses a body on GET, HEAD and OPTIONS. Their content has no defined meaning (RFC
+/// 9110 §9.3), and many handlers answer them without reading it (static files, health
+/// checks, servers that assume no body): on a pooled upstream connection the body would
+/// then be read as the next request, which no route judged and whose answer goes to
+/// another caller (the "CL.0" desync). Over HTTP/2 the body is DATA frames; the backend
+/// hears HTTP/1.1 either way.
+pub fn refuse_body_on_bodiless_method<B: http_body::Body>(
+    request: &Request<B>,
+) -> Result<(), GatewayError> {
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return Ok(()),
+    };
+    if request.body().is_end_stream() {
+        return Ok(());
+    }
+    Err(FramingError::BodyOnBodilessMethod(method).into())
 }
 
 /// An HTTP/2 request names its host in `:authority` and may send no `Host`; the stages

@@ -99,6 +99,11 @@ pub enum FramingError {
     LowercaseMethod,
     #[error("the absolute-form request target has a scheme other than the connection's")]
     UnsupportedScheme,
+    #[error(
+        "a {0} request carries no body here: many backends answer {0} without reading one, \
+         and would read what it holds as the next request"
+    )]
+    BodyOnBodilessMethod(&'static str),
 }
 
 /// Why a body's type was refused (415 `UNSUPPORTED_MEDIA_TYPE`).
@@ -691,6 +696,10 @@ pub enum LimitError {
     StoreUnavailable { retry_after: u64 },
     #[error("the gateway is holding too many request bodies; retry in a moment")]
     Overloaded,
+    #[error(
+        "the gateway has {limit} requests in flight (server.max_connections); retry in a moment"
+    )]
+    TooManyInFlight { limit: usize },
 }
 
 impl Problem for LimitError {
@@ -705,7 +714,7 @@ impl Problem for LimitError {
         match self {
             LimitError::RateLimited { .. } => "RATE_LIMITED",
             LimitError::StoreUnavailable { .. } => "RATE_LIMIT_UNAVAILABLE",
-            LimitError::Overloaded => "GATEWAY_OVERLOADED",
+            LimitError::Overloaded | LimitError::TooManyInFlight { .. } => "GATEWAY_OVERLOADED",
         }
     }
 
@@ -713,7 +722,7 @@ impl Problem for LimitError {
         match self {
             LimitError::RateLimited { .. } => "Too many requests",
             LimitError::StoreUnavailable { .. } => "Rate limiting unavailable",
-            LimitError::Overloaded => "Gateway overloaded",
+            LimitError::Overloaded | LimitError::TooManyInFlight { .. } => "Gateway overloaded",
         }
     }
 
@@ -725,7 +734,7 @@ impl Problem for LimitError {
         Some(match self {
             LimitError::RateLimited { retry_after, .. }
             | LimitError::StoreUnavailable { retry_after } => *retry_after,
-            LimitError::Overloaded => 1,
+            LimitError::Overloaded | LimitError::TooManyInFlight { .. } => 1,
         })
     }
 
@@ -935,6 +944,11 @@ mod tests {
             (RequestError::BodyTooSlow.into(), 408, "REQUEST_TIMEOUT"),
             (MediaRefusal::Missing.into(), 415, "UNSUPPORTED_MEDIA_TYPE"),
             (LimitError::Overloaded.into(), 503, "GATEWAY_OVERLOADED"),
+            (
+                LimitError::TooManyInFlight { limit: 4 }.into(),
+                503,
+                "GATEWAY_OVERLOADED",
+            ),
             (UpstreamError::Failed.into(), 502, "UPSTREAM_ERROR"),
             (Bug::NoPool.into(), 500, "INTERNAL"),
             (AuthError::Revoked.into(), 401, "TOKEN_REVOKED"),

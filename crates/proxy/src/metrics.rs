@@ -162,6 +162,15 @@ fn method_index(method: &Method) -> usize {
         .unwrap_or(METHODS.len() - 1)
 }
 
+/// A request counted in flight (see [`Metrics::admit`]); uncounted when dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// What belongs to the process rather than to one part of a snapshot.
 #[derive(Debug)]
 pub struct Metrics {
@@ -173,6 +182,9 @@ pub struct Metrics {
     problems: Family<Label, Counter>,
     reloads: Labeled<2>,
     connections_open: Gauge,
+    /// Requests between their head and the end of their response, every connection
+    /// and HTTP version together.
+    requests_in_flight: Gauge,
     /// Connections closed on accept: `server.max_connections` were open.
     connections_refused: Counter,
     /// TLS handshakes: completed with HTTP/1.1, completed with HTTP/2, failed.
@@ -210,6 +222,7 @@ impl Default for Metrics {
             problems: Family::default(),
             reloads: Labeled::new("result", ["success", "failure"]),
             connections_open: Gauge::default(),
+            requests_in_flight: Gauge::default(),
             connections_refused: Counter::default(),
             tls_handshakes,
             tls_counters,
@@ -324,6 +337,16 @@ impl Metrics {
         usize::try_from(self.connections_open.get()).unwrap_or(0)
     }
 
+    /// Admits a request when fewer than `max` are in flight; it counts until the
+    /// returned guard is dropped (with its response body). An HTTP/2 connection carries
+    /// many requests at once, so `max_connections` alone bounds neither the memory nor
+    /// the upstream connections its requests take.
+    pub fn admit(&self, max: usize) -> Option<InFlight> {
+        let before = self.requests_in_flight.inc();
+        let guard = InFlight(self.requests_in_flight.clone());
+        (usize::try_from(before).unwrap_or(0) < max).then_some(guard)
+    }
+
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
     }
@@ -384,6 +407,11 @@ impl Metrics {
             "tollgate_connections_open",
             "Client connections currently open",
             self.connections_open.clone(),
+        );
+        registry.register(
+            "tollgate_requests_in_flight",
+            "Requests received and not yet answered to their end, over every connection",
+            self.requests_in_flight.clone(),
         );
         registry.register(
             "tollgate_connections_refused",

@@ -41,7 +41,7 @@ use tollgate_policy::RouteAction;
 use crate::access_log::AccessLog;
 use crate::body::Outbound;
 use crate::endpoints::{self, Answer};
-use crate::errors::GatewayError;
+use crate::errors::{GatewayError, LimitError};
 use crate::exchange::{Exchange, Scheme};
 use crate::metrics::Metrics;
 use crate::respond::ResponseBody;
@@ -52,6 +52,15 @@ use crate::{
     rewrite, route, x_forwarded,
 };
 
+/// Whether the gateway had room for one more request in flight (see
+/// [`Metrics::admit`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Admission {
+    Admitted,
+    /// This many were in flight: the request is refused (503) before anything is read.
+    Full(usize),
+}
+
 /// Serves one request from a client connected from `peer`, over a connection of
 /// `scheme`, on worker `worker`.
 pub async fn handle(
@@ -59,6 +68,7 @@ pub async fn handle(
     peer: SocketAddr,
     worker: usize,
     scheme: Scheme,
+    admission: Admission,
     runtime: &Runtime,
 ) -> Response<ResponseBody> {
     let active = runtime.active();
@@ -113,7 +123,11 @@ pub async fn handle(
         own_answer: false,
         log,
     };
-    let response = match run(&mut exchange, request, &active, &runtime.metrics).await {
+    let ran = match admission {
+        Admission::Admitted => run(&mut exchange, request, &active, &runtime.metrics).await,
+        Admission::Full(limit) => Err(LimitError::TooManyInFlight { limit }.into()),
+    };
+    let response = match ran {
         Ok(response) => response,
         Err(error) => {
             meter::refund(&mut exchange, &error).await;
@@ -146,6 +160,7 @@ async fn run(
 
     // 1. accept
     accept::check(&request, &snapshot.server, exchange.scheme)?;
+    accept::refuse_body_on_bodiless_method(&request)?;
     accept::host_from_authority(&mut request);
     if accept::is_server_options(&request) {
         return Ok(respond::server_options());

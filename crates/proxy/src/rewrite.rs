@@ -48,6 +48,14 @@ pub fn upstream_head(
     let caller = &exchange.caller;
     // The backend is spoken to in HTTP/1.1, whichever version the client used.
     parts.version = http::Version::HTTP_11;
+    // The length as it was read, in one spelling: `005` is 5 to hyper, but octal to a
+    // backend that parses it with `strtol(…, 0)`, and two readings of one length are
+    // a desync. (hyper refused any value it could not read as one number.)
+    if let Some(length) = crate::body::declared_length(parts) {
+        parts
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
     crate::cookies::join(h);

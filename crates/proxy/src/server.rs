@@ -554,15 +554,22 @@ impl Http<'_> {
         let conn_runtime = Arc::clone(runtime);
         let activity = Arc::new(Activity::new());
         let conn_activity = Arc::clone(&activity);
+        let max_in_flight = server.max_connections;
         let svc = service_fn(move |request| {
             let runtime = Arc::clone(&conn_runtime);
             // Held until the response body is done (or dropped).
             let busy = conn_activity.begin();
+            let in_flight = runtime.metrics.admit(max_in_flight);
+            let admission = match in_flight {
+                Some(_) => pipeline::Admission::Admitted,
+                None => pipeline::Admission::Full(max_in_flight),
+            };
             async move {
-                let response = pipeline::handle(request, peer, worker, scheme, &runtime).await;
+                let response =
+                    pipeline::handle(request, peer, worker, scheme, admission, &runtime).await;
                 Ok::<_, Infallible>(response.map(|body| {
                     body.map_frame(move |frame| {
-                        let _busy = &busy;
+                        let _held = (&busy, &in_flight);
                         frame
                     })
                 }))
