@@ -816,8 +816,10 @@ async fn provider_callbacks_cannot_be_extended_or_replayed() {
         ("x-plivo-signature-v3-nonce", "g-1"),
         ("content-type", "application/x-www-form-urlencoded"),
     ];
+    // Refused before the signature is looked at: no GET carries a body through the
+    // gateway (a backend may answer a GET without reading one).
     let (r, reached) = a.send("GET", path, &headers, body).await;
-    r.assert_problem(401, "SIGNATURE_INVALID");
+    r.assert_problem(400, "REQUEST_INVALID");
     assert_eq!(reached, 0);
     // The same body sent chunked.
     let request = format!(
@@ -827,7 +829,7 @@ async fn provider_callbacks_cannot_be_extended_or_replayed() {
     );
     a.h.raw(request.as_bytes())
         .await
-        .assert_problem(401, "SIGNATURE_INVALID");
+        .assert_problem(400, "REQUEST_INVALID");
     // Without a body it is the callback Plivo sent, once.
     let (r, _) = a.send("GET", path, &headers[..2], b"").await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

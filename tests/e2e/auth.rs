@@ -772,17 +772,20 @@ async fn exotel_secrets_and_ip_allowlists() {
         "CallSid=1",
         "the secret is not forwarded"
     );
-    assert_refused(
-        &h.get("/echo/exotel/status?CallSid=1&secret=wrong", &[])
-            .await,
-        401,
-        "SIGNATURE_INVALID",
-    );
-    assert_refused(
-        &h.get("/echo/exotel/status?CallSid=1", &[]).await,
-        401,
-        "SIGNATURE_INVALID",
-    );
+    // Wrong, missing, given twice: each says which, so a provider's operator can tell
+    // a wrong secret from a URL that lost it.
+    let twice =
+        format!("/echo/exotel/status?CallSid=1&secret={EXOTEL_SECRET}&secret={EXOTEL_SECRET}");
+    for (target, detail) in [
+        ("/echo/exotel/status?CallSid=1&secret=wrong", "is wrong"),
+        ("/echo/exotel/status?CallSid=1", "carries no signature"),
+        (twice.as_str(), "more than once"),
+    ] {
+        let r = h.get(target, &[]).await;
+        assert_refused(&r, 401, "SIGNATURE_INVALID");
+        let said = r.json()["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(said.contains(detail), "{target}: {said}");
+    }
     assert_eq!(h.get("/echo/local/x", &[]).await.status, 200);
     h.get("/echo/remote/x", &[])
         .await

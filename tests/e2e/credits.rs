@@ -2242,10 +2242,17 @@ async fn the_admin_api_refuses_control_characters_and_answers_405_with_allow() {
         r.assert_problem(405, "METHOD_NOT_ALLOWED");
         assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
     }
-    // Without the token it is still 401: the map of resources is for operators.
-    send(g.admin, "DELETE", "/ledger/clients/1001", &[], b"")
-        .await
-        .assert_problem(401, "ADMIN_UNAUTHORIZED");
+    // Without the token it is still 401: the map of resources is for operators. Like
+    // every answer of the gateway's own, never sniffed, no referrer.
+    let r = send(g.admin, "DELETE", "/ledger/clients/1001", &[], b"").await;
+    r.assert_problem(401, "ADMIN_UNAUTHORIZED");
+    assert_eq!(
+        (
+            r.header("x-content-type-options"),
+            r.header("referrer-policy")
+        ),
+        (Some("nosniff"), Some("no-referrer"))
+    );
     for (method, path) in [
         ("POST", "/healthz"),
         ("DELETE", "/readyz"),
@@ -2261,7 +2268,16 @@ async fn the_admin_api_refuses_control_characters_and_answers_405_with_allow() {
             .await
             .assert_problem(404, "ROUTE_NOT_FOUND");
     }
-    assert_eq!(send(g.admin, "GET", "/healthz", &[], b"").await.status, 200);
+    let ok = send(g.admin, "GET", "/healthz", &[], b"").await;
+    assert_eq!(
+        (ok.status, ok.header("x-content-type-options")),
+        (200, Some("nosniff"))
+    );
+    // Balancers' checks may use HEAD (HAProxy's `http-check send meth HEAD`).
+    for path in ["/healthz", "/readyz"] {
+        let r = send(g.admin, "HEAD", path, &[], b"").await;
+        assert_eq!((r.status, r.body.len()), (200, 0), "{path}");
+    }
     // Nothing refused was journaled.
     let reasons: Vec<String> = journal(g, "1001")
         .await

@@ -118,8 +118,10 @@ fn decide(
                     // Every spelling of the parameter counts; two copies are ambiguous.
                     let query = parts.uri.query().unwrap_or_default().as_bytes();
                     let presented = param::values_of(query, name);
-                    let [only] = presented.as_slice() else {
-                        return Err(SignatureProblem::Invalid.into());
+                    let only = match presented.as_slice() {
+                        [only] => only,
+                        [] => return Err(SignatureProblem::Missing.into()),
+                        _ => return Err(SignatureProblem::Repeated.into()),
                     };
                     if !secret::equal(only.as_bytes(), expected) {
                         return Err(SignatureProblem::Invalid.into());
@@ -358,13 +360,13 @@ async fn plivo_v3(
         }
         Ok(first.and_then(|v| v.to_str().ok()).map(str::to_owned))
     };
-    let nonce = header(PLIVO_NONCE)?.ok_or(SignatureProblem::Invalid)?;
+    let nonce = header(PLIVO_NONCE)?.ok_or(SignatureProblem::Missing)?;
     let signatures: Vec<String> = [header(PLIVO_V3)?, header(PLIVO_MA_V3)?]
         .into_iter()
         .flatten()
         .collect();
     if signatures.is_empty() {
-        return Err(SignatureProblem::Invalid.into());
+        return Err(SignatureProblem::Missing.into());
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     // The signature covers the path as sent, the backend gets it normalized: a path

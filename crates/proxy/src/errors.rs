@@ -256,7 +256,9 @@ impl Problem for RequestError {
 /// Why a provider callback's proof was refused (401 `SIGNATURE_INVALID`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum SignatureProblem {
-    #[error("the callback signature or secret is missing or invalid")]
+    #[error("the callback carries no signature, nonce or URL secret")]
+    Missing,
+    #[error("the callback signature or URL secret is wrong")]
     Invalid,
     #[error("the callback carries a signature header, nonce or secret more than once")]
     Repeated,

@@ -213,7 +213,7 @@ pub fn main() -> ExitCode {
                     subject,
                     config,
                 },
-        } => match load(&config) {
+        } => match load_summarizing_dev_keys(&config) {
             Some(snapshot) => match mint(&snapshot, &client, ttl.as_deref(), subject.as_deref()) {
                 Ok(token) => {
                     println!("{token}");
@@ -320,14 +320,41 @@ pub fn main() -> ExitCode {
 }
 
 /// Loads the configuration, printing every diagnostic; `None` if it has errors.
-fn load(config: &Path) -> Option<Snapshot> {
-    load_printing(config, |_| true)
-}
-
-/// As [`load`], but quiet about the development keys the demo uses on purpose.
+/// Loads the configuration, quiet about the development keys the demo uses on purpose
+/// (`check` names each).
 fn load_quietly(config: &Path) -> Option<Snapshot> {
     load_printing(config, |d| {
         !d.message.contains(tollgate_policy::DEV_KEYS_DIR)
+    })
+}
+
+/// As [`load_quietly`], with one line instead of a warning per development key: a
+/// token signed with one is for the demo only, which `token mint` inside `$(...)` should
+/// say once, not eight times.
+fn load_summarizing_dev_keys(config: &Path) -> Option<Snapshot> {
+    let snapshot = load_quietly(config)?;
+    let dev_keys = snapshot
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains(tollgate_policy::DEV_KEYS_DIR))
+        .count();
+    if dev_keys > 0 {
+        eprintln!(
+            "warning: {dev_keys} published development key(s) in use ({}/): for `tollgate demo` only; `tollgate check` names each",
+            tollgate_policy::DEV_KEYS_DIR
+        );
+    }
+    Some(snapshot)
+}
+
+/// When the configuration file is not there at all, the likely mistake: running from
+/// another directory.
+fn missing_config_hint(config: &Path) -> Option<String> {
+    (!config.exists()).then(|| {
+        format!(
+            "{} does not exist here: run tollgate in the directory that holds it, or pass --config PATH",
+            config.display()
+        )
     })
 }
 
@@ -347,6 +374,9 @@ fn load_printing(
                 eprintln!("{d}");
             }
             eprintln!("{}", error_summary(&e.0));
+            if let Some(hint) = missing_config_hint(config) {
+                eprintln!("{hint}");
+            }
             None
         }
     }
@@ -390,6 +420,9 @@ fn check(config: &Path) -> ExitCode {
                 println!("{d}");
             }
             println!("{}", error_summary(&e.0));
+            if let Some(hint) = missing_config_hint(config) {
+                println!("{hint}");
+            }
             ExitCode::FAILURE
         }
     }

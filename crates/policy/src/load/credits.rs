@@ -202,7 +202,8 @@ pub(crate) fn route_cost(
             format!("route `{name}`: a cost needs a [credits] section in gateway.toml"),
         );
     }
-    if !matches!(action, Some(RouteAction::Forward)) {
+    // No action: the route's `action`/`endpoint` pair is wrong, and said so already.
+    if action.is_some_and(|a| !matches!(a, RouteAction::Forward)) {
         l.error(
             src,
             Some(span.clone()),

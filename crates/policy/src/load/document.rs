@@ -82,7 +82,7 @@ pub(crate) fn deserialize<T: DeserializeOwned>(
         loader.error(
             src,
             e.span().or(Some(whole.clone())),
-            format!("{what}: {message}"),
+            format!("{what}: {}", in_plain_words(message)),
         );
         reported = true;
         if !e
@@ -93,6 +93,50 @@ pub(crate) fn deserialize<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// serde's type names, said as an operator writes TOML: `expected i64` is a whole
+/// number, `expected a sequence` an array.
+fn in_plain_words(message: &str) -> String {
+    const PLAIN: &[(&str, &str)] = &[
+        (
+            "expected i64",
+            "expected a whole number, such as 32768 (sizes are in bytes)",
+        ),
+        (
+            "expected u64",
+            "expected a whole number, such as 32768 (sizes are in bytes)",
+        ),
+        (
+            "expected usize",
+            "expected a whole number, such as 32768 (sizes are in bytes)",
+        ),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        (
+            "expected a sequence",
+            "expected an array, such as [\"a\", \"b\"]",
+        ),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a string",
+            "expected a string in quotes (a duration is written \"2s\", \"500ms\")",
+        ),
+    ];
+    let mut plain = message.to_owned();
+    for (serde, words) in PLAIN {
+        if let Some(at) = plain.find(serde) {
+            // Whole words only: `expected u8` is not the start of `expected u8x`.
+            let end = at + serde.len();
+            if !plain[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                plain.replace_range(at..end, words);
+                break;
+            }
+        }
+    }
+    plain
 }
 
 /// The most errors one table reports (each costs another pass over it).

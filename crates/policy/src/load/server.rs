@@ -228,8 +228,11 @@ mod tests {
         let e = errors(&gateway, &[]);
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(e[0].starts_with("gateway.toml:3:23: `10 s`"), "{e:?}");
+        // In an operator's words, not serde's (`expected usize`).
         assert!(
-            e[1].starts_with("gateway.toml:4:20: [server]: invalid type: string \"big\""),
+            e[1].starts_with(
+                "gateway.toml:4:20: [server]: invalid type: string \"big\", expected a whole number, such as 32768 (sizes are in bytes)"
+            ),
             "{e:?}"
         );
         assert!(
@@ -247,10 +250,25 @@ mod tests {
             &[],
         );
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(
-            e[0].starts_with("gateway.toml:2:10: [server]: invalid type: integer"),
+        assert_eq!(
+            e[0],
+            "gateway.toml:2:10: [server]: invalid type: integer `8080`, expected an array, such as [\"a\", \"b\"]",
             "{e:?}"
         );
+        // A duration written as a number; a flag written as a word.
+        let e = errors(
+            &GATEWAY.replace(
+                "listen = [\"127.0.0.1:0\"]",
+                "listen = [\"127.0.0.1:0\"]\nshutdown_grace = 2\nh2c = \"yes\"",
+            ),
+            &[],
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].ends_with("expected a string in quotes (a duration is written \"2s\", \"500ms\")"),
+            "{e:?}"
+        );
+        assert!(e[1].ends_with("expected true or false"), "{e:?}");
     }
 
     #[test]

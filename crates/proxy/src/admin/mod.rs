@@ -21,16 +21,36 @@ use crate::runtime::Runtime;
 pub type AdminResponse = Response<Either<Incoming, Full<Bytes>>>;
 
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+    let mut response = answer(request, runtime).await;
+    // Every answer here is the gateway's own: never sniffed into another type, no
+    // referrer leaked (as the data plane's own answers).
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn answer(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
     if request.uri().path().starts_with("/ledger/") || request.uri().path() == "/ledger" {
         return ledger::handle(request, runtime).await;
     }
-    // The three probes take GET only; anything else on them is 405, not "no such path".
-    if matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz")
-        && request.method() != Method::GET
+    // The three probes take GET (and HEAD, which balancers' checks use; hyper sends no
+    // body to it); anything else on them is 405, not "no such path".
+    let method = match *request.method() {
+        Method::HEAD => Method::GET,
+        ref other => other.clone(),
+    };
+    if matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz") && method != Method::GET
     {
         return ledger::method_not_allowed(&request, Method::GET);
     }
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+    let (status, content_type, body) = match (&method, request.uri().path()) {
         (&Method::GET, "/metrics") => {
             let (body, content_type) = runtime.render_metrics(wants_openmetrics(&request));
             (StatusCode::OK, content_type, body)
