@@ -2458,6 +2458,32 @@ async fn the_ledger_cli_refuses_what_the_admin_api_refuses_and_prints_journals_e
     for c in ['\x1b', '\u{202E}', '\u{9b}', '\x07'] {
         assert!(!out.contains(c), "{c:?} printed: {out}");
     }
+
+    // A metered movement shows the idempotency key a client quotes about its charge
+    // (escaped like the rest).
+    {
+        use tollgate_state::ledger::embedded::EmbeddedLedger;
+        use tollgate_state::ledger::{Ledger, Reservation};
+        let ledger = EmbeddedLedger::open(&dir.path().join("state/ledger.redb")).unwrap();
+        let now = 1_767_225_600_000;
+        let reservation = Reservation {
+            id: "r-1".into(),
+            client: "1001".into(),
+            amount: 2,
+            deadline: now + 60_000,
+            route: Some("campaigns".into()),
+            request_id: Some("req-9".into()),
+            idempotency_key: Some("spring-\x1b1".into()),
+        };
+        ledger.reserve(0, reservation, now).await.unwrap();
+    }
+    let (code, out, err) = tollgate(&["ledger", "show", "--client", "1001", "--limit", "1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let reserve = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        reserve.contains("reserve") && reserve.contains("campaigns req-9 key=spring-\\u{1b}1"),
+        "{out}"
+    );
 }
 
 /// A primary of a three-primary Redis Cluster is killed under metered load: its replica

@@ -201,9 +201,16 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                 let at = httpdate::fmt_http_date(
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.at),
                 );
-                // Journal text is escaped: an older journal may hold anything.
+                // Journal text is escaped: an older journal may hold anything. The
+                // idempotency key, when there is one, is what a client quotes when it
+                // asks about a charge.
+                let key = m
+                    .idempotency_key
+                    .as_deref()
+                    .map(|k| format!(" key={}", printable(k)))
+                    .unwrap_or_default();
                 println!(
-                    "#{:<6} {:<29} {:<8} {:>+8} -> {:<8} {} {}",
+                    "#{:<6} {:<29} {:<8} {:>+8} -> {:<8} {} {}{key}",
                     m.seq,
                     at,
                     m.kind.as_str(),
