@@ -270,6 +270,23 @@ async fn bodies_the_gateway_cannot_classify_never_reach_the_backend() {
             "an unterminated parameter",
             &[("content-type", "application/json; charset=\"utf-8")],
         ),
+        // formidable searches the whole header for its parser: these were parsed as
+        // multipart or JSON, with the client id the body names.
+        (
+            "a CSV whose parameters say multipart",
+            &[("content-type", "text/csv; x=multipart; boundary=XyZ")],
+        ),
+        (
+            "a form whose parameters say multipart",
+            &[(
+                "content-type",
+                "application/x-www-form-urlencoded; x=multipart; boundary=XyZ",
+            )],
+        ),
+        (
+            "a CSV whose parameters say json",
+            &[("content-type", "text/csv; x=json")],
+        ),
     ];
     for (name, headers) in cases {
         let mut all = vec![("authorization", token.as_str())];

@@ -485,6 +485,41 @@ async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
         metrics.contains("tollgate_api_key_requests_total{key_id=\"globex-1\"} 1"),
         "{metrics}"
     );
+
+    // Two different keys in two places (a header and the query in any spelling):
+    // refused, whichever is valid; a backend that reads the key itself could take the
+    // one the gateway did not check.
+    for (target, key) in [
+        (
+            "/echo/passkey/q?api_key=legacy-key-globex",
+            "legacy-key-acme",
+        ),
+        ("/echo/passkey/q?API%5FKEY=zzz", "legacy-key-acme"),
+        ("/echo/key/q?api_key[]=legacy-key-acme", "guess"),
+    ] {
+        let r = h.get(target, &[("x-api-key", key)]).await;
+        assert_refused(&r, 401, "API_KEY_INVALID");
+        let detail = r.json()["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            detail.contains("more than one API key"),
+            "{target}: {detail}"
+        );
+    }
+    // The same key twice: a route that passes keys on sends it once, from the place
+    // it was checked.
+    let r = h
+        .get(
+            "/echo/passkey/q?api_key=legacy-key-acme&page=2",
+            &[("x-api-key", "legacy-key-acme")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.echoed_header("x-api-key"), ["legacy-key-acme"]);
+    let query = r.json()["query"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        !query.contains("api_key") && query.contains("page=2"),
+        "{query}"
+    );
     assert!(
         h.gateway
             .wait_for_log(

@@ -187,7 +187,7 @@ fn target_len(uri: &Uri) -> usize {
 /// RFC 3986 also allows in a name (`%`, `,`, `;`, `!`…), and userinfo (`user@host`), no
 /// client sends; a backend building links or checking origins from `X-Forwarded-Host`
 /// would read them in its own way.
-fn valid_host(host: &[u8]) -> bool {
+pub(crate) fn valid_host(host: &[u8]) -> bool {
     let (name, port) = match host.strip_prefix(b"[") {
         Some(rest) => {
             let Some(end) = rest.iter().position(|&b| b == b']') else {

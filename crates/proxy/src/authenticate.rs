@@ -266,6 +266,20 @@ fn presented_api_key(
     parts: &Parts,
     settings: &ApiKeySettings,
 ) -> Result<Option<(String, Consumed)>, GatewayError> {
+    // Every place a key may come from: the configured headers, then the parameter.
+    let mut found: Option<(String, Consumed)> = None;
+    let mut seen = |value: String, place: Consumed| -> Result<(), GatewayError> {
+        match &found {
+            None => found = Some((value, place)),
+            // Two different keys (one in `X-Api-Key`, another in `?api_key`): a backend
+            // that reads the key itself may take the one the gateway did not check.
+            Some((first, _)) if !secret::equal(first.as_bytes(), value.as_bytes()) => {
+                return Err(AuthError::ApiKeyAmbiguous.into());
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    };
     for name in &settings.headers {
         let mut values = parts.headers.get_all(name).iter();
         if let Some(value) = values.next() {
@@ -276,26 +290,26 @@ fn presented_api_key(
                 headers: vec![HeaderName::clone(name)],
                 params: Vec::new(),
             };
-            return Ok(Some((
+            seen(
                 String::from_utf8_lossy(value.as_bytes()).into_owned(),
                 consumed,
-            )));
+            )?;
         }
     }
-    let (Some(name), Some(query)) = (settings.query_param.as_deref(), parts.uri.query()) else {
-        return Ok(None);
-    };
-    match param::values_of(query.as_bytes(), name).as_slice() {
-        [] => Ok(None),
-        [only] => Ok(Some((
-            only.clone(),
-            Consumed {
-                headers: Vec::new(),
-                params: vec![name.to_owned()],
-            },
-        ))),
-        _ => Err(AuthError::ApiKeyInvalid.into()),
+    if let (Some(name), Some(query)) = (settings.query_param.as_deref(), parts.uri.query()) {
+        match param::values_of(query.as_bytes(), name).as_slice() {
+            [] => {}
+            [only] => seen(
+                only.clone(),
+                Consumed {
+                    headers: Vec::new(),
+                    params: vec![name.to_owned()],
+                },
+            )?,
+            _ => return Err(AuthError::ApiKeyInvalid.into()),
+        }
     }
+    Ok(found)
 }
 
 fn verify_api_key(

@@ -50,6 +50,7 @@ pub fn classify(
         .ok_or(GatewayError::from(MediaRefusal::Missing))?;
     let media = MediaType::parse(value.as_bytes()).map_err(refusal)?;
     let essence = media.essence();
+    refuse_other_type_named(value.as_bytes())?;
     let utf8 = |media: &MediaType| match media.is_utf8() {
         Ok(true) => Ok(()),
         Ok(false) => Err(GatewayError::from(MediaRefusal::Charset(
@@ -88,11 +89,44 @@ pub fn classify(
         };
     }
     if route.opaque_body_types.iter().any(|r| r.matches(&media)) {
+        // `text/*` declared opaque takes `text/json` too, which such a backend parses.
+        if let Some(word) = PARSER_WORDS.iter().find(|w| essence.contains(**w)) {
+            return Err(MediaRefusal::NamesAnotherType(word).into());
+        }
         return Ok(BodyClass::Opaque);
     }
     Err(GatewayError::from(MediaRefusal::NotAccepted(
         essence.to_owned(),
     )))
+}
+
+/// What some backends search the whole `Content-Type` for to pick a body parser:
+/// formidable (Node) matches `/json/i`, `/urlencoded/i`, `/multipart/i` and
+/// `/octet-stream/i` anywhere in the header, so `text/csv; x=multipart; boundary=B`
+/// passed as an opaque CSV and was parsed as a form carrying another client's id.
+const PARSER_WORDS: &[&str] = &[
+    "json",
+    "urlencoded",
+    "multipart",
+    "form-data",
+    "octet-stream",
+];
+
+/// Refuses a `Content-Type` whose parameters name a kind of body: the gateway reads the
+/// type, such a backend the whole header. (A multipart boundary of `bchars` could spell
+/// one too.)
+fn refuse_other_type_named(raw: &[u8]) -> Result<(), GatewayError> {
+    let Some(at) = raw.iter().position(|b| *b == b';') else {
+        return Ok(());
+    };
+    let params = raw[at..].to_ascii_lowercase();
+    match PARSER_WORDS
+        .iter()
+        .find(|w| params.windows(w.len()).any(|s| s == w.as_bytes()))
+    {
+        Some(word) => Err(MediaRefusal::NamesAnotherType(word).into()),
+        None => Ok(()),
+    }
 }
 
 /// Whether PHP finds the boundary where the parameter is: it takes the text after the
@@ -216,6 +250,52 @@ mod tests {
         );
         let h = HeaderMap::new();
         assert_eq!(classify(&h, false, &route(&[])).unwrap(), BodyClass::Empty);
+    }
+
+    /// formidable picks its parser by a search of the whole header: a form, an opaque
+    /// CSV or a multipart body whose parameters name another kind was parsed as that
+    /// kind, with a client id the gateway never saw (found against formidable 3.5.4).
+    #[test]
+    fn a_type_whose_parameters_name_another_kind_is_refused() {
+        let ct = |v: &'static [u8]| [("content-type", v)];
+        for value in [
+            &b"application/x-www-form-urlencoded; x=multipart; boundary=XyZ"[..],
+            b"text/csv; x=multipart; boundary=XyZ",
+            b"text/csv; charset=\"multipart\"; boundary=XyZ",
+            b"text/csv; x=json",
+            b"text/csv; x=URLENCODED",
+            b"application/json; profile=form-data",
+            b"multipart/form-data; boundary=octet-stream",
+            b"multipart/form-data; boundary=a-json-b",
+        ] {
+            let r = class(&ct(value), &["text/csv"]);
+            assert!(
+                matches!(
+                    r,
+                    Err(GatewayError::Request(
+                        crate::errors::RequestError::MediaType(MediaRefusal::NamesAnotherType(_))
+                    ))
+                ),
+                "{}: {r:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        // A wildcard declared opaque does not take a type named for a parser.
+        assert!(refused(class(&ct(b"text/json"), &["text/*"])));
+        assert!(refused(class(&ct(b"text/x-urlencoded"), &["text/*"])));
+        // What clients send passes.
+        assert_eq!(
+            class(
+                &ct(b"text/csv; charset=utf-8; header=present"),
+                &["text/csv"]
+            )
+            .unwrap(),
+            BodyClass::Opaque
+        );
+        assert_eq!(
+            class(&ct(b"application/json; charset=utf-8"), &[]).unwrap(),
+            BodyClass::Json
+        );
     }
 
     #[test]

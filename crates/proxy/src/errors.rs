@@ -131,6 +131,12 @@ pub enum MediaRefusal {
     LoginUnreadable,
     #[error("this form body is JSON: send it as application/json")]
     FormIsJson,
+    #[error(
+        "the Content-Type names another kind of body (`{0}`) beside its own: some backends \
+         pick their parser by a search of the whole header; send the type with only its \
+         own parameters"
+    )]
+    NamesAnotherType(&'static str),
 }
 
 /// Why a JSON body the gateway must rewrite was refused (400 `INVALID_JSON`).
@@ -277,6 +283,8 @@ pub enum AuthError {
     Token(JwtError),
     #[error("the API key is not valid")]
     ApiKeyInvalid,
+    #[error("the request carries more than one API key: send one, in one place")]
+    ApiKeyAmbiguous,
     #[error("API keys were retired on this API; use a bearer token")]
     ApiKeySunset,
     #[error(transparent)]
@@ -313,7 +321,7 @@ impl Problem for AuthError {
             AuthError::Token(JwtError::NotYetValid) => "TOKEN_NOT_YET_VALID",
             AuthError::Token(JwtError::AudienceMismatch) => "AUDIENCE_MISMATCH",
             AuthError::Token(_) => "TOKEN_INVALID",
-            AuthError::ApiKeyInvalid => "API_KEY_INVALID",
+            AuthError::ApiKeyInvalid | AuthError::ApiKeyAmbiguous => "API_KEY_INVALID",
             AuthError::ApiKeySunset => "API_KEY_SUNSET",
             AuthError::Signature(_) => "SIGNATURE_INVALID",
             AuthError::Replayed => "CALLBACK_REPLAYED",
@@ -329,7 +337,7 @@ impl Problem for AuthError {
             AuthError::Token(JwtError::NotYetValid) => "Token not yet valid",
             AuthError::Token(JwtError::AudienceMismatch) => "Token audience mismatch",
             AuthError::Token(_) => "Invalid token",
-            AuthError::ApiKeyInvalid => "Invalid API key",
+            AuthError::ApiKeyInvalid | AuthError::ApiKeyAmbiguous => "Invalid API key",
             AuthError::ApiKeySunset => "API keys retired",
             AuthError::Signature(_) => "Invalid signature",
             AuthError::Replayed => "Callback replayed",

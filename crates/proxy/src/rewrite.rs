@@ -72,29 +72,37 @@ pub fn upstream_head(
         .and_then(|k| k.sunset)
         .is_some_and(|sunset| exchange.now >= sunset);
     let passes_keys = route.pass_api_key && caller.method == AuthMethod::ApiKey && !past_sunset;
+    // On a route that passes keys on, the place the checked key came from stays (the
+    // same key anywhere else goes: the backend gets one key, the one checked).
+    let kept = passes_keys.then_some(&caller.consumed);
+    let kept_header = |name: &HeaderName| kept.is_some_and(|c| c.headers.contains(name));
+    let kept_param = |name: &str| kept.is_some_and(|c| c.params.iter().any(|p| p == name));
     let mut drop_params: Vec<&str> = Vec::new();
-    if !passes_keys {
-        for name in &caller.consumed.headers {
-            h.remove(name);
-        }
-        drop_params.extend(caller.consumed.params.iter().map(String::as_str));
+    for name in caller.consumed.headers.iter().filter(|n| !kept_header(n)) {
+        h.remove(name);
     }
+    drop_params.extend(
+        caller
+            .consumed
+            .params
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !kept_param(p)),
+    );
     h.remove(AUTHORIZATION);
     // The gateway's session cookies are its credentials, never the backend's.
     if snapshot.sessions.is_some() {
         crate::cookies::strip_ours(h);
     }
-    if !passes_keys {
-        match keys {
-            Some(keys) => {
-                for name in &keys.headers {
-                    h.remove(name);
-                }
-                drop_params.extend(keys.query_param.as_deref());
+    match keys {
+        Some(keys) => {
+            for name in keys.headers.iter().filter(|n| !kept_header(n)) {
+                h.remove(name);
             }
-            None => {
-                h.remove(DEFAULT_API_KEY_HEADER);
-            }
+            drop_params.extend(keys.query_param.as_deref().filter(|p| !kept_param(p)));
+        }
+        None => {
+            h.remove(DEFAULT_API_KEY_HEADER);
         }
     }
     if let Some((_, credential)) = &route.upstream_credential {

@@ -28,16 +28,11 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAdd
     if !trusted(peer, proxies) {
         return peer;
     }
-    let entries: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect();
+    let entries = chain(headers);
     let mut client = peer;
     for entry in entries.iter().rev() {
         // `::ffff:a.b.c.d` from a dual-stack proxy is the IPv4 client it names.
-        match hop(entry.trim()).map(|addr| addr.to_canonical()) {
+        match hop(entry).map(|addr| addr.to_canonical()) {
             Some(addr) if trusted(addr, proxies) => client = addr,
             Some(addr) => return addr,
             // A hop we trust passed on garbage: believe no further.
@@ -45,6 +40,26 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, proxies: &[Cidr]) -> IpAdd
         }
     }
     client
+}
+
+/// The `X-Forwarded-For` entries, every header line in order, split at commas. An
+/// entry holding a byte that is not visible ASCII is `unknown`, garbage in its place:
+/// nginx and others append the real client to the client's own line, so a line
+/// dropped whole for one `\x80` would take the real client with it and leave the proxy
+/// itself as the client.
+fn chain(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|entry| {
+            let entry = entry.trim_ascii();
+            match std::str::from_utf8(entry) {
+                Ok(text) if entry.iter().all(|b| (0x20..0x7f).contains(b)) => text.to_owned(),
+                _ => "unknown".to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// One `X-Forwarded-For` entry's address: a bare address, or as some proxies write it
@@ -78,15 +93,32 @@ pub fn set_headers(
 ) {
     let from_trusted = trusted(peer, proxies);
     let prior_for = from_trusted
-        .then(|| joined(headers, &X_FORWARDED_FOR))
-        .flatten();
+        .then(|| chain(headers))
+        .filter(|entries| !entries.is_empty());
     let xff = match prior_for {
-        Some(prior) => format!("{prior}, {peer}"),
+        Some(prior) => format!("{}, {peer}", prior.join(", ")),
         None => peer.to_string(),
     };
     let host = headers.get(HOST).cloned();
-    if !from_trusted {
+    // A trusted proxy's word on the scheme and host is kept when it is one readable
+    // value: `http` or `https`, and a host a backend reads as one host. Anything else
+    // (two values, `javascript`, `evil.test/x`) is replaced by what this hop saw: a
+    // backend builds links and judges `Secure` from them.
+    let proto_ok = from_trusted
+        && single(headers, &X_FORWARDED_PROTO)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"http") || v.eq_ignore_ascii_case(b"https"));
+    let host_ok =
+        from_trusted && single(headers, &X_FORWARDED_HOST).is_some_and(crate::accept::valid_host);
+    if proto_ok {
+        let https = headers
+            .get(&X_FORWARDED_PROTO)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let value = if https { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(value));
+    } else {
         headers.remove(&X_FORWARDED_PROTO);
+    }
+    if !host_ok {
         headers.remove(&X_FORWARDED_HOST);
     }
     headers.remove(&X_FORWARDED_FOR);
@@ -105,13 +137,13 @@ pub fn set_headers(
     }
 }
 
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let parts: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(", "))
+/// The header's one value (none when absent or repeated).
+fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h [u8]> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (Some(only), None) => Some(only.as_bytes()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +248,88 @@ mod tests {
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         set_headers(&mut h, ip("192.0.2.1"), ip("192.0.2.1"), &[], Scheme::Https);
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
+
+    /// nginx appends the real client to the client's own line: one byte that is not
+    /// visible ASCII used to drop the line whole, real client and all, and the trusted
+    /// proxy itself became the client (past an allowlist of internal addresses).
+    #[test]
+    fn an_unreadable_entry_is_garbage_in_its_place_not_the_whole_line() {
+        let proxies: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        for raw in [
+            &b"\x80, 198.51.100.7"[..],
+            b"a\xffb,198.51.100.7",
+            b"\xc3\xa9, 198.51.100.7",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(X_FORWARDED_FOR, HeaderValue::from_bytes(raw).unwrap());
+            let client = client_addr(ip("10.0.0.1"), &h, &proxies);
+            assert_eq!(client, ip("198.51.100.7"), "{raw:?}");
+            set_headers(&mut h, ip("10.0.0.1"), client, &proxies, Scheme::Http);
+            assert_eq!(h[&X_FORWARDED_FOR], "unknown, 198.51.100.7, 10.0.0.1");
+            assert_eq!(h[&X_REAL_IP], "198.51.100.7");
+        }
+        // Garbage to the right of the client stops the walk there, as `unknown` does.
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"198.51.100.7, \x80").unwrap(),
+        );
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &proxies), ip("10.0.0.1"));
+    }
+
+    /// A trusted proxy's scheme and host are kept only as one readable value; a backend
+    /// builds links (password resets) and judges `Secure` from them.
+    #[test]
+    fn a_trusted_proxys_scheme_and_host_are_kept_only_when_readable() {
+        let proxies: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let forwarded = |pairs: &[(&HeaderName, &str)]| {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static("gw.example"));
+            for (name, value) in pairs {
+                h.append(*name, HeaderValue::from_str(value).unwrap());
+            }
+            set_headers(
+                &mut h,
+                ip("10.0.0.1"),
+                ip("198.51.100.7"),
+                &proxies,
+                Scheme::Http,
+            );
+            (
+                h[&X_FORWARDED_PROTO].to_str().unwrap().to_owned(),
+                h[&X_FORWARDED_HOST].to_str().unwrap().to_owned(),
+                h.get_all(&X_FORWARDED_HOST).iter().count(),
+            )
+        };
+        let kept = forwarded(&[
+            (&X_FORWARDED_PROTO, "HTTPS"),
+            (&X_FORWARDED_HOST, "app.example:8443"),
+        ]);
+        assert_eq!(kept, ("https".into(), "app.example:8443".into(), 1));
+        for bad in [
+            &[
+                (&X_FORWARDED_PROTO, "javascript"),
+                (&X_FORWARDED_HOST, "evil.test/x"),
+            ][..],
+            &[
+                (&X_FORWARDED_PROTO, "https"),
+                (&X_FORWARDED_PROTO, "http"),
+                (&X_FORWARDED_HOST, "a"),
+                (&X_FORWARDED_HOST, "b"),
+            ],
+            &[
+                (&X_FORWARDED_PROTO, "https, http"),
+                (&X_FORWARDED_HOST, "a, b"),
+            ],
+            &[(&X_FORWARDED_HOST, "user@evil.test")],
+        ] {
+            assert_eq!(
+                forwarded(bad),
+                ("http".into(), "gw.example".into(), 1),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -406,10 +406,21 @@ fn opaque_types(
                 let clash = inspected.iter().any(|t| {
                     crate::media::MediaType::parse(t.as_bytes()).is_ok_and(|m| range.matches(&m))
                 }) || range.as_str().ends_with("+json");
+                // Some backends pick a body parser by a search of the whole type
+                // (formidable: /json/i, /urlencoded/i, /multipart/i): such a body would
+                // be parsed unread by the gateway.
+                let parsed_as = ["json", "urlencoded", "multipart", "form-data"]
+                    .iter()
+                    .find(|w| range.as_str().contains(**w));
                 if clash {
                     l.diags.push(src.error(
                         Some(item.span()),
                         format!("route `{route}`: opaque_body_types: `{text}` covers JSON, form or multipart bodies, which are always inspected"),
+                    ));
+                } else if let Some(word) = parsed_as {
+                    l.diags.push(src.error(
+                        Some(item.span()),
+                        format!("route `{route}`: opaque_body_types: `{text}` names `{word}`, by which some backends (formidable) parse a body as JSON, a form or multipart: it cannot pass uninspected"),
                     ));
                 } else {
                     out.push(range);
@@ -606,6 +617,22 @@ mod tests {
         format!(
             "{GATEWAY}\n[jwt]\n\n[[jwt.key]]\nalgorithm = \"HS256\"\nsecret_env = \"{HS256}\"\n"
         )
+    }
+
+    #[test]
+    fn opaque_types_a_backend_may_parse_are_refused() {
+        for (t, says) in [
+            ("application/json", "always inspected"),
+            ("application/*", "always inspected"),
+            ("application/x-ndjson", "names `json`"),
+            ("text/x-urlencoded", "names `urlencoded`"),
+        ] {
+            let route = format!(
+                "[[route]]\nname = \"r\"\npath = \"/c/*\"\nopaque_body_types = [\"{t}\"]\n"
+            );
+            let e = errors(&jwt(), &[("a.toml", &route)]);
+            assert!(e.iter().any(|d| d.contains(says)), "{t}: {e:?}");
+        }
     }
 
     #[test]
