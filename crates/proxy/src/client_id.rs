@@ -339,7 +339,10 @@ struct Json<'a> {
 impl<'a> Json<'a> {
     fn new(policy: &'a ClientIdPolicy, caller: Caller<'a>) -> Self {
         let number = match policy.json_type {
-            JsonType::Claim => caller.integer,
+            // An integer claim stays a number only while every JSON reader keeps it
+            // exact: JavaScript and other double-based readers take 9007199254740993
+            // for ...992, another client.
+            JsonType::Claim => caller.integer && exact_as_double(caller.id),
             JsonType::String => false,
             JsonType::Number => is_plain_integer(caller.id),
         };
@@ -523,6 +526,12 @@ fn is_plain_integer(id: &str) -> bool {
     (1..=15).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_digit())
         && (id == "0" || !id.starts_with('0'))
+}
+
+/// Whether an integer's text is a number a double holds exactly (|n| ≤ 2^53 − 1).
+fn exact_as_double(id: &str) -> bool {
+    id.parse::<i64>()
+        .is_ok_and(|n| n.unsigned_abs() < (1u64 << 53))
 }
 
 fn as_text(value: &Value) -> String {
@@ -766,6 +775,22 @@ mod tests {
             json(r#"{"a":1}"#, &p, ME).unwrap(),
             r#"{"a":1,"clientId":"1001"}"#
         );
+        // Past 2^53 - 1 a double-based reader (JavaScript) would read another client:
+        // such an integer claim is written as a string.
+        for (id, literal) in [
+            ("9007199254740991", "9007199254740991"),
+            ("-9007199254740991", "-9007199254740991"),
+            ("9007199254740992", "\"9007199254740992\""),
+            ("9007199254740993", "\"9007199254740993\""),
+            ("18446744073709551615", "\"18446744073709551615\""),
+        ] {
+            let big = Caller { id, integer: true };
+            assert_eq!(
+                json(r#"{}"#, &p, big).unwrap(),
+                format!(r#"{{"clientId":{literal}}}"#),
+                "{id}"
+            );
+        }
         p.json_type = JsonType::String;
         assert_eq!(
             json(r#"{"a":1}"#, &p, int).unwrap(),
