@@ -706,6 +706,48 @@ async fn with_on_client_abort_settle_a_client_that_hangs_up_cannot_have_work_don
     assert_verified(g).await;
 }
 
+/// With `on_client_abort = "settle"` an exchange outlives its client. It still counts
+/// among the requests in flight: clients that reset at once used to hold any number of
+/// backend exchanges while `tollgate_requests_in_flight` read 0 (40 under a bound of 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_that_outlive_their_clients_count_in_flight() {
+    let h = Harness::with(Setup {
+        server: "max_connections = 4".into(),
+        ..setup("on_client_abort = \"settle\"", "")
+    })
+    .await;
+    let g = &h.gateway;
+    g.wait_ready().await;
+    credit(g, "c13", 100).await;
+    let bearer = bearer_for("c13");
+    let before = h.backend.requests();
+    for i in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        let request = format!(
+            "POST /echo/metered/s{i}?delay_ms=2000 HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                h.backend.requests() == before + i + 1
+            })
+            .await
+        );
+        drop(stream);
+    }
+    // Four exchanges run with nobody waiting: the gateway is full.
+    let r = call(g, "GET", "/echo/one/x", "c13").await;
+    r.assert_problem(503, "GATEWAY_OVERLOADED");
+    // They end (and are charged); room comes back.
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            call(g, "GET", "/echo/one/x", "c13").await.status == 200
+        })
+        .await
+    );
+    settled(g, "c13", (100 - 4 * 5 - 1, 0)).await;
+}
+
 /// With `on_client_abort = "settle"`, an exchange whose client has left runs on a task
 /// of its own. A graceful stop waits for it within the grace period, as for a request
 /// still in flight: it used to end with the worker, so the backend's work was never
@@ -1366,6 +1408,12 @@ async fn a_retry_is_the_same_request_however_it_is_spelled_or_framed() {
     );
     assert_eq!(retry.body, first.body);
     assert_eq!(retry.header("location"), Some("/echo/metered/e/7"));
+    // An empty query is none: the backend gets the same target.
+    let retry = raw(g.addr, chunked("/echo/metered/e?").as_bytes()).await;
+    assert_eq!(
+        (retry.status, retry.header("idempotent-replayed")),
+        (201, Some("true"))
+    );
     // Another path is another request.
     raw(g.addr, chunked("/echo/metered/E").as_bytes())
         .await

@@ -121,6 +121,25 @@ async fn collect(response: http::Response<hyper::body::Incoming>) -> RawResponse
     }
 }
 
+/// A request body of one empty DATA frame, then its end (`true`: no frame at all).
+struct OneEmptyFrame(bool);
+
+impl hyper::body::Body for OneEmptyFrame {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::new()))))
+    }
+}
+
 fn get(uri: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(uri)
         .body(Full::new(Bytes::new()))
@@ -365,6 +384,24 @@ async fn http2_requests_are_held_to_the_http1_rules() {
         )))
         .unwrap();
     send(with_body).await.assert_problem(400, "REQUEST_INVALID");
+    // An empty DATA frame is no body (HTTP/2 clients send one for `-d ''`), and a
+    // HEAD the gateway answers itself carries no DATA (it did: a protocol error).
+    let plain = TcpStream::connect(h.gateway.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(plain))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let empty = http::Request::get("http://gw.test/echo/a")
+        .body(OneEmptyFrame(false))
+        .unwrap();
+    let r = collect(sender.send_request(empty).await.unwrap()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let head = http::Request::head("http://gw.test/nowhere")
+        .body(OneEmptyFrame(true))
+        .unwrap();
+    let r = collect(sender.send_request(head).await.unwrap()).await;
+    assert_eq!((r.status, r.body.len()), (404, 0));
     let mut crumbs = get("http://gw.test/echo/a");
     for i in 0..150 {
         crumbs

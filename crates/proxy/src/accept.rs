@@ -139,20 +139,46 @@ pub fn check<B>(request: &Request<B>, limits: &Server, scheme: Scheme) -> Result
 /// checks, servers that assume no body): on a pooled upstream connection the body would
 /// then be read as the next request, which no route judged and whose answer goes to
 /// another caller (the "CL.0" desync). Over HTTP/2 the body is DATA frames; the backend
-/// hears HTTP/1.1 either way.
-pub fn refuse_body_on_bodiless_method<B: http_body::Body>(
-    request: &Request<B>,
+/// hears HTTP/1.1 either way. A body that turns out empty (chunked `0`, an empty DATA
+/// frame, as HTTP/2 clients send) is no body: it is read to its end here, within
+/// `timeout`, and the request goes on without one.
+pub async fn refuse_body_on_bodiless_method(
+    request: &mut Request<hyper::body::Incoming>,
+    timeout: std::time::Duration,
 ) -> Result<(), GatewayError> {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
     let method = match *request.method() {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => return Ok(()),
     };
+    let refused = || GatewayError::from(FramingError::BodyOnBodilessMethod(method));
     if request.body().is_end_stream() {
         return Ok(());
     }
-    Err(FramingError::BodyOnBodilessMethod(method).into())
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > 0) {
+        return Err(refused());
+    }
+    let body = request.body_mut();
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => return Err(RequestError::BodyTooSlow.into()),
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(_))) => return Err(RequestError::BodyInvalid.into()),
+            Ok(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    return Err(refused());
+                }
+            }
+        }
+    }
 }
 
 /// An HTTP/2 request names its host in `:authority` and may send no `Host`; the stages

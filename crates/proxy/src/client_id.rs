@@ -410,7 +410,16 @@ impl<'a> Json<'a> {
             if self.policy.is_name(key) {
                 let supplied: Value =
                     serde_json::from_str(value.get()).map_err(|_| JsonProblem::Malformed)?;
-                judge(self.policy, &as_text(&supplied), self.caller)?;
+                let text = as_text(&supplied);
+                // A number a double cannot hold exactly (9007199254740993) is another
+                // client to a JavaScript reader, whatever its digits say here.
+                if supplied.is_number()
+                    && !exact_as_double(&text)
+                    && self.policy.on_mismatch != Mismatch::Overwrite
+                {
+                    return Err(AccessError::ClientIdMismatch.into());
+                }
+                judge(self.policy, &text, self.caller)?;
                 match pointer {
                     // Beside or in the injection target: removed, ours is set below.
                     Some(_) => changed = true,
@@ -791,6 +800,18 @@ mod tests {
                 "{id}"
             );
         }
+        // The caller's own digits, past 2^53 - 1, in a body: another client to a
+        // JavaScript reader, refused wherever they stand.
+        let big = Caller {
+            id: "9007199254740993",
+            integer: true,
+        };
+        assert!(refused(json(
+            r#"{"filter":{"clientId":9007199254740993}}"#,
+            &p,
+            big
+        )));
+        assert!(json(r#"{"filter":{"clientId":"9007199254740993"}}"#, &p, big).is_ok());
         p.json_type = JsonType::String;
         assert_eq!(
             json(r#"{"a":1}"#, &p, int).unwrap(),

@@ -308,7 +308,8 @@ async fn fingerprint(
     // The normalized path: `/campaigns/%61` is the request `/campaigns/a` is, as the
     // route and the backend see it.
     hash.update(path.as_bytes());
-    if let Some(query) = parts.uri.query() {
+    // An empty query (`/a?`) is none: the backend gets the same target either way.
+    if let Some(query) = parts.uri.query().filter(|q| !q.is_empty()) {
         hash.update(b"?");
         hash.update(query.as_bytes());
     }

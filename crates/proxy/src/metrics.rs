@@ -347,6 +347,13 @@ impl Metrics {
         (usize::try_from(before).unwrap_or(0) < max).then_some(guard)
     }
 
+    /// Counts work that outlives its request in flight (see [`Metrics::admit`]),
+    /// whatever the count: it was admitted as a request already.
+    pub fn count_in_flight(&self) -> InFlight {
+        self.requests_in_flight.inc();
+        InFlight(self.requests_in_flight.clone())
+    }
+
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
     }

@@ -104,6 +104,7 @@ pub async fn handle(
     );
     log.set_trace(&trace);
     let body_unread_on_refusal = declares_body(&request);
+    let head = request.method() == http::Method::HEAD;
     let mut exchange = Exchange {
         snapshot,
         worker,
@@ -147,6 +148,14 @@ pub async fn handle(
             response
         }
     };
+    // A HEAD answer has no content. hyper leaves it out over HTTP/1.1, but over HTTP/2
+    // it sent the gateway's own problem document as DATA, which clients refuse as a
+    // protocol error.
+    let response = if head {
+        response.map(|_| Either::Right(http_body_util::Full::new(bytes::Bytes::new())))
+    } else {
+        response
+    };
     respond::finish(response, exchange)
 }
 
@@ -160,7 +169,7 @@ async fn run(
 
     // 1. accept
     accept::check(&request, &snapshot.server, exchange.scheme)?;
-    accept::refuse_body_on_bodiless_method(&request)?;
+    accept::refuse_body_on_bodiless_method(&mut request, snapshot.server.bodies.timeout).await?;
     accept::host_from_authority(&mut request);
     if accept::is_server_options(&request) {
         return Ok(respond::server_options());

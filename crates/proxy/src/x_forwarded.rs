@@ -69,6 +69,10 @@ fn hop(entry: &str) -> Option<IpAddr> {
     if let Ok(addr) = entry.parse::<IpAddr>() {
         return Some(addr);
     }
+    // `[2001:db8::1]` without a port, as some proxies bracket every IPv6 address.
+    if let Some(v6) = entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
     if let Ok(socket) = entry.parse::<std::net::SocketAddr>() {
         return Some(socket.ip());
     }
@@ -190,6 +194,7 @@ mod tests {
         for (entry, want) in [
             ("198.51.100.7:8080", "198.51.100.7"),
             ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
             ("2001:db8::1%eth0", "2001:db8::1"),
         ] {
             assert_eq!(
@@ -199,7 +204,14 @@ mod tests {
             );
         }
         // Garbage still stops the walk at the last hop believed.
-        for entry in ["unknown", "011.012.013.007", "1.2.3.4:x", "::1%"] {
+        for entry in [
+            "unknown",
+            "011.012.013.007",
+            "1.2.3.4:x",
+            "::1%",
+            "[1.2.3.4]",
+            "[::1",
+        ] {
             assert_eq!(
                 client_addr(ip("10.0.0.1"), &xff(entry), &proxies),
                 ip("10.0.0.1"),

@@ -153,10 +153,12 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             change,
             reason,
         } => {
-            let adjust = operator::adjustment(client, change, reason, "cli", now_ms())
+            let mut adjust = operator::adjustment(client, change, reason, "cli", now_ms())
                 .map_err(|r| refused(client, r))?;
             let ledger = open(snapshot)?;
             open_client(snapshot, &*ledger, client).await?;
+            // Stamped after the opening it follows, as the journal's order says.
+            adjust.now_ms = now_ms();
             match ledger
                 .adjust(worker, adjust)
                 .await
