@@ -31,7 +31,7 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either};
 use sha2::{Digest, Sha256};
@@ -55,6 +55,10 @@ use crate::reservation::{Hold, KeyClaim};
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header a replayed answer carries.
 pub const REPLAYED: &str = "idempotent-replayed";
+// Parsed once: every response is stripped of them and every metered one gets two.
+static REPLAYED_NAME: HeaderName = HeaderName::from_static(REPLAYED);
+static TOKEN_COST: HeaderName = HeaderName::from_static("x-token-cost");
+static TOKEN_BALANCE: HeaderName = HeaderName::from_static("x-token-balance");
 /// Answer bodies up to this size are kept for replays; larger ones are replayed as the
 /// status and headers alone.
 pub const MAX_KEPT_BODY: u64 = 1024 * 1024;
@@ -734,7 +738,7 @@ async fn kept(
 /// Removes what a backend cannot say: the credit headers and `Idempotent-Replayed` are
 /// the gateway's word about the caller's money.
 pub fn strip_upstream_claims(headers: &mut http::HeaderMap) {
-    for name in ["x-token-cost", "x-token-balance", REPLAYED] {
+    for name in [&TOKEN_COST, &TOKEN_BALANCE, &REPLAYED_NAME] {
         headers.remove(name);
     }
 }
@@ -750,12 +754,12 @@ pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
         | Metering::KeyRefused { balance } => (0, balance),
     };
     let headers = response.headers_mut();
-    headers.insert("x-token-cost", HeaderValue::from(cost));
-    headers.insert("x-token-balance", HeaderValue::from(balance));
+    headers.insert(TOKEN_COST.clone(), HeaderValue::from(cost));
+    headers.insert(TOKEN_BALANCE.clone(), HeaderValue::from(balance));
     // On a metered route the gateway says what is a replay: a backend's own header
     // beside a fresh charge would read as a free replay.
     if !matches!(metering, Metering::Replayed { .. }) {
-        headers.remove(REPLAYED);
+        headers.remove(&REPLAYED_NAME);
     }
 }
 

@@ -16,7 +16,7 @@
 //! reservation, JSON), `opened` (client → sequence number of its opening balance),
 //! `idempotency` ((client, key) → record) and its `idempotency_expiry`, and `meta`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -25,6 +25,7 @@ use super::super::{
     Movement, Report, Reservation, StoredAnswer,
 };
 use super::wal::{self, Line};
+use super::{Map, Set};
 
 const ACCOUNTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("accounts");
 const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
@@ -52,9 +53,9 @@ pub(super) fn corrupt(e: impl std::fmt::Display) -> LedgerError {
 /// Everything a decision needs, as the file holds it.
 #[derive(Debug, Default)]
 pub(super) struct Loaded {
-    pub accounts: HashMap<String, Account>,
-    pub opened: HashSet<String>,
-    pub reservations: HashMap<String, Reservation>,
+    pub accounts: Map<String, Account>,
+    pub opened: Set<String>,
+    pub reservations: Map<String, Reservation>,
     pub seq: u64,
 }
 

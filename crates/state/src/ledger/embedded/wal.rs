@@ -279,6 +279,9 @@ pub(super) struct Segment {
     /// Shared so the writer thread can sync it without holding the segment, which
     /// changes in interval mode write to meanwhile.
     file: Arc<File>,
+    /// With `sync = "interval"`, the buffer a change's records are written from,
+    /// swapped with the book's so that neither is allocated per change.
+    pub scratch: Vec<u8>,
 }
 
 impl Segment {
@@ -305,6 +308,7 @@ impl Segment {
             ledger: ledger.to_path_buf(),
             number,
             file: Arc::new(file),
+            scratch: Vec::new(),
         })
     }
 
