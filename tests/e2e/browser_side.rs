@@ -242,11 +242,23 @@ async fn answers_and_errors_carry_cors_headers_for_allowed_origins_only() {
         .headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("vary") && v.contains("origin")));
-    // No Origin: no CORS headers at all.
+    // No Origin: no CORS headers, but `Vary: Origin`, so that a shared cache does not
+    // hand this copy to a page (the JWKS document is cacheable for five minutes).
+    let vary_origin = |r: &RawResponse| {
+        r.headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("vary") && v.contains("origin"))
+    };
     let r = h
         .get("/echo/x", &[("authorization", &format!("Bearer {token}"))])
         .await;
     assert!(r.header("access-control-allow-origin").is_none());
+    assert!(vary_origin(&r), "{:?}", r.headers);
+    for path in ["/nowhere", "/.well-known/jwks.json"] {
+        let r = h.get(path, &[]).await;
+        assert!(r.header("access-control-allow-origin").is_none());
+        assert!(vary_origin(&r), "{path}: {:?}", r.headers);
+    }
 }
 
 /// Every `Set-Cookie` of a response, by cookie name.

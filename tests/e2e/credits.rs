@@ -357,6 +357,39 @@ async fn a_metered_request_is_charged_and_says_so() {
         "{}",
         r.json()
     );
+    // JSON alone, and said to be: not parsed as JSON on a guess.
+    let one = br#"{"method": "GET", "path": "/echo/metered/z"}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=latin1"),
+    ] {
+        let mut headers = vec![("authorization", bearer.as_str())];
+        headers.extend(content_type.map(|t| ("content-type", t)));
+        let r = send(
+            h.gateway.addr,
+            "POST",
+            "/gateway/tokens/preview",
+            &headers,
+            one,
+        )
+        .await;
+        r.assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    // A member given twice says two things: refused, never the last one priced.
+    let r = send(
+        h.gateway.addr,
+        "POST",
+        "/gateway/tokens/preview",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        br#"{"method": "POST", "path": "/echo/per-method/q", "method": "GET"}"#,
+    )
+    .await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
     let r = call(&h.gateway, "GET", "/gateway/tokens/history?limit=2", "c1").await;
     let v = r.json();
     let kinds: Vec<&str> = v["movements"]
@@ -374,6 +407,9 @@ async fn a_metered_request_is_charged_and_says_so() {
         "limit=501",
         "limit=1&limit=2",
         "before=5&before=9",
+        "limit=+1",
+        "limit",
+        "before=-0",
     ] {
         let r = call(
             &h.gateway,
@@ -953,6 +989,22 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
         seen,
         "a replay never reaches the backend"
     );
+    // The same request spelled otherwise: the media type in another case, the key as
+    // an sf-string with a parameter.
+    let respelled = send(
+        g.addr,
+        "POST",
+        "/echo/metered/c",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "Application/JSON"),
+            ("idempotency-key", "\"k-1\";v=2"),
+        ],
+        br#"{"name":"a"}"#,
+    )
+    .await;
+    assert_eq!(respelled.header("idempotent-replayed"), Some("true"));
+    assert_eq!(respelled.body, first.body);
     settled(g, "c5", (95, 0)).await;
     // The same key on a different request: another body, another target. Like every
     // metered answer, the refusal says what it cost (nothing) and what is left.
@@ -1028,6 +1080,36 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
     bad.assert_problem(400, "IDEMPOTENCY_KEY_INVALID");
     assert_eq!(bad.header("x-token-cost"), Some("0"));
     assert_eq!(bad.header("x-token-balance"), Some("90"));
+    // A body refused while it is read for the key's fingerprint is a metered answer
+    // too: it says what the caller has (and charges nothing).
+    for (content_type, body, status, code) in [
+        ("text/plain", &b"x"[..], 415, "UNSUPPORTED_MEDIA_TYPE"),
+        (
+            "application/json",
+            &[b'1'; 3 << 20][..],
+            413,
+            "PAYLOAD_TOO_LARGE",
+        ),
+    ] {
+        let r = send(
+            g.addr,
+            "POST",
+            "/echo/metered/c",
+            &[
+                ("authorization", &bearer),
+                ("content-type", content_type),
+                ("idempotency-key", "\"k-4\""),
+            ],
+            body,
+        )
+        .await;
+        r.assert_problem(status, code);
+        assert_eq!(
+            (r.header("x-token-cost"), r.header("x-token-balance")),
+            (Some("0"), Some("90")),
+            "{content_type}"
+        );
+    }
     // After the retention, the key is new again (and charges again).
     tokio::time::sleep(Duration::from_millis(2300)).await;
     let late = post("\"k-1\"", br#"{"name":"a"}"#, "/echo/metered/c").await;
@@ -1037,7 +1119,8 @@ async fn an_idempotency_key_is_charged_once_and_replayed() {
     let metrics = h.metrics().await;
     assert_eq!(
         metric(&metrics, "tollgate_credit_idempotent_replays_total "),
-        1
+        2,
+        "the replay, and the same request spelled otherwise"
     );
     assert_verified(g).await;
 }
@@ -2071,6 +2154,21 @@ async fn the_admin_api_needs_its_token_and_journals_every_change() {
     .await
     .expect("answered at once, not after the body deadline");
     r.assert_problem(413, "PAYLOAD_TOO_LARGE");
+    // The data plane's framing rules hold on the admin listener: a credit another hop
+    // would read differently is refused, and nothing moves.
+    let before = account(g, "a").await;
+    let body = r#"{"amount": 7, "reason": "x"}"#;
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    for request in [
+        format!("POST /ledger/clients/a/credit HTTP/1.1\r\nhost: a\r\nauthorization: {token}\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n{chunked}"),
+        format!("POST /ledger/clients/a/credit HTTP/1.1\r\nhost: a\r\nhost: b\r\nauthorization: {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()),
+        format!("GET /ledger/clients/a HTTP/1.1\r\nhost: a\r\nauthorization: {token}\r\ncontent-length: {}\r\n\r\n{body}", body.len()),
+    ] {
+        let r = crate::support::raw(g.admin, request.as_bytes()).await;
+        assert_eq!(r.status, 400, "{request}");
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(account(g, "a").await, before);
     // A client id escaped in the path is decoded; one no caller could ever have is
     // refused rather than credited where nobody can spend it.
     credit(g, "dev%3A1%40acme", 1).await;

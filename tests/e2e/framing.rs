@@ -252,6 +252,27 @@ async fn pipelined_requests_are_each_judged() {
     assert_eq!(h.backend.requests(), 1);
 }
 
+/// Without `h2c`, a client speaking HTTP/2 with prior knowledge is closed on at once,
+/// with nothing written: no HTTP/1.1 status it could misread, no hang (errors.md).
+#[tokio::test]
+async fn an_http2_preface_without_h2c_is_closed_unanswered() {
+    let h = Harness::start().await;
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed at once")
+        .ok();
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
+    assert_eq!(h.backend.requests(), 0);
+}
+
 /// A body that claims to be chunked but hides a second request is not a second request.
 #[tokio::test]
 async fn smuggled_request_in_a_body_is_just_body() {

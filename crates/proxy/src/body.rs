@@ -322,7 +322,7 @@ pub fn declared_length(parts: &Parts) -> Option<u64> {
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(crate::headers::whole_number)
 }
 
 /// Microseconds since the first time anyone asked: a clock for atomics.

@@ -105,6 +105,24 @@ pub fn classify(
     )))
 }
 
+/// Refuses (415) a body the gateway reads itself as JSON unless it is said to be JSON
+/// (UTF-8, not compressed): `text/plain` or a form is not parsed as JSON on a guess.
+pub fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
+    refuse_encoded(headers)?;
+    let value = headers
+        .get(CONTENT_TYPE)
+        .ok_or(GatewayError::from(MediaRefusal::Missing))?;
+    let media = MediaType::parse(value.as_bytes()).map_err(refusal)?;
+    if !is_json(media.essence()) {
+        return Err(MediaRefusal::NotAccepted(media.essence().to_owned()).into());
+    }
+    match media.is_utf8() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(MediaRefusal::Charset(media.essence().to_owned()).into()),
+        Err(e) => Err(refusal(e)),
+    }
+}
+
 /// What some backends search the whole `Content-Type` for to pick a body parser:
 /// formidable (Node) matches `/json/i`, `/urlencoded/i`, `/multipart/i` and
 /// `/octet-stream/i` anywhere in the header, so `text/csv; x=multipart; boundary=B`

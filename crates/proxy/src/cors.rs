@@ -19,8 +19,10 @@
 //!   get all of these too, otherwise the browser would hide the problem+json from the
 //!   page.
 //! - Where a policy applies, the gateway owns CORS: the backend's own
-//!   `Access-Control-*` headers are removed. Without a policy, nothing is answered
-//!   here and nothing is added or removed.
+//!   `Access-Control-*` headers are removed, and every answer carries `Vary: Origin`
+//!   (with or without an `Origin` in the request: a shared cache must not hand a copy
+//!   made for one to the other). Without a policy, nothing is answered here and
+//!   nothing is added or removed.
 
 use http::header::{
     HeaderMap, HeaderName, HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -46,19 +48,25 @@ pub fn preflight<B>(
     selection: &Selection<'_>,
 ) -> Result<Option<Answer>, GatewayError> {
     let headers = request.headers();
+    // An actual request's policy: its route's, or the default when none matched.
+    let policy = match selection {
+        Selection::Route(route) => route.cors.as_ref(),
+        _ => exchange.snapshot.cors.as_ref(),
+    };
     let Some(origin) = single(headers, &ORIGIN) else {
-        exchange.cors = Cors::NotApplicable;
+        // Where a policy applies, the answer depends on `Origin` even when none was
+        // sent: a shared cache must not hand this copy (without
+        // `Access-Control-Allow-Origin`) to a page (`Vary: Origin`, as on the rest).
+        exchange.cors = match policy {
+            Some(_) => Cors::Refused,
+            None => Cors::NotApplicable,
+        };
         return Ok(None);
     };
     let requested = (request.method() == Method::OPTIONS)
         .then(|| single(headers, &ACCESS_CONTROL_REQUEST_METHOD))
         .flatten();
     let Some(requested) = requested else {
-        // An actual request: its route's policy, or the default when none matched.
-        let policy = match selection {
-            Selection::Route(route) => route.cors.as_ref(),
-            _ => exchange.snapshot.cors.as_ref(),
-        };
         exchange.cors = decide(policy, origin);
         return Ok(None);
     };

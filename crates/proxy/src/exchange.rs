@@ -88,7 +88,7 @@ pub struct Verdict {
 /// The CORS decision for a request (the CORS stage).
 #[derive(Debug, Clone, Default)]
 pub enum Cors {
-    /// No `Origin`, or no policy for it: no CORS header is added or removed.
+    /// No policy for the request: no CORS header is added or removed.
     #[default]
     NotApplicable,
     /// The policy allows the origin: its headers go on the response.
@@ -97,8 +97,9 @@ pub enum Cors {
         origin: http::HeaderValue,
         policy: Arc<tollgate_policy::snapshot::CorsPolicy>,
     },
-    /// A policy applies and does not allow the origin: the backend's CORS headers are
-    /// removed and none are added.
+    /// A policy applies and allows no origin of this request (it named none, or one
+    /// the policy does not list): the backend's CORS headers are removed and only
+    /// `Vary: Origin` is added.
     Refused,
 }
 

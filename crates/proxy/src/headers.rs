@@ -1,4 +1,5 @@
-//! Header helpers shared by the request and response directions.
+//! Header helpers shared by the request and response directions, and the one reading
+//! of a whole number that headers and queries share.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -55,10 +56,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A whole number written as HTTP writes one (`1*DIGIT`, RFC 9110 §5.6.1 and the
+/// `Content-Length` grammar): digits only. Rust's `parse` also takes `+5`, which a
+/// backend or a client reading the same text as a field name or a string would not.
+pub fn whole_number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_whole_number_is_digits_only() {
+        for (text, read) in [
+            ("0", Some(0)),
+            ("01", Some(1)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("+1", None),
+            ("-0", None),
+            (" 1", None),
+            ("1 ", None),
+            ("", None),
+            ("1e3", None),
+            ("１", None),
+        ] {
+            assert_eq!(whole_number(text), read, "{text:?}");
+        }
+    }
 
     #[test]
     fn strips_connection_named_and_hop_by_hop_headers() {

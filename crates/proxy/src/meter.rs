@@ -114,8 +114,13 @@ pub async fn reserve(
     let (request, claim) = match key.clone() {
         None => (request, None),
         Some(key) => {
+            // A body refused while it is read for the fingerprint (415, 413, 408, 400)
+            // is a metered answer like any other: it says what the caller has.
             let (request, fingerprint, boundary) =
-                fingerprint(route, request, path, reading).await?;
+                match fingerprint(route, request, path, reading).await {
+                    Ok(read) => read,
+                    Err(e) => return Err(key_refused(exchange, &*ledger, &client, e).await),
+                };
             // Generated here, never the client's `X-Request-Id`: only this request may
             // free what it claims.
             let owner = crate::request_id::generate();
@@ -169,7 +174,12 @@ pub async fn reserve(
                     if let Some(first) = &answer.request_digest {
                         // The first body streamed through: this one must hash the same.
                         let (_, body) = request.into_parts();
-                        let digest = digest_body(body, boundary.as_deref(), route, reading).await?;
+                        let digest = match digest_body(body, boundary.as_deref(), route, reading)
+                            .await
+                        {
+                            Ok(digest) => digest,
+                            Err(e) => return Err(key_refused(exchange, &*ledger, &client, e).await),
+                        };
                         if digest != *first {
                             let mismatch = CreditError::KeyMismatch;
                             return Err(key_refused(exchange, &*ledger, &client, mismatch).await);
@@ -269,8 +279,10 @@ fn duration_ms(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The request's `Idempotency-Key`: an sf-string (`"..."`) or a bare token of 1 to 255
-/// visible ASCII characters; one header only.
+/// The request's `Idempotency-Key`, one header only: an sf-string (RFC 8941: `"..."`
+/// of printable ASCII, `\"` and `\\` escaped, parameters after it allowed and not
+/// part of the key), or, as clients of Stripe-style APIs send it, a bare run of
+/// visible ASCII; 1 to 255 characters either way.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CreditError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
@@ -281,16 +293,81 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CreditError> {
     }
     let text = value.to_str().map_err(|_| CreditError::KeyInvalid)?.trim();
     let key = match text.strip_prefix('"') {
-        Some(rest) => rest.strip_suffix('"').ok_or(CreditError::KeyInvalid)?,
-        None => text,
+        Some(quoted) => {
+            let (key, rest) = sf_string(quoted).ok_or(CreditError::KeyInvalid)?;
+            if !sf_parameters(rest) {
+                return Err(CreditError::KeyInvalid);
+            }
+            key
+        }
+        None => {
+            let visible = text
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+            if !visible {
+                return Err(CreditError::KeyInvalid);
+            }
+            text.to_owned()
+        }
     };
-    let visible = key
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-    if key.is_empty() || key.len() > 255 || !visible {
+    if key.is_empty() || key.len() > 255 {
         return Err(CreditError::KeyInvalid);
     }
-    Ok(Some(key.to_owned()))
+    Ok(Some(key))
+}
+
+/// An sf-string's content after its opening quote, unescaped, and what follows its
+/// closing quote; `None` if it is not one (unterminated, a bad escape, a character
+/// outside printable ASCII).
+fn sf_string(quoted: &str) -> Option<(String, &str)> {
+    let mut out = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &quoted[at + 1..])),
+            '\\' => match chars.next() {
+                Some((_, escaped @ ('"' | '\\'))) => out.push(escaped),
+                _ => return None,
+            },
+            ' '..='~' => out.push(c),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Whether `rest` is an sf-item's parameters (`;key=value`, `;key`), or nothing.
+fn sf_parameters(mut rest: &str) -> bool {
+    while let Some(after) = rest.strip_prefix(';') {
+        let after = after.trim_start_matches(' ');
+        let key_end = after
+            .find(|c: char| !matches!(c, 'a'..='z' | '0'..='9' | '_' | '-' | '.' | '*'))
+            .unwrap_or(after.len());
+        let key = &after[..key_end];
+        if !key.starts_with(|c: char| c.is_ascii_lowercase() || c == '*') {
+            return false;
+        }
+        rest = &after[key_end..];
+        if let Some(value) = rest.strip_prefix('=') {
+            rest = match value.strip_prefix('"') {
+                Some(quoted) => match sf_string(quoted) {
+                    Some((_, after)) => after,
+                    None => return false,
+                },
+                None => {
+                    // A token, number, boolean or byte sequence: read as one run.
+                    let end = value
+                        .find(|c: char| !c.is_ascii_graphic() || matches!(c, ';' | ',' | '"'))
+                        .unwrap_or(value.len());
+                    if end == 0 {
+                        return false;
+                    }
+                    &value[end..]
+                }
+            };
+        }
+    }
+    rest.is_empty()
 }
 
 /// What makes two requests "the same" for an idempotency key; JSON and form bodies are
@@ -334,6 +411,21 @@ async fn fingerprint(
     };
     let read_whole =
         matches!(class, BodyClass::Json | BodyClass::Form) && route.client_id.is_some();
+    // Media types and parameter names are case-insensitive (RFC 9110 §8.3.1), and the
+    // one parameter JSON and forms may carry is a UTF-8 charset, whose value is too:
+    // `Application/JSON` is `application/json`. An opaque type's parameter values
+    // keep their spelling.
+    let textual = matches!(class, BodyClass::Json | BodyClass::Form);
+    let content_type = content_type.map(|value| {
+        let end = match textual {
+            true => value.len(),
+            false => value.iter().position(|b| *b == b';').unwrap_or(value.len()),
+        };
+        let mut spelled = value.to_vec();
+        spelled[..end].make_ascii_lowercase();
+        spelled
+    });
+    let content_type = content_type.as_deref();
     let head = match boundary {
         // `classify` allows a UTF-8 charset beside the boundary, nothing else.
         Some(_) => [&b"multipart/form-data"[..], b""],
@@ -518,7 +610,7 @@ fn settled_amount(cost: Option<&Cost>, reserved: u64, headers: &HeaderMap) -> u6
             .to_str()
             .ok()
             .map(str::trim)
-            .and_then(|t| t.parse::<u64>().ok())
+            .and_then(crate::headers::whole_number)
         {
             Some(amount) => amount,
             None => {
@@ -698,7 +790,7 @@ async fn kept(
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(crate::headers::whole_number);
     if length.is_none_or(|n| n > MAX_KEPT_BODY) {
         return (pending, answer);
     }
@@ -791,6 +883,8 @@ mod tests {
             &["3", "abc"],
             &["3,7"],
             &["-1"],
+            &["+2"],
+            &["2.0"],
         ] {
             assert_eq!(charged(doubtful), 10, "{doubtful:?}");
         }
@@ -846,7 +940,31 @@ mod tests {
             Some("8e03978e-40d5")
         );
         assert_eq!(key("abc123").unwrap().as_deref(), Some("abc123"));
-        for bad in ["\"\"", "\"open", "a b", &"x".repeat(256), "\"q\\\"\""] {
+        // Any sf-string: spaces and escapes inside, parameters after (not the key).
+        for (sent, read) in [
+            (r#""a b""#, "a b"),
+            (r#""a\"b""#, "a\"b"),
+            (r#""a\\b""#, "a\\b"),
+            (r#""k1";x=1"#, "k1"),
+            (r#""k1"; a="b;c";*d;e=?1;f=:YWJj:"#, "k1"),
+        ] {
+            assert_eq!(key(sent).unwrap().as_deref(), Some(read), "{sent}");
+        }
+        for bad in [
+            "\"\"",
+            "\"open",
+            "a b",
+            &"x".repeat(256),
+            &format!("\"{}\"", "x".repeat(256)),
+            r#""a\qb""#,
+            r#""k1"x"#,
+            r#""k1";X=1"#,
+            r#""k1";=1"#,
+            r#""k1";x="#,
+            r#""k1";x="open"#,
+            r#""k1","k2""#,
+            "\"k\tb\"",
+        ] {
             assert!(key(bad).is_err(), "{bad}");
         }
         let mut two = HeaderMap::new();

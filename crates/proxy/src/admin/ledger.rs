@@ -56,7 +56,7 @@ pub fn method_not_allowed(request: &Request<Incoming>, allow: Method) -> AdminRe
     )
 }
 
-fn refuse(request: &Request<Incoming>, error: GatewayError) -> AdminResponse {
+pub(super) fn refuse(request: &Request<Incoming>, error: GatewayError) -> AdminResponse {
     let request_id = crate::request_id::from_headers(request.headers());
     let mut response = crate::problem::render(&error, &request_id);
     if let Ok(id) = HeaderValue::from_str(&request_id) {
@@ -115,7 +115,7 @@ async fn change_body(
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(crate::headers::whole_number);
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }

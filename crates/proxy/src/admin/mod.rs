@@ -3,6 +3,7 @@
 //! revocations are not known yet, and while the token ledger is not open), and the
 //! admin API of [`ledger`] behind `[admin] token`. Bind it to a private address.
 //!
+//! Requests are held to the data plane's framing rules ([`crate::accept`]) first.
 //! Every answer of its own is problem+json: 404 `ROUTE_NOT_FOUND` for a path it does
 //! not serve, 405 `METHOD_NOT_ALLOWED` with `Allow` for a method a resource does not
 //! take (`POST /healthz`), as on the data plane.
@@ -15,6 +16,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::exchange::Scheme;
 use crate::runtime::Runtime;
 
 /// What the admin listener answers with.
@@ -36,7 +38,26 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
     response
 }
 
-async fn answer(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+async fn answer(mut request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+    // The data plane's framing rules hold here too: this listener moves money, and a
+    // request another hop reads differently (`Transfer-Encoding: gzip, chunked`, two
+    // `Host`s, a body on GET) is no more acceptable for being internal.
+    let snapshot = std::sync::Arc::clone(&runtime.active().snapshot);
+    let framed = match crate::accept::check(&request, &snapshot.server, Scheme::Http) {
+        Ok(()) => {
+            let timeout = snapshot.server.bodies.timeout;
+            crate::accept::refuse_body_on_bodiless_method(&mut request, timeout).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = framed {
+        let mut response = ledger::refuse(&request, e);
+        // The body is left unread: the connection cannot be read on reliably.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     if request.uri().path().starts_with("/ledger/") || request.uri().path() == "/ledger" {
         return ledger::handle(request, runtime).await;
     }

@@ -117,10 +117,16 @@ pub async fn preview(
     reading: &Reading,
 ) -> Result<Answer, GatewayError> {
     let client = client(exchange)?;
+    crate::classify::require_json(request.headers())?;
     let (parts, body) = request.into_parts();
     let held = body::hold(&parts, body, MAX_BODY_BYTES, reading).await?;
     let value: Value =
         serde_json::from_slice(&held.bytes()).map_err(|_| CreditError::PreviewInvalid)?;
+    // A member given twice says two things (serde keeps the last): refused, as the
+    // body's own duplicates are everywhere the gateway reads JSON.
+    if serde_json::from_slice::<UniqueMembers>(&held.bytes()).is_err() {
+        return Err(CreditError::PreviewInvalid.into());
+    }
     let operations = match &value {
         Value::Object(o) if o.contains_key("operations") => match &o["operations"] {
             Value::Array(list) => list.clone(),
@@ -192,6 +198,72 @@ pub async fn preview(
     ))
 }
 
+/// A JSON document none of whose objects names a member twice (serde's `Value` keeps
+/// the last of two, so `{"method":"POST",...,"method":"GET"}` priced a GET).
+struct UniqueMembers;
+
+impl<'de> serde::Deserialize<'de> for UniqueMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueMembersVisitor)
+    }
+}
+
+struct UniqueMembersVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueMembersVisitor {
+    type Value = UniqueMembers;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut items: A,
+    ) -> Result<UniqueMembers, A::Error> {
+        while items.next_element::<UniqueMembers>()?.is_some() {}
+        Ok(UniqueMembers)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut members: A,
+    ) -> Result<UniqueMembers, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = members.next_key::<String>()? {
+            if !seen.insert(name) {
+                return Err(serde::de::Error::custom("a member given twice"));
+            }
+            members.next_value::<UniqueMembers>()?;
+        }
+        Ok(UniqueMembers)
+    }
+}
+
 /// The first `name=` of a query as a whole number (400 `INVALID_QUERY` if it is not one;
 /// its detail names `max_page`, the page size of the endpoint asking).
 pub(crate) fn query_number(
@@ -202,15 +274,15 @@ pub(crate) fn query_number(
     let invalid = || GatewayError::from(CreditError::HistoryQueryInvalid { max: max_page });
     let mut found = None;
     for pair in query.unwrap_or("").split('&') {
-        if let Some((key, value)) = pair.split_once('=') {
-            if key == name {
-                // Given twice, it says two things: refused rather than one picked.
-                if found.is_some() {
-                    return Err(invalid());
-                }
-                let number = value.parse::<u64>().map_err(|_| invalid())?;
-                found = Some(number);
+        // `?limit` alone names the parameter without a number: refused like `?limit=`.
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == name {
+            // Given twice, it says two things: refused rather than one picked.
+            if found.is_some() {
+                return Err(invalid());
             }
+            let number = crate::headers::whole_number(value).ok_or_else(invalid)?;
+            found = Some(number);
         }
     }
     Ok(found)
