@@ -1959,6 +1959,17 @@ async fn opening_balances_are_credited_once_and_metering_can_be_off() {
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // Before anything moved, `show` says the opening balance is still to come, rather
+    // than a bare "balance 0" a check before launch would misread.
+    let out = cli(&["ledger", "show", "--client", "1001"]);
+    assert!(
+        out.contains("balance 0")
+            && out.contains("opening balance 500 from")
+            && out.contains("not in yet"),
+        "{out}"
+    );
+    let out = cli(&["ledger", "show", "--client", "3003"]);
+    assert!(!out.contains("opening balance"), "{out}");
     let out = cli(&[
         "ledger",
         "set",

@@ -87,6 +87,17 @@ async fn open_client(snapshot: &Snapshot, ledger: &dyn Ledger, client: &str) -> 
     Ok(())
 }
 
+/// The opening balance `[credits] opening_balances` gives `client`, and the file: for
+/// `show` on a client with no movement yet, whose balance of 0 would mislead a check
+/// before launch. Nothing when the file cannot be read (`check` reports that).
+fn pending_opening<'s>(snapshot: &'s Snapshot, client: &str) -> Option<(u64, &'s Path)> {
+    let path = snapshot.credits.as_ref()?.opening_balances.as_ref()?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let openings = import::parse(&text).ok()?;
+    let balance = openings.iter().find(|o| o.client == client)?.balance;
+    Some((balance, path.as_path()))
+}
+
 fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
     let credits = snapshot
         .credits
@@ -199,6 +210,14 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                 .journal(worker, client, None, limit)
                 .await
                 .map_err(|e| e.to_string())?;
+            if page.movements.is_empty() {
+                if let Some((balance, file)) = pending_opening(snapshot, client) {
+                    println!(
+                        "  opening balance {balance} from {} not in yet: the gateway credits it when it starts (so does the first `ledger credit|debit|set` for this client)",
+                        file.display()
+                    );
+                }
+            }
             for m in &page.movements {
                 let at = httpdate::fmt_http_date(
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.at),
