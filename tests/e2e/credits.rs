@@ -279,18 +279,25 @@ async fn a_metered_request_is_charged_and_says_so() {
     assert_eq!(per_method["costs"], serde_json::json!({"POST": 3}));
     assert!(routes.iter().all(|r| r["route"] != "free"));
     let bearer = bearer_for("c1");
+    let preview = |body: &'static [u8]| {
+        let bearer = bearer.clone();
+        let addr = h.gateway.addr;
+        async move {
+            send(
+                addr,
+                "POST",
+                "/gateway/tokens/preview",
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await
+        }
+    };
     let body = br#"{"operations": [{"method": "GET", "path": "/echo/metered/z"}, {"method": "POST", "path": "/echo/per-method/q#frag"}, {"method": "GET", "path": "/echo/free"}]}"#;
-    let r = send(
-        h.gateway.addr,
-        "POST",
-        "/gateway/tokens/preview",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-    .await;
+    let r = preview(body).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     let costs: Vec<u64> = v["operations"]
@@ -303,30 +310,10 @@ async fn a_metered_request_is_charged_and_says_so() {
     assert_eq!(v["total"], 8);
     assert_eq!(v["sufficient"], false);
     assert_eq!(v["shortBy"], 4);
-    let r = send(
-        h.gateway.addr,
-        "POST",
-        "/gateway/tokens/preview",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        b"{\"operations\": 3}",
-    )
-    .await;
+    let r = preview(b"{\"operations\": 3}").await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");
     // The preview refuses what the gateway would refuse, rather than pricing it at 0.
-    let r = send(
-        h.gateway.addr,
-        "POST",
-        "/gateway/tokens/preview",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        br#"{"operations": [{"method": "post", "path": "/echo/per-method/q"}]}"#,
-    )
-    .await;
+    let r = preview(br#"{"operations": [{"method": "post", "path": "/echo/per-method/q"}]}"#).await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");
     // And says which operation, and why.
     assert!(
@@ -337,17 +324,9 @@ async fn a_metered_request_is_charged_and_says_so() {
         "{}",
         r.json()
     );
-    let r = send(
-        h.gateway.addr,
-        "POST",
-        "/gateway/tokens/preview",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        br#"[{"method": "GET", "path": "/echo/a"}, {"method": "GET", "path": "/a%2fb"}]"#,
-    )
-    .await;
+    let r =
+        preview(br#"[{"method": "GET", "path": "/echo/a"}, {"method": "GET", "path": "/a%2fb"}]"#)
+            .await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");
     assert!(
         r.json()["detail"]
@@ -378,17 +357,7 @@ async fn a_metered_request_is_charged_and_says_so() {
         r.assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
     }
     // A member given twice says two things: refused, never the last one priced.
-    let r = send(
-        h.gateway.addr,
-        "POST",
-        "/gateway/tokens/preview",
-        &[
-            ("authorization", &bearer),
-            ("content-type", "application/json"),
-        ],
-        br#"{"method": "POST", "path": "/echo/per-method/q", "method": "GET"}"#,
-    )
-    .await;
+    let r = preview(br#"{"method": "POST", "path": "/echo/per-method/q", "method": "GET"}"#).await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");
     let r = call(&h.gateway, "GET", "/gateway/tokens/history?limit=2", "c1").await;
     let v = r.json();

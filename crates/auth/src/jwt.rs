@@ -369,7 +369,8 @@ pub struct Claims {
     pub key_id: Option<String>,
     /// `sid`: the login session a token the gateway issued belongs to.
     pub session: Option<String>,
-    /// `jti`: the token's own id.
+    /// `jti`: the token's own id; for a token without one, the SHA-256 of the token
+    /// (`sha256:…`), so that it can be revoked alone all the same.
     pub token_id: Option<String>,
     /// `csh`: the hash of its session's CSRF token (cookie mode).
     pub csrf_hash: Option<String>,
@@ -462,7 +463,13 @@ pub fn verify<'k>(
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         match jsonwebtoken::decode::<UniqueObject>(token, &key.key, &validation) {
-            Ok(data) => return check_claims(&data.claims.0, key.kid.clone(), rules, now),
+            Ok(data) => {
+                let mut claims = check_claims(&data.claims.0, key.kid.clone(), rules, now)?;
+                if claims.token_id.is_none() {
+                    claims.token_id = Some(stand_in_token_id(token));
+                }
+                return Ok(claims);
+            }
             Err(e) => {
                 last = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
@@ -566,6 +573,22 @@ fn check_claims(
         token_id: short_string("jti")?,
         csrf_hash: short_string("csh")?,
     })
+}
+
+/// The id a token without `jti` is known by (another issuer's may carry none): the
+/// SHA-256 of the whole token, so that logging it out can revoke that token and no
+/// other. A real `jti` is at most 256 characters of the issuer's choosing; this one
+/// is marked so it cannot be mistaken for one an issuer wrote.
+fn stand_in_token_id(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let mut id = String::with_capacity(71);
+    id.push_str("sha256:");
+    for byte in digest {
+        id.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        id.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    }
+    id
 }
 
 /// Client ids are injected into headers, query strings and bodies: keep them to 1–128

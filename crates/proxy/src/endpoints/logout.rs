@@ -3,11 +3,14 @@
 //!
 //! The caller proves the session with its access token or its refresh token, or both
 //! (`Authorization: Bearer`, `{"refreshToken": "..."}`; in cookie mode the cookies and
-//! the CSRF header); when both are presented they must be of one session. The session
-//! is revoked in the store, so its refresh token stops working. The session and the presented access token's `jti` go on the revocation
-//! feed until the access token would have expired, so every instance refuses them
-//! within a second: the `jti` within its client ([`sessions::token_key`]), as another
-//! issuer's ids may repeat across clients. Logging out twice is not an error.
+//! the CSRF header). Each ends what it proves: a valid access token its session and
+//! itself, a valid refresh token its session; one that proves nothing does not keep
+//! the other from ending its own. A session is revoked in the store, so its refresh
+//! token stops working. The session and the presented access token's `jti` (for a
+//! token without one, its SHA-256) go on the revocation feed until the access token
+//! would have expired, so every instance refuses them within a second: the `jti`
+//! within its client ([`sessions::token_key`]), as another issuer's ids may repeat
+//! across clients. Logging out twice is not an error.
 
 use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response};
@@ -55,14 +58,10 @@ pub async fn serve(
     if claims.is_none() && presented_refresh.is_none() {
         return Err(SessionRefusal::CredentialRequired.into());
     }
-    // Both presented: they must be of one session, or a caller could end someone
-    // else's with a refresh token it came by. Nothing is revoked then.
-    if let (Some(claims), Some(token)) = (&claims, &presented_refresh) {
-        let theirs = refresh::session_of(token).ok_or(SessionRefusal::RefreshInvalid)?;
-        if claims.session.as_deref() != Some(theirs) {
-            return Err(SessionRefusal::RefreshInvalid.into());
-        }
-    }
+    // Each credential ends what it proves, whatever the other says: a tab holding a
+    // stale (or another login's) refresh token beside a valid access token must still
+    // end the access token's session, and a valid refresh token of another session
+    // ends that one too (its holder could use it in full anyway).
     let (state, store) = part.store()?;
     let when = tokens::when(exchange, settings);
     let mut ended = false;
@@ -102,8 +101,10 @@ pub async fn serve(
             ended = true;
         }
     }
-    if let Some(token) = &presented_refresh {
-        let session = refresh::session_of(token).ok_or(SessionRefusal::RefreshInvalid)?;
+    if let Some((token, session)) = presented_refresh
+        .as_deref()
+        .and_then(|token| Some((token, refresh::session_of(token)?)))
+    {
         let outcome = store
             .revoke(exchange.worker, session, Some(&refresh::hash(token)), when)
             .await
@@ -118,7 +119,8 @@ pub async fn serve(
         }
     }
     if !ended {
-        // Neither credential belonged to any session this gateway knows.
+        // No credential proved anything: a refresh token no session knows (an access
+        // token that verified always ends at least itself).
         return Err(SessionRefusal::RefreshInvalid.into());
     }
     part.counters.logouts.inc();
