@@ -138,6 +138,14 @@ async fn preflights_are_answered_by_the_gateway_from_policy() {
             "{origin} {headers}"
         );
     }
+    // A preflight whose method cannot be read is refused as a preflight, not served as
+    // an OPTIONS request of its own (which would ask for a token).
+    for asked in [vec!["GET", "POST"], vec!["GÉT"]] {
+        let mut headers = vec![("origin", APP)];
+        headers.extend(asked.iter().map(|m| ("access-control-request-method", *m)));
+        let r = h.send("OPTIONS", "/echo/x", &headers, b"").await;
+        r.assert_problem(403, "CORS_PREFLIGHT_REFUSED");
+    }
     // A method no route serves on the path, or a path no route matches: the refusal
     // is what the page must see, and a browser shows it only after a preflight that
     // succeeded. So the preflight is answered (by the default policy), and the actual

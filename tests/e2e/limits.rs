@@ -613,6 +613,37 @@ async fn a_login_body_the_gateway_cannot_read_whole_is_refused_not_counted_as_no
         .assert_problem(429, "RATE_LIMITED");
 }
 
+/// The login's per-address limit is counted before its body is read: a body refused
+/// as unreadable uses up an attempt and says so, as a wrong password does (frontend.md,
+/// question 5), so broken bodies are no free probe.
+#[tokio::test]
+async fn a_refused_login_body_counts_against_the_address() {
+    let h = harness("").await;
+    let mut left = Vec::new();
+    for (content_type, body, status) in [
+        (
+            "application/json; charset=utf-16le",
+            &br#"{"username":"x"}"#[..],
+            415,
+        ),
+        ("application/json", br#"{"username":"x","y":1e400}"#, 400),
+        ("application/json", br#"{"username":"x"}"#, 200),
+    ] {
+        let r = h
+            .send(
+                "POST",
+                "/echo/login",
+                &[("content-type", content_type)],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        left.push(r.header("x-ratelimit-remaining").map(str::to_owned));
+    }
+    let five_per_hour = ["4", "3", "2"].map(|n| Some(n.to_owned()));
+    assert_eq!(left, five_per_hour);
+}
+
 #[tokio::test]
 async fn a_reload_that_changes_a_limits_numbers_keeps_its_metric_counting() {
     let h = harness("").await;

@@ -63,9 +63,17 @@ pub fn preflight<B>(
         };
         return Ok(None);
     };
-    let requested = (request.method() == Method::OPTIONS)
+    let asks_preflight =
+        request.method() == Method::OPTIONS && headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+    let requested = asks_preflight
         .then(|| single(headers, &ACCESS_CONTROL_REQUEST_METHOD))
         .flatten();
+    // A preflight whose method cannot be read (twice, or not ASCII) is still a
+    // preflight: refused as one, not judged as an OPTIONS request of its own.
+    if asks_preflight && requested.is_none() {
+        exchange.cors = Cors::Refused;
+        return Err(AccessError::CorsPreflightRefused.into());
+    }
     let Some(requested) = requested else {
         exchange.cors = decide(policy, origin);
         return Ok(None);
