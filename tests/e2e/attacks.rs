@@ -450,6 +450,19 @@ async fn multipart_fields_naming_another_client_never_complete() {
             "{disposition}: a complete request reached the backend"
         );
     }
+    // JSON inside a part (a `Blob` of type `application/json` in a `FormData`), which
+    // Spring binds to an object with `@RequestPart`: judged as a JSON body is.
+    for json in [
+        r#"{"name":"Spring","clientId":"1002"}"#,
+        r#"{"name":"Spring","owner":{"clientId":1002}}"#,
+    ] {
+        let body = format!(
+            "--b\r\nContent-Disposition: form-data; name=\"campaign\"; filename=\"blob\"\r\nContent-Type: application/json\r\n\r\n{json}\r\n--b--\r\n"
+        );
+        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
+        r.assert_problem(403, "CLIENT_ID_MISMATCH");
+        assert!(incomplete, "{json}: a complete request reached the backend");
+    }
     // A part whose headers cannot be read is not vouched for.
     let body = "--b\r\nnonsense\r\n\r\nx\r\n--b--\r\n";
     let (r, _) = a

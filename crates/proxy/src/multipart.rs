@@ -22,7 +22,12 @@
 //!   is cut off there: the backend gets an incomplete request it cannot act on, and the
 //!   client 403 `CLIENT_ID_MISMATCH`. A part named `_method` is held and judged the same
 //!   way against the request's own method ([`crate::method_override`]; 400
-//!   `METHOD_OVERRIDE_REFUSED`). Every other byte passes through at once.
+//!   `METHOD_OVERRIDE_REFUSED`). A part whose `Content-Type` is JSON (a `Blob` of
+//!   type `application/json` in a `FormData`, which Spring binds to an object with
+//!   `@RequestPart`) is held the same way, up to 64 KiB, and its members named like
+//!   the client id, at any depth, judged as a JSON body's are ([`ids_in_json`]); a
+//!   larger one is refused (400 `MULTIPART_INVALID`), since it could not be judged
+//!   without holding it. Every other byte passes through at once.
 //!
 //! A part header block that cannot be parsed also cuts the body off (400
 //! `MULTIPART_INVALID`), and so does a `Content-Disposition` that parsers would split
@@ -41,6 +46,11 @@ const MAX_HEADER_LINES: usize = 64;
 const MAX_HEADER_LINE: usize = 4096;
 /// A client id is at most 128 bytes; a held value longer than this cannot be one.
 const MAX_HELD_VALUE: usize = 1024;
+/// The most of a JSON part held to be judged: a DTO a page sends is far smaller; a
+/// JSON file that large is uploaded as a file type (`application/octet-stream`).
+const MAX_HELD_JSON: usize = 64 * 1024;
+/// How deep a JSON part's values may nest (as a JSON body's).
+const MAX_JSON_DEPTH: usize = 64;
 
 /// Why the scan cut the body off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +68,8 @@ pub enum Refusal {
 enum Watched {
     ClientId,
     Method,
+    /// A part of a JSON type: its members named like the client id are judged.
+    Json,
 }
 
 #[derive(Debug)]
@@ -240,8 +252,12 @@ impl Scanner {
             Some(held) => {
                 held.extend_from_slice(&chunk[from..]);
                 // Bounded per chunk: a held value this long cannot be a client id (or
-                // a method).
-                if held.len() > MAX_HELD_VALUE + self.needle.len() + 2 {
+                // a method), and a JSON part this long is not judged.
+                let most = match self.held_for {
+                    Watched::Json => MAX_HELD_JSON,
+                    Watched::ClientId | Watched::Method => MAX_HELD_VALUE,
+                };
+                if held.len() > most + self.needle.len() + 2 {
                     return Err(self.refusal());
                 }
             }
@@ -276,6 +292,10 @@ impl Scanner {
             Watched::Method => {
                 std::str::from_utf8(value).is_ok_and(|v| method_override::keeps(v, &self.method))
             }
+            // Held past the limit only when the part ended in the same chunk: the
+            // limit holds all the same.
+            Watched::Json if value.len() > MAX_HELD_JSON => return Err(Refusal::Malformed),
+            Watched::Json => return ids_in_json(value, &self.names, &self.caller),
         };
         if kept {
             Ok(())
@@ -288,6 +308,7 @@ impl Scanner {
         match self.held_for {
             Watched::ClientId => Refusal::ClientIdMismatch,
             Watched::Method => Refusal::MethodOverride,
+            Watched::Json => Refusal::Malformed,
         }
     }
 
@@ -296,7 +317,7 @@ impl Scanner {
     /// A part named both like the client id and `_method` is refused: it could be judged
     /// as only one of them.
     fn watched(&self) -> Result<Option<Watched>, Refusal> {
-        let (mut client_id, mut method, mut disposed) = (false, false, false);
+        let (mut client_id, mut method, mut disposed, mut json) = (false, false, false, false);
         let headers = parse_headers(&self.header)?;
         // Rack 2 searches the whole header block for `Content-Disposition:` (or, for a
         // part without a name, `Content-ID:`), so that text inside another header's
@@ -325,6 +346,11 @@ impl Scanner {
                     client_id |= self.names.iter().any(|n| param::means(&candidate, n));
                     method |= param::means(&candidate, method_override::PARAM);
                 }
+            } else if name.eq_ignore_ascii_case("content-type") {
+                // A type that cannot be read is not JSON to Spring either; any JSON type
+                // (`application/json`, `+json`) is, whatever its parameters.
+                json |= tollgate_policy::media::MediaType::parse(value.as_bytes())
+                    .is_ok_and(|m| crate::classify::is_json(m.essence()));
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
                 // (identity: every parser reads the bytes as they are). Anything else
@@ -342,8 +368,127 @@ impl Scanner {
             (false, _, _) | (_, true, true) => Err(Refusal::Malformed),
             (_, true, false) => Ok(Some(Watched::ClientId)),
             (_, false, true) => Ok(Some(Watched::Method)),
+            (_, false, false) if json => Ok(Some(Watched::Json)),
             (_, false, false) => Ok(None),
         }
+    }
+}
+
+/// Judges a JSON part: every member named like the client id (`names`, folded as
+/// [`param::means`] folds them), at any depth and however often, must hold the
+/// caller's id (a string, or a number with the same digits); else
+/// [`Refusal::ClientIdMismatch`]. A part that is not JSON (UTF-8), or nests deeper than
+/// a JSON body may, is [`Refusal::Malformed`]: it is not judged, so it does not pass.
+fn ids_in_json(value: &[u8], names: &[String], caller: &str) -> Result<(), Refusal> {
+    let mismatch = std::cell::Cell::new(false);
+    let walk = IdsIn {
+        names,
+        caller,
+        depth: 0,
+        mismatch: &mismatch,
+    };
+    let mut reader = serde_json::Deserializer::from_slice(value);
+    let read =
+        serde::de::DeserializeSeed::deserialize(walk, &mut reader).and_then(|()| reader.end());
+    match read {
+        Ok(()) => Ok(()),
+        Err(_) if mismatch.get() => Err(Refusal::ClientIdMismatch),
+        Err(_) => Err(Refusal::Malformed),
+    }
+}
+
+/// One value of a JSON part, walked for client-id members (see [`ids_in_json`]).
+#[derive(Clone, Copy)]
+struct IdsIn<'a> {
+    names: &'a [String],
+    caller: &'a str,
+    depth: usize,
+    mismatch: &'a std::cell::Cell<bool>,
+}
+
+impl IdsIn<'_> {
+    fn deeper(self) -> Self {
+        IdsIn {
+            depth: self.depth + 1,
+            ..self
+        }
+    }
+
+    fn too_deep<E: serde::de::Error>(&self) -> Result<(), E> {
+        match self.depth >= MAX_JSON_DEPTH {
+            true => Err(E::custom("nested too deep")),
+            false => Ok(()),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for IdsIn<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for IdsIn<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        self.too_deep()?;
+        while items.next_element_seed(self.deeper())?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
+        self.too_deep()?;
+        while let Some(name) = members.next_key::<String>()? {
+            if !self.names.iter().any(|n| param::means(&name, n)) {
+                members.next_value_seed(self.deeper())?;
+                continue;
+            }
+            // The digits of a number must be the id's own, and few enough that a
+            // reader holding numbers as doubles (JavaScript) keeps them.
+            let held = match members.next_value::<serde_json::Value>()? {
+                serde_json::Value::String(text) => text == self.caller,
+                serde_json::Value::Number(n) => {
+                    n.is_u64() && n.to_string() == self.caller && self.caller.len() < 16
+                }
+                _ => false,
+            };
+            if !held {
+                self.mismatch.set(true);
+                return Err(serde::de::Error::custom("another client's id"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -582,6 +727,63 @@ mod tests {
         let mut b = parts.concat();
         b.push_str("--XyZ--\r\n");
         b.into_bytes()
+    }
+
+    fn json_part(json: &str) -> String {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"campaign\"; filename=\"blob\"\r\nContent-Type: application/json\r\n\r\n{json}\r\n"
+        )
+    }
+
+    #[test]
+    fn a_json_part_is_judged_like_a_json_body() {
+        // Spring binds a JSON part to an object (`@RequestPart`): a `clientId` member
+        // anywhere in it is the caller's own, or the body is cut off.
+        for json in [
+            r#"{"name":"x","clientId":"1002"}"#,
+            r#"{"name":"x","clientId":1002}"#,
+            r#"{"a":{"b":[{"client_id":"1002"}]}}"#,
+            r#"{"client\u0049d":"1002"}"#,
+            r#"{"clientId":"1001","clientId":"1002"}"#,
+            r#"{"ClientID":"1002"}"#,
+            r#"{"clientId":null}"#,
+            r#"{"clientId":["1001"]}"#,
+        ] {
+            let b = body(&[part(r#"form-data; name="a""#, "1"), json_part(json)]);
+            for size in [1, 7, 4096] {
+                assert_eq!(scan(&b, size), Err(Refusal::ClientIdMismatch), "{json}");
+            }
+        }
+        // Its own id, or none: passed through, byte for byte.
+        for json in [
+            r#"{"name":"x","clientId":"1001"}"#,
+            r#"{"clientId":1001,"nested":{"client_id":"1001"}}"#,
+            r#"{"name":"clientId","list":[1,2,{"x":null}]}"#,
+            "[]",
+        ] {
+            let b = body(&[json_part(json), part(r#"form-data; name="a""#, "1")]);
+            assert_eq!(scan(&b, 5).as_deref(), Ok(&b[..]), "{json}");
+        }
+        // Not JSON, nested too deep, or too large to hold: not judged, so not passed.
+        let deep = format!("{}1{}", "[".repeat(70), "]".repeat(70));
+        let large = format!(r#"{{"pad":"{}"}}"#, "x".repeat(MAX_HELD_JSON));
+        for json in ["{\"clientId\":", "", "{} {}", &deep, &large] {
+            let b = body(&[json_part(json)]);
+            let scanned = scan(&b, 4096).map(|out| out.len());
+            assert_eq!(
+                scanned,
+                Err(Refusal::Malformed),
+                "{}",
+                &json[..json.len().min(20)]
+            );
+        }
+        // A part of another type streams unread, at any size.
+        let csv = format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\nContent-Type: text/csv\r\n\r\nclientId\n1002\n{}\r\n",
+            "y".repeat(3 * MAX_HELD_JSON)
+        );
+        let b = body(&[csv]);
+        assert!(scan(&b, 4096).is_ok_and(|out| out == b));
     }
 
     #[test]
