@@ -924,6 +924,13 @@ async fn provider_callbacks_cannot_be_extended_or_replayed() {
             )
             .await;
         r.assert_problem(401, "SIGNATURE_INVALID");
+        assert!(
+            r.json()["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("normal form")),
+            "{raw_path}: {}",
+            r.json()
+        );
         assert_eq!(reached, 0, "{raw_path}");
     }
     // Two nonce headers: which one would the backend believe?

@@ -314,6 +314,17 @@ async fn the_attack_catalogue_and_every_algorithm() {
         failures.len(),
         failures.join("\n")
     );
+    // A repeated claim is named for what it is, not as a malformed claim.
+    let r = h
+        .get(
+            "/echo/jwt/x",
+            &[("authorization", &bearer(&cases()["duplicate-claims"].token))],
+        )
+        .await;
+    assert_eq!(
+        r.json()["detail"],
+        "the token's payload is not one JSON object naming each claim once"
+    );
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("tollgate_auth_refused_total{code=\"TOKEN_EXPIRED\"} 1"),
@@ -376,6 +387,25 @@ async fn api_keys_are_a_fallback_only_when_no_token_is_presented() {
     assert_eq!(
         r.header("link"),
         Some("<https://docs.example.test/migrate>; rel=\"sunset\"")
+    );
+
+    // Two Authorization headers: which would the backend read? Refused, and said so.
+    let r = h
+        .get(
+            "/echo/either/a",
+            &[
+                ("authorization", &bearer(good_jwt)),
+                ("authorization", &bearer(good_jwt)),
+            ],
+        )
+        .await;
+    assert_refused(&r, 401, "TOKEN_INVALID");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("more than one `Authorization` header")),
+        "{}",
+        r.json()
     );
 
     // A presented token decides, even when a good key rides along.

@@ -25,6 +25,10 @@ pub enum JwtError {
     TooLarge(usize),
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the request carries more than one `Authorization` header")]
+    RepeatedAuthorization,
+    #[error("the token's payload is not one JSON object naming each claim once")]
+    BadPayload,
     #[error("the token header is invalid: {0}")]
     BadHeader(&'static str),
     #[error("the token names a critical extension this gateway does not understand")]
@@ -476,9 +480,7 @@ pub fn verify<'k>(
                     jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
                         JwtError::AlgorithmMismatch
                     }
-                    jsonwebtoken::errors::ErrorKind::Json(_) => {
-                        JwtError::BadClaim("payload".into())
-                    }
+                    jsonwebtoken::errors::ErrorKind::Json(_) => JwtError::BadPayload,
                     _ => JwtError::Malformed,
                 }
             }

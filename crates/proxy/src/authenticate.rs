@@ -176,7 +176,7 @@ pub(crate) fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, GatewayE
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(AuthError::Token(JwtError::Malformed).into());
+        return Err(AuthError::Token(JwtError::RepeatedAuthorization).into());
     }
     let text = first
         .to_str()
@@ -388,7 +388,7 @@ async fn plivo_v3(
     // delivered as another. Plivo calls the URL it was given, which normalizes to itself.
     let raw_path = parts.uri.path();
     if tollgate_policy::path::normalize(raw_path).ok().as_deref() != Some(raw_path) {
-        return Err(SignatureProblem::Uncovered.into());
+        return Err(SignatureProblem::PathNotNormal.into());
     }
     let url = format!("{public_base_url}{target}");
     // Plivo signs the URL and form parameters only: a body of any other kind, a repeated

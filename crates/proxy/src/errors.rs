@@ -272,6 +272,8 @@ pub enum SignatureProblem {
     UnsignedBody,
     #[error("the callback carries parameters the signature cannot cover")]
     Uncovered,
+    #[error("the callback's path is not written in its normal form (`..`, escapes): it would be signed as one path and delivered as another")]
+    PathNotNormal,
 }
 
 /// Authentication refused the caller.
