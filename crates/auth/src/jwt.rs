@@ -583,14 +583,10 @@ fn check_claims(
 /// is marked so it cannot be mistaken for one an issuer wrote.
 fn stand_in_token_id(token: &str) -> String {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(token.as_bytes());
-    let mut id = String::with_capacity(71);
-    id.push_str("sha256:");
-    for byte in digest {
-        id.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        id.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-    }
-    id
+    format!(
+        "sha256:{}",
+        crate::refresh::hex(&Sha256::digest(token.as_bytes()))
+    )
 }
 
 /// Client ids are injected into headers, query strings and bodies: keep them to 1–128

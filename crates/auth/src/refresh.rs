@@ -95,7 +95,8 @@ pub fn unseal(sealed: &str, replaced: &str) -> Option<String> {
     Some(format!("{session}.{}", URL_SAFE_NO_PAD.encode(secret)))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, two digits a byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

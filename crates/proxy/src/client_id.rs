@@ -538,7 +538,7 @@ fn is_plain_integer(id: &str) -> bool {
 }
 
 /// Whether an integer's text is a number a double holds exactly (|n| ≤ 2^53 − 1).
-fn exact_as_double(id: &str) -> bool {
+pub(crate) fn exact_as_double(id: &str) -> bool {
     id.parse::<i64>()
         .is_ok_and(|n| n.unsigned_abs() < (1u64 << 53))
 }

@@ -474,12 +474,13 @@ impl<'de> serde::de::Visitor<'de> for IdsIn<'_> {
                 members.next_value_seed(self.deeper())?;
                 continue;
             }
-            // The digits of a number must be the id's own, and few enough that a
-            // reader holding numbers as doubles (JavaScript) keeps them.
+            // A number's digits must be the id's own, and a number a double holds
+            // exactly (JavaScript reads 9007199254740993 as another client), as in a
+            // JSON body.
             let held = match members.next_value::<serde_json::Value>()? {
                 serde_json::Value::String(text) => text == self.caller,
                 serde_json::Value::Number(n) => {
-                    n.is_u64() && n.to_string() == self.caller && self.caller.len() < 16
+                    n.to_string() == self.caller && crate::client_id::exact_as_double(self.caller)
                 }
                 _ => false,
             };

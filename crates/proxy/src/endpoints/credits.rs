@@ -120,13 +120,10 @@ pub async fn preview(
     crate::classify::require_json(request.headers())?;
     let (parts, body) = request.into_parts();
     let held = body::hold(&parts, body, MAX_BODY_BYTES, reading).await?;
-    let value: Value =
-        serde_json::from_slice(&held.bytes()).map_err(|_| CreditError::PreviewInvalid)?;
     // A member given twice says two things (serde keeps the last): refused, as the
     // body's own duplicates are everywhere the gateway reads JSON.
-    if serde_json::from_slice::<UniqueMembers>(&held.bytes()).is_err() {
-        return Err(CreditError::PreviewInvalid.into());
-    }
+    let UniqueMembers(value) =
+        serde_json::from_slice(&held.bytes()).map_err(|_| CreditError::PreviewInvalid)?;
     let operations = match &value {
         Value::Object(o) if o.contains_key("operations") => match &o["operations"] {
             Value::Array(list) => list.clone(),
@@ -199,8 +196,9 @@ pub async fn preview(
 }
 
 /// A JSON document none of whose objects names a member twice (serde's `Value` keeps
-/// the last of two, so `{"method":"POST",...,"method":"GET"}` priced a GET).
-struct UniqueMembers;
+/// the last of two, so `{"method":"POST",...,"method":"GET"}` priced a GET), read
+/// into a `Value` in the same pass.
+struct UniqueMembers(Value);
 
 impl<'de> serde::Deserialize<'de> for UniqueMembers {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -217,50 +215,54 @@ impl<'de> serde::de::Visitor<'de> for UniqueMembersVisitor {
         f.write_str("JSON")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers)
+    fn visit_bool<E>(self, b: bool) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers(Value::Bool(b)))
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers)
+    fn visit_i64<E>(self, n: i64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers(Value::from(n)))
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers)
+    fn visit_u64<E>(self, n: u64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers(Value::from(n)))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers)
+    fn visit_f64<E>(self, n: f64) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers(Value::from(n)))
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers)
+    fn visit_str<E>(self, s: &str) -> Result<UniqueMembers, E> {
+        Ok(UniqueMembers(Value::from(s)))
     }
 
     fn visit_unit<E>(self) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers)
+        Ok(UniqueMembers(Value::Null))
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(
         self,
         mut items: A,
     ) -> Result<UniqueMembers, A::Error> {
-        while items.next_element::<UniqueMembers>()?.is_some() {}
-        Ok(UniqueMembers)
+        let mut list = Vec::new();
+        while let Some(UniqueMembers(item)) = items.next_element()? {
+            list.push(item);
+        }
+        Ok(UniqueMembers(Value::Array(list)))
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(
         self,
         mut members: A,
     ) -> Result<UniqueMembers, A::Error> {
-        let mut seen = std::collections::HashSet::new();
+        let mut map = serde_json::Map::new();
         while let Some(name) = members.next_key::<String>()? {
-            if !seen.insert(name) {
+            if map.contains_key(&name) {
                 return Err(serde::de::Error::custom("a member given twice"));
             }
-            members.next_value::<UniqueMembers>()?;
+            let UniqueMembers(value) = members.next_value()?;
+            map.insert(name, value);
         }
-        Ok(UniqueMembers)
+        Ok(UniqueMembers(Value::Object(map)))
     }
 }
 
