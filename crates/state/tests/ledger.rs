@@ -805,6 +805,7 @@ async fn checkpoints_retire_segments(sync_every: Option<Duration>) {
         Options {
             sync_every,
             checkpoint_every: Duration::from_millis(20),
+            ..Options::default()
         },
     )
     .unwrap();
@@ -912,6 +913,7 @@ async fn with_an_interval_requests_do_not_wait_for_the_disk_but_operators_do() {
     let options = Options {
         sync_every: Some(Duration::from_secs(3600)),
         checkpoint_every: Duration::from_secs(3600),
+        ..Options::default()
     };
     let ledger = EmbeddedLedger::open_with(&path, options).unwrap();
     // An operator's credit still waits for its sync.
@@ -957,4 +959,80 @@ async fn with_an_interval_requests_do_not_wait_for_the_disk_but_operators_do() {
         }
     );
     assert!(reopened.verify(0).await.unwrap().problems.is_empty());
+}
+
+/// Under load the writer holds a small group open for more records (PostgreSQL's
+/// `commit_delay` with `commit_siblings`); a lightly loaded ledger syncs at once, and a
+/// group that fills up is synced without waiting out the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_ledger_gathers_its_groups_and_an_idle_one_does_not_wait() {
+    let commits = |l: &EmbeddedLedger| l.stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+    let later = now_ms() + 60_000;
+    let dir = TempDir::new();
+    // A delay long enough that waiting it out shows in the elapsed time.
+    let gather_for = Duration::from_secs(20);
+    let options = Options {
+        gather_for,
+        ..Options::default()
+    };
+    let ledger =
+        Arc::new(EmbeddedLedger::open_with(&dir.path().join("ledger.redb"), options).unwrap());
+    ledger
+        .adjust(0, adjust("a", Change::Credit(1_000)))
+        .await
+        .unwrap();
+
+    // Few requests in flight: every reservation is synced at once, each on its own.
+    let started = std::time::Instant::now();
+    let before = commits(&ledger);
+    for i in 0..8 {
+        ledger
+            .reserve(0, reservation("a", &format!("idle{i}"), 1, later), now_ms())
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < gather_for / 4,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(commits(&ledger) - before, 8);
+
+    // Eight held (requests at the backend) and 64 arriving together: they share a group
+    // or two, synced as soon as the group is full, not after the delay.
+    let started = std::time::Instant::now();
+    let before = commits(&ledger);
+    let arriving: Vec<_> = (0..64)
+        .map(|i| {
+            let ledger = Arc::clone(&ledger);
+            tokio::spawn(async move {
+                ledger
+                    .reserve(0, reservation("a", &format!("busy{i}"), 1, later), now_ms())
+                    .await
+            })
+        })
+        .collect();
+    for each in arriving {
+        assert!(matches!(
+            each.await.unwrap().unwrap(),
+            Reserved::Held { .. }
+        ));
+    }
+    assert!(
+        started.elapsed() < gather_for / 4,
+        "{:?}",
+        started.elapsed()
+    );
+    let groups = commits(&ledger) - before;
+    assert!(
+        (1..=2).contains(&groups),
+        "{groups} syncs for 64 reservations"
+    );
+    assert_eq!(
+        balance(&*ledger, "a").await,
+        Account {
+            available: 1_000 - 72,
+            held: 72
+        }
+    );
 }

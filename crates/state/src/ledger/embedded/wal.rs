@@ -61,6 +61,9 @@ pub(super) enum Writer {
     /// Waiting for the next sync time (interval mode): only someone who waits for
     /// durability wakes it early.
     Timer,
+    /// Holding a small group open for more records (`embedded::gather`): a change that
+    /// fills it wakes the writer.
+    Gathering,
 }
 
 impl Pending {
