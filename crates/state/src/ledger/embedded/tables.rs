@@ -107,20 +107,36 @@ pub(super) enum Effect<'a> {
 }
 
 pub(super) fn effect(line: &Line) -> Effect<'_> {
+    match opens_or_closes(line) {
+        Some((true, id)) => Effect::Opens(opened_by(line, id)),
+        Some((false, id)) => Effect::Closes(id),
+        None if line.movement.kind == Kind::Opening => Effect::Opening,
+        None => Effect::Nothing,
+    }
+}
+
+/// `(true, id)` when the movement opens reservation `id`, `(false, id)` when it closes
+/// it.
+fn opens_or_closes(line: &Line) -> Option<(bool, &str)> {
     let m = &line.movement;
     match (m.kind, m.reservation.as_deref()) {
-        (Kind::Reserve, Some(id)) => Effect::Opens(Reservation {
-            id: id.to_owned(),
-            client: m.client.clone(),
-            amount: u64::try_from(m.held_change).unwrap_or(0),
-            deadline: line.deadline,
-            route: m.route.clone(),
-            request_id: m.request_id.clone(),
-            idempotency_key: m.idempotency_key.clone(),
-        }),
-        (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => Effect::Closes(id),
-        (Kind::Opening, _) => Effect::Opening,
-        _ => Effect::Nothing,
+        (Kind::Reserve, Some(id)) => Some((true, id)),
+        (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => Some((false, id)),
+        _ => None,
+    }
+}
+
+/// The reservation `id` that `line` (a `reserve`) opened.
+fn opened_by(line: &Line, id: &str) -> Reservation {
+    let m = &line.movement;
+    Reservation {
+        id: id.to_owned(),
+        client: m.client.clone(),
+        amount: u64::try_from(m.held_change).unwrap_or(0),
+        deadline: line.deadline,
+        route: m.route.clone(),
+        request_id: m.request_id.clone(),
+        idempotency_key: m.idempotency_key.clone(),
     }
 }
 
@@ -145,9 +161,11 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
         let mut opened = txn.open_table(OPENED).map_err(err)?;
         let mut meta = txn.open_table(META).map_err(err)?;
 
-        let mut touched: HashMap<&str, Account> = HashMap::new();
-        // id -> the reservation if it is open at the end of the run, None if it closed.
-        let mut changed: HashMap<&str, Option<Reservation>> = HashMap::with_capacity(lines.len());
+        let mut touched: Map<&str, Account> = Map::default();
+        // id -> the line that opened it if it is open at the end of the run, None if it
+        // closed. Most open and close within one run: those are never built nor stored.
+        let mut changed: Map<&str, Option<&Line>> = Map::default();
+        changed.reserve(lines.len());
         for line in lines {
             let m = &line.movement;
             let before = match touched.get(m.client.as_str()) {
@@ -161,11 +179,11 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
                 ),
             };
             touched.insert(&m.client, account_after(line, before));
-            match effect(line) {
-                Effect::Opens(r) => {
-                    changed.insert(m.reservation.as_deref().unwrap_or_default(), Some(r));
+            match opens_or_closes(line) {
+                Some((true, id)) => {
+                    changed.insert(id, Some(line));
                 }
-                Effect::Closes(id) => {
+                Some((false, id)) => {
                     if let Some(Some(_)) = changed.get(id) {
                         // Opened in this run too: the file never held it, so there is
                         // nothing to remove (most reservations live well under a run).
@@ -174,10 +192,10 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
                         changed.insert(id, None);
                     }
                 }
-                Effect::Opening => {
+                None if m.kind == Kind::Opening => {
                     opened.insert(m.client.as_str(), m.seq).map_err(err)?;
                 }
-                Effect::Nothing => {}
+                None => {}
             }
         }
         for (client, account) in touched {
@@ -187,8 +205,8 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
         }
         for (id, open) in changed {
             match open {
-                Some(r) => {
-                    let bytes = serde_json::to_vec(&r).map_err(corrupt)?;
+                Some(line) => {
+                    let bytes = serde_json::to_vec(&opened_by(line, id)).map_err(corrupt)?;
                     reservations.insert(id, bytes.as_slice()).map_err(err)?;
                 }
                 None => {
