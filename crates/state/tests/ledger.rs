@@ -1036,3 +1036,83 @@ async fn a_busy_ledger_gathers_its_groups_and_an_idle_one_does_not_wait() {
         }
     );
 }
+
+/// On one server the reserve script writes the deadline index entry together with the
+/// reservation, and only then: a refused reservation leaves no entry behind, a
+/// settlement takes its entry away, and an id already open is refused without touching
+/// the balance. The journal stays numbered without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_ledger_indexes_exactly_its_open_reservations() {
+    let server = RedisServer::start();
+    let ledger = shared(&server);
+    let later = now_ms() + 60_000;
+    let redis = redis::Client::open(server.url()).unwrap();
+    let mut direct = redis.get_multiplexed_async_connection().await.unwrap();
+    let indexed = |id: &'static str| {
+        let mut direct = direct.clone();
+        async move {
+            redis::cmd("ZSCORE")
+                .arg("test:ledger:deadlines")
+                .arg(format!("a\n{id}"))
+                .query_async::<Option<u64>>(&mut direct)
+                .await
+                .unwrap()
+        }
+    };
+    ledger
+        .adjust(0, adjust("a", Change::Credit(5)))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        ledger
+            .reserve(0, reservation("a", "r1", 3, later), now_ms())
+            .await
+            .unwrap(),
+        Reserved::Held { balance: 2 }
+    );
+    assert_eq!(indexed("r1").await, Some(later));
+    assert_eq!(
+        ledger
+            .reserve(0, reservation("a", "r2", 9, later), now_ms())
+            .await
+            .unwrap(),
+        Reserved::Short { balance: 2 }
+    );
+    assert_eq!(indexed("r2").await, None);
+    // The same id again, affordable or not: refused, nothing moves.
+    for amount in [1, 9] {
+        assert!(ledger
+            .reserve(0, reservation("a", "r1", amount, later), now_ms())
+            .await
+            .is_err());
+    }
+    assert_eq!(
+        balance(&ledger, "a").await,
+        Account {
+            available: 2,
+            held: 3
+        }
+    );
+    assert_eq!(
+        ledger
+            .settle(0, "a", "r1", Settle::Post { amount: 3 }, now_ms())
+            .await
+            .unwrap(),
+        Settled::Done {
+            charged: 3,
+            balance: 2
+        }
+    );
+    assert_eq!(indexed("r1").await, None);
+    let index_size: u64 = redis::cmd("ZCARD")
+        .arg("test:ledger:deadlines")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(index_size, 0);
+    let page = ledger.journal(0, "a", None, 10).await.unwrap();
+    let seqs: Vec<u64> = page.movements.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![3, 2, 1]);
+    assert!(ledger.verify(0).await.unwrap().problems.is_empty());
+}
