@@ -58,13 +58,13 @@ const KEEPER_TICK: Duration = Duration::from_millis(50);
 /// Most idempotency changes committed together.
 const MAX_KEY_BATCH: usize = 1024;
 /// With `sync = "before_forwarding"`: how long the writer may hold a small group open
-/// for more records while other metered requests are in flight (see [`gather`]).
+/// for more records while records keep coming (see [`gather`]).
 const GATHER_FOR: Duration = Duration::from_micros(300);
 /// A group of this many records is synced at once.
 const GROUP_TARGET: u64 = 32;
-/// Fewer open reservations than this beside those waiting in the group: it is synced at
-/// once (a lightly loaded gateway never waits).
-const SIBLINGS: usize = 8;
+/// A group is held open only after one of at least this many records: a lightly loaded
+/// gateway never waits.
+const GATHER_FROM: u64 = 8;
 
 /// The book's maps, keyed by client and reservation ids: foldhash, seeded per process
 /// (SipHash was about 2% of a metered request's instructions, for a few short keys).
@@ -82,10 +82,12 @@ pub struct Options {
     pub sync_every: Option<Duration>,
     /// How often the log is checkpointed into the file.
     pub checkpoint_every: Duration,
-    /// With `sync_every: None`: how long a small group may wait for more records while
-    /// other metered requests are in flight (the writer's `gather`); zero syncs every
-    /// group at once.
+    /// With `sync_every: None`: how long a small group may wait for more records once
+    /// the last group had [`Options::gather_from`] or more (the writer's `gather`);
+    /// zero syncs every group at once.
     pub gather_for: Duration,
+    /// The size of the last group from which the next one gathers.
+    pub gather_from: u64,
 }
 
 impl Options {
@@ -107,6 +109,7 @@ impl Default for Options {
             sync_every: None,
             checkpoint_every: CHECKPOINT_EVERY,
             gather_for: GATHER_FOR,
+            gather_from: GATHER_FROM,
         }
     }
 }
@@ -604,6 +607,8 @@ impl EmbeddedLedger {
 fn write_loop(inner: &Inner) {
     let mut bytes = Vec::new();
     let mut last_sync = Instant::now();
+    // Records the last write carried: how fast they arrive (see [`gather`]).
+    let mut last_group = 0;
     loop {
         let (rotate, waiters, records, mut segment) = {
             let mut book = inner.lock();
@@ -644,7 +649,7 @@ fn write_loop(inner: &Inner) {
                     .unwrap_or_else(PoisonError::into_inner);
             }
             if inner.options.sync_every.is_none() {
-                book = gather(inner, book);
+                book = gather(inner, book, last_group);
                 if book.failed.is_some() {
                     return;
                 }
@@ -667,6 +672,7 @@ fn write_loop(inner: &Inner) {
         bytes.clear();
         match synced {
             Ok(retired) => {
+                last_group = records;
                 inner.stats.commits.fetch_add(1, Ordering::Relaxed);
                 inner.stats.changes.fetch_add(records, Ordering::Relaxed);
                 if let (Some(path), Some((_, upto))) = (retired, rotate) {
@@ -684,29 +690,30 @@ fn write_loop(inner: &Inner) {
     }
 }
 
-/// Holds a small group open for up to [`Options::gather_for`] while other metered
-/// requests are in flight, as PostgreSQL's `commit_delay` with `commit_siblings` does.
+/// Holds a small group open for up to [`Options::gather_for`], or until it has
+/// [`GROUP_TARGET`] records, when the last group carried [`Options::gather_from`] or
+/// more: as PostgreSQL's `commit_delay` does when `commit_siblings` are active.
 ///
 /// Each `fdatasync` costs ~40-60 µs of CPU on the 2-core VM, whatever it carries.
 /// Syncing whenever the disk was free made groups of ~10 records under load (two per
 /// metered request), and the syncs took a large share of the machine from the requests.
-/// The open reservations that the group's own waiters do not account for are requests
-/// at the backend, whose settlements and next reservations are coming; with fewer than
-/// [`SIBLINGS`] of them nothing is gained by waiting, so a lightly loaded gateway syncs
-/// at once, as before. Groups of 30-40 records gave the most requests/s under the
-/// 50-connection benchmark; larger ones kept requests waiting while the CPU idled.
-fn gather<'a>(inner: &'a Inner, mut book: MutexGuard<'a, Book>) -> MutexGuard<'a, Book> {
+/// The last group's size says how fast records arrive: a lightly loaded gateway (groups
+/// of one or two) syncs at once, as before, and so does one whose reservations are held
+/// long at a slow backend while few new ones come (counting open reservations instead
+/// made each of those wait out the delay for a group that would not fill). Groups of
+/// 30-40 records gave the most requests/s under the 50-connection benchmark; larger
+/// ones kept requests waiting while the CPU idled.
+fn gather<'a>(
+    inner: &'a Inner,
+    mut book: MutexGuard<'a, Book>,
+    last_group: u64,
+) -> MutexGuard<'a, Book> {
+    if last_group < inner.options.gather_from {
+        return book;
+    }
     let until = Instant::now() + inner.options.gather_for;
     loop {
-        let siblings = book
-            .reservations
-            .len()
-            .saturating_sub(book.wal.waiters.len());
-        if book.wal.records >= GROUP_TARGET
-            || siblings < SIBLINGS
-            || book.stopping
-            || book.failed.is_some()
-        {
+        if book.wal.records >= GROUP_TARGET || book.stopping || book.failed.is_some() {
             return book;
         }
         let now = Instant::now();

@@ -13,12 +13,9 @@
 //! - `{prefix}:ledger:{client}:idempotency:{key}` — a record, expiring on its own.
 //!
 //! Reservations also go into one index, `{prefix}:ledger:deadlines` (a sorted set by
-//! deadline). On one server the reserve script writes the entry with the reservation
-//! (and the settle script removes it), so both are there or neither. On a cluster the
-//! index has a slot of its own, which a client's script cannot reach: the entry is
-//! written *before* the reservation, so an instance that dies between the two leaves an
-//! entry that points at nothing, never a reservation nobody can find. Every instance
-//! sweeps the index for reservations past their deadline.
+//! deadline), written *before* the reservation itself: an instance that dies between
+//! the two leaves an index entry that points at nothing, never a reservation nobody
+//! can find. Every instance sweeps the index for reservations past their deadline.
 //!
 //! Durability is Redis's: see `docs/operations.md` (money needs `appendonly yes` and
 //! `appendfsync always`).
@@ -53,13 +50,12 @@ local function numbered(key)
 end
 "#;
 
-/// KEYS: account, journal, reservations, and on one server the deadline index.
-/// ARGV: id, amount, now, client (JSON), extra (JSON members), deadline, index member.
-/// The reservation is kept as `amount \n deadline \n extra`. Returns {1, available}
-/// (held), {0, available} (short), {2, available} (an open reservation has this id
-/// already). Each `redis.call` is a good part of what a script costs Redis, so the
-/// account is read and written once (`seq` with it), and `HSETNX` both looks for the id
-/// and writes the reservation.
+/// KEYS: account, journal, reservations. ARGV: id, amount, now, client (JSON), extra
+/// (JSON members), deadline. The reservation is kept as `amount \n deadline \n extra`.
+/// Returns {1, available} (held), {0, available} (short), {2, available} (an open
+/// reservation has this id already). Each `redis.call` is a good part of what a script
+/// costs Redis, so the account is read and written once (`seq` with it), and `HSETNX`
+/// both looks for the id and writes the reservation.
 const RESERVE_LUA: &str = r#"
 local amount = tonumber(ARGV[2])
 local available, held, seq = numbered(KEYS[1])
@@ -70,7 +66,6 @@ end
 if redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2] .. '\n' .. ARGV[6] .. '\n' .. ARGV[5]) == 0 then
   return {2, available}
 end
-if KEYS[4] then redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7]) end
 available, held, seq = available - amount, held + amount, seq + 1
 redis.call('HSET', KEYS[1], 'available', int(available), 'held', int(held), 'seq', int(seq))
 redis.call('RPUSH', KEYS[2], movement(seq, ARGV[4], 'reserve', -amount, amount, available,
@@ -78,13 +73,10 @@ redis.call('RPUSH', KEYS[2], movement(seq, ARGV[4], 'reserve', -amount, amount, 
 return {1, available}
 "#;
 
-/// KEYS: account, journal, reservations, and on one server the deadline index. ARGV:
-/// id, post|void|expire, amount (post), reason (JSON members, or empty), now, client
-/// (JSON), index member. Returns {1, charged, available} or {0, 0, 0} (gone). The index
-/// entry goes whether or not the reservation is still open: one that points at nothing
-/// (its instance died between the two) is cleared by the sweep that finds it.
+/// KEYS: account, journal, reservations. ARGV: id, post|void|expire, amount (post),
+/// reason (JSON members, or empty), now, client (JSON). Returns {1, charged, available}
+/// or {0, 0, 0} (gone).
 const SETTLE_LUA: &str = r#"
-if KEYS[4] then redis.call('ZREM', KEYS[4], ARGV[7]) end
 local stored = redis.call('HGET', KEYS[3], ARGV[1])
 if not stored then return {0, 0, 0} end
 redis.call('HDEL', KEYS[3], ARGV[1])
@@ -206,22 +198,22 @@ struct Keys {
     reservations: String,
 }
 
-/// Runs `call`, an `EVALSHA` of `script`, on worker `worker`'s connection; a Redis
-/// that does not know the script yet (a restart, a new node) is taught it once.
-async fn evalsha<T: redis::FromRedisValue>(
+/// Runs `pipe`, which calls `script` by its hash, on worker `worker`'s connection; a
+/// Redis that does not know the script yet (a restart, a new node) is taught it once.
+async fn pipelined<T: redis::FromRedisValue>(
     redis: &Redis,
     worker: usize,
     script: &redis::Script,
-    call: &redis::Cmd,
+    pipe: &redis::Pipeline,
 ) -> Result<T, StoreError> {
     redis
         .call(worker, |mut c| async move {
-            match call.query_async(&mut c).await {
+            match pipe.query_async(&mut c).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
                 {
                     script.prepare_invoke().load_async(&mut c).await?;
-                    call.query_async(&mut c).await
+                    pipe.query_async(&mut c).await
                 }
                 other => other,
             }
@@ -229,19 +221,18 @@ async fn evalsha<T: redis::FromRedisValue>(
         .await
 }
 
-/// `EVALSHA script` with a client's keys, and on one server the deadline index as a
-/// fourth (a cluster keeps it in a slot of its own, so a script cannot reach it there).
-fn eval_for(script: &redis::Script, keys: &Keys, index: Option<String>) -> redis::Cmd {
-    let mut call = redis::cmd("EVALSHA");
-    call.arg(script.get_hash())
-        .arg(if index.is_some() { 4 } else { 3 })
+/// `EVALSHA script` with a client's keys, added to `pipe`.
+fn eval_in<'a>(
+    pipe: &'a mut redis::Pipeline,
+    script: &redis::Script,
+    keys: &Keys,
+) -> &'a mut redis::Pipeline {
+    pipe.cmd("EVALSHA")
+        .arg(script.get_hash())
+        .arg(3)
         .arg(&keys.account)
         .arg(&keys.journal)
-        .arg(&keys.reservations);
-    if let Some(index) = index {
-        call.arg(index);
-    }
-    call
+        .arg(&keys.reservations)
 }
 
 impl SharedLedger {
@@ -256,17 +247,29 @@ impl SharedLedger {
         }
     }
 
-    /// On a cluster, puts the deadline index entry before the reservation, as a call of
-    /// its own (the index lives in a slot of its own; on one server the reserve script
-    /// writes both at once). An instance that dies between the two leaves a pointer to
-    /// nothing, never a reservation no sweep can find.
+    /// Puts the deadline index entry before the reservation: in the same round trip on
+    /// one server; on a cluster, where the index lives in a slot of its own, as a call
+    /// of its own first. Either way an instance that dies between the two leaves a
+    /// pointer to nothing, never a reservation no sweep can find. (The entry is a
+    /// command of its own, not a fourth key of the script: a single endpoint that
+    /// shards behind it, as a proxy or a managed "single" Redis may, routes a script
+    /// by its keys and would refuse or misplace one spanning two slots.)
     ///
-    /// The entry must also outlive a failover of its node, which may lose writes its
-    /// replica had not received yet while the reservation (on another node) survives:
-    /// so it is confirmed by a replica (`WAIT 1`, on the same node) before the
+    /// On a cluster the entry must also outlive a failover of its node, which may lose
+    /// writes its replica had not received yet while the reservation (on another node)
+    /// survives: so it is confirmed by a replica (`WAIT 1`, on the same node) before the
     /// reservation is written. Without a replica that wait runs out (`timeout`) and the
     /// reservation goes ahead, as on one server.
-    async fn index_on_cluster(&self, worker: usize, index: redis::Cmd) -> Result<(), StoreError> {
+    async fn index_first(
+        &self,
+        worker: usize,
+        pipe: &mut redis::Pipeline,
+        index: redis::Cmd,
+    ) -> Result<(), StoreError> {
+        if !self.redis.is_cluster() {
+            pipe.add_command(index).ignore();
+            return Ok(());
+        }
         let wait_ms = self.redis.settings().timeout.as_millis() / 2;
         let mut confirmed = redis::pipe();
         confirmed
@@ -325,27 +328,29 @@ impl SharedLedger {
             }
             Settle::Void { reason } => ("void", 0, members(&[("reason", Some(reason))])),
         };
-        let member = format!("{client}\n{id}");
-        let cluster = self.redis.is_cluster();
-        let mut call = eval_for(
-            &self.settle,
-            &keys,
-            (!cluster).then(|| self.deadlines_key()),
-        );
-        call.arg(id)
+        // The index entry goes in the same round trip: it is only a pointer, and a lost
+        // removal costs the sweeper one look.
+        let mut pipe = redis::pipe();
+        eval_in(&mut pipe, &self.settle, &keys)
+            .arg(id)
             .arg(kind)
             .arg(amount)
             .arg(&reason)
             .arg(now_ms)
-            .arg(json_string(client))
-            .arg(&member);
-        let (done, charged, balance): (u8, u64, u64) =
-            evalsha(&self.redis, worker, &self.settle, &call).await?;
+            .arg(json_string(client));
+        let mut unindex = redis::cmd("ZREM");
+        unindex
+            .arg(self.deadlines_key())
+            .arg(format!("{client}\n{id}"));
+        let cluster = self.redis.is_cluster();
+        if !cluster {
+            pipe.add_command(unindex.clone()).ignore();
+        }
+        let ((done, charged, balance),): ((u8, u64, u64),) =
+            pipelined(&self.redis, worker, &self.settle, &pipe).await?;
         if cluster {
             // The index lives in a slot of its own: its entry goes after the settlement,
             // and a lost removal costs the sweeper one look.
-            let mut unindex = redis::cmd("ZREM");
-            unindex.arg(self.deadlines_key()).arg(&member);
             let _ = self
                 .redis
                 .call(worker, |mut c| {
@@ -557,31 +562,25 @@ impl Ledger for SharedLedger {
                 ("requestId", reservation.request_id.as_deref()),
                 ("idempotencyKey", reservation.idempotency_key.as_deref()),
             ]);
-            let member = format!("{}\n{}", reservation.client, reservation.id);
-            let cluster = self.redis.is_cluster();
-            if cluster {
-                let mut index = redis::cmd("ZADD");
-                index
-                    .arg(self.deadlines_key())
-                    .arg(reservation.deadline)
-                    .arg(&member);
-                self.index_on_cluster(worker, index).await?;
-            }
-            // On one server the script writes the index entry with the reservation.
-            let mut call = eval_for(
-                &self.reserve,
-                &keys,
-                (!cluster).then(|| self.deadlines_key()),
-            );
-            call.arg(&reservation.id)
+            // The deadline index first, in the same round trip: an instance that dies
+            // between the two leaves a pointer to nothing, never a reservation no sweep
+            // can find.
+            let mut index = redis::cmd("ZADD");
+            index
+                .arg(self.deadlines_key())
+                .arg(reservation.deadline)
+                .arg(format!("{}\n{}", reservation.client, reservation.id));
+            let mut pipe = redis::pipe();
+            self.index_first(worker, &mut pipe, index).await?;
+            eval_in(&mut pipe, &self.reserve, &keys)
+                .arg(&reservation.id)
                 .arg(reservation.amount)
                 .arg(now_ms)
                 .arg(json_string(&reservation.client))
                 .arg(&extra)
-                .arg(reservation.deadline)
-                .arg(&member);
-            let (outcome, balance): (u8, u64) =
-                evalsha(&self.redis, worker, &self.reserve, &call).await?;
+                .arg(reservation.deadline);
+            let ((outcome, balance),): ((u8, u64),) =
+                pipelined(&self.redis, worker, &self.reserve, &pipe).await?;
             match outcome {
                 1 => Ok(Reserved::Held { balance }),
                 0 => Ok(Reserved::Short { balance }),
