@@ -107,21 +107,25 @@ pub(super) enum Effect<'a> {
 }
 
 pub(super) fn effect(line: &Line) -> Effect<'_> {
-    match opens_or_closes(line) {
-        Some((true, id)) => Effect::Opens(opened_by(line, id)),
-        Some((false, id)) => Effect::Closes(id),
+    match touches(line) {
+        Some(Touch::Opens(id)) => Effect::Opens(opened_by(line, id)),
+        Some(Touch::Closes(id)) => Effect::Closes(id),
         None if line.movement.kind == Kind::Opening => Effect::Opening,
         None => Effect::Nothing,
     }
 }
 
-/// `(true, id)` when the movement opens reservation `id`, `(false, id)` when it closes
-/// it.
-fn opens_or_closes(line: &Line) -> Option<(bool, &str)> {
+/// What a movement does to a reservation, by id.
+enum Touch<'a> {
+    Opens(&'a str),
+    Closes(&'a str),
+}
+
+fn touches(line: &Line) -> Option<Touch<'_>> {
     let m = &line.movement;
     match (m.kind, m.reservation.as_deref()) {
-        (Kind::Reserve, Some(id)) => Some((true, id)),
-        (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => Some((false, id)),
+        (Kind::Reserve, Some(id)) => Some(Touch::Opens(id)),
+        (Kind::Post | Kind::Void | Kind::Expire, Some(id)) => Some(Touch::Closes(id)),
         _ => None,
     }
 }
@@ -179,11 +183,11 @@ pub(super) fn checkpoint(db: &Database, lines: &[Line]) -> Result<(), LedgerErro
                 ),
             };
             touched.insert(&m.client, account_after(line, before));
-            match opens_or_closes(line) {
-                Some((true, id)) => {
+            match touches(line) {
+                Some(Touch::Opens(id)) => {
                     changed.insert(id, Some(line));
                 }
-                Some((false, id)) => {
+                Some(Touch::Closes(id)) => {
                     if let Some(Some(_)) = changed.get(id) {
                         // Opened in this run too: the file never held it, so there is
                         // nothing to remove (most reservations live well under a run).
