@@ -347,10 +347,14 @@ impl Scanner {
                     method |= param::means(&candidate, method_override::PARAM);
                 }
             } else if name.eq_ignore_ascii_case("content-type") {
-                // A type that cannot be read is not JSON to Spring either; any JSON type
-                // (`application/json`, `+json`) is, whatever its parameters.
-                json |= tollgate_policy::media::MediaType::parse(value.as_bytes())
-                    .is_ok_and(|m| crate::classify::is_json(m.essence()));
+                // Any JSON type (`application/json`, `+json`) is, whatever its
+                // parameters, even ones that cannot be read: Spring's `MimeTypeUtils`
+                // skips a parameter without `=` (`application/json; x`) and binds the
+                // part as JSON all the same.
+                let essence = value.split(';').next().unwrap_or_default();
+                json |= crate::classify::is_json(&essence.trim().to_ascii_lowercase())
+                    || tollgate_policy::media::MediaType::parse(value.as_bytes())
+                        .is_ok_and(|m| crate::classify::is_json(m.essence()));
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
                 // (identity: every parser reads the bytes as they are). Anything else
@@ -585,6 +589,12 @@ fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
     for (key, raw, quoted) in params {
         let key = key.to_ascii_lowercase();
         if key == "name" {
+            // An RFC 2047 encoded word (`=?UTF-8?B?Y2xpZW50SWQ=?=` is `clientId`):
+            // Tomcat and Commons FileUpload decode every one in a disposition's values,
+            // so the name they see is not the one written here.
+            if raw.contains("=?") {
+                return Err(Refusal::Malformed);
+            }
             let (escaped, literal) = if quoted {
                 (unescape(raw), raw.to_owned())
             } else {
@@ -778,6 +788,24 @@ mod tests {
                 &json[..json.len().min(20)]
             );
         }
+        // A JSON type is JSON whatever its parameters say, even ones that cannot be read
+        // (Spring skips `; x` and binds the part as JSON).
+        for content_type in [
+            "application/json; x",
+            "Application/JSON;;",
+            "application/json; charset=\"utf-8",
+            "application/vnd.campaign+json; =x",
+            " application/json ; a=b=c",
+        ] {
+            let b = body(&[format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"campaign\"\r\nContent-Type: {content_type}\r\n\r\n{{\"clientId\":\"1002\"}}\r\n"
+            )]);
+            assert_eq!(
+                scan(&b, 4096),
+                Err(Refusal::ClientIdMismatch),
+                "{content_type}"
+            );
+        }
         // A part of another type streams unread, at any size.
         let csv = format!(
             "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.csv\"\r\nContent-Type: text/csv\r\n\r\nclientId\n1002\n{}\r\n",
@@ -901,6 +929,12 @@ mod tests {
             r#"form-data; x ="; name=clientId""#,
             r#"form-data; x-name=clientId; name="a""#,
             r#"form-data; filename="; name=clientId"; name="a""#,
+            // RFC 2047 encoded words, which Tomcat and Commons FileUpload decode:
+            // `clientId`, and `_method`.
+            r#"form-data; name="=?UTF-8?B?Y2xpZW50SWQ=?=""#,
+            r#"form-data; name="=?UTF-8?Q?client=49d?=""#,
+            r#"form-data; name==?utf-8?q?clientId?="#,
+            r#"form-data; name="x =?UTF-8?B?X21ldGhvZA==?=""#,
         ] {
             let b = body(&[
                 part(r#"form-data; name="a""#, "1"),
@@ -924,6 +958,8 @@ mod tests {
             // Go's mime/multipart and Ruby escape a quote in a file name.
             r#"form-data; name="file"; filename="q\"uote.txt""#,
             r#"form-data; name="file"; filename="first name=John.txt""#,
+            // A file name is not a field's name: an encoded word there passes.
+            r#"form-data; name="file"; filename="=?UTF-8?B?w6l0w6k=?=.csv""#,
         ] {
             let b = body(&[part(disposition, "x")]);
             assert_eq!(scan(&b, 3).unwrap(), b, "{disposition}");
