@@ -539,6 +539,40 @@ async fn a_logout_ends_only_what_belongs_to_its_caller() {
     )
     .await;
     r.assert_problem(401, "REFRESH_TOKEN_INVALID");
+    // An access token that does not verify (unreadable, for another audience, signed by
+    // a key since rotated out) does not keep the refresh token beside it from ending its
+    // session: a client whose token outlived its key must still be able to log out.
+    for unverified in [
+        "Bearer not.a.jwt".to_owned(),
+        bearer_with(json!({"clientId": "1001", "aud": "another-api"})),
+        format!("{}x", bearer_with(json!({"clientId": "1001"}))),
+    ] {
+        let mine = login(&h).await;
+        let r = post_json(
+            &h,
+            "/gateway/auth/logout",
+            &[("authorization", &unverified)],
+            &format!(r#"{{"refreshToken":"{}"}}"#, s(&mine["refreshToken"])),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        echo(&h, s(&mine["token"]))
+            .await
+            .assert_problem(401, "TOKEN_REVOKED");
+        assert_eq!(refresh(&h, s(&mine["refreshToken"])).await.status, 401);
+    }
+    // Alone, it is refused as it is anywhere.
+    h.send(
+        "POST",
+        "/gateway/auth/logout",
+        &[(
+            "authorization",
+            &bearer_with(json!({"clientId": "1001", "aud": "another-api"})),
+        )],
+        b"",
+    )
+    .await
+    .assert_problem(403, "AUDIENCE_MISMATCH");
     let mine = login(&h).await;
     // The pair of one session still logs out together.
     let r = post_json(

@@ -32,23 +32,26 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 const OURS: [&str; 3] = [ACCESS, REFRESH, CSRF];
 
 /// A cookie's value. `Err` when it is sent twice (another path or a sibling domain may
-/// have set one: which one is ours cannot be told).
+/// have set one: which one is ours cannot be told), or with a value that is not text.
+///
+/// Read as bytes: browsers send every cookie of the site in one field, and another
+/// cookie's UTF-8 value (`name=José`, set by the backend or a sibling domain) must not
+/// hide ours, as it did when a field that was not all visible ASCII was skipped whole.
 pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ()> {
     let mut found = None;
     for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else {
-            continue;
-        };
-        for pair in text.split(';') {
-            let Some((key, value)) = pair.trim().split_once('=') else {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            let Some(at) = pair.iter().position(|b| *b == b'=') else {
                 continue;
             };
-            if key.trim() == name {
-                if found.is_some() {
-                    return Err(());
-                }
-                found = Some(value.trim());
+            let (key, value) = (&pair[..at], &pair[at + 1..]);
+            if key.trim_ascii() != name.as_bytes() {
+                continue;
             }
+            if found.is_some() {
+                return Err(());
+            }
+            found = Some(std::str::from_utf8(value.trim_ascii()).map_err(|_| ())?);
         }
     }
     Ok(found)
@@ -267,6 +270,21 @@ mod tests {
             get(&headers(&["tg_access=a", "tg_access=b"]), ACCESS),
             Err(())
         );
+        // Another cookie's UTF-8 (or Latin-1) value beside ours does not hide ours.
+        for field in [
+            &b"name=Jos\xc3\xa9; tg_access=a; tg_csrf=c"[..],
+            b"tg_access=a;x=\xe9;tg_csrf=c",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_bytes(field).unwrap());
+            assert_eq!(get(&h, ACCESS), Ok(Some("a")));
+            assert_eq!(get(&h, CSRF), Ok(Some("c")));
+            assert_eq!(get(&h, REFRESH), Ok(None));
+        }
+        // Ours with a value that is not text is not ours to read.
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_bytes(b"tg_access=\xff").unwrap());
+        assert_eq!(get(&h, ACCESS), Err(()));
     }
 
     #[test]

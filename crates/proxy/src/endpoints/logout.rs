@@ -44,19 +44,26 @@ pub async fn serve(
         .ok_or(Bug::SessionsWithoutSigning)?;
     let cookie_mode = matches!(settings.tokens, TokenMode::Cookie { .. });
     let access = presented_access_token(&request, cookie_mode)?;
-    // An expired access token still names its session, but proves nothing: the
-    // refresh token must do it then.
+    // An access token that does not verify (expired, signed by a key since rotated out,
+    // for another audience) proves nothing, and does not keep a refresh token beside it
+    // from ending its session. Alone, it is refused as anywhere else (an expired one as
+    // a missing credential: the refresh token must do it then).
+    let mut refused = None;
     let claims = match access {
         None => None,
         Some(token) => match authenticate::verified_claims(exchange, &token, verifier) {
             Ok(claims) => Some(claims),
             Err(GatewayError::Auth(AuthError::Token(JwtError::Expired))) => None,
+            Err(e @ GatewayError::Auth(_)) => {
+                refused = Some(e);
+                None
+            }
             Err(e) => return Err(e),
         },
     };
     let presented_refresh = presented_refresh_token(exchange, request, reading).await?;
     if claims.is_none() && presented_refresh.is_none() {
-        return Err(SessionRefusal::CredentialRequired.into());
+        return Err(refused.unwrap_or(SessionRefusal::CredentialRequired.into()));
     }
     // Each credential ends what it proves, whatever the other says: a tab holding a
     // stale (or another login's) refresh token beside a valid access token must still
