@@ -355,7 +355,23 @@ async fn a_metered_request_is_charged_and_says_so() {
         )
         .await;
         r.assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+        // And says so, without offering a form.
+        let detail = r.json()["detail"].as_str().unwrap().to_owned();
+        assert!(!detail.contains("a form"), "{detail}");
     }
+    // Methods a request could never be charged for are priced at nothing: `TRACE` and
+    // `TRACK` are never forwarded (405), `CONNECT` is refused (400).
+    let r = preview(br#"[{"method": "TRACE", "path": "/echo/metered/z"}, {"method": "TRACK", "path": "/echo/metered/z"}, {"method": "CONNECT", "path": "/echo/metered/z"}, {"method": "PATCH", "path": "/echo/metered/z"}]"#).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let costs: Vec<u64> = v["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["cost"].as_u64().unwrap())
+        .collect();
+    assert_eq!(costs, [0, 0, 0, 5], "{v}");
+    assert_eq!(v["operations"][0]["route"], serde_json::Value::Null);
     // A member given twice says two things: refused, never the last one priced.
     let r = preview(br#"{"method": "POST", "path": "/echo/per-method/q", "method": "GET"}"#).await;
     r.assert_problem(400, "INVALID_REQUEST_BODY");
@@ -371,6 +387,19 @@ async fn a_metered_request_is_charged_and_says_so() {
     let next = v["next"].as_str().unwrap().to_owned();
     let older = call(&h.gateway, "GET", &next, "c1").await.json();
     assert_eq!(older["movements"].as_array().unwrap().len(), 2);
+    // `next` names the path as the gateway normalized it, never as the caller spelled
+    // it: `//gateway/...` would be a reference to the host `gateway`.
+    for spelled in [
+        "//gateway/tokens/history?limit=1",
+        "/gateway/tokens/../tokens/%68istory?limit=1",
+    ] {
+        let v = call(&h.gateway, "GET", spelled, "c1").await.json();
+        let next = v["next"].as_str().unwrap();
+        assert!(
+            next.starts_with("/gateway/tokens/history?limit=1&before="),
+            "{spelled}: {next}"
+        );
+    }
     for query in [
         "limit=0",
         "limit=501",
@@ -1380,6 +1409,83 @@ async fn a_kept_answer_that_breaks_off_is_a_502_not_an_empty_success() {
     assert_verified(g).await;
 }
 
+/// An answer kept for retries is read whole before it is sent on. A client that left
+/// while it was read used to drop the reading with it, and the answer was kept as its
+/// status and headers alone: its retry got an empty success. The reading now finishes
+/// without the client, and the retry is shown the whole answer.
+#[tokio::test]
+async fn a_client_that_leaves_while_the_answer_is_read_leaves_it_kept_whole() {
+    let body = br#"{"created":"slowly"}"#;
+    let (backend, answered) = raw_backend(move |mut stream, count| async move {
+        if read_past(&mut stream, &mut Vec::new(), b"\r\n\r\n")
+            .await
+            .is_none()
+        {
+            return;
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        let head = format!(
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = stream.write_all(body).await;
+    })
+    .await;
+    let h = Harness::with(Setup {
+        upstream_addr: Some(backend),
+        ..setup("", "")
+    })
+    .await;
+    let g = &h.gateway;
+    g.wait_ready().await;
+    credit(g, "c13", 100).await;
+    let bearer = bearer_for("c13");
+    let mut client = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+    let request = format!(
+        "POST /echo/metered/slow HTTP/1.1\r\nhost: gw.test\r\nauthorization: {bearer}\r\ncontent-type: application/json\r\nidempotency-key: leave-1\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    // The head has reached the gateway (and charged the request); its body has not.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(client);
+    let retry = || {
+        let bearer = bearer.clone();
+        async move {
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("content-type", "application/json"),
+                ("idempotency-key", "leave-1"),
+            ];
+            send(g.addr, "POST", "/echo/metered/slow", &headers, b"{}").await
+        }
+    };
+    let mut replayed = None;
+    for _ in 0..100 {
+        let r = retry().await;
+        if r.status != 409 {
+            replayed = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = replayed.expect("the key is no longer in flight");
+    assert_eq!(
+        (r.status, r.header("idempotent-replayed")),
+        (201, Some("true")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.body, body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    settled(g, "c13", (95, 0)).await;
+    assert_verified(g).await;
+}
+
 /// A retry is "the same request" as the route and the backend see it: another spelling
 /// of the same path (`%65` for `e`) or another framing of the same JSON body (chunked
 /// instead of `Content-Length`) is replayed, not refused with 422. And it is shown what
@@ -1491,8 +1597,7 @@ async fn an_upload_answered_before_its_end_is_kept_once_it_ends() {
     credit(g, "c9", 100).await;
     let bearer = bearer_for("c9");
     let csv = "name,phone\nAda,1\n";
-    // Retries send the same way (chunked: an opaque body's declared length, or its
-    // lack, is part of the request), whole.
+    // Retries send it whole (chunked here; with `Content-Length` below).
     let whole = |body: &'static str| {
         let request = format!(
             "POST /echo/metered/upload HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\nauthorization: {bearer}\r\ncontent-type: text/csv\r\nidempotency-key: early-1\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
@@ -1542,6 +1647,38 @@ async fn an_upload_answered_before_its_end_is_kept_once_it_ends() {
     );
     assert_eq!(again.body, first.body);
     whole("name,phone\nBob,1\n")
+        .await
+        .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    // The framing is not the request: the same bytes with `Content-Length` are the same
+    // upload (its declared length used to be part of the claim: 422), other bytes of
+    // the same length are not.
+    let declared = |body: &'static str| {
+        let bearer = bearer.clone();
+        async move {
+            let headers = [
+                ("authorization", bearer.as_str()),
+                ("content-type", "text/csv"),
+                ("idempotency-key", "early-1"),
+            ];
+            send(
+                g.addr,
+                "POST",
+                "/echo/metered/upload",
+                &headers,
+                body.as_bytes(),
+            )
+            .await
+        }
+    };
+    let again = declared(csv).await;
+    assert_eq!(
+        (again.status, again.header("idempotent-replayed")),
+        (201, Some("true")),
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(again.body, first.body);
+    declared("name,phone\nAda,2\n")
         .await
         .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
     assert_eq!(
@@ -2308,6 +2445,44 @@ async fn the_admin_api_refuses_control_characters_and_answers_405_with_allow() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(account(g, "1001").await, (11, 0));
 
+    // A change is read only from a body declared JSON (UTF-8), as every JSON body the
+    // gateway reads: a form or text that parses as JSON moves no money.
+    let bearer = format!("Bearer {}", admin_token());
+    let body = br#"{"amount": 5, "reason": "typed"}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/json; charset=iso-8859-1"),
+        Some("json"),
+    ] {
+        let mut headers = vec![("authorization", bearer.as_str())];
+        headers.extend(content_type.map(|t| ("content-type", t)));
+        let r = send(
+            g.admin,
+            "POST",
+            "/ledger/clients/1001/credit",
+            &headers,
+            body,
+        )
+        .await;
+        r.assert_problem(415, "UNSUPPORTED_MEDIA_TYPE");
+    }
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json; charset=utf-8"),
+    ];
+    let r = send(
+        g.admin,
+        "POST",
+        "/ledger/clients/1001/credit",
+        &headers,
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(account(g, "1001").await, (16, 0));
+
     // The limit's detail comes from the range the admin journal serves.
     for limit in ["0", "1001"] {
         let r = admin(g, "GET", &format!("/ledger/clients/1001?limit={limit}"), "").await;
@@ -2416,7 +2591,14 @@ async fn the_admin_api_refuses_control_characters_and_answers_405_with_allow() {
         .iter()
         .map(|m| m["reason"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(reasons, ["admin: Erstattung für Störung", "admin: test"]);
+    assert_eq!(
+        reasons,
+        [
+            "admin: typed",
+            "admin: Erstattung für Störung",
+            "admin: test"
+        ]
+    );
 }
 
 /// The command line applies the admin API's rules, from the same place: a client id

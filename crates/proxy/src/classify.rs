@@ -114,7 +114,7 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
         .ok_or(GatewayError::from(MediaRefusal::Missing))?;
     let media = MediaType::parse(value.as_bytes()).map_err(refusal)?;
     if !is_json(media.essence()) {
-        return Err(MediaRefusal::NotAccepted(media.essence().to_owned()).into());
+        return Err(MediaRefusal::JsonOnly(media.essence().to_owned()).into());
     }
     match media.is_utf8() {
         Ok(true) => Ok(()),

@@ -124,6 +124,8 @@ pub enum MediaRefusal {
     NoBoundary,
     #[error("`{0}` bodies are not accepted here: send JSON, a form or multipart/form-data")]
     NotAccepted(String),
+    #[error("`{0}` bodies are not accepted here: send JSON (`Content-Type: application/json`)")]
+    JsonOnly(String),
     #[error(
         "a login body is read for its per-account limit and its `_method`: send it as JSON \
          or a form, uncompressed"

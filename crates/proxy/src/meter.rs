@@ -137,12 +137,18 @@ pub async fn reserve(
                 keep_until,
             )
             .with_boundary(boundary.clone());
+            // The claim outlives the reservation by the longest a charged request's
+            // answer may take to be kept after its head (the body read for keeping, or
+            // the rest of an upload the backend answered early): one that ran out under
+            // a running request would let a retry run, and be charged, again.
+            let after_head =
+                exchange.snapshot.upstream.response_timeout + crate::reservation::DIGEST_WAIT;
             let claim = Claim {
                 client: client.clone(),
                 key: key.clone(),
                 fingerprint,
                 now_ms: now,
-                hold_until,
+                hold_until: hold_until.saturating_add(duration_ms(after_head)),
                 owner,
             };
             let started = std::time::Instant::now();
@@ -397,13 +403,6 @@ async fn fingerprint(
     hash.update(b"\n");
     let empty = http_body::Body::is_end_stream(&body);
     let content_type = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
-    // No body is no body, however it was framed: a retry that adds `Content-Length: 0`
-    // (or drops it) is the same request.
-    let length = match parts.headers.get(CONTENT_LENGTH) {
-        _ if empty => &b"0"[..],
-        Some(v) => v.as_bytes(),
-        None => b"",
-    };
     let class = classify::classify(&parts.headers, !empty, route)?;
     let boundary = match &class {
         BodyClass::Multipart { boundary } => Some(boundary.clone()),
@@ -426,15 +425,18 @@ async fn fingerprint(
         spelled
     });
     let content_type = content_type.as_deref();
+    // The framing is not the request: a body read whole is hashed here, and one that
+    // streams through is hashed as it passes and compared with a retry's
+    // (`request_digest`), so the same bytes sent with `Content-Length` or chunked are
+    // the same request, and no body is no body either way.
     let head = match boundary {
         // `classify` allows a UTF-8 charset beside the boundary, nothing else.
-        Some(_) => [&b"multipart/form-data"[..], b""],
-        // A body read whole is hashed itself: sent with `Content-Length` or chunked,
-        // it is the same request.
-        None if read_whole => [content_type.unwrap_or(b""), b""],
-        None => [content_type.unwrap_or(b""), length],
+        Some(_) => &b"multipart/form-data"[..],
+        None => content_type.unwrap_or(b""),
     };
-    for value in head {
+    // Then an empty line, where the declared length once was: the fingerprints of keys
+    // already claimed with a JSON, form or multipart body stay what they were.
+    for value in [head, b""] {
         hash.update(value);
         hash.update(b"\n");
     }
@@ -765,11 +767,23 @@ pub async fn remember(exchange: &mut Exchange<'_>, answer: Answer) -> Answer {
         return answer;
     };
     let timeout = exchange.snapshot.upstream.response_timeout;
-    let (kept, answer) = kept(pending, answer, timeout, &exchange.request_id).await;
-    if let Err(e) = claim.keep(kept).await {
-        tracing::warn!(error = %e, "cannot keep an idempotent answer");
+    let request_id = exchange.request_id.clone();
+    // On a task of its own: a client that leaves while the body is read (and its
+    // request's future is dropped) must not leave the answer kept without its body.
+    // Kept before it is sent on, so a retry that follows the answer finds it.
+    let (send, sent) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (kept, answer) = kept(pending, answer, timeout, &request_id).await;
+        if let Err(e) = claim.keep(kept).await {
+            tracing::warn!(error = %e, "cannot keep an idempotent answer");
+        }
+        let _ = send.send(answer);
+    });
+    match sent.await {
+        Ok(answer) => answer,
+        // The task ended without an answer (a panic): the body is gone.
+        Err(_) => crate::problem::render(&UpstreamError::Failed, &exchange.request_id),
     }
-    answer
 }
 
 /// What a retry of a charged request is answered, and the answer to send on now. Bodies

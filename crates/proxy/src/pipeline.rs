@@ -228,7 +228,7 @@ async fn run(
             meter::Reserve::Replay(answer) => return Ok(answer),
         };
     if let RouteAction::Serve(endpoint) = route.action {
-        return endpoints::serve(exchange, endpoint, request, active, &reading).await;
+        return endpoints::serve(exchange, endpoint, request, &path, active, &reading).await;
     }
 
     // 8. rewrite

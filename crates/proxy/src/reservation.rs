@@ -312,6 +312,7 @@ impl KeyClaim {
             worker: self.worker,
             client: std::mem::take(&mut self.client),
             key: std::mem::take(&mut self.key),
+            owner: std::mem::take(&mut self.owner),
             until: self.keep_until,
         }
     }
@@ -340,7 +341,6 @@ impl Drop for KeyClaim {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let owner = std::mem::take(&mut self.owner);
         let streamed = self.streamed.take();
         let keeping = self.keeping();
         runtime.spawn(async move {
@@ -349,7 +349,7 @@ impl Drop for KeyClaim {
                     return keeping.keep_after(answer, digest).await;
                 }
                 (ClaimState::Charged(answer), None) => keeping.keep(answer, None).await,
-                _ => keeping.release(&owner).await,
+                _ => keeping.release().await,
             };
             if let Err(e) = done {
                 tracing::warn!(error = %e, "cannot settle an idempotency key now; it frees itself at its deadline");
@@ -362,7 +362,7 @@ impl Drop for KeyClaim {
 /// early. The body's own deadlines end a stalled client sooner; this bounds a backend
 /// that stops reading and holds the connection. Past it, retries get 422 (never a
 /// wrong replay).
-const DIGEST_WAIT: Duration = Duration::from_secs(600);
+pub const DIGEST_WAIT: Duration = Duration::from_secs(600);
 
 /// An answer on its way to be kept for retries.
 struct Keeping {
@@ -370,6 +370,7 @@ struct Keeping {
     worker: usize,
     client: String,
     key: String,
+    owner: String,
     until: u64,
 }
 
@@ -385,14 +386,21 @@ impl Keeping {
             answer.request_digest = Some(digest.unwrap_or_else(|_| UNFINISHED_BODY.to_owned()));
         }
         self.ledger
-            .answer(self.worker, &self.client, &self.key, answer, self.until)
+            .answer(
+                self.worker,
+                &self.client,
+                &self.key,
+                &self.owner,
+                answer,
+                self.until,
+            )
             .await
     }
 
     /// Frees the key: the request was not charged.
-    async fn release(self, owner: &str) -> Result<(), LedgerError> {
+    async fn release(self) -> Result<(), LedgerError> {
         self.ledger
-            .release(self.worker, &self.client, &self.key, owner)
+            .release(self.worker, &self.client, &self.key, &self.owner)
             .await
     }
 

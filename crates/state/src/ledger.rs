@@ -367,12 +367,16 @@ pub trait Ledger: Send + Sync {
     /// Claims an idempotency key for a request.
     fn claim(&self, worker: usize, claim: Claim) -> BoxFuture<'_, Result<Claimed, LedgerError>>;
 
-    /// Keeps the answer a charged request got, until `until` (milliseconds).
+    /// Keeps the answer a charged request got, until `until` (milliseconds): only while
+    /// the key is in flight and claimed by `owner`. A claim that ran out under a request
+    /// still running may have been taken by a retry since; the retry's outcome is not
+    /// written over (nor anyone's kept answer).
     fn answer(
         &self,
         worker: usize,
         client: &str,
         key: &str,
+        owner: &str,
         answer: StoredAnswer,
         until: u64,
     ) -> BoxFuture<'_, Result<(), LedgerError>>;

@@ -365,14 +365,30 @@ async fn suite(ledger: &dyn Ledger) {
         cost: 3,
         request_digest: Some("9f86d081884c7d65".into()),
     };
+    // Only the request that claimed the key keeps its answer there.
+    let mut theirs = answer.clone();
+    theirs.status = 500;
     ledger
-        .answer(0, "a", "k1", answer.clone(), now_ms() + 60_000)
+        .answer(0, "a", "k1", "r-other", theirs.clone(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
+        Claimed::InFlight
+    );
+    ledger
+        .answer(0, "a", "k1", "r-k1", answer.clone(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    // A kept answer is never written over, not even by its own request.
+    ledger
+        .answer(0, "a", "k1", "r-k1", theirs, now_ms() + 60_000)
         .await
         .unwrap();
     ledger.release(0, "a", "k1", "r-k1").await.unwrap(); // an answered key stays
     assert_eq!(
         ledger.claim(0, claim("k1", "f1", 60_000)).await.unwrap(),
-        Claimed::Answered(answer)
+        Claimed::Answered(answer.clone())
     );
     assert_eq!(
         ledger.claim(0, claim("k1", "f2", 60_000)).await.unwrap(),
@@ -406,9 +422,30 @@ async fn suite(ledger: &dyn Ledger) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     ledger.prune(0, now_ms()).await.unwrap();
+    let retry = Claim {
+        owner: "r-retry".into(),
+        ..claim("k3", "f1", 60_000)
+    };
+    assert_eq!(ledger.claim(0, retry).await.unwrap(), Claimed::New);
+    // The first request, still running after its claim ran out, answers late: the key
+    // is the retry's now, and only the retry's answer is kept.
+    ledger
+        .answer(0, "a", "k3", "r-k3", answer.clone(), now_ms() + 60_000)
+        .await
+        .unwrap();
     assert_eq!(
         ledger.claim(0, claim("k3", "f1", 60_000)).await.unwrap(),
-        Claimed::New
+        Claimed::InFlight
+    );
+    let mut retried = answer.clone();
+    retried.status = 202;
+    ledger
+        .answer(0, "a", "k3", "r-retry", retried.clone(), now_ms() + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.claim(0, claim("k3", "f1", 60_000)).await.unwrap(),
+        Claimed::Answered(retried)
     );
 
     // A key is the caller's text: one that makes its record's name end like an

@@ -119,6 +119,9 @@ async fn change_body(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
+    // Declared JSON, as every JSON body the gateway reads: a form or a text body that
+    // happens to parse as JSON is refused (415), not read as a change of money.
+    crate::classify::require_json(request.headers())?;
     let body = request.into_body();
     let bytes = tokio::time::timeout(BODY_DEADLINE, Limited::new(body, MAX_BODY_BYTES).collect())
         .await

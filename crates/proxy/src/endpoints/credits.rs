@@ -11,7 +11,8 @@
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use tollgate_policy::snapshot::{Cost, RouteMatch};
+use tollgate_policy::snapshot::Cost;
+use tollgate_policy::RouteAction;
 
 use super::Answer;
 use crate::body::{self, Reading, RequestBody};
@@ -160,10 +161,11 @@ pub async fn preview(
         let normalized = tollgate_policy::path::normalize(path_only).map_err(|_| {
             bad("`path` is not a path a request could have (an encoded `/` or `\\`, a control character, a broken escape)")
         })?;
-        let route = match snapshot.route(&method, &normalized) {
-            RouteMatch::Route(route) => Some(route),
-            _ => None,
-        };
+        // As a request is routed: `TRACE` and `TRACK` are never forwarded, `CONNECT` is
+        // refused before routing, and a denying route charges nothing, so none is priced.
+        let route = crate::route::select(snapshot, &method, &normalized)
+            .route()
+            .filter(|r| r.action != RouteAction::Deny && method != Method::CONNECT);
         let cost = route
             .and_then(|r| r.cost.as_ref())
             .filter(|_| on)
@@ -293,6 +295,7 @@ pub(crate) fn query_number(
 pub async fn history<B>(
     exchange: &Exchange<'_>,
     request: &Request<B>,
+    path: &str,
     credits: &Credits,
 ) -> Result<Answer, GatewayError> {
     let client = client(exchange)?;
@@ -323,7 +326,9 @@ pub async fn history<B>(
         .collect();
     let next = page
         .next
-        .map(|cursor| format!("{}?limit={limit}&before={cursor}", request.uri().path()));
+        // The normalized path, never the one the caller spelled: `//gateway/...` would be
+        // a protocol-relative reference to another host.
+        .map(|cursor| format!("{path}?limit={limit}&before={cursor}"));
     Ok(json_answer(
         StatusCode::OK,
         &json!({

@@ -35,6 +35,7 @@ pub async fn serve(
     exchange: &mut Exchange<'_>,
     endpoint: Endpoint,
     request: Request<RequestBody>,
+    path: &str,
     active: &Active,
     reading: &Reading,
 ) -> Result<Answer, GatewayError> {
@@ -50,7 +51,9 @@ pub async fn serve(
         Endpoint::TokensPreview => {
             credits::preview(exchange, request, &active.credits, reading).await
         }
-        Endpoint::TokensHistory => credits::history(exchange, &request, &active.credits).await,
+        Endpoint::TokensHistory => {
+            credits::history(exchange, &request, path, &active.credits).await
+        }
     }
 }
 

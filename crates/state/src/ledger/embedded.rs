@@ -1035,12 +1035,14 @@ impl Ledger for EmbeddedLedger {
         _worker: usize,
         client: &str,
         key: &str,
+        owner: &str,
         answer: StoredAnswer,
         until: u64,
     ) -> BoxFuture<'_, Result<(), LedgerError>> {
         let done = self.keys(KeyOp::Answer {
             client: client.to_owned(),
             key: key.to_owned(),
+            owner: owner.to_owned(),
             answer,
             until,
         });

@@ -129,6 +129,15 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PXAT', ARGV[2]) then return false 
 return redis.call('GET', KEYS[1])
 "#;
 
+/// KEYS: record; ARGV: the record as it was read, the record with its answer, its
+/// expiry (ms). Writes the answer only if the record is still what was read (the
+/// owner's claim, in flight): 1 if written.
+const ANSWER_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 1
+"#;
+
 /// KEYS: record; ARGV: owner. Deletes it while it is in flight and `owner`'s.
 const RELEASE_LUA: &str = r#"
 local v = redis.call('GET', KEYS[1])
@@ -146,6 +155,7 @@ pub struct SharedLedger {
     settle: redis::Script,
     adjust: redis::Script,
     claim: redis::Script,
+    answer: redis::Script,
     release: redis::Script,
 }
 
@@ -243,6 +253,7 @@ impl SharedLedger {
             settle: with_movement(SETTLE_LUA),
             adjust: with_movement(ADJUST_LUA),
             claim: redis::Script::new(CLAIM_LUA),
+            answer: redis::Script::new(ANSWER_LUA),
             release: redis::Script::new(RELEASE_LUA),
         }
     }
@@ -745,10 +756,12 @@ impl Ledger for SharedLedger {
         worker: usize,
         client: &str,
         key: &str,
+        owner: &str,
         answer: StoredAnswer,
         until: u64,
     ) -> BoxFuture<'_, Result<(), LedgerError>> {
         let key = self.record_key(client, key);
+        let owner = owner.to_owned();
         Box::pin(async move {
             let existing: Option<String> = self
                 .redis
@@ -761,6 +774,9 @@ impl Ledger for SharedLedger {
                 return Ok(());
             };
             let old: IdempotencyRecord = serde_json::from_str(&text).map_err(corrupt)?;
+            if old.answer.is_some() || old.owner != owner {
+                return Ok(());
+            }
             let record = IdempotencyRecord {
                 fingerprint: old.fingerprint,
                 until,
@@ -768,17 +784,20 @@ impl Ledger for SharedLedger {
                 owner: old.owner,
             };
             let json = serde_json::to_string(&record).map_err(corrupt)?;
-            let _: () = self
+            // Written only over the record just read: a claim that expired and was
+            // taken by a retry in between is the retry's.
+            let script = &self.answer;
+            let _: i64 = self
                 .redis
                 .call(worker, |mut c| {
-                    let (key, json) = (&key, &json);
+                    let (key, text, json) = (&key, &text, &json);
                     async move {
-                        redis::cmd("SET")
-                            .arg(key)
+                        script
+                            .key(key)
+                            .arg(text)
                             .arg(json)
-                            .arg("PXAT")
                             .arg(until)
-                            .query_async(&mut c)
+                            .invoke_async(&mut c)
                             .await
                     }
                 })

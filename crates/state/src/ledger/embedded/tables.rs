@@ -330,6 +330,7 @@ pub(super) enum KeyOp {
     Answer {
         client: String,
         key: String,
+        owner: String,
         answer: StoredAnswer,
         until: u64,
     },
@@ -382,10 +383,11 @@ impl<'t> Keys<'t> {
             KeyOp::Answer {
                 client,
                 key,
+                owner,
                 answer,
                 until,
             } => {
-                self.answer(&client, &key, answer, until)?;
+                self.answer(&client, &key, &owner, answer, until)?;
                 KeyDone::Unit
             }
             KeyOp::Release { client, key, owner } => {
@@ -444,12 +446,16 @@ impl<'t> Keys<'t> {
         &mut self,
         client: &str,
         key: &str,
+        owner: &str,
         answer: StoredAnswer,
         until: u64,
     ) -> Result<(), LedgerError> {
         let Some(old) = self.record_of(client, key)? else {
             return Ok(());
         };
+        if old.answer.is_some() || old.owner != owner {
+            return Ok(());
+        }
         let record = IdempotencyRecord {
             fingerprint: old.fingerprint.clone(),
             until,
