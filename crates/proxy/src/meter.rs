@@ -435,7 +435,9 @@ async fn fingerprint(
         None => content_type.unwrap_or(b""),
     };
     // Then an empty line, where the declared length once was: the fingerprints of keys
-    // already claimed with a JSON, form or multipart body stay what they were.
+    // already claimed with a body read whole (JSON or a form the route injects into) or
+    // a multipart one stay what they were; one of another streamed body, retried across
+    // the upgrade, is refused once as another request (422).
     for value in [head, b""] {
         hash.update(value);
         hash.update(b"\n");
