@@ -1260,6 +1260,23 @@ async fn read_past(
     }
 }
 
+/// The first answer to `retry` that is not 409 `IDEMPOTENCY_KEY_IN_USE`: the answer a
+/// key's first request is still keeping in the background, once it is kept.
+async fn out_of_flight<F, Fut>(mut retry: F) -> RawResponse
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = RawResponse>,
+{
+    for _ in 0..250 {
+        let r = retry().await;
+        if r.status != 409 {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the key is still in flight after 5 s");
+}
+
 /// A backend that answers as soon as it has a request's head, then reads the body to its
 /// end (chunked, as the gateway forwards a chunked upload) before the next request on
 /// the connection. Counts the requests it answered.
@@ -1463,16 +1480,7 @@ async fn a_client_that_leaves_while_the_answer_is_read_leaves_it_kept_whole() {
             send(g.addr, "POST", "/echo/metered/slow", &headers, b"{}").await
         }
     };
-    let mut replayed = None;
-    for _ in 0..100 {
-        let r = retry().await;
-        if r.status != 409 {
-            replayed = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let r = replayed.expect("the key is no longer in flight");
+    let r = out_of_flight(retry).await;
     assert_eq!(
         (r.status, r.header("idempotent-replayed")),
         (201, Some("true")),
@@ -1629,16 +1637,7 @@ async fn an_upload_answered_before_its_end_is_kept_once_it_ends() {
 
     // The upload ends: from now on its retry is replayed.
     upload.write_all(b"0\r\n\r\n").await.unwrap();
-    let mut replayed = None;
-    for _ in 0..100 {
-        let again = whole(csv).await;
-        if again.status != 409 {
-            replayed = Some(again);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let again = replayed.expect("the key is no longer in flight");
+    let again = out_of_flight(|| whole(csv)).await;
     assert_eq!(
         (again.status, again.header("idempotent-replayed")),
         (201, Some("true")),
