@@ -352,9 +352,7 @@ impl Scanner {
                 // skips a parameter without `=` (`application/json; x`) and binds the
                 // part as JSON all the same.
                 let essence = value.split(';').next().unwrap_or_default();
-                json |= crate::classify::is_json(&essence.trim().to_ascii_lowercase())
-                    || tollgate_policy::media::MediaType::parse(value.as_bytes())
-                        .is_ok_and(|m| crate::classify::is_json(m.essence()));
+                json |= crate::classify::is_json(&essence.trim().to_ascii_lowercase());
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
                 // (identity: every parser reads the bytes as they are). Anything else
