@@ -769,7 +769,16 @@ async fn exchanges_that_outlive_their_clients_count_in_flight() {
         );
         drop(stream);
     }
-    // Four exchanges run with nobody waiting: the gateway is full.
+    // Four exchanges run with nobody waiting: the gateway is full. (Once it has seen the
+    // clients go: a fifth connection before that is closed on accept instead.)
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            let metrics = h.metrics().await;
+            metric(&metrics, "tollgate_connections_open ") == 0
+                && metric(&metrics, "tollgate_requests_in_flight ") == 4
+        })
+        .await
+    );
     let r = call(g, "GET", "/echo/one/x", "c13").await;
     r.assert_problem(503, "GATEWAY_OVERLOADED");
     // They end (and are charged); room comes back.
@@ -780,6 +789,51 @@ async fn exchanges_that_outlive_their_clients_count_in_flight() {
         .await
     );
     settled(g, "c13", (100 - 4 * 5 - 1, 0)).await;
+}
+
+/// A metered exchange that could outlive its client takes its request's place in
+/// flight, not a second one: it used to count twice while its client waited, so under
+/// `max_connections = 2` a second such request was refused 503 with one in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_exchange_whose_client_waits_counts_once_in_flight() {
+    let h = Harness::with(Setup {
+        server: "max_connections = 2".into(),
+        ..setup("on_client_abort = \"settle\"", "")
+    })
+    .await;
+    let g = &h.gateway;
+    g.wait_ready().await;
+    credit(g, "c14", 100).await;
+    let bearer = bearer_for("c14");
+    let headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let slow = |i: usize| async move {
+        let target = format!("/echo/metered/w{i}?delay_ms=1500");
+        send(g.addr, "POST", &target, &headers, b"{}").await
+    };
+    let watch = async {
+        // Both wait on the backend: each counts once.
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                h.backend.requests() >= 2
+                    && metric(&h.metrics().await, "tollgate_requests_in_flight ") == 2
+            })
+            .await
+        );
+    };
+    let (first, second, ()) = tokio::join!(slow(0), slow(1), watch);
+    for r in [first, second] {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    settled(g, "c14", (100 - 2 * 5, 0)).await;
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            metric(&h.metrics().await, "tollgate_requests_in_flight ") == 0
+        })
+        .await
+    );
 }
 
 /// With `on_client_abort = "settle"`, an exchange whose client has left runs on a task

@@ -92,11 +92,6 @@ impl AccessLog {
     }
 
     /// What the upstream request body reports to.
-    /// The process's metrics (what a detached exchange counts itself in).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     pub fn bytes_in(&self) -> Arc<BodyStats> {
         Arc::clone(&self.bytes_in)
     }

@@ -19,6 +19,7 @@ use tollgate_state::rate::Decision;
 
 use crate::access_log::AccessLog;
 pub use crate::caller::{AuthMethod, Caller, Consumed, Identity};
+use crate::metrics::InFlight;
 use crate::reservation::{Hold, KeyClaim};
 use crate::trace_context::TraceContext;
 
@@ -74,6 +75,9 @@ pub struct Exchange<'a> {
     /// Whether the gateway wrote the answer itself (an endpoint, the login wrap): such
     /// answers carry the gateway's security headers.
     pub own_answer: bool,
+    /// Its place among the requests in flight (`server.max_connections`), once admitted.
+    /// A backend exchange that outlives its client keeps a share of it.
+    pub in_flight: Option<InFlight>,
     pub log: AccessLog,
 }
 

@@ -52,11 +52,11 @@ pub async fn forward(
             // cannot stop it: when nobody waits for the answer, the answer settles it.
             let (answer, waiting) = oneshot::channel();
             let (upstream, task_stats) = (upstream.clone(), Arc::clone(&stats));
-            // Counted in flight for as long as it runs, client or not: the bound on
-            // requests in flight (and so on upstream connections) would otherwise not
-            // hold for exchanges whose clients reset them at once. (While its client
-            // waits it counts twice: the bound errs on the side of holding.)
-            let in_flight = exchange.log.metrics().count_in_flight();
+            // The request keeps its place in flight for as long as this runs, client
+            // or not: the bound on requests in flight (and so on upstream connections)
+            // would otherwise not hold for exchanges whose clients reset them at once.
+            // A shared place, so a request whose client waits counts once, not twice.
+            let in_flight = exchange.in_flight.clone();
             tokio::spawn(async move {
                 let _in_flight = in_flight;
                 let send = upstream.send(request, timeout, &task_stats);

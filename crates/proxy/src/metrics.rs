@@ -18,7 +18,7 @@
 //! the process, so a reload keeps them.
 
 use std::collections::BTreeMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -162,10 +162,17 @@ fn method_index(method: &Method) -> usize {
         .unwrap_or(METHODS.len() - 1)
 }
 
-/// A request counted in flight (see [`Metrics::admit`]); uncounted when dropped.
-pub struct InFlight(Gauge);
+/// A request's place among those in flight (see [`Metrics::admit`]). Clones share the
+/// place: work that outlives the request's answer (a metered exchange whose client left)
+/// keeps a clone, so the request counts once, until the last clone is dropped.
+#[derive(Clone)]
+pub struct InFlight {
+    _place: Arc<Place>,
+}
 
-impl Drop for InFlight {
+struct Place(Gauge);
+
+impl Drop for Place {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -343,15 +350,10 @@ impl Metrics {
     /// the upstream connections its requests take.
     pub fn admit(&self, max: usize) -> Option<InFlight> {
         let before = self.requests_in_flight.inc();
-        let guard = InFlight(self.requests_in_flight.clone());
-        (usize::try_from(before).unwrap_or(0) < max).then_some(guard)
-    }
-
-    /// Counts work that outlives its request in flight (see [`Metrics::admit`]),
-    /// whatever the count: it was admitted as a request already.
-    pub fn count_in_flight(&self) -> InFlight {
-        self.requests_in_flight.inc();
-        InFlight(self.requests_in_flight.clone())
+        let place = Place(self.requests_in_flight.clone());
+        (usize::try_from(before).unwrap_or(0) < max).then(|| InFlight {
+            _place: Arc::new(place),
+        })
     }
 
     pub fn connection_refused(&self) {
@@ -417,7 +419,7 @@ impl Metrics {
         );
         registry.register(
             "tollgate_requests_in_flight",
-            "Requests received and not yet answered to their end, over every connection",
+            "Requests received and not yet answered to their end (or whose backend exchange, its client gone, still runs), over every connection",
             self.requests_in_flight.clone(),
         );
         registry.register(

@@ -43,7 +43,7 @@ use crate::body::Outbound;
 use crate::endpoints::{self, Answer};
 use crate::errors::{GatewayError, LimitError};
 use crate::exchange::{Exchange, Scheme};
-use crate::metrics::Metrics;
+use crate::metrics::{InFlight, Metrics};
 use crate::respond::ResponseBody;
 use crate::runtime::{Active, Runtime};
 use crate::trace_context::TraceContext;
@@ -54,9 +54,9 @@ use crate::{
 
 /// Whether the gateway had room for one more request in flight (see
 /// [`Metrics::admit`]).
-#[derive(Debug, Clone, Copy)]
 pub enum Admission {
-    Admitted,
+    /// Its place in flight, shared with whatever outlives the answer.
+    Admitted(InFlight),
     /// This many were in flight: the request is refused (503) before anything is read.
     Full(usize),
 }
@@ -122,10 +122,14 @@ pub async fn handle(
         hold: None,
         key_claim: None,
         own_answer: false,
+        in_flight: None,
         log,
     };
     let ran = match admission {
-        Admission::Admitted => run(&mut exchange, request, &active, &runtime.metrics).await,
+        Admission::Admitted(place) => {
+            exchange.in_flight = Some(place);
+            run(&mut exchange, request, &active, &runtime.metrics).await
+        }
         Admission::Full(limit) => Err(LimitError::TooManyInFlight { limit }.into()),
     };
     let response = match ran {

@@ -560,8 +560,8 @@ impl Http<'_> {
             // Held until the response body is done (or dropped).
             let busy = conn_activity.begin();
             let in_flight = runtime.metrics.admit(max_in_flight);
-            let admission = match in_flight {
-                Some(_) => pipeline::Admission::Admitted,
+            let admission = match &in_flight {
+                Some(place) => pipeline::Admission::Admitted(place.clone()),
                 None => pipeline::Admission::Full(max_in_flight),
             };
             async move {

@@ -114,6 +114,7 @@ pub fn exchange_for(snapshot: &Arc<Snapshot>) -> Exchange<'_> {
         hold: None,
         key_claim: None,
         own_answer: false,
+        in_flight: None,
         log,
     }
 }
