@@ -16,8 +16,8 @@
 //! a backend would decode the names differently.
 //! A JSON value that is not a string still names someone to a backend that coerces it
 //! (`5551234` is a phone number, `["alice"]` is `"alice"` to JavaScript's `String`): a
-//! number counts as its digits, an array as each of its elements, anything else as its
-//! JSON text.
+//! number counts as its digits (a whole one however it is written), an array as each
+//! of its elements, anything else as its JSON text.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -205,12 +205,28 @@ fn json_values(bytes: &[u8], fields: &[String]) -> Result<Vec<String>, JsonProbl
         .map_err(|_| JsonProblem::Malformed)
 }
 
+/// A number as the backends that coerce it read it: a whole number written with a
+/// fraction or an exponent (`5551234.0`, `5551234e0`) is its digits, as JavaScript's
+/// `String(5551234.0)` and PHP's `(string)` give (a backend reading the literal text
+/// reads another name, one no account has). Only below 2^53, where every whole number
+/// is exact: larger ones spell differently per language.
+fn number_name(n: &serde_json::Number) -> String {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match n.as_f64() {
+        Some(v) if !n.is_i64() && !n.is_u64() && v.fract() == 0.0 && v.abs() < EXACT => {
+            // Whole and below 2^53: the cast is exact.
+            (v as i64).to_string()
+        }
+        _ => n.to_string(),
+    }
+}
+
 /// The names one JSON value stands for (see the module docs).
 fn candidates(value: serde_json::Value, out: &mut Vec<String>) {
     use serde_json::Value;
     match value {
         Value::String(s) => out.push(s),
-        Value::Number(n) => out.push(n.to_string()),
+        Value::Number(n) => out.push(number_name(&n)),
         Value::Array(items) => {
             for item in items {
                 match item {
@@ -318,6 +334,19 @@ mod tests {
     fn values_a_backend_would_coerce_name_someone_too() {
         let values = |body: &str| json_values(body.as_bytes(), &fields()).unwrap();
         assert_eq!(values(r#"{"username":5551234}"#), ["5551234"]);
+        for whole in [
+            "5551234.0",
+            "5551234.00",
+            "5551234e0",
+            "5551234E+0",
+            "55512340e-1",
+        ] {
+            let body = format!(r#"{{"username":{whole}}}"#);
+            assert_eq!(values(&body), ["5551234"], "{whole}");
+        }
+        assert_eq!(values(r#"{"username":-0.0}"#), ["0"]);
+        assert_eq!(values(r#"{"username":5551234.5}"#), ["5551234.5"]);
+        assert_eq!(values(r#"{"username":1e300}"#), ["1e+300"]);
         assert_eq!(values(r#"{"username":["victim"]}"#), ["victim"]);
         assert_eq!(
             values(r#"{"username":["a",7,["b"]]}"#),
