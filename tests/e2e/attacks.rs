@@ -833,6 +833,71 @@ fn plivo_signature(path: &str, method: &str, params: &[(&str, &str)], nonce: &st
     )
 }
 
+/// A signed callback's bytes must have one reading: the signature is checked against the
+/// parameters as the gateway decodes them, and a backend that reads the bytes another way
+/// (decompressing them, decoding another charset, or a byte that is not UTF-8 that the
+/// gateway read as U+FFFD) would act on parameters nobody signed.
+#[tokio::test]
+async fn a_signed_callback_has_one_reading_of_its_bytes() {
+    let a = Attack::start().await;
+    let post = "/echo/plivo/answer";
+    let form = "application/x-www-form-urlencoded";
+    let attempt = |params: &'static [(&'static str, &'static str)],
+                   content_type: &'static str,
+                   extra: Option<(&'static str, &'static str)>,
+                   body: &'static [u8],
+                   nonce: &'static str| {
+        let a = &a;
+        async move {
+            let sig = plivo_signature(post, "POST", params, nonce);
+            let mut headers = vec![
+                ("x-plivo-signature-v3", sig.as_str()),
+                ("x-plivo-signature-v3-nonce", nonce),
+                ("content-type", content_type),
+            ];
+            headers.extend(extra);
+            a.send("POST", post, &headers, body).await
+        }
+    };
+    const A_X: &[(&str, &str)] = &[("A", "x")];
+    const A_REPLACEMENT: &[(&str, &str)] = &[("A", "\u{FFFD}")];
+    const A_BROKEN: &[(&str, &str)] = &[("A", "%zz")];
+    let refused: [(&[(&str, &str)], &str, Option<(&str, &str)>, &[u8], &str); 7] = [
+        (A_X, form, Some(("content-encoding", "gzip")), b"A=x", "e-1"),
+        (
+            A_X,
+            form,
+            Some(("content-encoding", "identity")),
+            b"A=x",
+            "e-2",
+        ),
+        (
+            A_X,
+            "application/x-www-form-urlencoded; charset=utf-16",
+            None,
+            b"A=x",
+            "e-3",
+        ),
+        (A_REPLACEMENT, form, None, b"A=%FE", "e-4"),
+        (A_REPLACEMENT, form, None, b"A=%FF", "e-5"),
+        (A_REPLACEMENT, form, None, b"A=\xff", "e-6"),
+        (A_BROKEN, form, None, b"A=%zz", "e-7"),
+    ];
+    for (params, content_type, extra, body, nonce) in refused {
+        let (r, reached) = attempt(params, content_type, extra, body, nonce).await;
+        r.assert_problem(401, "SIGNATURE_INVALID");
+        assert_eq!(reached, 0, "{nonce}");
+    }
+    // What has one reading passes: a real U+FFFD, spelled in UTF-8, and a form that
+    // names UTF-8 as its charset.
+    let (r, reached) = attempt(A_REPLACEMENT, form, None, b"A=%EF%BF%BD", "e-8").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(reached, 1);
+    let utf8 = "application/x-www-form-urlencoded; charset=UTF-8";
+    let (r, _) = attempt(A_X, utf8, None, b"A=x", "e-9").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 #[tokio::test]
 async fn provider_callbacks_cannot_be_extended_or_replayed() {
     let a = Attack::start().await;

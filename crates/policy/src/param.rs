@@ -204,12 +204,36 @@ pub fn pairs(text: &[u8]) -> Vec<(String, String)> {
     pieces(text).map(decoded_pair).collect()
 }
 
-/// The pairs as split at `&` only: for a signature computed over exactly those.
-pub fn strict_pairs(text: &[u8]) -> Vec<(String, String)> {
+/// The pairs as split at `&` only: for a signature computed over exactly those. `None`
+/// when a name or value has a broken escape (`%zz`) or does not decode to UTF-8: two
+/// different texts would then read alike (`%FE` and `%FF` as U+FFFD, `%zz` as `%25zz`)
+/// and a signature over one would pass the other.
+pub fn strict_pairs(text: &[u8]) -> Option<Vec<(String, String)>> {
     text.split(|b| *b == b'&')
         .filter(|p| !p.is_empty())
-        .map(decoded_pair)
+        .map(|piece| {
+            let (name, value) = name_and_value(piece);
+            Some((decode_exact(name)?, decode_exact(value)?))
+        })
         .collect()
+}
+
+/// Decodes as [`decode`] does, but only what has one reading.
+fn decode_exact(component: &[u8]) -> Option<String> {
+    let mut out = Vec::with_capacity(component.len());
+    let mut i = 0;
+    while i < component.len() {
+        match component[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                out.push(component.get(i + 1..i + 3).and_then(hex_pair)?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The values of every parameter of `text` that means `configured`, in order.
@@ -406,8 +430,24 @@ mod tests {
         );
         assert_eq!(
             strict_pairs(b"a=1;b=2"),
-            [("a".to_owned(), "1;b=2".to_owned())]
+            Some(vec![("a".to_owned(), "1;b=2".to_owned())])
         );
+        // Only what has one reading: no broken escape, nothing that is not UTF-8.
+        assert_eq!(
+            strict_pairs(b"a=%EF%BF%BD&b=+%2B"),
+            Some(vec![
+                ("a".to_owned(), "\u{FFFD}".to_owned()),
+                ("b".to_owned(), " +".to_owned())
+            ])
+        );
+        for text in [&b"a=%FE"[..], b"a=\xff", b"%zz=1", b"a=%2", b"a=1&b=%E2%82"] {
+            assert_eq!(
+                strict_pairs(text),
+                None,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
         // What stays keeps its separators; where a removed piece stood between `&` and
         // `;`, a backend that splits at `&` only must not see the rest glued to a value.
         assert_eq!(without("a=1;secret=x;b=2", &["secret"]), "a=1;b=2");

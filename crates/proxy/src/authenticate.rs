@@ -401,6 +401,11 @@ async fn plivo_v3(
     {
         return Err(SignatureProblem::Uncovered.into());
     }
+    // The signature covers the parameters as read from the bytes sent: a backend that
+    // decompresses them would read others.
+    if parts.headers.contains_key(http::header::CONTENT_ENCODING) {
+        return Err(SignatureProblem::UnsignedBody.into());
+    }
     // The body is read (bounded in size, time and memory) whatever the method: a GET's
     // signature covers the query only, so a GET may carry no body at all.
     let held = body::hold(
@@ -417,20 +422,25 @@ async fn plivo_v3(
         }
         param::strict_pairs(raw_query.as_bytes())
     } else {
+        // A form in UTF-8, as the signature reads it: in another charset a backend
+        // would decode the same bytes into other parameters.
         let is_form = parts
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| tollgate_policy::media::MediaType::parse(v.as_bytes()).ok())
-            .is_some_and(|m| m.essence() == "application/x-www-form-urlencoded");
+            .is_some_and(|m| {
+                m.essence() == "application/x-www-form-urlencoded" && m.is_utf8() == Ok(true)
+            });
         if !bytes.is_empty() && !is_form {
             return Err(SignatureProblem::UnsignedBody.into());
         }
         param::strict_pairs(&bytes)
-    };
+    }
+    .ok_or(SignatureProblem::Uncovered)?;
     // A repeated name in the query or the body: the signature sorts the URL's
     // parameters into a map (one copy counts) and the backend may read the other. The
     // query is checked on a POST too, where the signed parameters are the body's.
-    let query = param::strict_pairs(raw_query.as_bytes());
+    let query = param::strict_pairs(raw_query.as_bytes()).ok_or(SignatureProblem::Uncovered)?;
     if repeats_a_name(&params) || (parts.method != Method::GET && repeats_a_name(&query)) {
         return Err(SignatureProblem::Uncovered.into());
     }
