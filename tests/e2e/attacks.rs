@@ -862,26 +862,32 @@ async fn a_signed_callback_has_one_reading_of_its_bytes() {
     const A_X: &[(&str, &str)] = &[("A", "x")];
     const A_REPLACEMENT: &[(&str, &str)] = &[("A", "\u{FFFD}")];
     const A_BROKEN: &[(&str, &str)] = &[("A", "%zz")];
-    let refused: [(&[(&str, &str)], &str, Option<(&str, &str)>, &[u8], &str); 7] = [
-        (A_X, form, Some(("content-encoding", "gzip")), b"A=x", "e-1"),
+    let refused = [
+        (
+            A_X,
+            form,
+            Some(("content-encoding", "gzip")),
+            &b"A=x"[..],
+            "e-1",
+        ),
         (
             A_X,
             form,
             Some(("content-encoding", "identity")),
-            b"A=x",
+            &b"A=x"[..],
             "e-2",
         ),
         (
             A_X,
             "application/x-www-form-urlencoded; charset=utf-16",
             None,
-            b"A=x",
+            &b"A=x"[..],
             "e-3",
         ),
-        (A_REPLACEMENT, form, None, b"A=%FE", "e-4"),
-        (A_REPLACEMENT, form, None, b"A=%FF", "e-5"),
-        (A_REPLACEMENT, form, None, b"A=\xff", "e-6"),
-        (A_BROKEN, form, None, b"A=%zz", "e-7"),
+        (A_REPLACEMENT, form, None, &b"A=%FE"[..], "e-4"),
+        (A_REPLACEMENT, form, None, &b"A=%FF"[..], "e-5"),
+        (A_REPLACEMENT, form, None, &b"A=\xff"[..], "e-6"),
+        (A_BROKEN, form, None, &b"A=%zz"[..], "e-7"),
     ];
     for (params, content_type, extra, body, nonce) in refused {
         let (r, reached) = attempt(params, content_type, extra, body, nonce).await;
