@@ -110,6 +110,12 @@ fn a_policy_file_that_cannot_be_read_is_an_error_not_skipped() {
     )
     .unwrap();
     std::fs::create_dir(policies.join("11-more.toml")).unwrap();
+    // Saved in Latin-1: pointed at the first byte that is not UTF-8.
+    std::fs::write(
+        policies.join("12-latin1.toml"),
+        b"[[route]]\nname = \"caf\xe9\"\n",
+    )
+    .unwrap();
     // An editor's lock link is hidden, and ignored.
     std::os::unix::fs::symlink("user@host.1234", policies.join(".#20-public.toml")).unwrap();
     let config = dir.path().join("gateway.toml").display().to_string();
@@ -125,7 +131,12 @@ fn a_policy_file_that_cannot_be_read_is_an_error_not_skipped() {
         out.contains(&format!("{more}:1:1: error: cannot read file")),
         "{out}"
     );
-    assert!(out.contains("2 error(s)"), "{out}");
+    let latin1 = policies.join("12-latin1.toml").display().to_string();
+    assert!(
+        out.contains(&format!("{latin1}:2:12: error: not UTF-8")),
+        "{out}"
+    );
+    assert!(out.contains("3 error(s)"), "{out}");
     assert!(!out.contains(".#20-public.toml"), "{out}");
 }
 

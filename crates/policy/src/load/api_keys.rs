@@ -3,11 +3,12 @@
 
 use http::header::HeaderName;
 use http::uri::Uri;
-use serde::Deserialize;
 use tollgate_auth::api_key::{ApiKey, ApiKeys};
+use toml::de::DeValue;
 use toml::Spanned;
 
 use super::context::Loader;
+use super::document;
 use super::file::{ApiKeyFileEntry, ApiKeysFile};
 use crate::diagnostic::SourceFile;
 use crate::snapshot::ApiKeySettings;
@@ -59,25 +60,43 @@ fn api_key_file(l: &mut Loader, src: &SourceFile, path: &Spanned<String>) -> Opt
         l.error(src, Some(path.span()), "[api_keys] file: not UTF-8");
         return None;
     };
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct KeysFile {
-        #[serde(default)]
-        key: Vec<ApiKeyFileEntry>,
-    }
     let keys_src = SourceFile {
         path: &full,
         text: &text,
     };
-    let parsed: KeysFile = match toml::from_str(&text) {
-        Ok(p) => p,
-        Err(e) => {
-            let d = keys_src.error(e.span(), e.message().to_owned());
-            l.diags.push(d);
-            return None;
+    // Each `[[key]]` is read on its own, so one entry's mistake hides no other's.
+    let mark = l.mark();
+    let mut sections = document::parse(l, &keys_src)?;
+    let entries = match sections.remove("key") {
+        None => Vec::new(),
+        Some((_, value)) => {
+            let span = value.span();
+            match value.into_inner() {
+                DeValue::Array(items) => items
+                    .into_iter()
+                    .filter_map(|item| {
+                        document::deserialize::<ApiKeyFileEntry>(l, &keys_src, item, "[[key]]")
+                    })
+                    .collect(),
+                _ => {
+                    l.error(
+                        &keys_src,
+                        Some(span),
+                        "`key` must be an array of tables: [[key]]",
+                    );
+                    return None;
+                }
+            }
         }
     };
-    if parsed.key.is_empty() {
+    for (name, (span, _)) in sections {
+        l.error(
+            &keys_src,
+            Some(span),
+            format!("unknown field `{name}`, expected `key` (each entry a [[key]] table)"),
+        );
+    }
+    if entries.is_empty() && !l.errors_since(mark) {
         // Loading one empty is legal (every legacy caller moved to JWT), but more often
         // the export that fills it failed: every API-key caller is then refused.
         let d = keys_src.warning(
@@ -90,7 +109,7 @@ fn api_key_file(l: &mut Loader, src: &SourceFile, path: &Spanned<String>) -> Opt
     let mut ids: Vec<String> = Vec::new();
     // (sha256, id) of every key taken: one key names one client.
     let mut hashes: Vec<(String, String)> = Vec::new();
-    for entry in parsed.key {
+    for entry in entries {
         if ids.contains(entry.id.get_ref()) {
             let d = keys_src.error(
                 Some(entry.id.span()),
@@ -250,6 +269,21 @@ mod tests {
             [
                 "bad-keys.toml:6:6: key id `a` is used twice",
                 "bad-keys.toml:11:13: client_id: 1-128 characters of A-Z a-z 0-9 - _ . : @"
+            ]
+        );
+        // Every entry is read: one entry's unknown field hides no other entry's mistake.
+        let e = errors(
+            &format!("{GATEWAY}\n[api_keys]\nfile = \"keys/mixed-keys.toml\"\n"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            [
+                "mixed-keys.toml:1:1: unknown field `extra`, expected `key` (each entry a [[key]] table)",
+                "mixed-keys.toml:6:1: [[key]]: unknown field `colour`, expected one of `id`, `client_id`, `sha256`",
+                "mixed-keys.toml:10:10: sha256: expected the 64 lower-case hex digits of the key's SHA-256 (printf %s KEY | sha256sum)",
+                "mixed-keys.toml:14:10: sha256: the same key as key `a`: one key names one client",
+                "mixed-keys.toml:16:6: key id `c` is used twice",
             ]
         );
         let e = errors(

@@ -96,25 +96,37 @@ impl<'s> Loader<'s> {
     /// Reads a file the configuration is made of (`gateway.toml`, a policy file): its
     /// bytes go into the fingerprint; an unreadable or non-UTF-8 file is an error.
     pub fn read_text(&mut self, path: &Path) -> Option<String> {
-        let read = self.sources.read(path).and_then(|bytes| {
-            String::from_utf8(bytes)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        let read = self.sources.read(path);
+        let (line, column, problem) = match read {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    self.fingerprint.file(path, Some(text.as_bytes()));
+                    return Some(text);
+                }
+                // Pointed at where the text stops being UTF-8.
+                Err(e) => {
+                    let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+                    let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+                    let column = valid[line_start..]
+                        .iter()
+                        .filter(|b| (**b & 0xC0) != 0x80)
+                        .count()
+                        + 1;
+                    (line, column, format!("not UTF-8 ({})", e.utf8_error()))
+                }
+            },
+            Err(e) => (1, 1, format!("cannot read file: {e}")),
+        };
+        self.fingerprint.file(path, None);
+        self.diags.push(Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            severity: Severity::Error,
+            message: problem,
         });
-        self.fingerprint
-            .file(path, read.as_ref().ok().map(String::as_bytes));
-        match read {
-            Ok(text) => Some(text),
-            Err(e) => {
-                self.diags.push(Diagnostic {
-                    file: path.to_path_buf(),
-                    line: 1,
-                    column: 1,
-                    severity: Severity::Error,
-                    message: format!("cannot read file: {e}"),
-                });
-                None
-            }
-        }
+        None
     }
 
     /// Reads a file a setting names (a key, a key list, a credential map), relative to

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::Method;
-use serde::Deserialize as _;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 use toml::Spanned;
 
 use super::context::{Loader, Zero};
+use super::document::deserialize;
 use super::file::CorsFile;
 use crate::diagnostic::SourceFile;
 use crate::snapshot::{CorsPolicy, OriginPattern};
@@ -80,17 +80,11 @@ pub(crate) fn policies(
     };
     for (key, entry) in table {
         let (name, span) = (key.get_ref().to_string(), key.span());
-        let policy = match CorsFile::deserialize(ValueDeserializer::from(entry)) {
-            Ok(f) => policy(l, src, &name, span, f, defined).map(Arc::new),
-            Err(e) => {
-                l.error(
-                    src,
-                    e.span().or(Some(span)),
-                    format!("[cors.{name}]: {}", e.message().trim()),
-                );
-                None
-            }
-        };
+        // Every error in the table is reported, and what is left is still checked.
+        let what = format!("[cors.{name}]");
+        let entry = Spanned::new(span.clone(), entry.into_inner());
+        let policy = deserialize::<CorsFile>(l, src, entry, &what)
+            .and_then(|f| policy(l, src, &name, span, f, defined).map(Arc::new));
         defined.entry(name).or_insert(policy);
     }
 }
@@ -343,6 +337,17 @@ mod tests {
         }
         // `bad` is reported where it is written, not again at route `b`.
         assert!(!e.iter().any(|m| m.contains("route `b`")), "{e:#?}");
+        // A value of the wrong type hides none of the table's other mistakes.
+        let policies = "[cors.typed]\norigins = [\"null\"]\nmax_age = 5\ncredentials = \"yes\"\n";
+        let e = errors(GATEWAY, &[("p.toml", policies)]);
+        assert_eq!(
+            e,
+            [
+                "p.toml:2:12: [cors.typed] origins: `null` is the origin of sandboxed frames and local files: anyone can send it",
+                "p.toml:3:11: [cors.typed]: invalid type: integer `5`, expected a string in quotes (a duration is written \"2s\", \"500ms\")",
+                "p.toml:4:15: [cors.typed]: invalid type: string \"yes\", expected true or false",
+            ]
+        );
     }
 
     fn allows(pattern: &str, origin: &str) -> bool {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::de::DeserializeOwned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::context::Loader;
@@ -143,16 +143,35 @@ fn in_plain_words(message: &str) -> String {
 const MAX_ERRORS_PER_TABLE: usize = 32;
 
 /// Takes out of a table the entry whose key or value holds byte `at`; false when none
-/// does (the error is the table's own, or the value is not a table).
+/// does (the error is the table's own, or the value is not a table). Of an array with
+/// other elements, only the element holding `at` goes: `key = ["client", "bogus"]`
+/// still fills its (required) field, so the table's other errors are reported too. A
+/// lone element takes its entry with it: an emptied array would be an error of its own.
 fn take_out_entry_at(value: &mut Spanned<DeValue>, at: usize) -> bool {
     let DeValue::Table(table) = value.get_mut() else {
         return false;
     };
-    let found = table
+    let Some(key) = table
         .iter()
         .find(|(key, entry)| key.span().contains(&at) || entry.span().contains(&at))
-        .map(|(key, _)| key.clone());
-    found.is_some_and(|key| table.remove(&key).is_some())
+        .map(|(key, _)| key.clone())
+    else {
+        return false;
+    };
+    if let Some(DeValue::Array(items)) = table.get_mut(&key).map(Spanned::get_mut) {
+        if let Some(bad) = items.iter().position(|item| item.span().contains(&at)) {
+            if items.len() > 1 {
+                let all = std::mem::replace(items, DeArray::new());
+                *items = all
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| (i != bad).then_some(item))
+                    .collect();
+                return true;
+            }
+        }
+    }
+    table.remove(&key).is_some()
 }
 
 /// The `[SECTION.NAME]` tables of a section, each deserialized on its own: every name

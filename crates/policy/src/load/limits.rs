@@ -6,11 +6,11 @@ use std::num::NonZeroU32;
 use std::ops::Range;
 use std::sync::Arc;
 
-use serde::Deserialize as _;
-use toml::de::{DeValue, ValueDeserializer};
+use toml::de::DeValue;
 use toml::Spanned;
 
 use super::context::Loader;
+use super::document::deserialize;
 use super::file::{FailureModeFile, LimitFile, LimitKeyFile, RouteFile};
 use crate::diagnostic::SourceFile;
 use crate::quota::{Quota, QuotaError};
@@ -38,17 +38,11 @@ pub(crate) fn policies(
     };
     for (key, entry) in table {
         let (name, span) = (key.get_ref().to_string(), key.span());
-        let policy = match LimitFile::deserialize(ValueDeserializer::from(entry)) {
-            Ok(f) => policy(l, src, &name, span, f, defined).map(Arc::new),
-            Err(e) => {
-                l.error(
-                    src,
-                    e.span().or(Some(span)),
-                    format!("[limits.{name}]: {}", e.message().trim()),
-                );
-                None
-            }
-        };
+        // Every error in the table is reported, and what is left is still checked.
+        let what = format!("[limits.{name}]");
+        let entry = Spanned::new(span.clone(), entry.into_inner());
+        let policy = deserialize::<LimitFile>(l, src, entry, &what)
+            .and_then(|f| policy(l, src, &name, span, f, defined).map(Arc::new));
         defined.entry(name).or_insert(policy);
     }
 }
@@ -329,7 +323,22 @@ mod tests {
             "[limits.tiny]\nrate = 1\nperiod = \"1s\"\n\n[[route]]\nname = \"a\"\npath = \"/a\"\nauth = \"none\"\nlimits = [\"tiny\"]\n",
         )];
         let e = errors(GATEWAY, &policies);
-        assert_eq!(e, ["a.toml:1:1: [limits.tiny]: missing field `key`"]);
+        assert_eq!(e, ["a.toml:1:9: [limits.tiny]: missing field `key`"]);
+        // A bad element of a list hides none of the table's other mistakes: the rest of
+        // the list still fills its field.
+        let policies = [(
+            "b.toml",
+            "[limits.bad]\nrate = 0\nperiod = \"0s\"\nkey = [\"client\", \"bogus\"]\n",
+        )];
+        let e = errors(GATEWAY, &policies);
+        assert_eq!(
+            e,
+            [
+                "b.toml:2:8: limit `bad`: rate must be a whole number from 1 to 4294967295",
+                "b.toml:3:10: limit `bad`: period must be greater than zero",
+                "b.toml:4:18: [limits.bad]: unknown variant `bogus`, expected one of `client`, `api_key`, `ip`, `route`, `username`, `global`",
+            ]
+        );
     }
 
     #[test]

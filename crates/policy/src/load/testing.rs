@@ -52,6 +52,13 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
                 h = tollgate_auth::api_key::hash_hex("k")
             ),
         )
+        .file(
+            "/t/keys/mixed-keys.toml",
+            format!(
+                "extra = 1\n[[key]]\nid = \"a\"\nclient_id = \"1001\"\nsha256 = \"{h}\"\ncolour = \"red\"\n[[key]]\nid = \"b\"\nclient_id = \"1002\"\nsha256 = \"xyz\"\n[[key]]\nid = \"c\"\nclient_id = \"1003\"\nsha256 = \"{h}\"\n[[key]]\nid = \"c\"\nclient_id = \"1004\"\nsha256 = \"{h}\"\n",
+                h = tollgate_auth::api_key::hash_hex("k")
+            ),
+        )
         .file("/t/keys/no-keys.toml", "# every legacy caller moved\n")
         .file("/t/keys/service.key", "svc-key\n")
         .file("/t/keys/client-keys.toml", "\"1001\" = \"k1\"\n")
