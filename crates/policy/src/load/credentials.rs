@@ -55,15 +55,6 @@ fn sensitive(
     }
 }
 
-/// Fields of tagged tables carry the table's span (see `file::CredentialFile`).
-fn at(span: &Range<usize>, value: String) -> Spanned<String> {
-    Spanned::new(span.clone(), value)
-}
-
-fn at_opt(span: &Range<usize>, value: Option<String>) -> Option<Spanned<String>> {
-    value.map(|v| at(span, v))
-}
-
 fn credential(
     l: &mut Loader,
     src: &SourceFile,
@@ -78,11 +69,6 @@ fn credential(
             value_env,
             value_file,
         } => {
-            let (header, value_env, value_file) = (
-                at(&span, header),
-                at_opt(&span, value_env),
-                at_opt(&span, value_file),
-            );
             let name = l.header_name(src, &header)?;
             let value = l.secret(src, &value_env, &value_file, span.clone(), &what)?;
             let value = sensitive(l, src, &value, span, &what)?;
@@ -93,11 +79,6 @@ fn credential(
             password_env,
             password_file,
         } => {
-            let (username, password_env, password_file) = (
-                at(&span, username),
-                at_opt(&span, password_env),
-                at_opt(&span, password_file),
-            );
             let password = l.secret(src, &password_env, &password_file, span.clone(), &what)?;
             if username.get_ref().contains(':') {
                 l.error(
@@ -121,7 +102,6 @@ fn credential(
             })
         }
         CredentialFile::ClientMap { header, file } => {
-            let (header, file) = (at(&span, header), at(&span, file));
             let name = l.header_name(src, &header)?;
             let (full, bytes) = l.read_named(src, &file, &what)?;
             let text = String::from_utf8(bytes).ok()?;
@@ -173,11 +153,37 @@ mod tests {
     fn a_broken_credential_is_one_error_not_one_per_route() {
         let routes = [("a.toml", "[[route]]\nname = \"a\"\npath = \"/a\"\nauth = \"none\"\nupstream_credential = \"svc\"\nallow_anonymous_credential = true\n")];
         let e = errors(&format!("{GATEWAY}\n[credentials.svc]\nkind = \"header\"\nheader = \"x-api-key\"\nvalue = \"inline\"\n"), &routes);
-        assert_eq!(e, ["gateway.toml:10:14: [credentials.svc]: unknown field `value`, expected one of `header`, `value_env`, `value_file`"]);
+        assert_eq!(
+            e,
+            [
+                "gateway.toml:10:14: [credentials.svc]: give exactly one of `*_env` or `*_file` (secrets are never written inline)",
+                "gateway.toml:13:1: [credentials.svc]: unknown field `value`, expected one of `header`, `value_env`, `value_file`",
+            ]
+        );
+        // The kind names the variant; a missing or unknown one is said where it is.
+        let e = errors(
+            &format!("{GATEWAY}\n[credentials.svc]\nheader = \"x-api-key\"\n"),
+            &routes,
+        );
+        assert_eq!(
+            e,
+            ["gateway.toml:10:14: [credentials.svc]: missing field `kind`"]
+        );
+        let e = errors(
+            &format!("{GATEWAY}\n[credentials.svc]\nkind = \"bearer\"\nheader = \"x\"\n"),
+            &routes,
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "gateway.toml:11:8: [credentials.svc]: unknown variant `bearer`, expected one of"
+            ),
+            "{e:?}"
+        );
         let e = errors(&format!("{GATEWAY}\n[credentials.svc]\nkind = \"basic\"\nusername = \"a:b\"\npassword_env = \"PASSWORD\"\n"), &routes);
         assert_eq!(
             e,
-            ["gateway.toml:10:14: [credentials.svc]: a Basic username cannot contain ':'"]
+            ["gateway.toml:12:12: [credentials.svc]: a Basic username cannot contain ':'"]
         );
     }
 }

@@ -65,13 +65,24 @@ pub(crate) fn section<T: DeserializeOwned>(
 pub(crate) fn deserialize<T: DeserializeOwned>(
     loader: &mut Loader,
     src: &SourceFile,
-    mut value: Spanned<DeValue>,
+    value: Spanned<DeValue>,
     what: &str,
+) -> Option<T> {
+    read(loader, src, value, what, |value| value)
+}
+
+/// [`deserialize`], of `wrap(value)`: errors are taken out of `value`.
+fn read<'i, T: DeserializeOwned>(
+    loader: &mut Loader,
+    src: &SourceFile,
+    mut value: Spanned<DeValue<'i>>,
+    what: &str,
+    wrap: impl Fn(Spanned<DeValue<'i>>) -> Spanned<DeValue<'i>>,
 ) -> Option<T> {
     let whole = value.span();
     let mut reported = false;
     for _ in 0..MAX_ERRORS_PER_TABLE {
-        let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+        let e = match T::deserialize(ValueDeserializer::from(wrap(value.clone()))) {
             Ok(v) => return Some(v),
             Err(e) => e,
         };
@@ -93,6 +104,42 @@ pub(crate) fn deserialize<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// Reads a table whose `kind` names its variant of `T`, an enum of struct variants that
+/// serde tags externally. serde reads an internally tagged enum (`tag = "kind"`) from a
+/// buffer that has lost every position, so it would report only the table's first
+/// error, at its name: the table is handed to `T` as `{KIND = {rest}}` instead, and
+/// every error is reported where it is written.
+fn kind_tagged<T: DeserializeOwned>(
+    loader: &mut Loader,
+    src: &SourceFile,
+    mut value: Spanned<DeValue>,
+    what: &str,
+) -> Option<T> {
+    let whole = value.span();
+    let DeValue::Table(table) = value.get_mut() else {
+        loader.error(src, Some(whole), format!("{what}: expected a table"));
+        return None;
+    };
+    let Some((_, kind)) = table.remove_entry("kind") else {
+        loader.error(src, Some(whole), format!("{what}: missing field `kind`"));
+        return None;
+    };
+    let DeValue::String(name) = kind.get_ref() else {
+        loader.error(
+            src,
+            Some(kind.span()),
+            format!("{what}: `kind` must be a string"),
+        );
+        return None;
+    };
+    let variant = Spanned::new(kind.span(), name.clone());
+    read(loader, src, value, what, |rest| {
+        let mut tagged = DeTable::new();
+        tagged.insert(variant.clone(), rest);
+        Spanned::new(whole.clone(), DeValue::Table(tagged))
+    })
 }
 
 /// serde's type names, said as an operator writes TOML: `expected i64` is a whole
@@ -125,6 +172,19 @@ fn in_plain_words(message: &str) -> String {
             "expected a string in quotes (a duration is written \"2s\", \"500ms\")",
         ),
     ];
+    // toml's own words for an unknown key in a struct variant (see [`kind_tagged`]),
+    // said as serde says them elsewhere. It names every such key but points at the
+    // first: the others are reported, each where it is, once that one is taken out.
+    if let Some(rest) = message.strip_prefix("unexpected keys in table: ") {
+        if let Some((keys, known)) = rest.split_once(", available keys: ") {
+            let first = keys.split(", ").next().unwrap_or(keys);
+            let known: Vec<String> = known.split(", ").map(|k| format!("`{k}`")).collect();
+            return format!(
+                "unknown field `{first}`, expected one of {}",
+                known.join(", ")
+            );
+        }
+    }
     let mut plain = message.to_owned();
     for (serde, words) in PLAIN {
         if let Some(at) = plain.find(serde) {
@@ -174,8 +234,9 @@ fn take_out_entry_at(value: &mut Spanned<DeValue>, at: usize) -> bool {
     table.remove(&key).is_some()
 }
 
-/// The `[SECTION.NAME]` tables of a section, each deserialized on its own: every name
-/// declared, with `None` for one that did not deserialize (its error is reported).
+/// The `[SECTION.NAME]` tables of a section, each deserialized on its own as the
+/// variant of `T` its `kind` names (see [`kind_tagged`]): every name declared, with
+/// `None` for one that did not deserialize (its errors are reported).
 pub(crate) fn named_tables<T: DeserializeOwned>(
     loader: &mut Loader,
     src: &SourceFile,
@@ -195,7 +256,7 @@ pub(crate) fn named_tables<T: DeserializeOwned>(
     for (key, entry) in table {
         let (name, span) = (key.get_ref().to_string(), key.span());
         let what = format!("[{section}.{name}]");
-        let parsed = deserialize(
+        let parsed = kind_tagged(
             loader,
             src,
             Spanned::new(span.clone(), entry.into_inner()),

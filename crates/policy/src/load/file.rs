@@ -596,52 +596,55 @@ pub struct ApiKeyFileEntry {
     pub sha256: Spanned<String>,
 }
 
-/// `[credentials.NAME]`: what to add upstream after authentication.
+/// `[credentials.NAME]`: what to add upstream after authentication. The variant is
+/// named by the table's `kind` (read by `document::named_tables`, which keeps the
+/// fields' positions).
 #[derive(Debug, Deserialize)]
-///
-/// Internally tagged enums cannot carry spans (serde buffers their content), so errors
-/// in these point at the table's name.
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum CredentialFile {
     /// A static header value.
     Header {
-        header: String,
-        value_env: Option<String>,
-        value_file: Option<String>,
+        header: Spanned<String>,
+        value_env: Option<Spanned<String>>,
+        value_file: Option<Spanned<String>>,
     },
     /// HTTP Basic.
     Basic {
-        username: String,
-        password_env: Option<String>,
-        password_file: Option<String>,
+        username: Spanned<String>,
+        password_env: Option<Spanned<String>>,
+        password_file: Option<Spanned<String>>,
     },
     /// The caller's own legacy key, from a file mapping client id to key.
-    ClientMap { header: String, file: String },
+    ClientMap {
+        header: Spanned<String>,
+        file: Spanned<String>,
+    },
 }
 
-/// `[webhooks.NAME]`: how provider callbacks prove where they come from.
+/// `[webhooks.NAME]`: how provider callbacks prove where they come from. The variant is
+/// named by the table's `kind` (see [`CredentialFile`]).
 #[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum WebhookFile {
     PlivoV3 {
         /// The scheme and host Plivo calls, e.g. `https://api.example.com`.
-        public_base_url: String,
+        public_base_url: Spanned<String>,
         /// Environment variables holding auth tokens (several, for rotation).
         #[serde(default)]
-        auth_tokens_env: Vec<String>,
+        auth_tokens_env: Vec<Spanned<String>>,
         /// Or a file with one auth token per line.
-        auth_tokens_file: Option<String>,
-        max_body_bytes: Option<i64>,
+        auth_tokens_file: Option<Spanned<String>>,
+        max_body_bytes: Option<Spanned<i64>>,
         /// How long a nonce is remembered: a callback repeated within it is refused.
-        replay_window: Option<String>,
+        replay_window: Option<Spanned<String>>,
     },
     UrlSecret {
-        param: String,
-        secret_env: Option<String>,
-        secret_file: Option<String>,
+        param: Spanned<String>,
+        secret_env: Option<Spanned<String>>,
+        secret_file: Option<Spanned<String>>,
     },
     IpAllowlist {
-        cidrs: Vec<String>,
+        cidrs: Vec<Spanned<String>>,
     },
 }
 

@@ -18,15 +18,6 @@ use crate::cidr::Cidr;
 use crate::diagnostic::SourceFile;
 use crate::snapshot::Webhook;
 
-/// Fields of tagged tables carry the table's span (see `file::CredentialFile`).
-pub(crate) fn at(span: &Range<usize>, value: String) -> Spanned<String> {
-    Spanned::new(span.clone(), value)
-}
-
-pub(crate) fn at_opt(span: &Range<usize>, value: Option<String>) -> Option<Spanned<String>> {
-    value.map(|v| at(span, v))
-}
-
 /// `[webhooks.NAME]` tables: every name declared, `None` for one that is invalid (its
 /// errors are reported where it is written, not again at each route naming it).
 pub(crate) fn webhooks(
@@ -58,10 +49,6 @@ fn webhook(
             max_body_bytes,
             replay_window,
         } => {
-            let public_base_url = at(&span, public_base_url);
-            let auth_tokens_env: Vec<Spanned<String>> =
-                auth_tokens_env.into_iter().map(|e| at(&span, e)).collect();
-            let auth_tokens_file = at_opt(&span, auth_tokens_file);
             let base = public_base_url.get_ref().trim_end_matches('/').to_owned();
             let valid = base.parse::<Uri>().is_ok_and(|u| {
                 u.scheme().is_some() && u.authority().is_some() && u.query().is_none()
@@ -95,22 +82,23 @@ fn webhook(
                 l.error(src, Some(span.clone()), format!("{what}: name the auth tokens with auth_tokens_env or auth_tokens_file (one per line)"));
                 return None;
             }
-            let max_body_bytes = match max_body_bytes.map(usize::try_from) {
-                None => 64 * 1024,
-                Some(Ok(n)) if (1..=16 * 1024 * 1024).contains(&n) => n,
-                Some(_) => {
-                    l.error(
-                        src,
-                        Some(span.clone()),
-                        format!("{what} max_body_bytes: must be between 1 and 16777216"),
-                    );
-                    return None;
-                }
-            };
+            let max_body_bytes =
+                match max_body_bytes.map(|n| (n.span(), usize::try_from(n.into_inner()))) {
+                    None => 64 * 1024,
+                    Some((_, Ok(n))) if (1..=16 * 1024 * 1024).contains(&n) => n,
+                    Some((at, _)) => {
+                        l.error(
+                            src,
+                            Some(at),
+                            format!("{what} max_body_bytes: must be between 1 and 16777216"),
+                        );
+                        return None;
+                    }
+                };
             let mark = l.mark();
             let replay_window = l.duration(
                 src,
-                &at_opt(&span, replay_window),
+                &replay_window,
                 Duration::from_secs(3600),
                 Zero::Refused,
             );
@@ -130,11 +118,6 @@ fn webhook(
             secret_env,
             secret_file,
         } => {
-            let (param, secret_env, secret_file) = (
-                at(&span, param),
-                at_opt(&span, secret_env),
-                at_opt(&span, secret_file),
-            );
             let secret = l.secret(src, &secret_env, &secret_file, span.clone(), &what)?;
             Webhook::UrlSecret {
                 param: param.get_ref().clone(),
@@ -142,7 +125,6 @@ fn webhook(
             }
         }
         WebhookFile::IpAllowlist { cidrs } => {
-            let cidrs: Vec<Spanned<String>> = cidrs.into_iter().map(|c| at(&span, c)).collect();
             let mut parsed = Vec::new();
             for c in &cidrs {
                 match c.get_ref().parse::<Cidr>() {
@@ -189,14 +171,28 @@ mod tests {
     #[test]
     fn a_broken_webhook_is_one_error() {
         for (table, want) in [
-            ("kind = \"plivo_v3\"\npublic_base_url = \"cb.example\"\nauth_tokens_env = [\"PLIVO\"]", "gateway.toml:10:11: [webhooks.hook] public_base_url: expected https://host[:port] as Plivo calls it"),
+            ("kind = \"plivo_v3\"\npublic_base_url = \"cb.example\"\nauth_tokens_env = [\"PLIVO\"]", "gateway.toml:12:19: [webhooks.hook] public_base_url: expected https://host[:port] as Plivo calls it"),
             ("kind = \"plivo_v3\"\npublic_base_url = \"https://cb\"", "gateway.toml:10:11: [webhooks.hook]: name the auth tokens with auth_tokens_env or auth_tokens_file (one per line)"),
-            ("kind = \"plivo_v3\"\npublic_base_url = \"https://cb\"\nauth_tokens_env = [\"PLIVO\"]\nreplay_window = \"0s\"", "gateway.toml:10:11: a duration must be greater than zero"),
-            ("kind = \"plivo_v3\"\npublic_base_url = \"https://cb\"\nauth_tokens_env = [\"PLIVO\"]\nmax_body_bytes = 0", "gateway.toml:10:11: [webhooks.hook] max_body_bytes: must be between 1 and 16777216"),
+            ("kind = \"plivo_v3\"\npublic_base_url = \"https://cb\"\nauth_tokens_env = [\"PLIVO\"]\nreplay_window = \"0s\"", "gateway.toml:14:17: a duration must be greater than zero"),
+            ("kind = \"plivo_v3\"\npublic_base_url = \"https://cb\"\nauth_tokens_env = [\"PLIVO\"]\nmax_body_bytes = 0", "gateway.toml:14:18: [webhooks.hook] max_body_bytes: must be between 1 and 16777216"),
             ("kind = \"nope\"", "gateway.toml:11:8: [webhooks.hook]: unknown variant `nope`, expected one of `plivo_v3`, `url_secret`, `ip_allowlist`"),
         ] {
             let e = errors(&format!("{GATEWAY}\n[webhooks.hook]\n{table}\n"), &[("a.toml", ROUTE)]);
             assert_eq!(e, [want], "{table}");
         }
+        // A value of the wrong type, at its own place, hides none of the table's others.
+        let table = "kind = \"plivo_v3\"\npublic_base_url = \"https://cb\"\nauth_tokens_env = [\"PLIVO\"]\nmax_body_bytes = \"big\"\nreplay_window = \"0s\"\ncolour = 1";
+        let e = errors(
+            &format!("{GATEWAY}\n[webhooks.hook]\n{table}\n"),
+            &[("a.toml", ROUTE)],
+        );
+        assert_eq!(
+            e,
+            [
+                "gateway.toml:14:18: [webhooks.hook]: invalid type: string \"big\", expected a whole number, such as 32768 (sizes are in bytes)",
+                "gateway.toml:15:17: a duration must be greater than zero",
+                "gateway.toml:16:1: [webhooks.hook]: unknown field `colour`, expected one of `public_base_url`, `auth_tokens_env`, `auth_tokens_file`, `max_body_bytes`, `replay_window`",
+            ]
+        );
     }
 }
