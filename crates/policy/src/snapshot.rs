@@ -133,10 +133,39 @@ impl Login {
     /// compound names legacy records use (`plivoAuthToken`, `clientSecret`) are caught
     /// and `tokens` (a balance) or `tokenBalance` are not.
     pub fn is_secret(&self, member: &str) -> bool {
-        let folded = Login::fold(member);
-        self.secret_fields
-            .iter()
-            .any(|s| folded.ends_with(s.as_str()))
+        Login::is_secret_name(&Login::fold(member), &self.secret_fields)
+    }
+
+    /// Whether a folded member name is secret under `secret_fields` (folded): it ends
+    /// with one of them, or does once a word saying how the secret is written is taken
+    /// off its end (`privateKeyPem`, `apiKeyValue`, `secretBase64`).
+    pub fn is_secret_name(folded: &str, secret_fields: &[String]) -> bool {
+        const ENCODINGS: &[&str] = &[
+            "pem",
+            "der",
+            "jwk",
+            "b64",
+            "base64",
+            "hex",
+            "enc",
+            "encrypted",
+            "encoded",
+            "bytes",
+            "raw",
+            "value",
+            "text",
+            "plain",
+            "plaintext",
+            "str",
+            "string",
+        ];
+        let ends_secret = |name: &str| secret_fields.iter().any(|s| name.ends_with(s.as_str()));
+        ends_secret(folded)
+            || ENCODINGS.iter().any(|encoding| {
+                folded
+                    .strip_suffix(encoding)
+                    .is_some_and(|name| !name.is_empty() && ends_secret(name))
+            })
     }
 }
 

@@ -142,10 +142,7 @@ pub(crate) fn login(l: &mut Loader, src: &SourceFile, f: LoginFile) -> Option<Lo
             })
             .collect(),
     };
-    let is_secret = |name: &str| {
-        let folded = Login::fold(name);
-        secret_fields.iter().any(|s| folded.ends_with(s.as_str()))
-    };
+    let is_secret = |name: &str| Login::is_secret_name(&Login::fold(name), &secret_fields);
     let names = |l: &mut Loader, list: &Option<Vec<Spanned<String>>>, what: &str| -> Vec<String> {
         let mut out = Vec::new();
         for item in list.iter().flatten() {
@@ -244,6 +241,11 @@ mod tests {
             "sessionId",
             "credentials",
             "resetToken",
+            // How the secret is written, after its name.
+            "privateKeyPem",
+            "apiKeyValue",
+            "secretBase64",
+            "password_plaintext",
         ] {
             assert!(login.is_secret(secret), "{secret}");
         }
@@ -255,6 +257,10 @@ mod tests {
             "name",
             "email",
             "providers",
+            // The name of a key is not the key; nor is an encoding alone.
+            "secretKeyId",
+            "pem",
+            "tokensText",
         ] {
             assert!(!login.is_secret(open), "{open}");
         }

@@ -273,7 +273,8 @@ mod tests {
     #[test]
     fn a_legacy_record_becomes_an_account_without_its_secrets() {
         let payload = json!([{"clientId": 1001, "name": "Acme", "email": "demo@acme.test",
-            "apiKey": "k", "nested": {"api_key": "k", "ok": 1}, "providers": ["plivo"]}]);
+            "apiKey": "k", "nested": {"api_key": "k", "apiKeyPem": "-----BEGIN", "ok": 1},
+            "providers": ["plivo"]}]);
         let account = Account::read(&payload, &login()).unwrap();
         assert_eq!(account.client_id, json!(1001));
         assert_eq!(account.subject, "demo@acme.test");
@@ -289,6 +290,7 @@ mod tests {
         let data = without_secrets(payload, &login());
         assert!(!data.to_string().contains("apiKey"));
         assert!(!data.to_string().contains("api_key"));
+        assert!(!data.to_string().contains("BEGIN"));
         assert_eq!(data[0]["nested"]["ok"], 1);
     }
 
