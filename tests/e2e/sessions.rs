@@ -230,6 +230,26 @@ async fn a_refused_login_is_one_answer_whether_the_account_exists_or_not() {
     );
 }
 
+/// A refresh or logout body naming its token twice says two things (serde keeps the
+/// last, another reader the first): refused, and neither token is spent or ended.
+#[tokio::test]
+async fn a_session_body_naming_its_token_twice_is_refused() {
+    let h = Harness::with(setup("", "")).await;
+    let first = login(&h).await;
+    let token = s(&first["refreshToken"]).to_owned();
+    let other = s(&login(&h).await["refreshToken"]).to_owned();
+    let twice = format!(r#"{{"refreshToken":"{other}","refreshToken":"{token}"}}"#);
+    for path in ["/gateway/auth/refresh", "/gateway/auth/logout"] {
+        post_json(&h, path, &[], &twice)
+            .await
+            .assert_problem(400, "INVALID_REQUEST_BODY");
+    }
+    for live in [&token, &other] {
+        let r = refresh(&h, live).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+}
+
 #[tokio::test]
 async fn refresh_rotates_and_a_reused_token_revokes_the_whole_session() {
     let h = Harness::with(setup("", "")).await;

@@ -123,7 +123,7 @@ pub async fn preview(
     let held = body::hold(&parts, body, MAX_BODY_BYTES, reading).await?;
     // A member given twice says two things (serde keeps the last): refused, as the
     // body's own duplicates are everywhere the gateway reads JSON.
-    let UniqueMembers(value) =
+    let super::unique::UniqueMembers(value) =
         serde_json::from_slice(&held.bytes()).map_err(|_| CreditError::PreviewInvalid)?;
     let operations = match &value {
         Value::Object(o) if o.contains_key("operations") => match &o["operations"] {
@@ -195,77 +195,6 @@ pub async fn preview(
             "shortBy": if sufficient { Value::from(0) } else { Value::from(total - account.available) },
         }),
     ))
-}
-
-/// A JSON document none of whose objects names a member twice (serde's `Value` keeps
-/// the last of two, so `{"method":"POST",...,"method":"GET"}` priced a GET), read
-/// into a `Value` in the same pass.
-struct UniqueMembers(Value);
-
-impl<'de> serde::Deserialize<'de> for UniqueMembers {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueMembersVisitor)
-    }
-}
-
-struct UniqueMembersVisitor;
-
-impl<'de> serde::de::Visitor<'de> for UniqueMembersVisitor {
-    type Value = UniqueMembers;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JSON")
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers(Value::Bool(b)))
-    }
-
-    fn visit_i64<E>(self, n: i64) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers(Value::from(n)))
-    }
-
-    fn visit_u64<E>(self, n: u64) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers(Value::from(n)))
-    }
-
-    fn visit_f64<E>(self, n: f64) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers(Value::from(n)))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers(Value::from(s)))
-    }
-
-    fn visit_unit<E>(self) -> Result<UniqueMembers, E> {
-        Ok(UniqueMembers(Value::Null))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut items: A,
-    ) -> Result<UniqueMembers, A::Error> {
-        let mut list = Vec::new();
-        while let Some(UniqueMembers(item)) = items.next_element()? {
-            list.push(item);
-        }
-        Ok(UniqueMembers(Value::Array(list)))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut members: A,
-    ) -> Result<UniqueMembers, A::Error> {
-        let mut map = serde_json::Map::new();
-        while let Some(name) = members.next_key::<String>()? {
-            if map.contains_key(&name) {
-                return Err(serde::de::Error::custom("a member given twice"));
-            }
-            let UniqueMembers(value) = members.next_value()?;
-            map.insert(name, value);
-        }
-        Ok(UniqueMembers(Value::Object(map)))
-    }
 }
 
 /// The first `name=` of a query as a whole number (400 `INVALID_QUERY` if it is not one;

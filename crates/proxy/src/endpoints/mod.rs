@@ -5,7 +5,8 @@
 //! One endpoint, one module: [`jwks`] (the public signing keys), [`refresh`] and
 //! [`logout`] (sessions), and [`login`], the wrap of the legacy login's answer.
 //! [`tokens`] is what login and refresh hand out. [`credits`] answers the frontend's
-//! token-credit questions (balance, costs, preview, history).
+//! token-credit questions (balance, costs, preview, history). [`unique`] reads their JSON
+//! bodies, refusing a member named twice.
 
 pub(crate) mod credits;
 mod jwks;
@@ -13,6 +14,7 @@ pub(crate) mod login;
 mod logout;
 mod refresh;
 mod tokens;
+mod unique;
 
 use bytes::Bytes;
 use http::{Request, Response};

@@ -149,7 +149,8 @@ pub async fn json_member(
     if !json {
         return Err(SessionRefusal::BodyInvalid.into());
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    // A member given twice (`refreshToken` twice) names two sessions: refused.
+    match serde_json::from_slice::<super::unique::UniqueMembers>(&bytes).map(|u| u.0) {
         Ok(Value::Object(map)) => match map.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
