@@ -123,6 +123,19 @@ fn injection(c: &mut Criterion) {
             b.iter(|| json_body(black_box(&bytes), &policy, caller))
         });
     }
+    // The worst a body can make the search do: its bulk under levels of names that may
+    // be an id and never are, each level reading all of it again until the search's
+    // budget (16 passes over the body) refuses it.
+    let nested = format!(
+        "{}\"{}\"{}",
+        "{\"clientIdx\":".repeat(100),
+        "x".repeat(1 << 20),
+        "}".repeat(100)
+    )
+    .into_bytes();
+    c.bench_function("inject/json/1MiB-nested-100-deep-refused", |b| {
+        b.iter(|| json_body(black_box(&nested), &policy, caller))
+    });
 }
 
 criterion_group!(benches, tokens, paths, injection);

@@ -337,6 +337,22 @@ async fn injection_and_spoofing_cases() {
             Refused(400, "INVALID_JSON"),
         ),
         case(
+            "bulk under a hundred levels of names that may spell the id: searching it would read it a hundred times over",
+            "POST",
+            "/echo/all/x",
+            &[JSON],
+            Box::leak(
+                format!(
+                    "{}\"{}\"{}",
+                    "{\"clientIdx\":".repeat(100),
+                    "x".repeat(4096),
+                    "}".repeat(100)
+                )
+                .into_boxed_str(),
+            ),
+            Refused(400, "INVALID_JSON"),
+        ),
+        case(
             "a JSON array where the route allows it",
             "POST",
             "/echo/any-json/x",
