@@ -37,7 +37,7 @@ fn tokens(c: &mut Criterion) {
         client_id_claim: "clientId".into(),
     };
     let now = 1_790_000_000;
-    let keys = vec![
+    let keys = [
         key("hs256.secret", "hs-256", Algorithm::HS256),
         key("rsa.pub.pem", "rsa-256", Algorithm::RS256),
         key("ec256.pub.pem", "ec-256", Algorithm::ES256),
