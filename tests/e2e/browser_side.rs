@@ -334,6 +334,35 @@ async fn in_cookie_mode_a_login_from_another_site_is_refused() {
     }
 }
 
+/// A refresh sets the session cookies of whatever refresh token its body names, so a
+/// page elsewhere posting the attacker's token would log the victim's browser into the
+/// attacker's account, as a login would: held to the login's rule.
+#[tokio::test]
+async fn in_cookie_mode_a_refresh_from_another_site_is_refused() {
+    let h = Harness::with(setup("tokens = \"cookie\"")).await;
+    let r = post_json(&h, LOGIN_PATH, &[], DEMO_LOGIN).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let attackers = cookie_value(&set_cookies(&r), "tg_refresh");
+    let body = format!(r#"{{"refreshToken":"{attackers}"}}"#);
+    for headers in [
+        vec![
+            ("origin", "https://evil.test"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "same-site")],
+    ] {
+        let r = post_json(&h, "/gateway/auth/refresh", &headers, &body).await;
+        r.assert_problem(403, "CSRF_TOKEN_INVALID");
+        assert!(set_cookies(&r).is_empty(), "{headers:?}");
+    }
+    // Refused before it was read: the token is not spent, and refreshes from the
+    // frontend's origin.
+    let r = post_json(&h, "/gateway/auth/refresh", &[("origin", APP)], &body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!set_cookies(&r).is_empty());
+}
+
 #[tokio::test]
 async fn in_cookie_mode_the_page_never_holds_a_token() {
     let h = Harness::with(setup("tokens = \"cookie\"")).await;

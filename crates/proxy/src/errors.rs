@@ -387,7 +387,7 @@ pub enum SessionRefusal {
     )]
     CsrfInvalid,
     #[error(
-        "with session cookies a login must come from the frontend's own origin or one the CORS policy allows: a page on another site could otherwise log this browser into its own account"
+        "with session cookies a login or refresh must come from the frontend's own origin or one the CORS policy allows: a page on another site could otherwise log this browser into its own account"
     )]
     LoginCrossSite,
     #[error("the session store cannot be reached; retry in a moment")]

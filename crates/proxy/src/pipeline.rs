@@ -196,8 +196,12 @@ async fn run(
     }
     let route = selection.into_route()?;
 
-    // 5. authenticate (a login in cookie mode proves it comes from the frontend's site)
-    if route.action == RouteAction::Login {
+    // 5. authenticate (a login in cookie mode proves it comes from the frontend's site;
+    // so does a refresh, which sets the session cookies of the token in its body)
+    if matches!(
+        route.action,
+        RouteAction::Login | RouteAction::Serve(tollgate_policy::snapshot::Endpoint::Refresh)
+    ) {
         let host = request
             .headers()
             .get(http::header::HOST)

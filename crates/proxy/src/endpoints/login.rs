@@ -42,7 +42,8 @@ const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 /// the victim's browser into the attacker's account (login CSRF). Such a login must
 /// come from the request's own origin or one the route's CORS policy allows, as
 /// `Sec-Fetch-Site` and `Origin` say; a client that sends neither (not a browser) is
-/// no victim and passes.
+/// no victim and passes. A refresh is held to the same: one naming the attacker's
+/// refresh token in its body would set the attacker's session cookies just as well.
 pub fn refuse_cross_site(
     exchange: &Exchange<'_>,
     headers: &http::HeaderMap,
