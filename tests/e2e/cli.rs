@@ -298,6 +298,9 @@ fn explain_plays_the_request_and_shows_the_route_s_policy() {
         out.contains("outcome:    400 (HTTP refused the request"),
         "{out}"
     );
+    // A method as written: the gateway refuses `get`, so `explain get` says so too.
+    let (_, out) = tollgate(&["explain", "get", "/pub/x", "--config", &config]);
+    assert!(out.contains("outcome:    400 REQUEST_INVALID"), "{out}");
 }
 
 #[test]

@@ -178,8 +178,9 @@ pub fn main() -> ExitCode {
             backend_status,
             config,
         } => {
-            // `explain get /x` means GET: methods are upper case on the wire.
-            let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+            // Taken as written: the gateway refuses `get` (methods are case-sensitive), so
+            // `explain get /x` must say so, not rehearse a GET.
+            let Ok(method) = Method::from_bytes(method.as_bytes()) else {
                 eprintln!("`{method}` is not an HTTP method");
                 return ExitCode::FAILURE;
             };
