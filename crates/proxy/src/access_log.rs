@@ -385,15 +385,31 @@ fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
     let name = tollgate_policy::param::decode(raw_name.as_bytes());
     // Over-redacting costs a log nothing: the name is also compared with everything but
     // letters, digits and `_` taken out, so a secret sent under a near miss of its name
-    // (`secret%20`, refused, but still logged) is not written out.
+    // (`secret%20`, refused, but still logged) is not written out; and a name that ends
+    // with a secret one, letters and digits compared, is one of its kind
+    // (`x_api_key`, `authToken`, `new_password`).
     let squeezed: String = name
         .chars()
         .filter(|c| c.is_alphanumeric() || *c == '_')
         .collect();
+    let backwards = letters_backwards(&name).collect::<Vec<u8>>();
     secret_params.iter().any(|secret| {
         tollgate_policy::param::means(&name, secret)
             || tollgate_policy::param::means(&squeezed, secret)
+            || {
+                // `name` ends with `secret`, letters and digits compared.
+                let mut tail = letters_backwards(secret).peekable();
+                tail.peek().is_some() && tail.enumerate().all(|(i, b)| backwards.get(i) == Some(&b))
+            }
     })
+}
+
+/// The ASCII letters and digits of `text`, lower case, last first.
+fn letters_backwards(text: &str) -> impl Iterator<Item = u8> + '_ {
+    text.bytes()
+        .rev()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase())
 }
 
 /// Whether `text`, percent-decoded (the way a backend reads it), holds a credential
@@ -487,10 +503,21 @@ mod tests {
             // qs reads the name of these as `secret`.
             "x=[secret]=s3cret",
             "x=%5Bsecret%5D=s3cret",
+            // Names that end with a secret one are of its kind.
+            "x_api_key=s3cret",
+            "authToken=s3cret",
+            "private_token=s3cret",
+            "client-secret=s3cret",
+            "new.token=s3cret",
         ] {
             let logged = redact_query(query, &params);
             assert!(!logged.contains("s3cret"), "{query}: {logged}");
         }
+        // A secret's name inside another (not at its end) is not a secret.
+        assert_eq!(
+            redact_query("tokens=5&token_type=bearer&keys=1", &params),
+            "tokens=5&token_type=bearer&keys=1"
+        );
         // A `;` separates parameters for some backends: a secret after one is one.
         assert_eq!(
             redact_query("a=1;secret=s3cret&b=2;", &params),
