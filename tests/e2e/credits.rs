@@ -2234,6 +2234,87 @@ async fn a_reload_does_not_move_the_ledger() {
     assert!(!dir.path().join("state/ledgr.redb").exists());
 }
 
+/// Every call of the admin API and every refusal on the admin listener leaves a trace:
+/// a log line (method, path, status, request id, peer), each problem counted as the
+/// data plane's are, and a change journaled with the request id that made it. A guessed
+/// token or an unexpected credit used to leave none.
+#[tokio::test]
+async fn admin_calls_and_refusals_leave_a_trace() {
+    let h = start("").await;
+    let g = &h.gateway;
+    let guess = "Bearer e2e-admin-token-0123456789abcdef0123456789abcdeX";
+    for _ in 0..3 {
+        let r = send(
+            g.admin,
+            "GET",
+            "/ledger/verify",
+            &[("authorization", guess), ("x-request-id", "guess-1")],
+            b"",
+        )
+        .await;
+        r.assert_problem(401, "ADMIN_UNAUTHORIZED");
+    }
+    send(g.admin, "GET", "/nowhere", &[], b"")
+        .await
+        .assert_problem(404, "ROUTE_NOT_FOUND");
+    let token = format!("Bearer {}", admin_token());
+    let r = send(
+        g.admin,
+        "POST",
+        "/ledger/clients/t1/credit",
+        &[
+            ("authorization", &token),
+            ("content-type", "application/json"),
+            ("x-request-id", "ticket-4711"),
+        ],
+        br#"{"amount": 7, "reason": "goodwill"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(g.readyz().await, 200);
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_problems_total{code=\"ADMIN_UNAUTHORIZED\"} "
+        ),
+        3,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tollgate_problems_total{code=\"ROUTE_NOT_FOUND\"} "
+        ),
+        1
+    );
+    let movements = journal(g, "t1").await;
+    assert_eq!(movements.len(), 1, "{movements:?}");
+    assert_eq!(movements[0]["requestId"], "ticket-4711", "{movements:?}");
+    assert_eq!(movements[0]["reason"], "admin: goodwill");
+    let logged = |needles: &[&str]| {
+        g.stderr()
+            .lines()
+            .filter(|line| {
+                line.contains("admin request") && needles.iter().all(|n| line.contains(n))
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            logged(&["guess-1", "401", "/ledger/verify", "127.0.0.1"]) == 3
+                && logged(&["ticket-4711", "200", "/ledger/clients/t1/credit"]) == 1
+                && logged(&["/nowhere", "404"]) == 1
+        })
+        .await,
+        "{}",
+        g.stderr()
+    );
+    // Probes that succeed are not logged: they come every few seconds.
+    assert_eq!(logged(&["/readyz"]), 0, "{}", g.stderr());
+    assert!(!g.stderr().contains("e2e-admin-token"), "{}", g.stderr());
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_journals_every_change() {
     let h = start("").await;
@@ -2801,6 +2882,7 @@ async fn the_ledger_cli_refuses_what_the_admin_api_refuses_and_prints_journals_e
             change: Change::Credit(7),
             reason: spoof.into(),
             now_ms: 1_767_225_600_000,
+            request_id: None,
         };
         ledger.adjust(0, adjust).await.unwrap();
     }

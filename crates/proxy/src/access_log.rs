@@ -298,7 +298,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 /// Logged paths and queries are cut off past this many bytes.
 const MAX_LOGGED: usize = 1024;
 
-fn bounded(mut text: String) -> String {
+/// `text` cut off past [`MAX_LOGGED`] bytes, saying so.
+pub(crate) fn bounded(mut text: String) -> String {
     if text.len() > MAX_LOGGED {
         let mut end = MAX_LOGGED;
         while !text.is_char_boundary(end) {

@@ -372,7 +372,7 @@ async fn accept_loop(
                 let conn_runtime = Arc::clone(&runtime);
                 let svc = service_fn(move |request| {
                     let runtime = Arc::clone(&conn_runtime);
-                    async move { Ok::<_, Infallible>(admin::handle(request, &runtime).await) }
+                    async move { Ok::<_, Infallible>(admin::handle(request, peer, &runtime).await) }
                 });
                 let mut builder = http1::Builder::new();
                 builder

@@ -176,6 +176,9 @@ pub struct Adjust {
     pub change: Change,
     pub reason: String,
     pub now_ms: u64,
+    /// The admin API request that made it (`X-Request-Id`), journaled so the change
+    /// can be traced to its call; `None` from the command line and imports.
+    pub request_id: Option<String>,
 }
 
 /// What an adjustment came to.

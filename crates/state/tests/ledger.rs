@@ -53,6 +53,7 @@ fn adjust(client: &str, change: Change) -> Adjust {
         change,
         reason: "test".into(),
         now_ms: now_ms(),
+        request_id: None,
     }
 }
 
@@ -108,6 +109,19 @@ async fn suite(ledger: &dyn Ledger) {
             .unwrap(),
         Adjusted::AlreadyOpened { balance: 10 }
     );
+    // An adjustment made by an admin API call is journaled with its request id.
+    let traced = Adjust {
+        request_id: Some("ticket-4711".into()),
+        ..adjust("traced", Change::Credit(3))
+    };
+    assert_eq!(
+        ledger.adjust(0, traced).await.unwrap(),
+        Adjusted::Done { balance: 3 }
+    );
+    let page = ledger.journal(0, "traced", None, 10).await.unwrap();
+    assert_eq!(page.movements.len(), 1);
+    assert_eq!(page.movements[0].request_id.as_deref(), Some("ticket-4711"));
+    assert_eq!(page.movements[0].reason.as_deref(), Some("test"));
     // No account holds more than MAX_TOKENS, available and held together: beyond it a
     // journal amount or a Lua number would round. Refused whole, never saturated.
     for change in [Change::Credit(u64::MAX), Change::Set(MAX_TOKENS + 1)] {

@@ -33,9 +33,12 @@ const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
     let request_id = crate::request_id::from_headers(request.headers());
-    let mut response = match serve(request, runtime).await {
+    let mut response = match serve(request, runtime, &request_id).await {
         Ok(response) => response,
-        Err(error) => crate::problem::render(&error, &request_id),
+        Err(error) => {
+            runtime.metrics.count_problem(&error);
+            crate::problem::render(&error, &request_id)
+        }
     };
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(crate::request_id::HEADER, id);
@@ -44,19 +47,30 @@ pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
 }
 
 /// 404 `ROUTE_NOT_FOUND` for a path the admin listener does not serve.
-pub fn not_found(request: &Request<Incoming>) -> AdminResponse {
-    refuse(request, AdminError::NotFound.into())
+pub fn not_found(request: &Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+    refuse(request, AdminError::NotFound.into(), runtime)
 }
 
 /// 405 `METHOD_NOT_ALLOWED`, `Allow: <allow>`, for a method a resource does not take.
-pub fn method_not_allowed(request: &Request<Incoming>, allow: Method) -> AdminResponse {
+pub fn method_not_allowed(
+    request: &Request<Incoming>,
+    allow: Method,
+    runtime: &Runtime,
+) -> AdminResponse {
     refuse(
         request,
         AccessError::MethodNotAllowed { allow: vec![allow] }.into(),
+        runtime,
     )
 }
 
-pub(super) fn refuse(request: &Request<Incoming>, error: GatewayError) -> AdminResponse {
+/// The problem document for `error`, counted as every problem the gateway answers.
+pub(super) fn refuse(
+    request: &Request<Incoming>,
+    error: GatewayError,
+    runtime: &Runtime,
+) -> AdminResponse {
+    runtime.metrics.count_problem(&error);
     let request_id = crate::request_id::from_headers(request.headers());
     let mut response = crate::problem::render(&error, &request_id);
     if let Ok(id) = HeaderValue::from_str(&request_id) {
@@ -160,6 +174,7 @@ async fn change_body(
 async fn serve(
     request: Request<Incoming>,
     runtime: &Runtime,
+    request_id: &str,
 ) -> Result<AdminResponse, GatewayError> {
     authorized(&request, runtime)?;
     let path = request.uri().path().to_owned();
@@ -252,8 +267,10 @@ async fn serve(
                 _ => return Err(AdminError::NotFound.into()),
             };
             let (change, reason) = change;
-            let adjust = operator::adjustment(&client, change, &reason, "admin", now_ms())
+            let mut adjust = operator::adjustment(&client, change, &reason, "admin", now_ms())
                 .map_err(AdminError::from)?;
+            // Journaled with the change: the call that made it can be found again.
+            adjust.request_id = Some(request_id.to_owned());
             let adjusted = credits
                 .ledger()?
                 .adjust(worker, adjust)
@@ -261,7 +278,13 @@ async fn serve(
                 .map_err(|e| credits.unavailable(&e))?;
             match adjusted {
                 Adjusted::Done { balance } => {
-                    tracing::info!(client = %client, balance, "ledger adjusted by an operator");
+                    tracing::info!(
+                        client = %client,
+                        change = ?change,
+                        balance,
+                        request_id,
+                        "ledger adjusted by an operator"
+                    );
                     Ok(json_answer(
                         StatusCode::OK,
                         &json!({"clientId": client, "balance": balance}),

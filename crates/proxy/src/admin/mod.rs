@@ -6,7 +6,11 @@
 //! Requests are held to the data plane's framing rules ([`crate::accept`]) first.
 //! Every answer of its own is problem+json: 404 `ROUTE_NOT_FOUND` for a path it does
 //! not serve, 405 `METHOD_NOT_ALLOWED` with `Allow` for a method a resource does not
-//! take (`POST /healthz`), as on the data plane.
+//! take (`POST /healthz`), as on the data plane. Each problem is counted in
+//! `tollgate_problems_total`, and every call of the admin API and every refusal is
+//! logged (method, path, status, request id, peer): a guessed token or a change of
+//! money leaves a trace. Scrapes and probes are not logged unless refused (they come
+//! every few seconds).
 
 mod ledger;
 
@@ -22,8 +26,31 @@ use crate::runtime::Runtime;
 /// What the admin listener answers with.
 pub type AdminResponse = Response<Either<Incoming, Full<Bytes>>>;
 
-pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
+pub async fn handle(
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    runtime: &Runtime,
+) -> AdminResponse {
+    let method = request.method().clone();
+    let path = crate::access_log::redact_path(request.uri().path(), &[]);
     let mut response = answer(request, runtime).await;
+    let status = response.status();
+    // A probe's 503 (starting, draining) is the probe's answer, not a refusal.
+    if path.starts_with("/ledger") || status.is_client_error() {
+        let request_id = response
+            .headers()
+            .get(crate::request_id::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        tracing::info!(
+            %method,
+            path = %crate::access_log::bounded(path),
+            status = status.as_u16(),
+            request_id,
+            peer = %peer.ip(),
+            "admin request"
+        );
+    }
     // Every answer here is the gateway's own: never sniffed into another type, no
     // referrer leaked (as the data plane's own answers).
     let headers = response.headers_mut();
@@ -51,7 +78,7 @@ async fn answer(mut request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
         Err(e) => Err(e),
     };
     if let Err(e) = framed {
-        let mut response = ledger::refuse(&request, e);
+        let mut response = ledger::refuse(&request, e, runtime);
         // The body is left unread: the connection cannot be read on reliably.
         response
             .headers_mut()
@@ -69,7 +96,7 @@ async fn answer(mut request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
     };
     if matches!(request.uri().path(), "/metrics" | "/healthz" | "/readyz") && method != Method::GET
     {
-        return ledger::method_not_allowed(&request, Method::GET);
+        return ledger::method_not_allowed(&request, Method::GET, runtime);
     }
     let (status, content_type, body) = match (&method, request.uri().path()) {
         (&Method::GET, "/metrics") => {
@@ -94,7 +121,7 @@ async fn answer(mut request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
         ),
         (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
         // Every answer the gateway makes itself is problem+json, here too.
-        _ => return ledger::not_found(&request),
+        _ => return ledger::not_found(&request, runtime),
     };
     let mut response = Response::new(crate::body::full(body));
     *response.status_mut() = status;

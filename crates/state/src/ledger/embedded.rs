@@ -262,6 +262,7 @@ impl Book {
             kind,
             amount,
             reason: Some(a.reason),
+            request_id: a.request_id,
             ..movement(&a.client, a.now_ms)
         };
         self.record(
@@ -1197,6 +1198,7 @@ mod tests {
             change: crate::ledger::Change::Credit(n),
             reason: "test".into(),
             now_ms: 1,
+            request_id: None,
         };
         let mut total = 0;
         // (round, inode) of the spare after each round's checkpoint, and of the live

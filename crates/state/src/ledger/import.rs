@@ -49,6 +49,7 @@ pub async fn credit(
             change: super::Change::Opening(opening.balance),
             reason: reason.to_owned(),
             now_ms,
+            request_id: None,
         };
         let client = adjust.client.clone();
         match ledger.adjust(worker, adjust).await? {

@@ -99,6 +99,7 @@ pub fn adjustment(
         change: change(wanted)?,
         reason: format!("{by}: {}", reason(why)?),
         now_ms,
+        request_id: None,
     })
 }
 
@@ -229,6 +230,7 @@ mod tests {
                 change: Change::Credit(5),
                 reason: "cli: refund".into(),
                 now_ms: 7,
+                request_id: None,
             }
         );
         assert_eq!(

@@ -639,7 +639,10 @@ impl Ledger for SharedLedger {
                             .key(&keys.journal)
                             .arg(kind)
                             .arg(amount)
-                            .arg(members(&[("reason", Some(&a.reason))]))
+                            .arg(members(&[
+                                ("reason", Some(&a.reason)),
+                                ("requestId", a.request_id.as_deref()),
+                            ]))
                             .arg(a.now_ms)
                             .arg(json_string(&a.client))
                             .arg(MAX_TOKENS)
