@@ -293,6 +293,16 @@ async fn a_drain_delay_keeps_serving_while_readiness_says_no() {
         ..Setup::default()
     })
     .await;
+    // A keep-alive connection opened before the signal.
+    let mut kept = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    let request = b"GET /echo/kept HTTP/1.1\r\nhost: gw.test\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut kept, request)
+        .await
+        .unwrap();
+    let r = crate::support::read_response(&mut kept).await;
+    assert_eq!((r.status, r.header("connection")), (200, None));
     let started = Instant::now();
     h.gateway.signal("TERM");
     assert!(
@@ -304,6 +314,23 @@ async fn a_drain_delay_keeps_serving_while_readiness_says_no() {
     // A balancer that has not polled yet still sends here: new connections are served.
     let r = h.get("/echo/late", &[]).await;
     assert_eq!(r.status, 200, "{}", h.gateway.stderr());
+    // A kept connection is served and told to leave, so its client's next request goes
+    // elsewhere instead of meeting the connection closed under it when the delay ends.
+    tokio::io::AsyncWriteExt::write_all(&mut kept, request)
+        .await
+        .unwrap();
+    let r = crate::support::read_response(&mut kept).await;
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    let mut rest = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncReadExt::read(&mut kept, &mut rest),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "closed after the answer: {read:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(1500),
         "the check was too late"

@@ -564,9 +564,20 @@ impl Http<'_> {
                 Some(place) => pipeline::Admission::Admitted(place.clone()),
                 None => pipeline::Admission::Full(max_in_flight),
             };
+            // HTTP/1 only: HTTP/2 has no `Connection` header (its GOAWAY says the same).
+            let http1 = request.version() <= http::Version::HTTP_11;
             async move {
-                let response =
+                let mut response =
                     pipeline::handle(request, peer, worker, scheme, admission, &runtime).await;
+                // Draining (within `drain_delay`, still serving): the client is told to
+                // leave, so its next request goes elsewhere instead of meeting the
+                // connection closed under it when the listeners stop.
+                if http1 && runtime.draining() {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 Ok::<_, Infallible>(response.map(|body| {
                     body.map_frame(move |frame| {
                         let _held = (&busy, &in_flight);
