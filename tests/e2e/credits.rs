@@ -2497,6 +2497,32 @@ async fn the_ledger_cli_credits_shows_imports_and_verifies() {
         ok && out.contains("0 opening balance(s) credited, 2 skipped"),
         "{out}"
     );
+    // A large export is credited many at a time (each sync shared), and a re-run names
+    // a screenful of the clients it skips, not every one.
+    let large = dir.path().join("large.csv");
+    let rows: String = (0..3000)
+        .map(|i| format!("bulk-{i:04},{}\n", i + 1))
+        .collect();
+    std::fs::write(&large, format!("clientId,balance\n{rows}")).unwrap();
+    let (ok, out) = tollgate(&["ledger", "import", large.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("3000 opening balance(s) credited, 0 skipped"),
+        "{out}"
+    );
+    let (ok, out) = tollgate(&["ledger", "import", large.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("0 opening balance(s) credited, 3000 skipped"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("has its opening balance already").count(),
+        20,
+        "{out}"
+    );
+    assert!(out.contains("client bulk-0000: has its opening"), "{out}");
+    assert!(out.contains("... and 2980 more client(s)"), "{out}");
+    let (ok, out) = tollgate(&["ledger", "show", "--client", "bulk-2999"]);
+    assert!(ok && out.contains("balance 3000"), "{out}");
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "1003,ten\n").unwrap();
     let (ok, out) = tollgate(&["ledger", "import", bad.to_str().unwrap()]);

@@ -258,8 +258,16 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             let done = import::credit(&*ledger, worker, openings, &reason, now_ms())
                 .await
                 .map_err(|e| e.to_string())?;
-            for client in &done.skipped {
+            // Named, up to a screenful: a re-run of a large import skips every client.
+            const NAMED: usize = 20;
+            for client in done.skipped.iter().take(NAMED) {
                 println!("client {client}: has its opening balance already; skipped");
+            }
+            if done.skipped.len() > NAMED {
+                println!(
+                    "... and {} more client(s) that had their opening balance already",
+                    done.skipped.len() - NAMED
+                );
             }
             let (credited, skipped) = (done.credited, done.skipped.len());
             println!("{credited} opening balance(s) credited, {skipped} skipped");

@@ -31,10 +31,18 @@ pub struct Credited {
     pub skipped: Vec<String>,
 }
 
+/// Opening balances credited at once: each waits for its record to be durable, and
+/// those waiting together share a sync (the embedded ledger's group commit, or Redis's
+/// pipeline). One at a time, 20,000 clients took 36 s (an `fdatasync` each) and an
+/// interrupted import left most of the file undone.
+const AT_ONCE: usize = 256;
+
 /// Credits `openings` to a ledger (each once per client ever), journaled with `reason`.
 /// The gateway does it with `[credits] opening_balances` when it opens the ledger, and
 /// so does `tollgate ledger` before anything else: an operator's `set` before the first
-/// start is not then topped up by the opening balance.
+/// start is not then topped up by the opening balance. Clients are credited
+/// [`AT_ONCE`] at a time, in no particular order; on an error the others still run
+/// out, and the first error is returned.
 pub async fn credit(
     ledger: &dyn super::Ledger,
     worker: usize,
@@ -42,21 +50,30 @@ pub async fn credit(
     reason: &str,
     now_ms: u64,
 ) -> Result<Credited, super::LedgerError> {
+    use futures_util::stream::{self, StreamExt as _};
+    let outcomes: Vec<_> = stream::iter(openings)
+        .map(|opening| async move {
+            let adjust = super::Adjust {
+                client: opening.client,
+                change: super::Change::Opening(opening.balance),
+                reason: reason.to_owned(),
+                now_ms,
+                request_id: None,
+            };
+            let client = adjust.client.clone();
+            (client, ledger.adjust(worker, adjust).await)
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
     let mut done = Credited::default();
-    for opening in openings {
-        let adjust = super::Adjust {
-            client: opening.client,
-            change: super::Change::Opening(opening.balance),
-            reason: reason.to_owned(),
-            now_ms,
-            request_id: None,
-        };
-        let client = adjust.client.clone();
-        match ledger.adjust(worker, adjust).await? {
+    for (client, outcome) in outcomes {
+        match outcome? {
             super::Adjusted::Done { .. } => done.credited += 1,
             _ => done.skipped.push(client),
         }
     }
+    done.skipped.sort_unstable();
     Ok(done)
 }
 
