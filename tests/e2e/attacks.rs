@@ -1384,6 +1384,11 @@ async fn secrets_in_any_spelling_never_reach_the_log() {
         format!("/echo/open/x?note={jwt}"),
         // Some backends split at `;` too: so does redaction.
         "/echo/open/x?a=1;password=semicolon-secret;b=2".to_owned(),
+        // Names that end with a secret one.
+        "/echo/open/x?x_api_key=suffixed-api-key&authToken=suffixed-token".to_owned(),
+        // The Exotel secret the gateway knows, wherever a caller puts it.
+        format!("/echo/open/{EXOTEL_SECRET}?q=1"),
+        format!("/echo/open/x?callback={EXOTEL_SECRET}"),
     ];
     for target in &leaks {
         assert_eq!(a.h.get(target, &[]).await.status, 200, "{target}");
@@ -1427,6 +1432,8 @@ async fn secrets_in_any_spelling_never_reach_the_log() {
         "leaked-token",
         "leaked-dotted",
         "semicolon-secret",
+        "suffixed-api-key",
+        "suffixed-token",
         EXOTEL_SECRET,
     ] {
         assert!(!log.contains(secret), "{secret} is in the log:\n{log}");

@@ -504,6 +504,20 @@ pub struct Log {
     /// Query parameters whose values are replaced by `[redacted]` in logs (folded, see
     /// [`crate::param::fold`]).
     pub redact_query_params: Vec<String>,
+    /// Secrets the gateway holds in clear (the URL secrets of callbacks, the admin
+    /// token): replaced by `[redacted]` wherever they appear in a logged path or query,
+    /// whatever carries them (`/callbacks/exotel/<secret>`, `?admin=<token>`).
+    pub redact_values: RedactValues,
+}
+
+/// Secret values kept out of logs (never printed themselves).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedactValues(pub Vec<Vec<u8>>);
+
+impl std::fmt::Debug for RedactValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedactValues({} secret(s))", self.0.len())
+    }
 }
 
 /// `[tracing]`: span export and the sampling of new traces.

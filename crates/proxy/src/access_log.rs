@@ -145,9 +145,11 @@ impl Drop for AccessLog {
         if let (Some(exporter), Some(trace)) = (&self.exporter, &self.trace) {
             if trace.sampled() {
                 let end = SystemTime::now();
+                let log = &self.snapshot.log;
                 let path = bounded(redact_path(
                     &self.path,
-                    &self.snapshot.log.redact_query_params,
+                    &log.redact_query_params,
+                    &log.redact_values.0,
                 ));
                 exporter.record(&Span {
                     trace_id: trace.trace_id,
@@ -175,9 +177,19 @@ impl AccessLog {
         let query = self
             .query
             .as_deref()
-            .map(|q| bounded(redact_query(q, &log.redact_query_params)))
+            .map(|q| {
+                bounded(redact_query(
+                    q,
+                    &log.redact_query_params,
+                    &log.redact_values.0,
+                ))
+            })
             .unwrap_or_default();
-        let path = bounded(redact_path(&self.path, &log.redact_query_params));
+        let path = bounded(redact_path(
+            &self.path,
+            &log.redact_query_params,
+            &log.redact_values.0,
+        ));
         let trace_id = self.trace.as_ref().map_or_else(
             || "-".to_owned(),
             |t| crate::trace_context::hex(&t.trace_id),
@@ -319,7 +331,10 @@ const CLIENT_CLOSED: u16 = 499;
 /// The query with the value of every secret parameter (`secret_params`, folded names)
 /// and of every credential-shaped value ([`looks_like_credential`]) replaced. Parameters are split at `;` as well as `&`,
 /// as some backends split them ([`tollgate_policy::param`]).
-pub fn redact_query(query: &str, secret_params: &[String]) -> String {
+///
+/// A pair holding one of `values` (secrets the gateway knows in clear) anywhere, raw or
+/// decoded, is redacted whatever its name.
+pub fn redact_query(query: &str, secret_params: &[String], values: &[Vec<u8>]) -> String {
     let mut out = String::with_capacity(query.len());
     for piece in query.split_inclusive(['&', ';']) {
         let (pair, separator) = match piece.strip_suffix(['&', ';']) {
@@ -333,6 +348,7 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
                 .any(|(name, _)| is_secret(&String::from_utf8_lossy(&name), secret_params))
         };
         match pair.split_once('=') {
+            _ if holds_secret(pair, values) => out.push_str(REDACTED),
             Some((name, value)) if secret() || looks_like_credential(value) => {
                 out.push_str(name);
                 out.push('=');
@@ -346,19 +362,23 @@ pub fn redact_query(query: &str, secret_params: &[String]) -> String {
     out
 }
 
-/// The path with credential-shaped segments and secret `;name=value` parameters
-/// replaced.
-pub fn redact_path(path: &str, secret_params: &[String]) -> String {
+/// The path with credential-shaped segments, segments holding one of `values` (secrets
+/// the gateway knows in clear) and secret `;name=value` parameters replaced.
+pub fn redact_path(path: &str, secret_params: &[String], values: &[Vec<u8>]) -> String {
     // Most paths hold none of these: logged as they are, without splitting them. A
     // refresh token needs 66 bytes and a `.` (or an escape that could spell one).
     let may_hold_refresh_token =
         path.len() >= REFRESH_TOKEN_LEN && (path.contains('.') || path.contains('%'));
-    if !path.contains("eyJ") && !path.contains(';') && !may_hold_refresh_token {
+    if !path.contains("eyJ")
+        && !path.contains(';')
+        && !may_hold_refresh_token
+        && !holds_secret(path, values)
+    {
         return path.to_owned();
     }
     path.split('/')
         .map(|segment| {
-            if looks_like_credential(segment) {
+            if looks_like_credential(segment) || holds_secret(segment, values) {
                 return REDACTED.to_owned();
             }
             let mut parts = segment.split(';');
@@ -380,6 +400,21 @@ pub fn redact_path(path: &str, secret_params: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Whether `text`, as sent or percent-decoded, holds one of `values`.
+fn holds_secret(text: &str, values: &[Vec<u8>]) -> bool {
+    if values.is_empty() {
+        return false;
+    }
+    let holds = |text: &[u8]| {
+        values
+            .iter()
+            .any(|v| !v.is_empty() && text.windows(v.len()).any(|w| w == v.as_slice()))
+    };
+    holds(text.as_bytes())
+        || (text.contains(['%', '+'])
+            && holds(tollgate_policy::param::decode(text.as_bytes()).as_bytes()))
 }
 
 fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
@@ -487,7 +522,7 @@ mod tests {
             "secret".to_owned(),
         ];
         assert_eq!(
-            redact_query("a=1&API_KEY=s3cret&token=t&b", &params),
+            redact_query("a=1&API_KEY=s3cret&token=t&b", &params, &[]),
             "a=1&API_KEY=[redacted]&token=[redacted]&b"
         );
         for query in [
@@ -511,21 +546,21 @@ mod tests {
             "client-secret=s3cret",
             "new.token=s3cret",
         ] {
-            let logged = redact_query(query, &params);
+            let logged = redact_query(query, &params, &[]);
             assert!(!logged.contains("s3cret"), "{query}: {logged}");
         }
         // A secret's name inside another (not at its end) is not a secret.
         assert_eq!(
-            redact_query("tokens=5&token_type=bearer&keys=1", &params),
+            redact_query("tokens=5&token_type=bearer&keys=1", &params, &[]),
             "tokens=5&token_type=bearer&keys=1"
         );
         // A `;` separates parameters for some backends: a secret after one is one.
         assert_eq!(
-            redact_query("a=1;secret=s3cret&b=2;", &params),
+            redact_query("a=1;secret=s3cret&b=2;", &params, &[]),
             "a=1;secret=[redacted]&b=2;"
         );
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
-        let logged = redact_query(&format!("x={jwt}&{jwt}"), &params);
+        let logged = redact_query(&format!("x={jwt}&{jwt}"), &params, &[]);
         assert!(!logged.contains("eyJ"), "{logged}");
         // However it is wrapped or escaped, once decoded.
         let escaped = format!("%65{}", &jwt[1..]);
@@ -539,11 +574,43 @@ mod tests {
             format!("%7B%22t%22%3A%22{jwt}%22%7D"),
             format!("{jwt}%0A"),
         ] {
-            let logged = redact_query(&format!("a={value}"), &params);
+            let logged = redact_query(&format!("a={value}"), &params, &[]);
             assert_eq!(logged, "a=[redacted]", "{value}");
         }
         // Text that merely mentions `eyJ` is kept.
-        assert_eq!(redact_query("q=eyJ.x", &params), "q=eyJ.x");
+        assert_eq!(redact_query("q=eyJ.x", &params, &[]), "q=eyJ.x");
+    }
+
+    /// A secret the gateway knows in clear (a callback's URL secret, the admin token) is
+    /// redacted wherever it is: under any name, as a path segment, escaped.
+    #[test]
+    fn secrets_the_gateway_holds_are_redacted_wherever_they_are() {
+        let values = vec![b"_7TogOPw-secret".to_vec()];
+        for (path, query) in [
+            ("/callbacks/exotel/_7TogOPw-secret", ""),
+            ("/callbacks/exotel/x_7TogOPw-secret.json", ""),
+            ("/callbacks/exotel/%5F7TogOPw-secret", ""),
+            ("/a", "admin=_7TogOPw-secret&b=2"),
+            ("/a", "b=2;x=%5F7TogOPw%2Dsecret"),
+            ("/a", "_7TogOPw-secret"),
+        ] {
+            let logged = format!(
+                "{}?{}",
+                redact_path(path, &[], &values),
+                redact_query(query, &[], &values)
+            );
+            assert!(!logged.contains("TogOPw"), "{path}?{query}: {logged}");
+            assert!(logged.contains("[redacted]"), "{logged}");
+        }
+        assert_eq!(
+            redact_path("/callbacks/exotel/ok", &[], &values),
+            "/callbacks/exotel/ok"
+        );
+        assert_eq!(redact_query("b=2&c=3", &[], &values), "b=2&c=3");
+        assert_eq!(
+            redact_query("b=2&admin=_7TogOPw-secret", &[], &values),
+            "b=2&[redacted]"
+        );
     }
 
     /// The gateway's own refresh tokens, under any name, escaped or wrapped, in the query
@@ -564,12 +631,12 @@ mod tests {
             format!("a=1;r={token}"),
             token.to_owned(),
         ] {
-            let logged = redact_query(&query, &params);
+            let logged = redact_query(&query, &params, &[]);
             assert!(!logged.contains("BBBBBBBBBB"), "{query}: {logged}");
             assert!(logged.contains(REDACTED), "{query}: {logged}");
         }
         assert_eq!(
-            redact_query(&format!("x=1&rt={token}&y=2"), &params),
+            redact_query(&format!("x=1&rt={token}&y=2"), &params, &[]),
             "x=1&rt=[redacted]&y=2"
         );
         for path in [
@@ -578,18 +645,22 @@ mod tests {
             format!("/refresh/{}", token.replace('.', "%2E")),
             format!("/a;rt={token}/b"),
         ] {
-            let logged = redact_path(&path, &params);
+            let logged = redact_path(&path, &params, &[]);
             assert!(!logged.contains("BBBBBBBBBB"), "{path}: {logged}");
         }
         assert_eq!(
-            redact_path(&format!("/refresh/{token}/x"), &params),
+            redact_path(&format!("/refresh/{token}/x"), &params, &[]),
             "/refresh/[redacted]/x"
         );
         // Ordinary long paths and values with dots are kept as they are.
         let ordinary = "/static/assets/application-3f2a9c1d7e5b4a8f.bundle.min.js/v2/extra/padding";
-        assert_eq!(redact_path(ordinary, &params), ordinary);
+        assert_eq!(redact_path(ordinary, &params, &[]), ordinary);
         assert_eq!(
-            redact_query("file=report.2026-01-01.final.version.csv&q=a.b", &params),
+            redact_query(
+                "file=report.2026-01-01.final.version.csv&q=a.b",
+                &params,
+                &[]
+            ),
             "file=report.2026-01-01.final.version.csv&q=a.b"
         );
     }
@@ -598,7 +669,7 @@ mod tests {
     fn refused_paths_are_redacted_and_bounded() {
         let params = vec!["token".to_owned()];
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
-        let logged = redact_path(&format!("/a/{jwt}/b;%74oken=s3cret;x=1"), &params);
+        let logged = redact_path(&format!("/a/{jwt}/b;%74oken=s3cret;x=1"), &params, &[]);
         assert_eq!(logged, "/a/[redacted]/b;%74oken=[redacted];x=1");
         let long = bounded("/a".repeat(2000));
         assert!(long.len() < MAX_LOGGED + 20 && long.ends_with("[truncated]"));

@@ -52,6 +52,7 @@ pub(crate) fn log(l: &mut Loader, src: &SourceFile, f: Option<LogFile>) -> Optio
             format: LogFormat::Json,
             access_log: true,
             redact_query_params: defaults(),
+            redact_values: Default::default(),
         });
     };
     let level = match &f.level {
@@ -73,6 +74,7 @@ pub(crate) fn log(l: &mut Loader, src: &SourceFile, f: Option<LogFile>) -> Optio
             Some(list) => list.iter().map(|p| fold(p)).collect(),
             None => defaults(),
         },
+        redact_values: Default::default(),
     })
 }
 

@@ -234,6 +234,16 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
                 .flat_map(|k| k.headers.iter().map(|h| crate::param::fold(h.as_str()))),
         );
     log.redact_query_params.extend(secret_params);
+    // And the secrets it holds in clear, wherever a caller puts them.
+    let url_secrets = webhooks.values().flatten().filter_map(|w| match &**w {
+        Webhook::UrlSecret { secret, .. } => Some(secret.clone()),
+        _ => None,
+    });
+    let admin_token = admin
+        .iter()
+        .flatten()
+        .filter_map(|a| a.token.as_ref().map(|t| t.0.clone()));
+    log.redact_values.0 = url_secrets.chain(admin_token).collect();
     let identity_headers = routing::identity_headers(&routing.routes);
     let unvouched_client_id = routing::unvouched_client_id(&routing.routes);
     Some(Snapshot {

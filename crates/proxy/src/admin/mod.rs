@@ -32,7 +32,14 @@ pub async fn handle(
     runtime: &Runtime,
 ) -> AdminResponse {
     let method = request.method().clone();
-    let path = crate::access_log::redact_path(request.uri().path(), &[]);
+    let path = {
+        let log = &runtime.active().snapshot.log;
+        crate::access_log::redact_path(
+            request.uri().path(),
+            &log.redact_query_params,
+            &log.redact_values.0,
+        )
+    };
     let mut response = answer(request, runtime).await;
     let status = response.status();
     // A probe's 503 (starting, draining) is the probe's answer, not a refusal.
