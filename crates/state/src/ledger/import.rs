@@ -6,6 +6,8 @@
 //! - JSON: an array of `{"clientId": ..., "balance": ...}` (`tokens` is read too, as the
 //!   legacy client records name it), or one object `{"<clientId>": <balance>, ...}`.
 //!
+//! A byte-order mark before either is skipped (spreadsheets save one).
+//!
 //! Every problem is reported with its line (CSV) or entry (JSON); nothing is imported
 //! from a file with any problem. A client appearing twice is a problem (in a JSON object
 //! too, where a parser would keep one silently), and so is a client id no caller can
@@ -77,8 +79,13 @@ pub async fn credit(
     Ok(done)
 }
 
-/// Reads `text`: JSON when it starts with `[` or `{`, CSV otherwise.
+/// An opening balance and where the file gives it (`line 5`, `entry 3`), for messages.
+type Placed = (Opening, String);
+
+/// Reads `text`: JSON when it starts with `[` or `{`, CSV otherwise. A byte-order mark
+/// (spreadsheets save one) is not part of the text.
 pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let trimmed = text.trim_start();
     let (openings, mut problems) = if trimmed.starts_with('[') || trimmed.starts_with('{') {
         json(trimmed)
@@ -88,20 +95,23 @@ pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
     if openings.is_empty() && problems.is_empty() {
         problems.push("the file holds no balances".to_owned());
     }
-    let mut seen = std::collections::HashSet::new();
-    for o in &openings {
+    let mut seen = std::collections::HashMap::new();
+    for (o, at) in &openings {
         if !tollgate_auth::jwt::is_usable_client_id(&o.client) {
             problems.push(format!(
-                "client {:?}: not a client id a caller can have (1 to 128 of A-Z a-z 0-9 - _ . : @)",
+                "{at}: client {:?}: not a client id a caller can have (1 to 128 of A-Z a-z 0-9 - _ . : @)",
                 o.client
             ));
         }
-        if !seen.insert(o.client.as_str()) {
-            problems.push(format!("client {} appears more than once", o.client));
+        if let Some(first) = seen.insert(o.client.as_str(), at) {
+            problems.push(format!(
+                "{at}: client {} appears more than once (first: {first})",
+                o.client
+            ));
         }
         if o.balance > super::MAX_TOKENS {
             problems.push(format!(
-                "client {}: {} tokens is more than an account holds ({})",
+                "{at}: client {}: {} tokens is more than an account holds ({})",
                 o.client,
                 o.balance,
                 super::MAX_TOKENS
@@ -109,7 +119,7 @@ pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
         }
     }
     if problems.is_empty() {
-        Ok(openings)
+        Ok(openings.into_iter().map(|(o, _)| o).collect())
     } else {
         Err(problems)
     }
@@ -122,7 +132,7 @@ fn unquote(field: &str) -> &str {
         .unwrap_or(f)
 }
 
-fn csv(text: &str) -> (Vec<Opening>, Vec<String>) {
+fn csv(text: &str) -> (Vec<Placed>, Vec<String>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     let mut first = true;
@@ -141,10 +151,13 @@ fn csv(text: &str) -> (Vec<Opening>, Vec<String>) {
         }
         match fields.as_slice() {
             [client, balance] if !client.is_empty() => match balance.parse::<u64>() {
-                Ok(balance) => out.push(Opening {
-                    client: (*client).to_owned(),
-                    balance,
-                }),
+                Ok(balance) => out.push((
+                    Opening {
+                        client: (*client).to_owned(),
+                        balance,
+                    },
+                    format!("line {}", n + 1),
+                )),
                 Err(_) => problems.push(format!(
                     "line {}: `{balance}` is not a whole number of tokens",
                     n + 1
@@ -164,7 +177,7 @@ fn client_text(v: &Value) -> Option<String> {
     }
 }
 
-fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
+fn json(text: &str) -> (Vec<Placed>, Vec<String>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     let value: Value = match serde_json::from_str(text) {
@@ -213,7 +226,9 @@ fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
                     .or_else(|| entry.get("tokens"))
                     .and_then(Value::as_u64);
                 match (client, balance) {
-                    (Some(client), Some(balance)) => out.push(Opening { client, balance }),
+                    (Some(client), Some(balance)) => {
+                        out.push((Opening { client, balance }, format!("entry {}", i + 1)));
+                    }
                     _ => problems.push(format!(
                         "entry {}: expected {{\"clientId\": ..., \"balance\": <whole number>}}",
                         i + 1
@@ -227,9 +242,11 @@ fn json(text: &str) -> (Vec<Opening>, Vec<String>) {
                 Ok(Members(members)) => members,
                 Err(e) => return (out, vec![format!("not JSON: {e}")]),
             };
-            for (client, balance) in members {
+            for (i, (client, balance)) in members.into_iter().enumerate() {
                 match balance.as_u64() {
-                    Some(balance) if !client.is_empty() => out.push(Opening { client, balance }),
+                    Some(balance) if !client.is_empty() => {
+                        out.push((Opening { client, balance }, format!("member {}", i + 1)));
+                    }
                     _ => problems.push(format!(
                         "client {client}: the balance must be a whole number of tokens"
                     )),
@@ -302,7 +319,10 @@ mod tests {
         let long = format!("{},1\n", "9".repeat(129));
         assert!(parse(&long).is_err());
         let problems = parse(r#"{"1005": 5, "1005": 900}"#).unwrap_err();
-        assert_eq!(problems, ["client 1005 appears more than once"]);
+        assert_eq!(
+            problems,
+            ["member 2: client 1005 appears more than once (first: member 1)"]
+        );
         // Within an entry of an array, too.
         for text in [
             r#"[{"clientId":"2014","balance":5,"clientId":"2015"}]"#,
@@ -317,5 +337,35 @@ mod tests {
         assert!(parse(r#"[{"clientId":"1","balance":5,"tokens":6}]"#).is_err());
         assert!(parse(r#"[{"clientId":"a1","balance":5,"ClientId":"zz"}]"#).is_err());
         assert!(parse("dev-1:team@acme.test,3\n").is_ok());
+    }
+
+    #[test]
+    fn each_problem_names_its_line_and_a_byte_order_mark_is_not_text() {
+        let e = parse("clientId,balance\n1001,5\n\"10 01\",3\n1001,4\n1002,9007199254740992\n")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            [
+                "line 3: client \"10 01\": not a client id a caller can have (1 to 128 of A-Z a-z 0-9 - _ . : @)",
+                "line 4: client 1001 appears more than once (first: line 2)",
+                "line 5: client 1002: 9007199254740992 tokens is more than an account holds (9007199254740991)",
+            ]
+        );
+        // Spreadsheets save a byte-order mark: before a header, a first row, or JSON.
+        assert_eq!(parse("\u{FEFF}2040,10\n").unwrap(), [o("2040", 10)]);
+        assert_eq!(
+            parse("\u{FEFF}clientId,balance\n2040,10\n").unwrap(),
+            [o("2040", 10)]
+        );
+        assert_eq!(
+            parse("\u{FEFF}[{\"clientId\": \"2040\", \"balance\": 10}]").unwrap(),
+            [o("2040", 10)]
+        );
+        let e = parse(r#"[{"clientId": "a", "balance": 1}, {"clientId": "a", "balance": 2}]"#)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ["entry 2: client a appears more than once (first: entry 1)"]
+        );
     }
 }
