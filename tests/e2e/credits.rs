@@ -2315,6 +2315,96 @@ async fn admin_calls_and_refusals_leave_a_trace() {
     assert!(!g.stderr().contains("e2e-admin-token"), "{}", g.stderr());
 }
 
+/// An admin change with an `Idempotency-Key` moves money once: a retry after a timeout
+/// used to credit twice. A refused change moved nothing and may be retried.
+#[tokio::test]
+async fn an_admin_change_with_an_idempotency_key_moves_money_once() {
+    let h = start("").await;
+    let g = &h.gateway;
+    let token = format!("Bearer {}", admin_token());
+    let change = |method: &'static str, path: String, key: &'static str, body: &'static str| {
+        let token = token.clone();
+        async move {
+            let headers = [
+                ("authorization", token.as_str()),
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ];
+            send(g.admin, method, &path, &headers, body.as_bytes()).await
+        }
+    };
+    let credit7 = r#"{"amount": 7, "reason": "goodwill"}"#;
+    let first = change(
+        "POST",
+        "/ledger/clients/k1/credit".into(),
+        "\"adm-1\"",
+        credit7,
+    )
+    .await;
+    assert_eq!(
+        first.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = change(
+        "POST",
+        "/ledger/clients/k1/credit".into(),
+        "\"adm-1\"",
+        credit7,
+    )
+    .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json());
+    assert_eq!(account(g, "k1").await, (7, 0));
+    assert_eq!(journal(g, "k1").await.len(), 1);
+    // Another change under the key is refused; the same key on another client is its own.
+    change(
+        "POST",
+        "/ledger/clients/k1/credit".into(),
+        "\"adm-1\"",
+        r#"{"amount": 8, "reason": "goodwill"}"#,
+    )
+    .await
+    .assert_problem(422, "IDEMPOTENCY_KEY_MISMATCH");
+    let other = change(
+        "POST",
+        "/ledger/clients/k2/credit".into(),
+        "\"adm-1\"",
+        credit7,
+    )
+    .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("idempotent-replayed"), None);
+    // A refused debit moved nothing: its retry runs again, and passes once it can.
+    let debit = r#"{"amount": 100, "reason": "chargeback"}"#;
+    for _ in 0..2 {
+        change("POST", "/ledger/clients/k1/debit".into(), "adm-2", debit)
+            .await
+            .assert_problem(402, "INSUFFICIENT_TOKENS");
+    }
+    credit(g, "k1", 200).await;
+    let r = change("POST", "/ledger/clients/k1/debit".into(), "adm-2", debit).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["balance"], 107);
+    let r = change("POST", "/ledger/clients/k1/debit".into(), "adm-2", debit).await;
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(account(g, "k1").await, (107, 0));
+    // A key that is not one is refused before anything moves.
+    change(
+        "PUT",
+        "/ledger/clients/k1/balance".into(),
+        "\"unterminated",
+        r#"{"balance": 1, "reason": "x"}"#,
+    )
+    .await
+    .assert_problem(400, "IDEMPOTENCY_KEY_INVALID");
+    assert_eq!(account(g, "k1").await, (107, 0));
+    assert_verified(g).await;
+}
+
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_journals_every_change() {
     let h = start("").await;

@@ -289,7 +289,7 @@ fn duration_ms(d: std::time::Duration) -> u64 {
 /// of printable ASCII, `\"` and `\\` escaped, parameters after it allowed and not
 /// part of the key), or, as clients of Stripe-style APIs send it, a bare run of
 /// visible ASCII; 1 to 255 characters either way.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CreditError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CreditError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);

@@ -12,6 +12,7 @@
 //! - `PUT  /ledger/clients/{id}/balance` `{"balance": 100, "reason": "..."}`;
 //! - `GET  /ledger/verify` — replays every journal against its balance.
 
+use base64::Engine as _;
 use http::header::{HeaderValue, AUTHORIZATION};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -19,12 +20,14 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate_state::ledger::operator::{self, MAX_JOURNAL_PAGE};
-use tollgate_state::ledger::{Adjusted, Change, Movement, MAX_TOKENS};
+use tollgate_state::ledger::{
+    Adjusted, Change, Claim, Claimed, Movement, StoredAnswer, MAX_TOKENS,
+};
 
 use super::AdminResponse;
 use crate::credits::now_ms;
 use crate::endpoints::credits::{json_answer, query_number};
-use crate::errors::{AccessError, AdminError, CreditError, GatewayError, RequestError};
+use crate::errors::{AccessError, AdminError, Bug, CreditError, GatewayError, RequestError};
 use crate::runtime::Runtime;
 
 const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -251,7 +254,8 @@ async fn serve(
         }
         (method, ["ledger", "clients", client, action]) => {
             let client = percent_decode(client)?;
-            let change = match (method, *action) {
+            let key = crate::meter::idempotency_key(request.headers())?;
+            let change = match (method.clone(), *action) {
                 (Method::POST, "credit") => {
                     let (n, reason) = change_body(request, "amount").await?;
                     (Change::Credit(n), reason)
@@ -271,45 +275,152 @@ async fn serve(
                 .map_err(AdminError::from)?;
             // Journaled with the change: the call that made it can be found again.
             adjust.request_id = Some(request_id.to_owned());
-            let adjusted = credits
-                .ledger()?
-                .adjust(worker, adjust)
-                .await
-                .map_err(|e| credits.unavailable(&e))?;
-            match adjusted {
-                Adjusted::Done { balance } => {
-                    tracing::info!(
-                        client = %client,
-                        change = ?change,
-                        balance,
-                        request_id,
-                        "ledger adjusted by an operator"
-                    );
-                    Ok(json_answer(
-                        StatusCode::OK,
-                        &json!({"clientId": client, "balance": balance}),
-                    ))
-                }
-                Adjusted::Short { balance } => Err(CreditError::Insufficient {
-                    required: match change {
-                        Change::Debit(n) => n,
-                        _ => 0,
-                    },
-                    balance,
-                }
-                .into()),
-                Adjusted::AlreadyOpened { balance } => Ok(json_answer(
-                    StatusCode::OK,
-                    &json!({"clientId": client, "balance": balance}),
-                )),
-                Adjusted::TooLarge { balance } => Err(CreditError::BalanceTooLarge {
-                    balance,
-                    max: MAX_TOKENS,
-                }
-                .into()),
-            }
+            let Some(key) = key else {
+                let (status, answer) = adjust_now(runtime, adjust, request_id).await?;
+                return Ok(json_answer(status, &answer));
+            };
+            // With an `Idempotency-Key`, a retry (after a timeout, say) gets the first
+            // call's answer instead of moving the money again.
+            let fingerprint = hex_sha256(&format!("{method} {action} {change:?} {reason}"));
+            once(runtime, &client, &key, fingerprint, request_id, adjust).await
         }
         _ => Err(AdminError::NotFound.into()),
+    }
+}
+
+/// How long an admin change's key is in flight (a call that died frees it then).
+const KEY_IN_FLIGHT_MS: u64 = 60_000;
+
+/// An admin change under an `Idempotency-Key` (scoped to its client, apart from the
+/// client's own request keys): run once; a retry of the same change gets its answer
+/// again (`Idempotent-Replayed: true`), another change under the key 422, a retry while
+/// it runs 409. A refused change moved nothing, so its key is freed for a retry.
+async fn once(
+    runtime: &Runtime,
+    client: &str,
+    key: &str,
+    fingerprint: String,
+    request_id: &str,
+    adjust: tollgate_state::ledger::Adjust,
+) -> Result<AdminResponse, GatewayError> {
+    let active = runtime.active();
+    let credits = &active.credits;
+    let ledger = credits.ledger()?;
+    let (worker, now) = (0, now_ms());
+    // Client ids hold no `/`: no caller's own key can share this scope.
+    let scope = format!("{client}/admin");
+    // The claim's owner is this call alone (a retry may repeat its X-Request-Id).
+    let owner = format!(
+        "admin-{}",
+        tollgate_auth::random::token(16).map_err(|_| Bug::Randomness)?
+    );
+    let claim = Claim {
+        client: scope.clone(),
+        key: key.to_owned(),
+        fingerprint,
+        now_ms: now,
+        hold_until: now.saturating_add(KEY_IN_FLIGHT_MS),
+        owner: owner.clone(),
+    };
+    match ledger
+        .claim(worker, claim)
+        .await
+        .map_err(|e| credits.unavailable(&e))?
+    {
+        Claimed::InFlight => Err(CreditError::KeyInFlight.into()),
+        Claimed::Mismatch => Err(CreditError::KeyMismatch.into()),
+        Claimed::Answered(stored) => {
+            let body = stored
+                .body
+                .as_deref()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .ok_or(Bug::Corrupt)?;
+            let status = StatusCode::from_u16(stored.status).map_err(|_| Bug::Corrupt)?;
+            let mut response = json_answer(status, &body);
+            response
+                .headers_mut()
+                .insert(crate::meter::REPLAYED, HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Claimed::New => match adjust_now(runtime, adjust, request_id).await {
+            Ok((status, answer)) => {
+                let keep_until =
+                    now.saturating_add(active.snapshot.credits.as_ref().map_or(86_400_000, |c| {
+                        u64::try_from(c.idempotency_ttl.as_millis()).unwrap_or(u64::MAX)
+                    }));
+                let stored = StoredAnswer {
+                    status: status.as_u16(),
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: Some(
+                        base64::engine::general_purpose::STANDARD.encode(answer.to_string()),
+                    ),
+                    cost: 0,
+                    request_digest: None,
+                };
+                if let Err(e) = ledger
+                    .answer(worker, &scope, key, &owner, stored, keep_until)
+                    .await
+                {
+                    // The money moved: it is answered. A retry after the claim runs out
+                    // would move it again, so the operator is told where to look.
+                    tracing::warn!(error = %e, client, request_id, "an admin change was made but its Idempotency-Key answer could not be kept: check the journal before retrying");
+                }
+                Ok(json_answer(status, &answer))
+            }
+            Err(refused) => {
+                let _ = ledger.release(worker, &scope, key, &owner).await;
+                Err(refused)
+            }
+        },
+    }
+}
+
+/// Makes an adjustment now: the answer's status and body.
+async fn adjust_now(
+    runtime: &Runtime,
+    adjust: tollgate_state::ledger::Adjust,
+    request_id: &str,
+) -> Result<(StatusCode, Value), GatewayError> {
+    let active = runtime.active();
+    let credits = &active.credits;
+    let (client, change) = (adjust.client.clone(), adjust.change);
+    let adjusted = credits
+        .ledger()?
+        .adjust(0, adjust)
+        .await
+        .map_err(|e| credits.unavailable(&e))?;
+    match adjusted {
+        Adjusted::Done { balance } => {
+            tracing::info!(
+                client = %client,
+                change = ?change,
+                balance,
+                request_id,
+                "ledger adjusted by an operator"
+            );
+            Ok((
+                StatusCode::OK,
+                json!({"clientId": client, "balance": balance}),
+            ))
+        }
+        Adjusted::Short { balance } => Err(CreditError::Insufficient {
+            required: match change {
+                Change::Debit(n) => n,
+                _ => 0,
+            },
+            balance,
+        }
+        .into()),
+        Adjusted::AlreadyOpened { balance } => Ok((
+            StatusCode::OK,
+            json!({"clientId": client, "balance": balance}),
+        )),
+        Adjusted::TooLarge { balance } => Err(CreditError::BalanceTooLarge {
+            balance,
+            max: MAX_TOKENS,
+        }
+        .into()),
     }
 }
 
@@ -326,6 +437,11 @@ fn allowed(segments: &[&str]) -> Option<Method> {
 
 fn movement_json(m: &Movement) -> Value {
     serde_json::to_value(m).unwrap_or(Value::Null)
+}
+
+/// The SHA-256 of `text`, in hex.
+fn hex_sha256(text: &str) -> String {
+    crate::trace_context::hex(&Sha256::digest(text.as_bytes()))
 }
 
 /// A client id from the path, `%XX` escapes decoded; only an id a caller could have
