@@ -825,6 +825,26 @@ async fn segment_parameters_naming_a_client_are_judged_like_the_query() {
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["path"], "/echo/open/a;x=1/b");
+    // Spring decodes the lookup path before reading matrix variables: `%3B` starts a
+    // parameter to it, in either case, first or after a raw `;`.
+    for target in [
+        "/echo/all/42%3BclientId=1002",
+        "/echo/all/42%3bclientId=1002/x",
+        "/echo/all/42;v=1%3BclientId=1002",
+    ] {
+        h.get(target, &auth)
+            .await
+            .assert_problem(403, "CLIENT_ID_MISMATCH");
+    }
+    let r = h.get("/echo/all/42%3BclientId=1001%3Bv=2", &auth).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "/echo/all/42%3BclientId=1001%3Bv=2");
+    // Removed with the separator it came with; the others keep theirs.
+    let r = h
+        .get("/echo/over/42%3Bv=1%3Bclient_id=1002;w=3/x", &auth)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["path"], "/echo/over/42%3Bv=1;w=3/x");
 }
 
 #[tokio::test]

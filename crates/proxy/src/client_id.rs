@@ -61,14 +61,18 @@ pub fn drop_supplied_cookies(
 /// The path without client ids in segment parameters (`/campaigns/42;clientId=1002`):
 /// JAX-RS's `@MatrixParam` and Spring's `@MatrixVariable` read them. Judged like the
 /// query: the caller's own passes, another is refused (or, where the route overwrites,
-/// removed). The path is normalized, so a raw `;` is the only parameter separator.
+/// removed). The path is normalized, so a raw `;` separates parameters, and so does an
+/// encoded one (`%3B`) here: Spring's lookup path decodes before it reads matrix
+/// variables (with `removeSemicolonContent = false`), so
+/// `/campaigns/42%3BclientId=1002` names an id to it. Each kept parameter keeps the
+/// separator it came with.
 pub fn path_params<'p>(
     path: &'p str,
     policy: &ClientIdPolicy,
     caller: Caller,
 ) -> Result<Cow<'p, str>, GatewayError> {
     use tollgate_policy::param;
-    if !path.contains(';') {
+    if next_separator(path).is_none() {
         return Ok(Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
@@ -77,9 +81,17 @@ pub fn path_params<'p>(
         if i > 0 {
             out.push('/');
         }
-        let mut pieces = segment.split(';');
-        out.push_str(pieces.next().unwrap_or_default());
-        for piece in pieces {
+        let (head, mut rest) = match next_separator(segment) {
+            Some((at, _)) => segment.split_at(at),
+            None => (segment, ""),
+        };
+        out.push_str(head);
+        while let Some((_, len)) = next_separator(rest) {
+            let separator = &rest[..len];
+            let after = &rest[len..];
+            let end = next_separator(after).map_or(after.len(), |(at, _)| at);
+            let piece = &after[..end];
+            rest = &after[end..];
             let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
             if policy.is_name(&param::decode(name.as_bytes())) {
                 let value = param::decode(value.as_bytes());
@@ -89,7 +101,7 @@ pub fn path_params<'p>(
                     continue;
                 }
             }
-            out.push(';');
+            out.push_str(separator);
             out.push_str(piece);
         }
     }
@@ -97,6 +109,22 @@ pub fn path_params<'p>(
         Cow::Owned(out)
     } else {
         Cow::Borrowed(path)
+    })
+}
+
+/// Where the next segment parameter starts in `text` (a `;`, or `%3B` in either case),
+/// and the separator's length.
+fn next_separator(text: &str) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().find_map(|(i, b)| match b {
+        b';' => Some((i, 1)),
+        b'%' if bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.eq_ignore_ascii_case(b"3b")) =>
+        {
+            Some((i, 3))
+        }
+        _ => None,
     })
 }
 
