@@ -524,6 +524,21 @@ async fn multipart_fields_naming_another_client_never_complete() {
             "--b\r\nContent-Disposition: form-data; name*0=client; name*1=Id\r\n\r\n1002\r\n--b--\r\n",
             (400, "MULTIPART_INVALID"),
         ),
+        // A multipart part: Commons FileUpload (and Tomcat) then find the outer
+        // delimiter mid-line, so `x--b` opens a `clientId` field to them.
+        (
+            "--b\r\nContent-Disposition: form-data; name=\"data\"\r\nContent-Type: multipart/mixed; boundary=c\r\n\r\n--c\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nhello\r\n--c--\r\nx--b\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--b--\r\n",
+            (400, "MULTIPART_INVALID"),
+        ),
+        // Types Jackson's JAX-RS provider binds as JSON (`@FormDataParam` into an object).
+        (
+            "--b\r\nContent-Disposition: form-data; name=\"campaign\"\r\nContent-Type: text/json\r\n\r\n{\"name\":\"x\",\"clientId\":1002}\r\n--b--\r\n",
+            (403, "CLIENT_ID_MISMATCH"),
+        ),
+        (
+            "--b\r\nContent-Disposition: form-data; name=\"campaign\"\r\nContent-Type: application/x-javascript\r\n\r\n{\"clientId\":\"1002\"}\r\n--b--\r\n",
+            (403, "CLIENT_ID_MISMATCH"),
+        ),
     ] {
         let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
         r.assert_problem(code.0, code.1);

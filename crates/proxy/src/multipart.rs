@@ -22,16 +22,19 @@
 //!   is cut off there: the backend gets an incomplete request it cannot act on, and the
 //!   client 403 `CLIENT_ID_MISMATCH`. A part named `_method` is held and judged the same
 //!   way against the request's own method ([`crate::method_override`]; 400
-//!   `METHOD_OVERRIDE_REFUSED`). A part whose `Content-Type` is JSON (a `Blob` of
-//!   type `application/json` in a `FormData`, which Spring binds to an object with
-//!   `@RequestPart`) is held the same way, up to 64 KiB, and its members named like
+//!   `METHOD_OVERRIDE_REFUSED`). A part whose `Content-Type` some backend binds as JSON
+//!   (a `Blob` of type `application/json` in a `FormData`, which Spring binds to an
+//!   object with `@RequestPart`; `text/json` and the others of [`read_as_json`]) is
+//!   held the same way, up to 64 KiB, and its members named like
 //!   the client id, at any depth, judged as a JSON body's are ([`ids_in_json`]); a
 //!   larger one is refused (400 `MULTIPART_INVALID`), since it could not be judged
 //!   without holding it. Every other byte passes through at once.
 //!
 //! A part header block that cannot be parsed also cuts the body off (400
-//! `MULTIPART_INVALID`), and so does a `Content-Disposition` that parsers would split
-//! differently (see [`disposition_params`]): what the gateway cannot read as every
+//! `MULTIPART_INVALID`), and so does a part of a `multipart/*` type (Commons FileUpload
+//! reads nested parts, then looks for the outer delimiter mid-line) or a
+//! `Content-Disposition` that parsers would split differently (see
+//! [`disposition_params`]): what the gateway cannot read as every
 //! backend would, it does not vouch for.
 
 use bytes::{Bytes, BytesMut};
@@ -347,12 +350,19 @@ impl Scanner {
                     method |= param::means(&candidate, method_override::PARAM);
                 }
             } else if name.eq_ignore_ascii_case("content-type") {
-                // Any JSON type (`application/json`, `+json`) is, whatever its
-                // parameters, even ones that cannot be read: Spring's `MimeTypeUtils`
-                // skips a parameter without `=` (`application/json; x`) and binds the
-                // part as JSON all the same.
+                // A type is read whatever its parameters, even ones that cannot be:
+                // Spring's `MimeTypeUtils` skips a parameter without `=`
+                // (`application/json; x`) and binds the part as JSON all the same.
                 let essence = value.split(';').next().unwrap_or_default();
-                json |= crate::classify::is_json(&essence.trim().to_ascii_lowercase());
+                let essence = essence.trim().to_ascii_lowercase();
+                // A multipart part in a form (RFC 7578 forbids it; no browser sends
+                // one): Commons FileUpload, and Tomcat's copy of it, read its inner
+                // parts and then look for the outer delimiter anywhere, mid-line
+                // included, so `x--boundary` after it opens a part the scan never saw.
+                if essence.starts_with("multipart/") {
+                    return Err(Refusal::Malformed);
+                }
+                json |= read_as_json(&essence);
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
                 // (identity: every parser reads the bytes as they are). Anything else
@@ -374,6 +384,20 @@ impl Scanner {
             (_, false, false) => Ok(None),
         }
     }
+}
+
+/// Whether some backend binds a part of this type (lower case, without parameters) as
+/// JSON: the JSON types (`application/json`, `+json`), and what Jackson's JAX-RS
+/// provider takes besides (Jersey's `@FormDataParam` into an object): any main type
+/// with the subtype `json`, `x-json`, `javascript` or `x-javascript`, or a `+json`
+/// one (`text/json`, `text/javascript`). FastJson's provider reads a
+/// `x-www-form-urlencoded` part as JSON too.
+fn read_as_json(essence: &str) -> bool {
+    let subtype = essence.split_once('/').map_or(essence, |(_, sub)| sub);
+    crate::classify::is_json(essence)
+        || matches!(subtype, "json" | "x-json" | "javascript" | "x-javascript")
+        || subtype.ends_with("+json")
+        || subtype.ends_with("x-www-form-urlencoded")
 }
 
 /// Judges a JSON part: every member named like the client id (`names`, folded as
@@ -794,6 +818,15 @@ mod tests {
             "application/json; charset=\"utf-8",
             "application/vnd.campaign+json; =x",
             " application/json ; a=b=c",
+            // What Jackson's JAX-RS provider binds as JSON too, and FastJson's.
+            "text/json",
+            "application/x-json",
+            "text/x-json",
+            "application/javascript",
+            "application/x-javascript",
+            "text/javascript",
+            "text/vnd.campaign+json",
+            "application/x-www-form-urlencoded",
         ] {
             let b = body(&[format!(
                 "--XyZ\r\nContent-Disposition: form-data; name=\"campaign\"\r\nContent-Type: {content_type}\r\n\r\n{{\"clientId\":\"1002\"}}\r\n"
@@ -811,6 +844,20 @@ mod tests {
         );
         let b = body(&[csv]);
         assert!(scan(&b, 4096).is_ok_and(|out| out == b));
+        // A multipart part (RFC 7578 forbids it): Commons FileUpload reads its inner parts,
+        // then finds the outer delimiter anywhere, so `x--XyZ` here opens a `clientId`
+        // field to it that the scan saw as content.
+        let nested = "--XyZ\r\nContent-Disposition: form-data; name=\"data\"\r\nContent-Type: multipart/mixed; boundary=INN\r\n\r\n--INN\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\nhello\r\n--INN--\r\nx--XyZ\r\nContent-Disposition: form-data; name=\"clientId\"\r\n\r\n1002\r\n--XyZ--\r\n";
+        for content_type in ["multipart/mixed; boundary=INN", "Multipart/Form-Data"] {
+            let b = nested.replace("multipart/mixed; boundary=INN", content_type);
+            for size in [1, 4096] {
+                assert_eq!(
+                    scan(b.as_bytes(), size),
+                    Err(Refusal::Malformed),
+                    "{content_type}"
+                );
+            }
+        }
     }
 
     #[test]
