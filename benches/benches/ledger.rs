@@ -87,6 +87,7 @@ fn measure(c: &mut Criterion, name: &str, ledger: Arc<dyn Ledger>) {
             change: Change::Credit(1 << 50),
             reason: "bench".into(),
             now_ms: now_ms(),
+            request_id: None,
         };
         ledger.adjust(0, credit).await.unwrap();
     });
