@@ -175,11 +175,11 @@ fn check_refuses_what_run_could_not_serve() {
     let (ok, out) = gateway("127.0.0.1:18081", "opening_balances = \"credits/open.csv\"");
     assert!(!ok, "{out}");
     assert!(
-        out.contains("open.csv: error: client 1001 appears more than once"),
+        out.contains("open.csv: error: line 3: client 1001 appears more than once (first: line 2)"),
         "{out}"
     );
     assert!(
-        out.contains("open.csv: error: client \"bad id\": not a client id"),
+        out.contains("open.csv: error: line 4: client \"bad id\": not a client id"),
         "{out}"
     );
     std::fs::write(
