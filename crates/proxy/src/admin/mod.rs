@@ -32,14 +32,7 @@ pub async fn handle(
     runtime: &Runtime,
 ) -> AdminResponse {
     let method = request.method().clone();
-    let path = {
-        let log = &runtime.active().snapshot.log;
-        crate::access_log::redact_path(
-            request.uri().path(),
-            &log.redact_query_params,
-            &log.redact_values.0,
-        )
-    };
+    let path = request.uri().path().to_owned();
     let mut response = answer(request, runtime).await;
     let status = response.status();
     // A probe's 503 (starting, draining) is the probe's answer, not a refusal.
@@ -49,6 +42,9 @@ pub async fn handle(
             .get(crate::request_id::HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        let log = &runtime.active().snapshot.log;
+        let path =
+            crate::access_log::redact_path(&path, &log.redact_query_params, &log.redact_values.0);
         tracing::info!(
             %method,
             path = %crate::access_log::bounded(path),
