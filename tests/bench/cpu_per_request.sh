@@ -86,10 +86,10 @@ cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 # The whole machine's CPU (every process and the kernel's own threads): when it is not
 # all busy, the run was bound by latency (Little's law), not by CPU.
 machine() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat; }
-t0=$(cpu $TPID); r0=$(cpu $RPID); read -r m0 i0 <<<"$(machine)"
+for t in /proc/$TPID/task/*; do echo "$(cat $t/comm)/${t##*/} $(awk "{print \$14+\$15}" $t/stat)"; done > $W/threads0; t0=$(cpu $TPID); r0=$(cpu $RPID); read -r m0 i0 <<<"$(machine)"
 if [ -n "${PERF:-}" ]; then perf record -F 999 -g -p $TPID -o "${PERF_OUT:-perf.data}" -- sleep 5 >/dev/null 2>&1 & fi
 OUT=$(wrk -t2 -c${C:-50} -d${D:-8s} -H "authorization: Bearer $T" http://127.0.0.1:$TG/x)
-t1=$(cpu $TPID); r1=$(cpu $RPID); read -r m1 i1 <<<"$(machine)"
+for t in /proc/$TPID/task/*; do echo "$(cat $t/comm)/${t##*/} $(awk "{print \$14+\$15}" $t/stat)"; done > $W/threads1; t1=$(cpu $TPID); r1=$(cpu $RPID); read -r m1 i1 <<<"$(machine)"
 REQ=$(awk '/requests in/ {print $1}' <<<"$OUT")
 # Peak resident memory: a store that caches what it writes shows here, not in CPU.
 HWM=$(awk '/VmHWM/ {print int($2/1024)}' /proc/$TPID/status)
@@ -100,3 +100,4 @@ curl -s http://127.0.0.1:$AD/metrics | awk '/^tollgate_credit_log_writes_total/ 
   /^tollgate_credit_ledger_seconds_sum/ {ls=$2} /^tollgate_credit_ledger_seconds_count/ {lc=$2}
   END { if (w > 0) printf "log writes %d, movements %d => %.1f movements per fdatasync\n", w, m, m/w
         if (lc > 0) printf "ledger calls on the request path: %d, mean %.0f us\n", lc, ls*1e6/lc }'
+paste $W/threads0 $W/threads1 | awk "{d[\$1]+=\$4-\$2} END {for (k in d) print \"  thread\", k, d[k], \"ticks\"}"

@@ -2562,10 +2562,19 @@ async fn the_ledger_cli_credits_shows_imports_and_verifies() {
                 + &String::from_utf8_lossy(&out.stderr),
         )
     };
+    // Reading a ledger that does not exist yet creates nothing: an empty file at a
+    // mistyped path would pass for a ledger with no money in it.
+    let file = dir.path().join("state/ledger.redb");
+    let (ok, out) = tollgate(&["ledger", "show", "--client", "1001"]);
+    assert!(ok && out.contains("no ledger at"), "{out}");
+    let (ok, out) = tollgate(&["ledger", "verify"]);
+    assert!(!ok && out.contains("nothing to verify"), "{out}");
+    assert!(!file.exists());
     let (ok, out) = tollgate(&[
         "ledger", "credit", "--client", "1001", "--amount", "30", "--reason", "goodwill",
     ]);
     assert!(ok, "{out}");
+    assert!(file.exists());
     assert!(out.contains("client 1001: balance 30"), "{out}");
     let (ok, out) = tollgate(&[
         "ledger", "debit", "--client", "1001", "--amount", "31", "--reason", "x",
@@ -2970,10 +2979,11 @@ async fn the_ledger_cli_refuses_what_the_admin_api_refuses_and_prints_journals_e
         assert_eq!(code, Some(1), "{args:?}: {out}{err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
-    // Nothing was journaled, no account was made.
-    let (code, out, _) = tollgate(&["ledger", "verify"]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("0 client(s), 0 movement(s)"), "{out}");
+    // Nothing was journaled, no account was made: every refusal came before the ledger
+    // was opened, so there is no ledger yet.
+    let (code, out, err) = tollgate(&["ledger", "verify"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(err.contains("nothing to verify"), "{err}");
     // A balance may be set to 0, and a reason of exactly 500 bytes is one.
     let (code, out, err) = tollgate(&[
         "ledger",

@@ -98,6 +98,14 @@ fn pending_opening<'s>(snapshot: &'s Snapshot, client: &str) -> Option<(u64, &'s
     Some((balance, path.as_path()))
 }
 
+/// The embedded ledger's file when the configuration names one that does not exist
+/// yet: `show` and `verify` only read, so they say so instead of creating it (an empty
+/// file at a mistyped path would then look like a ledger with no money in it).
+fn missing_file(snapshot: &Snapshot) -> Option<&Path> {
+    let credits = snapshot.credits.as_ref()?;
+    (snapshot.store.redis.is_none() && !credits.path.exists()).then_some(credits.path.as_path())
+}
+
 fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
     let credits = snapshot
         .credits
@@ -197,6 +205,19 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                     operator::MAX_JOURNAL_PAGE
                 ));
             }
+            if let Some(file) = missing_file(snapshot) {
+                println!(
+                    "client {client}: no ledger at {} yet (the gateway creates it when it starts)",
+                    file.display()
+                );
+                if let Some((balance, from)) = pending_opening(snapshot, client) {
+                    println!(
+                        "  opening balance {balance} from {} not in yet: the gateway credits it when it starts (so does the first `ledger credit|debit|set` for this client)",
+                        from.display()
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let ledger = open(snapshot)?;
             let account = ledger
                 .account(worker, client)
@@ -274,6 +295,12 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             Ok(ExitCode::SUCCESS)
         }
         Action::Verify => {
+            if let Some(file) = missing_file(snapshot) {
+                return Err(format!(
+                    "no ledger at {}: nothing to verify (the gateway creates it when it starts; is [credits] path the one the gateway uses?)",
+                    file.display()
+                ));
+            }
             let ledger = open(snapshot)?;
             let report = ledger.verify(worker).await.map_err(|e| e.to_string())?;
             println!(
