@@ -671,6 +671,10 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
                 ("X-Authenticated-User", "admin"),
                 ("X-Tenant-Id", "1002"),
                 ("X-Account-Id", "1002"),
+                ("Proxy", "http://evil.test:3128"),
+                ("X-ARR-ClientCert", "MIIB"),
+                ("SSL-Client-Cert", "MIIB"),
+                ("X-HTTP-Host-Override", "evil.test"),
             ],
             b"",
         )
@@ -704,6 +708,10 @@ async fn header_spellings_a_backend_folds_together_never_reach_it() {
         "x-authenticated-user",
         "x-tenant-id",
         "x-account-id",
+        "proxy",
+        "x-arr-clientcert",
+        "ssl-client-cert",
+        "x-http-host-override",
     ] {
         assert!(
             !names.iter().any(|n| n == gone),
@@ -831,6 +839,24 @@ async fn caller_credentials_never_reach_the_backend_on_anonymous_or_callback_rou
         .send("GET", "/echo/keys/x", &[("x-api-key", API_KEY)], b"")
         .await;
     assert_eq!(r.echoed_header("x-api-key"), [API_KEY]);
+
+    // A key or bearer token moved to the query, under the key header's name or a
+    // conventional one, does not reach the backend either (a backend reading it there
+    // would act for whoever's key it is, past the sunset too); other parameters stay.
+    for route in ["/echo/campaigns/x", "/echo/keys/x"] {
+        let target = format!(
+            "{route}?a=1&x-api-key={API_KEY}&X%2DAPI%2DKEY={API_KEY}&api_key={API_KEY}&apikey=k2&API-KEY=k3&access_token=t&b=2"
+        );
+        let (r, _) = a
+            .send("GET", &target, &[("authorization", &token)], b"")
+            .await;
+        assert_eq!(r.status, 200, "{route}");
+        let query = r.json()["query"].as_str().unwrap().to_owned();
+        assert!(query.ends_with("a=1&b=2"), "{route}: {query}");
+        for gone in ["api", "API", "access_token", "k2", "k3"] {
+            assert!(!query.contains(gone), "{route}: {query}");
+        }
+    }
 }
 
 /// The V3 signature Plivo would send for `path` (relative to the public base URL).
@@ -1404,6 +1430,10 @@ async fn secrets_in_any_spelling_never_reach_the_log() {
         // The Exotel secret the gateway knows, wherever a caller puts it.
         format!("/echo/open/{EXOTEL_SECRET}?q=1"),
         format!("/echo/open/x?callback={EXOTEL_SECRET}"),
+        // A backend credential the gateway adds (a client's legacy key), anywhere.
+        "/echo/open/x?k=demo-legacy-key-1002".to_owned(),
+        "/echo/open/demo-legacy-key-1002/x".to_owned(),
+        "/echo/open/x?q=%64emo-legacy-key-1002".to_owned(),
     ];
     for target in &leaks {
         assert_eq!(a.h.get(target, &[]).await.status, 200, "{target}");
@@ -1450,6 +1480,7 @@ async fn secrets_in_any_spelling_never_reach_the_log() {
         "suffixed-api-key",
         "suffixed-token",
         EXOTEL_SECRET,
+        "legacy-key-1002",
     ] {
         assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
     }

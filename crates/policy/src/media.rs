@@ -11,6 +11,14 @@ use std::fmt;
 
 use thiserror::Error;
 
+/// Words by which some backends pick a parser that yields fields (a client id among
+/// them) from a search of the whole type: formidable (Node) matches `/json/i`,
+/// `/urlencoded/i` and `/multipart/i` anywhere in `Content-Type`. A type declared opaque
+/// (streamed unread) must name none of them; `check` and the gateway judge it by this one
+/// list. (`octet-stream`, formidable's fourth, yields one file and no fields: an opaque
+/// `application/octet-stream` is what uploads send.)
+pub const FIELD_PARSER_WORDS: &[&str] = &["json", "urlencoded", "multipart", "form-data"];
+
 /// Why a media type was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum MediaError {

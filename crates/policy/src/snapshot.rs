@@ -505,18 +505,65 @@ pub struct Log {
     /// [`crate::param::fold`]).
     pub redact_query_params: Vec<String>,
     /// Secrets the gateway holds in clear (the URL secrets of callbacks, the admin
-    /// token): replaced by `[redacted]` wherever they appear in a logged path or query,
-    /// whatever carries them (`/callbacks/exotel/<secret>`, `?admin=<token>`).
+    /// token, the backend credentials it adds, Plivo auth tokens): replaced by
+    /// `[redacted]` wherever they appear in a logged path or query, whatever carries them
+    /// (`/callbacks/exotel/<secret>`, `?admin=<token>`, `?k=<legacy key>`).
     pub redact_values: RedactValues,
 }
 
-/// Secret values kept out of logs (never printed themselves).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct RedactValues(pub Vec<Vec<u8>>);
+/// Secret values kept out of logs (never printed themselves), found in one pass
+/// however many there are: a `client_map` credential holds every legacy key.
+#[derive(Clone, Default)]
+pub struct RedactValues {
+    values: Vec<Vec<u8>>,
+    finder: Option<aho_corasick::AhoCorasick>,
+}
+
+impl RedactValues {
+    /// Shorter values are not looked for: a word that short would be redacted from
+    /// every path that happens to hold it, and says little about a secret anyway.
+    pub const MIN_LEN: usize = 8;
+
+    pub fn new(values: impl IntoIterator<Item = Vec<u8>>) -> RedactValues {
+        let mut values: Vec<Vec<u8>> = values
+            .into_iter()
+            .filter(|v| v.len() >= Self::MIN_LEN)
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        // Built from a few thousand keys at most; a failure (a size limit) leaves only
+        // the slower search.
+        let finder = (!values.is_empty())
+            .then(|| aho_corasick::AhoCorasick::new(&values).ok())
+            .flatten();
+        RedactValues { values, finder }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Whether `text` holds one of the values anywhere.
+    pub fn found_in(&self, text: &[u8]) -> bool {
+        match &self.finder {
+            Some(finder) => finder.is_match(text),
+            None => self
+                .values
+                .iter()
+                .any(|v| text.windows(v.len()).any(|w| w == v.as_slice())),
+        }
+    }
+}
+
+impl PartialEq for RedactValues {
+    fn eq(&self, other: &RedactValues) -> bool {
+        self.values == other.values
+    }
+}
 
 impl std::fmt::Debug for RedactValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RedactValues({} secret(s))", self.0.len())
+        write!(f, "RedactValues({} secret(s))", self.values.len())
     }
 }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
-use tollgate_policy::snapshot::LogFormat;
+use tollgate_policy::snapshot::{LogFormat, RedactValues};
 use tollgate_policy::Snapshot;
 
 use crate::body::{BodyStats, Observer};
@@ -149,7 +149,7 @@ impl Drop for AccessLog {
                 let path = bounded(redact_path(
                     &self.path,
                     &log.redact_query_params,
-                    &log.redact_values.0,
+                    &log.redact_values,
                 ));
                 exporter.record(&Span {
                     trace_id: trace.trace_id,
@@ -181,14 +181,14 @@ impl AccessLog {
                 bounded(redact_query(
                     q,
                     &log.redact_query_params,
-                    &log.redact_values.0,
+                    &log.redact_values,
                 ))
             })
             .unwrap_or_default();
         let path = bounded(redact_path(
             &self.path,
             &log.redact_query_params,
-            &log.redact_values.0,
+            &log.redact_values,
         ));
         let trace_id = self.trace.as_ref().map_or_else(
             || "-".to_owned(),
@@ -334,7 +334,7 @@ const CLIENT_CLOSED: u16 = 499;
 ///
 /// A pair holding one of `values` (secrets the gateway knows in clear) anywhere, raw or
 /// decoded, is redacted whatever its name.
-pub fn redact_query(query: &str, secret_params: &[String], values: &[Vec<u8>]) -> String {
+pub fn redact_query(query: &str, secret_params: &[String], values: &RedactValues) -> String {
     let mut out = String::with_capacity(query.len());
     for piece in query.split_inclusive(['&', ';']) {
         let (pair, separator) = match piece.strip_suffix(['&', ';']) {
@@ -364,7 +364,7 @@ pub fn redact_query(query: &str, secret_params: &[String], values: &[Vec<u8>]) -
 
 /// The path with credential-shaped segments, segments holding one of `values` (secrets
 /// the gateway knows in clear) and secret `;name=value` parameters replaced.
-pub fn redact_path(path: &str, secret_params: &[String], values: &[Vec<u8>]) -> String {
+pub fn redact_path(path: &str, secret_params: &[String], values: &RedactValues) -> String {
     // Most paths hold none of these: logged as they are, without splitting them. A
     // refresh token needs 66 bytes and a `.` (or an escape that could spell one).
     let may_hold_refresh_token =
@@ -403,18 +403,13 @@ pub fn redact_path(path: &str, secret_params: &[String], values: &[Vec<u8>]) -> 
 }
 
 /// Whether `text`, as sent or percent-decoded, holds one of `values`.
-fn holds_secret(text: &str, values: &[Vec<u8>]) -> bool {
+fn holds_secret(text: &str, values: &RedactValues) -> bool {
     if values.is_empty() {
         return false;
     }
-    let holds = |text: &[u8]| {
-        values
-            .iter()
-            .any(|v| !v.is_empty() && text.windows(v.len()).any(|w| w == v.as_slice()))
-    };
-    holds(text.as_bytes())
+    values.found_in(text.as_bytes())
         || (text.contains(['%', '+'])
-            && holds(tollgate_policy::param::decode(text.as_bytes()).as_bytes()))
+            && values.found_in(tollgate_policy::param::decode(text.as_bytes()).as_bytes()))
 }
 
 fn is_secret(raw_name: &str, secret_params: &[String]) -> bool {
@@ -500,6 +495,10 @@ fn looks_like_jwt(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn none() -> RedactValues {
+        RedactValues::default()
+    }
+
     #[test]
     fn dates_are_computed_in_the_gregorian_calendar() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
@@ -522,7 +521,7 @@ mod tests {
             "secret".to_owned(),
         ];
         assert_eq!(
-            redact_query("a=1&API_KEY=s3cret&token=t&b", &params, &[]),
+            redact_query("a=1&API_KEY=s3cret&token=t&b", &params, &none()),
             "a=1&API_KEY=[redacted]&token=[redacted]&b"
         );
         for query in [
@@ -546,21 +545,21 @@ mod tests {
             "client-secret=s3cret",
             "new.token=s3cret",
         ] {
-            let logged = redact_query(query, &params, &[]);
+            let logged = redact_query(query, &params, &none());
             assert!(!logged.contains("s3cret"), "{query}: {logged}");
         }
         // A secret's name inside another (not at its end) is not a secret.
         assert_eq!(
-            redact_query("tokens=5&token_type=bearer&keys=1", &params, &[]),
+            redact_query("tokens=5&token_type=bearer&keys=1", &params, &none()),
             "tokens=5&token_type=bearer&keys=1"
         );
         // A `;` separates parameters for some backends: a secret after one is one.
         assert_eq!(
-            redact_query("a=1;secret=s3cret&b=2;", &params, &[]),
+            redact_query("a=1;secret=s3cret&b=2;", &params, &none()),
             "a=1;secret=[redacted]&b=2;"
         );
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
-        let logged = redact_query(&format!("x={jwt}&{jwt}"), &params, &[]);
+        let logged = redact_query(&format!("x={jwt}&{jwt}"), &params, &none());
         assert!(!logged.contains("eyJ"), "{logged}");
         // However it is wrapped or escaped, once decoded.
         let escaped = format!("%65{}", &jwt[1..]);
@@ -574,18 +573,18 @@ mod tests {
             format!("%7B%22t%22%3A%22{jwt}%22%7D"),
             format!("{jwt}%0A"),
         ] {
-            let logged = redact_query(&format!("a={value}"), &params, &[]);
+            let logged = redact_query(&format!("a={value}"), &params, &none());
             assert_eq!(logged, "a=[redacted]", "{value}");
         }
         // Text that merely mentions `eyJ` is kept.
-        assert_eq!(redact_query("q=eyJ.x", &params, &[]), "q=eyJ.x");
+        assert_eq!(redact_query("q=eyJ.x", &params, &none()), "q=eyJ.x");
     }
 
     /// A secret the gateway knows in clear (a callback's URL secret, the admin token) is
     /// redacted wherever it is: under any name, as a path segment, escaped.
     #[test]
     fn secrets_the_gateway_holds_are_redacted_wherever_they_are() {
-        let values = vec![b"_7TogOPw-secret".to_vec()];
+        let values = RedactValues::new([b"_7TogOPw-secret".to_vec()]);
         for (path, query) in [
             ("/callbacks/exotel/_7TogOPw-secret", ""),
             ("/callbacks/exotel/x_7TogOPw-secret.json", ""),
@@ -613,6 +612,30 @@ mod tests {
         );
     }
 
+    /// A `client_map` credential brings a legacy key per client: all are looked for at
+    /// once; values too short to be secrets are not (they would blank common words).
+    #[test]
+    fn many_held_secrets_are_looked_for_at_once() {
+        let values = RedactValues::new(
+            (0..5000)
+                .map(|i| format!("legacy-key-{i:05}").into_bytes())
+                .chain([b"short".to_vec()]),
+        );
+        assert_eq!(
+            redact_query("a=1&k=legacy-key-04999&b=2", &[], &values),
+            "a=1&[redacted]&b=2"
+        );
+        assert_eq!(
+            redact_path("/x/legacy%2Dkey-00000/y", &[], &values),
+            "/x/[redacted]/y"
+        );
+        assert_eq!(redact_path("/short/x", &[], &values), "/short/x");
+        assert_eq!(
+            redact_query("legacy-key-5000", &[], &values),
+            "legacy-key-5000"
+        );
+    }
+
     /// The gateway's own refresh tokens, under any name, escaped or wrapped, in the query
     /// or as a path segment or parameter.
     #[test]
@@ -631,12 +654,12 @@ mod tests {
             format!("a=1;r={token}"),
             token.to_owned(),
         ] {
-            let logged = redact_query(&query, &params, &[]);
+            let logged = redact_query(&query, &params, &none());
             assert!(!logged.contains("BBBBBBBBBB"), "{query}: {logged}");
             assert!(logged.contains(REDACTED), "{query}: {logged}");
         }
         assert_eq!(
-            redact_query(&format!("x=1&rt={token}&y=2"), &params, &[]),
+            redact_query(&format!("x=1&rt={token}&y=2"), &params, &none()),
             "x=1&rt=[redacted]&y=2"
         );
         for path in [
@@ -645,21 +668,21 @@ mod tests {
             format!("/refresh/{}", token.replace('.', "%2E")),
             format!("/a;rt={token}/b"),
         ] {
-            let logged = redact_path(&path, &params, &[]);
+            let logged = redact_path(&path, &params, &none());
             assert!(!logged.contains("BBBBBBBBBB"), "{path}: {logged}");
         }
         assert_eq!(
-            redact_path(&format!("/refresh/{token}/x"), &params, &[]),
+            redact_path(&format!("/refresh/{token}/x"), &params, &none()),
             "/refresh/[redacted]/x"
         );
         // Ordinary long paths and values with dots are kept as they are.
         let ordinary = "/static/assets/application-3f2a9c1d7e5b4a8f.bundle.min.js/v2/extra/padding";
-        assert_eq!(redact_path(ordinary, &params, &[]), ordinary);
+        assert_eq!(redact_path(ordinary, &params, &none()), ordinary);
         assert_eq!(
             redact_query(
                 "file=report.2026-01-01.final.version.csv&q=a.b",
                 &params,
-                &[]
+                &none()
             ),
             "file=report.2026-01-01.final.version.csv&q=a.b"
         );
@@ -669,7 +692,7 @@ mod tests {
     fn refused_paths_are_redacted_and_bounded() {
         let params = vec!["token".to_owned()];
         let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl";
-        let logged = redact_path(&format!("/a/{jwt}/b;%74oken=s3cret;x=1"), &params, &[]);
+        let logged = redact_path(&format!("/a/{jwt}/b;%74oken=s3cret;x=1"), &params, &none());
         assert_eq!(logged, "/a/[redacted]/b;%74oken=[redacted];x=1");
         let long = bounded("/a".repeat(2000));
         assert!(long.len() < MAX_LOGGED + 20 && long.ends_with("[truncated]"));

@@ -11,7 +11,7 @@
 //! a compressed body (`Content-Encoding`), which the gateway cannot inspect.
 
 use http::header::{HeaderMap, CONTENT_ENCODING, CONTENT_TYPE};
-use tollgate_policy::media::{MediaError, MediaType};
+use tollgate_policy::media::{MediaError, MediaType, FIELD_PARSER_WORDS};
 use tollgate_policy::Route;
 
 use crate::errors::{GatewayError, MediaRefusal};
@@ -94,8 +94,9 @@ pub fn classify(
         };
     }
     if route.opaque_body_types.iter().any(|r| r.matches(&media)) {
-        // `text/*` declared opaque takes `text/json` too, which such a backend parses.
-        if let Some(word) = PARSER_WORDS.iter().find(|w| essence.contains(**w)) {
+        // `text/*` declared opaque takes `text/json` too, which such a backend parses;
+        // `application/octet-stream`, the usual upload, yields no fields and passes.
+        if let Some(word) = FIELD_PARSER_WORDS.iter().find(|w| essence.contains(**w)) {
             return Err(MediaRefusal::NamesAnotherType(word).into());
         }
         return Ok(BodyClass::Opaque);
@@ -126,7 +127,9 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), GatewayError> {
 /// What some backends search the whole `Content-Type` for to pick a body parser:
 /// formidable (Node) matches `/json/i`, `/urlencoded/i`, `/multipart/i` and
 /// `/octet-stream/i` anywhere in the header, so `text/csv; x=multipart; boundary=B`
-/// passed as an opaque CSV and was parsed as a form carrying another client's id.
+/// passed as an opaque CSV and was parsed as a form carrying another client's id. In
+/// parameters even `octet-stream` is refused: no client sends it there, and it would
+/// change how such a backend reads the body.
 const PARSER_WORDS: &[&str] = &[
     "json",
     "urlencoded",
@@ -270,6 +273,21 @@ mod tests {
             class(&ct(b"image/png"), &["image/*"]).unwrap(),
             BodyClass::Opaque
         );
+        // The usual upload type, as the docs' example lists it: it yields no fields to
+        // any backend (`check` accepts it, so the gateway must too).
+        assert_eq!(
+            class(
+                &ct(b"application/octet-stream"),
+                &["application/octet-stream"]
+            )
+            .unwrap(),
+            BodyClass::Opaque
+        );
+        // In parameters it is still refused: no client sends it there.
+        assert!(refused(class(
+            &ct(b"text/csv; x=octet-stream"),
+            &["text/csv"]
+        )));
         let h = HeaderMap::new();
         assert_eq!(classify(&h, false, &route(&[])).unwrap(), BodyClass::Empty);
     }

@@ -36,6 +36,10 @@ use crate::{headers, method_override, request_id, trace_context, x_forwarded};
 
 /// The header a legacy API key comes in when `[api_keys]` names none.
 const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+/// Query parameters that carry a caller's key or bearer token by convention (RFC 6750's
+/// `access_token`): the gateway authenticated the caller, so they never reach the
+/// backend, whatever the route (compared as every parameter name is: decoded, any case).
+const KEY_PARAMS: &[&str] = &["api_key", "apikey", "api-key", "access_token"];
 
 /// Rewrites the request head in place for the upstream.
 pub fn upstream_head(
@@ -100,11 +104,22 @@ pub fn upstream_head(
                 h.remove(name);
             }
             drop_params.extend(keys.query_param.as_deref().filter(|p| !kept_param(p)));
+            // A key moved from its header to the query (`?x-api-key=`) is no more the
+            // backend's than in the header: a backend that reads it there would act
+            // for whoever's key it is, past the sunset too.
+            drop_params.extend(
+                keys.headers
+                    .iter()
+                    .map(HeaderName::as_str)
+                    .filter(|p| !kept_param(p)),
+            );
         }
         None => {
             h.remove(DEFAULT_API_KEY_HEADER);
+            drop_params.push("x-api-key");
         }
     }
+    drop_params.extend(KEY_PARAMS.iter().copied().filter(|p| !kept_param(p)));
     if let Some((_, credential)) = &route.upstream_credential {
         set_credential(h, credential, exchange)?;
     }

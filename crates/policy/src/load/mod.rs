@@ -48,7 +48,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
-use crate::snapshot::{Auth, Credential, Snapshot, Webhook};
+use crate::snapshot::{Auth, Credential, RedactValues, Snapshot, Webhook};
 use crate::sources::{Disk, Sources};
 use context::Loader;
 use document::section;
@@ -243,7 +243,34 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
         .iter()
         .flatten()
         .filter_map(|a| a.token.as_ref().map(|t| t.0.clone()));
-    log.redact_values.0 = url_secrets.chain(admin_token).collect();
+    // The backend credentials the gateway adds (every legacy key of a `client_map`),
+    // whole and, for `Basic …`/`Bearer …`, without the scheme.
+    let credential_values = credentials
+        .values()
+        .flatten()
+        .flat_map(|c| match &**c {
+            Credential::Header { value, .. } => vec![value.as_bytes().to_vec()],
+            Credential::ClientMap { values, .. } => {
+                values.values().map(|v| v.as_bytes().to_vec()).collect()
+            }
+        })
+        .flat_map(|value| {
+            let bare = value
+                .iter()
+                .rposition(|b| *b == b' ')
+                .map(|at| value[at + 1..].to_vec());
+            std::iter::once(value).chain(bare)
+        });
+    let plivo_tokens = webhooks.values().flatten().flat_map(|w| match &**w {
+        Webhook::PlivoV3 { auth_tokens, .. } => auth_tokens.clone(),
+        _ => Vec::new(),
+    });
+    log.redact_values = RedactValues::new(
+        url_secrets
+            .chain(admin_token)
+            .chain(credential_values)
+            .chain(plivo_tokens),
+    );
     let identity_headers = routing::identity_headers(&routing.routes);
     let unvouched_client_id = routing::unvouched_client_id(&routing.routes);
     Some(Snapshot {

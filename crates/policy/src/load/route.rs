@@ -409,7 +409,7 @@ fn opaque_types(
                 // Some backends pick a body parser by a search of the whole type
                 // (formidable: /json/i, /urlencoded/i, /multipart/i): such a body would
                 // be parsed unread by the gateway.
-                let parsed_as = ["json", "urlencoded", "multipart", "form-data"]
+                let parsed_as = crate::media::FIELD_PARSER_WORDS
                     .iter()
                     .find(|w| range.as_str().contains(**w));
                 if clash {

@@ -58,6 +58,11 @@ pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-middleware-subrequest",
     "x-forwarded-method",
     "x-original-forwarded-host",
+    "x-http-host-override",
+    // httpoxy: CGI-style backends (PHP-CGI, Go's net/http/cgi, wsgiref) turn `Proxy`
+    // into `HTTP_PROXY`, and send their own outgoing calls, credentials and all,
+    // through the caller's proxy.
+    "proxy",
     // Identities set by auth proxies and API gateways (oauth2-proxy, Apache, Envoy,
     // nginx mTLS, AWS ALB, Google IAP, Azure App Service, Cloudflare Access, Kong,
     // WSO2, Kubernetes impersonation).
@@ -103,6 +108,18 @@ pub const DEFAULT_STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-forwarded-client-cert",
     "x-ssl-client-cert",
     "x-client-cert",
+    // Client certificates and their verdicts as other front ends forward them (ASP.NET
+    // Core's certificate forwarding, Traefik, nginx and Apache conventions).
+    "x-arr-clientcert",
+    "ssl-client-cert",
+    "x-forwarded-tlsclientcert",
+    "x-forwarded-tlsclientcert-info",
+    "ssl-client-verify",
+    "x-ssl-client-verify",
+    "x-client-verify",
+    "x-ssl-client-dn",
+    "x-ssl-client-s-dn",
+    "x-client-dn",
     // Generic ones that hand-written auth middleware trusts.
     "x-auth-user",
     "x-auth-userid",

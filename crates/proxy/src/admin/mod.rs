@@ -44,7 +44,7 @@ pub async fn handle(
             .unwrap_or_default();
         let log = &runtime.active().snapshot.log;
         let path =
-            crate::access_log::redact_path(&path, &log.redact_query_params, &log.redact_values.0);
+            crate::access_log::redact_path(&path, &log.redact_query_params, &log.redact_values);
         tracing::info!(
             %method,
             path = %crate::access_log::bounded(path),
