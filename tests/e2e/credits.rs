@@ -336,6 +336,22 @@ async fn a_metered_request_is_charged_and_says_so() {
         "{}",
         r.json()
     );
+    // Nor one longer than a request target may be (414 to a request).
+    let long = format!(
+        r#"{{"method": "POST", "path": "/echo/metered/{}"}}"#,
+        "a".repeat(9000)
+    );
+    let long: &'static str = Box::leak(long.into_boxed_str());
+    let r = preview(long.as_bytes()).await;
+    r.assert_problem(400, "INVALID_REQUEST_BODY");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("operation 1: `path` is longer than a request target may be"),
+        "{}",
+        r.json()
+    );
     // JSON alone, and said to be: not parsed as JSON on a guess.
     let one = br#"{"method": "GET", "path": "/echo/metered/z"}"#;
     for content_type in [

@@ -307,9 +307,12 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Cre
             key
         }
         None => {
+            // A bare key (as clients send UUIDs) holds no `,` or `;`: two header lines
+            // joined by a proxy read `a,b`, and a structured-field reader takes `k;x=1`
+            // as `k` with a parameter. Either way another reader sees another key.
             let visible = text
                 .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b',' | b';'));
             if !visible {
                 return Err(CreditError::KeyInvalid);
             }
@@ -980,6 +983,10 @@ mod tests {
             r#""k1";x="open"#,
             r#""k1","k2""#,
             "\"k\tb\"",
+            // Two lines joined by a proxy; a parameter on a bare key.
+            "a,b",
+            "a, b",
+            "k1;x=1",
         ] {
             assert!(key(bad).is_err(), "{bad}");
         }

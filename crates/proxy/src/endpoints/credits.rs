@@ -156,6 +156,13 @@ pub async fn preview(
             .ok_or(bad(
                 "`method` is an HTTP method in upper case (`POST`), as a request sends it",
             ))?;
+        // A target longer than a request may send (414 `URI_TOO_LONG`) is no request's.
+        if path.len() > snapshot.server.max_uri_bytes {
+            return Err(bad(
+                "`path` is longer than a request target may be (`[server] max_uri_bytes`)",
+            )
+            .into());
+        }
         // As a request target is read: the query, and a fragment, are not the path.
         let path_only = path.split(['?', '#']).next().unwrap_or(path);
         let normalized = tollgate_policy::path::normalize(path_only).map_err(|_| {

@@ -74,7 +74,7 @@ pub fn reason(reason: &str) -> Result<&str, Refusal> {
         return Err(Refusal::ReasonControl);
     }
     let reason = reason.trim();
-    if reason.is_empty() {
+    if reason.chars().all(|c| c.is_whitespace() || is_invisible(c)) {
         Err(Refusal::ReasonEmpty)
     } else if reason.len() > MAX_REASON_BYTES {
         Err(Refusal::ReasonTooLong {
@@ -120,6 +120,28 @@ pub fn is_control(c: char) -> bool {
                 | '\u{202A}'..='\u{202E}'
                 | '\u{2066}'..='\u{2069}'
         )
+}
+
+/// Characters that draw nothing (zero-width spaces and joiners, the word joiner, the
+/// byte-order mark, soft hyphen, Hangul fillers, the braille blank): a reason of these
+/// alone says nothing, and prints as a blank one.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2800}'
+            | '\u{3164}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+    )
 }
 
 /// `text` safe to print on one terminal line: every [`is_control`] character written as
@@ -181,6 +203,16 @@ mod tests {
         );
         assert_eq!(reason(""), Err(Refusal::ReasonEmpty));
         assert_eq!(reason("   "), Err(Refusal::ReasonEmpty));
+        // Characters that draw nothing say nothing either; beside a word they are kept.
+        for blank in [
+            "\u{200B}",
+            " \u{FEFF}\u{2060} ",
+            "\u{3164}",
+            "\u{00A0}\u{200D}",
+        ] {
+            assert_eq!(reason(blank), Err(Refusal::ReasonEmpty), "{blank:?}");
+        }
+        assert_eq!(reason("re\u{200B}fund"), Ok("re\u{200B}fund"));
         // At either end too, where trimming would have hidden them.
         assert_eq!(reason(" \t\n "), Err(Refusal::ReasonControl));
         assert_eq!(reason("refund\n"), Err(Refusal::ReasonControl));
