@@ -175,11 +175,11 @@ fn check_refuses_what_run_could_not_serve() {
     let (ok, out) = gateway("127.0.0.1:18081", "opening_balances = \"credits/open.csv\"");
     assert!(!ok, "{out}");
     assert!(
-        out.contains("open.csv: error: line 3: client 1001 appears more than once (first: line 2)"),
+        out.contains("open.csv:3:1: error: client 1001 appears more than once (first: line 2)"),
         "{out}"
     );
     assert!(
-        out.contains("open.csv: error: line 4: client \"bad id\": not a client id"),
+        out.contains("open.csv:4:1: error: client \"bad id\": not a client id"),
         "{out}"
     );
     std::fs::write(
@@ -233,6 +233,16 @@ fn explain_plays_the_request_and_shows_the_route_s_policy() {
     let args = ["explain", "GET", "/pub/x", "--backend-status", "1000"];
     let (ok, out) = tollgate(&[&args[..], &["--config", &config]].concat());
     assert!(!ok && out.contains("1000 is not in 100..=599"), "{out}");
+    // A target without its leading slash is named as that slip.
+    let (ok, out) = tollgate(&["explain", "GET", "campaigns", "--config", &config]);
+    assert!(
+        !ok && out.contains("start it with `/` (`/campaigns`)"),
+        "{out}"
+    );
+    // A token that would be expired when printed is not minted.
+    let args = ["token", "mint", "--client", "1001", "--ttl", "0s"];
+    let (ok, out) = tollgate(&[&args[..], &["--config", &config]].concat());
+    assert!(!ok && out.contains("--ttl: at least 1s"), "{out}");
 
     // Without a token the route's 401, with the rule that asks for one.
     let (_, out) = tollgate(&["explain", "GET", "/campaigns/42?x=1", "--config", &config]);

@@ -2529,7 +2529,7 @@ async fn the_admin_api_needs_its_token_and_journals_every_change() {
     // refused rather than credited where nobody can spend it.
     credit(g, "dev%3A1%40acme", 1).await;
     assert_eq!(account(g, "dev:1@acme").await, (1, 0));
-    for id in ["a%2Fb", "1001%0A", "1003%20", "%00x"] {
+    for id in ["a%2Fb", "1001%0A", "1003%20", "%00x", "c%2", "c%zz1", "%"] {
         admin(
             g,
             "POST",
@@ -2660,7 +2660,18 @@ async fn the_ledger_cli_credits_shows_imports_and_verifies() {
     g.wait_ready().await;
     assert_eq!(account(&g, "1002").await, (250, 0));
     let (ok, out) = tollgate(&["ledger", "verify"]);
-    assert!(!ok && out.contains("admin API"), "{out}");
+    assert!(!ok && out.contains("GET /ledger/verify"), "{out}");
+    drop(g);
+    // A damaged file is not blamed on a running gateway.
+    let file = dir.path().join("state/ledger.redb");
+    std::fs::write(
+        &file,
+        b"not a ledger at all, but long enough to be read as one",
+    )
+    .unwrap();
+    let (ok, out) = tollgate(&["ledger", "show", "--client", "1001"]);
+    assert!(!ok && out.contains("cannot open"), "{out}");
+    assert!(!out.contains("running gateway"), "{out}");
 }
 
 /// The admin API refuses reasons with control characters (a journal line that draws

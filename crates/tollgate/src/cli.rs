@@ -486,9 +486,13 @@ fn opening_balances(snapshot: &Snapshot) -> Result<(), Vec<String>> {
     tollgate_state::ledger::import::parse(&text)
         .map(drop)
         .map_err(|problems| {
+            let file = path.display();
             problems
                 .iter()
-                .map(|p| format!("{}: error: {p}", path.display()))
+                .map(|p| match tollgate_state::ledger::import::line_of(p) {
+                    Some((line, rest)) => format!("{file}:{line}:1: error: {rest}"),
+                    None => format!("{file}: error: {p}"),
+                })
                 .collect()
         })
 }
@@ -536,6 +540,10 @@ fn mint(
         Some(text) => tollgate_policy::duration::parse(text)?,
         None => jwt.access_ttl,
     };
+    // Under a second the token would be expired when printed (`exp` is whole seconds).
+    if ttl.as_secs() == 0 {
+        return Err("--ttl: at least 1s (a shorter token is expired before it is used)".into());
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?

@@ -106,7 +106,9 @@ fn missing_file(snapshot: &Snapshot) -> Option<&Path> {
     (snapshot.store.redis.is_none() && !credits.path.exists()).then_some(credits.path.as_path())
 }
 
-fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
+/// Opens the configured ledger. `instead` says what to do instead while a running
+/// gateway holds the embedded file.
+fn open(snapshot: &Snapshot, instead: &str) -> Result<Arc<dyn Ledger>, String> {
     let credits = snapshot
         .credits
         .as_ref()
@@ -119,10 +121,16 @@ fn open(snapshot: &Snapshot) -> Result<Arc<dyn Ledger>, String> {
         None => EmbeddedLedger::open_with(&credits.path, Options::for_sync(credits.sync))
             .map(|l| Arc::new(l) as Arc<dyn Ledger>)
             .map_err(|e| {
-                format!(
-                    "cannot open {}: {e}\n(a running gateway holds the file: stop it, or use its admin API, POST /ledger/clients/ID/credit)",
-                    credits.path.display()
-                )
+                // redb locks the file: only that failure is a running gateway's doing
+                // (a damaged file or a permission says so itself).
+                let text = e.to_string();
+                let held = text.to_ascii_lowercase().contains("already open");
+                let hint = if held {
+                    format!("\n(a running gateway holds the file: stop it, or {instead})")
+                } else {
+                    String::new()
+                };
+                format!("cannot open {}: {text}{hint}", credits.path.display())
             }),
     }
 }
@@ -174,7 +182,10 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
         } => {
             let mut adjust = operator::adjustment(client, change, reason, "cli", now_ms())
                 .map_err(|r| refused(client, r))?;
-            let ledger = open(snapshot)?;
+            let ledger = open(
+                snapshot,
+                "use its admin API: POST /ledger/clients/ID/credit",
+            )?;
             open_client(snapshot, &*ledger, client).await?;
             // Stamped after the opening it follows, as the journal's order says.
             adjust.now_ms = now_ms();
@@ -218,7 +229,7 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let ledger = open(snapshot)?;
+            let ledger = open(snapshot, "use its admin API: GET /ledger/clients/ID")?;
             let account = ledger
                 .account(worker, client)
                 .await
@@ -274,7 +285,10 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                     problems.join("\n  ")
                 )
             })?;
-            let ledger = open(snapshot)?;
+            let ledger = open(
+                snapshot,
+                "name the file in [credits] opening_balances: a gateway credits it when it starts",
+            )?;
             let reason = format!("opening balance from {}", file.display());
             let done = import::credit(&*ledger, worker, openings, &reason, now_ms())
                 .await
@@ -301,7 +315,7 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
                     file.display()
                 ));
             }
-            let ledger = open(snapshot)?;
+            let ledger = open(snapshot, "use its admin API: GET /ledger/verify")?;
             let report = ledger.verify(worker).await.map_err(|e| e.to_string())?;
             println!(
                 "{} client(s), {} movement(s), {} open reservation(s)",

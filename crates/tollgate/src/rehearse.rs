@@ -131,6 +131,13 @@ pub struct Request<'a> {
 /// Plays `request` and prints what happened, what the backend received, and the policy
 /// of the route it landed on.
 pub fn explain(snapshot: &Snapshot, request: &Request) -> ExitCode {
+    // `campaigns` for `/campaigns`: the gateway would read it as an absolute-form
+    // target with an odd scheme, which says nothing about the slip.
+    let target = request.target;
+    if !target.starts_with('/') && target != "*" && !target.contains("://") {
+        eprintln!("explain: `{target}` is not a request target: start it with `/` (`/{target}`), as a client sends it");
+        return ExitCode::FAILURE;
+    }
     let mut headers = Vec::new();
     for header in request.headers {
         match header.split_once(':') {

@@ -453,8 +453,11 @@ fn percent_decode(segment: &str) -> Result<String, GatewayError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = segment.get(i + 1..i + 3).ok_or(AdminError::NotFound)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| AdminError::NotFound)?);
+            // A broken escape names no client a caller could have: 400, as a bad id is.
+            let hex = segment
+                .get(i + 1..i + 3)
+                .ok_or(operator::Refusal::ClientId)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| operator::Refusal::ClientId)?);
             i += 3;
         } else {
             out.push(bytes[i]);
