@@ -411,6 +411,21 @@ fn read_header(token: &str) -> Result<Header, JwtError> {
         Some(Value::String(k)) if k.len() <= 256 => Some(k.clone()),
         Some(_) => return Err(JwtError::BadHeader("kid must be a short string")),
     };
+    // The verifier reads these with their registered types (RFC 7515 §4.1): one of
+    // another type is the header's fault, and said so, not the payload's.
+    let typed = ["typ", "cty", "jku", "x5u", "x5t", "x5t#S256"]
+        .iter()
+        .all(|name| header.get(*name).is_none_or(Value::is_string))
+        && header.get("jwk").is_none_or(Value::is_object)
+        && header.get("x5c").is_none_or(|v| {
+            v.as_array()
+                .is_some_and(|certs| certs.iter().all(Value::is_string))
+        });
+    if !typed {
+        return Err(JwtError::BadHeader(
+            "typ, cty, jku, x5u, x5t and x5t#S256 must be strings, jwk an object, x5c a list of strings",
+        ));
+    }
     Ok(Header { alg, kid })
 }
 
@@ -646,6 +661,24 @@ mod tests {
         ));
         jwk.common.key_operations = Some(vec![KeyOperations::Verify]);
         assert!(VerifyKey::from_jwk(&jwk, None).is_ok());
+    }
+
+    /// A registered header member of the wrong type is the header's fault, and said
+    /// to be (the verifier's own header reader refused it as a payload error).
+    #[test]
+    fn header_members_of_the_wrong_type_are_header_errors() {
+        let header = |json: &str| read_header(&format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(json)));
+        assert!(header(r#"{"alg":"HS256","typ":"JWT","x5c":["a"],"jwk":{}}"#).is_ok());
+        for bad in [
+            r#"{"alg":"HS256","typ":5}"#,
+            r#"{"alg":"HS256","cty":null}"#,
+            r#"{"alg":"HS256","jku":["x"]}"#,
+            r#"{"alg":"HS256","x5t#S256":1}"#,
+            r#"{"alg":"HS256","jwk":"k"}"#,
+            r#"{"alg":"HS256","x5c":[1]}"#,
+        ] {
+            assert!(matches!(header(bad), Err(JwtError::BadHeader(_))), "{bad}");
+        }
     }
 
     #[test]
