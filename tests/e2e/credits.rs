@@ -3181,3 +3181,54 @@ async fn a_cluster_primary_fails_over_under_load_without_a_500() {
     }
     assert_verified(g).await;
 }
+
+/// A caller the route has no backend credential for (a `client_map` without its key) is
+/// refused before anything is held: no reserve and void in its journal, no key claimed.
+#[tokio::test]
+async fn a_caller_without_a_backend_credential_is_refused_before_reserving() {
+    let mut s = setup("", "");
+    s.policies.insert(
+        0,
+        (
+            "05-keyed.toml".into(),
+            "[[route]]\nname = \"keyed\"\npath = \"/echo/keyed/*\"\nauth = \"jwt\"\ncost = 5\nupstream_credential = \"client-key\"\n".into(),
+        ),
+    );
+    s.files.push((
+        "client-keys.toml".into(),
+        b"\"c1\" = \"legacy-key-of-c1\"\n".to_vec(),
+    ));
+    s.extra.push_str(
+        "\n[credentials.client-key]\nkind = \"client_map\"\nheader = \"x-api-key\"\nfile = \"client-keys.toml\"\n",
+    );
+    let h = Harness::with(s).await;
+    h.gateway.wait_ready().await;
+    let g = &h.gateway;
+    credit(g, "c1", 10).await;
+    credit(g, "c2", 10).await;
+    let seen = h.backend.requests();
+    let bearer = bearer_for("c2");
+    let r = send(
+        g.addr,
+        "POST",
+        "/echo/keyed/x",
+        &[("authorization", &bearer), ("idempotency-key", "k-1")],
+        b"",
+    )
+    .await;
+    r.assert_problem(403, "FORBIDDEN");
+    assert_eq!(h.backend.requests(), seen);
+    assert_eq!(account(g, "c2").await, (10, 0));
+    let kinds: Vec<String> = journal(g, "c2")
+        .await
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["credit"]);
+    // The caller that has one is charged, and its key reaches the backend.
+    let r = call(g, "POST", "/echo/keyed/x", "c1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-token-balance"), Some("5"));
+    assert_eq!(r.echoed_header("x-api-key"), ["legacy-key-of-c1"]);
+    assert_verified(g).await;
+}

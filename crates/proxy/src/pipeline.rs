@@ -229,7 +229,9 @@ async fn run(
     // 6. limit
     let request = limit::check(exchange, route, request, &active.limiters, &reading).await?;
 
-    // 7. meter
+    // 7. meter (after refusing a caller stage 8 could not give the backend credential:
+    // nothing is held or claimed for a request that could never run)
+    rewrite::require_credential(exchange, route)?;
     let request =
         match meter::reserve(exchange, route, request, &path, &active.credits, &reading).await? {
             meter::Reserve::Forward(request) => request,

@@ -223,19 +223,38 @@ fn set_credential(
         }
         Credential::ClientMap { name, values } => {
             headers.remove(name);
-            // `tollgate check` refuses a per-client credential where nobody is identified.
-            let client = exchange
-                .caller
-                .identity
-                .as_ref()
-                .ok_or(Bug::CredentialWithoutCaller)?;
-            let value = values
-                .get(&client.client_id)
-                .ok_or(AccessError::NoBackendCredential)?;
+            let value = client_credential(values, exchange)?;
             headers.insert(name.clone(), value.clone());
         }
     }
     Ok(())
+}
+
+/// The caller's own entry of a per-client credential: 403 `FORBIDDEN` for a caller the
+/// backend has no key for.
+fn client_credential<'v>(
+    values: &'v std::collections::HashMap<String, HeaderValue>,
+    exchange: &Exchange<'_>,
+) -> Result<&'v HeaderValue, GatewayError> {
+    // `tollgate check` refuses a per-client credential where nobody is identified.
+    let client = exchange
+        .caller
+        .identity
+        .as_ref()
+        .ok_or(Bug::CredentialWithoutCaller)?;
+    Ok(values
+        .get(&client.client_id)
+        .ok_or(AccessError::NoBackendCredential)?)
+}
+
+/// Refuses, before anything is reserved or claimed, a caller this stage could not
+/// give the route's backend credential: the refusal would otherwise come after a
+/// reservation, and journal a reserve and a void for a request that never could run.
+pub fn require_credential(exchange: &Exchange<'_>, route: &Route) -> Result<(), GatewayError> {
+    match route.upstream_credential.as_ref().map(|(_, c)| &**c) {
+        Some(Credential::ClientMap { values, .. }) => client_credential(values, exchange).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// The target the upstream is sent: its base path, then the normalized `path`, then the
