@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{eventually, raw, Harness, Setup};
+use crate::support::{eventually, raw, GatewayProcess, Harness, Setup};
 
 const DENY_ECHO: &str = r#"
 [[route]]
@@ -572,4 +572,35 @@ async fn a_scraper_that_asks_for_openmetrics_gets_it_with_the_same_series() {
         plain.contains("# TYPE tollgate_responses_total counter\n"),
         "{plain}"
     );
+}
+
+/// A second gateway on the same address binds beside the first (SO_REUSEPORT, as an
+/// overlapping restart needs) and says so: started by mistake, it would take half the
+/// connections without the first's ledger and sessions.
+#[tokio::test]
+async fn a_second_gateway_on_a_taken_address_says_so() {
+    let h = Harness::start().await;
+    let config = h.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let port = h.gateway.addr.port();
+    let second_config = h.dir.path().join("second.toml");
+    std::fs::write(
+        &second_config,
+        text.replacen(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"127.0.0.1:{port}\"]"),
+            1,
+        ),
+    )
+    .unwrap();
+    let second = GatewayProcess::start(&second_config);
+    assert_eq!(second.addr.port(), port);
+    assert!(
+        second
+            .wait_for_log("another process listens", Duration::from_secs(5))
+            .await,
+        "{}",
+        second.stderr()
+    );
+    assert!(!h.gateway.stderr().contains("another process listens"));
 }

@@ -72,6 +72,7 @@ impl Gateway {
             // The first bind resolves port 0; the others share the port it got.
             let named =
                 |e: io::Error| io::Error::new(e.kind(), format!("[server] listener {addr}: {e}"));
+            warn_if_shared(*addr);
             let first = reuse_port_listener(*addr).map_err(named)?;
             let bound = first.local_addr()?;
             worker_listeners[0].push((first, scheme));
@@ -246,6 +247,30 @@ impl Gateway {
             tracing::warn!("shutdown grace period ended with requests still in flight");
         }
         drained
+    }
+}
+
+/// Says so when another process listens on `addr` already. `SO_REUSEPORT` lets this
+/// one bind beside it (as an overlapping restart needs), and the kernel then splits
+/// connections between the two: a second gateway started by mistake would answer half
+/// of them, without the first's ledger and sessions (their files are the first's).
+/// A bind without `SO_REUSEPORT` probes it: it fails while another socket listens
+/// there (`SO_REUSEADDR` lets it past the last run's connections in TIME_WAIT).
+fn warn_if_shared(addr: SocketAddr) {
+    if addr.port() == 0 {
+        return;
+    }
+    let held = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .and_then(|probe| {
+            probe.set_reuse_address(true)?;
+            probe.bind(&addr.into())
+        })
+        .is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse);
+    if held {
+        tracing::warn!(
+            %addr,
+            "another process listens on this address already; it and this gateway will share its connections (SO_REUSEPORT). Unless this is an overlapping restart, stop one of them"
+        );
     }
 }
 
