@@ -463,6 +463,25 @@ async fn multipart_fields_naming_another_client_never_complete() {
         r.assert_problem(403, "CLIENT_ID_MISMATCH");
         assert!(incomplete, "{json}: a complete request reached the backend");
     }
+    // XML inside a part, which Spring binds the same way where Jackson's XML module is.
+    for (content_type, xml) in [
+        (
+            "application/xml",
+            "<campaign><clientId>1002</clientId></campaign>",
+        ),
+        ("text/xml", "<campaign clientId=\"1002\"/>"),
+        (
+            "application/vnd.campaign+xml",
+            "<c><a:clientId xmlns:a=\"x\">1002</a:clientId></c>",
+        ),
+    ] {
+        let body = format!(
+            "--b\r\nContent-Disposition: form-data; name=\"campaign\"; filename=\"c.xml\"\r\nContent-Type: {content_type}\r\n\r\n{xml}\r\n--b--\r\n"
+        );
+        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
+        r.assert_problem(403, "CLIENT_ID_MISMATCH");
+        assert!(incomplete, "{xml}: a complete request reached the backend");
+    }
     // A part whose headers cannot be read is not vouched for.
     let body = "--b\r\nnonsense\r\n\r\nx\r\n--b--\r\n";
     let (r, _) = a

@@ -28,7 +28,9 @@
 //!   held the same way, up to 64 KiB, and its members named like
 //!   the client id, at any depth, judged as a JSON body's are ([`ids_in_json`]); a
 //!   larger one is refused (400 `MULTIPART_INVALID`), since it could not be judged
-//!   without holding it. Every other byte passes through at once.
+//!   without holding it. A part of an XML type (Spring binds it the same way where
+//!   Jackson's XML module is) is held alike and judged strictly ([`ids_in_xml`]).
+//!   Every other byte passes through at once.
 //!
 //! A part header block that cannot be parsed also cuts the body off (400
 //! `MULTIPART_INVALID`), and so does a part of a `multipart/*` type (Commons FileUpload
@@ -73,6 +75,10 @@ enum Watched {
     Method,
     /// A part of a JSON type: its members named like the client id are judged.
     Json,
+    /// A part of an XML type (Spring binds one with `@RequestPart` where Jackson's XML
+    /// module is present): its elements and attributes named like the client id are
+    /// judged.
+    Xml,
 }
 
 #[derive(Debug)]
@@ -257,7 +263,7 @@ impl Scanner {
                 // Bounded per chunk: a held value this long cannot be a client id (or
                 // a method), and a JSON part this long is not judged.
                 let most = match self.held_for {
-                    Watched::Json => MAX_HELD_JSON,
+                    Watched::Json | Watched::Xml => MAX_HELD_JSON,
                     Watched::ClientId | Watched::Method => MAX_HELD_VALUE,
                 };
                 if held.len() > most + self.needle.len() + 2 {
@@ -299,6 +305,8 @@ impl Scanner {
             // limit holds all the same.
             Watched::Json if value.len() > MAX_HELD_JSON => return Err(Refusal::Malformed),
             Watched::Json => return ids_in_json(value, &self.names, &self.caller),
+            Watched::Xml if value.len() > MAX_HELD_JSON => return Err(Refusal::Malformed),
+            Watched::Xml => return ids_in_xml(value, &self.names, &self.caller),
         };
         if kept {
             Ok(())
@@ -311,7 +319,7 @@ impl Scanner {
         match self.held_for {
             Watched::ClientId => Refusal::ClientIdMismatch,
             Watched::Method => Refusal::MethodOverride,
-            Watched::Json => Refusal::Malformed,
+            Watched::Json | Watched::Xml => Refusal::Malformed,
         }
     }
 
@@ -320,7 +328,8 @@ impl Scanner {
     /// A part named both like the client id and `_method` is refused: it could be judged
     /// as only one of them.
     fn watched(&self) -> Result<Option<Watched>, Refusal> {
-        let (mut client_id, mut method, mut disposed, mut json) = (false, false, false, false);
+        let (mut client_id, mut method, mut disposed) = (false, false, false);
+        let (mut json, mut xml) = (false, false);
         let headers = parse_headers(&self.header)?;
         // Rack 2 searches the whole header block for `Content-Disposition:` (or, for a
         // part without a name, `Content-ID:`), so that text inside another header's
@@ -363,6 +372,7 @@ impl Scanner {
                     return Err(Refusal::Malformed);
                 }
                 json |= read_as_json(&essence);
+                xml |= read_as_xml(&essence);
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
                 // (identity: every parser reads the bytes as they are). Anything else
@@ -381,6 +391,7 @@ impl Scanner {
             (_, true, false) => Ok(Some(Watched::ClientId)),
             (_, false, true) => Ok(Some(Watched::Method)),
             (_, false, false) if json => Ok(Some(Watched::Json)),
+            (_, false, false) if xml => Ok(Some(Watched::Xml)),
             (_, false, false) => Ok(None),
         }
     }
@@ -398,6 +409,121 @@ fn read_as_json(essence: &str) -> bool {
         || matches!(subtype, "json" | "x-json" | "javascript" | "x-javascript")
         || subtype.ends_with("+json")
         || subtype.ends_with("x-www-form-urlencoded")
+}
+
+/// Whether some backend binds a part of this type as XML: `xml` or `x-xml` under any
+/// main type, or a `+xml` subtype (what Jackson's XML module and JAXB providers take).
+fn read_as_xml(essence: &str) -> bool {
+    let subtype = essence.split_once('/').map_or(essence, |(_, sub)| sub);
+    matches!(subtype, "xml" | "x-xml") || subtype.ends_with("+xml")
+}
+
+/// Judges an XML part without an XML parser, so strictly: it must be UTF-8 (declared
+/// so, or not declared) with no document type declaration (an internal entity can
+/// expand to elements the bytes do not show), and every element or attribute whose
+/// local name (after any prefix) is named like the client id must hold exactly the
+/// caller's id as its text: `<clientId>1001</clientId>` or `clientId="1001"`. Anything
+/// else so named (another id, an escape, nested elements, whitespace) is
+/// [`Refusal::ClientIdMismatch`]; bytes that cannot be read that way are
+/// [`Refusal::Malformed`]. Comments, CDATA sections and processing instructions are
+/// skipped: none of them makes an element.
+fn ids_in_xml(value: &[u8], names: &[String], caller: &str) -> Result<(), Refusal> {
+    let text = std::str::from_utf8(value).map_err(|_| Refusal::Malformed)?;
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("<!doctype") || lower.contains("<!entity") {
+        return Err(Refusal::Malformed);
+    }
+    if let Some(declaration) = lower.trim_start_matches('\u{feff}').strip_prefix("<?xml") {
+        let declaration = &declaration[..declaration.find("?>").ok_or(Refusal::Malformed)?];
+        if let Some(at) = declaration.find("encoding") {
+            let named = declaration[at + "encoding".len()..]
+                .trim_start()
+                .strip_prefix('=')
+                .map(|rest| rest.trim_start().trim_start_matches(['"', '\'']))
+                .ok_or(Refusal::Malformed)?;
+            if !(named.starts_with("utf-8") || named.starts_with("utf8")) {
+                return Err(Refusal::Malformed);
+            }
+        }
+    }
+    let named_like_id = |name: &str| {
+        let local = name.rsplit(':').next().unwrap_or(name);
+        names.iter().any(|n| param::means(local, n))
+    };
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        // Markup that makes no element: skipped whole.
+        let markup = [("!--", "-->"), ("![CDATA[", "]]>"), ("?", "?>")]
+            .iter()
+            .find_map(|(open, close)| Some((rest.strip_prefix(open)?, close)));
+        if let Some((after, close)) = markup {
+            let end = after.find(close).ok_or(Refusal::Malformed)?;
+            rest = &after[end + close.len()..];
+            continue;
+        }
+        if rest.starts_with('!') {
+            return Err(Refusal::Malformed);
+        }
+        let closing = rest.starts_with('/');
+        let tag_end = rest.find('>').ok_or(Refusal::Malformed)?;
+        let tag = &rest[usize::from(closing)..tag_end];
+        rest = &rest[tag_end + 1..];
+        let name_end = tag
+            .find(|c: char| c.is_whitespace() || c == '/')
+            .unwrap_or(tag.len());
+        let (name, attributes) = tag.split_at(name_end);
+        if closing {
+            continue;
+        }
+        if named_like_id(name) {
+            let self_closing = attributes.trim_end().ends_with('/');
+            let content = rest.split('<').next().unwrap_or_default();
+            let closed_by = rest[content.len()..].strip_prefix("</");
+            let closes = closed_by.is_some_and(|after| {
+                after
+                    .strip_prefix(name)
+                    .is_some_and(|t| t.trim_start().starts_with('>'))
+            });
+            if self_closing || content != caller || !closes {
+                return Err(Refusal::ClientIdMismatch);
+            }
+        }
+        attributes_hold_only(
+            attributes.trim_end().trim_end_matches('/'),
+            &named_like_id,
+            caller,
+        )?;
+    }
+    Ok(())
+}
+
+/// The attributes of a start tag: each named like the client id must hold exactly the
+/// caller's id.
+fn attributes_hold_only(
+    mut attributes: &str,
+    named_like_id: &dyn Fn(&str) -> bool,
+    caller: &str,
+) -> Result<(), Refusal> {
+    loop {
+        attributes = attributes.trim_start();
+        if attributes.is_empty() {
+            return Ok(());
+        }
+        let (name, after) = attributes.split_once('=').ok_or(Refusal::Malformed)?;
+        let after = after.trim_start();
+        let quote = after
+            .chars()
+            .next()
+            .filter(|q| *q == '"' || *q == '\'')
+            .ok_or(Refusal::Malformed)?;
+        let inner = &after[1..];
+        let end = inner.find(quote).ok_or(Refusal::Malformed)?;
+        if named_like_id(name.trim()) && &inner[..end] != caller {
+            return Err(Refusal::ClientIdMismatch);
+        }
+        attributes = &inner[end + 1..];
+    }
 }
 
 /// Judges a JSON part: every member named like the client id (`names`, folded as
@@ -766,6 +892,76 @@ mod tests {
         format!(
             "--XyZ\r\nContent-Disposition: form-data; name=\"campaign\"; filename=\"blob\"\r\nContent-Type: application/json\r\n\r\n{json}\r\n"
         )
+    }
+
+    fn xml_part(content_type: &str, xml: &str) -> String {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"campaign\"; filename=\"c.xml\"\r\nContent-Type: {content_type}\r\n\r\n{xml}\r\n"
+        )
+    }
+
+    /// Spring binds an XML part to an object where Jackson's XML module is present: an
+    /// element or attribute named like the client id must hold the caller's own.
+    #[test]
+    fn an_xml_part_names_no_other_client() {
+        for xml in [
+            "<campaign><clientId>1002</clientId></campaign>",
+            "<campaign clientId=\"1002\"><name>x</name></campaign>",
+            "<c><a:client_id xmlns:a=\"u\">1002</a:client_id></c>",
+            "<c><ClientID>1002</ClientID></c>",
+            "<c><clientId>&#49;001</clientId></c>",
+            "<c><clientId> 1001</clientId></c>",
+            "<c><clientId><v>1001</v></clientId></c>",
+            "<c><clientId/></c>",
+            "<c><x clientId='1002'/></c>",
+            "<c><clientId>1001</clientId><clientId>1002</clientId></c>",
+        ] {
+            for content_type in [
+                "application/xml",
+                "text/xml; charset=utf-8",
+                "application/vnd.c+xml",
+            ] {
+                let b = body(&[xml_part(content_type, xml)]);
+                for size in [1, 4096] {
+                    assert_eq!(
+                        scan(&b, size),
+                        Err(Refusal::ClientIdMismatch),
+                        "{content_type}: {xml}"
+                    );
+                }
+            }
+        }
+        // Its own id, or none, passes byte for byte; comments and CDATA make no element.
+        for xml in [
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><c><clientId>1001</clientId><name>x</name></c>",
+            "<c clientId=\"1001\"><n a='1'/></c>",
+            "<c><!-- <clientId>1002</clientId> --><name>clientId</name></c>",
+            "<c><![CDATA[<clientId>1002</clientId>]]></c>",
+        ] {
+            let b = body(&[xml_part("application/xml", xml)]);
+            assert_eq!(scan(&b, 5).as_deref(), Ok(&b[..]), "{xml}");
+        }
+        // What cannot be read that way: a document type (entities can expand to
+        // elements), another encoding, broken markup, not UTF-8, too large to hold.
+        let large = format!("<c>{}</c>", "x".repeat(MAX_HELD_JSON));
+        for xml in [
+            "<!DOCTYPE c [<!ENTITY e \"<clientId>1002</clientId>\">]><c>&e;</c>",
+            "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><c/>",
+            "<c><name>x</name",
+            "<c a=\"1></c>",
+            &large,
+        ] {
+            let b = body(&[xml_part("application/xml", xml)]);
+            assert_eq!(
+                scan(&b, 4096).map(drop),
+                Err(Refusal::Malformed),
+                "{}",
+                &xml[..xml.len().min(40)]
+            );
+        }
+        let mut utf16 = b"--XyZ\r\nContent-Disposition: form-data; name=\"c\"\r\nContent-Type: text/xml\r\n\r\n\xff\xfe<\x00c\x00/\x00>\x00\r\n".to_vec();
+        utf16.extend_from_slice(b"--XyZ--\r\n");
+        assert_eq!(scan(&utf16, 4096).map(drop), Err(Refusal::Malformed));
     }
 
     #[test]
