@@ -447,7 +447,7 @@ fn letters_backwards(text: &str) -> impl Iterator<Item = u8> + '_ {
 /// anywhere, whatever the parameter it came in is called: a JWT, or one of the
 /// gateway's own refresh tokens. (`?rt=<refresh token>` was logged in clear, since
 /// only JWTs were looked for.)
-fn looks_like_credential(text: &str) -> bool {
+pub(crate) fn looks_like_credential(text: &str) -> bool {
     looks_like_jwt(text) || looks_like_refresh_token(text)
 }
 

@@ -73,7 +73,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let active = runtime.active();
     let snapshot = &active.snapshot;
-    let request_id = request_id::from_headers(request.headers());
+    let request_id = request_id::from_headers(request.headers(), &snapshot.log.redact_values);
     let follow_sampled = match snapshot.tracing.follow_sampled {
         FollowSampled::Anyone => true,
         FollowSampled::TrustedProxies => {

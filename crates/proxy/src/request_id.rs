@@ -6,16 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use http::HeaderMap;
+use tollgate_policy::snapshot::RedactValues;
 
 pub const HEADER: &str = "x-request-id";
 
 /// The id for this request: the client's, if it is 1–128 characters of `[A-Za-z0-9._:-]`
-/// (anything else could smuggle text into logs), or a fresh one.
-pub fn from_headers(headers: &HeaderMap) -> String {
+/// (anything else could smuggle text into logs) and no credential (a JWT, a refresh
+/// token, or one of `secrets`, the values the gateway keeps out of logs: an id is
+/// logged, echoed and sent upstream as it is), or a fresh one.
+pub fn from_headers(headers: &HeaderMap, secrets: &RedactValues) -> String {
     headers
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_acceptable(v))
+        .filter(|v| !crate::access_log::looks_like_credential(v) && !secrets.found_in(v.as_bytes()))
         .map_or_else(generate, str::to_owned)
 }
 
@@ -59,14 +63,37 @@ mod tests {
 
     #[test]
     fn keeps_a_good_client_id_and_replaces_a_bad_one() {
+        let none = RedactValues::default();
         let mut h = HeaderMap::new();
         h.insert(HEADER, HeaderValue::from_static("abc-123:x.y_z"));
-        assert_eq!(from_headers(&h), "abc-123:x.y_z");
+        assert_eq!(from_headers(&h, &none), "abc-123:x.y_z");
         h.insert(HEADER, HeaderValue::from_static("bad id\" injected"));
-        let made = from_headers(&h);
+        let made = from_headers(&h, &none);
         assert_ne!(made, "bad id\" injected");
         assert!(is_acceptable(&made));
         assert_ne!(generate(), generate());
+    }
+
+    /// An id is logged, echoed and forwarded as sent: a credential pasted into it (a
+    /// JWT, a refresh token, a secret the gateway holds) is replaced, not kept.
+    #[test]
+    fn a_credential_is_no_request_id() {
+        let secrets = RedactValues::new([b"demo-legacy-key-1002".to_vec()]);
+        for sent in [
+            "eyJhbGciOiJIUzI1NiJ9.eyJjbGllbnRJZCI6IjEwMDEifQ.c2lnbmF0dXJl",
+            "AAAAAAAAAAAAAAAAAAAAAA.BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+            "demo-legacy-key-1002",
+            "ticket-4711:demo-legacy-key-1002",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HEADER, HeaderValue::from_str(sent).unwrap());
+            let id = from_headers(&h, &secrets);
+            assert_ne!(id, sent);
+            assert!(is_acceptable(&id));
+        }
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("ticket-4711"));
+        assert_eq!(from_headers(&h, &secrets), "ticket-4711");
     }
 
     #[test]

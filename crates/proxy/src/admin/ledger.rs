@@ -35,7 +35,10 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn handle(request: Request<Incoming>, runtime: &Runtime) -> AdminResponse {
-    let request_id = crate::request_id::from_headers(request.headers());
+    let request_id = crate::request_id::from_headers(
+        request.headers(),
+        &runtime.active().snapshot.log.redact_values,
+    );
     let mut response = match serve(request, runtime, &request_id).await {
         Ok(response) => response,
         Err(error) => {
@@ -74,7 +77,10 @@ pub(super) fn refuse(
     runtime: &Runtime,
 ) -> AdminResponse {
     runtime.metrics.count_problem(&error);
-    let request_id = crate::request_id::from_headers(request.headers());
+    let request_id = crate::request_id::from_headers(
+        request.headers(),
+        &runtime.active().snapshot.log.redact_values,
+    );
     let mut response = crate::problem::render(&error, &request_id);
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(crate::request_id::HEADER, id);
