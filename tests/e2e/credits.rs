@@ -3225,6 +3225,18 @@ async fn a_caller_without_a_backend_credential_is_refused_before_reserving() {
         .map(|m| m["kind"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(kinds, ["credit"]);
+    // A caller short of the cost hears 402 first, as anywhere metered (nothing held).
+    let r = send(
+        g.addr,
+        "POST",
+        "/echo/keyed/x",
+        &[("authorization", &bearer_for("c3"))],
+        b"",
+    )
+    .await;
+    r.assert_problem(402, "INSUFFICIENT_TOKENS");
+    assert_eq!(r.json()["required"], 5);
+    assert!(journal(g, "c3").await.is_empty());
     // The caller that has one is charged, and its key reaches the backend.
     let r = call(g, "POST", "/echo/keyed/x", "c1").await;
     assert_eq!(r.status, 200);

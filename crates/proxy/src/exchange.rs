@@ -125,7 +125,7 @@ pub enum Metering {
     Short { balance: u64 },
     /// Answered from an idempotency record: not charged again.
     Replayed { balance: u64 },
-    /// Refused by its idempotency key (400 malformed, 409 in flight, 422 another
-    /// request): nothing reserved.
-    KeyRefused { balance: u64 },
+    /// Refused before anything was reserved: by its idempotency key (400 malformed,
+    /// 409 in flight, 422 another request), or for want of a backend credential (403).
+    Refused { balance: u64 },
 }

@@ -265,6 +265,50 @@ pub async fn reserve(
     }
 }
 
+/// A metered request the rewrite stage would refuse (`refused`: the route's backend
+/// credential has no entry for the caller), refused before anything is held or claimed.
+/// A caller short of the cost hears 402 first, as on any metered route (the credential
+/// matters only to a caller who could pay); one who could pay gets `refused`, with its
+/// balance. When the ledger cannot say, `refused` stands: it is true either way.
+pub async fn refuse_unreserved(
+    exchange: &mut Exchange<'_>,
+    route: &Route,
+    method: &http::Method,
+    credits: &Credits,
+    refused: GatewayError,
+) -> GatewayError {
+    let cost = match (&route.cost, &exchange.snapshot.credits) {
+        (Some(cost), Some(settings)) if settings.enabled => cost.for_method(method),
+        _ => 0,
+    };
+    let (Some(identity), Ok(ledger)) = (exchange.caller.identity.as_ref(), credits.ledger()) else {
+        return refused;
+    };
+    if cost == 0 {
+        return refused;
+    }
+    match ledger.account(exchange.worker, &identity.client_id).await {
+        Ok(account) if account.available < cost => {
+            credits.counters.insufficient.inc();
+            exchange.metering = Metering::Short {
+                balance: account.available,
+            };
+            CreditError::Insufficient {
+                required: cost,
+                balance: account.available,
+            }
+            .into()
+        }
+        Ok(account) => {
+            exchange.metering = Metering::Refused {
+                balance: account.available,
+            };
+            refused
+        }
+        Err(_) => refused,
+    }
+}
+
 /// A request its idempotency key refuses (400, 409, 422): like every metered answer, it says
 /// what is left (when the ledger can say at once), and that it cost nothing.
 async fn key_refused(
@@ -274,7 +318,7 @@ async fn key_refused(
     refused: impl Into<GatewayError>,
 ) -> GatewayError {
     if let Ok(account) = ledger.account(exchange.worker, client).await {
-        exchange.metering = Metering::KeyRefused {
+        exchange.metering = Metering::Refused {
             balance: account.available,
         };
     }
@@ -862,7 +906,7 @@ pub fn decorate<B>(response: &mut Response<B>, metering: &Metering) {
         Metering::Refunded { balance }
         | Metering::Short { balance }
         | Metering::Replayed { balance }
-        | Metering::KeyRefused { balance } => (0, balance),
+        | Metering::Refused { balance } => (0, balance),
     };
     let headers = response.headers_mut();
     headers.insert(TOKEN_COST.clone(), HeaderValue::from(cost));

@@ -231,7 +231,12 @@ async fn run(
 
     // 7. meter (after refusing a caller stage 8 could not give the backend credential:
     // nothing is held or claimed for a request that could never run)
-    rewrite::require_credential(exchange, route)?;
+    if let Err(refused) = rewrite::require_credential(exchange, route) {
+        let method = request.method().clone();
+        return Err(
+            meter::refuse_unreserved(exchange, route, &method, &active.credits, refused).await,
+        );
+    }
     let request =
         match meter::reserve(exchange, route, request, &path, &active.credits, &reading).await? {
             meter::Reserve::Forward(request) => request,

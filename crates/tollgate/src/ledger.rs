@@ -218,7 +218,7 @@ async fn act(snapshot: &Snapshot, action: Action<'_>) -> Result<ExitCode, String
             }
             if let Some(file) = missing_file(snapshot) {
                 println!(
-                    "client {client}: no ledger at {} yet (the gateway creates it when it starts)",
+                    "client {client}: balance 0 (no ledger at {} yet: the gateway creates it when it starts)",
                     file.display()
                 );
                 if let Some((balance, from)) = pending_opening(snapshot, client) {
