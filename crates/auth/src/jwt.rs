@@ -413,9 +413,11 @@ fn read_header(token: &str) -> Result<Header, JwtError> {
     };
     // The verifier reads these with their registered types (RFC 7515 §4.1): one of
     // another type is the header's fault, and said so, not the payload's.
-    let typed = ["typ", "cty", "jku", "x5u", "x5t", "x5t#S256"]
-        .iter()
-        .all(|name| header.get(*name).is_none_or(Value::is_string))
+    let typed = [
+        "typ", "cty", "jku", "x5u", "x5t", "x5t#S256", "enc", "zip", "url", "nonce",
+    ]
+    .iter()
+    .all(|name| header.get(*name).is_none_or(Value::is_string))
         && header.get("jwk").is_none_or(Value::is_object)
         && header.get("x5c").is_none_or(|v| {
             v.as_array()
@@ -423,7 +425,7 @@ fn read_header(token: &str) -> Result<Header, JwtError> {
         });
     if !typed {
         return Err(JwtError::BadHeader(
-            "typ, cty, jku, x5u, x5t and x5t#S256 must be strings, jwk an object, x5c a list of strings",
+            "typ, cty, jku, x5u, x5t, x5t#S256, enc, zip, url and nonce must be strings, jwk an object, x5c a list of strings",
         ));
     }
     Ok(Header { alg, kid })
@@ -676,6 +678,8 @@ mod tests {
             r#"{"alg":"HS256","x5t#S256":1}"#,
             r#"{"alg":"HS256","jwk":"k"}"#,
             r#"{"alg":"HS256","x5c":[1]}"#,
+            r#"{"alg":"HS256","url":1}"#,
+            r#"{"alg":"HS256","nonce":[1]}"#,
         ] {
             assert!(matches!(header(bad), Err(JwtError::BadHeader(_))), "{bad}");
         }

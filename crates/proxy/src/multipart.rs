@@ -372,7 +372,24 @@ impl Scanner {
                     return Err(Refusal::Malformed);
                 }
                 json |= read_as_json(&essence);
-                xml |= read_as_xml(&essence);
+                if read_as_xml(&essence) {
+                    // Spring decodes an XML part by its `charset`: in ISO-2022-JP the
+                    // bytes the scan reads as `<?` and `?>` are letters, and what they
+                    // seemed to enclose is markup. Only UTF-8 is judged.
+                    let other_charset = value.split(';').skip(1).any(|param| {
+                        param.split_once('=').is_some_and(|(name, charset)| {
+                            name.trim().eq_ignore_ascii_case("charset")
+                                && !charset
+                                    .trim()
+                                    .trim_matches('"')
+                                    .eq_ignore_ascii_case("utf-8")
+                        })
+                    });
+                    if other_charset {
+                        return Err(Refusal::Malformed);
+                    }
+                    xml = true;
+                }
             } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
                 // Apache HttpClient, Symfony and Dart's http send `8bit` or `binary`
                 // (identity: every parser reads the bytes as they are). Anything else
@@ -419,7 +436,8 @@ fn read_as_xml(essence: &str) -> bool {
 }
 
 /// Judges an XML part without an XML parser, so strictly: it must be UTF-8 (declared
-/// so, or not declared) with no document type declaration (an internal entity can
+/// so, or not declared, in the part's `charset` and in the XML declaration) without
+/// control characters, with no document type declaration (an internal entity can
 /// expand to elements the bytes do not show), and every element or attribute whose
 /// local name (after any prefix) is named like the client id must hold exactly the
 /// caller's id as its text: `<clientId>1001</clientId>` or `clientId="1001"`. Anything
@@ -428,6 +446,16 @@ fn read_as_xml(essence: &str) -> bool {
 /// [`Refusal::Malformed`]. Comments, CDATA sections and processing instructions are
 /// skipped: none of them makes an element.
 fn ids_in_xml(value: &[u8], names: &[String], caller: &str) -> Result<(), Refusal> {
+    // No control character but TAB, CR and LF (XML 1.0 allows no other): UTF-16 or
+    // UCS-4 text is valid UTF-8 when its characters are ASCII (its NULs included), and
+    // a parser that detects it from the first bytes reads characters whose bytes the
+    // scan takes for `<?` and `?>` (U+3F3C, U+3E3F) around a real element.
+    if value
+        .iter()
+        .any(|b| b.is_ascii_control() && !matches!(b, b'\t' | b'\r' | b'\n'))
+    {
+        return Err(Refusal::Malformed);
+    }
     let text = std::str::from_utf8(value).map_err(|_| Refusal::Malformed)?;
     let lower = text.to_ascii_lowercase();
     if lower.contains("<!doctype") || lower.contains("<!entity") {
@@ -957,6 +985,33 @@ mod tests {
                 Err(Refusal::Malformed),
                 "{}",
                 &xml[..xml.len().min(40)]
+            );
+        }
+        // UTF-16 text of ASCII characters is valid UTF-8; U+3F3C and U+3E3F are `<?`
+        // and `?>` to a byte scan, around an element a parser sees (found by review).
+        let doc: Vec<u8> = "<?x?><c>\u{3f3c}<clientId>1002</clientId></c><!--\u{3e3f}-->"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(std::str::from_utf8(&doc).is_ok());
+        let mut b = b"--XyZ\r\nContent-Disposition: form-data; name=\"c\"\r\nContent-Type: application/xml\r\n\r\n".to_vec();
+        b.extend_from_slice(&doc);
+        b.extend_from_slice(b"\r\n--XyZ--\r\n");
+        assert_eq!(scan(&b, 4096).map(drop), Err(Refusal::Malformed));
+        // A part decoded by another charset (ISO-2022-JP: ESC sequences), refused by its
+        // type's parameter before anything is read.
+        for content_type in [
+            "application/xml; charset=ISO-2022-JP",
+            "text/xml; charset=\"utf-16\"",
+        ] {
+            let b = body(&[xml_part(
+                content_type,
+                "<c>\u{1b}$B<?\u{1b}(B<clientId>1002</clientId></c><!--\u{1b}$B?>\u{1b}(B-->",
+            )]);
+            assert_eq!(
+                scan(&b, 4096).map(drop),
+                Err(Refusal::Malformed),
+                "{content_type}"
             );
         }
         let mut utf16 = b"--XyZ\r\nContent-Disposition: form-data; name=\"c\"\r\nContent-Type: text/xml\r\n\r\n\xff\xfe<\x00c\x00/\x00>\x00\r\n".to_vec();

@@ -68,11 +68,18 @@ impl Gateway {
             (0..workers).map(|_| Vec::new()).collect();
         let plain = snapshot.server.listen.iter().map(|a| (a, Scheme::Http));
         let tls_listen = snapshot.server.tls.iter().flat_map(|t| &t.listen);
-        for (addr, scheme) in plain.chain(tls_listen.map(|a| (a, Scheme::Https))) {
+        let addresses: Vec<_> = plain
+            .chain(tls_listen.map(|a| (a, Scheme::Https)))
+            .collect();
+        // Probed before any is bound: `0.0.0.0:8080` beside `127.0.0.1:8080` would
+        // otherwise find this gateway's own socket.
+        for (addr, _) in &addresses {
+            warn_if_shared(**addr);
+        }
+        for (addr, scheme) in addresses {
             // The first bind resolves port 0; the others share the port it got.
             let named =
                 |e: io::Error| io::Error::new(e.kind(), format!("[server] listener {addr}: {e}"));
-            warn_if_shared(*addr);
             let first = reuse_port_listener(*addr).map_err(named)?;
             let bound = first.local_addr()?;
             worker_listeners[0].push((first, scheme));

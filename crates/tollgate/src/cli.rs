@@ -487,6 +487,12 @@ fn opening_balances(snapshot: &Snapshot) -> Result<(), Vec<String>> {
         .map(drop)
         .map_err(|problems| {
             let file = path.display();
+            // In the file's order, as the other diagnostics are (the problems come
+            // by kind: duplicates are found after the lines are read).
+            let mut problems = problems;
+            problems.sort_by_key(|p| {
+                tollgate_state::ledger::import::line_of(p).map_or(usize::MAX, |(line, _)| line)
+            });
             problems
                 .iter()
                 .map(|p| match tollgate_state::ledger::import::line_of(p) {

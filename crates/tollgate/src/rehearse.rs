@@ -134,7 +134,8 @@ pub fn explain(snapshot: &Snapshot, request: &Request) -> ExitCode {
     // `campaigns` for `/campaigns`: the gateway would read it as an absolute-form
     // target with an odd scheme, which says nothing about the slip.
     let target = request.target;
-    if !target.starts_with('/') && target != "*" && !target.contains("://") {
+    let absolute = target.starts_with("http://") || target.starts_with("https://");
+    if !target.starts_with('/') && target != "*" && !absolute {
         eprintln!("explain: `{target}` is not a request target: start it with `/` (`/{target}`), as a client sends it");
         return ExitCode::FAILURE;
     }

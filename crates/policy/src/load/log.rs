@@ -106,4 +106,21 @@ mod tests {
         let e = errors(&format!("{GATEWAY}\n[log]\nlevel = \" \"\n"), &[]);
         assert_eq!(e, ["gateway.toml:11:9: [log] level: must not be empty"]);
     }
+
+    /// The backend credentials the gateway holds in clear are kept out of logs: every
+    /// legacy key of a map, a Basic credential as sent, decoded and its password alone.
+    #[test]
+    fn held_credentials_are_redacted_values() {
+        let s = load(&format!("{GATEWAY}\n[credentials.basic]\nkind = \"basic\"\nusername = \"gw\"\npassword_env = \"LONG_PASSWORD\"\n\n[credentials.map]\nkind = \"client_map\"\nheader = \"x-api-key\"\nfile = \"keys/long-client-keys.toml\"\n"), &[]).unwrap();
+        let held = &s.log.redact_values;
+        for secret in [
+            &b"legacy-key-of-1001"[..],
+            b"gw:basic-password-1",
+            b"basic-password-1",
+            b"Z3c6YmFzaWMtcGFzc3dvcmQtMQ==",
+        ] {
+            assert!(held.found_in(secret), "{}", String::from_utf8_lossy(secret));
+        }
+        assert!(!held.found_in(b"gw:other"));
+    }
 }

@@ -45,6 +45,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use base64::Engine as _;
 use thiserror::Error;
 
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
@@ -259,7 +260,20 @@ fn build(l: &mut Loader, config: &Path) -> Option<Snapshot> {
                 .iter()
                 .rposition(|b| *b == b' ')
                 .map(|at| value[at + 1..].to_vec());
-            std::iter::once(value).chain(bare)
+            // `Basic` credentials decoded too: `user:pass`, and the password alone.
+            let basic = value
+                .strip_prefix(b"Basic ")
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+                .map(|pair| {
+                    let password = pair
+                        .iter()
+                        .position(|b| *b == b':')
+                        .map(|at| pair[at + 1..].to_vec());
+                    std::iter::once(pair).chain(password)
+                })
+                .into_iter()
+                .flatten();
+            std::iter::once(value).chain(bare).chain(basic)
         });
     let plivo_tokens = webhooks.values().flatten().flat_map(|w| match &**w {
         Webhook::PlivoV3 { auth_tokens, .. } => auth_tokens.clone(),

@@ -62,6 +62,10 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
         .file("/t/keys/no-keys.toml", "# every legacy caller moved\n")
         .file("/t/keys/service.key", "svc-key\n")
         .file("/t/keys/client-keys.toml", "\"1001\" = \"k1\"\n")
+        .file(
+            "/t/keys/long-client-keys.toml",
+            "\"1001\" = \"legacy-key-of-1001\"\n",
+        )
         .file("/t/keys/ed.pem", ED_PRIVATE)
         .file("/t/keys/ed.pub.pem", ED_PUBLIC)
         .file("/t/keys/other.pub.pem", OTHER_ED_PUBLIC)
@@ -76,6 +80,7 @@ fn sources(gateway: &str, policies: &[(&str, &str)]) -> InMemory {
         .var("HS256_TOO", "fedcba9876543210fedcba9876543210")
         .var("SHORT", "short")
         .var("PASSWORD", "p@ss")
+        .var("LONG_PASSWORD", "basic-password-1")
         .var("PLIVO", "plivo-token")
         .var("REDIS", "redis://127.0.0.1:6379");
     // The directory exists even when it holds no policy file.

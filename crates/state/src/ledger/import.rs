@@ -82,8 +82,6 @@ pub async fn credit(
 /// An opening balance and where the file gives it (`line 5`, `entry 3`), for messages.
 type Placed = (Opening, String);
 
-/// Reads `text`: JSON when it starts with `[` or `{`, CSV otherwise. A byte-order mark
-/// (spreadsheets save one) is not part of the text.
 /// The line a problem of [`parse`] names (`line 3: ...`), and the rest of it: for
 /// `file:line:col` diagnostics. JSON problems name entries, not lines.
 pub fn line_of(problem: &str) -> Option<(usize, &str)> {
@@ -91,6 +89,8 @@ pub fn line_of(problem: &str) -> Option<(usize, &str)> {
     Some((line.parse().ok()?, rest))
 }
 
+/// Reads `text`: JSON when it starts with `[` or `{`, CSV otherwise. A byte-order mark
+/// (spreadsheets save one) is not part of the text.
 pub fn parse(text: &str) -> Result<Vec<Opening>, Vec<String>> {
     let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
     let trimmed = text.trim_start();

@@ -122,25 +122,31 @@ pub fn is_control(c: char) -> bool {
         )
 }
 
-/// Characters that draw nothing (zero-width spaces and joiners, the word joiner, the
-/// byte-order mark, soft hyphen, Hangul fillers, the braille blank): a reason of these
-/// alone says nothing, and prints as a blank one.
+/// Characters that draw nothing: Unicode's Default_Ignorable_Code_Point (zero-width
+/// spaces and joiners, the word joiner, the byte-order mark, soft hyphen, variation
+/// selectors, Hangul fillers, tag characters, musical format controls), and the braille
+/// blank. A reason of these alone says nothing, and prints as a blank one.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
             | '\u{034F}'
-            | '\u{115F}'
-            | '\u{1160}'
-            | '\u{17B4}'
-            | '\u{17B5}'
-            | '\u{180E}'
-            | '\u{200B}'..='\u{200D}'
-            | '\u{2060}'..='\u{2064}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
             | '\u{2800}'
             | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
             | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
@@ -209,6 +215,9 @@ mod tests {
             " \u{FEFF}\u{2060} ",
             "\u{3164}",
             "\u{00A0}\u{200D}",
+            "\u{FE0F}",
+            "\u{E0020}",
+            "\u{1D173}",
         ] {
             assert_eq!(reason(blank), Err(Refusal::ReasonEmpty), "{blank:?}");
         }
