@@ -604,3 +604,50 @@ async fn a_second_gateway_on_a_taken_address_says_so() {
     );
     assert!(!h.gateway.stderr().contains("another process listens"));
 }
+
+/// A file written while a reload runs (the second half of an in-place write, an
+/// editor's second save) is loaded again: the watcher reads the files after each load,
+/// and does not take what changed meanwhile as loaded (found by review: with a slow load
+/// the second version stayed unserved until some later edit).
+#[tokio::test]
+async fn an_edit_made_while_a_reload_runs_is_loaded_too() {
+    let h = Harness::start().await;
+    // Enough routes that a load takes a while (a debug build: about a second). The
+    // routes told apart deny (403), as no other route answers their paths (404).
+    let filler: String = (0..3000)
+        .map(|i| {
+            format!("[[route]]\nname = \"f{i}\"\npath = \"/filler/{i}/*\"\nauth = \"none\"\n\n")
+        })
+        .collect();
+    let version = |name: &str| {
+        format!("{filler}[[route]]\nname = \"{name}\"\npath = \"/{name}/*\"\naction = \"deny\"\n")
+    };
+    let file = h.policy_path("97-race.toml");
+    let write = |text: String| {
+        let tmp = h.dir.path().join("race.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    write(version("first"));
+    assert!(
+        h.gateway
+            .wait_for_log(
+                "configuration files changed: reloading",
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    // Mid-load (or just after it, on a fast machine: then it is an ordinary edit).
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    write(version("second"));
+    let served = eventually(Duration::from_secs(20), || async {
+        h.get("/second/x", &[]).await.status == 403
+    })
+    .await;
+    assert!(
+        served,
+        "the second version was never loaded:\n{}",
+        h.gateway.stderr()
+    );
+    assert_eq!(h.get("/first/x", &[]).await.status, 404);
+}

@@ -6,7 +6,9 @@
 //! every filesystem, with editors that replace files by renaming, and with Kubernetes
 //! ConfigMaps (which swap a symlink), at the cost of reading a few small files a second.
 //! It compares what is on disk with what the serving snapshot was built from, so an edit
-//! made while the gateway was starting is not missed.
+//! made while the gateway was starting is not missed; and the files are read again after
+//! each load, so one written while a load ran (in place, in two writes) is loaded again
+//! rather than taken as loaded.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,9 @@ use tollgate_proxy::SnapshotHandle;
 
 pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) {
     // The files as last tried: a rejected edit is not retried until it changes again.
-    let mut attempted = handle.current().fingerprint;
+    // `None` when they changed while being loaded: whatever the load read, the next
+    // poll reloads.
+    let mut attempted = Some(handle.current().fingerprint);
     // What the last rejected edit named beyond what serves: writing the file it could
     // not read (a new certificate's path) is a change to retry on.
     let mut rejected_named: Vec<PathBuf> = Vec::new();
@@ -36,7 +40,7 @@ pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) 
                 true
             }
             _ = tokio::time::sleep(poll), if watching => {
-                let changed = fingerprint::current(&config, &watched, &dir) != attempted;
+                let changed = Some(fingerprint::current(&config, &watched, &dir)) != attempted;
                 if changed {
                     tracing::info!("configuration files changed: reloading");
                 }
@@ -46,11 +50,21 @@ pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) 
         if !changed {
             continue;
         }
+        // What the files say as the load begins: a file written while it runs (an
+        // editor's second write, the rest of a copy) may be read half by it, and must
+        // be loaded again, not taken as what the load saw.
+        let before = fingerprint::current(&config, &watched, &dir);
         rejected_named = reload(&config, &handle);
+        let moved = fingerprint::current(&config, &watched, &dir) != before;
         let current = handle.current();
         let mut watched = current.referenced_files.clone();
         watched.extend(rejected_named.iter().cloned());
-        attempted = fingerprint::current(&config, &watched, &current.policy_dir);
+        attempted = if moved {
+            tracing::info!("configuration files changed while loading: reloading again");
+            None
+        } else {
+            Some(fingerprint::current(&config, &watched, &current.policy_dir))
+        };
     }
 }
 
