@@ -651,3 +651,60 @@ async fn an_edit_made_while_a_reload_runs_is_loaded_too() {
     );
     assert_eq!(h.get("/first/x", &[]).await.status, 404);
 }
+
+/// What is bound at start-up stays as it was on a reload, and the reload says so: a
+/// changed log format used to switch the access lines alone (one stream, two formats),
+/// and a changed `h2c` took effect though it needs a restart.
+#[tokio::test]
+async fn settings_bound_at_start_up_are_kept_on_a_reload_and_named() {
+    let h = Harness::start().await;
+    let config = h.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let edited = text
+        .replace("format = \"json\"", "format = \"text\"")
+        .replacen("[server]\n", "[server]\nh2c = true\n", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&config, edited).unwrap();
+    assert!(
+        h.gateway
+            .wait_for_log("bound at start-up", Duration::from_secs(10))
+            .await,
+        "{}",
+        h.gateway.stderr()
+    );
+    let warning = h
+        .gateway
+        .stderr()
+        .lines()
+        .find(|l| l.contains("bound at start-up"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        warning.contains("server.h2c") && warning.contains("log.format"),
+        "{warning}"
+    );
+    // The access line of a request after the reload is JSON still.
+    let r = h.gateway.access_line(&{
+        let resp = h
+            .get("/echo/open/x", &[("x-request-id", "after-reload-1")])
+            .await;
+        assert_eq!(resp.status, 200);
+        "after-reload-1".to_owned()
+    });
+    assert!(r.is_some(), "{}", h.gateway.stderr());
+    // And HTTP/2 with prior knowledge is still not spoken on the plain listener.
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .map_or(0, |r| r.unwrap_or(0));
+    // An h2c listener answers with its SETTINGS frame (type 4); this one closes.
+    assert!(n < 9 || buf[3] != 4, "{:?}", &buf[..n]);
+}

@@ -415,3 +415,44 @@ async fn two_gateways_share_a_redis_over_tls_with_client_certificates() {
         "1"
     );
 }
+
+/// Where shared state lives is bound at start-up: a reload naming another Redis keeps
+/// the one in use (with a warning), so one instance's limits, sessions and revocations
+/// do not split from the others' (found by review: a reload moved the rate limits and
+/// revocations to the new Redis, and a token logged out on one instance was let in on
+/// the other). The tuning in `[store]` still reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_move_shared_state_to_another_redis() {
+    let first = RedisServer::start();
+    let second = RedisServer::start();
+    let store = |url: String| format!("[store]\nredis_url = \"{url}\"\ntimeout = \"100ms\"\n");
+    let h = Harness::with(Setup {
+        policies: vec![("10.toml".into(), OUTAGE_POLICY.into())],
+        extra: format!("{}\n{}", jwt_config(), store(first.url())),
+        ..Setup::default()
+    })
+    .await;
+    let token = bearer_for("mover");
+    let remaining = |r: &RawResponse| r.header("x-ratelimit-remaining").map(str::to_owned);
+    let r = h.get("/echo/local/x", &[("authorization", &token)]).await;
+    assert_eq!(remaining(&r).as_deref(), Some("99"));
+
+    let config = h.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&first.url(), &second.url())).unwrap();
+    assert!(
+        h.gateway
+            .wait_for_log(
+                "shared state moves only at a restart",
+                Duration::from_secs(10)
+            )
+            .await,
+        "{}",
+        h.gateway.stderr()
+    );
+    // Still counted in the first Redis: the count goes on, and the second holds no key.
+    let r = h.get("/echo/local/x", &[("authorization", &token)]).await;
+    assert_eq!(remaining(&r).as_deref(), Some("98"));
+    assert_eq!(second.cli(&["DBSIZE"]).trim(), "0");
+    assert_ne!(first.cli(&["DBSIZE"]).trim(), "0");
+}

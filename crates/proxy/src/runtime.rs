@@ -47,11 +47,15 @@ pub struct Active {
 
 impl Active {
     fn build(
-        snapshot: Snapshot,
+        mut snapshot: Snapshot,
         previous: Option<&Active>,
         workers: usize,
         on_keys_changed: &Arc<dyn Fn() + Send + Sync>,
     ) -> Active {
+        if let Some(previous) = previous {
+            keep_store_place(&mut snapshot, &previous.snapshot);
+            keep_start_up_settings(&mut snapshot, &previous.snapshot);
+        }
         let redis = RedisLink::connect(&snapshot, previous.map(|p| &p.redis), workers);
         let build = Build {
             snapshot: &snapshot,
@@ -92,6 +96,85 @@ impl Active {
         self.sessions.register_metrics(registry);
         self.credits.register_metrics(registry);
         self.traces.register_metrics(registry);
+    }
+}
+
+/// Where shared state lives (the Redis, its key prefix, the embedded store file) is
+/// bound at start-up, as the ledger is: a reload that moved it would split one
+/// gateway's rate limits, sessions and revocations from the other instances' (a
+/// logged-out token let in again) and from the ledger, which stays. The serving
+/// `[store]` is kept, with a warning; its tuning (timeouts, breaker, instances) reloads.
+fn keep_store_place(snapshot: &mut Snapshot, serving: &Snapshot) {
+    let (new, old) = (&snapshot.store, &serving.store);
+    let same_redis = match (&new.redis, &old.redis) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.url == b.url
+                && a.cluster == b.cluster
+                && a.cluster_seeds == b.cluster_seeds
+                && a.key_prefix == b.key_prefix
+        }
+        _ => false,
+    };
+    if same_redis && new.path == old.path {
+        return;
+    }
+    tracing::warn!(
+        "[store] redis_url, cluster, key_prefix or path changed: shared state moves only at a restart; the store in use is kept"
+    );
+    snapshot.store = old.clone();
+}
+
+/// What is bound when the process starts (its sockets, workers, the log's level and
+/// format) keeps its serving value on a reload, with a warning naming what changed, so
+/// the snapshot says what is in effect: a reload that changed the log format switched
+/// the access lines alone (one stream of two formats), and one that changed `h2c` took
+/// effect though the documentation says it needs a restart.
+fn keep_start_up_settings(snapshot: &mut Snapshot, serving: &Snapshot) {
+    let mut changed = Vec::new();
+    let (new, old) = (&mut snapshot.server, &serving.server);
+    if new.listen != old.listen {
+        changed.push("server.listen");
+        new.listen.clone_from(&old.listen);
+    }
+    if new.workers != old.workers {
+        changed.push("server.workers");
+        new.workers = old.workers;
+    }
+    if new.h2c != old.h2c {
+        changed.push("server.h2c");
+        new.h2c = old.h2c;
+    }
+    let tls_listen = |s: &tollgate_policy::snapshot::Server| {
+        s.tls.as_ref().map(|t| t.listen.clone()).unwrap_or_default()
+    };
+    if tls_listen(new) != tls_listen(old) {
+        // Certificates reload; the TLS listeners stay as they were bound.
+        changed.push("server.tls.listen");
+        if let (Some(tls), Some(bound)) = (new.tls.as_mut(), old.tls.as_ref()) {
+            tls.listen.clone_from(&bound.listen);
+        }
+    }
+    let admin_listen = |s: &Snapshot| s.admin.as_ref().map(|a| a.listen);
+    if admin_listen(snapshot) != admin_listen(serving) {
+        changed.push("admin.listen");
+        if let (Some(admin), Some(bound)) = (snapshot.admin.as_mut(), serving.admin.as_ref()) {
+            admin.listen = bound.listen;
+        }
+    }
+    if snapshot.log.level != serving.log.level {
+        changed.push("log.level");
+        snapshot.log.level.clone_from(&serving.log.level);
+    }
+    if snapshot.log.format != serving.log.format {
+        changed.push("log.format");
+        snapshot.log.format = serving.log.format;
+    }
+    if !changed.is_empty() {
+        tracing::warn!(
+            settings = %changed.join(", "),
+            "these settings are bound at start-up: the change takes effect after a restart"
+        );
     }
 }
 

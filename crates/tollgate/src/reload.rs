@@ -72,12 +72,6 @@ pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) 
 fn reload(config: &Path, handle: &SnapshotHandle) -> Vec<PathBuf> {
     match tollgate_policy::load(config) {
         Ok(snapshot) => {
-            let old = handle.current();
-            if old.server.listen != snapshot.server.listen {
-                tracing::warn!(
-                    "server.listen changed: the new addresses take effect after a restart"
-                );
-            }
             for warning in &snapshot.warnings {
                 tracing::warn!(diagnostic = %warning, "configuration warning");
             }
