@@ -201,6 +201,11 @@ limits = ["open-mode"]
 name = "closed"
 path = "/echo/closed/*"
 limits = ["closed-mode"]
+
+[[route]]
+name = "mixed"
+path = "/echo/mixed/*"
+limits = ["local-mode", "closed-mode"]
 "#;
 
 /// Requests for one client on one route until the first 429 (at most `max`): how many
@@ -328,6 +333,19 @@ async fn redis_killed_mid_load_each_mode_holds_and_recovers() {
     assert!(retry >= 1);
     assert_eq!(r.json()["retryAfter"], retry);
     assert!(started.elapsed() < Duration::from_millis(500));
+    // Where another policy of the route was counted first (locally), the 503 carries
+    // none of its headers: they would read as the unavailable one's.
+    let unspent = bearer_for("unspent");
+    let r = h.get("/echo/mixed/x", &[("authorization", &unspent)]).await;
+    r.assert_problem(503, "RATE_LIMIT_UNAVAILABLE");
+    for name in [
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "ratelimit",
+        "ratelimit-policy",
+    ] {
+        assert!(r.header(name).is_none(), "{name}: {:?}", r.header(name));
+    }
     let metrics = h.metrics().await;
     assert!(
         metrics.contains("tollgate_redis_circuit_open 1"),

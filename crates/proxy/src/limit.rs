@@ -236,7 +236,12 @@ async fn apply(
     let Some((tag, rest)) = key_parts(exchange, policy, route, username) else {
         return Ok(());
     };
-    let Some((decision, source)) = decide(limiter, &tag, &rest, limiters, exchange.worker).await?
+    let decided = decide(limiter, &tag, &rest, limiters, exchange.worker).await;
+    let Some((decision, source)) = decided.inspect_err(|_| {
+        // A 503 `RATE_LIMIT_UNAVAILABLE` says nothing of the other policies' counts
+        // (their headers would read as this one's).
+        exchange.rate_limit = None;
+    })?
     else {
         return Ok(());
     };
