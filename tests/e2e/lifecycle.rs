@@ -520,6 +520,12 @@ async fn a_scraper_that_asks_for_openmetrics_gets_it_with_the_same_series() {
         refused.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
+    // Preferred less than the text format: the text format.
+    let second = scrape("accept: text/plain;q=1, application/openmetrics-text;q=0.5\r\n").await;
+    assert_eq!(
+        second.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
 
     let plain = String::from_utf8(plain.body).unwrap();
     let open = String::from_utf8(open.body).unwrap();

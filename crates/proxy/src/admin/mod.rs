@@ -135,22 +135,32 @@ async fn answer(mut request: Request<Incoming>, runtime: &Runtime) -> AdminRespo
 }
 
 /// Whether a scraper asks for OpenMetrics (Prometheus does when it may): its `Accept`
-/// names `application/openmetrics-text` with a quality above zero.
+/// gives `application/openmetrics-text` a quality above zero and at least the one it
+/// gives the text format (`text/plain`, else `*/*`).
 fn wants_openmetrics(request: &Request<Incoming>) -> bool {
-    request
+    let (mut openmetrics, mut text, mut any) = (None::<f32>, None::<f32>, None::<f32>);
+    let ranges = request
         .headers()
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or("");
-            media.eq_ignore_ascii_case("application/openmetrics-text")
-                && !parts.any(|p| {
-                    p.split_once('=').is_some_and(|(k, v)| {
-                        k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
-                    })
-                })
-        })
+        .flat_map(|value| value.split(','));
+    for range in ranges {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok())
+            .unwrap_or(0.0);
+        let slot = match media.as_str() {
+            "application/openmetrics-text" => &mut openmetrics,
+            "text/plain" => &mut text,
+            "*/*" => &mut any,
+            _ => continue,
+        };
+        *slot = Some(slot.map_or(quality, |q| q.max(quality)));
+    }
+    let plain = text.or(any).unwrap_or(0.0);
+    openmetrics.is_some_and(|q| q > 0.0 && q >= plain)
 }
