@@ -6,7 +6,9 @@
 //! write-ahead log ([`wal`]): one writer thread appends every record waiting when it is
 //! free and makes them durable with one `fdatasync` (group commit; under load it first
 //! holds a small group open for more, see [`gather`]). A reservation is answered only
-//! once its record is on disk, so a request is forwarded only after what
+//! once its record is on disk (the writer hands each runtime thread's waiters to a
+//! relay task on that thread, one cross-thread wake per thread and group: see
+//! [`Relay`]), so a request is forwarded only after what
 //! it holds would survive `kill -9`. Settlements and sweeps are logged the same way but
 //! not waited for (the reservation is durable already; one lost to a crash expires,
 //! which refunds it). With [`Options::sync_every`] the log is synced on a timer
@@ -41,7 +43,7 @@ use tokio::sync::oneshot;
 use tollgate_policy::snapshot::LedgerSync;
 
 use self::tables::{account_after, corrupt, effect, err, Effect, KeyDone, KeyOp};
-use self::wal::{Line, Pending, Segment, Writer};
+use self::wal::{Line, Pending, Segment, Waiter, Writer};
 use super::{
     decide_adjust, decide_settle, Account, Adjust, Adjusted, Claim, Claimed, Kind, Ledger,
     LedgerError, Movement, Page, Report, Reservation, Reserved, Settle, Settled, StoredAnswer,
@@ -140,13 +142,79 @@ struct Book {
     wal: Pending,
     /// Log segments a checkpoint will cover: (path, last sequence number in them).
     retired: Vec<(PathBuf, u64)>,
+    /// The relays of the threads changes wait on (see [`Relay`]), by thread.
+    relays: Vec<(std::thread::ThreadId, Relay)>,
     /// The log could not be written: the book is ahead of the disk, so every change is
     /// refused until a restart rebuilds it from what is durable.
     failed: Option<String>,
     stopping: bool,
 }
 
+/// Wakes, from its own thread, the changes a runtime thread waits on: the writer sends a
+/// synced group's waiters in one message per thread (one cross-thread wake, an
+/// `eventfd` write to tokio) instead of waking each task from the writer's thread,
+/// which cost one such write per metered request.
+type Relay = tokio::sync::mpsc::UnboundedSender<Vec<Waiter>>;
+
+/// A relay's task, on the runtime of the thread it serves: a send from there wakes
+/// each waiting task as a local one.
+async fn relay(mut groups: tokio::sync::mpsc::UnboundedReceiver<Vec<Waiter>>) {
+    while let Some(group) = groups.recv().await {
+        for waiter in group {
+            let _ = waiter.send(Ok(()));
+        }
+    }
+}
+
+/// Answers every waiter of a synced group: through its thread's relay where it has a
+/// live one, else directly.
+fn answer(waiters: Vec<(Option<usize>, Waiter)>, relays: &[Relay]) {
+    let mut groups: Vec<Vec<Waiter>> = relays.iter().map(|_| Vec::new()).collect();
+    for (relay, waiter) in waiters {
+        match relay.and_then(|i| groups.get_mut(i)) {
+            Some(group) => group.push(waiter),
+            None => {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+    }
+    for (relay, group) in relays.iter().zip(groups) {
+        if group.is_empty() {
+            continue;
+        }
+        // A relay whose runtime has ended hands its group back.
+        if let Err(tokio::sync::mpsc::error::SendError(group)) = relay.send(group) {
+            for waiter in group {
+                let _ = waiter.send(Ok(()));
+            }
+        }
+    }
+}
+
 impl Book {
+    /// The index of this thread's relay, started on the current runtime when it has
+    /// none (or its runtime ended); `None` outside a runtime.
+    fn relay_here(&mut self) -> Option<usize> {
+        let thread = std::thread::current().id();
+        let at = self.relays.iter().position(|(t, _)| *t == thread);
+        if let Some(i) = at.filter(|i| !self.relays[*i].1.is_closed()) {
+            return Some(i);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        drop(runtime.spawn(relay(rx)));
+        match at {
+            Some(i) => {
+                self.relays[i] = (thread, tx);
+                Some(i)
+            }
+            None => {
+                self.relays.push((thread, tx));
+                Some(self.relays.len() - 1)
+            }
+        }
+    }
+
     /// Numbers a movement decided now, stores the account after it and logs it.
     fn record(&mut self, account: Account, mut line: Line) {
         self.seq += 1;
@@ -325,7 +393,7 @@ impl Inner {
     /// The disk refused a log write: what the book holds may never be durable. Refuses
     /// everything from now on (a restart rebuilds from what is) and answers everyone
     /// waiting for the disk.
-    fn fail(&self, e: &std::io::Error, mut waiters: Vec<oneshot::Sender<Result<(), LedgerError>>>) {
+    fn fail(&self, e: &std::io::Error, mut waiters: Vec<(Option<usize>, Waiter)>) {
         tracing::error!(error = %e, "the ledger log cannot be written: metering stops until a restart");
         let failure = format!("the ledger log cannot be written: {e}");
         let mut book = self.lock();
@@ -333,7 +401,7 @@ impl Inner {
         waiters.append(&mut book.wal.waiters);
         drop(book);
         self.wake.notify_all();
-        for waiter in waiters {
+        for (_, waiter) in waiters {
             let _ = waiter.send(Err(LedgerError::Embedded(failure.clone())));
         }
     }
@@ -394,7 +462,8 @@ impl Inner {
         }
         let durable = (durable && appended).then(|| {
             let (tx, rx) = oneshot::channel();
-            book.wal.waiters.push(tx);
+            let relay = book.relay_here();
+            book.wal.waiters.push((relay, tx));
             Durable(rx)
         });
         let wake = appended
@@ -488,6 +557,7 @@ impl EmbeddedLedger {
             checkpointed: loaded.seq,
             wal: Pending::default(),
             retired: Vec::new(),
+            relays: Vec::new(),
             failed: None,
             stopping: false,
         };
@@ -610,6 +680,8 @@ fn write_loop(inner: &Inner) {
     let mut last_sync = Instant::now();
     // Records the last write carried: how fast they arrive (see [`gather`]).
     let mut last_group = 0;
+    // The relays the last group's waiters were sent through (kept: cloned per group).
+    let mut relays: Vec<Relay> = Vec::new();
     loop {
         let (rotate, waiters, records, mut segment) = {
             let mut book = inner.lock();
@@ -661,6 +733,10 @@ fn write_loop(inner: &Inner) {
                 std::mem::take(&mut book.wal.records) + std::mem::take(&mut book.wal.unsynced);
             let rotate = book.wal.rotate_at.take();
             let waiters = std::mem::take(&mut book.wal.waiters);
+            if waiters.iter().any(|(relay, _)| relay.is_some()) {
+                relays.clear();
+                relays.extend(book.relays.iter().map(|(_, r)| r.clone()));
+            }
             // Taken before the book is let go: a change that wrote its own records
             // counted in `unsynced` has finished writing them once this is ours.
             (rotate, waiters, records, inner.lock_segment())
@@ -685,9 +761,7 @@ fn write_loop(inner: &Inner) {
                 return;
             }
         }
-        for waiter in waiters {
-            let _ = waiter.send(Ok(()));
-        }
+        answer(waiters, &relays);
     }
 }
 
@@ -1144,6 +1218,40 @@ mod tests {
         let report = ledger.verify(0).await.unwrap();
         assert!(report.problems.is_empty(), "{report:#?}");
         assert_eq!(report.movements, last);
+    }
+
+    /// Waiters are answered through a relay on their thread's runtime; a thread that
+    /// runs one runtime after another (the CLI, tests) gets a new relay when the old
+    /// one's runtime has gone, and nobody waits forever on a relay that is no more.
+    #[test]
+    fn waiters_are_answered_after_their_relays_runtime_is_gone() {
+        let dir = TempDir::new();
+        let ledger = EmbeddedLedger::open(&dir.path().join("ledger.redb")).unwrap();
+        let credit = |n: u64| Adjust {
+            client: "a".into(),
+            change: crate::ledger::Change::Credit(n),
+            reason: "test".into(),
+            now_ms: 1,
+            request_id: None,
+        };
+        for round in 1..=3u64 {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let done = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), ledger.adjust(0, credit(round))).await
+            });
+            assert!(matches!(done, Ok(Ok(Adjusted::Done { .. }))), "{done:?}");
+            drop(runtime);
+        }
+        // One relay for the one thread, started anew on each runtime.
+        assert_eq!(ledger.inner.lock().relays.len(), 1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let account = runtime.block_on(ledger.account(0, "a")).unwrap();
+        assert_eq!(account.available, 6);
     }
 
     #[tokio::test]

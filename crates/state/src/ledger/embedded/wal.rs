@@ -46,9 +46,13 @@ pub(super) struct Pending {
     /// new segment, and the old one can go once the checkpoint of `.1` (its last
     /// sequence number) is in redb.
     pub rotate_at: Option<(usize, u64)>,
-    pub waiters: Vec<oneshot::Sender<Result<(), LedgerError>>>,
+    /// Each with the index of its thread's relay in the book, if it has one.
+    pub waiters: Vec<(Option<usize>, Waiter)>,
     pub writer: Writer,
 }
+
+/// A change waiting for its records to be durable.
+pub(super) type Waiter = oneshot::Sender<Result<(), LedgerError>>;
 
 /// What the writer thread is doing, so an append wakes it only when it must.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
