@@ -24,21 +24,35 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
+        RedisServer::start_free(false)
     }
 
     /// On a given port: the restart after an outage.
     pub fn start_on(port: u16) -> RedisServer {
         RedisServer::spawn(port, false)
+            .unwrap_or_else(|| panic!("another process took port {port}"))
     }
 
     /// TLS only (`rediss://`), with the test CA's `server.pem`, and clients must present
     /// a certificate the test CA signed (`tls-auth-clients yes`).
     pub fn start_tls() -> RedisServer {
-        RedisServer::spawn(free_port(), true)
+        RedisServer::start_free(true)
     }
 
-    fn spawn(port: u16, tls: bool) -> RedisServer {
+    /// On a free port, another one if a test running beside took it meanwhile (a port
+    /// is free when picked, not necessarily when the server binds it: a cluster test's
+    /// node once answered for a plain server that never started).
+    fn start_free(tls: bool) -> RedisServer {
+        for _ in 0..5 {
+            if let Some(server) = RedisServer::spawn(free_port(), tls) {
+                return server;
+            }
+        }
+        panic!("redis-server could not get a free port in five tries");
+    }
+
+    /// `None` when another process holds the port: ours exits, theirs answers.
+    fn spawn(port: u16, tls: bool) -> Option<RedisServer> {
         let mut command = Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         if tls {
@@ -56,12 +70,21 @@ impl RedisServer {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (Debian: redis-server)");
+        let mut server = RedisServer { child, port, tls };
+        let ours = format!("process_id:{}", server.child.id());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                return None;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && server.cli(&["INFO", "server"]).contains(&ours)
+            {
+                return Some(server);
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        RedisServer { child, port, tls }
     }
 
     pub fn port(&self) -> u16 {
