@@ -1183,6 +1183,17 @@ mod tests {
         }
     }
 
+    /// An operator's credit of `n` to client "a".
+    fn credit_of_a(n: u64) -> Adjust {
+        Adjust {
+            client: "a".into(),
+            change: crate::ledger::Change::Credit(n),
+            reason: "test".into(),
+            now_ms: 1,
+            request_id: None,
+        }
+    }
+
     /// A ledger file whose checkpoint holds movements 1..=`upto` of client "a".
     fn checkpointed(path: &Path, upto: u64) {
         let db = Database::create(path).unwrap();
@@ -1227,13 +1238,7 @@ mod tests {
     fn waiters_are_answered_after_their_relays_runtime_is_gone() {
         let dir = TempDir::new();
         let ledger = EmbeddedLedger::open(&dir.path().join("ledger.redb")).unwrap();
-        let credit = |n: u64| Adjust {
-            client: "a".into(),
-            change: crate::ledger::Change::Credit(n),
-            reason: "test".into(),
-            now_ms: 1,
-            request_id: None,
-        };
+        let credit = credit_of_a;
         for round in 1..=3u64 {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -1301,13 +1306,7 @@ mod tests {
         let dir = TempDir::new();
         let path = dir.path().join("ledger.redb");
         let spare = dir.path().join("ledger.redb.wal-spare");
-        let credit = |n: u64| Adjust {
-            client: "a".into(),
-            change: crate::ledger::Change::Credit(n),
-            reason: "test".into(),
-            now_ms: 1,
-            request_id: None,
-        };
+        let credit = credit_of_a;
         let mut total = 0;
         // (round, inode) of the spare after each round's checkpoint, and of the live
         // segments while each round writes.
