@@ -88,10 +88,7 @@ pub async fn reserve(
     credits: &Credits,
     reading: &Reading,
 ) -> Result<Reserve, GatewayError> {
-    let cost = match (&route.cost, &exchange.snapshot.credits) {
-        (Some(cost), Some(settings)) if settings.enabled => cost.for_method(request.method()),
-        _ => 0,
-    };
+    let cost = cost(exchange, route, request.method());
     let Some(client) = exchange
         .caller
         .identity
@@ -265,6 +262,14 @@ pub async fn reserve(
     }
 }
 
+/// What `method` on `route` costs now: 0 when the route is free or metering is off.
+fn cost(exchange: &Exchange<'_>, route: &Route, method: &http::Method) -> u64 {
+    match (&route.cost, &exchange.snapshot.credits) {
+        (Some(cost), Some(settings)) if settings.enabled => cost.for_method(method),
+        _ => 0,
+    }
+}
+
 /// A metered request the rewrite stage would refuse (`refused`: the route's backend
 /// credential has no entry for the caller), refused before anything is held or claimed.
 /// A caller short of the cost hears 402 first, as on any metered route (the credential
@@ -277,10 +282,7 @@ pub async fn refuse_unreserved(
     credits: &Credits,
     refused: GatewayError,
 ) -> GatewayError {
-    let cost = match (&route.cost, &exchange.snapshot.credits) {
-        (Some(cost), Some(settings)) if settings.enabled => cost.for_method(method),
-        _ => 0,
-    };
+    let cost = cost(exchange, route, method);
     let (Some(identity), Ok(ledger)) = (exchange.caller.identity.as_ref(), credits.ledger()) else {
         return refused;
     };

@@ -34,8 +34,10 @@ use crate::exchange::{AuthMethod, Exchange};
 use crate::multipart::Scanner;
 use crate::{headers, method_override, request_id, trace_context, x_forwarded};
 
-/// The header a legacy API key comes in when `[api_keys]` names none.
-const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+/// The header a legacy API key comes in when `[api_keys]` names none (and, by that
+/// name, the query parameter it is dropped from).
+const DEFAULT_API_KEY: &str = "x-api-key";
+const DEFAULT_API_KEY_HEADER: HeaderName = HeaderName::from_static(DEFAULT_API_KEY);
 /// Query parameters that carry a caller's key or bearer token by convention (RFC 6750's
 /// `access_token`): the gateway authenticated the caller, so they never reach the
 /// backend, whatever the route (compared as every parameter name is: decoded, any case).
@@ -116,7 +118,7 @@ pub fn upstream_head(
         }
         None => {
             h.remove(DEFAULT_API_KEY_HEADER);
-            drop_params.push("x-api-key");
+            drop_params.push(DEFAULT_API_KEY);
         }
     }
     drop_params.extend(KEY_PARAMS.iter().copied().filter(|p| !kept_param(p)));

@@ -34,26 +34,26 @@ pub async fn watch(config: PathBuf, handle: SnapshotHandle, mut hangup: Signal) 
         let mut watched = current.referenced_files.clone();
         drop(current);
         watched.extend(rejected_named.iter().cloned());
-        let changed = tokio::select! {
+        // What the files say as the load begins (`None`: nothing to load): a file
+        // written while it runs (an editor's second write, the rest of a copy) may be
+        // read half by it, and must be loaded again, not taken as what the load saw.
+        let before = tokio::select! {
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP received: reloading the configuration");
-                true
+                Some(fingerprint::current(&config, &watched, &dir))
             }
             _ = tokio::time::sleep(poll), if watching => {
-                let changed = Some(fingerprint::current(&config, &watched, &dir)) != attempted;
+                let now = fingerprint::current(&config, &watched, &dir);
+                let changed = Some(now) != attempted;
                 if changed {
                     tracing::info!("configuration files changed: reloading");
                 }
-                changed
+                changed.then_some(now)
             }
         };
-        if !changed {
+        let Some(before) = before else {
             continue;
-        }
-        // What the files say as the load begins: a file written while it runs (an
-        // editor's second write, the rest of a copy) may be read half by it, and must
-        // be loaded again, not taken as what the load saw.
-        let before = fingerprint::current(&config, &watched, &dir);
+        };
         rejected_named = reload(&config, &handle);
         let moved = fingerprint::current(&config, &watched, &dir) != before;
         let current = handle.current();
