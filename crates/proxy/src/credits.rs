@@ -398,7 +398,7 @@ impl Part for Credits {
         {
             registry.register(
                 "tollgate_credit_log_writes",
-                "Writes (each with its fdatasync) of the embedded ledger's log",
+                "Writes of the embedded ledger's log (each durable when it returns)",
                 ConstCounter::new(writes),
             );
             registry.register(

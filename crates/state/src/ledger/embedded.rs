@@ -583,8 +583,9 @@ impl EmbeddedLedger {
                 if seq != book.seq + 1 {
                     if skipped {
                         // Older records where this time's first ones should be: those
-                        // never reached the disk, so nothing after them was synced
-                        // (a sync covers the whole file) or acknowledged.
+                        // never reached the disk, so nothing after them was made
+                        // durable (groups are written in order, each once the one
+                        // before is durable) or acknowledged.
                         break;
                     }
                     return Err(corrupt(format!(
@@ -600,11 +601,12 @@ impl EmbeddedLedger {
         tables::checkpoint(&db, &book.recent)?;
         book.recent.clear();
         book.checkpointed = book.seq;
-        let mut replayed = segments.iter().rev();
-        if let Some((_, newest)) = replayed.next() {
-            wal::recycle(path, newest).map_err(err)?;
-        }
-        for (_, segment) in replayed {
+        // Every replayed segment goes, the newest too: after a crash it may hold
+        // records past the last one replayed (a group torn mid-write: never
+        // acknowledged, and numbered above everything the file holds). As a recycled
+        // file it would keep them, and a later write ending where one begins would
+        // make the next start replay it as a movement that never happened.
+        for (_, segment) in &segments {
             std::fs::remove_file(segment).map_err(err)?;
         }
         let next = segments.last().map_or(1, |(n, _)| n + 1);
@@ -1308,6 +1310,39 @@ mod tests {
         bytes.extend_from_slice(&records(24..=26));
         write_segment(&dir, 3, &bytes);
         opens_with_movements_up_to(&path, 20).await;
+    }
+
+    #[tokio::test]
+    async fn records_after_a_torn_group_are_not_kept_for_a_later_segment() {
+        let dir = TempDir::new();
+        let path = dir.path().join("ledger.redb");
+        checkpointed(&path, 20);
+        // A crash tore a group: 21..=22 reached the disk, the block after them did not,
+        // a later one (24..=25, never acknowledged) did.
+        let mut bytes = records(21..=22);
+        let mut torn = records(23..=23);
+        torn[12] ^= 1;
+        bytes.extend_from_slice(&torn);
+        let unacknowledged = records(24..=25);
+        bytes.extend_from_slice(&unacknowledged);
+        write_segment(&dir, 3, &bytes);
+        let ledger = EmbeddedLedger::open(&path).unwrap();
+        assert_eq!(ledger.account(0, "a").await.unwrap().available, 22);
+        // No file of the log keeps them: reused as the next segment, a write ending
+        // where they begin would make the next start replay movements that never were.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if name.contains(".wal") {
+                let kept = std::fs::read(entry.path()).unwrap();
+                assert!(
+                    !kept
+                        .windows(unacknowledged.len())
+                        .any(|w| w == unacknowledged),
+                    "{name} keeps the torn group's later records"
+                );
+            }
+        }
     }
 
     #[tokio::test]

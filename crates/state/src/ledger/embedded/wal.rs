@@ -2,9 +2,10 @@
 //! redb file.
 //!
 //! A movement is appended to the current segment file as one binary record and made
-//! durable by one `fdatasync` shared by every record appended meanwhile (group commit).
-//! With `sync = "interval"` each change writes its records itself and the sync follows
-//! on a timer.
+//! durable by one write shared by every record appended meanwhile (group commit): a
+//! direct, synchronous one ([`Segment`]), or a write and an `fdatasync` where the file
+//! system refuses direct writes. With `sync = "interval"` each change writes its
+//! records itself and the sync follows on a timer.
 //! A checkpoint copies the records into redb and retires the segments it covered, so
 //! the log holds about one checkpoint interval; the newest retired segment is written
 //! over again as the next one ([`recycle`]), so its blocks are already allocated.
@@ -13,7 +14,8 @@
 //! mid-write leaves a record that is short, or whose checksum is wrong, or bytes after
 //! the last record: reading a segment stops at the first record that does not check
 //! out. Nothing after it was ever acknowledged, because acknowledgements wait for the
-//! `fdatasync` that covers them. Records carry consecutive sequence numbers, so a
+//! write (or the `fdatasync`) that makes them durable, and each group is written only
+//! after the one before it is durable. Records carry consecutive sequence numbers, so a
 //! record missing from the middle of the log is found, never skipped.
 
 use std::fs::{File, OpenOptions};
@@ -299,6 +301,8 @@ pub(super) struct Segment {
 /// block (512 or 4,096 bytes), which is what `O_DIRECT` asks of the offset, the length
 /// and the memory of a write.
 const BLOCK: usize = 4096;
+/// A direct write's buffer larger than this is let go after the write.
+const MAX_KEPT_BUFFER: usize = 1024 * 1024;
 
 /// A segment opened with `O_DIRECT | O_DSYNC`: each write goes to the disk and returns
 /// once it is durable, so no `fdatasync` follows. Measured on the 2-core VM
@@ -335,10 +339,13 @@ impl Segment {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
             Err(e) => return Err(e),
         };
+        // Only Linux is known to take `O_DIRECT | O_DSYNC` as asked (see [`open`]):
+        // elsewhere a segment is buffered and synced.
+        let direct = direct && cfg!(target_os = "linux");
         let (file, direct) = match direct.then(|| open(&path, create, true)) {
             Some(Ok(file)) => (file, Some(Direct::new())),
-            Some(Err(e)) if e.raw_os_error() == Some(EINVAL) => {
-                tracing::debug!("the ledger log's file system refuses direct writes: they are buffered and synced");
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!("the ledger log's file system refuses direct writes: they are buffered and synced");
                 // The file may have been made before the flag was refused.
                 let file = OpenOptions::new()
                     .write(true)
@@ -397,18 +404,15 @@ impl Segment {
             Some(direct) => match direct.write(&self.file, self.end, bytes) {
                 // A file system that opened the file for direct writes and then refuses
                 // one: the segment goes on buffered, from where it stands.
-                Err(e) if e.raw_os_error() == Some(EINVAL) => {
-                    tracing::debug!("the ledger log's file system refuses a direct write: writes are buffered and synced from now on");
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!("the ledger log's file system refuses a direct write: writes are buffered and synced from now on");
+                    let file = open(&Segment::path_of(&self.ledger, self.number), false, false)?;
                     let tail = std::mem::take(&mut direct.tail);
-                    self.direct = None;
-                    self.file = Arc::new(open(
-                        &Segment::path_of(&self.ledger, self.number),
-                        false,
-                        false,
-                    )?);
                     let start = self.end - tail.len() as u64;
-                    self.file
-                        .write_all_at(&[&tail[..], bytes].concat(), start)?;
+                    file.write_all_at(&[&tail[..], bytes].concat(), start)?;
+                    // Only now: the caller syncs what it wrote (`syncs_itself`).
+                    self.direct = None;
+                    self.file = Arc::new(file);
                 }
                 other => other?,
             },
@@ -444,26 +448,32 @@ impl Direct {
         let start = end - self.tail.len() as u64;
         let filled = self.tail.len() + bytes.len();
         let length = filled.div_ceil(BLOCK) * BLOCK;
-        self.buffer.clear();
-        self.buffer.resize(length + BLOCK, 0);
+        if self.buffer.len() < length + BLOCK {
+            self.buffer.resize(length + BLOCK, 0);
+        }
         let at = self.buffer.as_ptr().align_offset(BLOCK);
         let block = &mut self.buffer[at..at + length];
+        debug_assert!(
+            block.as_ptr().align_offset(BLOCK) == 0 && start.is_multiple_of(BLOCK as u64)
+        );
         block[..self.tail.len()].copy_from_slice(&self.tail);
         block[self.tail.len()..filled].copy_from_slice(bytes);
-        file.write_all_at(block, start)?;
+        block[filled..].fill(0);
+        let written = file.write_all_at(block, start);
         let kept = filled % BLOCK;
         self.tail.clear();
         self.tail.extend_from_slice(&block[filled - kept..filled]);
-        Ok(())
+        // A group written after a long stall may have been large: its buffer goes.
+        if self.buffer.len() > MAX_KEPT_BUFFER {
+            self.buffer = Vec::new();
+        }
+        written
     }
 }
 
-/// `EINVAL`: what Linux answers an `O_DIRECT` open or write the file system or the
-/// write's alignment does not allow.
-const EINVAL: i32 = 22;
-
-/// Opens a segment's file for writing; `direct` asks for `O_DIRECT | O_DSYNC` (Linux;
-/// elsewhere the flag is ignored and the segment is buffered).
+/// Opens a segment's file for writing; `direct` asks for `O_DIRECT | O_DSYNC` (Linux
+/// only: Linux answers `EINVAL` where a file system or a write's alignment does not
+/// allow it).
 fn open(path: &Path, create: bool, direct: bool) -> std::io::Result<File> {
     let mut options = OpenOptions::new();
     options.write(true).create_new(create);
@@ -537,7 +547,15 @@ mod tests {
     /// Writes `groups` to a new segment (one write each), then reads the file back.
     fn written(ledger: &Path, number: u64, direct: bool, groups: &[Vec<Line>]) -> Vec<u8> {
         let mut segment = Segment::create(ledger, number, direct).expect("segment");
-        assert_eq!(segment.syncs_itself(), direct);
+        if direct && !segment.syncs_itself() {
+            // A file system that refuses direct writes (the segment is then buffered):
+            // what follows still reads back, but tests the buffered path.
+            eprintln!(
+                "{} refuses O_DIRECT: the buffered path is tested",
+                ledger.display()
+            );
+        }
+        assert!(direct || !segment.syncs_itself());
         for group in groups {
             let mut bytes = Vec::new();
             group.iter().for_each(|l| encode(l, &mut bytes));
@@ -573,6 +591,11 @@ mod tests {
         let bytes = written(&ledger, 2, true, &new);
         assert_eq!(bytes.len(), old.len(), "written over, not appended to");
         assert_eq!(decode_all(&bytes), new.concat());
+        // Zeros from the new records' end to their block's: reading stops there.
+        let mut end = Vec::new();
+        new.concat().iter().for_each(|l| encode(l, &mut end));
+        let boundary = end.len().div_ceil(BLOCK) * BLOCK;
+        assert!(bytes[end.len()..boundary].iter().all(|b| *b == 0));
     }
 
     #[test]
