@@ -781,12 +781,48 @@ fn disposition_names(value: &str) -> Result<Vec<String>, Refusal> {
             out.push(escaped);
             out.push(literal);
         } else if key == "name*" {
-            // RFC 5987: charset'language'percent-encoded
-            let encoded = raw.rsplit('\'').next().unwrap_or(raw);
-            out.push(param::decode(encoded.as_bytes()));
+            out.push(extended_name(raw)?);
         }
     }
     Ok(out)
+}
+
+/// The name an RFC 5987 `name*` value (`charset'language'percent-encoded`) gives.
+/// Django and Tomcat decode it in the charset it declares, so `UTF-16BE''%00c%00l%00i…`
+/// or an EBCDIC `cp037''%83%93…` is `clientId` to them: only charsets whose reading is
+/// known here are taken (UTF-8, US-ASCII, ISO-8859-1), and only what decodes in them.
+fn extended_name(raw: &str) -> Result<String, Refusal> {
+    let mut parts = raw.splitn(3, '\'');
+    let (Some(charset), Some(_language), Some(encoded)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refusal::Malformed);
+    };
+    if encoded.contains('\'') {
+        return Err(Refusal::Malformed);
+    }
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded.as_bytes();
+    while let Some((&b, after)) = rest.split_first() {
+        if b == b'%' {
+            let byte = after
+                .get(..2)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .ok_or(Refusal::Malformed)?;
+            bytes.push(byte);
+            rest = &after[2..];
+        } else {
+            bytes.push(b);
+            rest = after;
+        }
+    }
+    match charset.to_ascii_lowercase().as_str() {
+        "utf-8" => String::from_utf8(bytes).map_err(|_| Refusal::Malformed),
+        "us-ascii" if bytes.is_ascii() => String::from_utf8(bytes).map_err(|_| Refusal::Malformed),
+        "iso-8859-1" => Ok(bytes.into_iter().map(char::from).collect()),
+        _ => Err(Refusal::Malformed),
+    }
 }
 
 /// A `Content-Disposition` value's parameters: (key, value, quoted), the value without
@@ -1179,6 +1215,9 @@ mod tests {
             "form-data; name=\"client.id\"",
             "form-data; name=\"clientId[]\"",
             "form-data; name*=UTF-8''client%49d",
+            "form-data; name*=utf-8'en'clientId",
+            "form-data; name*=US-ASCII''client%49d",
+            "form-data; name*=iso-8859-1''client%49d",
             "form-data; filename=\"x\"; name=\"client_id\"",
             "form-data; name=\"clientId]\"",
             "form-data; name=\"[clientId]\"",
@@ -1217,6 +1256,15 @@ mod tests {
             r#"form-data; name="#,
             r#"form-data; na'me=clientId"#,
             r#"form-data; name*=UTF-8'client%49d"#,
+            // A name in a charset a backend decodes it in (Django, Tomcat): UTF-16 and
+            // EBCDIC spellings of `clientId`; and what is not UTF-8 or ASCII as said.
+            r#"form-data; name*=UTF-16BE''%00c%00l%00i%00e%00n%00t%00I%00d"#,
+            r#"form-data; name*=utf-16le''c%00l%00i%00e%00n%00t%00I%00d%00"#,
+            r#"form-data; name*=cp037''%83%93%89%85%95%A3%C9%84"#,
+            r#"form-data; name*=''clientId"#,
+            r#"form-data; name*=UTF-8''client%C9d"#,
+            r#"form-data; name*=US-ASCII''client%C9d"#,
+            r#"form-data; name*=UTF-8''client%4"#,
             r#"form-data; name="clientId"#,
             r#"; name=clientId"#,
             // Werkzeug, failing to read a key with a space before `=`, resyncs at the
