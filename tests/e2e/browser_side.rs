@@ -334,6 +334,38 @@ async fn in_cookie_mode_a_login_from_another_site_is_refused() {
     }
 }
 
+/// A CORS policy allowing every origin (`*`, without credentials) names no site as the
+/// frontend's: a cookie-mode login from another site is refused as under no policy.
+#[tokio::test]
+async fn in_cookie_mode_a_policy_open_to_every_origin_trusts_none_for_login() {
+    let open = "[cors.open]\norigins = [\"*\"]\n";
+    let h = Harness::with(Setup {
+        policies: vec![
+            ("05-cors.toml".into(), open.into()),
+            ("10-sessions.toml".into(), POLICIES.into()),
+        ],
+        extra: session_config("tokens = \"cookie\""),
+        routing: "cors = \"open\"".into(),
+        ..Setup::default()
+    })
+    .await;
+    let evil = [
+        ("origin", "https://evil.test"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    let r = post_json(&h, LOGIN_PATH, &evil, DEMO_LOGIN).await;
+    r.assert_problem(403, "CSRF_TOKEN_INVALID");
+    assert!(set_cookies(&r).is_empty());
+    // The policy still applies to what it answers: the refusal carries `*`.
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let own = [
+        ("origin", "http://gw.test"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    let r = post_json(&h, LOGIN_PATH, &own, DEMO_LOGIN).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// A refresh sets the session cookies of whatever refresh token its body names, so a
 /// page elsewhere posting the attacker's token would log the victim's browser into the
 /// attacker's account, as a login would: held to the login's rule.

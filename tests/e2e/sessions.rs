@@ -4,6 +4,7 @@
 //! refreshes, logout everywhere within a second (two instances sharing Redis), sessions
 //! that survive `kill -9`, and signing-key rotation.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -613,6 +614,18 @@ async fn sessions_and_revocations_survive_kill_9() {
     let mut h = Harness::with(setup("", "")).await;
     let kept = login(&h).await;
     let ended = login(&h).await;
+    // A token of no session (as `tollgate token mint` makes, or an external issuer's),
+    // logged out by its `jti`.
+    let loose = bearer_with(json!({"clientId": "1001", "jti": "loose-1"}));
+    let r = h
+        .send(
+            "POST",
+            "/gateway/auth/logout",
+            &[("authorization", &loose)],
+            b"",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let bearer = format!("Bearer {}", s(&ended["token"]));
     let r = h
         .send(
@@ -638,6 +651,10 @@ async fn sessions_and_revocations_survive_kill_9() {
     echo(&early, s(&kept["token"]))
         .await
         .assert_problem(503, "SESSION_STORE_UNAVAILABLE");
+    early
+        .get("/echo/me", &[("authorization", &loose)])
+        .await
+        .assert_problem(503, "SESSION_STORE_UNAVAILABLE");
     assert_eq!(
         early.gateway.readyz().await,
         503,
@@ -655,8 +672,11 @@ async fn sessions_and_revocations_survive_kill_9() {
     drop(early);
     h.gateway = GatewayProcess::start(&config);
     assert!(h.dir.path().join("state/tollgate.redb").exists());
-    // The revocation holds from the first request on.
+    // The revocations hold from the first request on.
     echo(&h, s(&ended["token"]))
+        .await
+        .assert_problem(401, "TOKEN_REVOKED");
+    h.get("/echo/me", &[("authorization", &loose)])
         .await
         .assert_problem(401, "TOKEN_REVOKED");
     refresh(&h, s(&ended["refreshToken"]))
@@ -763,4 +783,72 @@ async fn a_new_signing_key_signs_while_the_old_one_keeps_verifying() {
     // A refresh of the old session is signed with the new key.
     let r = refresh(&h, s(&before["refreshToken"])).await;
     assert_eq!(parts(s(&r.json()["token"])).0["kid"], "gateway-es");
+}
+
+/// A legacy login that compresses its answer when the request allows it (Spring's and
+/// nginx's `gzip on` do): the gateway, which reads the answer as JSON, asks for it
+/// uncompressed whatever the browser allows.
+#[tokio::test]
+async fn a_login_is_read_whole_from_a_backend_that_would_compress() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&asked);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut body = vec![0u8; length];
+                stream.read_exact(&mut body).await.unwrap();
+                let encoding = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("accept-encoding:"))
+                    .map_or(String::new(), |v| v.trim().to_owned());
+                seen.lock().unwrap().push(encoding.clone());
+                let answer: Vec<u8> = if encoding.contains("gzip") {
+                    // What a compressing backend sends: not JSON to a reader that
+                    // does not decode it.
+                    let gz = [0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03];
+                    [
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n", gz.len()).into_bytes(),
+                        gz.to_vec(),
+                    ]
+                    .concat()
+                } else {
+                    let json = r#"[{"clientId":"1001","name":"Demo","email":"demo@acme.test"}]"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}", json.len()).into_bytes()
+                };
+                let _ = stream.write_all(&answer).await;
+            });
+        }
+    });
+    let h = Harness::with(Setup {
+        upstream_addr: Some(upstream),
+        ..setup("", "")
+    })
+    .await;
+    let r = post_json(
+        &h,
+        LOGIN_PATH,
+        &[("accept-encoding", "gzip, deflate, br, zstd")],
+        DEMO_LOGIN,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["user"]["clientId"], "1001");
+    assert_eq!(*asked.lock().unwrap(), vec!["identity".to_owned()]);
 }

@@ -23,7 +23,7 @@ use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http_body::Body as _;
 use http_body_util::Either;
-use tollgate_policy::snapshot::{Credential, RouteAuth, Upstream};
+use tollgate_policy::snapshot::{Credential, RouteAction, RouteAuth, Upstream};
 use tollgate_policy::{param, Route, Snapshot};
 
 use crate::body::{self, Reading, RequestBody};
@@ -68,6 +68,15 @@ pub fn upstream_head(
     // `Expect: 100-continue` was answered (or not) by this hop; the body is sent as is.
     h.remove(EXPECT);
     strip_spoofable(h, snapshot);
+    // The gateway reads the legacy login's answer as JSON: a browser's `gzip, br` would
+    // let a compressing backend (Spring, nginx) answer in a form the gateway does not
+    // decode, and every browser's login would fail as an unreadable answer.
+    if route.action == RouteAction::Login {
+        h.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
 
     // The caller's credentials are for the gateway, not the backend: what
     // authentication read, a bearer token (or any other Authorization) on every route,

@@ -207,7 +207,9 @@ impl Sessions {
         let Some(state) = &self.state else {
             return Ok(());
         };
-        if session.is_some() && state.store().is_none() {
+        // A token a logout could have ended (one of a session, or any with a `jti`:
+        // minted ones, external ones) is not taken while the revocations are unknown.
+        if (session.is_some() || token.is_some()) && state.store().is_none() {
             return Err(SessionRefusal::StoreUnavailable.into());
         }
         if state.revoked.is_revoked(session, token, now) {

@@ -153,7 +153,9 @@ async fn change_body(
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large()
             } else {
-                AdminError::BodyInvalid.into()
+                // The framing failed (bad chunking, the client left): as on the data
+                // plane, not a JSON problem.
+                RequestError::BodyInvalid.into()
             }
         })?
         .to_bytes();

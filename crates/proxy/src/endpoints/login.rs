@@ -54,7 +54,11 @@ pub fn refuse_cross_site(
         .sessions
         .as_ref()
         .is_some_and(|s| matches!(s.tokens, TokenMode::Cookie { .. }));
-    if !cookie_mode || matches!(exchange.cors, crate::exchange::Cors::Allowed { .. }) {
+    // An origin the route's CORS policy names is the frontend's; `*` names none (it
+    // allows every site, the attacker's too).
+    let named =
+        matches!(&exchange.cors, crate::exchange::Cors::Allowed { origin, .. } if origin != "*");
+    if !cookie_mode || named {
         return Ok(());
     }
     let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
