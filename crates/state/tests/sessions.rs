@@ -393,3 +393,46 @@ async fn a_redis_outage_is_an_error_not_a_decision() {
     ));
     assert!(store.revocations(0, 0).await.is_err());
 }
+
+/// A reuse whose announcement was lost (the family's compare-and-set landed, the feed
+/// write did not: Redis went away between the two) is announced by the next
+/// presentation of any of the family's tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reuse_announcement_is_made_again() {
+    let server = RedisServer::start();
+    let store = shared(&server);
+    let t = now();
+    store.create(0, &family("lost", t)).await.unwrap();
+    assert!(matches!(
+        store
+            .rotate(0, "lost", "lost-h0", &next("lost", 1), when(t + 1))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert!(matches!(
+        store
+            .rotate(0, "lost", "lost-h0", &next("lost", 2), when(t + 20))
+            .await
+            .unwrap(),
+        Rotation::Reused { .. }
+    ));
+    // The announcement never reached the feed.
+    server.cli(&["DEL", "test:revocations"]);
+    assert!(store.revocations(0, 0).await.unwrap().entries.is_empty());
+    assert_eq!(
+        store
+            .rotate(0, "lost", "lost-h1", &next("lost", 3), when(t + 21))
+            .await
+            .unwrap(),
+        Rotation::Revoked
+    );
+    let feed = store.revocations(0, 0).await.unwrap();
+    assert!(
+        feed.entries
+            .iter()
+            .any(|r| r.kind == Revoked::Session && r.id == "lost"),
+        "{:?}",
+        feed.entries
+    );
+}

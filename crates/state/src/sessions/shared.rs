@@ -223,12 +223,20 @@ impl SessionStore for SharedSessions {
                 })
                 .await?;
             let (outcome, until) = outcome.unwrap_or((Rotation::Unknown, when.tokens_until));
-            if let Rotation::Reused { family } = &outcome {
+            // A family already revoked is announced again: the reuse that revoked it
+            // may have lost its announcement (the compare-and-set landed, the feed
+            // write did not), and then no instance would refuse its access tokens.
+            let revoked = match &outcome {
+                Rotation::Reused { family } => Some(family.clone()),
+                Rotation::Revoked => Some(family.to_owned()),
+                _ => None,
+            };
+            if let Some(id) = revoked {
                 self.announce(
                     worker,
                     &Revocation {
                         kind: Revoked::Session,
-                        id: family.clone(),
+                        id,
                         until,
                     },
                 )
