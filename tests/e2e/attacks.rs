@@ -450,6 +450,24 @@ async fn multipart_fields_naming_another_client_never_complete() {
             "{disposition}: a complete request reached the backend"
         );
     }
+    // `clientId` in a charset Django and Tomcat decode a `name*` in (UTF-16, EBCDIC):
+    // not read here, so refused as unreadable.
+    for disposition in [
+        "form-data; name*=UTF-16BE''%00c%00l%00i%00e%00n%00t%00I%00d",
+        "form-data; name*=cp037''%83%93%89%85%95%A3%C9%84",
+    ] {
+        let body = format!(
+            "{}{}--b--\r\n",
+            part("form-data; name=\"file\"; filename=\"c.csv\"", "a,b\n1,2"),
+            part(disposition, "1002")
+        );
+        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
+        r.assert_problem(400, "MULTIPART_INVALID");
+        assert!(
+            incomplete,
+            "{disposition}: a complete request reached the backend"
+        );
+    }
     // JSON inside a part (a `Blob` of type `application/json` in a `FormData`), which
     // Spring binds to an object with `@RequestPart`: judged as a JSON body is.
     for json in [

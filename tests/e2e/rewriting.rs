@@ -201,6 +201,14 @@ async fn injection_and_spoofing_cases() {
             Refused(403, "CLIENT_ID_MISMATCH"),
         ),
         case(
+            "the name with IIS's %u escape (classic ASP.NET decodes it)",
+            "GET",
+            "/echo/all/x?client%u0049d=1002",
+            &[],
+            "",
+            Refused(403, "CLIENT_ID_MISMATCH"),
+        ),
+        case(
             "a semicolon separates parameters for some backends",
             "GET",
             "/echo/all/x?a=1;clientId=1002",

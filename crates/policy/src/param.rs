@@ -70,8 +70,45 @@ pub fn fold(decoded: &str) -> String {
 /// `configured` one to some backend: folded whole, or any of its bracket or dot segments
 /// folded (see the module docs). Does not allocate.
 pub fn means(decoded: &str, configured: &str) -> bool {
-    same_top(decoded, configured)
-        || segments(decoded).any(|segment| fold_chars(segment).eq(folded(configured)))
+    let plain = |name: &str| {
+        same_top(name, configured)
+            || segments(name).any(|segment| fold_chars(segment).eq(folded(configured)))
+    };
+    plain(decoded) || iis_reading(decoded).is_some_and(|name| plain(&name))
+}
+
+/// The name as classic ASP.NET reads it when it holds IIS's `%uXXXX` escapes (a UTF-16
+/// unit, which `HttpUtility.UrlDecode` decodes: `client%u0049d` is `clientId` there);
+/// `None` when it holds none. Applied to a name already decoded once, it also reads
+/// `%25u0049` as `I`, which ASP.NET does not: a name only an attacker writes is then
+/// taken for the client id, never the other way round.
+fn iis_reading(decoded: &str) -> Option<String> {
+    let escape = |at: usize| {
+        let hex = decoded.get(at + 2..at + 6)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let unit = u32::from_str_radix(hex, 16).ok()?;
+        Some(char::from_u32(unit).unwrap_or('\u{fffd}'))
+    };
+    let mut out = String::with_capacity(decoded.len());
+    let mut found = false;
+    let mut rest = 0;
+    for (at, _) in decoded.match_indices('%') {
+        if at < rest || !matches!(decoded.as_bytes().get(at + 1), Some(b'u' | b'U')) {
+            continue;
+        }
+        if let Some(c) = escape(at) {
+            out.push_str(&decoded[rest..at]);
+            out.push(c);
+            rest = at + 6;
+            found = true;
+        }
+    }
+    found.then(|| {
+        out.push_str(&decoded[rest..]);
+        out
+    })
 }
 
 /// Whether a decoded name is the `configured` one itself (folded whole, as PHP registers
@@ -349,6 +386,23 @@ mod tests {
         }
         for raw in ["tokens", "tok", "xtoken", "to_ken"] {
             assert!(!same_name(raw.as_bytes(), "token"), "{raw}");
+        }
+        // IIS's `%uXXXX`, which classic ASP.NET decodes in names.
+        for raw in [
+            "client%u0049d",
+            "%U0063lientId",
+            "clientI%u0064",
+            "x[client%u0049d]",
+        ] {
+            assert!(same_name(raw.as_bytes(), "clientId"), "{raw}");
+        }
+        for raw in [
+            "client%u+049d",
+            "client%u00",
+            "client%u0049",
+            "%uZZZZclientId",
+        ] {
+            assert!(!same_name(raw.as_bytes(), "clientId"), "{raw}");
         }
     }
 
