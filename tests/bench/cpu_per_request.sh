@@ -13,7 +13,8 @@
 # redis-server of the script's own. Needs a release build,
 # nginx (the upstream), wrk, redis-server, curl, python3.
 #
-# For the metered modes it also prints the mean time a request waits in the ledger
+# meter-redis also prints Redis's own time per EVALSHA, ZADD and ZREM (INFO
+# commandstats). For the metered modes it also prints the mean time a request waits in the ledger
 # (`tollgate_credit_ledger_seconds`): with wrk's fixed number of connections, requests/s
 # is connections / latency, so this wait is what a closed-loop run loses (Little's law).
 set -euo pipefail
@@ -100,4 +101,8 @@ curl -s http://127.0.0.1:$AD/metrics | awk '/^tollgate_credit_log_writes_total/ 
   /^tollgate_credit_ledger_seconds_sum/ {ls=$2} /^tollgate_credit_ledger_seconds_count/ {lc=$2}
   END { if (w > 0) printf "log writes %d, movements %d => %.1f movements per fdatasync\n", w, m, m/w
         if (lc > 0) printf "ledger calls on the request path: %d, mean %.0f us\n", lc, ls*1e6/lc }'
+# Where Redis's CPU went (meter-redis): the scripts, per call, as Redis timed them.
+if [ "$MODE" = meter-redis ]; then
+  redis-cli -p $RD info commandstats | tr -d '\r' | awk -F'[:,=]' '/^cmdstat_(evalsha|zadd|zrem)/ {printf "redis %s: %d calls, %s us per call\n", substr($1, 9), $3, $7}'
+fi
 paste $W/threads0 $W/threads1 | awk "{d[\$1]+=\$4-\$2} END {for (k in d) print \"  thread\", k, d[k], \"ticks\"}"
