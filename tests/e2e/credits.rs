@@ -2883,6 +2883,15 @@ async fn the_admin_api_refuses_control_characters_and_answers_405_with_allow() {
         assert!(answer.starts_with("HTTP/1.1 200 "), "{path}: {answer}");
         assert!(answer.ends_with("\r\n\r\n"), "{path}: no body: {answer}");
     }
+    // A body whose framing breaks is the framing's fault (as on the data plane), not a
+    // wrong shape of JSON.
+    let broken = format!(
+        "POST /ledger/clients/1001/credit HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n5\r\n{{\"amo\r\nzz\r\n",
+        admin_token()
+    );
+    raw(g.admin, broken.as_bytes())
+        .await
+        .assert_problem(400, "REQUEST_BODY_INVALID");
     // Nothing refused was journaled.
     let reasons: Vec<String> = journal(g, "1001")
         .await
