@@ -430,31 +430,25 @@ async fn multipart_fields_naming_another_client_never_complete() {
     let part = |disposition: &str, value: &str| {
         format!("--b\r\nContent-Disposition: {disposition}\r\n\r\n{value}\r\n")
     };
-    for disposition in [
-        "form-data; name=\"clientId\"",
-        "form-data; name=clientId",
-        "form-data; name=\"CLIENTID\"",
-        "form-data; name=\"client%49d\"",
-        "form-data; name*=UTF-8''client%49d",
-        "form-data; name=\"clientId[]\"",
-    ] {
-        let body = format!(
-            "{}{}--b--\r\n",
-            part("form-data; name=\"file\"; filename=\"c.csv\"", "a,b\n1,2"),
-            part(disposition, "1002")
-        );
-        let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
-        r.assert_problem(403, "CLIENT_ID_MISMATCH");
-        assert!(
-            incomplete,
-            "{disposition}: a complete request reached the backend"
-        );
-    }
-    // `clientId` in a charset Django and Tomcat decode a `name*` in (UTF-16, EBCDIC):
+    let mismatch = (403, "CLIENT_ID_MISMATCH");
+    // `clientId` in a charset Django and Tomcat decode a `name*` in (UTF-16, EBCDIC) is
     // not read here, so refused as unreadable.
-    for disposition in [
-        "form-data; name*=UTF-16BE''%00c%00l%00i%00e%00n%00t%00I%00d",
-        "form-data; name*=cp037''%83%93%89%85%95%A3%C9%84",
+    let unreadable = (400, "MULTIPART_INVALID");
+    for (disposition, (status, code)) in [
+        ("form-data; name=\"clientId\"", mismatch),
+        ("form-data; name=clientId", mismatch),
+        ("form-data; name=\"CLIENTID\"", mismatch),
+        ("form-data; name=\"client%49d\"", mismatch),
+        ("form-data; name*=UTF-8''client%49d", mismatch),
+        ("form-data; name=\"clientId[]\"", mismatch),
+        (
+            "form-data; name*=UTF-16BE''%00c%00l%00i%00e%00n%00t%00I%00d",
+            unreadable,
+        ),
+        (
+            "form-data; name*=cp037''%83%93%89%85%95%A3%C9%84",
+            unreadable,
+        ),
     ] {
         let body = format!(
             "{}{}--b--\r\n",
@@ -462,7 +456,7 @@ async fn multipart_fields_naming_another_client_never_complete() {
             part(disposition, "1002")
         );
         let (r, incomplete) = a.upload_cut_off(&token, body.as_bytes()).await;
-        r.assert_problem(400, "MULTIPART_INVALID");
+        r.assert_problem(status, code);
         assert!(
             incomplete,
             "{disposition}: a complete request reached the backend"

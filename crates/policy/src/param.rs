@@ -257,11 +257,21 @@ pub fn strict_pairs(text: &[u8]) -> Option<Vec<(String, String)>> {
 
 /// Decodes as [`decode`] does, but only what has one reading.
 fn decode_exact(component: &[u8]) -> Option<String> {
+    String::from_utf8(unescape(component, true)?).ok()
+}
+
+/// The bytes `%XX` escapes stand for, where `+` is itself (a path segment, an RFC 5987
+/// value); `None` for a broken escape (`%zz`, `%+f`, a `%` near the end).
+pub fn unescape_exact(component: &[u8]) -> Option<Vec<u8>> {
+    unescape(component, false)
+}
+
+fn unescape(component: &[u8], plus_is_space: bool) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(component.len());
     let mut i = 0;
     while i < component.len() {
         match component[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 out.push(component.get(i + 1..i + 3).and_then(hex_pair)?);
                 i += 2;
@@ -270,7 +280,7 @@ fn decode_exact(component: &[u8]) -> Option<String> {
         }
         i += 1;
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 /// The values of every parameter of `text` that means `configured`, in order.
@@ -358,6 +368,17 @@ mod tests {
                 ("g".into(), "%4".into()),
             ]
         );
+    }
+
+    #[test]
+    fn exact_unescaping_takes_two_hex_digits_and_leaves_plus_alone() {
+        assert_eq!(
+            unescape_exact(b"a+b%41%c3%A9"),
+            Some(b"a+bA\xc3\xa9".to_vec())
+        );
+        for broken in [&b"%+f"[..], b"%4", b"%", b"%zz", b"a%-1"] {
+            assert_eq!(unescape_exact(broken), None, "{broken:?}");
+        }
     }
 
     #[test]

@@ -801,22 +801,7 @@ fn extended_name(raw: &str) -> Result<String, Refusal> {
     if encoded.contains('\'') {
         return Err(Refusal::Malformed);
     }
-    let mut bytes = Vec::with_capacity(encoded.len());
-    let mut rest = encoded.as_bytes();
-    while let Some((&b, after)) = rest.split_first() {
-        if b == b'%' {
-            let byte = after
-                .get(..2)
-                .and_then(|hex| std::str::from_utf8(hex).ok())
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .ok_or(Refusal::Malformed)?;
-            bytes.push(byte);
-            rest = &after[2..];
-        } else {
-            bytes.push(b);
-            rest = after;
-        }
-    }
+    let bytes = param::unescape_exact(encoded.as_bytes()).ok_or(Refusal::Malformed)?;
     match charset.to_ascii_lowercase().as_str() {
         "utf-8" => String::from_utf8(bytes).map_err(|_| Refusal::Malformed),
         "us-ascii" if bytes.is_ascii() => String::from_utf8(bytes).map_err(|_| Refusal::Malformed),

@@ -456,22 +456,9 @@ fn hex_sha256(text: &str) -> String {
 /// ([`operator::client`]): an account under any other could never be spent from, and a
 /// typo would credit it silently.
 fn percent_decode(segment: &str) -> Result<String, GatewayError> {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            // A broken escape names no client a caller could have: 400, as a bad id is.
-            let hex = segment
-                .get(i + 1..i + 3)
-                .ok_or(operator::Refusal::ClientId)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| operator::Refusal::ClientId)?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
+    // A broken escape names no client a caller could have: 400, as a bad id is.
+    let out = tollgate_policy::param::unescape_exact(segment.as_bytes())
+        .ok_or(operator::Refusal::ClientId)?;
     let text = String::from_utf8(out).map_err(|_| operator::Refusal::ClientId)?;
     operator::client(&text).map_err(AdminError::from)?;
     Ok(text)
